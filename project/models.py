@@ -1,0 +1,105 @@
+"""Networks: plain ``nn.Module`` classes with no training logic.
+
+The LightningModule in :mod:`project.module` receives one of these as its ``network`` argument, so a network can be
+swapped, scaled or loaded on its own. Every network here has a ``backbone`` (features) and a ``head`` (the last
+linear layer) so fine-tuning can keep the first and replace the second.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from project.errors import UserInputError
+
+
+def conv_output_size(size: int, kernel_size: int, padding: int, pool: int) -> int:
+    """Side length after two ``kernel_size`` convolutions and a ``pool``x``pool`` max-pool (one conv block)."""
+    after_convs = size - 2 * (kernel_size - 1) + 4 * padding
+    return after_convs // pool
+
+
+class ConvNet(nn.Module):
+    """The classic MNIST CNN, with its width and depth as arguments.
+
+    With the defaults this is the network of pytorch/examples' ``mnist/main.py``: conv 1->32 3x3, conv 32->64 3x3,
+    2x2 max-pool, dropout 0.25, fc 9216->128, dropout 0.5, fc 128->``num_outputs`` (1.2 M parameters). It returns
+    logits: the loss functions apply their own softmax or sigmoid.
+
+    Each conv block is two 3x3 convolutions, a 2x2 max-pool and dropout. Block ``b`` has ``width * 2**b`` channels
+    after its first convolution and twice that after its second, so ``depth`` adds blocks and ``width`` widens them.
+    ``padding=1`` keeps the side length through the convolutions, which deeper networks on 28x28 images need.
+    """
+
+    def __init__(
+        self,
+        num_outputs: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        width: int = 32,
+        depth: int = 1,
+        hidden_size: int = 128,
+        conv_dropout: float = 0.25,
+        fc_dropout: float = 0.5,
+        padding: int = 0,
+    ) -> None:
+        super().__init__()
+        # The constructor's arguments as plain values: enough to rebuild this network from a checkpoint.
+        self.config = {
+            "num_outputs": num_outputs,
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "width": width,
+            "depth": depth,
+            "hidden_size": hidden_size,
+            "conv_dropout": conv_dropout,
+            "fc_dropout": fc_dropout,
+            "padding": padding,
+        }
+        for name in ("num_outputs", "in_channels", "image_size", "width", "depth", "hidden_size"):
+            if self.config[name] < 1:
+                raise UserInputError(f"ConvNet: {name} must be a positive integer, got {self.config[name]}")
+        for name in ("conv_dropout", "fc_dropout"):
+            if not 0.0 <= self.config[name] < 1.0:
+                raise UserInputError(f"ConvNet: {name} must lie in [0, 1), got {self.config[name]}")
+        if padding not in (0, 1):
+            raise UserInputError(f"ConvNet: padding must be 0 or 1 (3x3 kernels), got {padding}")
+
+        self.num_outputs = num_outputs
+        self.in_channels = in_channels
+        self.image_size = image_size
+
+        layers: list[nn.Module] = []
+        channels, side = in_channels, image_size
+        for block in range(depth):
+            next_side = conv_output_size(side, kernel_size=3, padding=padding, pool=2)
+            if next_side < 1:
+                raise UserInputError(
+                    f"ConvNet: a {image_size}x{image_size} image shrinks to nothing in conv block {block + 1} of "
+                    f"{depth} (padding={padding}); use a smaller depth, padding=1 or larger images"
+                )
+            mid, out = width * 2**block, width * 2 ** (block + 1)
+            layers += [
+                nn.Conv2d(channels, mid, kernel_size=3, padding=padding),
+                nn.ReLU(),
+                nn.Conv2d(mid, out, kernel_size=3, padding=padding),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Dropout(conv_dropout),
+            ]
+            channels, side = out, next_side
+        layers += [
+            nn.Flatten(),
+            nn.Linear(channels * side * side, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(fc_dropout),
+        ]
+        self.backbone = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden_size, num_outputs)
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the backbone's output, which is the head's input."""
+        return self.head.in_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))

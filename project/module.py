@@ -1,0 +1,220 @@
+"""The LightningModule: how a network is trained and measured for a task (the "system" around the network).
+
+The network itself is a plain ``nn.Module`` passed in as ``network`` (see :mod:`project.models`); this module adds
+the loss for the task, the metrics, and the optimizer and learning-rate schedule.
+
+=============  ===============================  ========================================================
+task           loss                             metrics
+=============  ===============================  ========================================================
+multiclass     cross-entropy on the logits       accuracy; macro precision, recall, F1
+binary         BCE with logits (one output)      accuracy, precision, recall, F1
+regression     mean squared error (one output)   MSE, MAE
+=============  ===============================  ========================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from project.data import Task
+from project.errors import UserInputError
+
+Batch = tuple[Tensor, Tensor]
+
+
+def build_metrics(task: Task, num_classes: int) -> MetricCollection:
+    """The metrics of a task, unprefixed; :meth:`MetricCollection.clone` adds ``train/``, ``val/`` or ``test/``."""
+    if task == "multiclass":
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "precision": MulticlassPrecision(num_classes, average="macro"),
+                "recall": MulticlassRecall(num_classes, average="macro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
+    if task == "binary":
+        return MetricCollection(
+            {
+                "acc": BinaryAccuracy(),
+                "precision": BinaryPrecision(),
+                "recall": BinaryRecall(),
+                "f1": BinaryF1Score(),
+            }
+        )
+    return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+
+
+def describe_network(network: nn.Module) -> dict[str, Any]:
+    """A network as plain values (class path and constructor arguments), the form LightningCLI saves."""
+    cls = type(network)
+    return {
+        "class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "init_args": dict(getattr(network, "config", {})),
+    }
+
+
+class TaskModule(L.LightningModule):
+    """Trains ``network`` for ``task`` with SGD or AdamW and an optional one-cycle learning-rate schedule.
+
+    Args:
+        network: the network; it returns logits (classification) or values (regression) and has an attribute
+            ``num_outputs``: the number of classes for ``multiclass``, 1 for ``binary`` and ``regression``.
+        task: ``multiclass``, ``binary`` or ``regression``; the command line takes it from the data module.
+        optimizer: ``sgd`` or ``adamw``.
+        lr: learning rate; with ``lr_schedule: onecycle`` the peak learning rate.
+        momentum: SGD momentum (SGD only).
+        nesterov: Nesterov momentum (SGD with momentum > 0 only).
+        weight_decay: L2 penalty (SGD) or decoupled weight decay (AdamW).
+        lr_schedule: ``none`` (constant) or ``onecycle`` (warm up to ``lr``, then anneal, stepped every batch).
+        warmup_fraction: with ``onecycle``, the fraction of all steps spent warming up.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        task: Task = "multiclass",
+        optimizer: Literal["sgd", "adamw"] = "adamw",
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["none", "onecycle"] = "none",
+        warmup_fraction: float = 0.25,
+    ) -> None:
+        super().__init__()
+        check_task_and_optimizer(network, task, optimizer, lr, momentum, nesterov, weight_decay, warmup_fraction)
+        with warnings.catch_warnings():
+            # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
+            warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        self.network = network
+        num_classes = network.num_outputs if task == "multiclass" else 2
+        metrics = build_metrics(task, num_classes)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images)
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if self.hparams.task == "multiclass":
+            return F.cross_entropy(outputs, targets)
+        if self.hparams.task == "binary":
+            return F.binary_cross_entropy_with_logits(outputs.squeeze(1), targets.float())
+        return F.mse_loss(outputs.squeeze(1), targets.float())
+
+    def predictions(self, outputs: Tensor) -> Tensor:
+        """What the metrics compare with the targets: logits (multiclass), probabilities (binary) or values."""
+        if self.hparams.task == "multiclass":
+            return outputs
+        if self.hparams.task == "binary":
+            return outputs.squeeze(1).sigmoid()
+        return outputs.squeeze(1)
+
+    def _shared_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> Tensor:
+        images, targets = batch
+        outputs = self(images)
+        loss = self.loss(outputs, targets)
+        metrics.update(self.predictions(outputs.detach()), targets)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Predicted classes (multiclass), probabilities of the positive class (binary) or values (regression)."""
+        predictions = self.predictions(self(batch[0]))
+        return predictions.argmax(dim=1) if self.hparams.task == "multiclass" else predictions
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameters(),
+                lr=hp.lr,
+                momentum=hp.momentum,
+                nesterov=hp.nesterov,
+                weight_decay=hp.weight_decay,
+            )
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "none":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=hp.lr,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            pct_start=hp.warmup_fraction,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A network built in Python (not by the command line) sits in hparams as an object; store it as plain
+        # values so that the checkpoint loads with torch.load(weights_only=True).
+        hparams = checkpoint.get("hyper_parameters", {})
+        if isinstance(hparams.get("network"), nn.Module):
+            hparams["network"] = describe_network(hparams["network"])
+
+
+def check_task_and_optimizer(
+    network: nn.Module,
+    task: str,
+    optimizer: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    warmup_fraction: float,
+) -> None:
+    """Refuse settings that cannot train, before any work starts, naming the value and what is allowed."""
+    if task not in ("multiclass", "binary", "regression"):
+        raise UserInputError(f"model.task must be multiclass, binary or regression, got {task!r}")
+    if optimizer not in ("sgd", "adamw"):
+        raise UserInputError(f"model.optimizer must be sgd or adamw, got {optimizer!r}")
+    num_outputs = getattr(network, "num_outputs", None)
+    if num_outputs is None:
+        raise UserInputError(f"the network ({type(network).__name__}) must have a num_outputs attribute")
+    if task == "multiclass" and num_outputs < 2:
+        raise UserInputError(f"a multiclass task needs a network with 2 or more outputs, got {num_outputs}")
+    if task != "multiclass" and num_outputs != 1:
+        raise UserInputError(f"a {task} task needs a network with exactly 1 output, got {num_outputs}")
+    if not lr > 0:
+        raise UserInputError(f"model.lr must be a positive number, got {lr}")
+    if not 0 <= momentum < 1:
+        raise UserInputError(f"model.momentum must lie in [0, 1), got {momentum}")
+    if momentum and optimizer != "sgd":
+        raise UserInputError(f"model.momentum applies to optimizer sgd only, got momentum={momentum} with {optimizer}")
+    if nesterov and (optimizer != "sgd" or momentum == 0):
+        raise UserInputError("model.nesterov needs optimizer sgd with momentum > 0")
+    if weight_decay < 0:
+        raise UserInputError(f"model.weight_decay must be 0 or more, got {weight_decay}")
+    if not 0 < warmup_fraction < 1:
+        raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")

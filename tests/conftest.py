@@ -1,0 +1,59 @@
+"""Shared fixtures: generated MNIST-format data, the real data in ../shared/data, and short CLI runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from idx import write_mnist_folder
+
+from project.data import DATA_DIR_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with small generated MNIST files (600 train, 200 test images) in torchvision's layout."""
+    return write_mnist_folder(tmp_path_factory.mktemp("fake_data"))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real MNIST files: ``$PROJECT_DATA_DIR`` if set, else ``../shared/data``; skips when they are absent."""
+    root = Path(os.environ.get(DATA_DIR_ENV) or SHARED_DATA)
+    missing = [name for name in MNIST_FILES if not (root / "MNIST" / "raw" / name).is_file()]
+    if missing:
+        pytest.skip(f"real MNIST files not found in {root / 'MNIST' / 'raw'} (missing {', '.join(missing)})")
+    return root
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory for one run: ``logs/`` is created inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def quick_args(fake_data_dir: Path, run_dir: Path) -> list[str]:
+    """Options that shrink a CLI run to seconds on the generated data: 10 training steps per epoch."""
+    return [
+        f"--data.data_dir={fake_data_dir}",
+        "--data.val_size=100",
+        "--data.batch_size=50",
+        "--data.eval_batch_size=100",
+        "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]

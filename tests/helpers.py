@@ -1,0 +1,50 @@
+"""Small callbacks and readers that tests plug into real runs."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+class Interrupted(Exception):
+    """Stands for a crash or a kill in the middle of a run."""
+
+
+class InterruptAtEpoch(L.Callback):
+    """Raise :class:`Interrupted` when epoch ``epoch`` (0-based) starts, after the previous epoch was checkpointed."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted(f"interrupted at the start of epoch {self.epoch}")
+
+
+def scalar_steps(run_folder: Path) -> dict[str, list[int]]:
+    """For each scalar tag, the steps logged across every event file in ``run_folder`` (in file order)."""
+    steps: dict[str, list[int]] = defaultdict(list)
+    for event_file in sorted(run_folder.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            steps[tag] += [event.step for event in accumulator.Scalars(tag)]
+    return dict(steps)
+
+
+class EpochTimer(L.Callback):
+    """Wall-clock seconds of each training epoch, its validation included."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)

@@ -1,0 +1,112 @@
+"""The command line: a fast_dev_run through `python -m project`, presets that stack, checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from project.cli import CONFIG_DIR, main, run_cli
+
+
+def test_fast_dev_run_of_fit_through_python_dash_m(fake_data_dir, run_dir):
+    command = [sys.executable, "-m", "project", "fit", "--trainer.fast_dev_run=true", "--data.val_size=100"]
+    environment = {**os.environ, "PROJECT_DATA_DIR": str(fake_data_dir), "PYTHONPATH": str(Path.cwd())}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Running in `fast_dev_run` mode" in output
+    assert "test/acc" in output  # fit is followed by a test
+
+
+def print_config(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "project", "fit", *args, "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return yaml.safe_load(result.stdout)
+
+
+def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():
+    config = print_config("--config", "classic.yaml")
+    model, data = config["model"], config["data"]["init_args"]
+    assert (model["optimizer"], model["lr"], model["momentum"], model["lr_schedule"]) == (
+        "sgd",
+        0.01,
+        0.0,
+        "none",
+    )
+    assert (data["batch_size"], config["trainer"]["max_epochs"]) == (64, 10)
+    assert config["trainer"]["logger"]["init_args"]["name"] == "classic"
+    assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/acc"  # kept from mnist.yaml
+
+
+def test_command_line_options_override_the_presets():
+    config = print_config("--config", "classic", "--model.lr=0.05", "--data.batch_size=128")
+    assert (config["model"]["lr"], config["data"]["init_args"]["batch_size"]) == (0.05, 128)
+
+
+def test_every_preset_in_the_package_parses():
+    for preset in sorted(CONFIG_DIR.glob("*.yaml")):
+        print_config("--config", str(preset))
+
+
+def test_every_checkpoint_written_loads_with_weights_only(quick_args, run_dir):
+    run_cli(["fit", *quick_args, "--test_after_fit=false"])
+    checkpoints = sorted((run_dir / "logs" / "mnist" / "version_0" / "checkpoints").glob("*.ckpt"))
+    names = sorted(path.name for path in checkpoints)
+    assert len(names) == 2 and names[0].startswith("epoch=") and names[1] == "last.ckpt"  # the best and the last
+    for path in checkpoints:
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["hyper_parameters"]["network"]["init_args"]["num_outputs"] == 10
+        assert checkpoint["hyper_parameters"]["task"] == "multiclass"
+
+
+def test_fit_tests_the_best_checkpoint_afterwards(quick_args, run_dir, capsys):
+    cli = run_cli(["fit", *quick_args])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert f"Testing the best checkpoint: {best}" in capsys.readouterr().out
+    assert "test/acc" in cli.trainer.callback_metrics
+
+
+def test_test_subcommand_evaluates_a_saved_checkpoint(quick_args, run_dir):
+    run_cli(["fit", *quick_args, "--test_after_fit=false"])
+    last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = run_cli(["test", *quick_args[:4], f"--ckpt_path={last}", "--trainer.enable_progress_bar=false"])
+    assert 0.0 <= cli.trainer.callback_metrics["test/acc"].item() <= 1.0
+
+
+def error_of(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    return error
+
+
+def test_bad_learning_rate_is_one_error_line(quick_args, capsys):
+    assert "error: model.lr must be a positive number, got -0.1" in error_of(
+        ["fit", *quick_args, "--model.lr=-0.1"], capsys
+    )
+
+
+def test_unknown_option_is_refused_by_the_parser(quick_args, capsys):
+    assert "model.learning_rate" in error_of(["fit", *quick_args, "--model.learning_rate=0.1"], capsys)
+
+
+def test_missing_data_offline_stops_the_cli_with_the_clear_message(run_dir, monkeypatch, capsys):
+    from torchvision import datasets
+
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    error = error_of(["fit", f"--data.data_dir={run_dir / 'nowhere'}", "--trainer.enable_progress_bar=false"], capsys)
+    assert error.startswith("error: MNIST files not found: looked in ")
+    assert "PROJECT_DATA_DIR" in error

@@ -1,0 +1,87 @@
+"""The MNIST data module: where the files are looked for, the seeded split, normalisation, and missing files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import datasets
+
+from project.data import DATA_DIR_ENV, MNIST_MEAN, MNIST_STD, MNISTDataModule, resolve_data_dir
+from project.errors import DataNotFoundError, UserInputError
+
+
+def test_data_dir_comes_from_the_argument_then_the_environment_then_dot_data(monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, "/from/env")
+    assert resolve_data_dir("/from/arg") == Path("/from/arg")
+    assert resolve_data_dir(None) == Path("/from/env")
+    monkeypatch.delenv(DATA_DIR_ENV)
+    assert resolve_data_dir(None) == Path("data")
+
+
+def test_split_is_fixed_by_its_seed_not_by_the_global_seed(fake_data_dir):
+    def val_indices(split_seed: int, global_seed: int) -> list[int]:
+        torch.manual_seed(global_seed)
+        data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, split_seed=split_seed)
+        data.setup("fit")
+        assert (len(data.train_set), len(data.val_set)) == (500, 100)
+        return list(data.val_set.indices)
+
+    assert val_indices(split_seed=1, global_seed=0) == val_indices(split_seed=1, global_seed=123)
+    assert val_indices(split_seed=1, global_seed=0) != val_indices(split_seed=2, global_seed=0)
+
+
+def test_images_are_normalised_with_the_mnist_mean_and_std(fake_data_dir):
+    data = MNISTDataModule(data_dir=str(fake_data_dir))
+    data.setup("test")
+    image, _ = data.test_set[0]
+    raw = datasets.MNIST(str(fake_data_dir), train=False).data[0].float() / 255
+    assert image.shape == (1, 28, 28)
+    torch.testing.assert_close(image[0], (raw - MNIST_MEAN) / MNIST_STD)
+
+
+def test_batches_have_the_configured_sizes(fake_data_dir):
+    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=32, eval_batch_size=64)
+    data.setup("fit")
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (32, 1, 28, 28) and labels.dtype == torch.int64
+    assert next(iter(data.val_dataloader()))[0].shape[0] == 64
+
+
+def test_val_size_that_leaves_no_training_images_is_refused(fake_data_dir):
+    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=600)
+    with pytest.raises(UserInputError, match=r"data.val_size=600 leaves no training images.*600 images"):
+        data.setup("fit")
+
+
+def test_bad_batch_size_is_refused_by_name():
+    with pytest.raises(UserInputError, match=r"data.batch_size must be a positive integer, got 0"):
+        MNISTDataModule(batch_size=0)
+
+
+def test_missing_files_offline_give_one_clear_message(tmp_path, monkeypatch):
+    # Point the download at a closed local port: fails at once, as it does without network.
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    data = MNISTDataModule(data_dir=str(tmp_path / "empty"))
+    with pytest.raises(DataNotFoundError) as caught:
+        data.prepare_data()
+    message = str(caught.value)
+    assert f"looked in {(tmp_path / 'empty' / 'MNIST' / 'raw').resolve()}" in message
+    assert "train-images-idx3-ubyte" in message and "the download failed" in message
+    assert "--data.data_dir" in message and DATA_DIR_ENV in message
+    assert "Tried http" not in message  # not torchvision's list of mirrors
+
+
+def test_missing_files_with_download_off_say_so(tmp_path):
+    data = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    with pytest.raises(DataNotFoundError, match=r"downloading is switched off \(data.download\)"):
+        data.prepare_data()
+
+
+def test_real_mnist_splits_into_55000_5000_and_10000(real_data_dir):
+    data = MNISTDataModule(data_dir=str(real_data_dir))
+    data.prepare_data()  # files present: no download attempted
+    data.setup("fit")
+    data.setup("test")
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (55_000, 5_000, 10_000)
+    test_counts = torch.bincount(data.test_set.targets, minlength=10).tolist()
+    assert test_counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -1,0 +1,149 @@
+"""The LightningModule: loss and metrics by task, optimizer settings, learning, and plain-value checkpoints."""
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from project.errors import UserInputError
+from project.models import ConvNet
+from project.module import TaskModule
+
+
+def test_multiclass_loss_is_cross_entropy_on_logits():
+    module = TaskModule(ConvNet(num_outputs=10), task="multiclass")
+    logits, targets = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    torch.testing.assert_close(module.loss(logits, targets), F.cross_entropy(logits, targets))
+
+
+def test_binary_loss_is_bce_with_logits_on_one_output():
+    module = TaskModule(ConvNet(num_outputs=1), task="binary")
+    logits, targets = torch.randn(8, 1), torch.randint(0, 2, (8,))
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
+    torch.testing.assert_close(module.loss(logits, targets), expected)
+
+
+def test_regression_loss_is_mse_on_one_output():
+    module = TaskModule(ConvNet(num_outputs=1), task="regression")
+    outputs, targets = torch.randn(8, 1), torch.randn(8)
+    torch.testing.assert_close(module.loss(outputs, targets), F.mse_loss(outputs[:, 0], targets))
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "expected"),
+    [
+        ("multiclass", 10, {"acc", "precision", "recall", "f1"}),
+        ("binary", 1, {"acc", "precision", "recall", "f1"}),
+        ("regression", 1, {"mse", "mae"}),
+    ],
+)
+def test_each_stage_has_the_metrics_of_its_task(task, outputs, expected):
+    module = TaskModule(ConvNet(num_outputs=outputs), task=task)
+    for stage, metrics in (
+        ("train", module.train_metrics),
+        ("val", module.val_metrics),
+        ("test", module.test_metrics),
+    ):
+        assert set(metrics.keys()) == {f"{stage}/{name}" for name in expected}
+
+
+def test_precision_recall_and_f1_are_macro_averaged():
+    module = TaskModule(ConvNet(num_outputs=3), task="multiclass")
+    # Class 0 always right, classes 1 and 2 always predicted as 0: accuracy 0.5, macro recall 1/3.
+    targets = torch.tensor([0, 0, 0, 1, 2, 0])
+    logits = F.one_hot(torch.zeros(6, dtype=torch.long), 3).float()
+    results = module.val_metrics(logits, targets)
+    assert results["val/acc"].item() == pytest.approx(4 / 6)
+    assert results["val/recall"].item() == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "model.lr must be a positive number, got 0.0"),
+        ({"lr": -1.0}, "model.lr must be a positive number, got -1.0"),
+        ({"optimizer": "adamw", "momentum": 0.9}, "model.momentum applies to optimizer sgd only"),
+        ({"optimizer": "sgd", "nesterov": True}, "model.nesterov needs optimizer sgd with momentum > 0"),
+        ({"weight_decay": -0.1}, "model.weight_decay must be 0 or more, got -0.1"),
+        ({"task": "segmentation"}, "model.task must be multiclass, binary or regression, got 'segmentation'"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_by_name(kwargs, message):
+    with pytest.raises(UserInputError, match=message):
+        TaskModule(ConvNet(), **kwargs)
+
+
+def test_output_size_must_fit_the_task():
+    with pytest.raises(UserInputError, match="a binary task needs a network with exactly 1 output, got 10"):
+        TaskModule(ConvNet(num_outputs=10), task="binary")
+
+
+def test_overfitting_one_batch_drives_the_training_loss_close_to_zero():
+    torch.manual_seed(0)
+    batch = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    module = TaskModule(ConvNet(), optimizer="adamw", lr=1e-3)
+    trainer = L.Trainer(
+        max_steps=60,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(batch, batch_size=32))
+    module.eval()
+    with torch.no_grad():
+        final_loss = module.loss(module(batch.tensors[0]), batch.tensors[1]).item()
+    print(f"loss on the memorised batch after 60 steps: {final_loss:.5f}")
+    assert final_loss < 0.01
+
+
+def test_one_cycle_schedule_peaks_at_lr_and_ends_near_zero(fake_data_dir, run_dir):
+    from project.data import MNISTDataModule
+
+    module = TaskModule(ConvNet(), lr=0.01, lr_schedule="onecycle", warmup_fraction=0.5)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50)
+    seen: list[float] = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordLR()],
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+    assert len(seen) == 20
+    assert max(seen) == pytest.approx(0.01, rel=0.05) and seen.index(max(seen)) in (9, 10)
+    assert seen[-1] < 0.001 and seen[0] < 0.001
+
+
+def test_checkpoint_of_a_network_built_in_python_loads_with_weights_only(fake_data_dir, run_dir):
+    from project.data import MNISTDataModule
+
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        default_root_dir=run_dir,
+    )
+    trainer.fit(TaskModule(ConvNet(width=8)), MNISTDataModule(data_dir=str(fake_data_dir), val_size=100))
+    path = run_dir / "model.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["network"] == {
+        "class_path": "project.models.ConvNet",
+        "init_args": ConvNet(width=8).config,
+    }
