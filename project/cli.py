@@ -18,7 +18,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from project.data import MNISTDataModule
+from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.module import TaskModule
 from project.runs import resolve_checkpoint, version_of
@@ -120,7 +120,7 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     return ProjectCLI(
         TaskModule,
-        MNISTDataModule,
+        ImageDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # the optimizer is configured by model.optimizer and friends
         parser_kwargs={name: {"default_config_files": [str(DEFAULT_CONFIG)]} for name in SUBCOMMANDS},

@@ -1,7 +1,8 @@
 """The LightningModule: how a network is trained and measured for a task (the "system" around the network).
 
 The network itself is a plain ``nn.Module`` passed in as ``network`` (see :mod:`project.models`); this module adds
-the loss for the task, the metrics, and the optimizer and learning-rate schedule.
+the loss for the task, the metrics, the optimizer and learning-rate plan, and (for fine-tuning) the pretrained
+backbone and its freeze/unfreeze schedule (see :mod:`project.finetuning`).
 
 =============  ===============================  ========================================================
 task           loss                             metrics
@@ -14,12 +15,14 @@ regression     mean squared error (one output)   MSE, MAE
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import (
@@ -35,6 +38,7 @@ from torchmetrics.classification import (
 
 from project.data import Task
 from project.errors import UserInputError
+from project.finetuning import LRFactor, load_pretrained_backbone
 
 Batch = tuple[Tensor, Tensor]
 
@@ -72,7 +76,7 @@ def describe_network(network: nn.Module) -> dict[str, Any]:
 
 
 class TaskModule(L.LightningModule):
-    """Trains ``network`` for ``task`` with SGD or AdamW and an optional one-cycle learning-rate schedule.
+    """Trains ``network`` for ``task`` with SGD or AdamW, an optional one-cycle schedule, and optional fine-tuning.
 
     Args:
         network: the network; it returns logits (classification) or values (regression) and has an attribute
@@ -85,6 +89,10 @@ class TaskModule(L.LightningModule):
         weight_decay: L2 penalty (SGD) or decoupled weight decay (AdamW).
         lr_schedule: ``none`` (constant) or ``onecycle`` (warm up to ``lr``, then anneal, stepped every batch).
         warmup_fraction: with ``onecycle``, the fraction of all steps spent warming up.
+        pretrained: a checkpoint, state dict or safetensors file whose backbone is loaded into the network before
+            training starts (the head stays new). Not the same as ``--ckpt_path``, which resumes a run.
+        freeze_backbone_epochs: keep the backbone's weights fixed for this many epochs, training only the head.
+        backbone_lr: the backbone's learning rate once it trains (default: ``lr``); the head always uses ``lr``.
     """
 
     def __init__(
@@ -98,9 +106,13 @@ class TaskModule(L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: Literal["none", "onecycle"] = "none",
         warmup_fraction: float = 0.25,
+        pretrained: str | None = None,
+        freeze_backbone_epochs: int = 0,
+        backbone_lr: float | None = None,
     ) -> None:
         super().__init__()
         check_task_and_optimizer(network, task, optimizer, lr, momentum, nesterov, weight_decay, warmup_fraction)
+        check_finetuning(network, freeze_backbone_epochs, backbone_lr)
         with warnings.catch_warnings():
             # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
@@ -114,6 +126,24 @@ class TaskModule(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
+        if stage == "fit" and self.hparams.pretrained and not self.trainer.ckpt_path:
+            rank_zero_info(load_pretrained_backbone(self.network, self.hparams.pretrained))
+
+    @property
+    def frozen_steps(self) -> int:
+        """Optimizer steps during which the backbone is frozen (known once training has started)."""
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+        return self.hparams.freeze_backbone_epochs * steps_per_epoch
+
+    @property
+    def finetune_stage(self) -> str:
+        """``frozen`` while the backbone's learning rate is held at 0, then ``unfrozen``; ``full`` without freezing."""
+        if not self.hparams.freeze_backbone_epochs:
+            return "full"
+        return "frozen" if self.trainer.global_step < self.frozen_steps else "unfrozen"
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         if self.hparams.task == "multiclass":
@@ -132,6 +162,8 @@ class TaskModule(L.LightningModule):
 
     def _shared_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> Tensor:
         images, targets = batch
+        if self.hparams.task == "regression":
+            targets = targets.float()
         outputs = self(images)
         loss = self.loss(outputs, targets)
         metrics.update(self.predictions(outputs.detach()), targets)
@@ -154,26 +186,36 @@ class TaskModule(L.LightningModule):
         predictions = self.predictions(self(batch[0]))
         return predictions.argmax(dim=1) if self.hparams.task == "multiclass" else predictions
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """``backbone`` and ``head`` groups with their own learning rates (one group for other networks)."""
+        hp = self.hparams
+        if not (hasattr(self.network, "backbone") and hasattr(self.network, "head")):
+            return [{"name": "all", "params": list(self.network.parameters()), "lr": hp.lr}]
+        return [
+            {"name": "backbone", "params": list(self.network.backbone.parameters()), "lr": hp.backbone_lr or hp.lr},
+            {"name": "head", "params": list(self.network.head.parameters()), "lr": hp.lr},
+        ]
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        groups = self.parameter_groups()
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(
-                self.parameters(),
-                lr=hp.lr,
-                momentum=hp.momentum,
-                nesterov=hp.nesterov,
-                weight_decay=hp.weight_decay,
+                groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
             )
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "none":
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=hp.lr,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=hp.warmup_fraction,
-        )
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        factors = [
+            LRFactor(
+                total_steps,
+                hp.lr_schedule,
+                hp.warmup_fraction,
+                frozen_steps=self.frozen_steps if group["name"] == "backbone" else 0,
+            )
+            for group in groups
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -218,3 +260,16 @@ def check_task_and_optimizer(
         raise UserInputError(f"model.weight_decay must be 0 or more, got {weight_decay}")
     if not 0 < warmup_fraction < 1:
         raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")
+
+
+def check_finetuning(network: nn.Module, freeze_backbone_epochs: int, backbone_lr: float | None) -> None:
+    """Refuse fine-tuning settings that cannot work, naming the value and what is allowed."""
+    if freeze_backbone_epochs < 0:
+        raise UserInputError(f"model.freeze_backbone_epochs must be 0 or more, got {freeze_backbone_epochs}")
+    if backbone_lr is not None and not backbone_lr > 0:
+        raise UserInputError(f"model.backbone_lr must be a positive number, got {backbone_lr}")
+    if (freeze_backbone_epochs or backbone_lr) and not hasattr(network, "backbone"):
+        raise UserInputError(
+            f"model.freeze_backbone_epochs and model.backbone_lr need a network with a backbone attribute; "
+            f"{type(network).__name__} has none"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from idx import write_mnist_folder
 
@@ -57,3 +58,49 @@ def quick_args(fake_data_dir: Path, run_dir: Path) -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, fake_data_dir: Path) -> Path:
+    """``last.ckpt`` of a short MNIST-format run through the CLI (the "pretrained" network of fine-tuning tests)."""
+    from project.cli import run_cli
+
+    folder = tmp_path_factory.mktemp("pretrain")
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        run_cli(
+            [
+                "fit",
+                f"--data.data_dir={fake_data_dir}",
+                "--data.val_size=100",
+                "--data.batch_size=50",
+                "--trainer.max_epochs=1",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+                "--test_after_fit=false",
+                "--model.lr=0.01",
+            ]
+        )
+    finally:
+        os.chdir(previous)
+    return folder / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def write_image_folder(root: Path, classes: dict[str, int], mode: str = "RGB", size: int = 20) -> Path:
+    """``root/<class>/<k>.png`` with ``classes[class]`` images each: class k is a bright square at its own place."""
+    from PIL import Image
+
+    for k, (name, count) in enumerate(sorted(classes.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = np.full((size, size, 3), 30 + i % 20, dtype=np.uint8)
+            pixels[2 + 5 * k : 7 + 5 * k, 3:12] = 255
+            Image.fromarray(pixels).convert(mode).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Three classes of small RGB PNGs (40 images each), in one folder per class."""
+    return write_image_folder(tmp_path / "images", {"circle": 40, "square": 40, "triangle": 40})

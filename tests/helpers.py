@@ -48,3 +48,29 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class BackboneSnapshots(L.Callback):
+    """A copy of the backbone's and the head's weights at the end of each training epoch."""
+
+    def __init__(self) -> None:
+        self.backbone: list[dict] = []
+        self.head: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        network = pl_module.network
+        self.backbone.append({k: v.detach().clone() for k, v in network.backbone.state_dict().items()})
+        self.head.append({k: v.detach().clone() for k, v in network.head.state_dict().items()})
+
+
+class RankDigest(L.Callback):
+    """Each DDP process writes a digest of its backbone at every epoch end to ``<folder>/rank<r>-epoch<e>.txt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        backbone = pl_module.network.backbone.state_dict()
+        digest = ",".join(f"{name}={tensor.double().sum().item():.10e}" for name, tensor in sorted(backbone.items()))
+        (self.folder / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.txt").write_text(digest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import struct
 from pathlib import Path
 
@@ -19,6 +20,12 @@ def write_idx_images(path: Path, images: np.ndarray) -> None:
 def write_idx_labels(path: Path, labels: np.ndarray) -> None:
     """``labels``: integer array of shape (N,), values 0-255."""
     path.write_bytes(struct.pack(">II", LABEL_MAGIC, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def write_idx_int32(path: Path, array: np.ndarray) -> None:
+    """An IDX file of big-endian int32 values (type code 0x0C), as QMNIST stores its labels."""
+    header = struct.pack(">I", 0x0C00 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(">i4").tobytes())
 
 
 def synthetic_digits(count: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -42,3 +49,44 @@ def write_mnist_folder(root: Path, folder: str = "MNIST", train_count: int = 600
         write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+def write_torchvision_dataset(root: Path, name: str, train_count: int = 300, test_count: int = 100) -> Path:
+    """Write ``name`` (a key of project.data.TORCHVISION_DATASETS) in the exact files torchvision reads."""
+    if name in ("mnist", "fashion_mnist", "kmnist"):
+        folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}[name]
+        return write_mnist_folder(root, folder, train_count, test_count)
+    if name.startswith("emnist_"):
+        split = name.removeprefix("emnist_")
+        raw = root / "EMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        num_classes, offset = (26, 1) if split == "letters" else (47, 0)
+        for part, count, seed in (("train", train_count, 0), ("test", test_count, 1)):
+            images, labels = synthetic_digits(count, seed, num_classes=10)
+            labels = (np.arange(count) % num_classes) + offset
+            write_idx_images(raw / f"emnist-{split}-{part}-images-idx3-ubyte", images)
+            write_idx_labels(raw / f"emnist-{split}-{part}-labels-idx1-ubyte", labels)
+        return root
+    if name == "qmnist":
+        raw = root / "QMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for part, count, seed in (("train", train_count, 0), ("test", test_count, 1)):
+            images, labels = synthetic_digits(count, seed)
+            # QMNIST's 8 label columns: class, NIST hsf, writer id, digit index, ...; torchvision uses column 0.
+            columns = np.stack([labels, *(np.full(count, k) for k in range(1, 8))], axis=1)
+            write_idx_images(raw / f"qmnist-{part}-images-idx3-ubyte", images)
+            write_idx_int32(raw / f"qmnist-{part}-labels-idx2-int", columns)
+        return root
+    if name == "usps":
+        folder = root / "USPS"
+        folder.mkdir(parents=True, exist_ok=True)
+        for filename, count, seed in (("usps.bz2", train_count, 0), ("usps.t.bz2", test_count, 1)):
+            images, labels = synthetic_digits(count, seed)
+            small = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, ::2, ::2] / 255 * 2 - 1  # 16x16 in [-1, 1], as USPS
+            lines = [
+                f"{label + 1} " + " ".join(f"{i + 1}:{value:.6f}" for i, value in enumerate(image.flatten()))
+                for image, label in zip(small, labels, strict=True)
+            ]
+            (folder / filename).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+        return root
+    raise ValueError(name)

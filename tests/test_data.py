@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import datasets
 
-from project.data import DATA_DIR_ENV, MNIST_MEAN, MNIST_STD, MNISTDataModule, resolve_data_dir
+from project.data import DATA_DIR_ENV, MNISTDataModule, resolve_data_dir
 from project.errors import DataNotFoundError, UserInputError
 
 
@@ -30,13 +30,16 @@ def test_split_is_fixed_by_its_seed_not_by_the_global_seed(fake_data_dir):
     assert val_indices(split_seed=1, global_seed=0) != val_indices(split_seed=2, global_seed=0)
 
 
-def test_images_are_normalised_with_the_mnist_mean_and_std(fake_data_dir):
+def test_images_are_normalised_with_the_training_images_mean_and_std(fake_data_dir):
     data = MNISTDataModule(data_dir=str(fake_data_dir))
     data.setup("test")
     image, _ = data.test_set[0]
+    train_pixels = datasets.MNIST(str(fake_data_dir), train=True).data.float() / 255
+    mean, std = train_pixels.mean().item(), train_pixels.std().item()
+    assert data.mean_std == pytest.approx((mean, std))
     raw = datasets.MNIST(str(fake_data_dir), train=False).data[0].float() / 255
     assert image.shape == (1, 28, 28)
-    torch.testing.assert_close(image[0], (raw - MNIST_MEAN) / MNIST_STD)
+    torch.testing.assert_close(image[0], (raw - mean) / std)
 
 
 def test_batches_have_the_configured_sizes(fake_data_dir):
