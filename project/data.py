@@ -125,13 +125,17 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 1000,
         num_workers: int = 0,
-        val_size: int | float = 5000,
+        val_size: int | float = 0.1,
         split_seed: int = 42,
         samples_per_class: int | None = None,
         train_fraction: float | None = None,
         positive_classes: list[int] | None = None,
     ) -> None:
         super().__init__()
+        if positive_classes and self.default_task == "regression":
+            raise UserInputError(
+                f"data.positive_classes makes a binary task; {type(self).__name__} is a regression task"
+            )
         for name, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
             if value < 1:
                 raise UserInputError(f"data.{name} must be a positive integer, got {value}")
@@ -330,7 +334,8 @@ class MNISTDataModule(ImageDataModule):
         dataset: which dataset.
         download: download the files when they are missing (needs network access).
         image_size: side length the images are resized to (28 keeps the MNIST family as it is).
-        **kwargs: see :class:`ImageDataModule` (data_dir, batch sizes, val_size, few-shot, positive_classes).
+        val_size: validation images held out of the training split (5,000 of MNIST's 60,000 by default).
+        **kwargs: see :class:`ImageDataModule` (data_dir, batch sizes, workers, few-shot, positive_classes).
     """
 
     def __init__(
@@ -338,31 +343,14 @@ class MNISTDataModule(ImageDataModule):
         dataset: DatasetName = "mnist",
         download: bool = True,
         image_size: int = 28,
-        data_dir: str | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int = 1000,
-        num_workers: int = 0,
         val_size: int | float = 5000,
-        split_seed: int = 42,
-        samples_per_class: int | None = None,
-        train_fraction: float | None = None,
-        positive_classes: list[int] | None = None,
+        **kwargs: Any,
     ) -> None:
         if dataset not in TORCHVISION_DATASETS:
             raise UserInputError(f"data.dataset {dataset!r} is not known: use one of {', '.join(TORCHVISION_DATASETS)}")
         if image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {image_size}")
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            split_seed=split_seed,
-            samples_per_class=samples_per_class,
-            train_fraction=train_fraction,
-            positive_classes=positive_classes,
-        )
+        super().__init__(val_size=val_size, **kwargs)
         self.save_hyperparameters()
         self.dataset = dataset
         self.spec = TORCHVISION_DATASETS[dataset]

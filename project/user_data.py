@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -55,19 +56,28 @@ def carve(count: int, held_out: int | float, seed: int) -> tuple[list[int], list
 
 
 class _FileDataModule(ImageDataModule):
-    """Shared by the folder and CSV modules: a test split from its own files, or carved from the training files."""
+    """Shared by the folder and CSV modules: the image conversion, and a test split from its own files or carved
+    from the training files.
+
+    Args:
+        data_dir: the folder that holds the images (and the CSV files).
+        channels, image_size, mean, std: the conversion of every image (see :func:`image_transform`).
+        test_size: without separate test files, the images held out for testing: a count or a fraction below 1.
+        **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
+    """
 
     def __init__(
         self,
-        data_dir: str | None,
-        channels: int,
-        image_size: int,
-        mean: float,
-        std: float,
-        test_size: int | float,
-        **kwargs,
+        data_dir: str,
+        channels: int = 1,
+        image_size: int = 28,
+        mean: float = MNIST_MEAN,
+        std: float = MNIST_STD,
+        test_size: int | float = 0.2,
+        **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
+        self.save_hyperparameters()
         self.transform = image_transform(channels, image_size, mean, std)
         self.test_size = test_size
 
@@ -107,40 +117,8 @@ class ImageFolderDataModule(_FileDataModule):
     With exactly two classes the task is binary (class index 1 is the positive class); with more, multiclass.
     """
 
-    def __init__(
-        self,
-        data_dir: str,
-        channels: int = 1,
-        image_size: int = 28,
-        mean: float = MNIST_MEAN,
-        std: float = MNIST_STD,
-        test_size: int | float = 0.2,
-        batch_size: int = 64,
-        eval_batch_size: int = 1000,
-        num_workers: int = 0,
-        val_size: int | float = 0.1,
-        split_seed: int = 42,
-        samples_per_class: int | None = None,
-        train_fraction: float | None = None,
-        positive_classes: list[int] | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir,
-            channels,
-            image_size,
-            mean,
-            std,
-            test_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            split_seed=split_seed,
-            samples_per_class=samples_per_class,
-            train_fraction=train_fraction,
-            positive_classes=positive_classes,
-        )
-        self.save_hyperparameters()
+    def __init__(self, data_dir: str, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
         train_source, _ = self.sources()
         self.classes = sorted(p.name for p in train_source.iterdir() if p.is_dir()) if train_source.is_dir() else []
         if not self.classes:
@@ -211,37 +189,6 @@ class CSVRegressionDataModule(_FileDataModule):
     ``image,target``; without ``test.csv``, ``test_size`` rows are held out (seeded) for testing."""
 
     default_task: Task = "regression"
-
-    def __init__(
-        self,
-        data_dir: str,
-        channels: int = 1,
-        image_size: int = 28,
-        mean: float = MNIST_MEAN,
-        std: float = MNIST_STD,
-        test_size: int | float = 0.2,
-        batch_size: int = 64,
-        eval_batch_size: int = 1000,
-        num_workers: int = 0,
-        val_size: int | float = 0.1,
-        split_seed: int = 42,
-        train_fraction: float | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir,
-            channels,
-            image_size,
-            mean,
-            std,
-            test_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            split_seed=split_seed,
-            train_fraction=train_fraction,
-        )
-        self.save_hyperparameters()
 
     def sources(self) -> tuple[Path, Path | None]:
         test = self.data_dir / "test.csv"
