@@ -11,15 +11,17 @@ other options override both. A ``--config`` name that is not a file is looked up
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.data import ImageDataModule
-from project.errors import UserInputError
+from project.errors import ReportedError, UserInputError
 from project.module import TaskModule
 from project.runs import resolve_checkpoint, version_of
 
@@ -44,6 +46,11 @@ class ProjectCLI(LightningCLI):
             help="fit only: after training, test the best checkpoint (by the monitored metric) on the test split",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the command line as given. LightningCLI would load ``--ckpt_path`` here, unchecked, and let the
+        hyperparameters stored in it override the command line (Lightning #20310, #20801); here the options given
+        win, as they do for ``--ckpt_path last``, and the file is read and checked in before_instantiate_classes."""
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         ckpt_path = config.get("ckpt_path")
@@ -51,7 +58,14 @@ class ProjectCLI(LightningCLI):
             return
         logger = tensorboard_logger_args(config.trainer.logger)
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
-        checkpoint = resolve_checkpoint(ckpt_path, run_root)
+        checkpoint, content = resolve_checkpoint(ckpt_path, run_root)
+        max_epochs = config.trainer.max_epochs
+        if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= content["epoch"]:
+            raise UserInputError(
+                f"--trainer.max_epochs={max_epochs} is below the checkpoint's epoch: {checkpoint} is in epoch "
+                f"{content['epoch'] + 1} (step {content['global_step']}); resume with max_epochs of at least "
+                f"{content['epoch'] + 1}"
+            )
         config.ckpt_path = str(checkpoint)
         # A resumed run keeps writing into the version folder its checkpoint came from.
         version = version_of(checkpoint, run_root)
@@ -128,13 +142,33 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     )
 
 
+def reported_cause(error: BaseException | None) -> ReportedError | None:
+    """The :class:`ReportedError` behind ``error``: jsonargparse wraps errors raised while it instantiates classes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ReportedError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
-    """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback."""
+    """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback.
+
+    A run stopped by SIGTERM (a preempted job) has written ``last.ckpt`` at the step boundary and exits with 143.
+    """
     try:
         run_cli(args)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except Exception as error:
+        reported = reported_cause(error)
+        if reported is None:
+            raise
+        print(f"error: {reported}", file=sys.stderr)
+        raise SystemExit(reported.exit_code) from None
+    except SIGTERMException:
+        print("stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last")
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def train_main() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -26,6 +27,7 @@ from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
 from project.errors import DataNotFoundError, UserInputError
+from project.resume import ResumableDataLoader, ResumableSampler, trainer_position
 
 DATA_DIR_ENV = "PROJECT_DATA_DIR"
 """Environment variable naming the data directory when ``--data.data_dir`` is not given."""
@@ -115,6 +117,8 @@ class ImageDataModule(L.LightningDataModule):
         train_fraction: keep only this fraction of the training images of each class (stratified, seeded).
         positive_classes: turn the task into binary classification: target 1 for these classes, 0 for the rest
             (e.g. ``[5, 6, 7, 8, 9]`` for "digit >= 5").
+        augment_shift: augment training batches with random shifts of up to this many pixels (0: off).
+        shuffle_seed: seed of the training order and the augmentation; default: the run's ``seed_everything``.
     """
 
     default_task: Task = "multiclass"
@@ -130,8 +134,12 @@ class ImageDataModule(L.LightningDataModule):
         samples_per_class: int | None = None,
         train_fraction: float | None = None,
         positive_classes: list[int] | None = None,
+        augment_shift: int = 0,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
+        if augment_shift < 0:
+            raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
         if positive_classes and self.default_task == "regression":
             raise UserInputError(
                 f"data.positive_classes makes a binary task; {type(self).__name__} is a regression task"
@@ -158,6 +166,9 @@ class ImageDataModule(L.LightningDataModule):
         self.samples_per_class = samples_per_class
         self.train_fraction = train_fraction
         self.positive_classes = positive_classes
+        self.augment_shift = augment_shift
+        self.shuffle_seed = shuffle_seed if shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.augment_generator = torch.Generator().manual_seed(self.shuffle_seed)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -198,9 +209,20 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.check_positive_classes()
         if stage in ("fit", "validate") and self.train_set is None:
-            self.train_set, self.val_set = self._split_train(self.load_split(train=True))
+            self.train_set, self.val_set = self._split_train(self.checked(self.load_split(train=True), "training"))
         if stage in ("test", "predict") and self.test_set is None:
-            self.test_set = self._binary(self.load_split(train=False))
+            self.test_set = self._binary(self.checked(self.load_split(train=False), "test"))
+
+    def checked(self, dataset: Dataset, split: str) -> Dataset:
+        """``dataset``, after checking that its labels are classes of this data (0 .. num_classes - 1)."""
+        labels = self.split_labels(dataset)
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            outside = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
+            raise UserInputError(
+                f"the {split} split of {type(self).__name__} has labels {outside[:10]} outside its "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}): the files do not match the dataset"
+            )
+        return dataset
 
     def _split_train(self, full_train: Dataset) -> tuple[Dataset, Dataset]:
         total = len(full_train)
@@ -226,28 +248,62 @@ class ImageDataModule(L.LightningDataModule):
     def _binary(self, dataset: Dataset) -> Dataset:
         return MappedTargets(dataset, InClasses(self.positive_classes)) if self.positive_classes else dataset
 
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, batch_size: int, sampler: ResumableSampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
-        return DataLoader(
+        loader_class = ResumableDataLoader if sampler is not None else DataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # worker seeds drawn from here, not from the global generator
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            self.train_set,
+            seed=self.shuffle_seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            position=(lambda: trainer_position(trainer, self.batch_size)) if trainer else None,
+        )
+        return self._loader(self.train_set, self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not self.augment_shift or self.trainer is None or not self.trainer.training:
+            return batch
+        images, targets = batch
+        return random_shift(images, self.augment_shift, self.augment_generator), targets
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"augment_generator": self.augment_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.augment_generator.set_state(state_dict["augment_generator"])
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Shift each image by a whole number of pixels in [-max_shift, max_shift] along each axis (edges repeated)."""
+    count, _, height, width = images.shape
+    shifts = torch.randint(-max_shift, max_shift + 1, (count, 2), generator=generator).to(images)
+    theta = torch.zeros(count, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = -2 * shifts[:, 0] / width
+    theta[:, 1, 2] = -2 * shifts[:, 1] / height
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
 # -- MNIST and its relatives from torchvision --------------------------------------------------------------------
@@ -358,6 +414,10 @@ class MNISTDataModule(ImageDataModule):
         self.image_size = image_size
         self.num_classes = self.spec.num_classes
         self.mean_std: tuple[float, float] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1, self.image_size, self.image_size)
 
     @property
     def raw_folder(self) -> Path:

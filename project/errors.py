@@ -1,12 +1,17 @@
-"""Errors caused by what the user gave us (arguments, files, environment), as opposed to bugs.
-
-The command line prints these as one message and exits with status 2, without a traceback: the message itself
-must say what was wrong and what is allowed.
-"""
+"""Errors the command line reports as one message, without a traceback: the message says what went wrong and what
+to do. Anything else is a bug, and keeps its traceback."""
 
 
-class UserInputError(ValueError):
-    """Bad input or a missing resource, reported to the user as a plain message."""
+class ReportedError(Exception):
+    """An error whose message is the whole story; the command line exits with :attr:`exit_code`."""
+
+    exit_code = 1
+
+
+class UserInputError(ReportedError, ValueError):
+    """Bad input (an argument, a file, the environment): refused before any work starts, naming what is allowed."""
+
+    exit_code = 2
 
 
 class DataNotFoundError(UserInputError):
@@ -14,4 +19,8 @@ class DataNotFoundError(UserInputError):
 
 
 class CheckpointNotFoundError(UserInputError):
-    """A checkpoint asked for by ``--ckpt_path`` does not exist."""
+    """A checkpoint asked for by ``--ckpt_path`` does not exist or cannot be read."""
+
+
+class TrainingDivergedError(ReportedError):
+    """The loss or the weights stopped being finite numbers; training stops before they reach a checkpoint."""

@@ -37,7 +37,7 @@ from torchmetrics.classification import (
 )
 
 from project.data import Task
-from project.errors import UserInputError
+from project.errors import TrainingDivergedError, UserInputError
 from project.finetuning import LRFactor, load_pretrained_backbone
 
 Batch = tuple[Tensor, Tensor]
@@ -128,6 +128,7 @@ class TaskModule(L.LightningModule):
         return self.network(images)
 
     def setup(self, stage: str) -> None:
+        check_image_shape(self.network, getattr(self.trainer, "datamodule", None))
         # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
         if stage == "fit" and self.hparams.pretrained and not self.trainer.ckpt_path:
             rank_zero_info(load_pretrained_backbone(self.network, self.hparams.pretrained))
@@ -135,6 +136,8 @@ class TaskModule(L.LightningModule):
     @property
     def frozen_steps(self) -> int:
         """Optimizer steps during which the backbone is frozen (known once training has started)."""
+        if not self.hparams.freeze_backbone_epochs:
+            return 0
         steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
         return self.hparams.freeze_backbone_epochs * steps_per_epoch
 
@@ -173,7 +176,14 @@ class TaskModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train", self.train_metrics)
+        loss = self._shared_step(batch, "train", self.train_metrics)
+        if not torch.isfinite(loss):  # before backward: the weights stay as they were
+            raise TrainingDivergedError(
+                f"the training loss is {loss.item()} at step {self.trainer.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); stopping before it reaches the weights. The newest last.ckpt holds finite "
+                f"weights: lower model.lr or add gradient clipping (--trainer.gradient_clip_val), then resume."
+            )
+        return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "val", self.val_metrics)
@@ -272,4 +282,19 @@ def check_finetuning(network: nn.Module, freeze_backbone_epochs: int, backbone_l
         raise UserInputError(
             f"model.freeze_backbone_epochs and model.backbone_lr need a network with a backbone attribute; "
             f"{type(network).__name__} has none"
+        )
+
+
+def check_image_shape(network: nn.Module, datamodule: object) -> None:
+    """Refuse data whose images the network cannot take, naming both shapes and the options that set them."""
+    data_shape = getattr(datamodule, "image_shape", None)
+    network_shape = (getattr(network, "in_channels", None), getattr(network, "image_size", None))
+    if data_shape is None or None in network_shape:
+        return
+    channels, size, _ = data_shape
+    if (channels, size) != network_shape:
+        raise UserInputError(
+            f"the data gives {channels}x{size}x{size} images but the network takes "
+            f"{network_shape[0]}x{network_shape[1]}x{network_shape[1]}: set data.channels / data.image_size, or "
+            f"model.network.init_args.in_channels / image_size (a pretrained backbone fixes the network's)"
         )

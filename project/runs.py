@@ -17,9 +17,12 @@ these functions instead, so that a resumed run finds the newest ``last.ckpt`` an
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
+from typing import Any
 
-from project.errors import CheckpointNotFoundError
+from project.checkpointing import read_checkpoint
+from project.errors import CheckpointNotFoundError, UserInputError
 
 LAST_CHECKPOINT = "last.ckpt"
 _VERSION_FOLDER = re.compile(r"version_\d+")
@@ -40,20 +43,34 @@ def version_of(checkpoint: Path, run_root: Path) -> str | None:
     return version if _VERSION_FOLDER.fullmatch(version) else None
 
 
-def resolve_checkpoint(ckpt_path: str, run_root: Path) -> Path:
-    """The checkpoint file that ``--ckpt_path`` names: ``last`` means the newest ``last.ckpt`` under ``run_root``."""
-    if ckpt_path == "last":
-        found = find_last_checkpoint(run_root)
-        if found is None:
+def resolve_checkpoint(ckpt_path: str, run_root: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint that ``--ckpt_path`` names, read and checked: ``last`` is the newest ``last.ckpt`` under
+    ``run_root``; when that file is unreadable (a crash while it was written by a tool without atomic saves, a full
+    disk), the newest readable checkpoint beside it is used instead, with a warning naming the bad file."""
+    if ckpt_path != "last":
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
             raise CheckpointNotFoundError(
-                f"--ckpt_path last: no {LAST_CHECKPOINT} under {run_root}/version_*/checkpoints/, so there is no "
-                f"run to resume. Start a new run without --ckpt_path, or pass the path of a checkpoint file."
+                f"--ckpt_path {ckpt_path}: no such checkpoint file. Pass 'last' to resume the newest run under "
+                f"{run_root}, or the path of a .ckpt file."
             )
-        return found
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
+        return path, read_checkpoint(path)
+    found = find_last_checkpoint(run_root)
+    if found is None:
         raise CheckpointNotFoundError(
-            f"--ckpt_path {ckpt_path}: no such checkpoint file. Pass 'last' to resume the newest run under "
-            f"{run_root}, or the path of a .ckpt file."
+            f"--ckpt_path last: no {LAST_CHECKPOINT} under {run_root}/version_*/checkpoints/, so there is no "
+            f"run to resume. Start a new run without --ckpt_path, or pass the path of a checkpoint file."
         )
-    return path
+    try:
+        return found, read_checkpoint(found)
+    except UserInputError as error:
+        bad = error
+    others = sorted(found.parent.glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for candidate in (path for path in others if path != found):
+        try:
+            checkpoint = read_checkpoint(candidate)
+        except UserInputError:
+            continue
+        warnings.warn(f"{bad} Resuming from the newest readable checkpoint instead: {candidate}", stacklevel=2)
+        return candidate, checkpoint
+    raise CheckpointNotFoundError(f"--ckpt_path last: {bad} No other readable checkpoint in {found.parent}.")

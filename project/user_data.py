@@ -79,6 +79,7 @@ class _FileDataModule(ImageDataModule):
         super().__init__(data_dir=data_dir, **kwargs)
         self.save_hyperparameters()
         self.transform = image_transform(channels, image_size, mean, std)
+        self.image_shape = (channels, image_size, image_size)
         self.test_size = test_size
 
     def read(self, source: Path) -> Dataset:
@@ -147,6 +148,8 @@ class ImageFolderDataModule(_FileDataModule):
             folder = datasets.ImageFolder(str(source), transform=self.transform)
         except FileNotFoundError as error:  # torchvision: "Found no valid file for the classes ..."
             raise UserInputError(f"ImageFolderDataModule: {source}: {error}") from None
+        for path, _ in folder.samples:  # a broken file stops the run now, not hours into training
+            check_image(Path(path))
         if folder.classes != self.classes:
             raise UserInputError(
                 f"ImageFolderDataModule: {source} has classes {folder.classes}, but the training folder has "
@@ -156,6 +159,15 @@ class ImageFolderDataModule(_FileDataModule):
 
     def split_labels(self, dataset: Dataset) -> Tensor:
         return _labels(dataset)
+
+
+def check_image(path: Path) -> None:
+    """Refuse a file PIL cannot read as an image, naming it."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:
+        raise UserInputError(f"{path} is not a readable image ({type(error).__name__}: {error})") from None
 
 
 class CSVImages(Dataset):
@@ -171,6 +183,8 @@ class CSVImages(Dataset):
         if not rows:
             raise UserInputError(f"{csv_path}: no rows after the header")
         self.paths = [csv_path.parent / row["image"] for row in rows]
+        for path in self.paths:
+            check_image(path)
         try:
             self.targets = [float(row["target"]) for row in rows]
         except ValueError as error:

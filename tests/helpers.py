@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -74,3 +77,38 @@ class RankDigest(L.Callback):
         backbone = pl_module.network.backbone.state_dict()
         digest = ",".join(f"{name}={tensor.double().sum().item():.10e}" for name, tensor in sorted(backbone.items()))
         (self.folder / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.txt").write_text(digest)
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process once ``step`` optimizer steps are done: a crash that runs no handler at all."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(L.Callback):
+    """Send this process ``signal_name`` (e.g. SIGTERM) once ``step`` optimizer steps are done."""
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal = getattr(signal, signal_name)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+
+
+class PoisonAtStep(L.Callback):
+    """Make one weight NaN when step ``step`` starts: the loss of that step is then NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")

@@ -1,0 +1,291 @@
+"""Reliability: exact resume after a crash, checkpoints that are never lost, preemption, divergence, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from project.cli import run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXACT_CONFIG = REPO_ROOT / "tests" / "configs_exact.yaml"
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT)])}
+
+
+def fit_in_subprocess(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "project", "fit", "--test_after_fit=false", *args]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=600)
+
+
+def assert_same_training_state(expected_path: Path, actual_path: Path) -> None:
+    """Weights, optimizer state, scheduler state, epoch and global step are bit-identical (torch.equal)."""
+    expected = torch.load(expected_path, weights_only=True)
+    actual = torch.load(actual_path, weights_only=True)
+    assert (actual["epoch"], actual["global_step"]) == (expected["epoch"], expected["global_step"])
+    assert actual["state_dict"].keys() == expected["state_dict"].keys()
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][name], tensor), f"weights differ: {name}"
+    expected_optimizer, actual_optimizer = expected["optimizer_states"][0], actual["optimizer_states"][0]
+    assert actual_optimizer["param_groups"] == expected_optimizer["param_groups"]
+    for index, state in expected_optimizer["state"].items():
+        for key, value in state.items():
+            assert torch.equal(actual_optimizer["state"][index][key], value), f"optimizer state differs: {index}.{key}"
+    assert actual["lr_schedulers"] == expected["lr_schedulers"]
+
+
+class Runs:
+    """An uninterrupted run and a run SIGKILLed mid-epoch, both from ``configs_exact.yaml``."""
+
+    def __init__(self, root: Path, data_dir: Path, extra: list[str], kill_at_step: int) -> None:
+        self.args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={data_dir}", *extra]
+        self.straight_dir, self.killed_dir = root / "straight", root / "killed"
+        for folder in (self.straight_dir, self.killed_dir):
+            folder.mkdir()
+        result = fit_in_subprocess(self.straight_dir, self.args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        kill = ["--trainer.callbacks+=helpers.KillAtStep", f"--trainer.callbacks.step={kill_at_step}"]
+        result = fit_in_subprocess(self.killed_dir, [*self.args, *kill])
+        assert result.returncode == -9, result.stderr[-3000:]  # SIGKILL: no handler ran
+
+    def last_checkpoint(self, folder: Path) -> Path:
+        return folder / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+
+    def resume_copy(self, into: Path, extra: list[str] = ()) -> Path:
+        """Resume a copy of the killed run (in this process) to the end; return its final last.ckpt."""
+        shutil.copytree(self.killed_dir, into)
+        previous = Path.cwd()
+        os.chdir(into)
+        try:
+            run_cli(["fit", "--test_after_fit=false", *self.args, "--ckpt_path=last", *extra])
+        finally:
+            os.chdir(previous)
+        return self.last_checkpoint(into)
+
+
+@pytest.fixture(scope="module")
+def killed_mid_epoch(tmp_path_factory, fake_data_dir) -> Runs:
+    """Killed at step 17 of 30 (epoch 2 of 3, batch 8 of 10); last.ckpt was written at step 16."""
+    return Runs(tmp_path_factory.mktemp("exact"), fake_data_dir, [], kill_at_step=17)
+
+
+def test_the_killed_run_left_a_mid_epoch_checkpoint(killed_mid_epoch):
+    checkpoint = torch.load(killed_mid_epoch.last_checkpoint(killed_mid_epoch.killed_dir), weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 16)
+
+
+def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(killed_mid_epoch, tmp_path):
+    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed")
+    assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
+
+
+def test_negative_control_without_restoring_the_random_state_differs(killed_mid_epoch, tmp_path):
+    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", ["--trainer.callbacks.restore=false"])
+    with pytest.raises(AssertionError, match="weights differ"):
+        assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
+
+
+def test_negative_control_without_the_sampler_position_differs(killed_mid_epoch, tmp_path, monkeypatch):
+    monkeypatch.setattr("project.data.trainer_position", lambda trainer, batch_size: (trainer.current_epoch, 0))
+    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed")
+    with pytest.raises(AssertionError, match="weights differ"):
+        assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
+
+
+def test_exact_resume_of_a_finetune_killed_after_its_unfreeze_milestone(tmp_path, fake_data_dir, pretrained_checkpoint):
+    finetune = [f"--model.pretrained={pretrained_checkpoint}", "--model.freeze_backbone_epochs=1",
+                "--model.backbone_lr=0.001"]  # fmt: skip
+    runs = Runs(tmp_path, fake_data_dir, finetune, kill_at_step=13)  # milestone at step 10, last.ckpt at step 12
+    assert torch.load(runs.last_checkpoint(runs.killed_dir), weights_only=True)["global_step"] == 12
+    resumed = runs.resume_copy(tmp_path / "resumed")
+    assert_same_training_state(runs.last_checkpoint(runs.straight_dir), resumed)
+
+
+def test_no_optimizer_step_is_lost_or_repeated_inside_gradient_accumulation(tmp_path, fake_data_dir):
+    # 10 batches per epoch, 3 per optimizer step: 4 steps per epoch (3 + 3 + 3 + 1), 12 in all.
+    runs = Runs(tmp_path, fake_data_dir, ["--trainer.accumulate_grad_batches=3"], kill_at_step=6)
+    killed = torch.load(runs.last_checkpoint(runs.killed_dir), weights_only=True)
+    assert killed["global_step"] == 4  # written at the window boundary, then 2 more steps and 2 batches were lost
+    resumed = runs.resume_copy(tmp_path / "resumed")
+    assert torch.load(resumed, weights_only=True)["global_step"] == 12
+    assert_same_training_state(runs.last_checkpoint(runs.straight_dir), resumed)
+
+
+# -- preemption and divergence -------------------------------------------------------------------------------------
+
+
+def test_sigterm_saves_at_the_step_boundary_exits_nonzero_and_resumes_exactly(
+    killed_mid_epoch, tmp_path, fake_data_dir
+):
+    folder = tmp_path / "preempted"
+    folder.mkdir()
+    args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]
+    result = fit_in_subprocess(
+        folder, [*args, "--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=13"]
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert "stopped by SIGTERM" in result.stdout
+    last = folder / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 13  # saved at the boundary, not at step 12
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        run_cli(["fit", "--test_after_fit=false", *args, "--ckpt_path=last"])
+    finally:
+        os.chdir(previous)
+    assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), last)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_finite_weights(quick_args, run_dir, capsys):
+    from project.cli import main
+
+    args = [*quick_args, "--trainer.callbacks+=helpers.PoisonAtStep", "--trainer.callbacks.step=13"]
+    with pytest.raises(SystemExit) as caught:
+        main(["fit", *args])
+    assert caught.value.code == 1
+    assert "error: the training loss is nan at step 13 (epoch 1, batch 3)" in capsys.readouterr().err
+    last = torch.load(run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
+    assert all(torch.isfinite(tensor).all() for tensor in last["state_dict"].values())
+
+
+# -- checkpoints are never lost --------------------------------------------------------------------------------------
+
+
+def test_a_save_that_fails_part_way_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from project.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0, "global_step": 1}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 0, "global_step": 2}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_newest_readable_one(quick_args, run_dir):
+    run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=1"])
+    folder = run_dir / "logs" / "mnist" / "version_0" / "checkpoints"
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # what a crash mid-write leaves without atomic saves
+    with pytest.warns(UserWarning, match=r"last.ckpt is not a readable checkpoint.*newest readable checkpoint instead"):
+        cli = run_cli(["fit", *quick_args, "--test_after_fit=false", "--ckpt_path=last"])
+    assert cli.trainer.global_step == 20  # resumed from the epoch-1 best checkpoint (step 10) to the end
+
+
+def test_a_new_run_never_touches_an_earlier_runs_files(quick_args, run_dir):
+    run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=1"])
+    first = run_dir / "logs" / "mnist" / "version_0"
+    before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=1"])
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == before
+    assert (run_dir / "logs" / "mnist" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+# -- bad input, refused before training, naming the value and what is allowed ---------------------------------------
+
+
+def error_of(args: list[str], capsys) -> str:
+    from project.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    return error
+
+
+def test_a_config_key_that_does_not_exist(quick_args, tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  learning_rate: 0.1\n")
+    assert "learning_rate" in error_of(["fit", *quick_args, f"--config={config}"], capsys)
+
+
+def test_a_zero_batch_size(quick_args, capsys):
+    error = error_of(["fit", *quick_args, "--data.batch_size=0"], capsys)
+    assert "error: data.batch_size must be a positive integer, got 0" in error
+
+
+def test_labels_outside_the_class_range(tmp_path, quick_args, capsys):
+    from idx import synthetic_digits, write_idx_labels, write_mnist_folder
+
+    root = write_mnist_folder(tmp_path / "data")
+    _, labels = synthetic_digits(600, 0)
+    labels[5] = 12
+    write_idx_labels(root / "MNIST" / "raw" / "train-labels-idx1-ubyte", labels)
+    args = [arg for arg in quick_args if not arg.startswith("--data.data_dir")]
+    error = error_of(["fit", *args, f"--data.data_dir={root}"], capsys)
+    assert "error: the training split of MNISTDataModule has labels [12] outside its 10 classes (0..9)" in error
+
+
+def test_a_corrupt_image_file_in_an_image_folder(image_folder, quick_args, capsys):
+    (image_folder / "square" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    error = error_of(["fit", "--config=finetune_folder.yaml", f"--data.data_dir={image_folder}"], capsys)
+    assert "square/3.png is not a readable image" in error
+
+
+def test_images_the_network_cannot_take(image_folder, capsys):
+    error = error_of(
+        ["fit", "--config=finetune_folder.yaml", f"--data.data_dir={image_folder}", "--data.channels=3"], capsys
+    )
+    assert "error: the data gives 3x28x28 images but the network takes 1x28x28" in error
+
+
+def test_a_pretrained_checkpoint_of_another_architecture(quick_args, pretrained_checkpoint, capsys):
+    args = [*quick_args, f"--model.pretrained={pretrained_checkpoint}", "--model.network.init_args.width=16"]
+    error = error_of(["fit", *args], capsys)
+    assert "its backbone does not match this network's" in error and "backbone.0.weight" in error
+
+
+def test_a_file_that_is_not_a_checkpoint(quick_args, tmp_path, capsys):
+    fake = tmp_path / "notes.ckpt"
+    fake.write_text("hello")
+    assert "notes.ckpt is not a readable checkpoint" in error_of(["fit", *quick_args, f"--ckpt_path={fake}"], capsys)
+
+
+def test_max_epochs_below_the_resumed_checkpoints_epoch(quick_args, run_dir, capsys):
+    run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=3"])
+    error = error_of(["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)
+    assert "error: --trainer.max_epochs=2 is below the checkpoint's epoch" in error
+    assert "resume with max_epochs of at least 3" in error
+
+
+def test_an_image_folder_with_an_empty_class(tmp_path, capsys):
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path, {"a": 5, "b": 5})
+    (tmp_path / "c").mkdir()
+    error = error_of(["fit", "--config=finetune_folder.yaml", f"--data.data_dir={tmp_path}"], capsys)
+    assert "Found no valid file for the classes c" in error
+
+
+# -- security ----------------------------------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this would run code of the file's choosing."""
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused_for_resume(quick_args, tmp_path, capsys):
+    import pickle
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": Payload()}))
+    error = error_of(["fit", *quick_args, f"--ckpt_path={evil}"], capsys)
+    assert "evil.ckpt is not a readable checkpoint" in error and "weights_only=True" in error
