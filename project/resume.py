@@ -16,7 +16,10 @@ checkpoint is written and the next training step.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -162,12 +165,27 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,
         )
+        self._previous_sigusr1: Any = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         # The epoch's validation has run by now; skipped when a step trigger already saved this step.
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # SLURM warns a job with SIGUSR1 before its time limit (#SBATCH --signal=SIGUSR1@90). Unless Lightning's
+        # SLURM auto-requeue already handles it, pass it on as SIGTERM: save at the next step boundary and stop.
+        self._previous_sigusr1 = None
+        if (
+            signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, _forward_as_sigterm)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # Lightning turns SIGTERM into SIGTERMException at a step boundary: a consistent state worth saving.
@@ -185,6 +203,10 @@ class LastCheckpoint(ModelCheckpoint):
                     f"(--trainer.gradient_clip_val)."
                 )
         super()._save_checkpoint(trainer, filepath)
+
+
+def _forward_as_sigterm(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ResumableDataLoader(DataLoader):

@@ -289,3 +289,24 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused_for_resume(quick_args
     evil.write_bytes(pickle.dumps({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": Payload()}))
     error = error_of(["fit", *quick_args, f"--ckpt_path={evil}"], capsys)
     assert "evil.ckpt is not a readable checkpoint" in error and "weights_only=True" in error
+
+
+def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
+    args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]
+    signal_args = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=7",
+                   "--trainer.callbacks.signal_name=SIGUSR1"]  # fmt: skip
+    result = fit_in_subprocess(tmp_path, [*args, *signal_args])
+    assert result.returncode == 143, result.stderr[-3000:]
+    last = tmp_path / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 7
+
+
+def test_a_test_folder_with_a_class_the_training_folder_lacks(tmp_path, capsys):
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "train", {"a": 6, "b": 6})
+    write_image_folder(tmp_path / "test", {"a": 2, "b": 2, "c": 2})
+    error = error_of(
+        ["fit", "--config=finetune_folder.yaml", f"--data.data_dir={tmp_path}", "--data.val_size=2"], capsys
+    )
+    assert "has classes ['a', 'b', 'c'], but the training folder has ['a', 'b']" in error
