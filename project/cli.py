@@ -81,6 +81,9 @@ class ProjectCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        for logger in self.trainer.loggers:  # the graph was drawn when fitting started: once is enough
+            if isinstance(logger, TensorBoardLogger):
+                logger._log_graph = False
         if best:
             print(f"Testing the best checkpoint: {best}")
         else:
@@ -132,6 +135,8 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; nothing for users to act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
+    warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
     return ProjectCLI(
         TaskModule,
         ImageDataModule,

@@ -190,6 +190,13 @@ class ImageDataModule(L.LightningDataModule):
         return "binary" if self.positive_classes else self.default_task
 
     @property
+    def class_names(self) -> list[str]:
+        """Names of the classes the task is about (``positive_classes`` make two: ``other`` and ``positive``)."""
+        if self.task == "binary" and self.positive_classes:
+            return ["other", "positive"]
+        return [str(index) for index in range(self.num_classes)]
+
+    @property
     def num_outputs(self) -> int:
         """Size of the network's output layer for this data: one logit per class, or one value."""
         return self.num_classes if self.task == "multiclass" else 1
@@ -418,6 +425,15 @@ class MNISTDataModule(ImageDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (1, self.image_size, self.image_size)
+
+    @property
+    def class_names(self) -> list[str]:
+        names = getattr(self.spec.dataset_class, "classes", None)
+        if self.spec.options.get("split"):
+            names = [name for name in datasets.EMNIST.classes_split_dict[self.spec.options["split"]] if name != "N/A"]
+        if self.task == "binary" or self.spec.dataset_class in (datasets.MNIST, datasets.QMNIST) or not names:
+            return super().class_names
+        return list(names)
 
     @property
     def raw_folder(self) -> Path:

@@ -118,6 +118,8 @@ class TaskModule(L.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
             self.save_hyperparameters()
         self.network = network
+        if hasattr(network, "in_channels") and hasattr(network, "image_size"):  # lets TensorBoard draw the graph
+            self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
         num_classes = network.num_outputs if task == "multiclass" else 2
         metrics = build_metrics(task, num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
@@ -163,7 +165,7 @@ class TaskModule(L.LightningModule):
             return outputs.squeeze(1).sigmoid()
         return outputs.squeeze(1)
 
-    def _shared_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> Tensor:
+    def _shared_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> tuple[Tensor, Tensor]:
         images, targets = batch
         if self.hparams.task == "regression":
             targets = targets.float()
@@ -173,10 +175,10 @@ class TaskModule(L.LightningModule):
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return loss
+        return loss, outputs
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train", self.train_metrics)
+        loss, _ = self._shared_step(batch, "train", self.train_metrics)
         if not torch.isfinite(loss):  # before backward: the weights stay as they were
             raise TrainingDivergedError(
                 f"the training loss is {loss.item()} at step {self.trainer.global_step} (epoch {self.current_epoch}, "
@@ -185,8 +187,9 @@ class TaskModule(L.LightningModule):
             )
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val", self.val_metrics)
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        loss, outputs = self._shared_step(batch, "val", self.val_metrics)
+        return {"loss": loss, "outputs": outputs.detach()}  # for callbacks (project.callbacks.TensorBoardReports)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_metrics)

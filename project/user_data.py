@@ -137,6 +137,10 @@ class ImageFolderDataModule(_FileDataModule):
     def task(self) -> Task:
         return "binary" if self.positive_classes or self.num_classes == 2 else "multiclass"
 
+    @property
+    def class_names(self) -> list[str]:
+        return ["other", "positive"] if self.positive_classes else list(self.classes)
+
     def sources(self) -> tuple[Path, Path | None]:
         if (self.data_dir / "train").is_dir():
             test = self.data_dir / "test"
