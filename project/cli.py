@@ -71,6 +71,7 @@ class ProjectCLI(LightningCLI):
         version = version_of(checkpoint, run_root)
         if self.subcommand == "fit" and logger is not None and version is not None:
             logger.version = version
+            logger.log_graph = False  # drawn when the run started
             # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
             self.save_config_kwargs["config_filename"] = next_free_name(run_root / version, "config", ".yaml")
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")

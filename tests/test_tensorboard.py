@@ -22,17 +22,24 @@ IMAGES = {"val/confusion_matrix", "val/samples", "val/worst"}
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, fake_data_dir) -> Path:
-    """The version folder of a 2-epoch CLI run on the generated data, with the default callbacks."""
+    """The version folder of a 2-epoch CLI run on the generated data, with the default callbacks, interrupted after
+    its first epoch and resumed: what TensorBoard shows must look like one uninterrupted run."""
+    from helpers import Interrupted
+
     folder = tmp_path_factory.mktemp("tensorboard_run")
+    args = [
+        "fit", f"--data.data_dir={fake_data_dir}", "--data.val_size=100", "--data.batch_size=50",
+        "--trainer.max_epochs=2", "--trainer.log_every_n_steps=2", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        run_cli([
-            "fit", f"--data.data_dir={fake_data_dir}", "--data.val_size=100", "--data.batch_size=50",
-            "--trainer.max_epochs=2", "--trainer.log_every_n_steps=2", "--trainer.enable_progress_bar=false",
-        ])  # fmt: skip
+        with pytest.raises(Interrupted):
+            run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtEpoch", "--trainer.callbacks.epoch=1"])
+        run_cli([*args, "--ckpt_path=last"])
     finally:
         os.chdir(previous)
+    assert [path.name for path in (folder / "logs" / "mnist").iterdir()] == ["version_0"]
     return folder / "logs" / "mnist" / "version_0"
 
 
@@ -56,16 +63,17 @@ def test_event_files_hold_the_scalar_image_graph_and_hparams_tags(short_run):
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams
 
 
-def test_images_are_written_each_validation_epoch(short_run):
-    (training,) = [a for a in read_events(short_run) if a.Tags()["images"]]
+def test_images_are_written_each_validation_epoch_across_the_resume(short_run):
+    events = read_events(short_run)
     for tag in IMAGES:
-        assert [event.step for event in training.Images(tag)] == [10, 20]  # after epochs 1 and 2
+        steps = [event.step for a in events if tag in a.Tags()["images"] for event in a.Images(tag)]
+        assert steps == [10, 20]  # after epoch 1 (first start) and epoch 2 (resumed): none repeated or rewound
 
 
 def test_the_hparams_tab_lists_the_validation_metrics_and_the_settings(short_run):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    (training,) = [a for a in read_events(short_run) if "_hparams_/experiment" in a.summary_metadata]
+    training = next(a for a in read_events(short_run) if "_hparams_/experiment" in a.summary_metadata)
     content = training.SummaryMetadata("_hparams_/experiment").plugin_data.content
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
     assert {info.name.tag for info in experiment.metric_infos} == {"val/acc", "val/f1", "val/loss"}
