@@ -112,3 +112,29 @@ class PoisonAtStep(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+def cli_error(args: list[str], capsys) -> str:
+    """Run the command line with ``args``, expect exit status 2 without a traceback, return what it printed."""
+    import pytest
+
+    from project.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    return error
+
+
+def quiet_trainer(**kwargs: object) -> L.Trainer:
+    """A CPU Trainer that writes no logs, checkpoints, progress bar or summary unless asked."""
+    settings = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**settings, **kwargs})

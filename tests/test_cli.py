@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
+from helpers import cli_error
 
-from project.cli import CONFIG_DIR, main, run_cli
+from project.cli import CONFIG_DIR, run_cli
 
 
 def test_fast_dev_run_of_fit_through_python_dash_m(fake_data_dir, run_dir):
@@ -85,12 +85,7 @@ def test_test_subcommand_evaluates_a_saved_checkpoint(quick_args, run_dir):
 
 
 def error_of(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as caught:
-        main(args)
-    assert caught.value.code == 2
-    error = capsys.readouterr().err
-    assert "Traceback" not in error
-    return error
+    return cli_error(args, capsys)
 
 
 def test_bad_learning_rate_is_one_error_line(quick_args, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import BackboneSnapshots, Interrupted
+from helpers import BackboneSnapshots, Interrupted, quiet_trainer
 from safetensors.torch import save_file
 
 from project.cli import run_cli
@@ -103,16 +103,7 @@ def finetune(fake_data_dir: Path, pretrained: Path, max_epochs: int, callbacks: 
     module = TaskModule(
         ConvNet(num_outputs=10), lr=0.01, pretrained=str(pretrained), freeze_backbone_epochs=1, **module_args
     )
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50))
     return module
 
@@ -236,17 +227,8 @@ def train_briefly(data, run_dir, steps: int, **network_args) -> tuple[TaskModule
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(outputs["loss"].item())
 
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=5,
-        callbacks=[RecordLoss()],
-        default_root_dir=run_dir,
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=steps, limit_val_batches=5, callbacks=[RecordLoss()], default_root_dir=run_dir
     )
     trainer.fit(module, data)
     return module, trainer, losses

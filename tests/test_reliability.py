@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_error
 
 from project.cli import run_cli
 
@@ -201,14 +202,7 @@ def test_a_new_run_never_touches_an_earlier_runs_files(quick_args, run_dir):
 
 
 def error_of(args: list[str], capsys) -> str:
-    from project.cli import main
-
-    with pytest.raises(SystemExit) as caught:
-        main(args)
-    assert caught.value.code == 2
-    error = capsys.readouterr().err
-    assert "Traceback" not in error
-    return error
+    return cli_error(args, capsys)
 
 
 def test_a_config_key_that_does_not_exist(quick_args, tmp_path, capsys):
