@@ -291,6 +291,8 @@ class ImageDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not self.augment_shift or self.trainer is None or not self.trainer.training:
             return batch
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
+            return batch  # not a training batch: e.g. the example input TensorBoard traces the graph with
         images, targets = batch
         return random_shift(images, self.augment_shift, self.augment_generator), targets
 
