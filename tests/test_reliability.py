@@ -304,3 +304,40 @@ def test_a_test_folder_with_a_class_the_training_folder_lacks(tmp_path, capsys):
         ["fit", "--config=finetune_folder.yaml", f"--data.data_dir={tmp_path}", "--data.val_size=2"], capsys
     )
     assert "has classes ['a', 'b', 'c'], but the training folder has ['a', 'b']" in error
+
+
+def each_option_with_a_bad_value():
+    from project.data import MNISTDataModule, RotationDataModule
+    from project.models import ConvNet
+    from project.module import TaskModule
+    from project.user_data import carve, image_transform
+
+    return {
+        "augment_shift": (
+            lambda: MNISTDataModule(augment_shift=-1),
+            "data.augment_shift must be 0 or more pixels, got -1",
+        ),
+        "val_size": (
+            lambda: MNISTDataModule(val_size=1.5),
+            r"data.val_size must be a count of 1 or more, or a fraction",
+        ),
+        "train_fraction": (lambda: MNISTDataModule(train_fraction=0.0), r"data.train_fraction must lie in \(0, 1\]"),
+        "few-shot twice": (lambda: MNISTDataModule(samples_per_class=5, train_fraction=0.5), "exclude each other"),
+        "image_size": (lambda: MNISTDataModule(image_size=0), "data.image_size must be a positive integer, got 0"),
+        "max_angle": (lambda: RotationDataModule(max_angle=0), r"data.max_angle must lie in \(0, 180\] degrees, got 0"),
+        "binary regression": (lambda: RotationDataModule(positive_classes=[1]), "RotationDataModule is a regression"),
+        "freeze epochs": (lambda: TaskModule(ConvNet(), freeze_backbone_epochs=-1), "freeze_backbone_epochs must be 0"),
+        "backbone_lr": (lambda: TaskModule(ConvNet(), backbone_lr=0.0), "model.backbone_lr must be a positive number"),
+        "warmup": (lambda: TaskModule(ConvNet(), warmup_fraction=1.0), r"model.warmup_fraction must lie in \(0, 1\)"),
+        "channels": (lambda: image_transform(2, 28, 0.0, 1.0), r"data.channels must be 1 \(greyscale\) or 3 \(RGB\)"),
+        "test_size": (lambda: carve(10, 10, seed=0), "data.test_size=10 must leave images on both sides of 10 images"),
+    }
+
+
+@pytest.mark.parametrize("option", sorted(each_option_with_a_bad_value()))
+def test_each_option_refuses_a_value_it_cannot_use_by_name(option):
+    from project.errors import UserInputError
+
+    build, message = each_option_with_a_bad_value()[option]
+    with pytest.raises(UserInputError, match=message):
+        build()
