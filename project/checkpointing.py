@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from project.errors import UserInputError
+from project.errors import UserInputError, first_line
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -56,10 +56,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserInputError(
             f"{path} is not a readable checkpoint (truncated, corrupt, not a checkpoint, or it holds pickled objects "
-            f"that torch.load(weights_only=True) refuses): {first_line}"
+            f"that torch.load(weights_only=True) refuses): {first_line(error)}"
         ) from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "epoch", "global_step"} <= checkpoint.keys():
         raise UserInputError(f"{path} is not a Lightning checkpoint (no state_dict, epoch and global_step)")

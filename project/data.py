@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
-from project.errors import DataNotFoundError, UserInputError
+from project.errors import DataNotFoundError, UserInputError, first_line
 from project.resume import ResumableDataLoader, ResumableSampler, trainer_position
 
 DATA_DIR_ENV = "PROJECT_DATA_DIR"
@@ -460,8 +460,9 @@ class MNISTDataModule(ImageDataModule):
             for train in (True, False):
                 self._torchvision_dataset(train, download=True)
         except Exception as error:  # torchvision raises RuntimeError, URLError or OSError depending on the failure
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DataNotFoundError(self._not_found_message(missing, f"the download failed ({reason})")) from None
+            raise DataNotFoundError(
+                self._not_found_message(missing, f"the download failed ({first_line(error)})")
+            ) from None
 
     def _not_found_message(self, missing: list[str], why: str) -> str:
         name = self.spec.dataset_class.__name__

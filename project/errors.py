@@ -24,3 +24,9 @@ class CheckpointNotFoundError(UserInputError):
 
 class TrainingDivergedError(ReportedError):
     """The loss or the weights stopped being finite numbers; training stops before they reach a checkpoint."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (or its type's name): enough to say why, without a library's essay."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

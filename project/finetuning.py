@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from project.errors import UserInputError
+from project.errors import UserInputError, first_line
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
 """Prefixes that wrappers add to parameter names: torch.compile, DDP, this project's LightningModule, others."""
@@ -83,10 +83,9 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for pickled objects, RuntimeError/EOFError for other files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserInputError(
             f"model.pretrained {path}: not a checkpoint or state dict that loads with torch.load(weights_only=True) "
-            f"({first_line})"
+            f"({first_line(error)})"
         ) from None
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         content = content["state_dict"]
