@@ -1,4 +1,8 @@
-"""TensorBoard dashboards beyond scalars: the HParams tab with the real metrics, and images of each validation epoch.
+"""TensorBoard: a logger whose resumed runs show one curve per tag, and dashboards beyond scalars.
+
+:class:`RunLogger` is Lightning's TensorBoardLogger with two changes for runs that resume: TensorBoard is told to
+drop what was logged after the checkpoint the run resumes from (``purge_step``), so no step is shown twice after a
+crash, and the model graph is drawn once per run.
 
 Lightning's TensorBoardLogger fills the HParams tab only with ``hp_metric`` (Lightning #5101, #8175) and a confusion
 matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` writes, to the run's TensorBoardLogger:
@@ -18,6 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from matplotlib.figure import Figure
 from torch import Tensor
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -26,6 +31,45 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from project.evaluation import confusion_figure
 
 METRICS = {"multiclass": ("acc", "f1", "loss"), "binary": ("acc", "f1", "loss"), "regression": ("mse", "mae", "loss")}
+
+
+class RunLogger(TensorBoardLogger):
+    """TensorBoardLogger for runs that resume: one curve per tag, one graph per run.
+
+    Args:
+        purge_step: the global step of the checkpoint a resumed run starts from; TensorBoard hides what this run's
+            earlier processes logged at or after it (the command line sets it on resume).
+        **kwargs: see Lightning's ``TensorBoardLogger``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str = "logs",
+        name: str = "lightning_logs",
+        version: int | str | None = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = False,
+        purge_step: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if purge_step is not None:
+            kwargs["purge_step"] = purge_step  # passed on to torch's SummaryWriter
+        super().__init__(
+            save_dir, name=name, version=version, log_graph=log_graph, default_hp_metric=default_hp_metric, **kwargs
+        )
+        self.graph_drawn = False
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        # Lightning asks at the start of fit and again for the test after fit: once is enough.
+        if not self.graph_drawn:
+            super().log_graph(model, input_array)
+            self.graph_drawn = True
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs this validation's scalars at: during fit, one less than the optimizer steps taken (it
+    counts them after the validation), so images and scalars line up and resumed runs purge neither."""
+    return max(0, trainer.global_step - 1) if trainer.state.fn == TrainerFn.FITTING else trainer.global_step
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,7 +125,7 @@ class TensorBoardReports(L.Callback):
         task = pl_module.hparams.task
         metrics = {f"val/{name}": 0.0 for name in METRICS[task]}  # names only: TensorBoard reads the values
         experiment, start, end = hparams_summary(flatten(pl_module.hparams), metrics)
-        writer = logger.experiment._get_file_writer()
+        writer = logger.experiment.file_writer
         for summary in (experiment, start, end):
             writer.add_summary(summary)
 
@@ -126,7 +170,7 @@ class TensorBoardReports(L.Callback):
         logger = self._tensorboard(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        writer, step = logger.experiment, trainer.global_step
+        writer, step = logger.experiment, logging_step(trainer)
         names = getattr(trainer.datamodule, "class_names", None)
         label = (lambda value: names[int(value)]) if names and pl_module.hparams.task != "regression" else _number
         if confusion is not None:

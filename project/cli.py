@@ -7,33 +7,52 @@
 
 Every subcommand starts from ``project/configs/mnist.yaml``; ``--config`` files stack on top of it in order and
 other options override both. A ``--config`` name that is not a file is looked up in ``project/configs/``.
+
+Everything that can be checked before work starts is checked before the Trainer runs (``before_<subcommand>``): the
+options, the checkpoint and what may change on resume, the pretrained backbone, and every split of the data. Bad
+input ends with one ``error:`` line and exit status 2, and leaves no log folder or checkpoint behind.
 """
 
 from __future__ import annotations
 
+import argparse
+import errno
 import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from project.checkpointing import AtomicCheckpointIO, BestCheckpoint, remove_stale_temporaries
+from project.cli_errors import explain_parse_error
 from project.data import ImageDataModule
-from project.errors import ReportedError, UserInputError
-from project.module import TaskModule
+from project.errors import ReportedError, UserInputError, first_line
+from project.module import TaskModule, check_image_shape
+from project.resume import check_resume_settings
 from project.runs import resolve_checkpoint, version_of
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
-"""``--ckpt_path`` values that Lightning resolves itself; ``last`` and file paths are resolved here."""
+LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger")
 
 
 class ProjectCLI(LightningCLI):
-    """LightningCLI that links the data to the model, resumes into the same run folder and tests after fitting."""
+    """LightningCLI that links the data to the model, checks everything before running, resumes into the same run
+    folder, and tests after fitting."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `--weights_only false` would let a checkpoint unpickle arbitrary objects: it is not an option here.
+        return {name: skipped | {"weights_only"} for name, skipped in LightningCLI.subcommands().items()}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the task and the size of the network's output, so neither is typed twice.
@@ -46,19 +65,27 @@ class ProjectCLI(LightningCLI):
             help="fit only: after training, test the best checkpoint (by the monitored metric) on the test split",
         )
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the command line as given. LightningCLI would load ``--ckpt_path`` here, unchecked, and let the
-        hyperparameters stored in it override the command line (Lightning #20310, #20801); here the options given
-        win, as they do for ``--ckpt_path last``, and the file is read and checked in before_instantiate_classes."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            raise UserInputError(explain_parse_error(str(error), parser, args)) from None
+        # Keep --ckpt_path from LightningCLI, which would read the file before any check and let the hyperparameters
+        # stored in it override the command line (Lightning #20310, #20801). It is resolved and checked below.
+        subcommand = self.config.get("subcommand")
+        self.requested_ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand:
+            self.config[subcommand].ckpt_path = None
 
     def before_instantiate_classes(self) -> None:
+        self.checkpoint: dict[str, Any] | None = None
         config = self.config[self.subcommand]
-        ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+        if not self.requested_ckpt_path:
             return
         logger = tensorboard_logger_args(config.trainer.logger)
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
-        checkpoint, content = resolve_checkpoint(ckpt_path, run_root)
+        root_dir = Path(config.trainer.default_root_dir or ".")
+        checkpoint, content = resolve_checkpoint(self.requested_ckpt_path, run_root, root_dir)
         max_epochs = config.trainer.max_epochs
         if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= content["epoch"]:
             raise UserInputError(
@@ -67,24 +94,83 @@ class ProjectCLI(LightningCLI):
                 f"{content['epoch'] + 1}"
             )
         config.ckpt_path = str(checkpoint)
+        self.checkpoint = content
         # A resumed run keeps writing into the version folder its checkpoint came from.
         version = version_of(checkpoint, run_root)
         if self.subcommand == "fit" and logger is not None and version is not None:
             logger.version = version
             logger.log_graph = False  # drawn when the run started
+            if "purge_step" in logger:  # TensorBoard hides what was logged after the checkpoint: no step twice
+                logger.purge_step = content["global_step"]
             # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
             self.save_config_kwargs["config_filename"] = next_free_name(run_root / version, "config", ".yaml")
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             print(f"Resuming {checkpoint} into {run_root / version}")
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Every checkpoint is written atomically and read with the checks, whatever the preset's plugins are.
+        plugins = list(self.config_init[self.subcommand]["trainer"].get("plugins") or [])
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        others = [p for p in plugins if isinstance(p, CheckpointIO) and not isinstance(p, AtomicCheckpointIO)]
+        if others:
+            raise UserInputError(
+                f"trainer.plugins: {type(others[0]).__name__} would replace the project's checkpoint IO, which writes "
+                f"atomically and reads with weights_only=True; leave CheckpointIO plugins out"
+            )
+        if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
+
+    # -- checks before any work -----------------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        self.check_before_running("fit")
+
+    def before_validate(self) -> None:
+        self.check_before_running("validate")
+
+    def before_test(self) -> None:
+        self.check_before_running("test")
+
+    def before_predict(self) -> None:
+        self.check_before_running("predict")
+
+    def check_before_running(self, stage: str) -> None:
+        """Everything that can fail before the Trainer writes its first file, in the order of cost."""
+        model, data, trainer = self.model, self.datamodule, self.trainer
+        check_image_shape(model.network, data)
+        if stage == "fit":
+            check_monitors(trainer.callbacks, model)
+        if self.checkpoint is not None:
+            if stage == "fit":
+                check_resume_settings(
+                    self.checkpoint,
+                    model.hparams,
+                    data.hparams,
+                    f"{type(data).__module__}.{type(data).__qualname__}",
+                    data.shuffle_seed,
+                    self.checkpoint.get(type(data).__qualname__, {}).get("shuffle_seed"),
+                    trainer.accumulate_grad_batches,
+                    trainer.world_size,
+                )
+                for stale in remove_stale_temporaries(Path(self.config[stage].ckpt_path).parent):
+                    rank_zero_info(f"Removed {stale}, left by a save that was killed part-way")
+            check_fits_network(self.checkpoint, model, self.config[stage].ckpt_path)
+            self.checkpoint = None  # checked: Lightning reads the file again itself
+        elif stage == "fit" and model.hparams.pretrained:
+            rank_zero_info(model.load_pretrained())
+        # Every split, decoded and checked now: a broken test split stops the run before it trains.
+        # (Only one process per machine downloads; the others set up once the files are there, or in Trainer.fit.)
+        if trainer.local_rank == 0:
+            data.prepare_data()
+        if trainer.local_rank == 0 or data.files_ready():
+            data.setup(stage)
+
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
             return
-        callback = self.trainer.checkpoint_callback
-        best = getattr(callback, "best_model_path", "") if callback is not None else ""
-        for logger in self.trainer.loggers:  # the graph was drawn when fitting started: once is enough
-            if isinstance(logger, TensorBoardLogger):
-                logger._log_graph = False
+        best = next(
+            (c.best_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), ""
+        )
         if best:
             print(f"Testing the best checkpoint: {best}")
         else:
@@ -92,10 +178,43 @@ class ProjectCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def tensorboard_logger_args(logger_config: object):
-    """The ``init_args`` of the configured TensorBoardLogger, or ``None`` when another logger (or none) is used."""
+def check_monitors(callbacks: list[Callback], model: TaskModule) -> None:
+    """Refuse a checkpoint or early-stopping callback that watches a metric this task does not log."""
+    logged = model.logged_metric_names()
+    for callback in callbacks:
+        if isinstance(callback, BestCheckpoint):
+            callback.follow_task(model)
+        monitor = getattr(callback, "monitor", None)
+        if monitor is not None and monitor not in logged:
+            raise UserInputError(
+                f"{type(callback).__name__} monitors {monitor}, which a {model.hparams.task} task does not log; use "
+                f"one of {', '.join(sorted(logged))} (project.checkpointing.BestCheckpoint without monitor follows "
+                f"the task)"
+            )
+
+
+def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str) -> None:
+    """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ."""
+    stored, expected = checkpoint["state_dict"], model.state_dict()
+    problems = [f"{name} missing" for name in sorted(set(expected) - set(stored))]
+    problems += [f"{name} not in this network" for name in sorted(set(stored) - set(expected))]
+    problems += [
+        f"{name}: checkpoint {tuple(stored[name].shape)}, network {tuple(expected[name].shape)}"
+        for name in sorted(set(stored) & set(expected))
+        if tuple(stored[name].shape) != tuple(expected[name].shape)
+    ]
+    if problems:
+        raise UserInputError(
+            f"{path} does not fit this network: {'; '.join(problems[:8])}"
+            f"{f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''}. Configure the network as the run "
+            f"that wrote it was (its config.yaml)"
+        )
+
+
+def tensorboard_logger_args(logger_config: object) -> Any:
+    """The ``init_args`` of the configured TensorBoard logger, or ``None`` when another logger (or none) is used."""
     class_path = getattr(logger_config, "class_path", "") or ""
-    if class_path.split(".")[-1] != TensorBoardLogger.__name__:
+    if class_path.split(".")[-1] not in LOGGER_CLASSES:
         return None
     return logger_config.init_args
 
@@ -110,23 +229,33 @@ def next_free_name(folder: Path, stem: str, suffix: str) -> str:
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
-    """Let ``--config NAME`` name a preset in ``project/configs/`` (with or without ``.yaml``)."""
+    """Let ``--config NAME`` name a preset in ``project/configs/`` (with or without ``.yaml``); refuse a config that
+    does not exist or is not valid YAML, naming the file and the line."""
     resolved = list(args)
     for i, arg in enumerate(resolved):
         if arg in ("-c", "--config") and i + 1 < len(resolved):
-            resolved[i + 1] = _preset_path(resolved[i + 1])
+            resolved[i + 1] = checked_config(resolved[i + 1])
         elif arg.startswith("--config="):
-            resolved[i] = "--config=" + _preset_path(arg.removeprefix("--config="))
+            resolved[i] = "--config=" + checked_config(arg.removeprefix("--config="))
     return resolved
 
 
-def _preset_path(name: str) -> str:
-    if Path(name).exists():
-        return name
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return str(candidate)
-    return name  # let the parser report the missing file
+def checked_config(name: str) -> str:
+    path = next(
+        (p for p in (Path(name), CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml") if p.is_file()),
+        None,
+    )
+    if path is None:
+        presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise UserInputError(f"--config {name}: no such file, and no preset of that name ({presets})")
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or first_line(error)
+        raise UserInputError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    return str(path)
 
 
 def run_cli(args: list[str] | None = None) -> ProjectCLI:
@@ -138,12 +267,16 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
+    parser_kwargs: dict[str, Any] = {"exit_on_error": False}  # errors come back to be said in one line
+    parser_kwargs.update(
+        {name: {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False} for name in SUBCOMMANDS}
+    )
     return ProjectCLI(
         TaskModule,
         ImageDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # the optimizer is configured by model.optimizer and friends
-        parser_kwargs={name: {"default_config_files": [str(DEFAULT_CONFIG)]} for name in SUBCOMMANDS},
+        parser_kwargs=parser_kwargs,
         args=args,
     )
 
@@ -159,6 +292,18 @@ def reported_cause(error: BaseException | None) -> ReportedError | None:
     return None
 
 
+def explain(error: Exception) -> tuple[str, int] | None:
+    """The one-line message and exit status for an error that is not a bug, or ``None`` for one that is."""
+    reported = reported_cause(error)
+    if reported is not None:
+        return str(reported), reported.exit_code
+    if isinstance(error, MisconfigurationException):  # Lightning's word for a Trainer setting it cannot use
+        return f"trainer: {first_line(error)}", 2
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"No space left on device while writing {error.filename or 'a file of the run'}: free some space", 1
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback.
 
@@ -166,15 +311,16 @@ def main(args: list[str] | None = None) -> None:
     """
     try:
         run_cli(args)
-    except Exception as error:
-        reported = reported_cause(error)
-        if reported is None:
-            raise
-        print(f"error: {reported}", file=sys.stderr)
-        raise SystemExit(reported.exit_code) from None
     except SIGTERMException:
         print("stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last")
         raise SystemExit(128 + signal.SIGTERM) from None
+    except Exception as error:
+        explained = explain(error)
+        if explained is None:
+            raise
+        message, exit_code = explained
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(exit_code) from None
 
 
 def train_main() -> None:

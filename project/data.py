@@ -212,12 +212,18 @@ class ImageDataModule(L.LightningDataModule):
         if len(set(self.positive_classes)) == self.num_classes:
             raise UserInputError("data.positive_classes names every class: the negative class would be empty")
 
+    def files_ready(self) -> bool:
+        """Whether :meth:`setup` can read the data now (no download pending)."""
+        return True
+
     # -- Lightning hooks ---------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
+    def setup(self, stage: str | None = None) -> None:
+        """Load and check the splits the stage needs; fitting loads the test split too, so that a broken test split
+        stops the run before it trains rather than after."""
         self.check_positive_classes()
-        if stage in ("fit", "validate") and self.train_set is None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_set, self.val_set = self._split_train(self.checked(self.load_split(train=True), "training"))
-        if stage in ("test", "predict") and self.test_set is None:
+        if self.test_set is None:
             self.test_set = self._binary(self.checked(self.load_split(train=False), "test"))
 
     def checked(self, dataset: Dataset, split: str) -> Dataset:
@@ -297,7 +303,7 @@ class ImageDataModule(L.LightningDataModule):
         return random_shift(images, self.augment_shift, self.augment_generator), targets
 
     def state_dict(self) -> dict[str, Any]:
-        return {"augment_generator": self.augment_generator.get_state()}
+        return {"augment_generator": self.augment_generator.get_state(), "shuffle_seed": self.shuffle_seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.augment_generator.set_state(state_dict["augment_generator"])
@@ -445,6 +451,9 @@ class MNISTDataModule(ImageDataModule):
         """Names of the dataset's files that are not in :attr:`raw_folder`."""
         return [name for name in self.spec.files if not (self.raw_folder / name).is_file()]
 
+    def files_ready(self) -> bool:
+        return not self.missing_files()
+
     def _torchvision_dataset(self, train: bool, download: bool = False) -> Dataset:
         root = self.raw_folder if self.spec.root_is_folder else self.data_dir
         return self.spec.dataset_class(str(root), train=train, download=download, **self.spec.options)
@@ -468,7 +477,7 @@ class MNISTDataModule(ImageDataModule):
         name = self.spec.dataset_class.__name__
         return (
             f"{name} files not found: looked in {self.raw_folder.resolve()} for {', '.join(missing)}, and {why}.\n"
-            f"To provide them, either\n"
+            f"  To provide them, either\n"
             f"  - copy the {name} files ({', '.join(missing)}) into that folder, or\n"
             f"  - point --data.data_dir or the {DATA_DIR_ENV} environment variable at a folder that holds "
             f"{self.spec.folder}/ (currently {self.data_dir}), or\n"

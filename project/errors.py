@@ -1,6 +1,8 @@
 """Errors the command line reports as one message, without a traceback: the message says what went wrong and what
 to do. Anything else is a bug, and keeps its traceback."""
 
+from __future__ import annotations
+
 
 class ReportedError(Exception):
     """An error whose message is the whole story; the command line exits with :attr:`exit_code`."""
@@ -22,8 +24,38 @@ class CheckpointNotFoundError(UserInputError):
     """A checkpoint asked for by ``--ckpt_path`` does not exist or cannot be read."""
 
 
+class DiskFullError(ReportedError):
+    """A checkpoint could not be written for lack of space; the previous one is untouched."""
+
+
 class TrainingDivergedError(ReportedError):
-    """The loss or the weights stopped being finite numbers; training stops before they reach a checkpoint."""
+    """The loss, the weights or the optimizer state stopped being finite numbers; training stops before they reach a
+    checkpoint.
+
+    Whoever knows where the newest checkpoint is (the last-checkpoint callback) fills in :attr:`last_checkpoint`:
+    the file that still holds the last finite state, or ``""`` when none was written yet.
+    """
+
+    def __init__(self, what: str, data_problem: bool = False) -> None:
+        super().__init__(what)
+        self.what = what
+        self.data_problem = data_problem
+        self.last_checkpoint: str | None = None
+
+    def __str__(self) -> str:
+        fix = (
+            "fix the data"
+            if self.data_problem
+            else "lower model.lr or add gradient clipping (--trainer.gradient_clip_val)"
+        )
+        if self.last_checkpoint:
+            return (
+                f"{self.what}. {self.last_checkpoint} holds the last finite state: {fix}, then resume from it "
+                f"(--ckpt_path last; a model.lr given on resume takes effect)."
+            )
+        if self.last_checkpoint == "":
+            return f"{self.what}. No checkpoint was written yet: {fix} and start again."
+        return f"{self.what}. To go on, {fix} and start again, or resume from a checkpoint written before this step."
 
 
 def first_line(error: BaseException) -> str:

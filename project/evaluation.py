@@ -7,7 +7,7 @@ TensorBoard images in :mod:`project.callbacks`.
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,9 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.functional.regression import mean_absolute_error, mean_squared_error, r2_score
 
+import project.user_data  # noqa: F401  (its data modules join the allow-list below)
+from project.checkpointing import allowed_class
+from project.data import ImageDataModule
 from project.errors import UserInputError
 
 
@@ -183,15 +186,23 @@ def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path
     return written
 
 
-def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> Any:
-    """Rebuild the data module a checkpoint was trained with (the command line stores its class and arguments)."""
+def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
+    """Rebuild the data module a checkpoint was trained with (the command line stores its class and arguments).
+
+    The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
+    a checkpoint cannot make this call a function of its choosing. Its arguments are plain values.
+    """
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
     if class_path is None:
         raise UserInputError(
             "the checkpoint does not record its data module (it was not written by `python -m project`)"
         )
-    hparams.pop("_instantiator", None)
-    module_name, _, class_name = class_path.rpartition(".")
-    data_class = getattr(importlib.import_module(module_name), class_name)
-    return data_class(**{**hparams, **{key: value for key, value in overrides.items() if value is not None}})
+    data_class = allowed_class(class_path, ImageDataModule, "data module")
+    arguments = {key: value for key, value in hparams.items() if not key.startswith("_")}
+    arguments.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        inspect.signature(data_class).bind(**arguments)
+        return data_class(**arguments)
+    except TypeError as error:
+        raise UserInputError(f"the checkpoint's data module arguments do not fit {class_path}: {error}") from None

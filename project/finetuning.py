@@ -14,7 +14,7 @@ of the step count, which the scheduler's state in every checkpoint restores exac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,31 +26,101 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
 """Prefixes that wrappers add to parameter names: torch.compile, DDP, this project's LightningModule, others."""
 
 
+def one_cycle(position: float, cycle_steps: int, warmup_fraction: float) -> float:
+    """torch's OneCycleLR shape at ``position`` of a cycle of ``cycle_steps`` steps: a cosine warm-up from 1/25 to 1
+    over the first ``warmup_fraction``, then a cosine decay to 1/250,000 at the cycle's last step."""
+    start, end = 1 / 25, 1 / 250_000
+    warmup = max(1, int(warmup_fraction * cycle_steps))
+    if position < warmup:
+        return start + (1 - start) * (1 - math.cos(math.pi * position / warmup)) / 2
+    progress = min(1.0, (position - warmup) / max(1, cycle_steps - 1 - warmup))
+    return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
+
+
 @dataclass
 class LRFactor:
     """The multiplier of a parameter group's learning rate at an optimizer step.
 
-    ``schedule`` is ``none`` (1 throughout) or ``onecycle`` (a cosine warm-up from 1/25 to 1 over the first
-    ``warmup_fraction`` of ``total_steps``, then a cosine decay to 1/250,000, as torch's OneCycleLR). The factor is 0
-    for the first ``frozen_steps`` steps. Plain fields, so the scheduler's state dict stays plain values.
+    ``schedule`` is ``none`` (1 throughout) or ``onecycle`` (:func:`one_cycle` over ``total_steps``). The factor is 0
+    for the first ``frozen_steps`` steps. A resumed run that is to end at another step re-plans what is left
+    (:meth:`replan`); each re-planning is one entry of ``changes``. Plain fields, so the scheduler's state dict
+    stays plain values.
     """
 
     total_steps: int
     schedule: str = "none"
     warmup_fraction: float = 0.25
     frozen_steps: int = 0
+    changes: list[list[float]] = field(default_factory=list)
+    """``[step, position, rate, cycle_steps]``: from ``step`` on, the factor is read at ``position + (s - step) *
+    rate`` of a cycle of ``cycle_steps`` steps."""
+
+    def position(self, step: int) -> tuple[float, int]:
+        """Where step ``step`` is read on the cycle, and the cycle's length."""
+        position, cycle = float(step), self.total_steps
+        for start, start_position, rate, cycle_steps in self.changes:
+            if step >= start:
+                position, cycle = start_position + (step - start) * rate, int(cycle_steps)
+        return position, cycle
 
     def __call__(self, step: int) -> float:
         if step < self.frozen_steps:
             return 0.0
         if self.schedule == "none":
             return 1.0
-        start, end = 1 / 25, 1 / 250_000
-        warmup = max(1, int(self.warmup_fraction * self.total_steps))
-        if step < warmup:
-            return start + (1 - start) * (1 - math.cos(math.pi * step / warmup)) / 2
-        progress = min(1.0, (step - warmup) / max(1, self.total_steps - 1 - warmup))
-        return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
+        return one_cycle(*self.position(step), self.warmup_fraction)
+
+    def end_step(self, step: int) -> int:
+        """The step at which the plan in force at ``step`` ends."""
+        end = float(self.total_steps)
+        for start, start_position, rate, cycle_steps in self.changes:
+            if step >= start:
+                end = start + (cycle_steps - start_position) / rate
+        return round(end)
+
+    def replan(self, step: int, total_steps: int) -> str:
+        """End the schedule at ``total_steps`` instead, from ``step`` on; say what was done.
+
+        What is left of the cycle is stretched (or squeezed) over the steps that are left, so the learning rate goes
+        on from where it was. A cycle that has already ended starts again over the extra steps: warm-up, peak,
+        anneal, as a new one-cycle schedule (a warm restart).
+        """
+        position, cycle = self.position(step)
+        if position >= cycle - 1:
+            self.changes.append([step, 0.0, 1.0, total_steps - step])
+            return f"the one-cycle schedule had ended, so steps {step}..{total_steps - 1} get a new cycle"
+        self.changes.append([step, position, (cycle - position) / (total_steps - step), cycle])
+        return f"what was left of the one-cycle schedule is stretched over steps {step}..{total_steps - 1}"
+
+
+def replan_on_resume(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    base_lrs: list[float],
+    total_steps: int,
+) -> list[str]:
+    """Make a resumed run follow the options it was given rather than the checkpoint's: the learning rate of each
+    parameter group (``base_lrs``) and the number of steps the run is to take. The restored optimizer and scheduler
+    are changed in place; nothing is touched when the options are those the run started with. Returns what changed.
+    """
+    step = scheduler.last_epoch
+    notes = []
+    for index, (group, factor) in enumerate(zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True)):
+        name = group.get("name", str(index))
+        changed = False
+        if scheduler.base_lrs[index] != base_lrs[index]:
+            notes.append(f"{name} learning rate {base_lrs[index]:g} (was {scheduler.base_lrs[index]:g})")
+            scheduler.base_lrs[index] = group["initial_lr"] = base_lrs[index]
+            changed = True
+        replannable = isinstance(factor, LRFactor) and factor.schedule != "none" and total_steps > step
+        if replannable and factor.end_step(step) != total_steps:
+            planned = factor.end_step(step)
+            notes.append(f"{name}: the run now ends at step {total_steps} (planned: {planned}); "
+                         f"{factor.replan(step, total_steps)}")  # fmt: skip
+            changed = True
+        if changed:
+            group["lr"] = scheduler.base_lrs[index] * factor(step)
+    return notes
 
 
 def strip_wrapper_prefixes(name: str) -> str:

@@ -1,11 +1,13 @@
 """Networks: plain ``nn.Module`` classes with no training logic.
 
 The LightningModule in :mod:`project.module` receives one of these as its ``network`` argument, so a network can be
-swapped, scaled or loaded on its own. Every network here has a ``backbone`` (features) and a ``head`` (the last
-linear layer) so fine-tuning can keep the first and replace the second.
+swapped, scaled or loaded on its own. Every network here is a :class:`Network`: a ``backbone`` (features) and a
+``head`` (the last linear layer) so fine-tuning can keep the first and replace the second.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -18,7 +20,23 @@ def conv_output_size(size: int, kernel_size: int, padding: int, pool: int) -> in
     return after_convs // pool
 
 
-class ConvNet(nn.Module):
+class Network(nn.Module):
+    """What the project needs of a network: ``backbone`` (images -> features) and ``head`` (features -> outputs), the
+    input it takes (``in_channels``, a square ``image_size``), ``num_outputs``, and ``config``: its constructor's
+    arguments as plain values, enough to rebuild it from a checkpoint.
+
+    Checkpoints may name only subclasses of this class (see :func:`project.checkpointing.allowed_class`).
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+    num_outputs: int
+    in_channels: int
+    image_size: int
+    config: dict[str, Any]
+
+
+class ConvNet(Network):
     """The classic MNIST CNN, with its width and depth as arguments.
 
     With the defaults this is the network of pytorch/examples' ``mnist/main.py``: conv 1->32 3x3, conv 32->64 3x3,

@@ -15,8 +15,10 @@ regression     mean squared error (one output)   MSE, MAE
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryF1Score,
@@ -36,9 +38,11 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from project.checkpointing import allowed_class, read_checkpoint
 from project.data import Task
 from project.errors import TrainingDivergedError, UserInputError
-from project.finetuning import LRFactor, load_pretrained_backbone
+from project.finetuning import LRFactor, load_pretrained_backbone, replan_on_resume
+from project.models import Network
 
 Batch = tuple[Tensor, Tensor]
 
@@ -64,6 +68,14 @@ def build_metrics(task: Task, num_classes: int) -> MetricCollection:
             }
         )
     return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+
+
+MONITORED_METRIC: dict[str, tuple[str, Literal["min", "max"]]] = {
+    "multiclass": ("val/acc", "max"),
+    "binary": ("val/acc", "max"),
+    "regression": ("val/loss", "min"),
+}
+"""The validation metric that decides which checkpoint is best, and its direction, per task."""
 
 
 def describe_network(network: nn.Module) -> dict[str, Any]:
@@ -125,15 +137,50 @@ class TaskModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
+        self.train_loss = MeanMetric()
+        self.pretrained_loaded = False
+        self.epoch_state_to_restore: dict[str, Any] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
 
+    @property
+    def monitored_metric(self) -> tuple[str, Literal["min", "max"]]:
+        """The validation metric that picks the best checkpoint for this task, and whether higher or lower is better."""
+        return MONITORED_METRIC[self.hparams.task]
+
+    def logged_metric_names(self) -> set[str]:
+        """Every metric this module logs, as a callback's ``monitor`` would name it."""
+        names = {"train/loss_step", "train/loss_epoch", "val/loss", "test/loss"}
+        for metrics in (self.train_metrics, self.val_metrics, self.test_metrics):
+            names |= set(metrics.keys())
+        return names
+
+    def load_pretrained(self) -> str:
+        """Load the backbone of ``pretrained`` into the network (once); a summary of what was loaded."""
+        summary = load_pretrained_backbone(self.network, self.hparams.pretrained)
+        self.pretrained_loaded = True
+        return summary
+
     def setup(self, stage: str) -> None:
         check_image_shape(self.network, getattr(self.trainer, "datamodule", None))
         # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
-        if stage == "fit" and self.hparams.pretrained and not self.trainer.ckpt_path:
-            rank_zero_info(load_pretrained_backbone(self.network, self.hparams.pretrained))
+        if stage == "fit" and self.hparams.pretrained and not self.trainer.ckpt_path and not self.pretrained_loaded:
+            rank_zero_info(self.load_pretrained())
+
+    def on_train_start(self) -> None:
+        # After a checkpoint was restored (Lightning calls no on_train_epoch_start for an epoch resumed part-way).
+        saved, self.epoch_state_to_restore = self.epoch_state_to_restore, None
+        if saved is not None and saved["epoch"] == self.current_epoch:  # resumed in the middle of this epoch
+            self.set_epoch_metric_state(saved["state"])
+        # The options given to a resumed run win over the checkpoint's learning-rate plan.
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            base_lrs = [group["lr"] for group in self.parameter_groups()]
+            total = int(self.trainer.estimated_stepping_batches)
+            for note in replan_on_resume(self.trainer.optimizers[0], scheduler, base_lrs, total):
+                rank_zero_info(f"Resumed with new settings: {note}")
 
     @property
     def frozen_steps(self) -> int:
@@ -165,34 +212,34 @@ class TaskModule(L.LightningModule):
             return outputs.squeeze(1).sigmoid()
         return outputs.squeeze(1)
 
-    def _shared_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> tuple[Tensor, Tensor]:
+    def _evaluation_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> tuple[Tensor, Tensor]:
         images, targets = batch
-        if self.hparams.task == "regression":
-            targets = targets.float()
         outputs = self(images)
         loss = self.loss(outputs, targets)
         metrics.update(self.predictions(outputs.detach()), targets)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss, outputs
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, _ = self._shared_step(batch, "train", self.train_metrics)
+        images, targets = batch
+        outputs = self(images)
+        loss = self.loss(outputs, targets)
         if not torch.isfinite(loss):  # before backward: the weights stay as they were
-            raise TrainingDivergedError(
-                f"the training loss is {loss.item()} at step {self.trainer.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}); stopping before it reaches the weights. The newest last.ckpt holds finite "
-                f"weights: lower model.lr or add gradient clipping (--trainer.gradient_clip_val), then resume."
-            )
+            raise diverged(loss, batch, self.trainer.global_step, self.current_epoch, batch_idx)
+        self.train_metrics.update(self.predictions(outputs.detach()), targets)
+        self.train_loss.update(loss.detach(), weight=len(targets))
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, outputs = self._shared_step(batch, "val", self.val_metrics)
+        loss, outputs = self._evaluation_step(batch, "val", self.val_metrics)
         return {"loss": loss, "outputs": outputs.detach()}  # for callbacks (project.callbacks.TensorBoardReports)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test", self.test_metrics)
+        self._evaluation_step(batch, "test", self.test_metrics)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Predicted classes (multiclass), probabilities of the positive class (binary) or values (regression)."""
@@ -237,6 +284,94 @@ class TaskModule(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters", {})
         if isinstance(hparams.get("network"), nn.Module):
             hparams["network"] = describe_network(hparams["network"])
+        trainer = self.trainer
+        # What a resumed run must keep the same for its steps to line up (checked by the command line).
+        checkpoint["run_layout"] = {
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "world_size": trainer.world_size,
+        }
+        # The training metrics of the epoch so far, per process: a run resumed mid-epoch reports the whole epoch.
+        local = {"epoch": self.current_epoch, "state": self.epoch_metric_state()}
+        checkpoint["epoch_metrics"] = {"ranks": gather_to_every_rank(trainer, local)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ranks = checkpoint.get("epoch_metrics", {}).get("ranks", [])
+        same_layout = len(ranks) == self.trainer.world_size
+        self.epoch_state_to_restore = ranks[self.trainer.global_rank] if same_layout else None
+
+    def epoch_metric_state(self) -> dict[str, Tensor]:
+        """The accumulated state of the training metrics (and loss) of the current epoch, as plain tensors."""
+        state = {}
+        for name, metric in (("metrics", self.train_metrics), ("loss", self.train_loss)):
+            metric.persistent(True)
+            state.update({f"{name}.{key}": value.detach().cpu() for key, value in metric.state_dict().items()})
+            metric.persistent(False)
+        return state
+
+    def set_epoch_metric_state(self, state: dict[str, Tensor]) -> None:
+        for name, metric in (("metrics", self.train_metrics), ("loss", self.train_loss)):
+            prefix = f"{name}."
+            metric.persistent(True)
+            metric.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            metric.persistent(False)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **overrides: Any,
+    ) -> TaskModule:
+        """The model a checkpoint holds, rebuilt the checked way: the file is read with ``weights_only=True``, and the
+        network class it names must be a :class:`~project.models.Network` subclass that is already imported (an
+        allow-list); its constructor gets plain values. Lightning's own version lets the file choose what to import
+        and instantiate. ``overrides`` replace stored hyperparameters."""
+        if weights_only is False or hparams_file is not None:
+            raise UserInputError("checkpoints are read with weights_only=True and their own hyperparameters only")
+        checkpoint = read_checkpoint(Path(checkpoint_path))
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        spec = overrides.pop("network", None) or hparams.pop("network", None)
+        if isinstance(spec, nn.Module):
+            network = spec
+        elif isinstance(spec, dict) and "class_path" in spec:
+            network_class = allowed_class(spec["class_path"], Network, "network")
+            network = network_class(**dict(spec.get("init_args") or {}))
+        else:
+            raise UserInputError(f"{checkpoint_path} does not record its network (hyper_parameters.network)")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network"}
+        arguments = {k: v for k, v in {**hparams, **overrides}.items() if k in accepted}
+        model = cls(network, **arguments)
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        model.pretrained_loaded = True  # the checkpoint's weights are the ones wanted, not the pretrained backbone
+        if map_location is not None:
+            model.to(map_location)
+        return model
+
+
+def gather_to_every_rank(trainer: L.Trainer, value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]``: rank 0 writes the checkpoint, so it needs every rank's value."""
+    if trainer.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def diverged(loss: Tensor, batch: Batch, step: int, epoch: int, batch_index: int) -> TrainingDivergedError:
+    """The error for a non-finite training loss, naming its cause when the batch itself holds non-finite numbers."""
+    where = f"at step {step} (epoch {epoch}, batch {batch_index})"
+    images, targets = batch
+    for name, tensor in (("images", images), ("targets", targets)):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return TrainingDivergedError(
+                f"the training loss is {loss.item()} {where} because the batch's {name} hold inf or nan: the data is "
+                f"broken, not the learning rate; stopping before it reaches the weights",
+                data_problem=True,
+            )
+    return TrainingDivergedError(f"the training loss is {loss.item()} {where}; stopping before it reaches the weights")
 
 
 def check_task_and_optimizer(
@@ -261,8 +396,8 @@ def check_task_and_optimizer(
         raise UserInputError(f"a multiclass task needs a network with 2 or more outputs, got {num_outputs}")
     if task != "multiclass" and num_outputs != 1:
         raise UserInputError(f"a {task} task needs a network with exactly 1 output, got {num_outputs}")
-    if not lr > 0:
-        raise UserInputError(f"model.lr must be a positive number, got {lr}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserInputError(f"model.lr must be a positive finite number, got {lr}")
     if not 0 <= momentum < 1:
         raise UserInputError(f"model.momentum must lie in [0, 1), got {momentum}")
     if momentum and optimizer != "sgd":
@@ -279,8 +414,8 @@ def check_finetuning(network: nn.Module, freeze_backbone_epochs: int, backbone_l
     """Refuse fine-tuning settings that cannot work, naming the value and what is allowed."""
     if freeze_backbone_epochs < 0:
         raise UserInputError(f"model.freeze_backbone_epochs must be 0 or more, got {freeze_backbone_epochs}")
-    if backbone_lr is not None and not backbone_lr > 0:
-        raise UserInputError(f"model.backbone_lr must be a positive number, got {backbone_lr}")
+    if backbone_lr is not None and not (math.isfinite(backbone_lr) and backbone_lr > 0):
+        raise UserInputError(f"model.backbone_lr must be a positive finite number, got {backbone_lr}")
     if (freeze_backbone_epochs or backbone_lr) and not hasattr(network, "backbone"):
         raise UserInputError(
             f"model.freeze_backbone_epochs and model.backbone_lr need a network with a backbone attribute; "

@@ -12,25 +12,24 @@ close those gaps:
 Every other source of randomness in a training step uses a generator of its own whose state is in the checkpoint
 (the data module's augmentation generator), so nothing draws from the global generators between the moment a
 checkpoint is written and the next training step.
+
+What a resumed run may change is decided here too (:func:`check_resume_settings`): options that only say how fast
+to learn or how long take effect; options that decide what is learned, or in what order, cannot change.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from project.errors import TrainingDivergedError, UserInputError
+from project.errors import UserInputError
 
 Position = tuple[int, int]
 """(epoch, number of this process's samples of that epoch already trained on)."""
@@ -149,66 +148,6 @@ class RNGState(L.Callback):
     _trainer: L.Trainer | None = None
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``, the newest state: every ``every_n_train_steps`` optimizer steps and at the end of every epoch.
-
-    ``--ckpt_path last`` resumes from it. (ModelCheckpoint's own ``save_last`` refreshes ``last.ckpt`` only when the
-    monitored metric improves, and its step and epoch triggers exclude each other.)
-    """
-
-    def __init__(self, every_n_train_steps: int = 200, dirpath: str | None = None) -> None:
-        super().__init__(
-            dirpath=dirpath,
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,
-        )
-        self._previous_sigusr1: Any = None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        # The epoch's validation has run by now; skipped when a step trigger already saved this step.
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # SLURM warns a job with SIGUSR1 before its time limit (#SBATCH --signal=SIGUSR1@90). Unless Lightning's
-        # SLURM auto-requeue already handles it, pass it on as SIGTERM: save at the next step boundary and stop.
-        self._previous_sigusr1 = None
-        if (
-            signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)
-            and threading.current_thread() is threading.main_thread()
-        ):
-            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, _forward_as_sigterm)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous_sigusr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Lightning turns SIGTERM into SIGTERMException at a step boundary: a consistent state worth saving.
-        # Other exceptions can strike mid-step, so the last regular save stands.
-        if isinstance(exception, SIGTERMException) and not self._should_skip_saving_checkpoint(trainer):
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        # Never replace a good last.ckpt with non-finite weights.
-        for name, parameter in trainer.lightning_module.named_parameters():
-            if not torch.isfinite(parameter).all():
-                raise TrainingDivergedError(
-                    f"the weights became non-finite ({name}) by step {trainer.global_step}; {filepath} was not "
-                    f"overwritten and holds the last finite state. Lower model.lr or add gradient clipping "
-                    f"(--trainer.gradient_clip_val)."
-                )
-        super()._save_checkpoint(trainer, filepath)
-
-
-def _forward_as_sigterm(signum: int, frame: object) -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`ResumableSampler`. Lightning asks loaders for ``state_dict`` to tell whether they
     can resume mid-epoch; the position itself comes from the trainer, so the state only records the shuffle seed,
@@ -223,3 +162,86 @@ class ResumableDataLoader(DataLoader):
                 f"the checkpoint was trained with shuffle seed {state_dict['shuffle_seed']} and this run has "
                 f"{self.sampler.seed}: resume with the same seed_everything (or data.shuffle_seed)"
             )
+
+
+CHANGEABLE_ON_RESUME = {
+    "model": {"lr", "backbone_lr", "pretrained"},
+    "data": {"data_dir", "download", "num_workers", "eval_batch_size", "shuffle_seed"},
+}
+"""Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
+resumed step on), where and how the data is read, and ``pretrained`` (ignored: the weights come from the checkpoint).
+The shuffle seed is compared as it takes effect (``data.shuffle_seed``, else ``seed_everything``).
+Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored in the checkpoint and may change
+too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""
+
+
+def plain(value: Any) -> Any:
+    """Hyperparameters as plain dicts, lists and values (a network object as its class path and arguments)."""
+    if hasattr(value, "as_dict"):  # jsonargparse's Namespace
+        value = value.as_dict()
+    if isinstance(value, nn.Module):
+        cls = type(value)
+        value = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(value, "config", {}))}
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"network": {"init_args": {"width": 32}}}`` -> ``{"model.network.init_args.width": 32}``."""
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, Mapping):
+            result.update(flat(value, f"{prefix}{key}."))
+        else:
+            result[f"{prefix}{key}"] = value
+    return result
+
+
+def check_resume_settings(
+    checkpoint: Mapping[str, Any],
+    model_hparams: Mapping[str, Any],
+    data_hparams: Mapping[str, Any],
+    data_class_path: str,
+    shuffle_seed: int,
+    stored_shuffle_seed: int | None,
+    accumulate_grad_batches: int,
+    world_size: int,
+) -> None:
+    """Refuse, naming each, the options of a resumed run that differ from the checkpoint's and cannot change."""
+    differences = []
+    sections = (
+        ("model", checkpoint.get("hyper_parameters") or {}, model_hparams),
+        ("data", checkpoint.get("datamodule_hyper_parameters") or {}, data_hparams),
+    )
+    for section, stored, current in sections:
+        stored, current = flat(plain(stored), f"{section}."), flat(plain(current), f"{section}.")
+        fixed = sorted(set(stored) & set(current))
+        for key in fixed:
+            if key.removeprefix(f"{section}.").split(".")[0] in CHANGEABLE_ON_RESUME[section]:
+                continue
+            if stored[key] != current[key]:
+                differences.append(f"{key} {current[key]!r} (the run has {stored[key]!r})")
+    stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
+    if stored_class and stored_class != data_class_path:
+        differences.append(f"data.class_path {data_class_path} (the run has {stored_class})")
+    layout = checkpoint.get("run_layout", {})
+    for name, value in (("accumulate_grad_batches", accumulate_grad_batches), ("world_size", world_size)):
+        if name in layout and layout[name] != value:
+            option = "trainer.devices x trainer.num_nodes" if name == "world_size" else f"trainer.{name}"
+            differences.append(f"{option} {value} (the run has {layout[name]})")
+    if stored_shuffle_seed is not None and stored_shuffle_seed != shuffle_seed:
+        differences.append(
+            f"the shuffle seed {shuffle_seed} (the run has {stored_shuffle_seed}: resume with --seed_everything "
+            f"{stored_shuffle_seed}, or --data.shuffle_seed {stored_shuffle_seed})"
+        )
+    if differences:
+        raise UserInputError(
+            "these options cannot change on resume: " + "; ".join(differences) + ". They decide what is learned or "
+            "in what order; resume with the values the run started with (its config.yaml), or start a new run. "
+            "What may change: model.lr, model.backbone_lr, trainer options such as max_epochs, where the data is."
+        )

@@ -10,8 +10,9 @@ Each run writes into one TensorBoard version folder and keeps its checkpoints in
             last.ckpt                the newest state: resume from it
 
 Lightning alone resolves ``--ckpt_path last`` against the checkpoint folder of the *new* run it is starting (which
-is empty) and logs a resumed run into a new version folder (Lightning issues #5403, #2735). The command line uses
-these functions instead, so that a resumed run finds the newest ``last.ckpt`` and continues in its own folder.
+is empty) and logs a resumed run into a new version folder (Lightning issues #5403, #2735); it also reads the files
+that ``best`` and ``hpc`` name without this project's checks. :func:`resolve_checkpoint` gives every name one
+meaning here, and every file it returns has been read with :func:`~project.checkpointing.read_checkpoint`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from project.checkpointing import read_checkpoint
+from project.checkpointing import LAST_CHECKPOINT, read_checkpoint
 from project.errors import CheckpointNotFoundError, UserInputError
 
-LAST_CHECKPOINT = "last.ckpt"
 _VERSION_FOLDER = re.compile(r"version_\d+")
+_HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
+CKPT_PATH_NAMES = ("last", "best", "hpc")
+"""The names ``--ckpt_path`` takes besides a file path."""
 
 
 def find_last_checkpoint(run_root: Path) -> Path | None:
@@ -43,11 +46,44 @@ def version_of(checkpoint: Path, run_root: Path) -> str | None:
     return version if _VERSION_FOLDER.fullmatch(version) else None
 
 
-def resolve_checkpoint(ckpt_path: str, run_root: Path) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint that ``--ckpt_path`` names, read and checked: ``last`` is the newest ``last.ckpt`` under
-    ``run_root``; when that file is unreadable (a crash while it was written by a tool without atomic saves, a full
-    disk), the newest readable checkpoint beside it is used instead, with a warning naming the bad file."""
-    if ckpt_path != "last":
+def find_hpc_checkpoint(root: Path) -> Path | None:
+    """The ``hpc_ckpt_<N>.ckpt`` with the highest N in ``root`` (where Lightning's SLURM requeue writes them)."""
+    numbered = {}
+    for path in root.glob("hpc_ckpt_*.ckpt"):
+        if match := _HPC_CHECKPOINT.fullmatch(path.name):
+            numbered[int(match.group(1))] = path
+    return numbered[max(numbered)] if numbered else None
+
+
+def best_checkpoint_of(last: Path, last_content: dict[str, Any]) -> Path | None:
+    """The best checkpoint recorded in ``last``'s ModelCheckpoint state, looked up beside ``last``."""
+    for state in last_content.get("callbacks", {}).values():
+        best = state.get("best_model_path") if isinstance(state, dict) else None
+        if isinstance(best, str) and best and (last.parent / Path(best).name).is_file():
+            return last.parent / Path(best).name
+    return None
+
+
+def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path(".")) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint that ``--ckpt_path`` names, read and checked.
+
+    - ``last``: the newest ``last.ckpt`` under ``run_root``; when that file is unreadable (a crash while it was
+      written by a tool without atomic saves, a full disk), the newest readable checkpoint beside it, with a warning;
+    - ``best``: the best checkpoint of that same run (as its ``last.ckpt`` records it);
+    - ``hpc``: the newest ``hpc_ckpt_<N>.ckpt`` in ``root_dir`` (Lightning's SLURM requeue);
+    - anything else: a file path. Lightning's model registry is refused: it downloads files, unchecked.
+    """
+    if ckpt_path == "registry" or ckpt_path.startswith("registry:"):
+        raise UserInputError(
+            f"--ckpt_path {ckpt_path}: Lightning's model registry is not supported here (it downloads a checkpoint "
+            f"and skips this project's checks); download the file yourself and pass the path of a checkpoint file"
+        )
+    if ckpt_path == "hpc":
+        found = find_hpc_checkpoint(root_dir)
+        if found is None:
+            raise CheckpointNotFoundError(f"--ckpt_path hpc: no hpc_ckpt_<N>.ckpt in {root_dir.resolve()}")
+        return found, read_checkpoint(found)
+    if ckpt_path not in ("last", "best"):
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
             raise CheckpointNotFoundError(
@@ -58,9 +94,14 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path) -> tuple[Path, dict[str, 
     found = find_last_checkpoint(run_root)
     if found is None:
         raise CheckpointNotFoundError(
-            f"--ckpt_path last: no {LAST_CHECKPOINT} under {run_root}/version_*/checkpoints/, so there is no "
+            f"--ckpt_path {ckpt_path}: no {LAST_CHECKPOINT} under {run_root}/version_*/checkpoints/, so there is no "
             f"run to resume. Start a new run without --ckpt_path, or pass the path of a checkpoint file."
         )
+    if ckpt_path == "best":
+        best = best_checkpoint_of(found, read_checkpoint(found))
+        if best is None:
+            raise CheckpointNotFoundError(f"--ckpt_path best: {found} records no best checkpoint beside it")
+        return best, read_checkpoint(best)
     try:
         return found, read_checkpoint(found)
     except UserInputError as error:

@@ -114,18 +114,29 @@ class PoisonAtStep(L.Callback):
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
 
 
-def cli_error(args: list[str], capsys) -> str:
-    """Run the command line with ``args``, expect exit status 2 without a traceback, return what it printed."""
+def cli_error(args: list[str], capsys, code: int = 2, root: Path | None = None) -> str:
+    """Run the command line with ``args``; expect exit status ``code`` and one ``error:`` line (indented detail lines
+    may follow), no traceback and no usage dump. With ``root``, also expect that nothing was written under it: no
+    ``logs/`` folder and no checkpoint. Returns the message from its ``error:`` line on."""
     import pytest
 
     from project.cli import main
 
+    checkpoints_before = set(root.rglob("*.ckpt")) if root is not None else set()
     with pytest.raises(SystemExit) as caught:
         main(args)
-    assert caught.value.code == 2
-    error = capsys.readouterr().err
-    assert "Traceback" not in error
-    return error
+    stderr = capsys.readouterr().err
+    assert caught.value.code == code, stderr[-3000:]
+    assert "Traceback" not in stderr and "usage:" not in stderr, stderr[-3000:]
+    lines = stderr.splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith("error:")]
+    assert len(starts) == 1, stderr[-3000:]
+    message = lines[starts[0] :]
+    assert all(line.startswith(" ") or not line.strip() for line in message[1:]), stderr[-3000:]
+    if root is not None:
+        assert not (root / "logs").exists(), f"a log folder was written: {sorted((root / 'logs').rglob('*'))}"
+        assert set(root.rglob("*.ckpt")) == checkpoints_before, "a checkpoint was written"
+    return "\n".join(message)
 
 
 def quiet_trainer(**kwargs: object) -> L.Trainer:
@@ -138,3 +149,52 @@ def quiet_trainer(**kwargs: object) -> L.Trainer:
         "enable_model_summary": False,
     }
     return L.Trainer(**{**settings, **kwargs})
+
+
+class InterruptAtStep(L.Callback):
+    """Raise :class:`Interrupted` once ``step`` optimizer steps are done: a crash whose logs were flushed."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise Interrupted(f"interrupted after step {self.step}")
+
+
+class RecordLR(L.Callback):
+    """The learning rate of every parameter group at the start of every training batch: ``{step: [lr, ...]}``."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        self.by_step[trainer.global_step] = [group["lr"] for group in trainer.optimizers[0].param_groups]
+
+
+class PoisonOptimizerAtStep(L.Callback):
+    """Make one entry of AdamW's second-moment estimate infinite when step ``step`` starts (the weights stay finite:
+    an update divided by an infinite second moment is zero), as a gradient too large for float32 would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            state = next(iter(trainer.optimizers[0].state.values()))
+            state["exp_avg_sq"].view(-1)[0] = float("inf")
+
+
+def directory_scalars(run_folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows for one run folder: every event file read in order, purged steps dropped."""
+    accumulator = EventAccumulator(str(run_folder), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def directory_image_steps(run_folder: Path) -> dict[str, list[int]]:
+    accumulator = EventAccumulator(str(run_folder), size_guidance={"images": 0})
+    accumulator.Reload()
+    return {tag: [event.step for event in accumulator.Images(tag)] for tag in accumulator.Tags()["images"]}

@@ -46,7 +46,8 @@ def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():
     )
     assert (data["batch_size"], config["trainer"]["max_epochs"]) == (64, 10)
     assert config["trainer"]["logger"]["init_args"]["name"] == "classic"
-    assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/acc"  # kept from mnist.yaml
+    best = config["trainer"]["callbacks"][0]  # kept from mnist.yaml: the task decides what it monitors
+    assert (best["class_path"], best["init_args"]["monitor"]) == ("project.checkpointing.BestCheckpoint", None)
 
 
 def test_command_line_options_override_the_presets():
@@ -89,19 +90,21 @@ def error_of(args: list[str], capsys) -> str:
 
 
 def test_bad_learning_rate_is_one_error_line(quick_args, capsys):
-    assert "error: model.lr must be a positive number, got -0.1" in error_of(
+    assert "error: model.lr must be a positive finite number, got -0.1" in error_of(
         ["fit", *quick_args, "--model.lr=-0.1"], capsys
     )
 
 
-def test_unknown_option_is_refused_by_the_parser(quick_args, capsys):
-    assert "model.learning_rate" in error_of(["fit", *quick_args, "--model.learning_rate=0.1"], capsys)
+def test_regression_data_through_the_command_line_keeps_the_lowest_validation_loss(tmp_path, run_dir):
+    from test_bad_input import write_regression_csv
 
-
-def test_missing_data_offline_stops_the_cli_with_the_clear_message(run_dir, monkeypatch, capsys):
-    from torchvision import datasets
-
-    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    error = error_of(["fit", f"--data.data_dir={run_dir / 'nowhere'}", "--trainer.enable_progress_bar=false"], capsys)
-    assert error.startswith("error: MNIST files not found: looked in ")
-    assert "PROJECT_DATA_DIR" in error
+    data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 30) for i in range(30)])
+    cli = run_cli(
+        [
+            "fit", "--data=project.user_data.CSVRegressionDataModule", f"--data.data_dir={data}",
+            "--data.val_size=4", "--data.batch_size=8", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+        ]
+    )  # fmt: skip
+    best = cli.trainer.checkpoint_callback
+    assert (best.monitor, best.mode) == ("val/loss", "min")
+    assert best.best_model_path and "test/mse" in cli.trainer.callback_metrics

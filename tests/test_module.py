@@ -61,8 +61,8 @@ def test_precision_recall_and_f1_are_macro_averaged():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lr": 0.0}, "model.lr must be a positive number, got 0.0"),
-        ({"lr": -1.0}, "model.lr must be a positive number, got -1.0"),
+        ({"lr": 0.0}, "model.lr must be a positive finite number, got 0.0"),
+        ({"lr": -1.0}, "model.lr must be a positive finite number, got -1.0"),
         ({"optimizer": "adamw", "momentum": 0.9}, "model.momentum applies to optimizer sgd only"),
         ({"optimizer": "sgd", "nesterov": True}, "model.nesterov needs optimizer sgd with momentum > 0"),
         ({"weight_decay": -0.1}, "model.weight_decay must be 0 or more, got -0.1"),

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_error
 
 from project.cli import run_cli
 
@@ -85,6 +84,25 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(killed_mi
     assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
 
+def test_the_interrupted_epochs_training_metrics_equal_the_uninterrupted_runs(killed_mid_epoch, tmp_path):
+    from helpers import directory_scalars
+
+    killed_mid_epoch.resume_copy(tmp_path / "resumed")
+    resumed = directory_scalars(tmp_path / "resumed" / "logs" / "mnist" / "version_0")
+    straight = directory_scalars(killed_mid_epoch.straight_dir / "logs" / "mnist" / "version_0")
+    for tag in ("train/acc", "train/f1", "train/loss_epoch"):
+        assert [step for step, _ in resumed[tag]] == [step for step, _ in straight[tag]], tag
+        for (_, got), (_, expected) in zip(resumed[tag], straight[tag], strict=True):
+            assert got == pytest.approx(expected, abs=1e-6), tag  # epoch 2 was cut at step 17 in the resumed run
+
+
+def test_tensorboard_of_a_killed_and_resumed_run_has_one_curve_per_tag(killed_mid_epoch, tmp_path):
+    from test_resume import assert_strictly_increasing_steps
+
+    killed_mid_epoch.resume_copy(tmp_path / "resumed")
+    assert_strictly_increasing_steps(tmp_path / "resumed" / "logs" / "mnist" / "version_0")
+
+
 def test_negative_control_without_restoring_the_random_state_differs(killed_mid_epoch, tmp_path):
     resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", ["--trainer.callbacks.restore=false"])
     with pytest.raises(AssertionError, match="weights differ"):
@@ -149,10 +167,23 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_finite_weight
     with pytest.raises(SystemExit) as caught:
         main(["fit", *args])
     assert caught.value.code == 1
-    assert "error: the training loss is nan at step 13 (epoch 1, batch 3)" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "error: the training loss is nan at step 13 (epoch 1, batch 3)" in error
+    assert str(Path("logs") / "mnist" / "version_0" / "checkpoints" / "last.ckpt") in error  # what to resume from
     last = torch.load(run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 10
     assert all(torch.isfinite(tensor).all() for tensor in last["state_dict"].values())
+
+
+def test_a_divergence_before_any_checkpoint_does_not_claim_one(quick_args, run_dir, capsys):
+    from project.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["fit", *quick_args, "--trainer.callbacks+=helpers.PoisonAtStep", "--trainer.callbacks.step=3"])
+    assert caught.value.code == 1
+    error = capsys.readouterr().err
+    assert "error: the training loss is nan at step 3" in error
+    assert "last.ckpt" not in error and "No checkpoint was written yet" in error
 
 
 # -- checkpoints are never lost --------------------------------------------------------------------------------------
@@ -162,6 +193,7 @@ def test_a_save_that_fails_part_way_keeps_the_previous_checkpoint_and_no_tempora
     import errno
 
     from project.checkpointing import AtomicCheckpointIO
+    from project.errors import DiskFullError
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -173,7 +205,7 @@ def test_a_save_that_fails_part_way_keeps_the_previous_checkpoint_and_no_tempora
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(DiskFullError, match="No space left on device"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 0, "global_step": 2}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
@@ -198,93 +230,6 @@ def test_a_new_run_never_touches_an_earlier_runs_files(quick_args, run_dir):
     assert (run_dir / "logs" / "mnist" / "version_1" / "checkpoints" / "last.ckpt").is_file()
 
 
-# -- bad input, refused before training, naming the value and what is allowed ---------------------------------------
-
-
-def error_of(args: list[str], capsys) -> str:
-    return cli_error(args, capsys)
-
-
-def test_a_config_key_that_does_not_exist(quick_args, tmp_path, capsys):
-    config = tmp_path / "typo.yaml"
-    config.write_text("model:\n  learning_rate: 0.1\n")
-    assert "learning_rate" in error_of(["fit", *quick_args, f"--config={config}"], capsys)
-
-
-def test_a_zero_batch_size(quick_args, capsys):
-    error = error_of(["fit", *quick_args, "--data.batch_size=0"], capsys)
-    assert "error: data.batch_size must be a positive integer, got 0" in error
-
-
-def test_labels_outside_the_class_range(tmp_path, quick_args, capsys):
-    from idx import synthetic_digits, write_idx_labels, write_mnist_folder
-
-    root = write_mnist_folder(tmp_path / "data")
-    _, labels = synthetic_digits(600, 0)
-    labels[5] = 12
-    write_idx_labels(root / "MNIST" / "raw" / "train-labels-idx1-ubyte", labels)
-    args = [arg for arg in quick_args if not arg.startswith("--data.data_dir")]
-    error = error_of(["fit", *args, f"--data.data_dir={root}"], capsys)
-    assert "error: the training split of MNISTDataModule has labels [12] outside its 10 classes (0..9)" in error
-
-
-def test_a_corrupt_image_file_in_an_image_folder(image_folder, quick_args, capsys):
-    (image_folder / "square" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    error = error_of(["fit", "--config=finetune_folder.yaml", f"--data.data_dir={image_folder}"], capsys)
-    assert "square/3.png is not a readable image" in error
-
-
-def test_images_the_network_cannot_take(image_folder, capsys):
-    error = error_of(
-        ["fit", "--config=finetune_folder.yaml", f"--data.data_dir={image_folder}", "--data.channels=3"], capsys
-    )
-    assert "error: the data gives 3x28x28 images but the network takes 1x28x28" in error
-
-
-def test_a_pretrained_checkpoint_of_another_architecture(quick_args, pretrained_checkpoint, capsys):
-    args = [*quick_args, f"--model.pretrained={pretrained_checkpoint}", "--model.network.init_args.width=16"]
-    error = error_of(["fit", *args], capsys)
-    assert "its backbone does not match this network's" in error and "backbone.0.weight" in error
-
-
-def test_a_file_that_is_not_a_checkpoint(quick_args, tmp_path, capsys):
-    fake = tmp_path / "notes.ckpt"
-    fake.write_text("hello")
-    assert "notes.ckpt is not a readable checkpoint" in error_of(["fit", *quick_args, f"--ckpt_path={fake}"], capsys)
-
-
-def test_max_epochs_below_the_resumed_checkpoints_epoch(quick_args, run_dir, capsys):
-    run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=3"])
-    error = error_of(["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)
-    assert "error: --trainer.max_epochs=2 is below the checkpoint's epoch" in error
-    assert "resume with max_epochs of at least 3" in error
-
-
-def test_an_image_folder_with_an_empty_class(tmp_path, capsys):
-    from conftest import write_image_folder
-
-    write_image_folder(tmp_path, {"a": 5, "b": 5})
-    (tmp_path / "c").mkdir()
-    error = error_of(["fit", "--config=finetune_folder.yaml", f"--data.data_dir={tmp_path}"], capsys)
-    assert "Found no valid file for the classes c" in error
-
-
-# -- security ----------------------------------------------------------------------------------------------------------
-
-
-class Payload:
-    """Unpickling this would run code of the file's choosing."""
-
-
-def test_a_checkpoint_carrying_a_pickled_object_is_refused_for_resume(quick_args, tmp_path, capsys):
-    import pickle
-
-    evil = tmp_path / "evil.ckpt"
-    evil.write_bytes(pickle.dumps({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": Payload()}))
-    error = error_of(["fit", *quick_args, f"--ckpt_path={evil}"], capsys)
-    assert "evil.ckpt is not a readable checkpoint" in error and "weights_only=True" in error
-
-
 def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
     args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]
     signal_args = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=7",
@@ -295,22 +240,11 @@ def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
     assert torch.load(last, weights_only=True)["global_step"] == 7
 
 
-def test_a_test_folder_with_a_class_the_training_folder_lacks(tmp_path, capsys):
-    from conftest import write_image_folder
-
-    write_image_folder(tmp_path / "train", {"a": 6, "b": 6})
-    write_image_folder(tmp_path / "test", {"a": 2, "b": 2, "c": 2})
-    error = error_of(
-        ["fit", "--config=finetune_folder.yaml", f"--data.data_dir={tmp_path}", "--data.val_size=2"], capsys
-    )
-    assert "has classes ['a', 'b', 'c'], but the training folder has ['a', 'b']" in error
-
-
 def each_option_with_a_bad_value():
     from project.data import MNISTDataModule, RotationDataModule
     from project.models import ConvNet
     from project.module import TaskModule
-    from project.user_data import carve, image_transform
+    from project.user_data import ImageConversion, carve
 
     return {
         "augment_shift": (
@@ -327,9 +261,12 @@ def each_option_with_a_bad_value():
         "max_angle": (lambda: RotationDataModule(max_angle=0), r"data.max_angle must lie in \(0, 180\] degrees, got 0"),
         "binary regression": (lambda: RotationDataModule(positive_classes=[1]), "RotationDataModule is a regression"),
         "freeze epochs": (lambda: TaskModule(ConvNet(), freeze_backbone_epochs=-1), "freeze_backbone_epochs must be 0"),
-        "backbone_lr": (lambda: TaskModule(ConvNet(), backbone_lr=0.0), "model.backbone_lr must be a positive number"),
+        "backbone_lr": (
+            lambda: TaskModule(ConvNet(), backbone_lr=0.0),
+            "model.backbone_lr must be a positive finite number",
+        ),
         "warmup": (lambda: TaskModule(ConvNet(), warmup_fraction=1.0), r"model.warmup_fraction must lie in \(0, 1\)"),
-        "channels": (lambda: image_transform(2, 28, 0.0, 1.0), r"data.channels must be 1 \(greyscale\) or 3 \(RGB\)"),
+        "channels": (lambda: ImageConversion(2, 28, 0.0, 1.0), r"data.channels must be 1 \(greyscale\) or 3 \(RGB\)"),
         "test_size": (lambda: carve(10, 10, seed=0), "data.test_size=10 must leave images on both sides of 10 images"),
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from helpers import Interrupted, scalar_steps
@@ -92,3 +94,150 @@ def test_resume_from_an_explicit_path_continues_that_run(interrupted_run, quick_
     )
     assert cli.trainer.logger.version == "version_0"
     assert cli.trainer.global_step == 20
+
+
+# -- what a resumed run may change --------------------------------------------------------------------------------
+
+
+def lr_recorder(cli) -> dict[int, list[float]]:
+    from helpers import RecordLR
+
+    return next(callback for callback in cli.trainer.callbacks if isinstance(callback, RecordLR)).by_step
+
+
+RECORD_LR = ["--trainer.callbacks+=helpers.RecordLR"]
+
+
+def test_a_learning_rate_given_on_resume_takes_effect(interrupted_run, quick_args):
+    from project.finetuning import LRFactor
+
+    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", "--model.lr=0.0003", *RECORD_LR, "--test_after_fit=false"])
+    expected = 0.0003 * LRFactor(20, "onecycle", 0.2)(10)  # the plan of the whole run, at the resumed step
+    assert lr_recorder(cli)[10] == [pytest.approx(expected)] * 2
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs == [0.0003, 0.0003]
+
+
+def test_after_a_divergence_a_lower_learning_rate_on_resume_trains_to_the_end(interrupted_run, quick_args, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["fit", *quick_args, "--ckpt_path=last", "--model.lr=1e12", "--test_after_fit=false"])
+    assert caught.value.code == 1
+    error = capsys.readouterr().err
+    assert "the training loss is" in error and "last.ckpt" in error
+    checkpoint = torch.load(interrupted_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 10  # the state before the divergence
+    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", "--model.lr=0.003", "--test_after_fit=false"])
+    assert cli.trainer.global_step == 20
+    assert all(torch.isfinite(parameter).all() for parameter in cli.model.parameters())
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--data.batch_size=25",
+        "--data.samples_per_class=5",
+        "--model.network.init_args.hidden_size=64",
+        "--model.optimizer=sgd",
+        "--seed_everything=1",
+        "--trainer.accumulate_grad_batches=2",
+    ],
+)
+def test_options_that_cannot_change_on_resume_are_refused_by_name(option, interrupted_run, quick_args, capsys):
+    from helpers import cli_error
+
+    error = cli_error(["fit", *quick_args, "--ckpt_path=last", option], capsys)
+    name = option.removeprefix("--").split("=")[0]
+    assert name.split(".")[-1] in error and "cannot change on resume" in error
+
+
+def test_training_longer_than_planned_gives_the_extra_epochs_a_new_cycle(quick_args, run_dir):
+    run_cli(["fit", *quick_args, "--test_after_fit=false"])  # 2 epochs, 20 steps: the one-cycle schedule ends
+    cli = run_cli(
+        ["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=4", *RECORD_LR, "--test_after_fit=false"]
+    )
+    head = [lrs[1] for step, lrs in sorted(lr_recorder(cli).items())]
+    assert cli.trainer.global_step == 40 and len(head) == 20
+    assert max(head) == pytest.approx(0.003, rel=0.05)  # warms up to the peak again ...
+    assert head[0] < 0.0005 and head[-1] < 0.0001  # ... from a low start, and anneals to about zero
+
+
+def test_training_longer_before_the_schedule_ended_stretches_what_is_left(interrupted_run, quick_args):
+    from project.finetuning import LRFactor
+
+    cli = run_cli(
+        ["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=4", *RECORD_LR, "--test_after_fit=false"]
+    )
+    head = [lrs[1] for step, lrs in sorted(lr_recorder(cli).items())]
+    assert len(head) == 30
+    planned = LRFactor(20, "onecycle", 0.2)
+    assert head[0] == pytest.approx(0.003 * planned(10))  # continues where it was ...
+    assert head[15] == pytest.approx(0.003 * planned(15))  # ... the 10 steps that were left now take 30
+    assert all(later <= earlier for earlier, later in itertools.pairwise(head))  # still annealing
+    assert head[-1] < 0.0001
+
+
+def test_stale_temporary_files_of_a_killed_save_are_removed_when_the_run_resumes(interrupted_run, quick_args):
+    stale = interrupted_run / "checkpoints" / ".last.ckpt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    run_cli(["fit", *quick_args, "--ckpt_path=last", "--test_after_fit=false"])
+    assert not stale.exists()
+
+
+def test_a_non_finite_optimizer_state_is_never_saved_and_the_last_finite_state_resumes(quick_args, run_dir, capsys):
+    poison = ["--trainer.callbacks+=helpers.PoisonOptimizerAtStep", "--trainer.callbacks.step=13"]
+    with pytest.raises(SystemExit) as caught:
+        main(["fit", *quick_args, *poison, "--test_after_fit=false"])
+    assert caught.value.code == 1
+    assert "optimizer state" in capsys.readouterr().err
+    last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 10
+    for state in checkpoint["optimizer_states"][0]["state"].values():
+        assert all(torch.isfinite(value).all() for value in state.values() if isinstance(value, torch.Tensor))
+    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", "--test_after_fit=false"])
+    assert cli.trainer.global_step == 20
+
+
+# -- TensorBoard after a crash: one curve per tag ----------------------------------------------------------------
+
+
+def assert_strictly_increasing_steps(run_folder) -> None:
+    from helpers import directory_image_steps, directory_scalars
+
+    scalars = {tag: [step for step, _ in points] for tag, points in directory_scalars(run_folder).items()}
+    for tag, steps in {**scalars, **directory_image_steps(run_folder)}.items():
+        if tag == "epoch":  # Lightning writes "epoch" beside every batch of scalars, several per step
+            continue
+        assert steps == sorted(set(steps)), f"{tag}: {steps}"
+
+
+def test_a_crash_after_the_checkpoint_leaves_no_repeated_steps_in_tensorboard(quick_args, run_dir):
+    from helpers import directory_scalars
+
+    crash = ["--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=17"]
+    with pytest.raises(Interrupted):
+        run_cli(["fit", *quick_args, *crash, "--test_after_fit=false"])  # last.ckpt at step 10, logs up to 17
+    run_cli(["fit", *quick_args, "--ckpt_path=last", "--test_after_fit=false"])
+    run_folder = run_dir / "logs" / "mnist" / "version_0"
+    assert_strictly_increasing_steps(run_folder)
+    run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.logger.init_args.name=straight"])
+    straight = directory_scalars(run_dir / "logs" / "straight" / "version_0")
+    resumed = directory_scalars(run_folder)
+    for tag in ("train/loss_step", "lr-AdamW/head", "val/acc"):
+        assert [step for step, _ in resumed[tag]] == [step for step, _ in straight[tag]], tag
+
+
+def test_the_fallback_from_a_truncated_last_checkpoint_rewinds_tensorboard_too(fake_data_dir, run_dir):
+    from test_reliability import EXACT_CONFIG
+
+    args = ["fit", f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false",
+            "--trainer.callbacks+=project.checkpointing.BestCheckpoint"]  # fmt: skip
+    with pytest.raises(Interrupted):
+        run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=18"])
+    folder = run_dir / "logs" / "mnist" / "version_0"
+    last = folder / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 16
+    last.write_bytes(last.read_bytes()[:1000])  # what a crash mid-write leaves without atomic saves
+    with pytest.warns(UserWarning, match="newest readable checkpoint instead"):
+        cli = run_cli([*args, "--ckpt_path=last"])
+    assert cli.trainer.global_step == 30
+    assert_strictly_increasing_steps(folder)

@@ -156,7 +156,7 @@ def test_image_folder_with_an_empty_class_is_refused(tmp_path):
     write_image_folder(tmp_path, {"a": 5, "b": 5})
     (tmp_path / "c").mkdir()
     data = ImageFolderDataModule(data_dir=str(tmp_path))
-    with pytest.raises(UserInputError, match=r"Found no valid file for the classes c"):
+    with pytest.raises(UserInputError, match=r"class folder c has no image files"):
         data.setup("fit")
 
 

@@ -65,9 +65,11 @@ def test_event_files_hold_the_scalar_image_graph_and_hparams_tags(short_run):
 
 def test_images_are_written_each_validation_epoch_across_the_resume(short_run):
     events = read_events(short_run)
+    val_steps = [event.step for a in events if "val/acc" in a.Tags()["scalars"] for event in a.Scalars("val/acc")]
+    assert val_steps == [9, 19]  # after epoch 1 (first start) and epoch 2 (resumed), as Lightning counts steps
     for tag in IMAGES:
         steps = [event.step for a in events if tag in a.Tags()["images"] for event in a.Images(tag)]
-        assert steps == [10, 20]  # after epoch 1 (first start) and epoch 2 (resumed): none repeated or rewound
+        assert steps == val_steps  # at the validation scalars' steps: none repeated or rewound
 
 
 def test_the_hparams_tab_lists_the_validation_metrics_and_the_settings(short_run):

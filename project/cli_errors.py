@@ -1,0 +1,108 @@
+"""One line for each way the command line's parser can refuse an option.
+
+jsonargparse explains a refused value over many lines (every type of a union, every class it tried); this module
+keeps what a user needs: the option, what it takes, what was given, and for an unknown option the closest name or
+the list of names allowed there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def explain_parse_error(message: str, parser: Any, args: list[str] | None = None) -> str:
+    """The parser's error ``message`` as one line; ``parser`` and ``args`` let it list the options that exist."""
+    unknown = (
+        re.search(r"does not accept option '([^']+)'", message)
+        or re.search(r"[Uu]nrecognized arguments: --?([^\s=]+)", message)
+        or re.search(r"Option '([^']+)' is not accepted", message)
+    )
+    if unknown:
+        name = unknown.group(1)
+        keys = parser_keys(message)
+        if "is not accepted" in unknown.group(0) and keys:
+            name = f"{keys[0]}.{name}"
+        return unknown_option(name, known_options(parser, args))
+    missing = re.search(r"File does not exist: '([^']+)'", message)
+    if missing:
+        return f"--config {missing.group(1)}: no such file"
+    key = ".".join(parser_keys(message)) or "an option"
+    value = given_value(message)
+    expected = expected_type(message, value)
+    if expected:
+        return f"{key}: expected {expected}, got {value!r}"
+    subclass = re.search(r"(Import path does not correspond to a subclass of \w+)", message)
+    if subclass:
+        return f"{key}: {value} cannot be used here ({subclass.group(1)})"
+    problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
+    if problem:
+        return f"{key}: {problem.group(1)} cannot be used here ({problem.group(2).strip()})"
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return f"{key}: {lines[-1]}" if lines else message
+
+
+def parser_keys(message: str) -> list[str]:
+    """The option named by each ``Parser key "..."`` level, outermost first (``data``, ``dataset``)."""
+    keys: list[str] = []
+    for key in re.findall(r'Parser key "([^"]+)"', message):
+        if not keys or keys[-1] != key:
+            keys.append(key)
+    return keys
+
+
+def given_value(message: str) -> str:
+    for pattern in (r"Got value: (.*)", r"NestedArg\(key='[^']*', val='([^']*)'\)", r"Given value: (.*)"):
+        found = re.findall(pattern, message)
+        if found:
+            return found[-1].strip()
+    return "?"
+
+
+def expected_type(message: str, value: str) -> str | None:
+    """What the option takes, in words, from the innermost ``Expected a ...`` that is not ``None``."""
+    candidates = [
+        found.strip().rstrip(".")
+        for found in re.findall(r"Expected a (.+?)(?:\. Got value:.*)?$", message, flags=re.MULTILINE)
+        if "NoneType" not in found and not found.startswith("path but")
+    ]
+    if not candidates:
+        return None
+    text = candidates[-1]
+    if text.startswith("typing.Literal["):
+        return "one of " + ", ".join(re.findall(r"'([^']*)'", text))
+    name = re.fullmatch(r"<class '(\w+)'>", text)
+    if not name:
+        return text
+    if name.group(1) == "float" and value.lower() in NON_FINITE:
+        return "a finite number"
+    return TYPE_WORDS.get(name.group(1), name.group(1))
+
+
+def known_options(parser: Any, args: list[str] | None) -> list[str]:
+    """Every option of the subcommand in ``args`` as a user types it (``data.batch_size``, ``model.lr``)."""
+    subcommand = next((arg for arg in args or [] if arg in ("fit", "validate", "test", "predict")), "fit")
+    try:
+        defaults = parser.parse_args([subcommand])[subcommand]
+    except Exception:  # the defaults themselves do not parse: no list to offer
+        return []
+    return sorted({key.replace("data.init_args.", "data.") for key in vars(defaults.as_flat())})
+
+
+def unknown_option(name: str, known: list[str]) -> str:
+    if name == "weights_only":
+        return "weights_only is not an option: checkpoints are always read with weights_only=True (plain data only)"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if close:
+        return f"{name} is not an option; did you mean {close[0]}?"
+    section = name.rsplit(".", 1)[0] if "." in name else ""
+    siblings = sorted(
+        {f"{section}.{key[len(section) + 1 :].split('.')[0]}" for key in known if key.startswith(f"{section}.")}
+    )
+    if siblings:
+        return f"{name} is not an option; {section} takes {', '.join(siblings)}"
+    return f"{name} is not an option (--help lists them all)"
