@@ -6,7 +6,8 @@
     python -m project test --ckpt_path logs/mnist/version_0/checkpoints/last.ckpt
 
 Every subcommand starts from ``project/configs/mnist.yaml``; ``--config`` files stack on top of it in order and
-other options override both. A ``--config`` name that is not a file is looked up in ``project/configs/``.
+other options override both. A ``--config`` name that is not a file is looked up in ``project/configs/`` (recipes:
+what to train) and ``project/configs/modifiers/`` (how: ``debug``). A run is named after its last recipe.
 
 Everything that can be checked before work starts is checked before the Trainer runs (``before_<subcommand>``): the
 options, the checkpoint and what may change on resume, the pretrained backbone, and every split of the data. Bad
@@ -23,24 +24,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from project.checkpointing import AtomicCheckpointIO, BestCheckpoint, remove_stale_temporaries
+from project.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
 from project.cli_errors import explain_parse_error
 from project.data import ImageDataModule
 from project.errors import ReportedError, UserInputError, first_line
-from project.module import TaskModule, check_image_shape
+from project.networks import check_image_shape
+from project.preflight import check_fits_network, check_monitors
+from project.presets import DEFAULT_CONFIG, resolve_config_args, run_name
 from project.resume import check_resume_settings
 from project.runs import resolve_checkpoint, version_of
+from project.task_module import TaskModule
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger")
 
@@ -70,6 +70,7 @@ class ProjectCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as error:
             raise UserInputError(explain_parse_error(str(error), parser, args)) from None
+        self.run_name = run_name(args)
         # Keep --ckpt_path from LightningCLI, which would read the file before any check and let the hyperparameters
         # stored in it override the command line (Lightning #20310, #20801). It is resolved and checked below.
         subcommand = self.config.get("subcommand")
@@ -80,9 +81,13 @@ class ProjectCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         self.checkpoint: dict[str, Any] | None = None
         config = self.config[self.subcommand]
+        logger = tensorboard_logger_args(config.trainer.logger)
+        if logger is not None and not logger.name:
+            logger.name = self.run_name
+        if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
+            self.save_config_callback = None
         if not self.requested_ckpt_path:
             return
-        logger = tensorboard_logger_args(config.trainer.logger)
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
         root_dir = Path(config.trainer.default_root_dir or ".")
         checkpoint, content = resolve_checkpoint(self.requested_ckpt_path, run_root, root_dir)
@@ -146,7 +151,7 @@ class ProjectCLI(LightningCLI):
                     self.checkpoint,
                     model.hparams,
                     data.hparams,
-                    f"{type(data).__module__}.{type(data).__qualname__}",
+                    type(data),
                     data.shuffle_seed,
                     self.checkpoint.get(type(data).__qualname__, {}).get("shuffle_seed"),
                     trainer.accumulate_grad_batches,
@@ -178,39 +183,6 @@ class ProjectCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def check_monitors(callbacks: list[Callback], model: TaskModule) -> None:
-    """Refuse a checkpoint or early-stopping callback that watches a metric this task does not log."""
-    logged = model.logged_metric_names()
-    for callback in callbacks:
-        if isinstance(callback, BestCheckpoint):
-            callback.follow_task(model)
-        monitor = getattr(callback, "monitor", None)
-        if monitor is not None and monitor not in logged:
-            raise UserInputError(
-                f"{type(callback).__name__} monitors {monitor}, which a {model.hparams.task} task does not log; use "
-                f"one of {', '.join(sorted(logged))} (project.checkpointing.BestCheckpoint without monitor follows "
-                f"the task)"
-            )
-
-
-def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str) -> None:
-    """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ."""
-    stored, expected = checkpoint["state_dict"], model.state_dict()
-    problems = [f"{name} missing" for name in sorted(set(expected) - set(stored))]
-    problems += [f"{name} not in this network" for name in sorted(set(stored) - set(expected))]
-    problems += [
-        f"{name}: checkpoint {tuple(stored[name].shape)}, network {tuple(expected[name].shape)}"
-        for name in sorted(set(stored) & set(expected))
-        if tuple(stored[name].shape) != tuple(expected[name].shape)
-    ]
-    if problems:
-        raise UserInputError(
-            f"{path} does not fit this network: {'; '.join(problems[:8])}"
-            f"{f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''}. Configure the network as the run "
-            f"that wrote it was (its config.yaml)"
-        )
-
-
 def tensorboard_logger_args(logger_config: object) -> Any:
     """The ``init_args`` of the configured TensorBoard logger, or ``None`` when another logger (or none) is used."""
     class_path = getattr(logger_config, "class_path", "") or ""
@@ -228,36 +200,6 @@ def next_free_name(folder: Path, stem: str, suffix: str) -> str:
     return name
 
 
-def resolve_config_args(args: list[str]) -> list[str]:
-    """Let ``--config NAME`` name a preset in ``project/configs/`` (with or without ``.yaml``); refuse a config that
-    does not exist or is not valid YAML, naming the file and the line."""
-    resolved = list(args)
-    for i, arg in enumerate(resolved):
-        if arg in ("-c", "--config") and i + 1 < len(resolved):
-            resolved[i + 1] = checked_config(resolved[i + 1])
-        elif arg.startswith("--config="):
-            resolved[i] = "--config=" + checked_config(arg.removeprefix("--config="))
-    return resolved
-
-
-def checked_config(name: str) -> str:
-    path = next(
-        (p for p in (Path(name), CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml") if p.is_file()),
-        None,
-    )
-    if path is None:
-        presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise UserInputError(f"--config {name}: no such file, and no preset of that name ({presets})")
-    try:
-        yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or first_line(error)
-        raise UserInputError(f"--config {path}: not valid YAML{where}: {problem}") from None
-    return str(path)
-
-
 def run_cli(args: list[str] | None = None) -> ProjectCLI:
     """Parse ``args`` (default: the command line), run the subcommand and return the CLI with its trainer."""
     args = resolve_config_args(sys.argv[1:] if args is None else args)
@@ -267,9 +209,13 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
-    parser_kwargs: dict[str, Any] = {"exit_on_error": False}  # errors come back to be said in one line
+    # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_schedule).
+    parser_kwargs: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
     parser_kwargs.update(
-        {name: {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False} for name in SUBCOMMANDS}
+        {
+            name: {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False, "allow_abbrev": False}
+            for name in SUBCOMMANDS
+        }
     )
     return ProjectCLI(
         TaskModule,

@@ -11,6 +11,13 @@ import difflib
 import re
 from typing import Any
 
+MOVED = {
+    "model.lr": "model.optimizer.lr",
+    "model.weight_decay": "model.optimizer.weight_decay",
+    "model.momentum": "model.optimizer.momentum",
+    "model.nesterov": "model.optimizer.nesterov",
+}
+"""Options that now live elsewhere: the optimizer's own arguments are under ``model.optimizer``."""
 NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
@@ -34,6 +41,10 @@ def explain_parse_error(message: str, parser: Any, args: list[str] | None = None
     key = ".".join(parser_keys(message)) or "an option"
     value = given_value(message)
     expected = expected_type(message, value)
+    if expected and expected.startswith("dot import path"):
+        return f"{key}: {value!r} is not a class that can be imported here; give its name or its full import path" + (
+            f" (torch.optim has {', '.join(optimizer_names())})" if key.endswith("optimizer") else ""
+        )
     if expected:
         return f"{key}: expected {expected}, got {value!r}"
     subclass = re.search(r"(Import path does not correspond to a subclass of \w+)", message)
@@ -56,11 +67,21 @@ def parser_keys(message: str) -> list[str]:
 
 
 def given_value(message: str) -> str:
-    for pattern in (r"Got value: (.*)", r"NestedArg\(key='[^']*', val='([^']*)'\)", r"Given value: (.*)"):
-        found = re.findall(pattern, message)
-        if found:
-            return found[-1].strip()
-    return "?"
+    """The value the user gave, as plain text (not the parser's namespace around it)."""
+    found = re.findall(r"(?:Got|Given) value: (.*?)(?:\. Got value: .*)?$", message, flags=re.MULTILINE)
+    found += re.findall(r"NestedArg\(key='[^']*', val='([^']*)'\)", message)
+    plain = [value.strip() for value in found if not value.strip().startswith(("Namespace(", "NestedArg("))]
+    return plain[0] if plain else "?"
+
+
+def optimizer_names() -> list[str]:
+    import torch
+
+    return sorted(
+        name
+        for name, value in vars(torch.optim).items()
+        if isinstance(value, type) and issubclass(value, torch.optim.Optimizer) and value is not torch.optim.Optimizer
+    )
 
 
 def expected_type(message: str, value: str) -> str | None:
@@ -70,6 +91,8 @@ def expected_type(message: str, value: str) -> str | None:
         for found in re.findall(r"Expected a (.+?)(?:\. Got value:.*)?$", message, flags=re.MULTILINE)
         if "NoneType" not in found and not found.startswith("path but")
     ]
+    if len(candidates) > 1:  # a union: the dot-import-path alternative is the parser's, not the user's, concern
+        candidates = [found for found in candidates if not found.startswith("dot import path")] or candidates
     if not candidates:
         return None
     text = candidates[-1]
@@ -90,16 +113,21 @@ def known_options(parser: Any, args: list[str] | None) -> list[str]:
         defaults = parser.parse_args([subcommand])[subcommand]
     except Exception:  # the defaults themselves do not parse: no list to offer
         return []
-    return sorted({key.replace("data.init_args.", "data.") for key in vars(defaults.as_flat())})
+    return sorted({key.replace(".init_args.", ".") for key in vars(defaults.as_flat())})
 
 
 def unknown_option(name: str, known: list[str]) -> str:
     if name == "weights_only":
         return "weights_only is not an option: checkpoints are always read with weights_only=True (plain data only)"
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if name in MOVED:
+        return f"{name} is not an option; it is {MOVED[name]} (the optimizer's own arguments are under model.optimizer)"
+    section, _, leaf = name.rpartition(".")
+    leaves = [
+        key[len(section) + 1 :] for key in known if key.startswith(f"{section}.") and "." not in key[len(section) + 1 :]
+    ]
+    close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.75)
     if close:
-        return f"{name} is not an option; did you mean {close[0]}?"
-    section = name.rsplit(".", 1)[0] if "." in name else ""
+        return f"{name} is not an option; did you mean {section}.{close[0]}?"
     siblings = sorted(
         {f"{section}.{key[len(section) + 1 :].split('.')[0]}" for key in known if key.startswith(f"{section}.")}
     )

@@ -1,4 +1,5 @@
-"""Fine-tuning: load a pretrained backbone, and the learning-rate plan that freezes and then unfreezes it.
+"""Fine-tuning and the learning-rate plan: load a pretrained backbone, split the network into parameter groups, and
+the plan that freezes the backbone, then unfreezes it, under a one-cycle schedule.
 
 Freezing is done with the learning rate, not with ``requires_grad``: the optimizer has two parameter groups from the
 first step (``backbone`` and ``head``), and while the backbone is frozen its group's learning rate is exactly 0, so
@@ -8,22 +9,94 @@ so a resumed run restores the same groups, and under DDP every process keeps the
 price is that the frozen backbone's gradients are still computed; for networks of this size that is cheap.
 
 The learning rate of each group at optimizer step ``s`` is ``base_lr * LRFactor(s)``: the whole plan is a function
-of the step count, which the scheduler's state in every checkpoint restores exactly.
+of the step count, which the scheduler's state in every checkpoint restores exactly. The optimizer itself is
+injected (LightningCLI's ``OptimizerCallable``: ``--model.optimizer SGD --model.optimizer.lr 0.01``); the head's
+group takes its learning rate, the backbone's ``backbone_lr`` when given.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 
 from project.errors import UserInputError, first_line
 
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+"""What LightningCLI's ``OptimizerCallable`` is: parameter groups in, an optimizer out."""
+
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
 """Prefixes that wrappers add to parameter names: torch.compile, DDP, this project's LightningModule, others."""
+
+
+def parameter_groups(network: nn.Module, backbone_lr: float | None) -> list[dict[str, Any]]:
+    """``backbone`` and ``head`` parameter groups; the backbone's has its own learning rate when one is given."""
+    if not (hasattr(network, "backbone") and hasattr(network, "head")):
+        return [{"name": "all", "params": list(network.parameters())}]
+    backbone = {"name": "backbone", "params": list(network.backbone.parameters())}
+    return [
+        {**backbone, "lr": backbone_lr} if backbone_lr else backbone,
+        {"name": "head", "params": list(network.head.parameters())},
+    ]
+
+
+def frozen_steps(trainer: L.Trainer, freeze_backbone_epochs: int) -> int:
+    """Optimizer steps during which the backbone is frozen (known once the training data is)."""
+    if not freeze_backbone_epochs:
+        return 0
+    steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    return freeze_backbone_epochs * steps_per_epoch
+
+
+def build_optimization(
+    network: nn.Module,
+    make_optimizer: OptimizerFactory,
+    trainer: L.Trainer,
+    lr_schedule: str,
+    warmup_fraction: float,
+    freeze_backbone_epochs: int,
+    backbone_lr: float | None,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer over the network's parameter groups, and the scheduler that carries out the plan, stepped once
+    per optimizer step."""
+    optimizer = make_optimizer(parameter_groups(network, backbone_lr))
+    total_steps = int(trainer.estimated_stepping_batches)
+    frozen = frozen_steps(trainer, freeze_backbone_epochs)
+    factors = [
+        LRFactor(total_steps, lr_schedule, warmup_fraction, frozen_steps=frozen if group["name"] == "backbone" else 0)
+        for group in optimizer.param_groups
+    ]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factors)
+
+
+def check_optimizer(make_optimizer: OptimizerFactory) -> None:
+    """Build the optimizer once on a stand-in parameter, so that a value it refuses stops the run before it starts."""
+    try:
+        probe = make_optimizer([torch.zeros(1, requires_grad=True)])
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"model.optimizer: {first_line(error)}") from None
+    lr = probe.defaults.get("lr")
+    if isinstance(lr, float | int) and not (math.isfinite(lr) and lr > 0):
+        raise UserInputError(f"model.optimizer.lr must be a positive finite number, got {lr}")
+
+
+def check_finetuning(network: nn.Module, freeze_backbone_epochs: int, backbone_lr: float | None) -> None:
+    """Refuse fine-tuning settings that cannot work, naming the value and what is allowed."""
+    if freeze_backbone_epochs < 0:
+        raise UserInputError(f"model.freeze_backbone_epochs must be 0 or more, got {freeze_backbone_epochs}")
+    if backbone_lr is not None and not (math.isfinite(backbone_lr) and backbone_lr > 0):
+        raise UserInputError(f"model.backbone_lr must be a positive finite number, got {backbone_lr}")
+    if (freeze_backbone_epochs or backbone_lr) and not hasattr(network, "backbone"):
+        raise UserInputError(
+            f"model.freeze_backbone_epochs and model.backbone_lr need a network with a backbone attribute; "
+            f"{type(network).__name__} has none"
+        )
 
 
 def one_cycle(position: float, cycle_steps: int, warmup_fraction: float) -> float:

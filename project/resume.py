@@ -1,20 +1,21 @@
-"""Exact resume: what a checkpoint must hold, beyond Lightning's own, for a resumed run to continue bit for bit.
+"""Exact resume: what a checkpoint must hold, beyond Lightning's own, for a resumed run to continue bit for bit,
+and what a resumed run may change.
 
 Lightning's checkpoint holds the weights, the optimizer, the schedulers and the loop counters, but not the random
-number generators, and a plain shuffling DataLoader starts a resumed epoch from its first batch again. Two pieces
-close those gaps:
+number generators, and a plain shuffling DataLoader starts a resumed epoch from its first batch again.
+:class:`ExactResume` (a callback) closes both gaps with public hooks only:
 
-- :class:`ResumableSampler` shuffles each epoch with a permutation that depends only on its seed and the epoch, and
-  asks the trainer, when an iteration starts, how many batches of that epoch were already trained on; it skips them.
-- :class:`RNGState` (a callback) saves the python, numpy, torch CPU and CUDA generator states of every process in
-  the checkpoint, and puts them back right before the first training step of the resumed run.
+- it saves the python, numpy, torch CPU and CUDA generator states of every process in the checkpoint, and puts them
+  back right before the first training step of the resumed run;
+- it counts the batches trained in the current epoch and saves the count; a :class:`ResumableSampler` shuffles each
+  epoch with a permutation that depends only on its seed and the epoch, and skips the batches already trained on.
 
 Every other source of randomness in a training step uses a generator of its own whose state is in the checkpoint
 (the data module's augmentation generator), so nothing draws from the global generators between the moment a
 checkpoint is written and the next training step.
 
-What a resumed run may change is decided here too (:func:`check_resume_settings`): options that only say how fast
-to learn or how long take effect; options that decide what is learned, or in what order, cannot change.
+:func:`check_resume_settings` decides what a resumed run may change: options that only say how fast to learn or
+how long take effect; options that decide what is learned, or in what order, cannot change.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchmetrics import Metric
 
+from project.checkpoints import import_path, names_class
 from project.errors import UserInputError
 
 Position = tuple[int, int]
@@ -63,14 +66,6 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
-def trainer_position(trainer: L.Trainer, batch_size: int) -> Position:
-    """Where the fit loop stands: its epoch, and the samples of it already trained on (non-zero only on resume)."""
-    fit_loop = trainer.fit_loop
-    epoch = fit_loop.epoch_progress.current.processed
-    batches_done = fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
-    return epoch, batches_done * batch_size
-
-
 def rng_state() -> dict[str, Any]:
     """The generator states of this process, as tensors and plain values (loadable with ``weights_only=True``)."""
     kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
@@ -91,7 +86,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuples(state["python"]))
+    random.setstate(as_tuples(state["python"]))
     numpy = state["numpy"]
     keys = numpy["keys"].numpy().astype(np.uint32)
     np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gauss"]))
@@ -100,57 +95,103 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _as_tuples(value: Any) -> Any:
+def as_tuples(value: Any) -> Any:
     """``random.setstate`` wants the nested tuples that ``getstate`` gave; a checkpoint may hand back lists."""
-    return tuple(_as_tuples(item) for item in value) if isinstance(value, list | tuple) else value
+    return tuple(as_tuples(item) for item in value) if isinstance(value, list | tuple) else value
 
 
-class RNGState(L.Callback):
-    """Saves every process's random generator states in the checkpoint and restores them on resume.
+def gather_to_every_rank(trainer: L.Trainer, value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]``: rank 0 writes the checkpoint, so it needs every rank's value."""
+    if trainer.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
 
-    Set ``restore=False`` to save but not restore (the negative control of the exact-resume test).
+
+class ExactResume(L.Callback):
+    """Saves what exact resume needs beyond Lightning's checkpoint, and restores it.
+
+    - the random generator states of every process, put back before the first resumed training step;
+    - the number of batches trained in the current epoch, so the resumed epoch skips them (see
+      :meth:`position`, which the data module's sampler asks).
+
+    ``restore_random_state=False`` or ``restore_position=False`` save but do not restore: the negative controls of
+    the exact-resume test.
     """
 
-    def __init__(self, restore: bool = True) -> None:
-        self.restore = restore
-        self._to_restore: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        # Called on every process when a checkpoint is written; rank 0 writes the file, so gather to it.
-        trainer = self._trainer
-        local = rng_state()
-        if trainer is None or trainer.world_size == 1:
-            return {"ranks": [local]}
-        gathered: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(gathered, local)
-        return {"ranks": gathered}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._to_restore = state_dict
+    def __init__(self, restore_random_state: bool = True, restore_position: bool = True) -> None:
+        self.restore_random_state = restore_random_state
+        self.restore_position = restore_position
+        self.batches_done = 0
+        self.trainer: L.Trainer | None = None
+        self.random_states: list[Any] | None = None
+        self.resumed_at: Position | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._trainer = trainer
+        self.trainer = trainer
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._to_restore is None:
-            return
-        states, self._to_restore = self._to_restore["ranks"], None
-        if not self.restore:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches_done = 0  # not called for an epoch resumed part-way, which keeps the restored count
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        states, self.random_states = self.random_states, None
+        if states is None or not self.restore_random_state:
             return
         if len(states) != trainer.world_size:
-            raise RuntimeError(
+            raise UserInputError(
                 f"the checkpoint holds the random states of {len(states)} processes, this run has {trainer.world_size}"
             )
         set_rng_state(states[trainer.global_rank])
 
-    _trainer: L.Trainer | None = None
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.batches_done += 1
+
+    def position(self, trainer: L.Trainer, batch_size: int) -> Position:
+        """Where the training loop stands when an epoch's batches are drawn: its epoch, and the samples of it this
+        process already trained on (non-zero only for the epoch a run resumed in)."""
+        resumed, self.resumed_at = self.resumed_at, None
+        if resumed is not None and resumed[0] == trainer.current_epoch:
+            return resumed[0], resumed[1] * batch_size
+        return trainer.current_epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        # Called on every process when a checkpoint is written; rank 0 writes the file, so gather to it.
+        trainer = self.trainer
+        local = rng_state()
+        ranks = gather_to_every_rank(trainer, local) if trainer is not None else [local]
+        epoch = trainer.current_epoch if trainer is not None else 0
+        return {"ranks": ranks, "epoch": epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.random_states = state_dict["ranks"]
+        self.batches_done = state_dict.get("batches_done", 0)
+        if self.restore_position:
+            self.resumed_at = (state_dict.get("epoch", 0), self.batches_done)
+
+
+def metric_state(metric: Metric) -> dict[str, Any]:
+    """The accumulated state of a torchmetrics metric (or collection), as plain tensors (or lists of them: metrics
+    such as average precision keep every prediction)."""
+    metric.persistent(True)
+    state = {key: detached(value) for key, value in metric.state_dict().items()}
+    metric.persistent(False)
+    return state
+
+
+def detached(value: Any) -> Any:
+    return [detached(item) for item in value] if isinstance(value, list) else value.detach().cpu()
+
+
+def load_metric_state(metric: Metric, state: dict[str, Any]) -> None:
+    metric.persistent(True)
+    metric.load_state_dict(state)
+    metric.persistent(False)
 
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`ResumableSampler`. Lightning asks loaders for ``state_dict`` to tell whether they
-    can resume mid-epoch; the position itself comes from the trainer, so the state only records the shuffle seed,
+    can resume mid-epoch; the position itself is :class:`ExactResume`'s, so the state only records the shuffle seed,
     and a resumed run with another seed is refused (its order could not continue the old one)."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,10 +205,16 @@ class ResumableDataLoader(DataLoader):
             )
 
 
-CHANGEABLE_ON_RESUME = {
-    "model": {"lr", "backbone_lr", "pretrained"},
-    "data": {"data_dir", "download", "num_workers", "eval_batch_size", "shuffle_seed"},
-}
+CHANGEABLE_ON_RESUME = (
+    "model.optimizer.init_args.lr",
+    "model.backbone_lr",
+    "model.pretrained",
+    "data.data_dir",
+    "data.download",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.shuffle_seed",
+)
 """Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
 resumed step on), where and how the data is read, and ``pretrained`` (ignored: the weights come from the checkpoint).
 The shuffle seed is compared as it takes effect (``data.shuffle_seed``, else ``seed_everything``).
@@ -206,7 +253,7 @@ def check_resume_settings(
     checkpoint: Mapping[str, Any],
     model_hparams: Mapping[str, Any],
     data_hparams: Mapping[str, Any],
-    data_class_path: str,
+    data_class: type,
     shuffle_seed: int,
     stored_shuffle_seed: int | None,
     accumulate_grad_batches: int,
@@ -222,13 +269,13 @@ def check_resume_settings(
         stored, current = flat(plain(stored), f"{section}."), flat(plain(current), f"{section}.")
         fixed = sorted(set(stored) & set(current))
         for key in fixed:
-            if key.removeprefix(f"{section}.").split(".")[0] in CHANGEABLE_ON_RESUME[section]:
+            if key.startswith(CHANGEABLE_ON_RESUME):
                 continue
             if stored[key] != current[key]:
                 differences.append(f"{key} {current[key]!r} (the run has {stored[key]!r})")
     stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
-    if stored_class and stored_class != data_class_path:
-        differences.append(f"data.class_path {data_class_path} (the run has {stored_class})")
+    if stored_class and not names_class(stored_class, data_class):
+        differences.append(f"data.class_path {import_path(data_class)} (the run has {stored_class})")
     layout = checkpoint.get("run_layout", {})
     for name, value in (("accumulate_grad_batches", accumulate_grad_batches), ("world_size", world_size)):
         if name in layout and layout[name] != value:
@@ -243,5 +290,6 @@ def check_resume_settings(
         raise UserInputError(
             "these options cannot change on resume: " + "; ".join(differences) + ". They decide what is learned or "
             "in what order; resume with the values the run started with (its config.yaml), or start a new run. "
-            "What may change: model.lr, model.backbone_lr, trainer options such as max_epochs, where the data is."
+            "What may change: model.optimizer.lr, model.backbone_lr, trainer options such as max_epochs, where the "
+            "data is."
         )

@@ -12,7 +12,7 @@ Each run writes into one TensorBoard version folder and keeps its checkpoints in
 Lightning alone resolves ``--ckpt_path last`` against the checkpoint folder of the *new* run it is starting (which
 is empty) and logs a resumed run into a new version folder (Lightning issues #5403, #2735); it also reads the files
 that ``best`` and ``hpc`` name without this project's checks. :func:`resolve_checkpoint` gives every name one
-meaning here, and every file it returns has been read with :func:`~project.checkpointing.read_checkpoint`.
+meaning here, and every file it returns has been read with :func:`~project.checkpoints.read_checkpoint`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from project.checkpointing import LAST_CHECKPOINT, read_checkpoint
+from project.checkpoints import LAST_CHECKPOINT, read_checkpoint
 from project.errors import CheckpointNotFoundError, UserInputError
 
 _VERSION_FOLDER = re.compile(r"version_\d+")
@@ -67,8 +67,8 @@ def best_checkpoint_of(last: Path, last_content: dict[str, Any]) -> Path | None:
 def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path(".")) -> tuple[Path, dict[str, Any]]:
     """The checkpoint that ``--ckpt_path`` names, read and checked.
 
-    - ``last``: the newest ``last.ckpt`` under ``run_root``; when that file is unreadable (a crash while it was
-      written by a tool without atomic saves, a full disk), the newest readable checkpoint beside it, with a warning;
+    - ``last``: the newest ``last.ckpt`` under ``run_root`` (or, when it is unreadable, the newest readable
+      checkpoint beside it: :func:`readable_last`);
     - ``best``: the best checkpoint of that same run (as its ``last.ckpt`` records it);
     - ``hpc``: the newest ``hpc_ckpt_<N>.ckpt`` in ``root_dir`` (Lightning's SLURM requeue);
     - anything else: a file path. Lightning's model registry is refused: it downloads files, unchecked.
@@ -102,6 +102,12 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path("."
         if best is None:
             raise CheckpointNotFoundError(f"--ckpt_path best: {found} records no best checkpoint beside it")
         return best, read_checkpoint(best)
+    return readable_last(found)
+
+
+def readable_last(found: Path) -> tuple[Path, dict[str, Any]]:
+    """``found`` read and checked; when it is unreadable (a crash while it was written by a tool without atomic
+    saves, a full disk), the newest readable checkpoint beside it, with a warning naming the bad file."""
     try:
         return found, read_checkpoint(found)
     except UserInputError as error:
@@ -112,6 +118,6 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path("."
             checkpoint = read_checkpoint(candidate)
         except UserInputError:
             continue
-        warnings.warn(f"{bad} Resuming from the newest readable checkpoint instead: {candidate}", stacklevel=2)
+        warnings.warn(f"{bad} Resuming from the newest readable checkpoint instead: {candidate}", stacklevel=3)
         return candidate, checkpoint
     raise CheckpointNotFoundError(f"--ckpt_path last: {bad} No other readable checkpoint in {found.parent}.")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from project.checkpointing import read_checkpoint
+from project.checkpoints import read_checkpoint
 from project.errors import ReportedError
 from project.evaluation import compute_report, data_module_from_checkpoint, markdown_report, predict, write_reports
-from project.module import TaskModule
+from project.task_module import TaskModule
 
 SPLITS = {"train": "fit", "val": "validate", "test": "test"}
 
@@ -40,13 +40,13 @@ def main() -> None:
 
 def evaluate(checkpoint_path: Path, split: str, data_dir: str | None, out: Path | None) -> list[Path]:
     checkpoint = read_checkpoint(checkpoint_path)
-    model = TaskModule.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True)
+    model = TaskModule.load_from_checkpoint(checkpoint_path, map_location="cpu")
     data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
     data.prepare_data()
     data.setup(SPLITS[split])
     dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
     loader = DataLoader(dataset, batch_size=data.eval_batch_size)  # in order, without augmentation
-    report = compute_report(predict(model, loader, model.hparams.task), model.hparams.task, data.class_names)
+    report = compute_report(predict(model, loader, model.task), model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
     title = f"{checkpoint_path.name} on the {split} split of {type(data).__name__}"

@@ -8,8 +8,10 @@ row per run), ``<out>/few_shot.png`` (mean and spread over seeds) and prints a M
 
     python scripts/few_shot.py --data-dir ../shared/data --out docs
 
-Without ``--pretrained``, a network is first pretrained on MNIST for one epoch with the default recipe
-(``project/configs/mnist.yaml``) and its weights are saved to ``<out>/pretrained_mnist.safetensors``.
+Every run goes through the command line with the project's presets (``finetune_fashion_mnist`` and the ``study``
+modifier: no logs or checkpoints): the recipe is the shipped one. Without ``--pretrained``, a network is first
+pretrained on MNIST for one epoch with the default recipe and its weights are saved to
+``<out>/pretrained_mnist.safetensors``.
 """
 
 from __future__ import annotations
@@ -20,72 +22,48 @@ import statistics
 import time
 from pathlib import Path
 
-import lightning as L
 from matplotlib.figure import Figure
 from safetensors.torch import save_file
 
-from project.data import MNISTDataModule
-from project.models import ConvNet
-from project.module import TaskModule
+from project.cli import run_cli
 
 SIZES = ("10", "50", "100", "500", "all")
 
 
-def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
 def pretrain_on_mnist(data_dir: str, out: Path) -> Path:
     """One epoch of the default MNIST recipe; returns the saved weights."""
-    L.seed_everything(0, verbose=False)
-    module = TaskModule(ConvNet(), optimizer="adamw", lr=0.003, weight_decay=0.01, lr_schedule="onecycle",
-                        warmup_fraction=0.2)  # fmt: skip
-    data = MNISTDataModule(data_dir=data_dir, download=False)
-    trainer = quiet_trainer(max_epochs=1)
-    trainer.fit(module, data)
-    accuracy = trainer.test(module, data, verbose=False)[0]["test/acc"]
+    cli = run_cli(["fit", "--config=study", f"--data.data_dir={data_dir}", "--data.download=false",
+                   "--trainer.max_epochs=1", "--seed_everything=0"])  # fmt: skip
+    accuracy = cli.trainer.callback_metrics["test/acc"].item()
     print(f"pretrained on MNIST for 1 epoch: MNIST test accuracy {accuracy:.4f}")
     path = out / "pretrained_mnist.safetensors"
-    save_file({k: v.contiguous() for k, v in module.network.state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in cli.model.network.state_dict().items()}, str(path))
     return path
 
 
 def run_one(data_dir: str, size: str, seed: int, pretrained: Path | None, steps: int, lr: float) -> dict:
-    L.seed_everything(seed, verbose=False)
-    data = MNISTDataModule(
-        dataset="fashion_mnist",
-        data_dir=data_dir,
-        download=False,
-        split_seed=seed,
-        samples_per_class=None if size == "all" else int(size),
-    )
-    module = TaskModule(
-        ConvNet(),
-        optimizer="adamw",
-        lr=lr,
-        weight_decay=0.01,
-        lr_schedule="onecycle",
-        warmup_fraction=0.2,
-        pretrained=str(pretrained) if pretrained else None,
-        backbone_lr=lr / 3 if pretrained else None,
+    """One run of the Fashion-MNIST fine-tuning recipe for ``steps`` steps, from ``pretrained`` or from scratch."""
+    args = [
+        "fit", "--config=finetune_fashion_mnist", "--config=study", f"--data.data_dir={data_dir}",
+        "--data.download=false", f"--data.split_seed={seed}", f"--seed_everything={seed}",
+        f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
+        f"--model.optimizer.lr={lr}", "--model.freeze_backbone_epochs=0",
+    ]  # fmt: skip
+    if size != "all":
+        args.append(f"--data.samples_per_class={size}")
+    args += (
+        [f"--model.pretrained={pretrained}", f"--model.backbone_lr={lr / 3}"]
+        if pretrained
+        else ["--model.backbone_lr=null"]
     )
     start = time.perf_counter()
-    trainer = quiet_trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0)
-    trainer.fit(module, data)
-    accuracy = trainer.test(module, data, verbose=False)[0]["test/acc"]
+    cli = run_cli(args)
     return {
         "labels_per_class": size,
         "seed": seed,
         "init": "fine-tuned from MNIST" if pretrained else "from scratch",
-        "test_accuracy": round(accuracy, 4),
-        "optimizer_steps": trainer.global_step,
+        "test_accuracy": round(cli.trainer.callback_metrics["test/acc"].item(), 4),
+        "optimizer_steps": cli.trainer.global_step,
         "seconds": round(time.perf_counter() - start, 1),
     }
 

@@ -47,17 +47,8 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def quick_args(fake_data_dir: Path, run_dir: Path) -> list[str]:
-    """Options that shrink a CLI run to seconds on the generated data: 10 training steps per epoch."""
-    return [
-        f"--data.data_dir={fake_data_dir}",
-        "--data.val_size=100",
-        "--data.batch_size=50",
-        "--data.eval_batch_size=100",
-        "--trainer.max_epochs=2",
-        "--trainer.log_every_n_steps=2",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ]
+    """The ``debug`` preset on the generated data: 2 epochs of 10 training steps, in seconds."""
+    return ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
 
 
 @pytest.fixture(scope="session")
@@ -69,19 +60,8 @@ def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, fake_data_di
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        run_cli(
-            [
-                "fit",
-                f"--data.data_dir={fake_data_dir}",
-                "--data.val_size=100",
-                "--data.batch_size=50",
-                "--trainer.max_epochs=1",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-                "--test_after_fit=false",
-                "--model.lr=0.01",
-            ]
-        )
+        args = ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+        run_cli(["fit", *args, "--trainer.max_epochs=1", "--test_after_fit=false", "--model.optimizer.lr=0.01"])
     finally:
         os.chdir(previous)
     return folder / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"

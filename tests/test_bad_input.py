@@ -75,13 +75,13 @@ def test_an_unknown_dataset_names_the_known_ones(quick_args, run_dir, capsys):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_a_learning_rate_that_is_not_a_finite_number(value, quick_args, run_dir, capsys):
-    error = cli_error(["fit", *quick_args, f"--model.lr={value}"], capsys, root=run_dir)
-    assert "model.lr" in error and "finite" in error
+    error = cli_error(["fit", *quick_args, f"--model.optimizer.lr={value}"], capsys, root=run_dir)
+    assert "model.optimizer.lr" in error and "finite" in error
 
 
 def test_an_unknown_optimizer_names_the_known_ones(quick_args, run_dir, capsys):
     error = cli_error(["fit", *quick_args, "--model.optimizer=adam"], capsys, root=run_dir)
-    assert "model.optimizer" in error and "'adam'" in error and "sgd" in error and "adamw" in error
+    assert "model.optimizer" in error and "'adam'" in error and "SGD" in error and "AdamW" in error
 
 
 def test_a_batch_size_that_is_not_a_number(quick_args, run_dir, capsys):
@@ -100,13 +100,18 @@ def test_a_missing_config_file(quick_args, run_dir, capsys):
 
 
 def test_a_misspelt_config_key_suggests_the_closest_name(quick_args, run_dir, capsys):
-    error = error_with_config("model:\n  weight_decy: 0.1\n", quick_args, run_dir, capsys)
-    assert "model.weight_decy" in error and "did you mean model.weight_decay" in error
+    error = error_with_config("model:\n  warmup_fractoin: 0.1\n", quick_args, run_dir, capsys)
+    assert "model.warmup_fractoin" in error and "did you mean model.warmup_fraction" in error
 
 
 def test_an_unknown_option_lists_what_is_allowed(quick_args, run_dir, capsys):
     error = cli_error(["fit", *quick_args, "--model.learning_rate=0.1"], capsys, root=run_dir)
-    assert "model.learning_rate" in error and "model.lr" in error
+    assert "model.learning_rate" in error and "model.optimizer, model.pretrained" in error
+
+
+def test_an_option_that_moved_says_where_it_is(quick_args, run_dir, capsys):
+    error = cli_error(["fit", *quick_args, "--model.lr=0.1"], capsys, root=run_dir)
+    assert "model.lr is not an option; it is model.optimizer.lr" in error
 
 
 def test_a_negative_max_epochs(quick_args, run_dir, capsys):
@@ -168,7 +173,7 @@ def test_a_corrupt_image_in_the_test_folder(tmp_path, run_dir, capsys):
 def test_a_bad_target_in_test_csv(tmp_path, run_dir, capsys):
     data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 10) for i in range(20)])
     write_regression_csv(data, "test.csv", ["0.1", "0.2", "tall"])
-    args = ["fit", "--data=project.user_data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=4"]
+    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=4"]
     error = cli_error(args, capsys, root=run_dir)
     assert "test.csv line 4" in error and "'tall'" in error
 
@@ -190,13 +195,13 @@ def test_every_image_that_cannot_be_decoded_is_named_before_training(tmp_path, r
 @pytest.mark.parametrize("target", ["nan", "inf", "-inf", "1e39"])
 def test_a_regression_target_that_is_not_a_finite_number(target, tmp_path, run_dir, capsys):
     data = write_regression_csv(tmp_path / "data", "train.csv", [*(str(i / 10) for i in range(10)), target])
-    args = ["fit", "--data=project.user_data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=2"]
+    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=2"]
     error = cli_error(args, capsys, root=run_dir)
     assert "train.csv line 12" in error and "finite" in error
 
 
 def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
-    from project.user_data import CSVRegressionDataModule
+    from project.data.files import CSVRegressionDataModule
 
     data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 10) for i in range(20)], "utf-8-sig")
     assert (data / "train.csv").read_bytes().startswith(b"\xef\xbb\xbf")
@@ -206,7 +211,7 @@ def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
 
 
 def test_a_symlink_loop_in_an_image_folder_adds_no_image_twice(tmp_path):
-    from project.user_data import ImageFolderDataModule
+    from project.data.files import ImageFolderDataModule
 
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
     os.symlink("..", images / "a" / "loop")  # a/loop/a/loop/... would repeat every image
@@ -299,7 +304,7 @@ def test_a_monitored_metric_that_the_task_does_not_log(tmp_path, run_dir, capsys
         "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
         "--trainer.callbacks.monitor=val/acc",
     ]
-    args = ["fit", "--data=project.user_data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=4"]
+    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=4"]
     args += early_stopping
     error = cli_error(args, capsys, root=run_dir)
     assert "EarlyStopping monitors val/acc, which a regression task does not log" in error and "val/mse" in error

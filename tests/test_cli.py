@@ -11,7 +11,8 @@ import torch
 import yaml
 from helpers import cli_error
 
-from project.cli import CONFIG_DIR, run_cli
+from project.cli import run_cli
+from project.presets import CONFIG_DIR, run_name
 
 
 def test_fast_dev_run_of_fit_through_python_dash_m(fake_data_dir, run_dir):
@@ -38,25 +39,35 @@ def print_config(*args: str) -> dict:
 def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():
     config = print_config("--config", "classic.yaml")
     model, data = config["model"], config["data"]["init_args"]
-    assert (model["optimizer"], model["lr"], model["momentum"], model["lr_schedule"]) == (
-        "sgd",
-        0.01,
-        0.0,
-        "none",
-    )
+    optimizer = model["optimizer"]
+    assert optimizer["class_path"] == "torch.optim.SGD"
+    assert {key: optimizer["init_args"][key] for key in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+    }
+    assert model["lr_schedule"] == "none"
     assert (data["batch_size"], config["trainer"]["max_epochs"]) == (64, 10)
-    assert config["trainer"]["logger"]["init_args"]["name"] == "classic"
     best = config["trainer"]["callbacks"][0]  # kept from mnist.yaml: the task decides what it monitors
-    assert (best["class_path"], best["init_args"]["monitor"]) == ("project.checkpointing.BestCheckpoint", None)
+    assert (best["class_path"], best["init_args"]["monitor"]) == ("project.checkpoints.BestCheckpoint", None)
+
+
+def test_a_run_is_named_after_its_last_recipe_not_after_a_modifier():
+    assert run_name(["fit", "--config", "classic.yaml"]) == "classic"
+    assert run_name(
+        ["fit", "--config=finetune_folder.yaml", f"--config={CONFIG_DIR / 'modifiers' / 'debug.yaml'}"]
+    ) == ("finetune_folder")
+    assert run_name(["fit", f"--config={CONFIG_DIR / 'modifiers' / 'debug.yaml'}"]) == "mnist"  # the default recipe
 
 
 def test_command_line_options_override_the_presets():
-    config = print_config("--config", "classic", "--model.lr=0.05", "--data.batch_size=128")
-    assert (config["model"]["lr"], config["data"]["init_args"]["batch_size"]) == (0.05, 128)
+    config = print_config("--config", "classic", "--model.optimizer.lr=0.05", "--data.batch_size=128")
+    lr = config["model"]["optimizer"]["init_args"]["lr"]
+    assert (lr, config["data"]["init_args"]["batch_size"]) == (0.05, 128)
 
 
 def test_every_preset_in_the_package_parses():
-    for preset in sorted(CONFIG_DIR.glob("*.yaml")):
+    for preset in sorted(CONFIG_DIR.rglob("*.yaml")):
         print_config("--config", str(preset))
 
 
@@ -81,7 +92,7 @@ def test_fit_tests_the_best_checkpoint_afterwards(quick_args, run_dir, capsys):
 def test_test_subcommand_evaluates_a_saved_checkpoint(quick_args, run_dir):
     run_cli(["fit", *quick_args, "--test_after_fit=false"])
     last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
-    cli = run_cli(["test", *quick_args[:4], f"--ckpt_path={last}", "--trainer.enable_progress_bar=false"])
+    cli = run_cli(["test", *quick_args, f"--ckpt_path={last}"])
     assert 0.0 <= cli.trainer.callback_metrics["test/acc"].item() <= 1.0
 
 
@@ -90,9 +101,8 @@ def error_of(args: list[str], capsys) -> str:
 
 
 def test_bad_learning_rate_is_one_error_line(quick_args, capsys):
-    assert "error: model.lr must be a positive finite number, got -0.1" in error_of(
-        ["fit", *quick_args, "--model.lr=-0.1"], capsys
-    )
+    error = error_of(["fit", *quick_args, "--model.optimizer.lr=-0.1"], capsys)
+    assert "error: model.optimizer: Invalid learning rate: -0.1" in error
 
 
 def test_regression_data_through_the_command_line_keeps_the_lowest_validation_loss(tmp_path, run_dir):
@@ -101,7 +111,7 @@ def test_regression_data_through_the_command_line_keeps_the_lowest_validation_lo
     data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 30) for i in range(30)])
     cli = run_cli(
         [
-            "fit", "--data=project.user_data.CSVRegressionDataModule", f"--data.data_dir={data}",
+            "fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}",
             "--data.val_size=4", "--data.batch_size=8", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
         ]
     )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,8 +17,9 @@ from torchmetrics.functional.classification import multiclass_f1_score
 from project.cli import run_cli
 from project.data import MNISTDataModule
 from project.evaluation import compute_report, predict
-from project.models import ConvNet
-from project.module import TaskModule
+from project.networks import ConvNet
+from project.task_module import TaskModule
+from project.tasks import make_task
 
 EVALUATE = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
 
@@ -33,7 +35,7 @@ def test_evaluate_writes_json_markdown_and_png_into_the_run_folder(trained_check
     assert result.returncode == 0, result.stderr[-3000:]
     folder = trained_checkpoint.parent.parent / "evaluation" / "test-last"
     assert sorted(path.name for path in folder.iterdir()) == ["confusion_matrix.png", "metrics.json", "report.md"]
-    assert "| class | precision | recall | F1 | support |" in result.stdout  # the report, on stdout too
+    assert "| class | precision | recall | f1 | support |" in result.stdout  # the report, on stdout too
     report = json.loads((folder / "metrics.json").read_text())
     assert report["count"] == 200 and sum(row["support"] for row in report["per_class"]) == 200
     assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -62,10 +64,10 @@ def test_binary_reports_auroc_and_regression_reports_r2():
     probabilities = (targets + torch.rand(50)) / 2
     from project.evaluation import Predictions
 
-    binary = compute_report(Predictions(probabilities, targets), "binary", ["other", "positive"])
+    binary = compute_report(Predictions(probabilities, targets), make_task("binary", 1), ["other", "positive"])
     assert binary["overall"]["auroc"] == pytest.approx(1.0) and len(binary["per_class"]) == 2
     values = torch.linspace(-1, 1, 50)
-    regression = compute_report(Predictions(values + 0.1, values), "regression", [])
+    regression = compute_report(Predictions(values + 0.1, values), make_task("regression", 1), [])
     assert regression["overall"]["r2"] == pytest.approx(1 - 0.01 / values.var(unbiased=False).item(), rel=1e-4)
     assert regression["overall"]["mae"] == pytest.approx(0.1, rel=1e-4)
 
@@ -74,15 +76,15 @@ def test_per_epoch_metrics_equal_the_whole_split_computed_at_once(real_data_dir,
     """Macro F1 is not an average over batches: the epoch value must be computed from all the predictions."""
     torch.manual_seed(0)
     data = MNISTDataModule(data_dir=str(real_data_dir), eval_batch_size=300)  # 17 uneven batches of 5,000
-    module = TaskModule(ConvNet(), lr=0.003)
+    module = TaskModule(ConvNet(), optimizer=partial(torch.optim.AdamW, lr=0.003))
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=30, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(module, data)
     logged = {name: value.item() for name, value in trainer.callback_metrics.items()}
-    whole = predict(module, DataLoader(data.val_set, batch_size=5000), "multiclass")
-    report = compute_report(whole, "multiclass", data.class_names)
+    whole = predict(module, DataLoader(data.val_set, batch_size=5000), module.task)
+    report = compute_report(whole, module.task, data.class_names)
     print(f"\nval after 30 steps: per-epoch acc {logged['val/acc']:.6f} / F1 {logged['val/f1']:.6f}; "
           f"whole split acc {report['overall']['accuracy']:.6f} / F1 {report['overall']['f1']:.6f}")  # fmt: skip
     assert logged["val/acc"] == pytest.approx(report["overall"]["accuracy"], abs=1e-6)

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -18,8 +19,8 @@ from project.cli import run_cli
 from project.data import MNISTDataModule, RotationDataModule
 from project.errors import UserInputError
 from project.finetuning import load_pretrained_backbone, read_weights
-from project.models import ConvNet
-from project.module import TaskModule
+from project.networks import ConvNet
+from project.task_module import TaskModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,11 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
 
 def finetune(fake_data_dir: Path, pretrained: Path, max_epochs: int, callbacks: list, **module_args) -> TaskModule:
     module = TaskModule(
-        ConvNet(num_outputs=10), lr=0.01, pretrained=str(pretrained), freeze_backbone_epochs=1, **module_args
+        ConvNet(num_outputs=10),
+        optimizer=partial(torch.optim.AdamW, lr=0.01),
+        pretrained=str(pretrained),
+        freeze_backbone_epochs=1,
+        **module_args,
     )
     trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50))
@@ -117,14 +122,13 @@ def test_frozen_backbone_does_not_change_and_the_head_does_then_both_do(fake_dat
     assert not torch.equal(snapshots.head[0]["weight"], snapshots.head[1]["weight"])
     assert any(not torch.equal(after_unfrozen_epoch[name], pretrained[name]) for name in pretrained)
     groups = {group["name"]: group["lr"] for group in module.trainer.optimizers[0].param_groups}
-    assert groups == {"backbone": pytest.approx(0.001), "head": pytest.approx(0.01)}
-    assert module.finetune_stage == "unfrozen"
+    assert groups == {"backbone": pytest.approx(0.001), "head": pytest.approx(0.01)}  # unfrozen, at its own rate
 
 
 FINETUNE_ARGS = [
     "--model.freeze_backbone_epochs=1",
     "--model.backbone_lr=0.001",
-    "--model.lr=0.005",
+    "--model.optimizer.lr=0.005",
     "--model.lr_schedule=onecycle",
     "--trainer.max_epochs=3",
 ]
@@ -145,7 +149,6 @@ def test_resume_after_the_unfreeze_milestone_matches_an_uninterrupted_run(quick_
     resumed = run_cli(["fit", *quick_args, *pretrained, "--ckpt_path=last"])
     straight = run_cli(["fit", *quick_args, *pretrained, "--trainer.logger.init_args.name=straight"])
 
-    assert resumed.model.finetune_stage == straight.model.finetune_stage == "unfrozen"
     for run in (resumed, straight):
         assert (run.trainer.current_epoch, run.trainer.global_step) == (3, 30)
     resumed_groups = resumed.trainer.optimizers[0].param_groups
@@ -170,16 +173,16 @@ def test_cli_arguments_win_over_the_pretrained_checkpoints_hyperparameters(quick
             f"--data.data_dir={letters}",
             "--data.val_size=50",
             f"--model.pretrained={pretrained_checkpoint}",
-            "--model.lr=0.002",
-            "--model.optimizer=sgd",
+            "--model.optimizer=SGD",
+            "--model.optimizer.lr=0.002",
             "--trainer.max_epochs=1",
             "--test_after_fit=false",
         ]
     )
-    assert torch.load(pretrained_checkpoint, weights_only=True)["hyper_parameters"]["lr"] == 0.01
-    assert (cli.model.hparams.lr, cli.model.hparams.optimizer) == (0.002, "sgd")
+    stored = torch.load(pretrained_checkpoint, weights_only=True)["hyper_parameters"]["optimizer"]
+    assert (stored["class_path"], stored["init_args"]["lr"]) == ("torch.optim.AdamW", 0.01)
     assert cli.model.network.head.out_features == 26  # from the data, not the checkpoint's 10
-    assert isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.SGD) and cli.trainer.optimizers[0].defaults["lr"] == 0.002
 
 
 def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoint, run_dir):
@@ -200,7 +203,7 @@ def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoi
         "--trainer.enable_model_summary=false",
         f"--model.pretrained={pretrained_checkpoint}",
         "--model.freeze_backbone_epochs=1",
-        "--model.lr=0.01",
+        "--model.optimizer.lr=0.01",
         "--trainer.callbacks+=helpers.RankDigest",
         f"--trainer.callbacks.folder={digests}",
         "--test_after_fit=false",
@@ -220,7 +223,9 @@ def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoi
 
 
 def train_briefly(data, run_dir, steps: int, **network_args) -> tuple[TaskModule, L.Trainer, list[float]]:
-    module = TaskModule(ConvNet(num_outputs=1, **network_args), task=data.task, lr=0.001)
+    module = TaskModule(
+        ConvNet(num_outputs=1, **network_args), task=data.task, optimizer=partial(torch.optim.AdamW, lr=0.001)
+    )
     losses: list[float] = []
 
     class RecordLoss(L.Callback):
@@ -299,3 +304,18 @@ def test_finetune_fashion_mnist_preset_parses_with_its_dataset(pretrained_checkp
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "dataset: fashion_mnist" in result.stdout and "freeze_backbone_epochs: 1" in result.stdout
+
+
+def test_the_few_shot_script_runs_the_shipped_recipe_through_the_command_line(tmp_path, run_dir):
+    from idx import write_mnist_folder
+
+    # 5,600 training images: the recipe holds 5,000 out for validation, as on the real data.
+    data = write_mnist_folder(write_mnist_folder(tmp_path / "data", train_count=5600), "FashionMNIST", 5600)
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "few_shot.py"), "--data-dir", str(data), "--out",
+               str(tmp_path / "out"), "--sizes", "10", "--seeds", "0", "--steps", "5"]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (tmp_path / "out" / "few_shot.csv").read_text().splitlines()
+    assert len(rows) == 3 and "fine-tuned from MNIST" in rows[2] and ",5," in rows[1]  # 5 optimizer steps each
+    assert (tmp_path / "out" / "few_shot.png").is_file() and not (run_dir / "logs").exists()

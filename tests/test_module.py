@@ -1,5 +1,7 @@
 """The LightningModule: loss and metrics by task, optimizer settings, learning, and plain-value checkpoints."""
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -7,27 +9,27 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from project.errors import UserInputError
-from project.models import ConvNet
-from project.module import TaskModule
+from project.networks import ConvNet
+from project.task_module import TaskModule
 
 
 def test_multiclass_loss_is_cross_entropy_on_logits():
     module = TaskModule(ConvNet(num_outputs=10), task="multiclass")
     logits, targets = torch.randn(8, 10), torch.randint(0, 10, (8,))
-    torch.testing.assert_close(module.loss(logits, targets), F.cross_entropy(logits, targets))
+    torch.testing.assert_close(module.task.loss(logits, targets), F.cross_entropy(logits, targets))
 
 
 def test_binary_loss_is_bce_with_logits_on_one_output():
     module = TaskModule(ConvNet(num_outputs=1), task="binary")
     logits, targets = torch.randn(8, 1), torch.randint(0, 2, (8,))
     expected = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
-    torch.testing.assert_close(module.loss(logits, targets), expected)
+    torch.testing.assert_close(module.task.loss(logits, targets), expected)
 
 
 def test_regression_loss_is_mse_on_one_output():
     module = TaskModule(ConvNet(num_outputs=1), task="regression")
     outputs, targets = torch.randn(8, 1), torch.randn(8)
-    torch.testing.assert_close(module.loss(outputs, targets), F.mse_loss(outputs[:, 0], targets))
+    torch.testing.assert_close(module.task.loss(outputs, targets), F.mse_loss(outputs[:, 0], targets))
 
 
 @pytest.mark.parametrize(
@@ -61,12 +63,15 @@ def test_precision_recall_and_f1_are_macro_averaged():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lr": 0.0}, "model.lr must be a positive finite number, got 0.0"),
-        ({"lr": -1.0}, "model.lr must be a positive finite number, got -1.0"),
-        ({"optimizer": "adamw", "momentum": 0.9}, "model.momentum applies to optimizer sgd only"),
-        ({"optimizer": "sgd", "nesterov": True}, "model.nesterov needs optimizer sgd with momentum > 0"),
-        ({"weight_decay": -0.1}, "model.weight_decay must be 0 or more, got -0.1"),
-        ({"task": "segmentation"}, "model.task must be multiclass, binary or regression, got 'segmentation'"),
+        (
+            {"optimizer": partial(torch.optim.AdamW, lr=0.0)},
+            "model.optimizer.lr must be a positive finite number, got 0.0",
+        ),
+        ({"optimizer": partial(torch.optim.AdamW, lr=float("inf"))}, "must be a positive finite number, got inf"),
+        ({"optimizer": partial(torch.optim.AdamW, lr=-1.0)}, "model.optimizer: Invalid learning rate: -1.0"),
+        ({"optimizer": partial(torch.optim.SGD, nesterov=True)}, "model.optimizer: Nesterov momentum requires"),
+        ({"optimizer": partial(torch.optim.AdamW, weight_decay=-0.1)}, "model.optimizer: Invalid weight_decay value"),
+        ({"task": "segmentation"}, "model.task must be one of binary, multiclass, multilabel, regression"),
     ],
 )
 def test_settings_that_cannot_train_are_refused_by_name(kwargs, message):
@@ -82,7 +87,7 @@ def test_output_size_must_fit_the_task():
 def test_overfitting_one_batch_drives_the_training_loss_close_to_zero():
     torch.manual_seed(0)
     batch = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
-    module = TaskModule(ConvNet(), optimizer="adamw", lr=1e-3)
+    module = TaskModule(ConvNet(), optimizer=partial(torch.optim.AdamW, lr=1e-3))
     trainer = L.Trainer(
         max_steps=60,
         accelerator="cpu",
@@ -94,7 +99,7 @@ def test_overfitting_one_batch_drives_the_training_loss_close_to_zero():
     trainer.fit(module, DataLoader(batch, batch_size=32))
     module.eval()
     with torch.no_grad():
-        final_loss = module.loss(module(batch.tensors[0]), batch.tensors[1]).item()
+        final_loss = module.task.loss(module(batch.tensors[0]), batch.tensors[1]).item()
     print(f"loss on the memorised batch after 60 steps: {final_loss:.5f}")
     assert final_loss < 0.01
 
@@ -102,7 +107,9 @@ def test_overfitting_one_batch_drives_the_training_loss_close_to_zero():
 def test_one_cycle_schedule_peaks_at_lr_and_ends_near_zero(fake_data_dir, run_dir):
     from project.data import MNISTDataModule
 
-    module = TaskModule(ConvNet(), lr=0.01, lr_schedule="onecycle", warmup_fraction=0.5)
+    module = TaskModule(
+        ConvNet(), optimizer=partial(torch.optim.AdamW, lr=0.01), lr_schedule="onecycle", warmup_fraction=0.5
+    )
     data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50)
     seen: list[float] = []
 
@@ -144,6 +151,6 @@ def test_checkpoint_of_a_network_built_in_python_loads_with_weights_only(fake_da
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["hyper_parameters"]["network"] == {
-        "class_path": "project.models.ConvNet",
+        "class_path": "project.networks.ConvNet",
         "init_args": ConvNet(width=8).config,
     }

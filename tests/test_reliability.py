@@ -15,6 +15,8 @@ from project.cli import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXACT_CONFIG = REPO_ROOT / "tests" / "configs_exact.yaml"
+EXACT_RUN = Path("logs") / "configs_exact" / "version_0"
+"""Where a run of ``configs_exact.yaml`` writes: a run is named after its recipe preset."""
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT)])}
 
 
@@ -54,7 +56,7 @@ class Runs:
         assert result.returncode == -9, result.stderr[-3000:]  # SIGKILL: no handler ran
 
     def last_checkpoint(self, folder: Path) -> Path:
-        return folder / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+        return folder / EXACT_RUN / "checkpoints" / "last.ckpt"
 
     def resume_copy(self, into: Path, extra: list[str] = ()) -> Path:
         """Resume a copy of the killed run (in this process) to the end; return its final last.ckpt."""
@@ -88,8 +90,8 @@ def test_the_interrupted_epochs_training_metrics_equal_the_uninterrupted_runs(ki
     from helpers import directory_scalars
 
     killed_mid_epoch.resume_copy(tmp_path / "resumed")
-    resumed = directory_scalars(tmp_path / "resumed" / "logs" / "mnist" / "version_0")
-    straight = directory_scalars(killed_mid_epoch.straight_dir / "logs" / "mnist" / "version_0")
+    resumed = directory_scalars(tmp_path / "resumed" / EXACT_RUN)
+    straight = directory_scalars(killed_mid_epoch.straight_dir / EXACT_RUN)
     for tag in ("train/acc", "train/f1", "train/loss_epoch"):
         assert [step for step, _ in resumed[tag]] == [step for step, _ in straight[tag]], tag
         for (_, got), (_, expected) in zip(resumed[tag], straight[tag], strict=True):
@@ -100,18 +102,17 @@ def test_tensorboard_of_a_killed_and_resumed_run_has_one_curve_per_tag(killed_mi
     from test_resume import assert_strictly_increasing_steps
 
     killed_mid_epoch.resume_copy(tmp_path / "resumed")
-    assert_strictly_increasing_steps(tmp_path / "resumed" / "logs" / "mnist" / "version_0")
+    assert_strictly_increasing_steps(tmp_path / "resumed" / EXACT_RUN)
 
 
 def test_negative_control_without_restoring_the_random_state_differs(killed_mid_epoch, tmp_path):
-    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", ["--trainer.callbacks.restore=false"])
+    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", ["--trainer.callbacks.restore_random_state=false"])
     with pytest.raises(AssertionError, match="weights differ"):
         assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
 
-def test_negative_control_without_the_sampler_position_differs(killed_mid_epoch, tmp_path, monkeypatch):
-    monkeypatch.setattr("project.data.trainer_position", lambda trainer, batch_size: (trainer.current_epoch, 0))
-    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed")
+def test_negative_control_without_the_sampler_position_differs(killed_mid_epoch, tmp_path):
+    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", ["--trainer.callbacks.restore_position=false"])
     with pytest.raises(AssertionError, match="weights differ"):
         assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
@@ -149,7 +150,7 @@ def test_sigterm_saves_at_the_step_boundary_exits_nonzero_and_resumes_exactly(
     )
     assert result.returncode == 143, result.stderr[-3000:]
     assert "stopped by SIGTERM" in result.stdout
-    last = folder / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    last = folder / EXACT_RUN / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 13  # saved at the boundary, not at step 12
     previous = Path.cwd()
     os.chdir(folder)
@@ -192,7 +193,7 @@ def test_a_divergence_before_any_checkpoint_does_not_claim_one(quick_args, run_d
 def test_a_save_that_fails_part_way_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
     import errno
 
-    from project.checkpointing import AtomicCheckpointIO
+    from project.checkpoints import AtomicCheckpointIO
     from project.errors import DiskFullError
 
     io = AtomicCheckpointIO()
@@ -236,15 +237,16 @@ def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
                    "--trainer.callbacks.signal_name=SIGUSR1"]  # fmt: skip
     result = fit_in_subprocess(tmp_path, [*args, *signal_args])
     assert result.returncode == 143, result.stderr[-3000:]
-    last = tmp_path / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    last = tmp_path / EXACT_RUN / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 7
 
 
 def each_option_with_a_bad_value():
     from project.data import MNISTDataModule, RotationDataModule
-    from project.models import ConvNet
-    from project.module import TaskModule
-    from project.user_data import ImageConversion, carve
+    from project.data.base import seeded_split
+    from project.data.decoding import ImageConversion
+    from project.networks import ConvNet
+    from project.task_module import TaskModule
 
     return {
         "augment_shift": (
@@ -259,7 +261,7 @@ def each_option_with_a_bad_value():
         "few-shot twice": (lambda: MNISTDataModule(samples_per_class=5, train_fraction=0.5), "exclude each other"),
         "image_size": (lambda: MNISTDataModule(image_size=0), "data.image_size must be a positive integer, got 0"),
         "max_angle": (lambda: RotationDataModule(max_angle=0), r"data.max_angle must lie in \(0, 180\] degrees, got 0"),
-        "binary regression": (lambda: RotationDataModule(positive_classes=[1]), "RotationDataModule is a regression"),
+        "binary regression": (lambda: RotationDataModule(positive_classes=[1]), "RotationDataModule has no classes"),
         "freeze epochs": (lambda: TaskModule(ConvNet(), freeze_backbone_epochs=-1), "freeze_backbone_epochs must be 0"),
         "backbone_lr": (
             lambda: TaskModule(ConvNet(), backbone_lr=0.0),
@@ -267,7 +269,10 @@ def each_option_with_a_bad_value():
         ),
         "warmup": (lambda: TaskModule(ConvNet(), warmup_fraction=1.0), r"model.warmup_fraction must lie in \(0, 1\)"),
         "channels": (lambda: ImageConversion(2, 28, 0.0, 1.0), r"data.channels must be 1 \(greyscale\) or 3 \(RGB\)"),
-        "test_size": (lambda: carve(10, 10, seed=0), "data.test_size=10 must leave images on both sides of 10 images"),
+        "test_size": (
+            lambda: seeded_split(10, 10, 0, "test_size"),
+            "data.test_size=10 leaves no images on one side: the split has 10 images",
+        ),
     }
 
 

@@ -111,7 +111,9 @@ RECORD_LR = ["--trainer.callbacks+=helpers.RecordLR"]
 def test_a_learning_rate_given_on_resume_takes_effect(interrupted_run, quick_args):
     from project.finetuning import LRFactor
 
-    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", "--model.lr=0.0003", *RECORD_LR, "--test_after_fit=false"])
+    cli = run_cli(
+        ["fit", *quick_args, "--ckpt_path=last", "--model.optimizer.lr=0.0003", *RECORD_LR, "--test_after_fit=false"]
+    )
     expected = 0.0003 * LRFactor(20, "onecycle", 0.2)(10)  # the plan of the whole run, at the resumed step
     assert lr_recorder(cli)[10] == [pytest.approx(expected)] * 2
     assert cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs == [0.0003, 0.0003]
@@ -119,13 +121,13 @@ def test_a_learning_rate_given_on_resume_takes_effect(interrupted_run, quick_arg
 
 def test_after_a_divergence_a_lower_learning_rate_on_resume_trains_to_the_end(interrupted_run, quick_args, capsys):
     with pytest.raises(SystemExit) as caught:
-        main(["fit", *quick_args, "--ckpt_path=last", "--model.lr=1e12", "--test_after_fit=false"])
+        main(["fit", *quick_args, "--ckpt_path=last", "--model.optimizer.lr=1e12", "--test_after_fit=false"])
     assert caught.value.code == 1
     error = capsys.readouterr().err
     assert "the training loss is" in error and "last.ckpt" in error
     checkpoint = torch.load(interrupted_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 10  # the state before the divergence
-    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", "--model.lr=0.003", "--test_after_fit=false"])
+    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", "--model.optimizer.lr=0.003", "--test_after_fit=false"])
     assert cli.trainer.global_step == 20
     assert all(torch.isfinite(parameter).all() for parameter in cli.model.parameters())
 
@@ -136,7 +138,7 @@ def test_after_a_divergence_a_lower_learning_rate_on_resume_trains_to_the_end(in
         "--data.batch_size=25",
         "--data.samples_per_class=5",
         "--model.network.init_args.hidden_size=64",
-        "--model.optimizer=sgd",
+        "--model.optimizer=SGD",
         "--seed_everything=1",
         "--trainer.accumulate_grad_batches=2",
     ],
@@ -230,10 +232,10 @@ def test_the_fallback_from_a_truncated_last_checkpoint_rewinds_tensorboard_too(f
     from test_reliability import EXACT_CONFIG
 
     args = ["fit", f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false",
-            "--trainer.callbacks+=project.checkpointing.BestCheckpoint"]  # fmt: skip
+            "--trainer.callbacks+=project.checkpoints.BestCheckpoint"]  # fmt: skip
     with pytest.raises(Interrupted):
         run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=18"])
-    folder = run_dir / "logs" / "mnist" / "version_0"
+    folder = run_dir / "logs" / "configs_exact" / "version_0"
     last = folder / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 16
     last.write_bytes(last.read_bytes()[:1000])  # what a crash mid-write leaves without atomic saves

@@ -11,8 +11,8 @@ from idx import write_torchvision_dataset
 from PIL import Image
 
 from project.data import TORCHVISION_DATASETS, MNISTDataModule, RotationDataModule, few_shot_indices
+from project.data.files import CSVRegressionDataModule, ImageFolderDataModule
 from project.errors import DataNotFoundError, UserInputError
-from project.user_data import CSVRegressionDataModule, ImageFolderDataModule
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_DATASETS))
@@ -34,7 +34,7 @@ def test_emnist_images_are_turned_upright(tmp_path):
     write_torchvision_dataset(tmp_path, "emnist_letters")
     data = MNISTDataModule(dataset="emnist_letters", data_dir=str(tmp_path), download=False)
     data.setup("test")
-    stored = data._torchvision_dataset(train=False).data[0].float()
+    stored = data.torchvision_dataset(train=False).data[0].float()
     served, _ = data.test_set[0]
     expected = (stored.T / 255 - data.mean_std[0]) / data.mean_std[1]
     torch.testing.assert_close(served[0], expected)

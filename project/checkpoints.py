@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -153,10 +154,18 @@ def import_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def allowed_class(class_path: object, base: type, what: str) -> type:
-    """The subclass of ``base`` whose import path is ``class_path``, among those already imported: the allow-list.
+def names_class(class_path: str, cls: type) -> bool:
+    """Whether ``class_path`` is ``cls``'s import path or one an already imported module re-exports it under."""
+    module, _, name = class_path.rpartition(".")
+    return class_path == import_path(cls) or getattr(sys.modules.get(module), name, None) is cls
 
-    Nothing is imported here, so a file cannot make Python import (and run) a module of its choosing.
+
+def allowed_class(class_path: object, base: type, what: str) -> type:
+    """The subclass of ``base`` that ``class_path`` names, among those already imported: the allow-list.
+
+    ``class_path`` is the class's own import path or one its (already imported) package re-exports it under, such as
+    ``torch.optim.AdamW`` for ``torch.optim.adamw.AdamW``. Nothing is imported here, so a file cannot make Python
+    import (and run) a module of its choosing.
     """
     allowed: dict[str, type] = {}
     pending = list(base.__subclasses__())
@@ -164,6 +173,10 @@ def allowed_class(class_path: object, base: type, what: str) -> type:
         cls = pending.pop()
         allowed[import_path(cls)] = cls
         pending += cls.__subclasses__()
+    if isinstance(class_path, str) and class_path not in allowed:
+        alias = next((cls for cls in allowed.values() if names_class(class_path, cls)), None)
+        if alias is not None:
+            return alias
     if not isinstance(class_path, str) or class_path not in allowed:
         raise UserInputError(
             f"the checkpoint names the {what} {class_path}, which is not allowed here: use one of "

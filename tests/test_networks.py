@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from project.errors import UserInputError
-from project.models import ConvNet
+from project.networks import ConvNet
 
 
 def layer_shapes(network: nn.Module) -> list[tuple[str, tuple[int, int]]]:
@@ -82,3 +82,55 @@ def test_a_network_too_deep_for_the_image_is_refused_with_the_reason():
 def test_bad_arguments_are_refused_by_name(kwargs, message):
     with pytest.raises(UserInputError, match=message):
         ConvNet(**kwargs)
+
+
+class TinyClassifier(nn.Module):
+    """A network of someone else's: features, then a final linear layer called ``fc``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4, 1000)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images))
+
+
+def test_any_module_with_a_final_linear_layer_keeps_the_network_contract():
+    from project.networks import AdaptedNetwork, Network
+
+    network = AdaptedNetwork(TinyClassifier(), final_layer="fc", num_outputs=5, in_channels=3, image_size=16)
+    assert isinstance(network, Network) and isinstance(network.backbone.fc, nn.Identity)
+    assert (network.head.in_features, network.head.out_features) == (4, 5)
+    assert network(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+    with pytest.raises(UserInputError, match=r"features is a Sequential, not the nn\.Linear head"):
+        AdaptedNetwork(TinyClassifier(), final_layer="features", num_outputs=5, in_channels=3, image_size=16)
+
+
+def test_an_adapted_network_fine_tunes_from_its_own_pretrained_backbone(tmp_path, fake_data_dir, run_dir):
+    from functools import partial
+
+    from helpers import quiet_trainer
+
+    from project.data import MNISTDataModule
+    from project.finetuning import load_pretrained_backbone
+    from project.networks import AdaptedNetwork
+    from project.task_module import TaskModule
+
+    class Grey(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features[0] = nn.Conv2d(1, 4, 3)
+
+    source = AdaptedNetwork(Grey(), final_layer="fc", num_outputs=3, in_channels=1, image_size=28)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    network = AdaptedNetwork(Grey(), final_layer="fc", num_outputs=10, in_channels=1, image_size=28)
+    assert "Loaded 2 backbone tensors" in load_pretrained_backbone(network, tmp_path / "weights.pt")
+    module = TaskModule(network, optimizer=partial(torch.optim.SGD, lr=0.1), freeze_backbone_epochs=1)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, default_root_dir=run_dir)
+    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100))
+    assert torch.equal(network.backbone.features[0].weight, source.backbone.features[0].weight)  # frozen
+    trainer.save_checkpoint(run_dir / "adapted.ckpt")
+    fresh = AdaptedNetwork(Grey(), final_layer="fc", num_outputs=10, in_channels=1, image_size=28)
+    loaded = TaskModule.load_from_checkpoint(run_dir / "adapted.ckpt", network=fresh)
+    assert torch.equal(loaded.network.head.weight, network.head.weight)

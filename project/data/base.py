@@ -1,0 +1,296 @@
+"""What every data module shares: the data directory, the train/validation split and few-shot subset (see
+:mod:`project.data.splits`), label rules (binary and multilabel targets from class rules), the loaders and batch
+augmentation (:mod:`project.data.augment`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from project.data.augment import random_shift
+from project.data.splits import few_shot_indices, seeded_split
+from project.errors import UserInputError
+from project.resume import ExactResume, ResumableDataLoader, ResumableSampler
+from project.tasks import Task
+
+DATA_DIR_ENV = "PROJECT_DATA_DIR"
+"""Environment variable naming the data directory when ``--data.data_dir`` is not given."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data directory: the argument, else ``$PROJECT_DATA_DIR``, else ``./data``."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    from_env = os.environ.get(DATA_DIR_ENV)
+    return Path(from_env).expanduser() if from_env else Path("data")
+
+
+class RelabelledTargets(Dataset):
+    """A dataset whose class targets pass through a label rule (see :class:`LabelRule`)."""
+
+    def __init__(self, dataset: Dataset, rule: LabelRule) -> None:
+        self.dataset = dataset
+        self.rule = rule
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, target = self.dataset[index]
+        return image, self.rule(target)
+
+
+class LabelRule:
+    """Targets from class labels: for each named label, 1 if the class is one of its classes, else 0.
+
+    One label (``positive_classes``) makes a binary target, an int; several (``label_sets``) a multilabel target, a
+    0/1 vector. Picklable, for DataLoader workers.
+    """
+
+    def __init__(self, label_sets: dict[str, Sequence[int]], binary: bool) -> None:
+        self.label_sets = {name: frozenset(classes) for name, classes in label_sets.items()}
+        self.binary = binary
+
+    def __call__(self, label: int) -> int | Tensor:
+        flags = [int(int(label) in classes) for classes in self.label_sets.values()]
+        return flags[0] if self.binary else torch.tensor(flags)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """What every dataset here shares: the split, few-shot subsets, label rules and the loaders.
+
+    A subclass provides :meth:`prepare_data` (make the files available), :meth:`load_split` (the training or test
+    split as a dataset of ``(image tensor, target)``), :meth:`split_labels` (class labels for stratification) and
+    :attr:`num_classes`.
+
+    Args:
+        data_dir: the data directory; default ``$PROJECT_DATA_DIR``, else ``./data``.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and predict (no gradients, so it can be larger).
+        num_workers: DataLoader worker processes; 0 loads in the main process, fastest for small images on a
+            small CPU machine.
+        val_size: images held out of the training split for validation: a count, or a fraction below 1.
+        split_seed: seed of the train/validation split and of the few-shot subset.
+        samples_per_class: keep only this many training images per class (stratified, seeded).
+        train_fraction: keep only this fraction of the training images of each class (stratified, seeded).
+        positive_classes: a binary task: target 1 for these classes, 0 for the rest (``[5, 6, 7, 8, 9]``: "digit >= 5").
+        label_sets: a multilabel task: one yes/no label per entry, 1 when the class is in its list
+            (``{even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}``).
+        augment_shift: augment training batches with random shifts of up to this many pixels (0: off).
+        shuffle_seed: seed of the training order and the augmentation; default: the run's ``seed_everything``.
+    """
+
+    default_task = "multiclass"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        val_size: int | float = 0.1,
+        split_seed: int = 42,
+        samples_per_class: int | None = None,
+        train_fraction: float | None = None,
+        positive_classes: list[int] | None = None,
+        label_sets: dict[str, list[int]] | None = None,
+        augment_shift: int = 0,
+        shuffle_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_options(batch_size, eval_batch_size, num_workers, val_size, samples_per_class, train_fraction)
+        if augment_shift < 0:
+            raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
+        if positive_classes and label_sets:
+            raise UserInputError("data.positive_classes (binary) and data.label_sets (multilabel) exclude each other")
+        if (positive_classes or label_sets) and self.default_task != "multiclass":
+            raise UserInputError(
+                f"data.positive_classes and data.label_sets turn classes into labels; {type(self).__name__} has no "
+                f"classes (its task is {self.default_task})"
+            )
+        self.data_dir = resolve_data_dir(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.samples_per_class = samples_per_class
+        self.train_fraction = train_fraction
+        self.positive_classes = positive_classes
+        self.label_sets = label_sets
+        self.augment_shift = augment_shift
+        self.shuffle_seed = shuffle_seed if shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.augment_generator = torch.Generator().manual_seed(self.shuffle_seed)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # -- what a subclass provides ------------------------------------------------------------------------------
+    num_classes: int = 0
+
+    def load_split(self, train: bool) -> Dataset:
+        """The training (``train=True``) or test split, yielding ``(image tensor, target)``."""
+        raise NotImplementedError
+
+    def split_labels(self, dataset: Dataset) -> Tensor | None:
+        """Class labels of ``dataset`` (as returned by :meth:`load_split`, or a subset of it), or ``None``."""
+        raise NotImplementedError
+
+    def files_ready(self) -> bool:
+        """Whether :meth:`setup` can read the data now (no download pending)."""
+        return True
+
+    # -- derived from the arguments ----------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        if self.positive_classes:
+            return "binary"
+        return "multilabel" if self.label_sets else self.default_task
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the classes (or labels) the task is about."""
+        if self.positive_classes:
+            return ["other", "positive"]
+        if self.label_sets:
+            return list(self.label_sets)
+        return [str(index) for index in range(self.num_classes)]
+
+    @property
+    def num_outputs(self) -> int:
+        """Size of the network's output layer for this data: one per class or label, or one value."""
+        return Task.registry[self.task].outputs_for(len(self.label_sets) if self.label_sets else self.num_classes)
+
+    def label_rule(self) -> LabelRule | None:
+        if self.positive_classes:
+            return LabelRule({"positive": self.positive_classes}, binary=True)
+        return LabelRule(self.label_sets, binary=False) if self.label_sets else None
+
+    def check_label_rules(self) -> None:
+        rules = {"positive": self.positive_classes} if self.positive_classes else dict(self.label_sets or {})
+        for name, classes in rules.items():
+            option = "data.positive_classes" if self.positive_classes else f"data.label_sets.{name}"
+            outside = [c for c in classes if not 0 <= c < self.num_classes]
+            if outside:
+                raise UserInputError(
+                    f"{option} {outside} are not classes of this data: use values in 0..{self.num_classes - 1}"
+                )
+            if not classes or len(set(classes)) == self.num_classes:
+                raise UserInputError(f"{option} names no class or every class: one of its two answers would be empty")
+
+    # -- Lightning hooks ---------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Load and check the splits the stage needs; fitting loads the test split too, so that a broken test split
+        stops the run before it trains rather than after."""
+        self.check_label_rules()
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self.train_set, self.val_set = self.split_train(self.checked(self.load_split(train=True), "training"))
+        if self.test_set is None:
+            self.test_set = self.relabelled(self.checked(self.load_split(train=False), "test"))
+
+    def checked(self, dataset: Dataset, split: str) -> Dataset:
+        """``dataset``, after checking that its labels are classes of this data (0 .. num_classes - 1)."""
+        labels = self.split_labels(dataset)
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            outside = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
+            raise UserInputError(
+                f"the {split} split of {type(self).__name__} has labels {outside[:10]} outside its "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}): the files do not match the dataset"
+            )
+        return dataset
+
+    def split_train(self, full_train: Dataset) -> tuple[Dataset, Dataset]:
+        """The seeded train/validation split, then the few-shot subset of the training part."""
+        train_indices, val_indices = seeded_split(len(full_train), self.val_size, self.split_seed, "val_size")
+        labels = self.split_labels(full_train)
+        if labels is None and self.samples_per_class is not None:
+            raise UserInputError("data.samples_per_class needs class labels; use data.train_fraction")
+        subset_labels = labels[train_indices] if labels is not None else torch.zeros(len(train_indices))
+        keep = few_shot_indices(subset_labels, self.samples_per_class, self.train_fraction, self.split_seed)
+        if keep is not None:
+            train_indices = train_indices[keep]
+        train = self.relabelled(Subset(full_train, train_indices.tolist()))
+        return train, self.relabelled(Subset(full_train, val_indices.tolist()))
+
+    def relabelled(self, dataset: Dataset) -> Dataset:
+        rule = self.label_rule()
+        return RelabelledTargets(dataset, rule) if rule is not None else dataset
+
+    def loader(self, dataset: Dataset | None, batch_size: int, sampler: ResumableSampler | None = None) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
+        loader_class = ResumableDataLoader if sampler is not None else DataLoader
+        return loader_class(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # worker seeds drawn from here, not from the global generator
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None) if trainer else None
+        sampler = ResumableSampler(
+            self.train_set,
+            seed=self.shuffle_seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            position=(lambda: resume.position(trainer, self.batch_size)) if resume else None,
+        )
+        return self.loader(self.train_set, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.test_set, self.eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not self.augment_shift or self.trainer is None or not self.trainer.training:
+            return batch
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
+            return batch  # not a training batch: e.g. the example input TensorBoard traces the graph with
+        images, targets = batch
+        return random_shift(images, self.augment_shift, self.augment_generator), targets
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"augment_generator": self.augment_generator.get_state(), "shuffle_seed": self.shuffle_seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.augment_generator.set_state(state_dict["augment_generator"])
+
+
+def check_options(
+    batch_size: int,
+    eval_batch_size: int,
+    num_workers: int,
+    val_size: int | float,
+    samples_per_class: int | None,
+    train_fraction: float | None,
+) -> None:
+    """Refuse data options that cannot work, naming the value and what is allowed."""
+    for name, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
+        if value < 1:
+            raise UserInputError(f"data.{name} must be a positive integer, got {value}")
+    if num_workers < 0:
+        raise UserInputError(f"data.num_workers must be 0 or more, got {num_workers}")
+    if not (val_size >= 1 if isinstance(val_size, int) else 0 < val_size < 1):
+        raise UserInputError(f"data.val_size must be a count of 1 or more, or a fraction in (0, 1), got {val_size}")
+    if samples_per_class is not None and train_fraction is not None:
+        raise UserInputError("data.samples_per_class and data.train_fraction exclude each other: set one")
+    if samples_per_class is not None and samples_per_class < 1:
+        raise UserInputError(f"data.samples_per_class must be a positive integer, got {samples_per_class}")
+    if train_fraction is not None and not 0 < train_fraction <= 1:
+        raise UserInputError(f"data.train_fraction must lie in (0, 1], got {train_fraction}")

@@ -1,0 +1,121 @@
+"""Image files decoded once: read, converted to the channels and size the network takes, kept as uint8 in memory
+(up to a size), normalised when an example is read. Also the scan of an image folder, which follows links once.
+
+Decoding every file when the data is set up names every file that cannot be decoded before training starts, and
+makes later epochs decode nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import functional as TF
+
+from project.errors import UserInputError, first_line
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+@dataclass(frozen=True)
+class ImageConversion:
+    """From an image file to a ``channels`` x ``image_size`` x ``image_size`` tensor, normalised with mean and std."""
+
+    channels: int = 1
+    image_size: int = 28
+    mean: float = MNIST_MEAN
+    std: float = MNIST_STD
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise UserInputError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+        if self.image_size < 1:
+            raise UserInputError(f"data.image_size must be a positive integer, got {self.image_size}")
+        if not (math.isfinite(self.std) and self.std > 0) or not math.isfinite(self.mean):
+            raise UserInputError(f"data.mean must be finite and data.std positive, got {self.mean} and {self.std}")
+
+    def decode(self, path: Path) -> Tensor:
+        """The file's pixels as uint8, converted and resized (bilinear, antialiased); raises if it cannot be decoded."""
+        with Image.open(path) as image:
+            image.load()  # decodes everything: verify() alone passes truncated or corrupt pixel data
+            converted = image.convert("L" if self.channels == 1 else "RGB")
+        resized = TF.resize(converted, [self.image_size, self.image_size], antialias=True)
+        return TF.pil_to_tensor(resized)
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        return (pixels.float() / 255 - self.mean) / self.std
+
+
+class FileImages(Dataset):
+    """Images from files with their targets; each file decoded once here, every one that cannot be is named.
+
+    ``targets`` is a tensor (class indices or regression values). The decoded pixels are kept when they fit in
+    ``max_bytes``; otherwise each access decodes its file again.
+    """
+
+    def __init__(self, paths: list[Path], targets: Tensor, conversion: ImageConversion, max_bytes: int) -> None:
+        self.paths = paths
+        self.targets = targets
+        self.conversion = conversion
+        side = conversion.image_size
+        keep = len(paths) * conversion.channels * side * side <= max_bytes
+        decoded, broken = [], []
+        for path in paths:
+            try:
+                pixels = conversion.decode(path)
+            except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... depending on the format
+                broken.append(f"{path} ({first_line(error)})")
+                continue
+            if keep:
+                decoded.append(pixels)
+        if broken:
+            raise UserInputError(f"{len(broken)} images cannot be decoded: {'; '.join(broken)}")
+        self.pixels = torch.stack(decoded) if keep and decoded else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        pixels = self.pixels[index] if self.pixels is not None else self.conversion.decode(self.paths[index])
+        target = self.targets[index]
+        return self.conversion.normalise(pixels), target.item() if target.ndim == 0 else target
+
+
+def class_folders(root: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` (links followed), leaving out hidden ones like .ipynb_checkpoints."""
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def image_files(folder: Path, root: Path, seen: set[Path]) -> list[Path]:
+    """The image files under ``folder`` (inside the dataset folder ``root``), recursively and in sorted order.
+
+    Links are followed once: a link to a folder inside ``root`` (or above it: a loop) is skipped, since its images
+    are counted where they are; a file already in ``seen`` (the same file under another name) is not added again.
+    """
+    found: list[Path] = []
+    pending = [folder]
+    root = root.resolve()
+    while pending:
+        current = pending.pop()
+        for entry in sorted(os.scandir(current), key=lambda entry: entry.name):
+            path = Path(entry.path)
+            real = path.resolve()
+            if entry.is_dir():
+                inside = real == root or root in real.parents or real in root.parents
+                if not (entry.is_symlink() and inside) and real not in seen:
+                    seen.add(real)
+                    pending.append(path)
+            elif entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS) and real not in seen:
+                seen.add(real)
+                found.append(path)
+    return sorted(found)

@@ -1,0 +1,244 @@
+"""A user's own data: a folder of images sorted by class, or a CSV of image paths with a numeric target or with
+yes/no label columns.
+
+Images are converted to what the network takes, as the config says: ``channels`` (1 = greyscale, 3 = RGB) and a
+square ``image_size`` (resized, aspect ratio not kept), then normalised with ``mean`` and ``std`` on every channel.
+The defaults (1 channel, 28x28, MNIST's mean and std) match a backbone pretrained on MNIST.
+
+Every image is decoded once, when the data is set up (before training starts; see :mod:`project.data.decoding`): a
+file that cannot be decoded is named then, with all the others, rather than hours into training. The decoded images
+stay in memory up to ``max_memory_mb``, so later epochs decode nothing; beyond it they are decoded again on access.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from project.data.base import ImageDataModule
+from project.data.decoding import MNIST_MEAN, MNIST_STD, FileImages, ImageConversion, class_folders, image_files
+from project.data.splits import seeded_split, subset_labels
+from project.errors import DataNotFoundError, UserInputError
+
+LARGEST_TARGET = 1e18
+"""Regression targets beyond this are refused: their squared error would overflow float32 (the MSE would be inf)."""
+
+
+class FileDataModule(ImageDataModule):
+    """Shared by the folder and CSV modules: the image conversion, and a test split from its own files or carved
+    from the training files.
+
+    Args:
+        data_dir: the folder that holds the images (and the CSV files).
+        channels, image_size, mean, std: the conversion of every image (see :class:`ImageConversion`).
+        test_size: without separate test files, the images held out for testing: a count or a fraction below 1.
+        max_memory_mb: keep the decoded images of a split in memory up to this size (MiB).
+        **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        channels: int = 1,
+        image_size: int = 28,
+        mean: float = MNIST_MEAN,
+        std: float = MNIST_STD,
+        test_size: int | float = 0.2,
+        max_memory_mb: int = 4096,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(data_dir=data_dir, **kwargs)
+        self.save_hyperparameters()
+        self.conversion = ImageConversion(channels, image_size, mean, std)
+        self.image_shape = (channels, image_size, image_size)
+        self.test_size = test_size
+        if max_memory_mb < 0:
+            raise UserInputError(f"data.max_memory_mb must be 0 or more, got {max_memory_mb}")
+        self.max_bytes = max_memory_mb * 2**20
+
+    def read(self, source: Path) -> Dataset:
+        """The dataset stored at ``source`` (a folder or a file)."""
+        raise NotImplementedError
+
+    def sources(self) -> tuple[Path, Path | None]:
+        """Where the training data is, and the test data if it is stored apart."""
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        train_source, _ = self.sources()
+        if not train_source.exists():
+            raise DataNotFoundError(f"{type(self).__name__}: {train_source.resolve()} does not exist (data.data_dir)")
+
+    def load_split(self, train: bool) -> Dataset:
+        train_source, test_source = self.sources()
+        if test_source is not None:
+            return self.read(train_source if train else test_source)
+        full = self.read(train_source)
+        kept, held = seeded_split(len(full), self.test_size, self.split_seed + 1, "test_size")
+        return Subset(full, (kept if train else held).tolist())
+
+    def base_dataset(self, dataset: Dataset) -> FileImages:
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        return dataset
+
+
+class ImageFolderDataModule(FileDataModule):
+    """Classify a user's images, sorted into one sub-folder per class (PNG, JPEG and the other formats PIL reads).
+
+    Layout: ``data_dir/train/<class>/...`` and ``data_dir/test/<class>/...``, or ``data_dir/<class>/...`` alone, in
+    which case ``test_size`` images are held out (seeded) for testing. Class indices follow the sorted folder names.
+    With exactly two classes the task is binary (class index 1 is the positive class); with more, multiclass.
+    """
+
+    def __init__(self, data_dir: str, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        train_source, _ = self.sources()
+        self.classes = class_folders(train_source)
+        if not self.classes:
+            raise DataNotFoundError(
+                f"ImageFolderDataModule: no class sub-folders in {train_source.resolve()}; expected "
+                f"{train_source}/<class name>/<image files>"
+            )
+        if len(self.classes) < 2:
+            raise UserInputError(
+                f"ImageFolderDataModule: found one class ({self.classes[0]}); a task needs two or more"
+            )
+        self.num_classes = len(self.classes)
+
+    @property
+    def task(self) -> str:
+        return "binary" if self.num_classes == 2 and not self.label_sets else super().task
+
+    @property
+    def class_names(self) -> list[str]:
+        return super().class_names if self.positive_classes or self.label_sets else list(self.classes)
+
+    def sources(self) -> tuple[Path, Path | None]:
+        if (self.data_dir / "train").is_dir():
+            test = self.data_dir / "test"
+            return self.data_dir / "train", test if test.is_dir() else None
+        return self.data_dir, None
+
+    def read(self, source: Path) -> Dataset:
+        classes = class_folders(source)
+        if classes != self.classes:
+            raise UserInputError(
+                f"ImageFolderDataModule: {source} has classes {classes}, but the training folder has "
+                f"{self.classes}; both must have the same class sub-folders"
+            )
+        paths, labels, seen = [], [], set()
+        for index, name in enumerate(classes):
+            files = image_files(source / name, source, seen)
+            if not files:
+                raise UserInputError(
+                    f"ImageFolderDataModule: class folder {name} has no image files in {source} (looked for "
+                    f"{', '.join(IMG_EXTENSIONS)})"
+                )
+            paths += files
+            labels += [index] * len(files)
+        return FileImages(paths, torch.tensor(labels), self.conversion, self.max_bytes)
+
+    def split_labels(self, dataset: Dataset) -> Tensor:
+        return subset_labels(dataset, self.base_dataset(dataset).targets)
+
+
+def read_csv(csv_path: Path, columns: list[str] | None) -> tuple[list[Path], list[str], Tensor]:
+    """Image paths (relative to the CSV's folder), the names of the value columns, and their values as a float tensor
+    (rows x columns): the ``columns`` given, or every column but ``image``.
+
+    A UTF-8 byte-order mark is accepted; a value that is not a number, or not finite, is refused with its line.
+    """
+    paths, rows = [], []
+    with csv_path.open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        header = [name.strip() for name in reader.fieldnames or []]
+        wanted = columns or [name for name in header if name != "image"]
+        if "image" not in header or not wanted or not set(wanted) <= set(header):
+            raise UserInputError(
+                f"{csv_path}: the first line must name the columns image,{','.join(columns or ['<label>', '...'])}"
+            )
+        for row in reader:
+            row = {key.strip(): value for key, value in row.items() if key is not None}
+            rows.append([csv_number(row[name], f"{csv_path} line {reader.line_num}", name) for name in wanted])
+            paths.append(csv_path.parent / row["image"])
+    if not paths:
+        raise UserInputError(f"{csv_path}: no rows after the header")
+    return paths, wanted, torch.tensor(rows, dtype=torch.float32)
+
+
+def csv_number(text: str | None, where: str, column: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{where}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > LARGEST_TARGET:
+        raise UserInputError(
+            f"{where}: {column} {text!r} is not a finite number of at most {LARGEST_TARGET:g} in size (its squared "
+            f"error must fit in float32); rescale the targets"
+        )
+    return value
+
+
+class CSVRegressionDataModule(FileDataModule):
+    """Regression on a user's images: ``data_dir/train.csv`` (and optionally ``data_dir/test.csv``) with the columns
+    ``image,target``; without ``test.csv``, ``test_size`` rows are held out (seeded) for testing."""
+
+    default_task = "regression"
+
+    def sources(self) -> tuple[Path, Path | None]:
+        test = self.data_dir / "test.csv"
+        return self.data_dir / "train.csv", test if test.is_file() else None
+
+    def read(self, source: Path) -> Dataset:
+        paths, _, values = read_csv(source, ["target"])
+        return FileImages(paths, values[:, 0], self.conversion, self.max_bytes)
+
+    def split_labels(self, dataset: Dataset) -> None:
+        return None
+
+
+class CSVMultilabelDataModule(CSVRegressionDataModule):
+    """Several yes/no labels per image: ``data_dir/train.csv`` (and optionally ``test.csv``) with a column ``image``
+    and one 0/1 column per label (``image,cat,dog,outdoors``); the label columns of ``train.csv`` name the labels."""
+
+    default_task = "multilabel"
+
+    def __init__(self, data_dir: str, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        train_csv, _ = self.sources()
+        if not train_csv.is_file():
+            raise DataNotFoundError(f"CSVMultilabelDataModule: {train_csv.resolve()} does not exist (data.data_dir)")
+        with train_csv.open(newline="", encoding="utf-8-sig") as file:
+            header = next(csv.reader(file), [])
+        self.labels = [name.strip() for name in header if name.strip() != "image"]
+        if not self.labels:
+            raise UserInputError(f"{train_csv}: the first line must name the columns image,<label>,... (0/1 each)")
+        self.num_classes = len(self.labels)
+
+    @property
+    def task(self) -> str:
+        return "multilabel"
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels)
+
+    def read(self, source: Path) -> Dataset:
+        paths, columns, values = read_csv(source, self.labels)
+        flags = values.long()
+        if not torch.equal(flags.float(), values) or flags.min() < 0 or flags.max() > 1:
+            row = int(((flags.float() != values) | (flags < 0) | (flags > 1)).any(dim=1).nonzero()[0])
+            raise UserInputError(f"{source} line {row + 2}: every label column ({', '.join(columns)}) must be 0 or 1")
+        return FileImages(paths, flags, self.conversion, self.max_bytes)

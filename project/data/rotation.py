@@ -1,0 +1,65 @@
+"""A regression task on real images: predict the angle by which an MNIST-family image was rotated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from project.data.torchvision_family import MNISTDataModule
+from project.errors import UserInputError
+
+
+class RotatedImages(Dataset):
+    """Each image rotated by an angle drawn once per index from a seeded uniform distribution; target = angle / max.
+
+    ``dataset`` yields PIL images; each is rotated (counter-clockwise, black corners), then passed to ``transform``.
+    The angles depend only on ``seed``, so every epoch and every run sees the same ones.
+    """
+
+    def __init__(self, dataset: Dataset, max_angle: float, seed: int, transform: Callable) -> None:
+        self.dataset = dataset
+        self.max_angle = max_angle
+        self.transform = transform
+        generator = torch.Generator().manual_seed(seed)
+        self.angles = ((torch.rand(len(dataset), generator=generator) * 2 - 1) * max_angle).tolist()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, float]:
+        image, _ = self.dataset[index]
+        angle = self.angles[index]
+        rotated = image.rotate(angle, resample=Image.Resampling.BILINEAR)
+        return self.transform(rotated), angle / self.max_angle
+
+
+class RotationDataModule(MNISTDataModule):
+    """Regression on real images: predict the angle by which an image of ``dataset`` was rotated.
+
+    Each image is rotated by an angle in ``[-max_angle, max_angle]`` degrees; the target is the angle divided by
+    ``max_angle`` (so it lies in [-1, 1]). The network learns what an upright digit (or shirt) looks like.
+    """
+
+    default_task = "regression"
+
+    def __init__(self, max_angle: float = 45.0, angle_seed: int = 0, **kwargs: Any) -> None:
+        if not 0 < max_angle <= 180:
+            raise UserInputError(f"data.max_angle must lie in (0, 180] degrees, got {max_angle}")
+        if kwargs.get("samples_per_class"):
+            raise UserInputError("RotationDataModule is a regression task: samples_per_class does not apply")
+        super().__init__(**kwargs)
+        self.max_angle = max_angle
+        self.angle_seed = angle_seed
+
+    def load_split(self, train: bool) -> Dataset:
+        dataset = super().load_split(train)
+        transform, dataset.transform = dataset.transform, None  # rotate the PIL image first, then convert it
+        return RotatedImages(dataset, self.max_angle, self.angle_seed + (0 if train else 1), transform)
+
+    def split_labels(self, dataset: Dataset) -> None:
+        return None

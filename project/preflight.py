@@ -1,0 +1,45 @@
+"""Checks of a model against its callbacks and a checkpoint, run by the command line before the Trainer writes its
+first file (see ``ProjectCLI.check_before_running``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from project.checkpoints import BestCheckpoint
+from project.errors import UserInputError
+from project.task_module import TaskModule
+
+
+def check_monitors(callbacks: list[Callback], model: TaskModule) -> None:
+    """Refuse a checkpoint or early-stopping callback that watches a metric this task does not log."""
+    logged = model.logged_metric_names()
+    for callback in callbacks:
+        if isinstance(callback, BestCheckpoint):
+            callback.follow_task(model)
+        monitor = getattr(callback, "monitor", None)
+        if monitor is not None and monitor not in logged:
+            raise UserInputError(
+                f"{type(callback).__name__} monitors {monitor}, which a {model.hparams.task} task does not log; use "
+                f"one of {', '.join(sorted(logged))} (project.checkpoints.BestCheckpoint without monitor follows "
+                f"the task)"
+            )
+
+
+def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str) -> None:
+    """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ."""
+    stored, expected = checkpoint["state_dict"], model.state_dict()
+    problems = [f"{name} missing" for name in sorted(set(expected) - set(stored))]
+    problems += [f"{name} not in this network" for name in sorted(set(stored) - set(expected))]
+    problems += [
+        f"{name}: checkpoint {tuple(stored[name].shape)}, network {tuple(expected[name].shape)}"
+        for name in sorted(set(stored) & set(expected))
+        if tuple(stored[name].shape) != tuple(expected[name].shape)
+    ]
+    if problems:
+        raise UserInputError(
+            f"{path} does not fit this network: {'; '.join(problems[:8])}"
+            f"{f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''}. Configure the network as the run "
+            f"that wrote it was (its config.yaml)"
+        )

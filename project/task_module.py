@@ -1,0 +1,268 @@
+"""The LightningModule: how a network is trained and measured for a task (the "system" around the network).
+
+The network is a plain ``nn.Module`` passed in as ``network`` (see :mod:`project.networks`); what its outputs mean
+(the loss, the scores the metrics take, the metrics) is the task's (see :mod:`project.tasks`); the optimizer is
+injected, and the parameter groups and learning-rate plan come from :mod:`project.finetuning`. What is left here is
+the textbook part: the steps, the logging, and what a checkpoint must hold.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+
+from project.checkpoints import allowed_class, import_path, read_checkpoint
+from project.errors import TrainingDivergedError, UserInputError
+from project.finetuning import (
+    build_optimization,
+    check_finetuning,
+    check_optimizer,
+    load_pretrained_backbone,
+    replan_on_resume,
+)
+from project.networks import Network, check_image_shape
+from project.resume import gather_to_every_rank, load_metric_state, metric_state
+from project.tasks import make_task
+
+Batch = tuple[Tensor, Tensor]
+
+
+class TaskModule(L.LightningModule):
+    """Trains ``network`` for ``task`` with an injected optimizer, an optional one-cycle schedule and fine-tuning.
+
+    Args:
+        network: the network (a :class:`~project.networks.Network`); the command line sizes its output for the data.
+        task: ``multiclass``, ``binary``, ``multilabel`` or ``regression`` (:mod:`project.tasks`); the command line
+            takes it from the data module.
+        optimizer: called with the parameter groups; the command line builds it from ``--model.optimizer`` (a
+            ``torch.optim`` class and its arguments, e.g. ``--model.optimizer SGD --model.optimizer.lr 0.01``);
+            default ``torch.optim.AdamW`` with its own defaults.
+        lr_schedule: ``none`` (constant) or ``onecycle`` (warm up to the optimizer's lr, then anneal; every step).
+        warmup_fraction: with ``onecycle``, the fraction of all steps spent warming up.
+        pretrained: a checkpoint, state dict or safetensors file whose backbone is loaded into the network before
+            training starts (the head stays new). Not the same as ``--ckpt_path``, which resumes a run.
+        freeze_backbone_epochs: keep the backbone's weights fixed for this many epochs, training only the head.
+        backbone_lr: the backbone's learning rate once it trains (default: the optimizer's, as the head's).
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        task: str = "multiclass",
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["none", "onecycle"] = "none",
+        warmup_fraction: float = 0.25,
+        pretrained: str | None = None,
+        freeze_backbone_epochs: int = 0,
+        backbone_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = make_task(task, getattr(network, "num_outputs", 0))
+        self.make_optimizer = optimizer or torch.optim.AdamW
+        check_optimizer(self.make_optimizer)
+        check_finetuning(network, freeze_backbone_epochs, backbone_lr)
+        if not 0 < warmup_fraction < 1:
+            raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")
+        with warnings.catch_warnings():
+            # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
+            warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        self.network = network
+        if hasattr(network, "in_channels") and hasattr(network, "image_size"):  # lets TensorBoard draw the graph
+            self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
+        metrics = self.task.metrics()
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
+        self.train_loss = MeanMetric()
+        self.pretrained_loaded = False
+        self.planned_lrs: list[float] = []
+        self.epoch_state_to_restore: dict[str, Any] | None = None
+
+    @property
+    def monitored_metric(self) -> tuple[str, Literal["min", "max"]]:
+        """The validation metric that picks the best checkpoint for this task, and whether higher or lower is better."""
+        return self.task.monitor
+
+    def logged_metric_names(self) -> set[str]:
+        """Every metric this module logs, as a callback's ``monitor`` would name it."""
+        names = {"train/loss_step", "train/loss_epoch", "val/loss", "test/loss"}
+        for metrics in (self.train_metrics, self.val_metrics, self.test_metrics):
+            names |= set(metrics.keys())
+        return names
+
+    def load_pretrained(self) -> str:
+        """Load the backbone of ``pretrained`` into the network (once); a summary of what was loaded."""
+        summary = load_pretrained_backbone(self.network, self.hparams.pretrained)
+        self.pretrained_loaded = True
+        return summary
+
+    # -- steps -------------------------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        images, targets = batch
+        outputs = self(images)
+        loss = self.task.loss(outputs, targets)
+        if not torch.isfinite(loss):  # before backward: the weights stay as they were
+            raise diverged(loss, batch, self.trainer.global_step, self.current_epoch, batch_idx)
+        self.train_metrics.update(self.task.scores(outputs.detach()), targets)
+        self.train_loss.update(loss.detach(), weight=len(targets))
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def evaluation_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> tuple[Tensor, Tensor]:
+        images, targets = batch
+        outputs = self(images)
+        loss = self.task.loss(outputs, targets)
+        metrics.update(self.task.scores(outputs), targets)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss, outputs
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        loss, outputs = self.evaluation_step(batch, "val", self.val_metrics)
+        return {"loss": loss, "outputs": outputs.detach()}  # for project.tensorboard_reports.TensorBoardReports
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.evaluation_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """The task's decisions: class indices, 0/1, 0/1 vectors of labels, or values."""
+        return self.task.decisions(self(batch[0]))
+
+    # -- optimization ------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer, scheduler = build_optimization(
+            self.network,
+            self.make_optimizer,
+            self.trainer,
+            hp.lr_schedule,
+            hp.warmup_fraction,
+            hp.freeze_backbone_epochs,
+            hp.backbone_lr,
+        )
+        self.planned_lrs = [group["initial_lr"] for group in optimizer.param_groups]  # before a checkpoint restores
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        check_image_shape(self.network, getattr(self.trainer, "datamodule", None))
+        # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
+        if stage == "fit" and self.hparams.pretrained and not self.trainer.ckpt_path and not self.pretrained_loaded:
+            rank_zero_info(self.load_pretrained())
+
+    def on_train_start(self) -> None:
+        # After a checkpoint was restored (Lightning calls no on_train_epoch_start for an epoch resumed part-way).
+        saved, self.epoch_state_to_restore = self.epoch_state_to_restore, None
+        if saved is not None and saved["epoch"] == self.current_epoch:  # resumed in the middle of this epoch
+            load_metric_state(self.train_metrics, saved["metrics"])
+            load_metric_state(self.train_loss, saved["loss"])
+        # The options given to a resumed run win over the checkpoint's learning-rate plan.
+        total = int(self.trainer.estimated_stepping_batches)
+        for note in replan_on_resume(self.trainer.optimizers[0], self.lr_schedulers(), self.planned_lrs, total):
+            rank_zero_info(f"Resumed with new settings: {note}")
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Objects built in Python (not by the command line) are stored as plain values, so that the checkpoint loads
+        # with torch.load(weights_only=True).
+        hparams = checkpoint.get("hyper_parameters", {})
+        for name in ("network", "optimizer"):
+            if hparams.get(name) is not None and not isinstance(hparams[name], dict):
+                hparams[name] = plain_spec(hparams[name])
+        trainer = self.trainer
+        # What a resumed run must keep the same for its steps to line up (checked by the command line).
+        checkpoint["run_layout"] = {
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "world_size": trainer.world_size,
+        }
+        # The training metrics of the epoch so far, per process: a run resumed mid-epoch reports the whole epoch.
+        local = {
+            "epoch": self.current_epoch,
+            "metrics": metric_state(self.train_metrics),
+            "loss": metric_state(self.train_loss),
+        }
+        checkpoint["epoch_metrics"] = {"ranks": gather_to_every_rank(trainer, local)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ranks = checkpoint.get("epoch_metrics", {}).get("ranks", [])
+        same_layout = len(ranks) == self.trainer.world_size
+        self.epoch_state_to_restore = ranks[self.trainer.global_rank] if same_layout else None
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **overrides: Any,
+    ) -> TaskModule:
+        """The model a checkpoint holds, rebuilt the checked way: the file is read with ``weights_only=True``, and the
+        classes it names must be on allow-lists (an already imported :class:`~project.networks.Network` subclass, a
+        ``torch.optim`` optimizer); their arguments are plain values. Lightning's own version lets the file choose
+        what to import and instantiate. ``overrides`` replace stored hyperparameters (``network=`` a built one)."""
+        if weights_only is False or hparams_file is not None:
+            raise UserInputError("checkpoints are read with weights_only=True and their own hyperparameters only")
+        checkpoint = read_checkpoint(Path(checkpoint_path))
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        hparams.update(overrides)
+        network, optimizer = hparams.pop("network", None), hparams.pop("optimizer", None)
+        if not isinstance(network, nn.Module):
+            network = from_spec(network, Network, "network", checkpoint_path)
+        if isinstance(optimizer, dict):
+            optimizer = from_spec(optimizer, torch.optim.Optimizer, "optimizer", checkpoint_path, build=False)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "optimizer"}
+        model = cls(network, optimizer=optimizer, **{k: v for k, v in hparams.items() if k in accepted})
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        model.pretrained_loaded = True  # the checkpoint's weights are the ones wanted, not the pretrained backbone
+        return model.to(map_location) if map_location is not None else model
+
+
+def plain_spec(value: Any) -> dict[str, Any]:
+    """An object built in Python as plain values: its class path and arguments (a network's ``config``, a partial's
+    keywords), the form the command line saves."""
+    if isinstance(value, functools.partial):
+        return {"class_path": import_path(value.func), "init_args": dict(value.keywords)}
+    cls = value if isinstance(value, type) else type(value)
+    return {"class_path": import_path(cls), "init_args": dict(getattr(value, "config", {}))}
+
+
+def from_spec(spec: Any, base: type, what: str, source: str | Path, build: bool = True) -> Any:
+    """Rebuild a ``{"class_path", "init_args"}`` spec from a checkpoint: the class from the allow-list of ``base``'s
+    subclasses; built (``build``) or as a factory of its arguments."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise UserInputError(f"{source} does not record its {what} (hyper_parameters.{what})")
+    cls = allowed_class(spec["class_path"], base, what)
+    arguments = dict(spec.get("init_args") or {})
+    return cls(**arguments) if build else functools.partial(cls, **arguments)
+
+
+def diverged(loss: Tensor, batch: Batch, step: int, epoch: int, batch_index: int) -> TrainingDivergedError:
+    """The error for a non-finite training loss, naming its cause when the batch itself holds non-finite numbers."""
+    where = f"at step {step} (epoch {epoch}, batch {batch_index})"
+    images, targets = batch
+    for name, tensor in (("images", images), ("targets", targets)):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return TrainingDivergedError(
+                f"the training loss is {loss.item()} {where} because the batch's {name} hold inf or nan: the data is "
+                f"broken, not the learning rate; stopping before it reaches the weights",
+                data_problem=True,
+            )
+    return TrainingDivergedError(f"the training loss is {loss.item()} {where}; stopping before it reaches the weights")

@@ -1,0 +1,43 @@
+"""A number: one output, mean squared error; MSE and MAE (and R² in reports)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.functional.regression import mean_absolute_error, mean_squared_error, r2_score
+
+from project.tasks.base import OneOutputTask
+
+
+class Regression(OneOutputTask):
+    name = "regression"
+    monitor = ("val/loss", "min")
+    summary = ("mse", "mae")
+
+    def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.mse_loss(outputs[:, 0], targets.float(), reduction="none")
+
+    def scores(self, outputs: Tensor) -> Tensor:
+        return outputs[:, 0]
+
+    def decisions(self, outputs: Tensor) -> Tensor:
+        return outputs[:, 0]
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+
+    def describe(self, value: Tensor, class_names: list[str]) -> str:
+        return f"{float(value):.2f}"
+
+    def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
+        targets = targets.float()
+        return {
+            "overall": {
+                "mse": mean_squared_error(scores, targets).item(),
+                "mae": mean_absolute_error(scores, targets).item(),
+                "r2": r2_score(scores, targets).item(),
+            }
+        }
