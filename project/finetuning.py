@@ -62,10 +62,13 @@ def build_optimization(
     warmup_fraction: float,
     freeze_backbone_epochs: int,
     backbone_lr: float | None,
+    lr_scale: float = 1.0,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """The optimizer over the network's parameter groups, and the scheduler that carries out the plan, stepped once
-    per optimizer step."""
+    """The optimizer over the network's parameter groups (their learning rates times ``lr_scale``), and the
+    scheduler that carries out the plan, stepped once per optimizer step."""
     optimizer = make_optimizer(parameter_groups(network, backbone_lr))
+    for group in optimizer.param_groups:
+        group["lr"] *= lr_scale
     total_steps = int(trainer.estimated_stepping_batches)
     frozen = frozen_steps(trainer, freeze_backbone_epochs)
     factors = [

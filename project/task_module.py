@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from project.checkpoints import allowed_class, import_path, read_checkpoint
-from project.errors import TrainingDivergedError, UserInputError
+from project.divergence import DivergenceWatch
+from project.errors import UserInputError
 from project.finetuning import (
     build_optimization,
     check_finetuning,
@@ -53,6 +54,11 @@ class TaskModule(L.LightningModule):
             training starts (the head stays new). Not the same as ``--ckpt_path``, which resumes a run.
         freeze_backbone_epochs: keep the backbone's weights fixed for this many epochs, training only the head.
         backbone_lr: the backbone's learning rate once it trains (default: the optimizer's, as the head's).
+        lr_batch_size: the batch size the learning rates are meant for; with another ``data.batch_size`` they are
+            scaled linearly (``lr * batch_size / lr_batch_size``, the warm-up of the one-cycle plan softening the
+            start). Default: no scaling.
+        channels_last: hold weights and images in channels-last memory layout (faster convolutions on GPUs).
+        compile: compile the network with ``torch.compile`` (the first steps take longer).
     """
 
     def __init__(
@@ -65,6 +71,9 @@ class TaskModule(L.LightningModule):
         pretrained: str | None = None,
         freeze_backbone_epochs: int = 0,
         backbone_lr: float | None = None,
+        lr_batch_size: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.task = make_task(task, getattr(network, "num_outputs", 0))
@@ -73,6 +82,8 @@ class TaskModule(L.LightningModule):
         check_finetuning(network, freeze_backbone_epochs, backbone_lr)
         if not 0 < warmup_fraction < 1:
             raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")
+        if lr_batch_size is not None and lr_batch_size < 1:
+            raise UserInputError(f"model.lr_batch_size must be a positive integer, got {lr_batch_size}")
         with warnings.catch_warnings():
             # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
@@ -87,6 +98,7 @@ class TaskModule(L.LightningModule):
         # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
         self.train_loss = MeanMetric()
         self.pretrained_loaded = False
+        self.divergence = DivergenceWatch()
         self.planned_lrs: list[float] = []
         self.epoch_state_to_restore: dict[str, Any] | None = None
 
@@ -110,14 +122,15 @@ class TaskModule(L.LightningModule):
 
     # -- steps -------------------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
         outputs = self(images)
         loss = self.task.loss(outputs, targets)
-        if not torch.isfinite(loss):  # before backward: the weights stay as they were
-            raise diverged(loss, batch, self.trainer.global_step, self.current_epoch, batch_idx)
+        self.divergence.record(loss, images, targets, self.trainer.global_step, self.current_epoch, batch_idx)
         self.train_metrics.update(self.task.scores(outputs.detach()), targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -145,9 +158,25 @@ class TaskModule(L.LightningModule):
         """The task's decisions: class indices, 0/1, 0/1 vectors of labels, or values."""
         return self.task.decisions(self(batch[0]))
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:  # the host syncs here anyway
+            self.divergence.check()
+
+    def on_train_epoch_end(self) -> None:
+        self.divergence.check()
+
     # -- optimization ------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            self.network.compile()  # compiles the call, keeps the module and its parameter names as they are
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if hp.lr_batch_size and not batch_size:
+            raise UserInputError("model.lr_batch_size scales the learning rate by data.batch_size, which is unknown")
         optimizer, scheduler = build_optimization(
             self.network,
             self.make_optimizer,
@@ -156,6 +185,7 @@ class TaskModule(L.LightningModule):
             hp.warmup_fraction,
             hp.freeze_backbone_epochs,
             hp.backbone_lr,
+            lr_scale=batch_size / hp.lr_batch_size if hp.lr_batch_size else 1.0,
         )
         self.planned_lrs = [group["initial_lr"] for group in optimizer.param_groups]  # before a checkpoint restores
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -179,6 +209,7 @@ class TaskModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.divergence.check()  # never a checkpoint of a run whose loss stopped being finite
         # Objects built in Python (not by the command line) are stored as plain values, so that the checkpoint loads
         # with torch.load(weights_only=True).
         hparams = checkpoint.get("hyper_parameters", {})
@@ -252,17 +283,3 @@ def from_spec(spec: Any, base: type, what: str, source: str | Path, build: bool 
     cls = allowed_class(spec["class_path"], base, what)
     arguments = dict(spec.get("init_args") or {})
     return cls(**arguments) if build else functools.partial(cls, **arguments)
-
-
-def diverged(loss: Tensor, batch: Batch, step: int, epoch: int, batch_index: int) -> TrainingDivergedError:
-    """The error for a non-finite training loss, naming its cause when the batch itself holds non-finite numbers."""
-    where = f"at step {step} (epoch {epoch}, batch {batch_index})"
-    images, targets = batch
-    for name, tensor in (("images", images), ("targets", targets)):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return TrainingDivergedError(
-                f"the training loss is {loss.item()} {where} because the batch's {name} hold inf or nan: the data is "
-                f"broken, not the learning rate; stopping before it reaches the weights",
-                data_problem=True,
-            )
-    return TrainingDivergedError(f"the training loss is {loss.item()} {where}; stopping before it reaches the weights")

@@ -24,7 +24,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from project.figures import confusion_figure, image_grid
+from project.figures import confusion_picture, grid_picture
 
 
 class RunLogger(TensorBoardLogger):
@@ -60,10 +60,12 @@ class RunLogger(TensorBoardLogger):
         self.graph_drawn = False
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
-        # Lightning asks at the start of fit and again for the test after fit: once is enough.
-        if not self.graph_drawn:
+        # Lightning asks at the start of fit and again for the test after fit: once is enough. The graph is traced
+        # with torch.jit, which cannot trace a compiled network.
+        compiled = bool(getattr(model, "hparams", {}).get("compile"))
+        if not self.graph_drawn and not compiled:
             super().log_graph(model, input_array)
-            self.graph_drawn = True
+        self.graph_drawn = True
 
 
 def logging_step(trainer: L.Trainer) -> int:
@@ -148,16 +150,17 @@ class TensorBoardReports(L.Callback):
         writer, step, task = logger.experiment, logging_step(trainer), pl_module.task
         names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(task.num_outputs)]
         if confusion is not None:
-            title = f"validation, epoch {trainer.current_epoch}"
             confusion_names = names if len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
-            writer.add_figure("val/confusion_matrix", confusion_figure(confusion.cpu(), confusion_names, title), step)
+            writer.add_image(
+                "val/confusion_matrix", confusion_picture(confusion.cpu(), confusion_names), step, dataformats="HWC"
+            )
         images, targets, decided = (tensor.cpu() for tensor in self.first)
         pairs = zip(targets, decided, strict=True)
         titles = [f"true {task.describe(t, names)}\npred {task.describe(d, names)}" for t, d in pairs]
-        writer.add_figure("val/samples", image_grid(images, titles), step)
+        writer.add_image("val/samples", grid_picture(images, titles), step, dataformats="HWC")
         losses, images, targets, decided = (tensor.cpu() for tensor in self.worst)
         titles = [
             f"true {task.describe(t, names)}\npred {task.describe(d, names)}\nloss {loss:.2f}"
             for loss, t, d in zip(losses.tolist(), targets, decided, strict=True)
         ]
-        writer.add_figure("val/worst", image_grid(images, titles), step)
+        writer.add_image("val/worst", grid_picture(images, titles), step, dataformats="HWC")

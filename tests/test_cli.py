@@ -12,6 +12,7 @@ import yaml
 from helpers import cli_error
 
 from project.cli import run_cli
+from project.networks import ConvNet
 from project.presets import CONFIG_DIR, run_name
 
 
@@ -118,3 +119,15 @@ def test_regression_data_through_the_command_line_keeps_the_lowest_validation_lo
     best = cli.trainer.checkpoint_callback
     assert (best.monitor, best.mode) == ("val/loss", "min")
     assert best.best_model_path and "test/mse" in cli.trainer.callback_metrics
+
+
+def test_a_compiled_run_saves_the_network_under_its_own_names_and_resumes(quick_args, run_dir):
+    # bf16-mixed, channels-last and compilation (the gpu modifier's options) on the CPU.
+    fast = ["--model.compile=true", "--model.channels_last=true", "--trainer.precision=bf16-mixed"]
+    run_cli(["fit", *quick_args, *fast, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert set(state) >= {f"network.{name}" for name in ConvNet().state_dict()}
+    assert not any("_orig_mod" in name for name in state)
+    cli = run_cli(["fit", *quick_args, *fast, "--ckpt_path=last", "--test_after_fit=false"])
+    assert cli.trainer.global_step == 20

@@ -154,3 +154,41 @@ def test_checkpoint_of_a_network_built_in_python_loads_with_weights_only(fake_da
         "class_path": "project.networks.ConvNet",
         "init_args": ConvNet(width=8).config,
     }
+
+
+def test_lr_batch_size_scales_the_learning_rate_linearly_with_the_batch(fake_data_dir, run_dir):
+    from helpers import quiet_trainer
+
+    from project.data import MNISTDataModule
+
+    module = TaskModule(ConvNet(), optimizer=partial(torch.optim.SGD, lr=0.01), lr_batch_size=25)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50))
+    assert [group["initial_lr"] for group in trainer.optimizers[0].param_groups] == [pytest.approx(0.02)] * 2
+
+
+def test_channels_last_keeps_the_outputs_and_changes_the_layout(fake_data_dir):
+    torch.manual_seed(0)
+    plain = TaskModule(ConvNet()).eval()
+    fast = TaskModule(ConvNet(), channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    weight = fast.network.backbone[2].weight  # 32 input channels: the layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    images = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(fast(images), plain(images))
+
+
+def test_the_divergence_watch_names_the_first_step_with_a_non_finite_loss():
+    from project.divergence import DivergenceWatch
+    from project.errors import TrainingDivergedError
+
+    watch = DivergenceWatch()
+    images, targets = torch.zeros(2, 1, 4, 4), torch.zeros(2)
+    for step, loss in enumerate([0.5, float("inf"), float("nan"), 0.4]):
+        watch.record(torch.tensor(loss), images, targets, step, epoch=0, batch_index=step)
+    with pytest.raises(TrainingDivergedError, match=r"the training loss is inf at step 1 \(epoch 0, batch 1\)"):
+        watch.check()
+    healthy = DivergenceWatch()
+    healthy.record(torch.tensor(0.5), images, targets, 0, 0, 0)
+    healthy.check()  # nothing to say

@@ -86,6 +86,12 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(killed_mi
     assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
 
+def test_resume_after_sigkill_is_bit_identical_on_the_per_image_data_path_too(tmp_path, fake_data_dir):
+    runs = Runs(tmp_path, fake_data_dir, ["--data.in_memory=false"], kill_at_step=17)
+    resumed = runs.resume_copy(tmp_path / "resumed")
+    assert_same_training_state(runs.last_checkpoint(runs.straight_dir), resumed)
+
+
 def test_the_interrupted_epochs_training_metrics_equal_the_uninterrupted_runs(killed_mid_epoch, tmp_path):
     from helpers import directory_scalars
 

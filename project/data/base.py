@@ -5,7 +5,6 @@ augmentation (:mod:`project.data.augment`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from project.data.augment import random_shift
-from project.data.splits import few_shot_indices, seeded_split
+from project.data.in_memory import DeviceBatches, SplitTensors, memory_splits
+from project.data.labels import LabelRule, RelabelledTargets
+from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
 from project.resume import ExactResume, ResumableDataLoader, ResumableSampler
 from project.tasks import Task
@@ -30,37 +31,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
         return Path(data_dir).expanduser()
     from_env = os.environ.get(DATA_DIR_ENV)
     return Path(from_env).expanduser() if from_env else Path("data")
-
-
-class RelabelledTargets(Dataset):
-    """A dataset whose class targets pass through a label rule (see :class:`LabelRule`)."""
-
-    def __init__(self, dataset: Dataset, rule: LabelRule) -> None:
-        self.dataset = dataset
-        self.rule = rule
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image, target = self.dataset[index]
-        return image, self.rule(target)
-
-
-class LabelRule:
-    """Targets from class labels: for each named label, 1 if the class is one of its classes, else 0.
-
-    One label (``positive_classes``) makes a binary target, an int; several (``label_sets``) a multilabel target, a
-    0/1 vector. Picklable, for DataLoader workers.
-    """
-
-    def __init__(self, label_sets: dict[str, Sequence[int]], binary: bool) -> None:
-        self.label_sets = {name: frozenset(classes) for name, classes in label_sets.items()}
-        self.binary = binary
-
-    def __call__(self, label: int) -> int | Tensor:
-        flags = [int(int(label) in classes) for classes in self.label_sets.values()]
-        return flags[0] if self.binary else torch.tensor(flags)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -85,6 +55,9 @@ class ImageDataModule(L.LightningDataModule):
             (``{even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}``).
         augment_shift: augment training batches with random shifts of up to this many pixels (0: off).
         shuffle_seed: seed of the training order and the augmentation; default: the run's ``seed_everything``.
+        in_memory: hold every split as tensors on the training device and draw batches by index (the fast path;
+            ``num_workers`` then does not apply); default: whenever the data can be (see
+            :mod:`project.data.in_memory`); ``false``: load images one by one through a DataLoader.
     """
 
     default_task = "multiclass"
@@ -103,9 +76,10 @@ class ImageDataModule(L.LightningDataModule):
         label_sets: dict[str, list[int]] | None = None,
         augment_shift: int = 0,
         shuffle_seed: int | None = None,
+        in_memory: bool | None = None,
     ) -> None:
         super().__init__()
-        check_options(batch_size, eval_batch_size, num_workers, val_size, samples_per_class, train_fraction)
+        check_split_options(batch_size, eval_batch_size, num_workers, val_size, samples_per_class, train_fraction)
         if augment_shift < 0:
             raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
         if positive_classes and label_sets:
@@ -128,6 +102,8 @@ class ImageDataModule(L.LightningDataModule):
         self.augment_shift = augment_shift
         self.shuffle_seed = shuffle_seed if shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.augment_generator = torch.Generator().manual_seed(self.shuffle_seed)
+        self.in_memory = in_memory
+        self.memory: dict[str, SplitTensors] = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -146,6 +122,15 @@ class ImageDataModule(L.LightningDataModule):
     def files_ready(self) -> bool:
         """Whether :meth:`setup` can read the data now (no download pending)."""
         return True
+
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """Mean and standard deviation per channel, which the in-memory path normalises with."""
+        raise NotImplementedError
+
+    def leaf_tensors(self, dataset: Dataset) -> SplitTensors | None:
+        """A dataset as :meth:`load_split` returns it, as tensors; ``None`` when it cannot be held in memory."""
+        tensors = getattr(dataset, "tensors", None)
+        return tensors() if callable(tensors) else None
 
     # -- derived from the arguments ----------------------------------------------------------------------------
     @property
@@ -194,6 +179,11 @@ class ImageDataModule(L.LightningDataModule):
             self.train_set, self.val_set = self.split_train(self.checked(self.load_split(train=True), "training"))
         if self.test_set is None:
             self.test_set = self.relabelled(self.checked(self.load_split(train=False), "test"))
+        if self.in_memory is not False:
+            splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+            self.memory = memory_splits(splits, self.leaf_tensors)
+            if self.in_memory and self.memory.keys() != {name for name, split in splits.items() if split is not None}:
+                raise UserInputError(f"data.in_memory: {type(self).__name__}'s data cannot be held in memory")
 
     def checked(self, dataset: Dataset, split: str) -> Dataset:
         """``dataset``, after checking that its labels are classes of this data (0 .. num_classes - 1)."""
@@ -236,7 +226,16 @@ class ImageDataModule(L.LightningDataModule):
             generator=torch.Generator(),  # worker seeds drawn from here, not from the global generator
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def batches(
+        self, split: str, dataset: Dataset | None, batch_size: int, sampler: ResumableSampler | None = None
+    ) -> DataLoader | DeviceBatches:
+        """The split's batches: drawn on the training device when it is held in memory, else a DataLoader."""
+        if split in self.memory:
+            device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+            return DeviceBatches(self.memory[split], batch_size, *self.normalisation(), device, sampler)
+        return self.loader(dataset, batch_size, sampler)
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         trainer = self.trainer
         resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None) if trainer else None
         sampler = ResumableSampler(
@@ -246,16 +245,16 @@ class ImageDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             position=(lambda: resume.position(trainer, self.batch_size)) if resume else None,
         )
-        return self.loader(self.train_set, self.batch_size, sampler)
+        return self.batches("train", self.train_set, self.batch_size, sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_set, self.eval_batch_size)
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        return self.batches("val", self.val_set, self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
-        return self.loader(self.test_set, self.eval_batch_size)
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self.batches("test", self.test_set, self.eval_batch_size)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.loader(self.test_set, self.eval_batch_size)
+    def predict_dataloader(self) -> DataLoader | DeviceBatches:
+        return self.batches("test", self.test_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not self.augment_shift or self.trainer is None or not self.trainer.training:
@@ -270,27 +269,3 @@ class ImageDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.augment_generator.set_state(state_dict["augment_generator"])
-
-
-def check_options(
-    batch_size: int,
-    eval_batch_size: int,
-    num_workers: int,
-    val_size: int | float,
-    samples_per_class: int | None,
-    train_fraction: float | None,
-) -> None:
-    """Refuse data options that cannot work, naming the value and what is allowed."""
-    for name, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
-        if value < 1:
-            raise UserInputError(f"data.{name} must be a positive integer, got {value}")
-    if num_workers < 0:
-        raise UserInputError(f"data.num_workers must be 0 or more, got {num_workers}")
-    if not (val_size >= 1 if isinstance(val_size, int) else 0 < val_size < 1):
-        raise UserInputError(f"data.val_size must be a count of 1 or more, or a fraction in (0, 1), got {val_size}")
-    if samples_per_class is not None and train_fraction is not None:
-        raise UserInputError("data.samples_per_class and data.train_fraction exclude each other: set one")
-    if samples_per_class is not None and samples_per_class < 1:
-        raise UserInputError(f"data.samples_per_class must be a positive integer, got {samples_per_class}")
-    if train_fraction is not None and not 0 < train_fraction <= 1:
-        raise UserInputError(f"data.train_fraction must lie in (0, 1], got {train_fraction}")

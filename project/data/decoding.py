@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
+from project.data.in_memory import SplitTensors
 from project.errors import UserInputError, first_line
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -51,7 +52,10 @@ class ImageConversion:
         return TF.pil_to_tensor(resized)
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        return (pixels.float() / 255 - self.mean) / self.std
+        """As the in-memory path normalises (and torchvision's ToTensor and Normalize): /255, minus mean, over std."""
+        mean = torch.tensor([self.mean] * self.channels).view(-1, 1, 1)
+        std = torch.tensor([self.std] * self.channels).view(-1, 1, 1)
+        return (pixels.float() / 255).sub_(mean).div_(std)
 
 
 class FileImages(Dataset):
@@ -82,6 +86,10 @@ class FileImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def tensors(self) -> SplitTensors | None:
+        """The decoded images and targets (the in-memory path), or ``None`` when they were too big to keep."""
+        return SplitTensors(self.pixels, self.targets) if self.pixels is not None else None
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         pixels = self.pixels[index] if self.pixels is not None else self.conversion.decode(self.paths[index])

@@ -67,6 +67,10 @@ class FileDataModule(ImageDataModule):
         """The dataset stored at ``source`` (a folder or a file)."""
         raise NotImplementedError
 
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        conversion = self.conversion
+        return [conversion.mean] * conversion.channels, [conversion.std] * conversion.channels
+
     def sources(self) -> tuple[Path, Path | None]:
         """Where the training data is, and the test data if it is stored apart."""
         raise NotImplementedError

@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms import functional as TF
 
-from project.data.torchvision_family import MNISTDataModule
+from project.data.in_memory import SplitTensors
+from project.data.torchvision_family import MNISTDataModule, apply, raw_pixels
 from project.errors import UserInputError
 
 
@@ -21,10 +23,13 @@ class RotatedImages(Dataset):
     The angles depend only on ``seed``, so every epoch and every run sees the same ones.
     """
 
-    def __init__(self, dataset: Dataset, max_angle: float, seed: int, transform: Callable) -> None:
+    def __init__(
+        self, dataset: Dataset, max_angle: float, seed: int, transform: Callable, image_steps: list[Callable]
+    ) -> None:
         self.dataset = dataset
         self.max_angle = max_angle
         self.transform = transform
+        self.image_steps = image_steps
         generator = torch.Generator().manual_seed(seed)
         self.angles = ((torch.rand(len(dataset), generator=generator) * 2 - 1) * max_angle).tolist()
 
@@ -33,9 +38,16 @@ class RotatedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, float]:
         image, _ = self.dataset[index]
-        angle = self.angles[index]
-        rotated = image.rotate(angle, resample=Image.Resampling.BILINEAR)
-        return self.transform(rotated), angle / self.max_angle
+        return self.transform(self.rotated(image, index)), self.angles[index] / self.max_angle
+
+    def rotated(self, image: Image.Image, index: int) -> Image.Image:
+        return image.rotate(self.angles[index], resample=Image.Resampling.BILINEAR)
+
+    def tensors(self) -> SplitTensors:
+        """Every image rotated once, as uint8 (the in-memory path), and the targets."""
+        images = (Image.fromarray(pixels.numpy()) for pixels in raw_pixels(self.dataset))
+        rotated = [TF.pil_to_tensor(apply(self.image_steps, self.rotated(image, i))) for i, image in enumerate(images)]
+        return SplitTensors(torch.stack(rotated), torch.tensor(self.angles) / self.max_angle)
 
 
 class RotationDataModule(MNISTDataModule):
@@ -59,7 +71,11 @@ class RotationDataModule(MNISTDataModule):
     def load_split(self, train: bool) -> Dataset:
         dataset = super().load_split(train)
         transform, dataset.transform = dataset.transform, None  # rotate the PIL image first, then convert it
-        return RotatedImages(dataset, self.max_angle, self.angle_seed + (0 if train else 1), transform)
+        seed = self.angle_seed + (0 if train else 1)
+        return RotatedImages(dataset, self.max_angle, seed, transform, self.image_steps())
+
+    def leaf_tensors(self, dataset: RotatedImages) -> SplitTensors:
+        return dataset.tensors()
 
     def split_labels(self, dataset: Dataset) -> None:
         return None

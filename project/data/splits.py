@@ -53,3 +53,27 @@ def subset_labels(dataset: Dataset, labels_of_base: Tensor) -> Tensor:
     if isinstance(dataset, Subset):
         return subset_labels(dataset.dataset, labels_of_base)[torch.as_tensor(dataset.indices)]
     return labels_of_base
+
+
+def check_split_options(
+    batch_size: int,
+    eval_batch_size: int,
+    num_workers: int,
+    val_size: int | float,
+    samples_per_class: int | None,
+    train_fraction: float | None,
+) -> None:
+    """Refuse data options that cannot work, naming the value and what is allowed."""
+    for name, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
+        if value < 1:
+            raise UserInputError(f"data.{name} must be a positive integer, got {value}")
+    if num_workers < 0:
+        raise UserInputError(f"data.num_workers must be 0 or more, got {num_workers}")
+    if not (val_size >= 1 if isinstance(val_size, int) else 0 < val_size < 1):
+        raise UserInputError(f"data.val_size must be a count of 1 or more, or a fraction in (0, 1), got {val_size}")
+    if samples_per_class is not None and train_fraction is not None:
+        raise UserInputError("data.samples_per_class and data.train_fraction exclude each other: set one")
+    if samples_per_class is not None and samples_per_class < 1:
+        raise UserInputError(f"data.samples_per_class must be a positive integer, got {samples_per_class}")
+    if train_fraction is not None and not 0 < train_fraction <= 1:
+        raise UserInputError(f"data.train_fraction must lie in (0, 1], got {train_fraction}")

@@ -19,6 +19,7 @@ from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
 from project.data.base import DATA_DIR_ENV, ImageDataModule
+from project.data.in_memory import SplitTensors
 from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
@@ -85,6 +86,12 @@ def raw_labels(dataset: Dataset) -> Tensor:
     """The class labels a torchvision dataset holds in memory (QMNIST: the first column, its class)."""
     targets = torch.as_tensor(dataset.targets)
     return targets[:, 0] if targets.ndim == 2 else targets
+
+
+def apply(steps: list[Callable[[Image.Image], Image.Image]], image: Image.Image) -> Image.Image:
+    for step in steps:
+        image = step(image)
+    return image
 
 
 class ShiftLabel:
@@ -201,14 +208,32 @@ class MNISTDataModule(ImageDataModule):
             dataset.target_transform = ShiftLabel(self.spec.label_offset)
         return dataset
 
-    def transform(self) -> Callable[[Image.Image], Tensor]:
+    def image_steps(self) -> list[Callable[[Image.Image], Image.Image]]:
+        """What turns a stored image into one of this module's images: upright, at ``image_size``."""
         steps: list[Callable] = []
         if self.spec.transposed:
             steps.append(transpose_image)
         if self.image_size != self.spec.side:
             steps.append(transforms.Resize((self.image_size, self.image_size), antialias=True))
-        steps += [TF.to_tensor, transforms.Normalize((self.mean_std[0],), (self.mean_std[1],))]
-        return transforms.Compose(steps)
+        return steps
+
+    def transform(self) -> Callable[[Image.Image], Tensor]:
+        normalise = transforms.Normalize((self.mean_std[0],), (self.mean_std[1],))
+        return transforms.Compose([*self.image_steps(), TF.to_tensor, normalise])
+
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        return [self.mean_std[0]], [self.mean_std[1]]
+
+    def leaf_tensors(self, dataset: Dataset) -> SplitTensors:
+        """The images as uint8 (decoded once: MNIST's own tensor, or each image through :meth:`image_steps`)."""
+        steps = self.image_steps()
+        if steps:
+            pixels = torch.stack(
+                [TF.pil_to_tensor(apply(steps, Image.fromarray(image.numpy()))) for image in raw_pixels(dataset)]
+            )
+        else:
+            pixels = raw_pixels(dataset).unsqueeze(1)
+        return SplitTensors(pixels, raw_labels(dataset) + self.spec.label_offset)
 
     def split_labels(self, dataset: Dataset) -> Tensor:
         base = dataset

@@ -1,0 +1,102 @@
+"""The in-memory data path: a split held as tensors on the training device, batches drawn by index.
+
+A split that fits is decoded once into uint8 pixels ``(N, C, H, W)`` and its targets; both move to the training
+device once. Each batch is then a gather of rows by index (in the resumable sampler's order for training, in order
+for evaluation) and a normalisation, on the device: no per-image Python, no host-to-device copy per batch, no
+DataLoader workers. The order and the pixels are the same as the per-image path's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from project.data.labels import RelabelledTargets
+from project.errors import UserInputError
+from project.resume import ResumableSampler
+
+
+class SplitTensors(NamedTuple):
+    """A split as tensors: uint8 pixels (N, C, H, W) and the targets of the same N examples."""
+
+    pixels: Tensor
+    targets: Tensor
+
+    def take(self, indices: list[int] | Tensor) -> SplitTensors:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return SplitTensors(self.pixels[index], self.targets[index])
+
+
+class DeviceBatches:
+    """``(images, targets)`` batches from a :class:`SplitTensors` on ``device``, like a DataLoader's.
+
+    With a ``sampler`` (training) the batches follow its order, which resumes part-way through an epoch; without
+    one they go through the split in order. Images are normalised with ``mean`` and ``std`` per channel.
+    """
+
+    def __init__(
+        self,
+        split: SplitTensors,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        sampler: ResumableSampler | None = None,
+    ) -> None:
+        self.split = SplitTensors(split.pixels.to(device), split.targets.to(device))
+        self.batch_size = batch_size
+        self.order = sampler  # not "sampler": Lightning would take this for a DataLoader
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        count = len(self.order) if self.order is not None else len(self.split.targets)
+        return -(-count // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        device = self.split.targets.device
+        if self.order is not None:
+            order = torch.tensor(list(self.order), dtype=torch.long, device=device)
+        else:
+            order = torch.arange(len(self.split.targets), device=device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            pixels = self.split.pixels[index]
+            yield (pixels.float() / 255).sub_(self.mean).div_(self.std), self.split.targets[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shuffle_seed": self.order.seed} if self.order is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.order is not None and state_dict.get("shuffle_seed", self.order.seed) != self.order.seed:
+            raise UserInputError(
+                f"the checkpoint was trained with shuffle seed {state_dict['shuffle_seed']} and this run has "
+                f"{self.order.seed}: resume with the same seed_everything (or data.shuffle_seed)"
+            )
+
+
+def memory_splits(
+    splits: dict[str, Dataset | None], leaf_tensors: Callable[[Dataset], SplitTensors | None]
+) -> dict[str, SplitTensors]:
+    """The splits that can be held in memory, as tensors: a split's subsets and label rules are applied to the
+    tensors of the dataset under them (``leaf_tensors``, computed once for the splits that share it)."""
+    leaves: dict[int, SplitTensors | None] = {}
+
+    def tensors_of(dataset: Dataset) -> SplitTensors | None:
+        if isinstance(dataset, RelabelledTargets | Subset):
+            inner = tensors_of(dataset.dataset)
+            if inner is None:
+                return None
+            if isinstance(dataset, Subset):
+                return inner.take(dataset.indices)
+            return SplitTensors(inner.pixels, dataset.rule.apply(inner.targets))
+        if id(dataset) not in leaves:
+            leaves[id(dataset)] = leaf_tensors(dataset)
+        return leaves[id(dataset)]
+
+    held = {name: tensors_of(dataset) for name, dataset in splits.items() if dataset is not None}
+    return {name: tensors for name, tensors in held.items() if tensors is not None}

@@ -1,0 +1,46 @@
+"""Label rules: binary and multilabel targets made from class labels (data.positive_classes, data.label_sets)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class RelabelledTargets(Dataset):
+    """A dataset whose class targets pass through a label rule (see :class:`LabelRule`)."""
+
+    def __init__(self, dataset: Dataset, rule: LabelRule) -> None:
+        self.dataset = dataset
+        self.rule = rule
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, target = self.dataset[index]
+        return image, self.rule(target)
+
+
+class LabelRule:
+    """Targets from class labels: for each named label, 1 if the class is one of its classes, else 0.
+
+    One label (``positive_classes``) makes a binary target, an int; several (``label_sets``) a multilabel target, a
+    0/1 vector. Picklable, for DataLoader workers.
+    """
+
+    def __init__(self, label_sets: dict[str, Sequence[int]], binary: bool) -> None:
+        self.label_sets = {name: frozenset(classes) for name, classes in label_sets.items()}
+        self.binary = binary
+
+    def __call__(self, label: int) -> int | Tensor:
+        flags = [int(int(label) in classes) for classes in self.label_sets.values()]
+        return flags[0] if self.binary else torch.tensor(flags)
+
+    def apply(self, labels: Tensor) -> Tensor:
+        """The rule on a whole tensor of class labels at once."""
+        flags = [torch.isin(labels, torch.tensor(sorted(classes))).long() for classes in self.label_sets.values()]
+        return flags[0] if self.binary else torch.stack(flags, dim=1)

@@ -1,0 +1,352 @@
+#!/usr/bin/env python
+"""Speed, memory and accuracy of four ways to train the classic MNIST CNN, side by side in one process, on one
+device and the same real data:
+
+1. ``tutorial``: the classic tutorial loop (torchvision MNIST through PIL and ToTensor, DataLoader, batch 64, SGD
+   lr 0.01; a test pass after each epoch);
+2. ``tuned``: a tuned raw PyTorch loop (uint8 data kept on the device, batch 512, Nesterov SGD with a one-cycle
+   schedule; bf16 autocast and channels-last on a GPU);
+3. ``project``: this project's Trainer path with the default preset, as users run it (its logs and checkpoints too);
+4. ``project-fast``: the same with the ``gpu`` preset (batch 512, scaled learning rate; on a CPU without bf16,
+   channels-last and compilation, which only pay on a GPU).
+
+    python scripts/benchmark.py --data-dir ../shared/data                 # 2 epochs each, the CPU or the GPU
+    python scripts/benchmark.py --data-dir ../shared/data --device cuda --epochs 6
+    python scripts/benchmark.py --data-dir ../shared/data --quick         # 50 steps an epoch: a smoke test
+
+Per epoch: training seconds, training + evaluation seconds (the tutorials' test pass; the Trainer's validation,
+logging and checkpoints), images per training second, test accuracy (measured outside the timings). Per run:
+start-up (from the call to the first step), time to 99.0% test accuracy (training seconds until the end of the first
+epoch that reaches it), peak memory (resident set; the GPU's max allocated). Prints the tables and the ratios
+project / tutorial and project-fast / tuned, and writes them as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from project.cli import run_cli
+from project.networks import ConvNet
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+@dataclass
+class Epoch:
+    train_seconds: float
+    total_seconds: float
+    images_per_second: float
+    test_accuracy: float
+
+
+@dataclass
+class Run:
+    name: str
+    startup_seconds: float = 0.0
+    first_step_seconds: float = 0.0
+    epochs: list[Epoch] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float = 0.0
+
+    @property
+    def seconds_to_99(self) -> float | None:
+        elapsed = 0.0
+        for epoch in self.epochs:
+            elapsed += epoch.train_seconds
+            if epoch.test_accuracy >= 0.99:
+                return elapsed
+        return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak resident memory (and GPU memory) while the block runs: Linux resets the peak through clear_refs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        Path("/proc/self/clear_refs").write_text("5")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def read(self, run: Run) -> None:
+        status = Path("/proc/self/status").read_text().splitlines()
+        run.peak_rss_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+        if self.device.type == "cuda":
+            run.peak_gpu_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    model.eval()
+    right = sum((model(images).argmax(1) == targets).sum().item() for images, targets in batches)
+    model.train()
+    return right / sum(len(targets) for _, targets in batches)
+
+
+def tutorial(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
+    """pytorch/examples' MNIST loop as tutorials write it: PIL images, ToTensor, DataLoader, SGD lr 0.01."""
+    run, start = Run("tutorial"), time.perf_counter()
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    train = datasets.MNIST(data_dir, train=True, transform=transform)
+    test = datasets.MNIST(data_dir, train=False, transform=transform)
+    if quick:
+        train, test = Subset(train, range(min(len(train), 50 * 64))), Subset(test, range(min(len(test), 2000)))
+    train_loader = DataLoader(train, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test, batch_size=1000)
+    model = ConvNet().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(epochs):
+        sync(device)
+        epoch_start = time.perf_counter()
+        for images, targets in train_loader:
+            images, targets = images.to(device), targets.to(device)
+            if not run.startup_seconds:
+                run.startup_seconds = time.perf_counter() - start
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), targets).backward()
+            optimizer.step()
+        sync(device)
+        trained = time.perf_counter()
+        test_accuracy = accuracy(model, [(i.to(device), t.to(device)) for i, t in test_loader])
+        sync(device)
+        total = time.perf_counter() - epoch_start
+        run.epochs.append(Epoch(trained - epoch_start, total, len(train) / (trained - epoch_start), test_accuracy))
+    return run
+
+
+def device_split(data_dir: str, train: bool, device: torch.device, count: int | None) -> tuple:
+    dataset = datasets.MNIST(data_dir, train=train)
+    pixels, targets = dataset.data[:count].unsqueeze(1).to(device), dataset.targets[:count].to(device)
+    return pixels, targets
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels.float() / 255 - MNIST_MEAN) / MNIST_STD
+
+
+def tuned(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
+    """A tuned raw loop: uint8 data on the device, batch 512, Nesterov SGD + one-cycle (bf16, channels-last on GPU)."""
+    run, start = Run("tuned"), time.perf_counter()
+    pixels, targets = device_split(data_dir, True, device, 50 * 512 if quick else None)
+    test_pixels, test_targets = device_split(data_dir, False, device, 2000 if quick else None)
+    on_gpu = device.type == "cuda"
+    memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+    model = ConvNet().to(device, memory_format=memory_format)
+    steps_per_epoch = math.ceil(len(targets) / 512)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=epochs * steps_per_epoch)
+    test_batches = [
+        (normalise(test_pixels[i : i + 1000]).contiguous(memory_format=memory_format), test_targets[i : i + 1000])
+        for i in range(0, len(test_targets), 1000)
+    ]
+    for _ in range(epochs):
+        sync(device)
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(targets), device=device)
+        for first in range(0, len(order), 512):
+            index = order[first : first + 512]
+            images = normalise(pixels[index]).contiguous(memory_format=memory_format)
+            if not run.startup_seconds:
+                run.startup_seconds = time.perf_counter() - start
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                loss = F.cross_entropy(model(images), targets[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        sync(device)
+        trained = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+            test_accuracy = accuracy(model, test_batches)
+        sync(device)
+        total = time.perf_counter() - epoch_start
+        run.epochs.append(Epoch(trained - epoch_start, total, len(targets) / (trained - epoch_start), test_accuracy))
+    return run
+
+
+class Probe(L.Callback):
+    """Times a Trainer run from inside: epochs (what the Trainer does between two epoch starts), the training part
+    (until validation starts), start-up and the first step; measures test accuracy after each epoch, outside the
+    timings."""
+
+    run: Run | None = None
+    started = 0.0
+
+    def __init__(self) -> None:
+        self.epoch_start = self.validation_start = self.excluded = self.first_batch = 0.0
+        self.test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loader = trainer.datamodule.test_dataloader()
+        self.test_batches = [(i.to(pl_module.device), t.to(pl_module.device)) for i, t in loader]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.close_epoch(trainer, pl_module)
+        self.epoch_start, self.validation_start, self.excluded = time.perf_counter(), 0.0, 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if not Probe.run.startup_seconds:
+            Probe.run.startup_seconds = time.perf_counter() - Probe.started
+            self.first_batch = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if not Probe.run.first_step_seconds:
+            sync(pl_module.device)
+            Probe.run.first_step_seconds = time.perf_counter() - self.first_batch
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training or not trainer.sanity_checking:
+            sync(pl_module.device)
+            self.validation_start = self.validation_start or time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sync(pl_module.device)
+        measured = time.perf_counter()
+        with torch.autocast(pl_module.device.type, enabled=False):
+            self.test_accuracy = accuracy(pl_module, self.test_batches)
+        self.excluded += time.perf_counter() - measured
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.close_epoch(trainer, pl_module)
+
+    def close_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.epoch_start:
+            return
+        sync(pl_module.device)
+        total = time.perf_counter() - self.epoch_start - self.excluded
+        train = (self.validation_start or time.perf_counter()) - self.epoch_start
+        images = trainer.num_training_batches * trainer.datamodule.batch_size
+        Probe.run.epochs.append(Epoch(train, total, images / train, self.test_accuracy))
+        self.epoch_start = 0.0
+
+
+def project(name: str, presets: list[str]) -> Callable[[str, torch.device, int, bool], Run]:
+    def trainer_run(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
+        Probe.run, Probe.started = Run(name), time.perf_counter()
+        with tempfile.TemporaryDirectory() as logs:
+            args = ["fit", *presets, f"--data.data_dir={data_dir}", "--data.download=false", "--test_after_fit=false",
+                    f"--trainer.max_epochs={epochs}", f"--trainer.accelerator={device.type}", "--trainer.devices=1",
+                    "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={logs}",
+                    "--trainer.callbacks+=__main__.Probe"]  # fmt: skip
+            if quick:
+                args += [
+                    "--trainer.limit_train_batches=50",
+                    "--trainer.limit_val_batches=2",
+                    "--trainer.limit_test_batches=2",
+                ]
+            run_cli(args)
+        return Probe.run
+
+    return trainer_run
+
+
+def fast_presets(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["--config=gpu"]
+    return ["--config=gpu", "--trainer.precision=32-true", "--model.channels_last=false", "--model.compile=false"]
+
+
+def tables(runs: list[Run]) -> str:
+    lines = [
+        "| run | epoch | training s | training + evaluation s | images/s | test accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for k, epoch in enumerate(run.epochs, 1):
+            lines.append(f"| {run.name} | {k} | {epoch.train_seconds:.1f} | {epoch.total_seconds:.1f} | "
+                         f"{epoch.images_per_second:,.0f} | {epoch.test_accuracy:.2%} |")  # fmt: skip
+    lines += [
+        "",
+        "| run | start-up s | first step s | time to 99.0% | peak RSS MB | peak GPU MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        to_99 = f"{run.seconds_to_99:.1f} s" if run.seconds_to_99 is not None else "not reached"
+        gpu = f"{run.peak_gpu_mb:,.0f}" if run.peak_gpu_mb else "-"
+        lines.append(f"| {run.name} | {run.startup_seconds:.1f} | {run.first_step_seconds:.2f} | {to_99} | "
+                     f"{run.peak_rss_mb:,.0f} | {gpu} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def ratios(runs: dict[str, Run]) -> dict[str, float]:
+    def mean_total(run: Run) -> float:
+        return sum(epoch.total_seconds for epoch in run.epochs) / len(run.epochs)
+
+    found = {}
+    for name, (numerator, denominator) in {"project/tutorial": ("project", "tutorial"),
+                                           "project-fast/tuned": ("project-fast", "tuned")}.items():  # fmt: skip
+        if numerator in runs and denominator in runs:
+            found[f"{name} epoch time"] = mean_total(runs[numerator]) / mean_total(runs[denominator])
+            found[f"{name} peak memory"] = runs[numerator].peak_rss_mb / runs[denominator].peak_rss_mb
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="folder holding MNIST/raw")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="50 training steps an epoch and 2,000 test images")
+    parser.add_argument("--runs", nargs="+", default=["tutorial", "tuned", "project", "project-fast"])
+    parser.add_argument("--out", default="benchmark.json", help="where the JSON goes")
+    args = parser.parse_args()
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
+    makers = {"tutorial": tutorial, "tuned": tuned, "project": project("project", []),
+              "project-fast": project("project-fast", fast_presets(device))}  # fmt: skip
+    results: dict[str, Run] = {}
+    for name in args.runs:
+        with PeakMemory(device) as memory:
+            run = makers[name](args.data_dir, device, args.epochs, args.quick)
+            memory.read(run)
+        results[name] = run
+        print(f"{name}: {[round(epoch.total_seconds, 1) for epoch in run.epochs]} s per epoch, "
+              f"test accuracy {[round(epoch.test_accuracy, 4) for epoch in run.epochs]}", flush=True)  # fmt: skip
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
+    print(f"\n{device.type}: {machine}; {args.epochs} epochs{' (quick)' if args.quick else ''}\n")
+    print(tables(list(results.values())))
+    found = ratios(results)
+    for name, value in found.items():
+        print(f"{name}: {value:.2f}x")
+    for run in results.values():
+        if run.first_step_seconds > 1:
+            print(
+                f"{run.name}: the first step took {run.first_step_seconds:.1f} s (compilation warm-up, in its epoch 1)"
+            )
+    payload = {"device": device.type, "machine": machine, "epochs": args.epochs, "quick": args.quick, "ratios": found,
+               "runs": [{**asdict(run), "seconds_to_99": run.seconds_to_99} for run in results.values()]}  # fmt: skip
+    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The scripts users run: the benchmark's smoke run on generated data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_benchmark_runs_its_four_ways_and_writes_the_table_and_json(tmp_path):
+    from idx import write_mnist_folder
+
+    data = write_mnist_folder(tmp_path / "data", train_count=6000, test_count=500)  # the preset holds out 5,000
+    out = tmp_path / "benchmark.json"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--data-dir", str(data), "--quick",
+               "--epochs", "1", "--out", str(out)]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| run | epoch | training s | training + evaluation s | images/s | test accuracy |" in result.stdout
+    assert "project/tutorial epoch time:" in result.stdout and "project-fast/tuned epoch time:" in result.stdout
+    report = json.loads(out.read_text())
+    assert [run["name"] for run in report["runs"]] == ["tutorial", "tuned", "project", "project-fast"]
+    assert all(run["epochs"] and run["peak_rss_mb"] > 0 for run in report["runs"])
+    assert not (tmp_path / "logs").exists()  # the Trainer runs log into a temporary folder
