@@ -215,6 +215,11 @@ class LastCheckpoint(Checkpoint):
         folder = self.dirpath or str(Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints")
         self.folder = Path(trainer.strategy.broadcast(folder))  # the version folder is chosen on rank 0
 
+    def state_dict(self) -> dict[str, Any]:
+        # Where this run keeps its checkpoints: a checkpoint saved elsewhere (Lightning's hpc_ckpt_<N>.ckpt) is
+        # resumed into this run's folder (project.runs.run_version).
+        return {"dirpath": str(self.folder)} if self.folder is not None else {}
+
     def save(self, trainer: L.Trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step in (0, self.saved_step):
             return

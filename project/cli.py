@@ -35,10 +35,10 @@ from project.cli_errors import explain_parse_error
 from project.data import ImageDataModule
 from project.errors import ReportedError, UserInputError, first_line
 from project.networks import check_image_shape
-from project.preflight import check_fits_network, check_monitors
+from project.preflight import check_fits_network, check_monitors, check_sharding_has_gpus
 from project.presets import DEFAULT_CONFIG, resolve_config_args, run_name
 from project.resume import check_resume_settings
-from project.runs import resolve_checkpoint, version_of
+from project.runs import newest_to_resume, resolve_checkpoint, run_version
 from project.task_module import TaskModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -84,13 +84,21 @@ class ProjectCLI(LightningCLI):
         logger = tensorboard_logger_args(config.trainer.logger)
         if logger is not None and not logger.name:
             logger.name = self.run_name
+        check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)
         if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
             self.save_config_callback = None
         if not self.requested_ckpt_path:
             return
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
         root_dir = Path(config.trainer.default_root_dir or ".")
-        checkpoint, content = resolve_checkpoint(self.requested_ckpt_path, run_root, root_dir)
+        if self.requested_ckpt_path == "auto":
+            newest = newest_to_resume(run_root, root_dir)
+            if newest is None:
+                print(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}: starting a new run")
+                return
+            checkpoint, content = newest
+        else:
+            checkpoint, content = resolve_checkpoint(self.requested_ckpt_path, run_root, root_dir)
         max_epochs = config.trainer.max_epochs
         if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= content["epoch"]:
             raise UserInputError(
@@ -101,7 +109,7 @@ class ProjectCLI(LightningCLI):
         config.ckpt_path = str(checkpoint)
         self.checkpoint = content
         # A resumed run keeps writing into the version folder its checkpoint came from.
-        version = version_of(checkpoint, run_root)
+        version = run_version(checkpoint, content, run_root)
         if self.subcommand == "fit" and logger is not None and version is not None:
             logger.version = version
             logger.log_graph = False  # drawn when the run started

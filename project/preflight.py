@@ -43,3 +43,18 @@ def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str)
             f"{f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''}. Configure the network as the run "
             f"that wrote it was (its config.yaml)"
         )
+
+
+def check_sharding_has_gpus(strategy: Any, accelerator: Any) -> None:
+    """FSDP shards a network across CUDA GPUs; Lightning refuses it elsewhere with a traceback or a misleading line."""
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", None) or type(strategy).__name__
+    if "fsdp" not in name.lower():
+        return
+    import torch
+
+    if str(accelerator) == "cpu" or not torch.cuda.is_available():
+        where = "--trainer.accelerator cpu" if str(accelerator) == "cpu" else "this machine has no CUDA GPU"
+        raise UserInputError(
+            f"trainer.strategy {name.rsplit('.', 1)[-1]} shards the network across CUDA GPUs, and {where}: "
+            f"use --config ddp.yaml (or no strategy) on the CPU"
+        )

@@ -27,7 +27,7 @@ from project.errors import CheckpointNotFoundError, UserInputError
 
 _VERSION_FOLDER = re.compile(r"version_\d+")
 _HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
-CKPT_PATH_NAMES = ("last", "best", "hpc")
+CKPT_PATH_NAMES = ("last", "best", "hpc", "auto")
 """The names ``--ckpt_path`` takes besides a file path."""
 
 
@@ -71,6 +71,7 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path("."
       checkpoint beside it: :func:`readable_last`);
     - ``best``: the best checkpoint of that same run (as its ``last.ckpt`` records it);
     - ``hpc``: the newest ``hpc_ckpt_<N>.ckpt`` in ``root_dir`` (Lightning's SLURM requeue);
+    - ``auto`` is :func:`newest_to_resume`, which may find nothing;
     - anything else: a file path. Lightning's model registry is refused: it downloads files, unchecked.
     """
     if ckpt_path == "registry" or ckpt_path.startswith("registry:"):
@@ -103,6 +104,29 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path("."
             raise CheckpointNotFoundError(f"--ckpt_path best: {found} records no best checkpoint beside it")
         return best, read_checkpoint(best)
     return readable_last(found)
+
+
+def newest_to_resume(run_root: Path, root_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``--ckpt_path auto``: the run's ``last.ckpt`` or the newest ``hpc_ckpt_<N>.ckpt`` (Lightning's SLURM requeue),
+    whichever holds more optimizer steps; ``None`` when there is neither (a job's first start: train from scratch)."""
+    found = []
+    if find_last_checkpoint(run_root) is not None:
+        found.append(resolve_checkpoint("last", run_root, root_dir))
+    hpc = find_hpc_checkpoint(root_dir)
+    if hpc is not None:
+        found.append((hpc, read_checkpoint(hpc)))
+    return max(found, key=lambda item: (item[1]["global_step"], item[0].stat().st_mtime_ns), default=None)
+
+
+def run_version(checkpoint: Path, content: dict[str, Any], run_root: Path) -> str | None:
+    """The ``version_N`` folder of ``run_root`` the checkpoint belongs to: where it lies, or for a checkpoint saved
+    elsewhere (``hpc_ckpt_<N>.ckpt``), where its checkpoint callbacks were writing."""
+    version = version_of(checkpoint, run_root)
+    for state in content.get("callbacks", {}).values():
+        folder = state.get("dirpath") if isinstance(state, dict) and version is None else None
+        if isinstance(folder, str):
+            version = version_of(Path(folder) / LAST_CHECKPOINT, run_root)
+    return version
 
 
 def readable_last(found: Path) -> tuple[Path, dict[str, Any]]:

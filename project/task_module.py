@@ -229,6 +229,9 @@ class TaskModule(L.LightningModule):
             "loss": metric_state(self.train_loss),
         }
         checkpoint["epoch_metrics"] = {"ranks": gather_to_every_rank(trainer, local)}
+        # How to prepare a new image and name the outputs (prediction and export read it).
+        if hasattr(trainer.datamodule, "preprocessing"):
+            checkpoint["preprocessing"] = trainer.datamodule.preprocessing()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ranks = checkpoint.get("epoch_metrics", {}).get("ranks", [])

@@ -84,3 +84,26 @@ def write_image_folder(root: Path, classes: dict[str, int], mode: str = "RGB", s
 def image_folder(tmp_path: Path) -> Path:
     """Three classes of small RGB PNGs (40 images each), in one folder per class."""
     return write_image_folder(tmp_path / "images", {"circle": 40, "square": 40, "triangle": 40})
+
+
+@pytest.fixture(scope="session")
+def exported_folder(tmp_path_factory: pytest.TempPathFactory, pretrained_checkpoint: Path) -> Path:
+    """``scripts/export.py``'s files (ONNX, .pt2, safetensors, model.json) for ``pretrained_checkpoint``."""
+    from project.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("export") / "model"
+    export_checkpoint(pretrained_checkpoint, out)
+    return out
+
+
+def write_test_images(data_dir: Path, folder: Path, count: int) -> list[Path]:
+    """The first ``count`` MNIST test images of ``data_dir`` as PNG files in ``folder``, named after their index."""
+    from PIL import Image
+    from torchvision.datasets import MNIST
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = MNIST(str(data_dir), train=False).data[:count]
+    paths = [folder / f"{index:03d}.png" for index in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        Image.fromarray(image.numpy()).save(path)
+    return paths

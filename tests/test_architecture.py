@@ -27,6 +27,8 @@ MAY_IMPORT = {
     "tensorboard_reports": {"figures"},
     "evaluation": {"errors", "checkpoints", "data", "tasks", "figures"},
     "preflight": {"errors", "checkpoints", "task_module"},
+    "prediction": {"errors", "checkpoints", "data", "evaluation", "tasks", "task_module"},
+    "export": {"errors", "checkpoints", "prediction", "task_module"},
     "cli": {
         "errors", "cli_errors", "checkpoints", "data", "networks", "preflight", "presets", "resume", "runs",
         "task_module",

@@ -163,7 +163,9 @@ def code_cells_and_files() -> dict[str, str]:
     }
     for notebook in (REPO_ROOT / "notebooks").glob("*.ipynb"):
         cells = json.loads(notebook.read_text())["cells"]
-        sources[str(notebook)] = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+        code = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+        # IPython's magics (%matplotlib inline) are not Python: left out
+        sources[str(notebook)] = "\n".join(line for line in code.splitlines() if not line.startswith(("%", "!")))
     return sources
 
 

@@ -127,6 +127,13 @@ class ImageDataModule(L.LightningDataModule):
         """Mean and standard deviation per channel, which the in-memory path normalises with."""
         raise NotImplementedError
 
+    def preprocessing(self) -> dict[str, Any]:
+        """What a new image goes through to be predicted as this data's images were, and the names of the outputs'
+        classes or labels, as plain values: checkpoints and exports keep it (see :mod:`project.prediction`)."""
+        mean, std = self.normalisation()
+        channels, size, _ = self.image_shape  # square images
+        return {"channels": channels, "image_size": size, "mean": mean, "std": std, "class_names": self.class_names}
+
     def leaf_tensors(self, dataset: Dataset) -> SplitTensors | None:
         """A dataset as :meth:`load_split` returns it, as tensors; ``None`` when it cannot be held in memory."""
         tensors = getattr(dataset, "tensors", None)

@@ -78,6 +78,11 @@ class Task:
         a ``confusion_matrix``."""
         raise NotImplementedError
 
+    def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+        """What a prediction file says of each image: the decision in words and, where there are any, the
+        probabilities (columns ``p_<class>``)."""
+        raise NotImplementedError
+
 
 class OneOutputTask(Task):
     """A task whose network has exactly one output (a logit or a value), whatever the number of classes."""

@@ -54,6 +54,13 @@ class Binary(OneOutputTask):
     def describe(self, value: Tensor, class_names: list[str]) -> str:
         return class_names[int(value)]
 
+    def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+        positive = class_names[1]
+        return [
+            {"predicted": class_names[int(p >= 0.5)], f"p_{positive}": p}
+            for p in outputs[:, 0].float().sigmoid().tolist()
+        ]
+
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         decisions = (scores >= 0.5).long()
         confusion = binary_confusion_matrix(scores, targets)

@@ -64,6 +64,16 @@ class Multiclass(Task):
     def describe(self, value: Tensor, class_names: list[str]) -> str:
         return class_names[int(value)]
 
+    def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+        probabilities = outputs.float().softmax(dim=1).tolist()
+        return [
+            {
+                "predicted": class_names[row.index(max(row))],
+                **{f"p_{n}": p for n, p in zip(class_names, row, strict=True)},
+            }
+            for row in probabilities
+        ]
+
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         classes = self.num_outputs
         confusion = multiclass_confusion_matrix(scores, targets, classes)

@@ -64,6 +64,14 @@ class Multilabel(Task):
         present = [name for name, flag in zip(class_names, value.tolist(), strict=True) if flag]
         return ",".join(present) or "none"
 
+    def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+        rows = []
+        for probabilities in outputs.float().sigmoid().tolist():
+            present = [name for name, p in zip(class_names, probabilities, strict=True) if p >= 0.5]
+            rows.append({"predicted": ",".join(present) or "none",
+                         **{f"p_{n}": p for n, p in zip(class_names, probabilities, strict=True)}})  # fmt: skip
+        return rows
+
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         labels, targets = self.num_outputs, targets.long()
         per_label = {

@@ -32,6 +32,9 @@ class Regression(OneOutputTask):
     def describe(self, value: Tensor, class_names: list[str]) -> str:
         return f"{float(value):.2f}"
 
+    def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+        return [{"predicted": value} for value in outputs[:, 0].float().tolist()]
+
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         targets = targets.float()
         return {

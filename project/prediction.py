@@ -1,0 +1,152 @@
+"""Prediction on new image files, from a checkpoint or an ONNX export, with exactly the preprocessing of training.
+
+The preprocessing (channels, size, mean and std per channel) and the names of the classes are read from the
+checkpoint, which every training run writes them into (``TaskModule.on_save_checkpoint``), or from the JSON file
+beside an export (:mod:`project.export`); nothing is configured twice. Inputs are files, folders (searched
+recursively) and glob patterns; a file that cannot be decoded is named and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from project.checkpoints import read_checkpoint
+from project.data.decoding import ImageConversion
+from project.errors import ReportedError, UserInputError, first_line
+from project.evaluation import data_module_from_checkpoint
+from project.tasks import Task, make_task
+
+
+def checkpoint_preprocessing(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's preprocessing; for a checkpoint written before it was stored there, recovered from its
+    training data (set up again from the data module's arguments the checkpoint records)."""
+    if "preprocessing" in checkpoint:
+        return checkpoint["preprocessing"]
+    data = data_module_from_checkpoint(checkpoint)
+    try:
+        data.setup("fit")
+    except (OSError, ReportedError) as error:
+        raise UserInputError(
+            "the checkpoint does not store its preprocessing (it is older than this version), and its training "
+            f"data, which would tell it, cannot be read: {first_line(error)}"
+        ) from None
+    return data.preprocessing()
+
+
+class Predictor:
+    """Images in, the network's outputs out: a checkpoint's network, or an ONNX export run by onnxruntime."""
+
+    def __init__(self, run: Callable[[Tensor], Tensor], task: Task, preprocessing: dict[str, Any]) -> None:
+        self.run = run
+        self.task = task
+        self.preprocessing = preprocessing
+        self.conversion = ImageConversion(preprocessing["channels"], preprocessing["image_size"])
+        self.mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(-1, 1, 1)
+
+    @classmethod
+    def load(cls, model_path: str | Path) -> Predictor:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise UserInputError(f"{path}: no such file (give a checkpoint .ckpt or an exported .onnx)")
+        if path.suffix == ".onnx":
+            return cls.from_onnx(path)
+        return cls.from_checkpoint(path)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> Predictor:
+        from project.task_module import TaskModule
+
+        checkpoint = read_checkpoint(path)
+        model = TaskModule.load_from_checkpoint(path, map_location="cpu").eval()
+
+        @torch.no_grad()
+        def run(images: Tensor) -> Tensor:
+            return model(images)
+
+        return cls(run, model.task, checkpoint_preprocessing(checkpoint))
+
+    @classmethod
+    def from_onnx(cls, path: Path) -> Predictor:
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise UserInputError(f"{path}: {sidecar.name} is missing beside it (scripts/export.py writes both)")
+        about = json.loads(sidecar.read_text())
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+
+        def run(images: Tensor) -> Tensor:
+            return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
+
+        return cls(run, make_task(about["task"], about["num_outputs"]), about["preprocessing"])
+
+    def image(self, path: Path) -> Tensor:
+        """The file as the network saw its training images: converted, resized and normalised."""
+        pixels = self.conversion.decode(path)
+        return (pixels.float() / 255 - self.mean) / self.std
+
+    def predict(self, paths: list[Path], batch_size: int = 256) -> tuple[list[dict[str, Any]], list[str]]:
+        """One row per readable file (``path`` and the task's columns), and a line for each file skipped."""
+        rows, skipped = [], []
+        names = self.preprocessing["class_names"]
+        for start in range(0, len(paths), batch_size):
+            images, kept = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    images.append(self.image(path))
+                    kept.append(path)
+                except (OSError, ValueError) as error:
+                    skipped.append(f"{path}: cannot be decoded ({first_line(error)})")
+            if images:
+                outputs = self.run(torch.stack(images))
+                columns = self.task.prediction_rows(outputs, names)
+                rows += [{"path": str(path), **row} for path, row in zip(kept, columns, strict=True)]
+        return rows, skipped
+
+
+def image_paths(inputs: Iterable[str]) -> list[Path]:
+    """Every image file named by ``inputs``: files, folders (recursively, by extension) and glob patterns."""
+    found: list[Path] = []
+    for item in inputs:
+        if glob.has_magic(item):
+            matches = sorted(Path(match) for match in glob.glob(os.path.expanduser(item), recursive=True))
+            if not matches:
+                raise UserInputError(f"{item}: the pattern matches no file")
+            found += [path for path in matches if path.is_file()]
+        elif Path(item).is_dir():
+            found += sorted(p for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif Path(item).is_file():
+            found.append(Path(item))
+        else:
+            raise UserInputError(f"{item}: no such file, folder or pattern")
+    if not found:
+        raise UserInputError(f"no image files in {', '.join(inputs)} (looked for {', '.join(IMG_EXTENSIONS)})")
+    return list(dict.fromkeys(found))
+
+
+def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
+    """The rows as CSV, written whole or not at all (a temporary file renamed over ``out``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: format_value(v) for k, v in row.items()} for row in rows)
+    os.replace(handle.name, out)
+
+
+def format_value(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float | np.floating) else value
