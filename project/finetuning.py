@@ -50,6 +50,8 @@ def frozen_steps(trainer: L.Trainer, freeze_backbone_epochs: int) -> int:
     """Optimizer steps during which the backbone is frozen (known once the training data is)."""
     if not freeze_backbone_epochs:
         return 0
+    if math.isinf(trainer.num_training_batches):  # with max_steps, Lightning has not counted the batches yet
+        trainer.fit_loop.setup_data()
     steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
     return freeze_backbone_epochs * steps_per_epoch
 
@@ -210,14 +212,14 @@ def strip_wrapper_prefixes(name: str) -> str:
     return name
 
 
-def read_weights(path: str | Path) -> dict[str, Tensor]:
+def read_weights(path: str | Path, option: str = "model.pretrained") -> dict[str, Tensor]:
     """The tensors in a Lightning checkpoint, a plain state dict (``torch.save``) or a safetensors file.
 
     Checkpoints are read with ``weights_only=True``: a file that needs arbitrary unpickling is refused.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserInputError(f"model.pretrained {path}: no such file")
+        raise UserInputError(f"{option} {path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -225,18 +227,18 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         try:
             return load_file(str(path))
         except SafetensorError as error:
-            raise UserInputError(f"model.pretrained {path}: not a readable safetensors file ({error})") from None
+            raise UserInputError(f"{option} {path}: not a readable safetensors file ({error})") from None
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for pickled objects, RuntimeError/EOFError for other files
         raise UserInputError(
-            f"model.pretrained {path}: not a checkpoint or state dict that loads with torch.load(weights_only=True) "
+            f"{option} {path}: not a checkpoint or state dict that loads with torch.load(weights_only=True) "
             f"({first_line(error)})"
         ) from None
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         content = content["state_dict"]
     if not isinstance(content, dict) or not all(isinstance(value, Tensor) for value in content.values()):
-        raise UserInputError(f"model.pretrained {path}: holds no state dict (a mapping of names to tensors)")
+        raise UserInputError(f"{option} {path}: holds no state dict (a mapping of names to tensors)")
     return content
 
 

@@ -209,6 +209,7 @@ CHANGEABLE_ON_RESUME = (
     "model.optimizer.init_args.lr",
     "model.backbone_lr",
     "model.pretrained",
+    "model.network.init_args.weights",
     "data.data_dir",
     "data.download",
     "data.num_workers",
@@ -216,7 +217,8 @@ CHANGEABLE_ON_RESUME = (
     "data.shuffle_seed",
 )
 """Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
-resumed step on), where and how the data is read, and ``pretrained`` (ignored: the weights come from the checkpoint).
+resumed step on), where and how the data is read, and ``pretrained`` and a library network's ``weights`` (ignored: the
+weights come from the checkpoint).
 The shuffle seed is compared as it takes effect (``data.shuffle_seed``, else ``seed_everything``).
 Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored in the checkpoint and may change
 too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""

@@ -31,6 +31,7 @@ from project.finetuning import (
     load_pretrained_backbone,
     replan_on_resume,
 )
+from project.library_networks import LibraryNetwork  # noqa: F401 (imported: on the allow-list of checkpoints' networks)
 from project.networks import Network, check_image_shape
 from project.resume import gather_to_every_rank, load_metric_state, metric_state
 from project.tasks import make_task
@@ -216,6 +217,10 @@ class TaskModule(L.LightningModule):
         for name in ("network", "optimizer"):
             if hparams.get(name) is not None and not isinstance(hparams[name], dict):
                 hparams[name] = plain_spec(hparams[name])
+        overrides = getattr(self.network, "checkpoint_overrides", {})  # a library network: rebuilt without a download
+        if overrides and isinstance(hparams.get("network"), dict):
+            spec = hparams["network"]
+            hparams["network"] = {**spec, "init_args": {**(spec.get("init_args") or {}), **overrides}}
         trainer = self.trainer
         # What a resumed run must keep the same for its steps to line up (checked by the command line).
         checkpoint["run_layout"] = {

@@ -23,7 +23,10 @@ MAY_IMPORT = {
     "resume": {"errors", "checkpoints"},
     "runs": {"errors", "checkpoints"},
     "data": {"errors", "tasks", "resume", "data"},
-    "task_module": {"errors", "tasks", "networks", "checkpoints", "finetuning", "resume", "divergence"},
+    "library_networks": {"errors", "finetuning", "networks"},
+    "task_module": {
+        "errors", "tasks", "networks", "library_networks", "checkpoints", "finetuning", "resume", "divergence",
+    },
     "tensorboard_reports": {"figures"},
     "evaluation": {"errors", "checkpoints", "data", "tasks", "figures"},
     "preflight": {"errors", "checkpoints", "task_module"},

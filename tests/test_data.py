@@ -90,3 +90,27 @@ def test_real_mnist_splits_into_55000_5000_and_10000(real_data_dir):
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (55_000, 5_000, 10_000)
     test_counts = torch.bincount(data.test_set.targets, minlength=10).tolist()
     assert test_counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_only_classes_keeps_those_classes_numbered_in_the_order_given(fake_data_dir, in_memory):
+    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=0.1, only_classes=[7, 5], in_memory=in_memory)
+    data.setup("fit")
+    raw = MNISTDataModule(data_dir=str(fake_data_dir), val_size=0.1, in_memory=False)
+    raw.setup("fit")
+    full_test = torch.tensor([int(target) for _, target in raw.test_set])
+    assert data.num_outputs == 2 and data.class_names == ["7", "5"]
+    test_targets = torch.cat([targets for _, targets in data.test_dataloader()])
+    assert test_targets.tolist() == [{7: 0, 5: 1}[int(t)] for t in full_test if t in (5, 7)]
+    train_targets = torch.cat(
+        [targets for _, targets in data.val_dataloader()] + [t for _, t in data.train_dataloader()]
+    )
+    expected = sum(int(t in (5, 7)) for _, t in datasets.MNIST(str(fake_data_dir), train=True))
+    assert len(train_targets) == expected and set(train_targets.tolist()) == {0, 1}
+
+
+def test_only_classes_that_are_not_classes_of_the_data_are_refused(fake_data_dir):
+    with pytest.raises(UserInputError, match=r"data.only_classes \[3, 12\] must name 2 or more different classes"):
+        MNISTDataModule(data_dir=str(fake_data_dir), only_classes=[3, 12]).setup("fit")
+    with pytest.raises(UserInputError, match="exclude each other"):
+        MNISTDataModule(data_dir=str(fake_data_dir), only_classes=[3, 4], positive_classes=[3])

@@ -317,5 +317,29 @@ def test_the_few_shot_script_runs_the_shipped_recipe_through_the_command_line(tm
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (tmp_path / "out" / "few_shot.csv").read_text().splitlines()
-    assert len(rows) == 3 and "fine-tuned from MNIST" in rows[2] and ",5," in rows[1]  # 5 optimizer steps each
+    assert len(rows) == 3 and "fine-tuned" in rows[2] and ",5," in rows[1]  # 5 optimizer steps each
     assert (tmp_path / "out" / "few_shot.png").is_file() and not (run_dir / "logs").exists()
+
+
+def test_the_digits_study_compares_scratch_a_linear_probe_and_fine_tuning(tmp_path, run_dir):
+    from idx import write_mnist_folder
+
+    data = write_mnist_folder(tmp_path / "data", train_count=12000)  # half each side; 5,000 for validation
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "few_shot.py"), "--data-dir", str(data), "--out",
+               str(tmp_path / "out"), "--study", "digits", "--sizes", "5", "--seeds", "0", "--steps", "4"]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (tmp_path / "out" / "transfer_digits.csv").read_text().splitlines()
+    assert [row.split(",")[2] for row in rows[1:]] == ["from scratch", "linear probe", "fine-tuned"]
+    assert "| 5 | " in result.stdout and (tmp_path / "out" / "transfer_digits.png").is_file()
+
+
+def test_a_linear_probe_by_max_steps_keeps_the_pretrained_backbone_throughout(quick_args, pretrained_checkpoint):
+    args = ["--trainer.max_steps=6", "--trainer.max_epochs=-1", "--model.freeze_backbone_epochs=100",
+            f"--model.pretrained={pretrained_checkpoint}", "--test_after_fit=false"]  # fmt: skip
+    cli = run_cli(["fit", *quick_args, *args])
+    saved = torch.load(pretrained_checkpoint, weights_only=True)["state_dict"]
+    assert cli.trainer.global_step == 6
+    for name, tensor in cli.model.network.backbone.state_dict().items():
+        assert torch.equal(tensor, saved[f"network.backbone.{name}"]), name

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from project.data.augment import random_shift
 from project.data.in_memory import DeviceBatches, SplitTensors, memory_splits
-from project.data.labels import LabelRule, RelabelledTargets
+from project.data.labels import ClassSubset, LabelRule, RelabelledTargets
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
 from project.resume import ExactResume, ResumableDataLoader, ResumableSampler
@@ -53,6 +53,7 @@ class ImageDataModule(L.LightningDataModule):
         positive_classes: a binary task: target 1 for these classes, 0 for the rest (``[5, 6, 7, 8, 9]``: "digit >= 5").
         label_sets: a multilabel task: one yes/no label per entry, 1 when the class is in its list
             (``{even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}``).
+        only_classes: keep only these classes, numbered 0..k-1 in this order (``[5, 6, 7, 8, 9]``: digits 5-9).
         augment_shift: augment training batches with random shifts of up to this many pixels (0: off).
         shuffle_seed: seed of the training order and the augmentation; default: the run's ``seed_everything``.
         in_memory: hold every split as tensors on the training device and draw batches by index (the fast path;
@@ -74,6 +75,7 @@ class ImageDataModule(L.LightningDataModule):
         train_fraction: float | None = None,
         positive_classes: list[int] | None = None,
         label_sets: dict[str, list[int]] | None = None,
+        only_classes: list[int] | None = None,
         augment_shift: int = 0,
         shuffle_seed: int | None = None,
         in_memory: bool | None = None,
@@ -82,11 +84,11 @@ class ImageDataModule(L.LightningDataModule):
         check_split_options(batch_size, eval_batch_size, num_workers, val_size, samples_per_class, train_fraction)
         if augment_shift < 0:
             raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
-        if positive_classes and label_sets:
-            raise UserInputError("data.positive_classes (binary) and data.label_sets (multilabel) exclude each other")
-        if (positive_classes or label_sets) and self.default_task != "multiclass":
+        if sum(bool(option) for option in (positive_classes, label_sets, only_classes)) > 1:
+            raise UserInputError("data.positive_classes, data.label_sets and data.only_classes exclude each other")
+        if (positive_classes or label_sets or only_classes) and self.default_task != "multiclass":
             raise UserInputError(
-                f"data.positive_classes and data.label_sets turn classes into labels; {type(self).__name__} has no "
+                f"data.positive_classes, label_sets and only_classes work on classes; {type(self).__name__} has no "
                 f"classes (its task is {self.default_task})"
             )
         self.data_dir = resolve_data_dir(data_dir)
@@ -99,6 +101,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_fraction = train_fraction
         self.positive_classes = positive_classes
         self.label_sets = label_sets
+        self.only_classes = only_classes
         self.augment_shift = augment_shift
         self.shuffle_seed = shuffle_seed if shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.augment_generator = torch.Generator().manual_seed(self.shuffle_seed)
@@ -153,19 +156,27 @@ class ImageDataModule(L.LightningDataModule):
             return ["other", "positive"]
         if self.label_sets:
             return list(self.label_sets)
-        return [str(index) for index in range(self.num_classes)]
+        return [str(index) for index in self.only_classes or range(self.num_classes)]
 
     @property
     def num_outputs(self) -> int:
         """Size of the network's output layer for this data: one per class or label, or one value."""
-        return Task.registry[self.task].outputs_for(len(self.label_sets) if self.label_sets else self.num_classes)
+        classes = self.label_sets or self.only_classes or range(self.num_classes)
+        return Task.registry[self.task].outputs_for(len(classes))
 
-    def label_rule(self) -> LabelRule | None:
+    def label_rule(self) -> LabelRule | ClassSubset | None:
+        if self.only_classes:
+            return ClassSubset(self.only_classes)
         if self.positive_classes:
             return LabelRule({"positive": self.positive_classes}, binary=True)
         return LabelRule(self.label_sets, binary=False) if self.label_sets else None
 
     def check_label_rules(self) -> None:
+        kept = self.only_classes
+        if kept and (len(set(kept)) != len(kept) or len(kept) < 2 or not set(kept) <= set(range(self.num_classes))):
+            raise UserInputError(
+                f"data.only_classes {kept} must name 2 or more different classes of 0..{self.num_classes - 1}"
+            )
         rules = {"positive": self.positive_classes} if self.positive_classes else dict(self.label_sets or {})
         for name, classes in rules.items():
             option = "data.positive_classes" if self.positive_classes else f"data.label_sets.{name}"
@@ -185,7 +196,8 @@ class ImageDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_set, self.val_set = self.split_train(self.checked(self.load_split(train=True), "training"))
         if self.test_set is None:
-            self.test_set = self.relabelled(self.checked(self.load_split(train=False), "test"))
+            test = self.checked(self.load_split(train=False), "test")
+            self.test_set = self.relabelled(Subset(test, self.kept(test).tolist()) if self.only_classes else test)
         if self.in_memory is not False:
             splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
             self.memory = memory_splits(splits, self.leaf_tensors)
@@ -205,7 +217,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def split_train(self, full_train: Dataset) -> tuple[Dataset, Dataset]:
         """The seeded train/validation split, then the few-shot subset of the training part."""
-        train_indices, val_indices = seeded_split(len(full_train), self.val_size, self.split_seed, "val_size")
+        pool = self.kept(full_train)
+        train_indices, val_indices = seeded_split(len(pool), self.val_size, self.split_seed, "val_size")
+        train_indices, val_indices = pool[train_indices], pool[val_indices]
         labels = self.split_labels(full_train)
         if labels is None and self.samples_per_class is not None:
             raise UserInputError("data.samples_per_class needs class labels; use data.train_fraction")
@@ -215,6 +229,12 @@ class ImageDataModule(L.LightningDataModule):
             train_indices = train_indices[keep]
         train = self.relabelled(Subset(full_train, train_indices.tolist()))
         return train, self.relabelled(Subset(full_train, val_indices.tolist()))
+
+    def kept(self, dataset: Dataset) -> Tensor:
+        """Indices of the examples of ``dataset`` that this data keeps: all, or those of ``only_classes``."""
+        if not self.only_classes:
+            return torch.arange(len(dataset))
+        return torch.isin(self.split_labels(dataset), torch.tensor(self.only_classes)).nonzero().flatten()
 
     def relabelled(self, dataset: Dataset) -> Dataset:
         rule = self.label_rule()

@@ -123,7 +123,9 @@ class ImageFolderDataModule(FileDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return super().class_names if self.positive_classes or self.label_sets else list(self.classes)
+        if self.positive_classes or self.label_sets:
+            return super().class_names
+        return [self.classes[c] for c in self.only_classes] if self.only_classes else list(self.classes)
 
     def sources(self) -> tuple[Path, Path | None]:
         if (self.data_dir / "train").is_dir():

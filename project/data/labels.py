@@ -1,4 +1,5 @@
-"""Label rules: binary and multilabel targets made from class labels (data.positive_classes, data.label_sets)."""
+"""Label rules: binary and multilabel targets made from class labels (data.positive_classes, data.label_sets), and
+the renumbered labels of a subset of the classes (data.only_classes)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 class RelabelledTargets(Dataset):
     """A dataset whose class targets pass through a label rule (see :class:`LabelRule`)."""
 
-    def __init__(self, dataset: Dataset, rule: LabelRule) -> None:
+    def __init__(self, dataset: Dataset, rule: LabelRule | ClassSubset) -> None:
         self.dataset = dataset
         self.rule = rule
 
@@ -44,3 +45,19 @@ class LabelRule:
         """The rule on a whole tensor of class labels at once."""
         flags = [torch.isin(labels, torch.tensor(sorted(classes))).long() for classes in self.label_sets.values()]
         return flags[0] if self.binary else torch.stack(flags, dim=1)
+
+
+class ClassSubset:
+    """The labels of some of the classes, numbered 0..k-1 in the order given (``data.only_classes``)."""
+
+    def __init__(self, classes: Sequence[int]) -> None:
+        self.classes = [int(c) for c in classes]
+        self.index = {c: i for i, c in enumerate(self.classes)}
+
+    def __call__(self, label: int) -> int:
+        return self.index[int(label)]
+
+    def apply(self, labels: Tensor) -> Tensor:
+        table = torch.full((max(self.classes) + 1,), -1, dtype=torch.long)
+        table[self.classes] = torch.arange(len(self.classes))
+        return table[labels]

@@ -152,7 +152,7 @@ class MNISTDataModule(ImageDataModule):
             names = [name for name in datasets.EMNIST.classes_split_dict[self.spec.options["split"]] if name != "N/A"]
         if self.task != "multiclass" or self.spec.dataset_class in (datasets.MNIST, datasets.QMNIST) or not names:
             return super().class_names
-        return list(names)
+        return [list(names)[c] for c in self.only_classes] if self.only_classes else list(names)
 
     @property
     def raw_folder(self) -> Path:

@@ -1,0 +1,154 @@
+"""Backbones from model libraries (torchvision, timm, Hugging Face) with a new head: the networks people fine-tune.
+
+:class:`LibraryNetwork` builds a classification model by its library name, optionally with pretrained weights (the
+library's own download, or a local file of the library model's state dict), removes its classifier and puts a new
+``nn.Linear`` head sized for the data in its place. It keeps the :class:`~project.networks.Network` contract, so
+freezing, per-group learning rates, ``--model.pretrained``, exact resume, checkpoints and export work unchanged. A
+name is looked up in the library's own registry of models: a checkpoint or a config names a model, never code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from project.errors import UserInputError
+from project.finetuning import read_weights
+from project.networks import Network
+
+LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "hf"}
+"""Library name -> the pip extra that installs it (torchvision is a dependency; ``pip install -e ".[timm]"``,
+``".[hf]"`` for the others)."""
+
+
+def import_library(library: str) -> Any:
+    if library not in LIBRARIES:
+        raise UserInputError(f"model.network.init_args.library must be one of {', '.join(LIBRARIES)}, got {library!r}")
+    try:
+        return importlib.import_module("transformers" if library == "huggingface" else library)
+    except ImportError:
+        raise UserInputError(
+            f'the {library} library is not installed: pip install -e ".[{LIBRARIES[library]}]"'
+        ) from None
+
+
+def build_library_model(library: str, name: str, download: bool) -> nn.Module:
+    """The library's classification model ``name``, with the library's pretrained weights when ``download``."""
+    module = import_library(library)
+    if library == "torchvision":
+        known = module.models.list_models(module=module.models)
+        if name not in known:
+            examples = ", ".join(known[:8])
+            raise UserInputError(f"torchvision has no classification model {name!r}; some it has: {examples}, ...")
+        return module.models.get_model(name, weights="DEFAULT" if download else None)
+    if library == "huggingface":
+        return HuggingFaceFeatures(module, name, download)
+    if not module.is_model(name):
+        raise UserInputError(f"timm has no model {name!r} (timm.list_models() lists them)")
+    return module.create_model(name, pretrained=download)
+
+
+class HuggingFaceFeatures(nn.Module):
+    """A Hugging Face vision model without a head (``AutoModel``), from a hub id or a local folder made with
+    ``save_pretrained``: images in, one feature vector per image out (the pooled output, else the first token's).
+    Only model types that Transformers itself defines are built (no ``trust_remote_code``)."""
+
+    def __init__(self, transformers: Any, name: str, download: bool) -> None:
+        super().__init__()
+        try:
+            if download:
+                self.model = transformers.AutoModel.from_pretrained(name)
+            else:
+                self.model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(name))
+        except (OSError, ValueError) as error:
+            raise UserInputError(
+                f"Hugging Face model {name!r}: {str(error).strip().splitlines()[0]} (a hub id needs the network; "
+                f"a local folder needs config.json, and model weights for weights: library)"
+            ) from None
+
+    def forward(self, images: Tensor) -> Tensor:
+        output = self.model(pixel_values=images)
+        pooled = getattr(output, "pooler_output", None)
+        return pooled.flatten(1) if pooled is not None else output.last_hidden_state[:, 0]
+
+
+def split_off_classifier(library: str, model: nn.Module) -> int:
+    """Remove the model's classifier in place (its output becomes the features); return the feature size."""
+    if library == "timm":
+        model.reset_classifier(0)
+        return int(model.num_features)
+    if library == "huggingface":  # no classifier to remove: the feature size, from one image of the model's size
+        config = model.model.config
+        size = getattr(config, "image_size", 224)
+        with torch.no_grad():
+            return model.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size)).shape[1]
+    linear = [(path, layer) for path, layer in model.named_modules() if isinstance(layer, nn.Linear)]
+    if not linear:
+        raise UserInputError(f"{type(model).__name__} has no nn.Linear classifier to replace")
+    path, last = linear[-1]
+    parent, _, attribute = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, nn.Identity())
+    return last.in_features
+
+
+class LibraryNetwork(Network):
+    """A torchvision, timm or Hugging Face model as backbone, and a new linear head.
+
+    Args:
+        library: ``torchvision``, ``timm`` or ``huggingface``.
+        name: the model's name in the library (``resnet18``, ``mobilenet_v3_small``, ``efficientnet_b0``; any
+            ``timm.create_model`` name; a Hugging Face hub id such as ``google/vit-base-patch16-224-in21k``, or a
+            local folder written by ``save_pretrained``).
+        weights: ``null`` (random initialisation), ``library`` (the library's pretrained weights, downloaded by the
+            library), or the path of a file holding the library model's state dict (``torch.save`` or
+            safetensors), loaded with ``weights_only=True`` before the classifier is replaced.
+        num_outputs: set from the data.
+        in_channels: the images' channels; greyscale (1) is repeated to the 3 channels the models take.
+        image_size: the images' side length (the data's ``image_size``).
+    """
+
+    def __init__(
+        self,
+        library: str,
+        name: str,
+        num_outputs: int,
+        weights: str | None = None,
+        in_channels: int = 3,
+        image_size: int = 224,
+    ) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise UserInputError(f"LibraryNetwork: in_channels must be 1 (repeated to 3) or 3, got {in_channels}")
+        model = build_library_model(library, name, download=weights == "library")
+        if weights not in (None, "library"):
+            load_library_weights(model, Path(weights))
+        self.head = nn.Linear(split_off_classifier(library, model), num_outputs)
+        self.backbone = model
+        self.num_outputs, self.in_channels, self.image_size = num_outputs, in_channels, image_size
+        self.config = {"library": library, "name": name, "num_outputs": num_outputs, "weights": weights,
+                       "in_channels": in_channels, "image_size": image_size}  # fmt: skip
+        # A checkpoint holds the weights: rebuilding the network from it needs no download and no weights file.
+        self.checkpoint_overrides = {"weights": None}
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.in_channels == 1:
+            images = images.expand(-1, 3, -1, -1)  # greyscale as RGB: the stated conversion
+        return self.head(self.backbone(images))
+
+
+def load_library_weights(model: nn.Module, path: Path) -> None:
+    """The library model's own state dict from ``path``; refused, naming the keys, if it does not fit exactly."""
+    weights = read_weights(path, "model.network.init_args.weights")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = [name for name in set(expected) & set(weights) if expected[name].shape != weights[name].shape]
+    if missing or unexpected or wrong:
+        raise UserInputError(
+            f"model.network.init_args.weights {path}: not a state dict of {type(model).__name__} (missing "
+            f"{missing[:4]}, unexpected {unexpected[:4]}, other shapes {sorted(wrong)[:4]})"
+        )
+    model.load_state_dict(weights)
