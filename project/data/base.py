@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from project.data.augment import random_shift
 from project.data.in_memory import DeviceBatches, SplitTensors, memory_splits
-from project.data.labels import ClassSubset, LabelRule, RelabelledTargets
+from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check_label_rules
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
 from project.resume import ExactResume, ResumableDataLoader, ResumableSampler
@@ -85,7 +85,10 @@ class ImageDataModule(L.LightningDataModule):
         if augment_shift < 0:
             raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
         if sum(bool(option) for option in (positive_classes, label_sets, only_classes)) > 1:
-            raise UserInputError("data.positive_classes, data.label_sets and data.only_classes exclude each other")
+            raise UserInputError(
+                "data.positive_classes (binary), data.label_sets (multilabel) and data.only_classes (some classes) "
+                "exclude each other: give one"
+            )
         if (positive_classes or label_sets or only_classes) and self.default_task != "multiclass":
             raise UserInputError(
                 f"data.positive_classes, label_sets and only_classes work on classes; {type(self).__name__} has no "
@@ -171,28 +174,11 @@ class ImageDataModule(L.LightningDataModule):
             return LabelRule({"positive": self.positive_classes}, binary=True)
         return LabelRule(self.label_sets, binary=False) if self.label_sets else None
 
-    def check_label_rules(self) -> None:
-        kept = self.only_classes
-        if kept and (len(set(kept)) != len(kept) or len(kept) < 2 or not set(kept) <= set(range(self.num_classes))):
-            raise UserInputError(
-                f"data.only_classes {kept} must name 2 or more different classes of 0..{self.num_classes - 1}"
-            )
-        rules = {"positive": self.positive_classes} if self.positive_classes else dict(self.label_sets or {})
-        for name, classes in rules.items():
-            option = "data.positive_classes" if self.positive_classes else f"data.label_sets.{name}"
-            outside = [c for c in classes if not 0 <= c < self.num_classes]
-            if outside:
-                raise UserInputError(
-                    f"{option} {outside} are not classes of this data: use values in 0..{self.num_classes - 1}"
-                )
-            if not classes or len(set(classes)) == self.num_classes:
-                raise UserInputError(f"{option} names no class or every class: one of its two answers would be empty")
-
     # -- Lightning hooks ---------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         """Load and check the splits the stage needs; fitting loads the test split too, so that a broken test split
         stops the run before it trains rather than after."""
-        self.check_label_rules()
+        check_label_rules(self.num_classes, self.positive_classes, self.label_sets, self.only_classes)
         if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_set, self.val_set = self.split_train(self.checked(self.load_split(train=True), "training"))
         if self.test_set is None:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from project.errors import UserInputError
+
 
 class RelabelledTargets(Dataset):
     """A dataset whose class targets pass through a label rule (see :class:`LabelRule`)."""
@@ -61,3 +63,23 @@ class ClassSubset:
         table = torch.full((max(self.classes) + 1,), -1, dtype=torch.long)
         table[self.classes] = torch.arange(len(self.classes))
         return table[labels]
+
+
+def check_label_rules(
+    num_classes: int,
+    positive_classes: list[int] | None,
+    label_sets: dict[str, list[int]] | None,
+    only_classes: list[int] | None,
+) -> None:
+    """Refuse label options that name classes the data does not have, or that would leave a label empty."""
+    kept = only_classes
+    if kept and (len(set(kept)) != len(kept) or len(kept) < 2 or not set(kept) <= set(range(num_classes))):
+        raise UserInputError(f"data.only_classes {kept} must name 2 or more different classes of 0..{num_classes - 1}")
+    rules = {"positive": positive_classes} if positive_classes else dict(label_sets or {})
+    for name, classes in rules.items():
+        option = "data.positive_classes" if positive_classes else f"data.label_sets.{name}"
+        outside = [c for c in classes if not 0 <= c < num_classes]
+        if outside:
+            raise UserInputError(f"{option} {outside} are not classes of this data: use values in 0..{num_classes - 1}")
+        if not classes or len(set(classes)) == num_classes:
+            raise UserInputError(f"{option} names no class or every class: one of its two answers would be empty")
