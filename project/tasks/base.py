@@ -83,6 +83,16 @@ class Task:
         probabilities (columns ``p_<class>``)."""
         raise NotImplementedError
 
+    def decisions_with_probabilities(
+        self, outputs: Tensor, class_names: list[str], names: list[str], probabilities: Tensor
+    ) -> list[dict[str, Any]]:
+        """Rows of :meth:`prediction_rows`: each decision as :meth:`describe` says it, and ``p_<name>`` columns."""
+        words = [self.describe(decision, class_names) for decision in self.decisions(outputs)]
+        return [
+            {"predicted": word, **{f"p_{name}": p for name, p in zip(names, row, strict=True)}}
+            for word, row in zip(words, probabilities.float().tolist(), strict=True)
+        ]
+
 
 class OneOutputTask(Task):
     """A task whose network has exactly one output (a logit or a value), whatever the number of classes."""

@@ -55,11 +55,8 @@ class Binary(OneOutputTask):
         return class_names[int(value)]
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-        positive = class_names[1]
-        return [
-            {"predicted": class_names[int(p >= 0.5)], f"p_{positive}": p}
-            for p in outputs[:, 0].float().sigmoid().tolist()
-        ]
+        positive = class_names[1:2]  # one column: the probability of the positive class
+        return self.decisions_with_probabilities(outputs, class_names, positive, outputs[:, :1].float().sigmoid())
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         decisions = (scores >= 0.5).long()

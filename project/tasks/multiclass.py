@@ -65,14 +65,7 @@ class Multiclass(Task):
         return class_names[int(value)]
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-        probabilities = outputs.float().softmax(dim=1).tolist()
-        return [
-            {
-                "predicted": class_names[row.index(max(row))],
-                **{f"p_{n}": p for n, p in zip(class_names, row, strict=True)},
-            }
-            for row in probabilities
-        ]
+        return self.decisions_with_probabilities(outputs, class_names, class_names, outputs.float().softmax(dim=1))
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         classes = self.num_outputs

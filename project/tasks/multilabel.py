@@ -65,12 +65,7 @@ class Multilabel(Task):
         return ",".join(present) or "none"
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-        rows = []
-        for probabilities in outputs.float().sigmoid().tolist():
-            present = [name for name, p in zip(class_names, probabilities, strict=True) if p >= 0.5]
-            rows.append({"predicted": ",".join(present) or "none",
-                         **{f"p_{n}": p for n, p in zip(class_names, probabilities, strict=True)}})  # fmt: skip
-        return rows
+        return self.decisions_with_probabilities(outputs, class_names, class_names, outputs.float().sigmoid())
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         labels, targets = self.num_outputs, targets.long()
