@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from project.checkpoints import read_checkpoint
 from project.errors import UserInputError
-from project.prediction import checkpoint_preprocessing
+from project.prediction import checkpoint_preprocessing, onnx_runner
 
 FORMATS = ("onnx", "pt2", "safetensors")
 OUTPUTS_MEANING = {
@@ -72,10 +72,7 @@ def export_safetensors(network: nn.Module, path: Path) -> None:
 def run_export(path: Path, images: Tensor) -> Tensor:
     """The outputs of an exported file (ONNX through onnxruntime, a program through ``torch.export.load``)."""
     if path.suffix == ".onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+        return onnx_runner(path)(images)
     with torch.no_grad():
         return torch.export.load(str(path)).module()(images)
 

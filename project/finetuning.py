@@ -242,6 +242,21 @@ def read_weights(path: str | Path, option: str = "model.pretrained") -> dict[str
     return content
 
 
+def state_dict_differences(
+    target: dict[str, Tensor], source: dict[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """How ``source`` fails to fit a module whose state dict is ``target``: the names it lacks, the names the module
+    lacks, and the shared names whose shapes differ (each with both shapes). All empty: it fits exactly."""
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    mismatched = [
+        f"{name}: checkpoint {tuple(source[name].shape)}, network {tuple(target[name].shape)}"
+        for name in sorted(set(source) & set(target))
+        if source[name].shape != target[name].shape
+    ]
+    return missing, unexpected, mismatched
+
+
 def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
     """Copy the backbone tensors of ``path`` into ``network.backbone``; return a one-paragraph summary.
 
@@ -250,14 +265,7 @@ def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
     """
     weights = {strip_wrapper_prefixes(name): tensor for name, tensor in read_weights(path).items()}
     source = {name.removeprefix("backbone."): t for name, t in weights.items() if name.startswith("backbone.")}
-    target = network.backbone.state_dict()
-    missing = sorted(set(target) - set(source))
-    unexpected = sorted(set(source) - set(target))
-    mismatched = [
-        f"{name}: checkpoint {tuple(source[name].shape)}, network {tuple(target[name].shape)}"
-        for name in sorted(set(source) & set(target))
-        if source[name].shape != target[name].shape
-    ]
+    missing, unexpected, mismatched = state_dict_differences(network.backbone.state_dict(), source)
     if not source or missing or unexpected or mismatched:
         problems = []
         if not source:

@@ -17,23 +17,26 @@ import torch
 from torch import Tensor, nn
 
 from project.errors import UserInputError
-from project.finetuning import read_weights
+from project.finetuning import read_weights, state_dict_differences
 from project.networks import Network
 
-LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "hf"}
-"""Library name -> the pip extra that installs it (torchvision is a dependency; ``pip install -e ".[timm]"``,
-``".[hf]"`` for the others)."""
+LIBRARIES = {
+    "torchvision": ("torchvision", "torchvision"),
+    "timm": ("timm", "timm"),
+    "huggingface": ("transformers", "hf"),
+}
+"""The allow-list: library name -> (the module imported for it, the pip extra that installs it). torchvision is a
+dependency; ``pip install -e ".[timm]"``, ``".[hf]"`` for the others."""
 
 
 def import_library(library: str) -> Any:
     if library not in LIBRARIES:
         raise UserInputError(f"model.network.init_args.library must be one of {', '.join(LIBRARIES)}, got {library!r}")
+    module, extra = LIBRARIES[library]  # only modules named on the allow-list are imported
     try:
-        return importlib.import_module("transformers" if library == "huggingface" else library)
+        return importlib.import_module(module)
     except ImportError:
-        raise UserInputError(
-            f'the {library} library is not installed: pip install -e ".[{LIBRARIES[library]}]"'
-        ) from None
+        raise UserInputError(f'the {library} library is not installed: pip install -e ".[{extra}]"') from None
 
 
 def build_library_model(library: str, name: str, download: bool) -> nn.Module:
@@ -143,12 +146,10 @@ class LibraryNetwork(Network):
 def load_library_weights(model: nn.Module, path: Path) -> None:
     """The library model's own state dict from ``path``; refused, naming the keys, if it does not fit exactly."""
     weights = read_weights(path, "model.network.init_args.weights")
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    wrong = [name for name in set(expected) & set(weights) if expected[name].shape != weights[name].shape]
+    missing, unexpected, wrong = state_dict_differences(model.state_dict(), weights)
     if missing or unexpected or wrong:
         raise UserInputError(
             f"model.network.init_args.weights {path}: not a state dict of {type(model).__name__} (missing "
-            f"{missing[:4]}, unexpected {unexpected[:4]}, other shapes {sorted(wrong)[:4]})"
+            f"{missing[:4]}, unexpected {unexpected[:4]}, other shapes {wrong[:4]})"
         )
     model.load_state_dict(weights)

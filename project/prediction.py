@@ -84,15 +84,7 @@ class Predictor:
         if not sidecar.is_file():
             raise UserInputError(f"{path}: {sidecar.name} is missing beside it (scripts/export.py writes both)")
         about = json.loads(sidecar.read_text())
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-
-        def run(images: Tensor) -> Tensor:
-            return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
-
-        return cls(run, make_task(about["task"], about["num_outputs"]), about["preprocessing"])
+        return cls(onnx_runner(path), make_task(about["task"], about["num_outputs"]), about["preprocessing"])
 
     def image(self, path: Path) -> Tensor:
         """The file as the network saw its training images: converted, resized and normalised."""
@@ -116,6 +108,15 @@ class Predictor:
                 columns = self.task.prediction_rows(outputs, names)
                 rows += [{"path": str(path), **row} for path, row in zip(kept, columns, strict=True)]
         return rows, skipped
+
+
+def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
+    """Images in, outputs out, through onnxruntime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda images: torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
 
 
 def image_paths(inputs: Iterable[str]) -> list[Path]:

@@ -121,12 +121,12 @@ def newest_to_resume(run_root: Path, root_dir: Path) -> tuple[Path, dict[str, An
 def run_version(checkpoint: Path, content: dict[str, Any], run_root: Path) -> str | None:
     """The ``version_N`` folder of ``run_root`` the checkpoint belongs to: where it lies, or for a checkpoint saved
     elsewhere (``hpc_ckpt_<N>.ckpt``), where its checkpoint callbacks were writing."""
-    version = version_of(checkpoint, run_root)
-    for state in content.get("callbacks", {}).values():
-        folder = state.get("dirpath") if isinstance(state, dict) and version is None else None
-        if isinstance(folder, str):
-            version = version_of(Path(folder) / LAST_CHECKPOINT, run_root)
-    return version
+    folders = [checkpoint.parent] + [
+        Path(state["dirpath"])
+        for state in content.get("callbacks", {}).values()
+        if isinstance(state, dict) and isinstance(state.get("dirpath"), str)
+    ]
+    return next((v for folder in folders if (v := version_of(folder / LAST_CHECKPOINT, run_root))), None)
 
 
 def readable_last(found: Path) -> tuple[Path, dict[str, Any]]:

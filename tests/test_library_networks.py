@@ -113,3 +113,10 @@ def test_a_hugging_face_model_from_a_local_folder_fine_tunes_on_digits_and_expor
     last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
     about = export_checkpoint(last, run_dir / "exported", ("onnx", "pt2"))
     assert max(about["largest_difference_from_the_checkpoint"].values()) <= 1e-5
+
+
+def test_a_library_or_channel_count_outside_what_is_allowed_is_refused_by_name():
+    with pytest.raises(UserInputError, match=r"library must be one of torchvision, timm, huggingface, got 'keras'"):
+        LibraryNetwork("keras", "resnet18", num_outputs=2)
+    with pytest.raises(UserInputError, match=r"in_channels must be 1 \(repeated to 3\) or 3, got 4"):
+        LibraryNetwork("torchvision", "resnet18", num_outputs=2, in_channels=4)

@@ -192,3 +192,8 @@ def test_the_divergence_watch_names_the_first_step_with_a_non_finite_loss():
     healthy = DivergenceWatch()
     healthy.record(torch.tensor(0.5), images, targets, 0, 0, 0)
     healthy.check()  # nothing to say
+
+
+def test_a_learning_rate_batch_size_below_one_is_refused_by_name():
+    with pytest.raises(UserInputError, match=r"model\.lr_batch_size must be a positive integer, got 0"):
+        TaskModule(ConvNet(), lr_batch_size=0)

@@ -92,6 +92,8 @@ def test_nothing_readable_is_one_error_line_and_no_file(pretrained_checkpoint, t
     result = predict_script(str(pretrained_checkpoint), str(tmp_path / "broken.png"), "--out", str(out))
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip().splitlines()[-1] == "error: none of the 1 files could be decoded: nothing to predict"
+    zero = predict_script(str(pretrained_checkpoint), str(tmp_path), "--batch-size", "0")
+    assert zero.returncode == 2 and zero.stderr.strip() == "error: --batch-size must be a positive integer, got 0"
     missing = predict_script(str(tmp_path / "nothing.ckpt"), str(tmp_path))
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
 

@@ -16,7 +16,7 @@ import pkgutil
 from project.errors import UserInputError
 from project.tasks.base import Task
 
-for _module in pkgutil.iter_modules(__path__):
+for _module in pkgutil.iter_modules(__path__):  # this package's own files: no name comes from input
     importlib.import_module(f"{__name__}.{_module.name}")
 
 TASK_NAMES = tuple(sorted(Task.registry))
