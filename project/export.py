@@ -128,7 +128,7 @@ def export_checkpoint(
     if out.exists():
         raise UserInputError(f"{out} already exists: give another --out, or remove it (nothing is overwritten)")
     checkpoint = read_checkpoint(checkpoint_path)
-    model = TaskModule.load_from_checkpoint(checkpoint_path, map_location="cpu").eval()
+    model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
     network = model.network.eval()
     preprocessing = checkpoint_preprocessing(checkpoint)
     images = example_images(preprocessing)

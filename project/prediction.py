@@ -70,7 +70,7 @@ class Predictor:
         from project.task_module import TaskModule
 
         checkpoint = read_checkpoint(path)
-        model = TaskModule.load_from_checkpoint(path, map_location="cpu").eval()
+        model = TaskModule.from_checkpoint(checkpoint, path).eval()
 
         @torch.no_grad()
         def run(images: Tensor) -> Tensor:

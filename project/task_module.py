@@ -259,19 +259,26 @@ class TaskModule(L.LightningModule):
         what to import and instantiate. ``overrides`` replace stored hyperparameters (``network=`` a built one)."""
         if weights_only is False or hparams_file is not None:
             raise UserInputError("checkpoints are read with weights_only=True and their own hyperparameters only")
-        checkpoint = read_checkpoint(Path(checkpoint_path))
+        model = cls.from_checkpoint(read_checkpoint(Path(checkpoint_path)), checkpoint_path, strict, **overrides)
+        return model.to(map_location) if map_location is not None else model
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any], source: str | Path, strict: bool | None = None, **overrides: Any
+    ) -> TaskModule:
+        """:meth:`load_from_checkpoint` of a checkpoint already read (``read_checkpoint``), named ``source``."""
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         hparams.update(overrides)
         network, optimizer = hparams.pop("network", None), hparams.pop("optimizer", None)
         if not isinstance(network, nn.Module):
-            network = from_spec(network, Network, "network", checkpoint_path)
+            network = from_spec(network, Network, "network", source)
         if isinstance(optimizer, dict):
-            optimizer = from_spec(optimizer, torch.optim.Optimizer, "optimizer", checkpoint_path, build=False)
+            optimizer = from_spec(optimizer, torch.optim.Optimizer, "optimizer", source, build=False)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "optimizer"}
         model = cls(network, optimizer=optimizer, **{k: v for k, v in hparams.items() if k in accepted})
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
         model.pretrained_loaded = True  # the checkpoint's weights are the ones wanted, not the pretrained backbone
-        return model.to(map_location) if map_location is not None else model
+        return model
 
 
 def plain_spec(value: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def main() -> None:
 
 def evaluate(checkpoint_path: Path, split: str, data_dir: str | None, out: Path | None) -> list[Path]:
     checkpoint = read_checkpoint(checkpoint_path)
-    model = TaskModule.load_from_checkpoint(checkpoint_path, map_location="cpu")
+    model = TaskModule.from_checkpoint(checkpoint, checkpoint_path)
     data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
     data.prepare_data()
     data.setup(SPLITS[split])
