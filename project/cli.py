@@ -171,6 +171,7 @@ class ProjectCLI(LightningCLI):
             self.checkpoint = None  # checked: Lightning reads the file again itself
         elif stage == "fit" and model.hparams.pretrained:
             rank_zero_info(model.load_pretrained())
+        adopt_backbone_normalisation(model.network, data)
         # Every split, decoded and checked now: a broken test split stops the run before it trains.
         # (Only one process per machine downloads; the others set up once the files are there, or in Trainer.fit.)
         if trainer.local_rank == 0:
@@ -189,6 +190,20 @@ class ProjectCLI(LightningCLI):
         else:
             print("No checkpoint was saved (e.g. fast_dev_run): testing the weights in memory")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def adopt_backbone_normalisation(network: Any, data: Any) -> None:
+    """Data whose ``mean`` / ``std`` are null take the normalisation the backbone's library states for its weights."""
+    stated = getattr(network, "normalisation", None)
+    if not getattr(data, "awaiting_normalisation", False):
+        return
+    if stated is None:
+        data.normalisation()  # refuses, saying what to set
+    data.adopt_normalisation(stated["mean"], stated["std"])
+    mean, std = data.normalisation()
+    size = stated["image_size"]
+    rank_zero_info(f"Images normalised with mean {[round(v, 4) for v in mean]} and std {[round(v, 4) for v in std]}: "
+                   f"{stated['source']} (it was trained on {size}x{size} images)")  # fmt: skip
 
 
 def tensorboard_logger_args(logger_config: object) -> Any:

@@ -102,6 +102,10 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     try:
         inspect.signature(data_class).bind(**arguments)
-        return data_class(**arguments)
+        data = data_class(**arguments)
     except TypeError as error:
         raise UserInputError(f"the checkpoint's data module arguments do not fit {class_path}: {error}") from None
+    stated = checkpoint.get("preprocessing")
+    if getattr(data, "awaiting_normalisation", False) and stated:  # the backbone's, recorded when it trained
+        data.adopt_normalisation(stated["mean"], stated["std"])
+    return data

@@ -4,7 +4,8 @@ Each export takes a batch of any size (the batch dimension is dynamic) and retur
 (logits, or values for regression). Beside them, ``model.json`` says what the files expect: the preprocessing
 (channels, size, mean and std per channel), the class names, the task, and how to read the outputs. After writing,
 the exports are run on the same images as the eager network and their largest difference (relative to the outputs'
-scale) is reported and checked.
+scale) is reported and checked. A network fine-tuned with LoRA is exported with its adapters merged into its
+weights: a plain network, which ``--model.pretrained`` takes as any other.
 TorchScript is not offered: it is deprecated in current PyTorch.
 """
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from project.checkpoints import read_checkpoint
 from project.errors import UserInputError
+from project.lora import merge_adapters
 from project.prediction import checkpoint_preprocessing, onnx_runner
 
 FORMATS = ("onnx", "pt2", "safetensors")
@@ -100,6 +102,18 @@ def share_as_usual(folder: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
+def merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, float]:
+    """Merge a LoRA network's adapters into its weights (:func:`project.lora.merge_adapters`); how far the merged
+    network's outputs are from the adapters' (relative to the outputs' scale). Empty for other networks."""
+    if not hasattr(getattr(network, "backbone", None), "merge_and_unload"):
+        return {}
+    with torch.no_grad():
+        before = network(images)
+        merge_adapters(network)
+        after = network(images)
+    return {"merged adapters": (after - before).abs().max().item() / max(before.abs().max().item(), 1.0)}
+
+
 def checked_differences(
     folder: Path, network: nn.Module, preprocessing: dict[str, Any], tolerance: float
 ) -> dict[str, float]:
@@ -132,6 +146,7 @@ def export_checkpoint(
     network = model.network.eval()
     preprocessing = checkpoint_preprocessing(checkpoint)
     images = example_images(preprocessing)
+    merging = merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed to out once all is written
     try:
@@ -142,7 +157,7 @@ def export_checkpoint(
         }
         for name in formats:
             writers[name]()
-        differences = checked_differences(staging, network, preprocessing, tolerance)
+        differences = {**merging, **checked_differences(staging, network, preprocessing, tolerance)}
         about = {
             "checkpoint": str(checkpoint_path),
             "task": model.task.name,
@@ -151,6 +166,7 @@ def export_checkpoint(
             "input": "float32 (batch, channels, size, size): pixels / 255, minus mean, over std, per channel",
             "preprocessing": preprocessing,
             "network": checkpoint["hyper_parameters"]["network"],
+            "lora_merged": checkpoint["hyper_parameters"].get("lora"),
             "files": [f"model.{name}" for name in formats],
             "largest_difference_from_the_checkpoint": differences,
         }

@@ -36,13 +36,18 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
 
 
 def parameter_groups(network: nn.Module, backbone_lr: float | None) -> list[dict[str, Any]]:
-    """``backbone`` and ``head`` parameter groups; the backbone's has its own learning rate when one is given."""
+    """``backbone`` and ``head`` parameter groups of the parameters that train (with LoRA, the backbone's are its
+    adapters); the backbone's has its own learning rate when one is given."""
+
+    def trained(module: nn.Module) -> list[nn.Parameter]:
+        return [parameter for parameter in module.parameters() if parameter.requires_grad]
+
     if not (hasattr(network, "backbone") and hasattr(network, "head")):
-        return [{"name": "all", "params": list(network.parameters())}]
-    backbone = {"name": "backbone", "params": list(network.backbone.parameters())}
+        return [{"name": "all", "params": trained(network)}]
+    backbone = {"name": "backbone", "params": trained(network.backbone)}
     return [
         {**backbone, "lr": backbone_lr} if backbone_lr else backbone,
-        {"name": "head", "params": list(network.head.parameters())},
+        {"name": "head", "params": trained(network.head)},
     ]
 
 

@@ -79,6 +79,27 @@ class HuggingFaceFeatures(nn.Module):
         return pooled.flatten(1) if pooled is not None else output.last_hidden_state[:, 0]
 
 
+def stated_normalisation(library: str, name: str, model: nn.Module) -> dict[str, Any] | None:
+    """The mean, std and image size the library states for the model's weights (torchvision: its default weights'
+    transforms; timm: its data config; Hugging Face: the image processor saved with the model), or ``None``."""
+    module = import_library(library)
+    try:
+        if library == "torchvision":
+            preset = module.models.get_model_weights(name).DEFAULT.transforms()
+            mean, std, size, source = preset.mean, preset.std, preset.crop_size[0], "torchvision's weights transforms"
+        elif library == "timm":
+            config = module.data.resolve_model_data_config(model)
+            mean, std, size, source = config["mean"], config["std"], config["input_size"][-1], "timm's data config"
+        else:
+            processor = module.AutoImageProcessor.from_pretrained(name)
+            size = processor.size.get("height", processor.size.get("shortest_edge"))
+            mean, std, source = processor.image_mean, processor.image_std, "the Hugging Face image processor"
+    except (OSError, ValueError, KeyError, AttributeError):  # no weights, or no image processor saved with the model
+        return None
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "image_size": int(size),
+            "source": f"{source} of {name}"}  # fmt: skip
+
+
 def split_off_classifier(library: str, model: nn.Module) -> int:
     """Remove the model's classifier in place (its output becomes the features); return the feature size."""
     if library == "timm":
@@ -110,7 +131,8 @@ class LibraryNetwork(Network):
             library), or the path of a file holding the library model's state dict (``torch.save`` or
             safetensors), loaded with ``weights_only=True`` before the classifier is replaced.
         num_outputs: set from the data.
-        in_channels: the images' channels; greyscale (1) is repeated to the 3 channels the models take.
+        in_channels: the images' channels; greyscale (1) is repeated to the 3 channels the models take (after
+            normalisation: with the backbone's normalisation, greyscale takes the channels' average mean and std).
         image_size: the images' side length (the data's ``image_size``).
     """
 
@@ -127,6 +149,7 @@ class LibraryNetwork(Network):
         if in_channels not in (1, 3):
             raise UserInputError(f"LibraryNetwork: in_channels must be 1 (repeated to 3) or 3, got {in_channels}")
         model = build_library_model(library, name, download=weights == "library")
+        self.normalisation = stated_normalisation(library, name, model)  # what data.mean/std null take
         if weights not in (None, "library"):
             load_library_weights(model, Path(weights))
         self.head = nn.Linear(split_off_classifier(library, model), num_outputs)

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +53,24 @@ class Predictor:
         self.run = run
         self.task = task
         self.preprocessing = preprocessing
-        self.conversion = ImageConversion(preprocessing["channels"], preprocessing["image_size"])
+        style = preprocessing.get("mnist_style", False)  # the training images' own, or asked for (mnist_style)
+        self.conversion = ImageConversion(preprocessing["channels"], preprocessing["image_size"], mnist_style=style)
         self.mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(-1, 1, 1)
 
     @classmethod
-    def load(cls, model_path: str | Path) -> Predictor:
+    def load(cls, model_path: str | Path, mnist_style: bool = False) -> Predictor:
+        """A checkpoint's or an ONNX export's predictor; ``mnist_style`` makes each image's digit look like MNIST's
+        first (:mod:`project.data.digits`), for photos of digits and a network trained on MNIST."""
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise UserInputError(f"{path}: no such file (give a checkpoint .ckpt or an exported .onnx)")
-        if path.suffix == ".onnx":
-            return cls.from_onnx(path)
-        return cls.from_checkpoint(path)
+        predictor = cls.from_onnx(path) if path.suffix == ".onnx" else cls.from_checkpoint(path)
+        if mnist_style and predictor.preprocessing["channels"] != 1:
+            raise UserInputError("--mnist-style makes greyscale digits: the network takes RGB images")
+        if mnist_style:
+            predictor.conversion = replace(predictor.conversion, mnist_style=True)
+        return predictor
 
     @classmethod
     def from_checkpoint(cls, path: Path) -> Predictor:

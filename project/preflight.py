@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from project.checkpoints import BestCheckpoint
 from project.errors import UserInputError
+from project.lora import restore_base
 from project.task_module import TaskModule
 
 
@@ -28,7 +29,9 @@ def check_monitors(callbacks: list[Callback], model: TaskModule) -> None:
 
 
 def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str) -> None:
-    """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ."""
+    """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ (or, for
+    LoRA adapters, whose base is not this network's)."""
+    restore_base(checkpoint, model, path)
     stored, expected = checkpoint["state_dict"], model.state_dict()
     problems = [f"{name} missing" for name in sorted(set(expected) - set(stored))]
     problems += [f"{name} not in this network" for name in sorted(set(stored) - set(expected))]

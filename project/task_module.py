@@ -8,9 +8,9 @@ the textbook part: the steps, the logging, and what a checkpoint must hold.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from project.checkpoints import allowed_class, import_path, read_checkpoint
+from project.checkpoints import read_checkpoint
 from project.divergence import DivergenceWatch
 from project.errors import UserInputError
 from project.finetuning import (
@@ -32,8 +32,10 @@ from project.finetuning import (
     replan_on_resume,
 )
 from project.library_networks import LibraryNetwork  # noqa: F401 (imported: on the allow-list of checkpoints' networks)
+from project.lora import LoRA, add_adapters, leave_out_base, restore_base, settings_from
 from project.networks import Network, check_image_shape
 from project.resume import gather_to_every_rank, load_metric_state, metric_state
+from project.specs import from_spec, plain_spec
 from project.tasks import make_task
 
 Batch = tuple[Tensor, Tensor]
@@ -60,6 +62,8 @@ class TaskModule(L.LightningModule):
             start). Default: no scaling.
         channels_last: hold weights and images in channels-last memory layout (faster convolutions on GPUs).
         compile: compile the network with ``torch.compile`` (the first steps take longer).
+        lora: train low-rank adapters on the backbone instead of its weights (:mod:`project.lora`;
+            ``--model.lora.rank 8``); the base is the network's weights after ``pretrained``.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class TaskModule(L.LightningModule):
         lr_batch_size: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         self.task = make_task(task, getattr(network, "num_outputs", 0))
@@ -85,11 +90,18 @@ class TaskModule(L.LightningModule):
             raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")
         if lr_batch_size is not None and lr_batch_size < 1:
             raise UserInputError(f"model.lr_batch_size must be a positive integer, got {lr_batch_size}")
+        adapters = settings_from(lora)
+        lora = asdict(adapters) if adapters else None  # saved below as plain values
         with warnings.catch_warnings():
             # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
             self.save_hyperparameters()
         self.network = network
+        self.pretrained_loaded, self.pretrained_summary = False, ""
+        if adapters is not None:  # the base takes its pretrained weights before the adapters go on
+            if pretrained:
+                self.load_pretrained()
+            add_adapters(network, adapters)
         if hasattr(network, "in_channels") and hasattr(network, "image_size"):  # lets TensorBoard draw the graph
             self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
         metrics = self.task.metrics()
@@ -98,7 +110,6 @@ class TaskModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
         self.train_loss = MeanMetric()
-        self.pretrained_loaded = False
         self.divergence = DivergenceWatch()
         self.planned_lrs: list[float] = []
         self.epoch_state_to_restore: dict[str, Any] | None = None
@@ -117,9 +128,10 @@ class TaskModule(L.LightningModule):
 
     def load_pretrained(self) -> str:
         """Load the backbone of ``pretrained`` into the network (once); a summary of what was loaded."""
-        summary = load_pretrained_backbone(self.network, self.hparams.pretrained)
-        self.pretrained_loaded = True
-        return summary
+        if not self.pretrained_loaded:
+            self.pretrained_summary = load_pretrained_backbone(self.network, self.hparams.pretrained)
+            self.pretrained_loaded = True
+        return self.pretrained_summary
 
     # -- steps -------------------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -218,7 +230,9 @@ class TaskModule(L.LightningModule):
             if hparams.get(name) is not None and not isinstance(hparams[name], dict):
                 hparams[name] = plain_spec(hparams[name])
         overrides = getattr(self.network, "checkpoint_overrides", {})  # a library network: rebuilt without a download
-        if overrides and isinstance(hparams.get("network"), dict):
+        if self.hparams.lora:  # only what trains; the base is rebuilt from its weights
+            leave_out_base(checkpoint, self)
+        elif overrides and isinstance(hparams.get("network"), dict):
             spec = hparams["network"]
             hparams["network"] = {**spec, "init_args": {**(spec.get("init_args") or {}), **overrides}}
         trainer = self.trainer
@@ -239,6 +253,7 @@ class TaskModule(L.LightningModule):
             checkpoint["preprocessing"] = trainer.datamodule.preprocessing()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_base(checkpoint, self, "the checkpoint")  # before Lightning loads its state dict
         ranks = checkpoint.get("epoch_metrics", {}).get("ranks", [])
         same_layout = len(ranks) == self.trainer.world_size
         self.epoch_state_to_restore = ranks[self.trainer.global_rank] if same_layout else None
@@ -276,25 +291,7 @@ class TaskModule(L.LightningModule):
             optimizer = from_spec(optimizer, torch.optim.Optimizer, "optimizer", source, build=False)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "optimizer"}
         model = cls(network, optimizer=optimizer, **{k: v for k, v in hparams.items() if k in accepted})
+        restore_base(checkpoint, model, source)
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
         model.pretrained_loaded = True  # the checkpoint's weights are the ones wanted, not the pretrained backbone
         return model
-
-
-def plain_spec(value: Any) -> dict[str, Any]:
-    """An object built in Python as plain values: its class path and arguments (a network's ``config``, a partial's
-    keywords), the form the command line saves."""
-    if isinstance(value, functools.partial):
-        return {"class_path": import_path(value.func), "init_args": dict(value.keywords)}
-    cls = value if isinstance(value, type) else type(value)
-    return {"class_path": import_path(cls), "init_args": dict(getattr(value, "config", {}))}
-
-
-def from_spec(spec: Any, base: type, what: str, source: str | Path, build: bool = True) -> Any:
-    """Rebuild a ``{"class_path", "init_args"}`` spec from a checkpoint: the class from the allow-list of ``base``'s
-    subclasses; built (``build``) or as a factory of its arguments."""
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise UserInputError(f"{source} does not record its {what} (hyper_parameters.{what})")
-    cls = allowed_class(spec["class_path"], base, what)
-    arguments = dict(spec.get("init_args") or {})
-    return cls(**arguments) if build else functools.partial(cls, **arguments)

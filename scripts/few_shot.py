@@ -6,9 +6,10 @@ pretrain on MNIST digits 0-4 only, then train on digits 5-9 (the same kind of im
 of labelled training images per class and each seed, every method trains for the same number of optimizer steps on
 the same stratified subset: ``from scratch`` (random initialisation), ``fine-tuned`` (the pretrained backbone and a
 new head, the backbone at a third of the head's learning rate) and, in the digits study, ``linear probe`` (the
-pretrained backbone frozen throughout: only the head trains). Each is tested on the target's whole test split.
-Writes ``<out>/<study>.csv`` (one row per run), ``<out>/<study>.png`` (mean and spread over seeds) and prints a
-Markdown table.
+pretrained backbone frozen throughout: only the head trains, ``linear_probe.yaml``) and ``LoRA`` (rank-8
+adapters on the frozen backbone's layers and the head train at the head's learning rate, ``lora.yaml``). Each is
+tested on the target's whole test split. Writes ``<out>/<study>.csv`` (one row per run), ``<out>/<study>.png``
+(mean and spread over seeds) and prints a Markdown table.
 
     python scripts/few_shot.py --data-dir ../shared/data --out docs                       # fashion: few_shot.*
     python scripts/few_shot.py --data-dir ../shared/data --out docs --study digits --seeds 0 1 2 3 4
@@ -33,7 +34,7 @@ from safetensors.torch import save_file
 from project.cli import run_cli
 
 SIZES = ("1", "5", "10", "50", "100", "500", "all")
-SCRATCH, FINE_TUNED, PROBE = "from scratch", "fine-tuned", "linear probe"
+SCRATCH, FINE_TUNED, PROBE, LORA = "from scratch", "fine-tuned", "linear probe", "LoRA"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ STUDIES = {
     "fashion": Study("few_shot", (), ("--config=finetune_fashion_mnist",), "Fashion-MNIST", (SCRATCH, FINE_TUNED),
                      ("10", "50", "100", "500", "all")),
     "digits": Study("transfer_digits", ("--data.only_classes=[0,1,2,3,4]",), ("--data.only_classes=[5,6,7,8,9]",),
-                    "MNIST digits 5-9", (SCRATCH, PROBE, FINE_TUNED), ("1", "5", "10", "50", "all")),
+                    "MNIST digits 5-9", (SCRATCH, PROBE, LORA, FINE_TUNED), ("1", "5", "10", "50", "all")),
 }  # fmt: skip
 
 
@@ -77,14 +78,8 @@ def run_one(
     ]  # fmt: skip
     if size != "all":
         args.append(f"--data.samples_per_class={size}")
-    if method == SCRATCH:
-        args.append("--model.backbone_lr=null")
-    elif method == PROBE:  # frozen for longer than any run lasts
-        args += [f"--model.pretrained={pretrained}", f"--model.freeze_backbone_epochs={steps}"]
-    else:
-        args += [f"--model.pretrained={pretrained}", f"--model.backbone_lr={lr / 3}"]
     start = time.perf_counter()
-    cli = run_cli(args)
+    cli = run_cli([*args, *method_args(method, pretrained, lr)])
     return {
         "labels_per_class": size,
         "seed": seed,
@@ -93,6 +88,17 @@ def run_one(
         "optimizer_steps": cli.trainer.global_step,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def method_args(method: str, pretrained: Path, lr: float) -> list[str]:
+    """The options that make a run train by ``method``, as the shipped presets do."""
+    if method == SCRATCH:
+        return ["--model.backbone_lr=null"]
+    if method == PROBE:
+        return [f"--model.pretrained={pretrained}", "--config=linear_probe"]
+    if method == LORA:  # rank-8 adapters on every layer of the backbone, at the head's learning rate
+        return [f"--model.pretrained={pretrained}", "--config=lora"]
+    return [f"--model.pretrained={pretrained}", f"--model.backbone_lr={lr / 3}"]
 
 
 def summarise(rows: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:

@@ -26,12 +26,14 @@ def main() -> None:
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV file to write")
     parser.add_argument("--batch-size", type=int, default=256)
+    mnist_style = "make each image's digit look like MNIST's first (light ink on black, in 20x20, centred in 28x28)"
+    parser.add_argument("--mnist-style", action="store_true", help=mnist_style)
     args = parser.parse_args()
     try:
         if args.batch_size < 1:
             raise UserInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
         paths = image_paths(args.inputs)
-        rows, skipped = Predictor.load(args.model).predict(paths, args.batch_size)
+        rows, skipped = Predictor.load(args.model, args.mnist_style).predict(paths, args.batch_size)
         for line in skipped:
             print(f"skipped {line}", file=sys.stderr)
         if not rows:

@@ -303,7 +303,7 @@ def test_finetune_fashion_mnist_preset_parses_with_its_dataset(pretrained_checkp
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "dataset: fashion_mnist" in result.stdout and "freeze_backbone_epochs: 1" in result.stdout
+    assert "dataset: fashion_mnist" in result.stdout and "backbone_lr: 0.001" in result.stdout
 
 
 def test_the_few_shot_script_runs_the_shipped_recipe_through_the_command_line(tmp_path, run_dir):
@@ -321,7 +321,7 @@ def test_the_few_shot_script_runs_the_shipped_recipe_through_the_command_line(tm
     assert (tmp_path / "out" / "few_shot.png").is_file() and not (run_dir / "logs").exists()
 
 
-def test_the_digits_study_compares_scratch_a_linear_probe_and_fine_tuning(tmp_path, run_dir):
+def test_the_digits_study_compares_scratch_a_linear_probe_lora_and_fine_tuning(tmp_path, run_dir):
     from idx import write_mnist_folder
 
     data = write_mnist_folder(tmp_path / "data", train_count=12000)  # half each side; 5,000 for validation
@@ -331,8 +331,16 @@ def test_the_digits_study_compares_scratch_a_linear_probe_and_fine_tuning(tmp_pa
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (tmp_path / "out" / "transfer_digits.csv").read_text().splitlines()
-    assert [row.split(",")[2] for row in rows[1:]] == ["from scratch", "linear probe", "fine-tuned"]
+    assert [row.split(",")[2] for row in rows[1:]] == ["from scratch", "linear probe", "LoRA", "fine-tuned"]
     assert "| 5 | " in result.stdout and (tmp_path / "out" / "transfer_digits.png").is_file()
+    pretrained = tmp_path / "out" / "pretrained_transfer_digits.safetensors"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_finetuning.py"), "--data-dir", str(data), "--out",
+               str(tmp_path / "bench"), "--pretrained", str(pretrained), "--labels", "5", "--seeds", "0", "--steps",
+               "12"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| LoRA | 78,541 of 1,277,133 |" in result.stdout  # rank-8 adapters on its 3 layers, and the head
+    assert "| linear probe | 645 of 1,199,237 |" in result.stdout  # the head: 128 x 5 + 5
 
 
 def test_a_linear_probe_by_max_steps_keeps_the_pretrained_backbone_throughout(quick_args, pretrained_checkpoint):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import write_image_folder
 from helpers import cli_error
 from test_reliability import assert_same_training_state
 
@@ -62,6 +63,8 @@ def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_an
     run_cli(args)
     monkeypatch.chdir(run_dir)
     assert_same_training_state(straight / last.relative_to(run_dir), last)
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # torchvision's, for its weights
+    assert {key: checkpoint["preprocessing"][key] for key in imagenet} == imagenet  # the preset's data.mean/std: null
     rows, skipped = Predictor.load(last).predict(image_paths([str(image_folder / "square")]))
     assert len(rows) == 40 and skipped == []
     about = export_checkpoint(last, run_dir / "exported", ("onnx", "safetensors"))
@@ -102,12 +105,14 @@ def test_a_hugging_face_model_from_a_local_folder_fine_tunes_on_digits_and_expor
     torch.manual_seed(0)
     folder = run_dir / "tiny-vit"
     transformers.ViTModel(config).save_pretrained(folder)  # as a hub download leaves it, offline
+    transformers.ViTImageProcessor(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.2, 0.2]).save_pretrained(folder)
     saved = transformers.ViTModel.from_pretrained(folder).embeddings.patch_embeddings.projection.weight
     args = ["--model.network=project.library_networks.LibraryNetwork", "--model.network.init_args.library=huggingface",
             f"--model.network.init_args.name={folder}", "--model.network.init_args.weights=library",
             "--model.network.init_args.in_channels=1", "--model.network.init_args.image_size=28",
             "--model.freeze_backbone_epochs=1"]  # fmt: skip
     cli = run_cli(["fit", *quick_args, *args, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    assert cli.model.network.normalisation["mean"] == pytest.approx([0.4, 0.5, 0.6])  # its image processor's
     backbone = cli.model.network.backbone.model
     assert torch.equal(backbone.embeddings.patch_embeddings.projection.weight, saved)  # frozen in the first epoch
     last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
@@ -120,3 +125,37 @@ def test_a_library_or_channel_count_outside_what_is_allowed_is_refused_by_name()
         LibraryNetwork("keras", "resnet18", num_outputs=2)
     with pytest.raises(UserInputError, match=r"in_channels must be 1 \(repeated to 3\) or 3, got 4"):
         LibraryNetwork("torchvision", "resnet18", num_outputs=2, in_channels=4)
+
+
+def test_lora_on_a_library_backbone_keeps_the_reference_to_its_base_weights(image_folder, run_dir, mobilenet_weights):
+    from project.prediction import Predictor, image_paths
+
+    args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
+    run_cli([*args, "--config=lora", "--model.lora.rank=4", "--test_after_fit=false"])
+    last = run_dir / "logs" / "finetune_library" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["hyper_parameters"]["network"]["init_args"]["weights"] == mobilenet_weights  # the base
+    saved = sum(tensor.numel() for tensor in checkpoint["state_dict"].values())
+    assert saved < sum(t.numel() for t in torch.load(mobilenet_weights, weights_only=True).values()) / 4
+    rows, skipped = Predictor.load(last).predict(image_paths([str(image_folder / "square")]))
+    assert len(rows) == 40 and skipped == []
+
+
+def test_a_greyscale_folder_takes_the_averages_of_the_backbones_normalisation(tmp_path, run_dir):
+    folder = write_image_folder(tmp_path / "grey", {"a": 12, "b": 12}, mode="L")
+    pytest.importorskip("timm")
+    args = ["--config=finetune_library.yaml", "--config=debug", f"--data.data_dir={folder}", "--data.channels=1",
+            "--data.image_size=28", "--model.network.init_args.library=timm",
+            "--model.network.init_args.name=test_resnet",
+            "--model.network.init_args.weights=null", "--model.network.init_args.in_channels=1",
+            "--model.network.init_args.image_size=28", "--trainer.max_epochs=1"]  # fmt: skip
+    cli = run_cli(["fit", *args, "--test_after_fit=false"])
+    assert cli.datamodule.normalisation() == ([0.5], [0.5])  # timm's data config of test_resnet: 0.5 per channel
+    cli = run_cli(["fit", *args, "--test_after_fit=false", "--data.init_args.std=[0.25]"])
+    assert cli.datamodule.normalisation() == ([0.5], [0.25])  # what is given wins
+
+
+def test_null_normalisation_without_a_library_backbone_says_what_to_set(image_folder, run_dir, capsys):
+    message = cli_error(["fit", "--config=finetune_folder.yaml", "--config=debug", f"--data.data_dir={image_folder}",
+                         "--data.init_args.mean=null"], capsys, root=run_dir)  # fmt: skip
+    assert "data.mean and data.std are null (the backbone's), but the network states no normalisation" in message

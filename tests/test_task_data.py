@@ -176,3 +176,16 @@ def test_csv_regression_reads_paths_and_numeric_targets(tmp_path):
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (21, 3, 6)
     image, target = data.test_set[0]
     assert image.shape == (1, 28, 28) and isinstance(target, float)
+
+
+def test_a_folder_is_normalised_per_channel_and_a_wrong_count_is_refused(tmp_path):
+    from project.data.decoding import ImageConversion
+
+    conversion = ImageConversion(channels=3, image_size=2, mean=[0.0, 0.5, 1.0], std=[1.0, 0.5, 0.25])
+    white = torch.full((3, 2, 2), 255, dtype=torch.uint8)
+    assert conversion.normalise(white)[:, 0, 0].tolist() == [1.0, 1.0, 0.0]
+    assert ImageConversion(channels=3, mean=0.5).mean == (0.5, 0.5, 0.5)  # one number: every channel
+    with pytest.raises(UserInputError, match=r"data.mean takes one finite number, or one per channel \(3\), got"):
+        ImageConversion(channels=3, mean=[0.5, 0.5])
+    with pytest.raises(UserInputError, match=r"data.std must be positive, got \[1.0, 0.0, 1.0\]"):
+        ImageConversion(channels=3, std=[1.0, 0.0, 1.0])

@@ -20,41 +20,58 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
+from project.data.digits import mnist_like
 from project.data.in_memory import SplitTensors
 from project.errors import UserInputError, first_line
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
+def per_channel(value: float | list[float] | tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
+    """One number for every channel, or one per channel, as a tuple of ``channels`` numbers."""
+    values = (value,) if isinstance(value, int | float) else tuple(value)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        raise UserInputError(f"data.{name} takes one finite number, or one per channel ({channels}), got {value}")
+    return tuple(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class ImageConversion:
-    """From an image file to a ``channels`` x ``image_size`` x ``image_size`` tensor, normalised with mean and std."""
+    """From an image file to a ``channels`` x ``image_size`` x ``image_size`` tensor, normalised with mean and std
+    (one number for all channels, or one per channel). With ``mnist_style`` the image's digit is first made to look
+    like MNIST's (:func:`project.data.digits.mnist_like`)."""
 
     channels: int = 1
     image_size: int = 28
-    mean: float = MNIST_MEAN
-    std: float = MNIST_STD
+    mean: float | tuple[float, ...] = MNIST_MEAN
+    std: float | tuple[float, ...] = MNIST_STD
+    mnist_style: bool = False
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise UserInputError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if self.image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {self.image_size}")
-        if not (math.isfinite(self.std) and self.std > 0) or not math.isfinite(self.mean):
-            raise UserInputError(f"data.mean must be finite and data.std positive, got {self.mean} and {self.std}")
+        object.__setattr__(self, "mean", per_channel(self.mean, self.channels, "mean"))  # frozen: set once, here
+        object.__setattr__(self, "std", per_channel(self.std, self.channels, "std"))
+        if not all(value > 0 for value in self.std):
+            raise UserInputError(f"data.std must be positive, got {list(self.std)}")
 
     def decode(self, path: Path) -> Tensor:
         """The file's pixels as uint8, converted and resized (bilinear, antialiased); raises if it cannot be decoded."""
         with Image.open(path) as image:
             image.load()  # decodes everything: verify() alone passes truncated or corrupt pixel data
-            converted = image.convert("L" if self.channels == 1 else "RGB")
+            source = mnist_like(image) if self.mnist_style else image
+            converted = source.convert("L" if self.channels == 1 else "RGB")
         resized = TF.resize(converted, [self.image_size, self.image_size], antialias=True)
         return TF.pil_to_tensor(resized)
 
     def normalise(self, pixels: Tensor) -> Tensor:
         """As the in-memory path normalises (and torchvision's ToTensor and Normalize): /255, minus mean, over std."""
-        mean = torch.tensor([self.mean] * self.channels).view(-1, 1, 1)
-        std = torch.tensor([self.std] * self.channels).view(-1, 1, 1)
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
         return (pixels.float() / 255).sub_(mean).div_(std)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ class FileDataModule(ImageDataModule):
 
     Args:
         data_dir: the folder that holds the images (and the CSV files).
-        channels, image_size, mean, std: the conversion of every image (see :class:`ImageConversion`).
+        channels, image_size, mean, std: the conversion of every image (see :class:`ImageConversion`); ``mean``
+            and ``std`` are one number or one per channel, or ``null``: the backbone's (a library backbone states the
+            normalisation its weights were trained with; see :meth:`adopt_normalisation`).
+        mnist_style: make each image's digit look like MNIST's first (:mod:`project.data.digits`: light ink on
+            black, fitted in 20x20, centred by mass in 28x28), for photos or scans of digits and an MNIST backbone.
         test_size: without separate test files, the images held out for testing: a count or a fraction below 1.
         max_memory_mb: keep the decoded images of a split in memory up to this size (MiB).
         **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
@@ -48,15 +53,18 @@ class FileDataModule(ImageDataModule):
         data_dir: str,
         channels: int = 1,
         image_size: int = 28,
-        mean: float = MNIST_MEAN,
-        std: float = MNIST_STD,
+        mean: float | list[float] | None = MNIST_MEAN,
+        std: float | list[float] | None = MNIST_STD,
+        mnist_style: bool = False,
         test_size: int | float = 0.2,
         max_memory_mb: int = 4096,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
         self.save_hyperparameters()
-        self.conversion = ImageConversion(channels, image_size, mean, std)
+        self.awaiting_normalisation = mean is None or std is None
+        stated = (MNIST_MEAN, MNIST_STD) if self.awaiting_normalisation else (mean, std)  # replaced when adopted
+        self.conversion = ImageConversion(channels, image_size, *stated, mnist_style=mnist_style)
         self.image_shape = (channels, image_size, image_size)
         self.test_size = test_size
         if max_memory_mb < 0:
@@ -68,8 +76,29 @@ class FileDataModule(ImageDataModule):
         raise NotImplementedError
 
     def normalisation(self) -> tuple[list[float], list[float]]:
-        conversion = self.conversion
-        return [conversion.mean] * conversion.channels, [conversion.std] * conversion.channels
+        if self.awaiting_normalisation:
+            raise UserInputError(
+                "data.mean and data.std are null (the backbone's), but the network states no normalisation (only a "
+                "library backbone does): set them, e.g. --data.init_args.mean [0.485,0.456,0.406] "
+                "--data.init_args.std [0.229,0.224,0.225]"
+            )
+        return list(self.conversion.mean), list(self.conversion.std)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), "mnist_style": self.conversion.mnist_style}
+
+    def adopt_normalisation(self, mean: list[float], std: list[float]) -> None:
+        """Take the backbone's mean and std where ``data.mean`` / ``data.std`` are null; greyscale images (repeated
+        to the backbone's three channels) take the channels' averages. Options that were given are kept."""
+        if not self.awaiting_normalisation:
+            return
+        if self.conversion.channels == 1:
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+        given = self.hparams
+        mean = mean if given.get("mean") is None else given["mean"]
+        std = std if given.get("std") is None else given["std"]
+        self.conversion = replace(self.conversion, mean=mean, std=std)
+        self.awaiting_normalisation = False
 
     def sources(self) -> tuple[Path, Path | None]:
         """Where the training data is, and the test data if it is stored apart."""

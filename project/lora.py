@@ -1,0 +1,148 @@
+"""LoRA: fine-tune a pretrained backbone through small low-rank adapters (Hugging Face ``peft``), its weights frozen.
+
+``--model.lora.rank 8`` (or ``--config lora.yaml``) wraps the network's backbone in peft's ``LoraModel``: each
+targeted ``nn.Linear`` and ``nn.Conv2d`` keeps its pretrained weight ``W`` frozen and gains a trainable update
+``(alpha / rank) * B @ A`` of rank ``rank`` (``B`` starts at zero, so training starts from the pretrained network).
+The head stays whole and trains, the backbone's other parameters are frozen.
+
+A checkpoint holds only what changes: the adapters, the head and the backbone's buffers (BatchNorm statistics), plus
+a fingerprint of the frozen base weights. Those are rebuilt from where they came from (``--model.pretrained`` and
+the network's ``weights``, both recorded in the checkpoint's hyperparameters) and checked against the fingerprint
+before a run resumes or a checkpoint is loaded, so an adapter is never put on another base. Export merges the
+adapters into the weights (:func:`merge_adapters`): the exported network is a plain one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from project.errors import UserInputError
+
+ADAPTED_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """LoRA's settings.
+
+    Args:
+        rank: the rank of each update (the adapters' width).
+        alpha: the update's scale is ``alpha / rank``; default ``2 * rank``.
+        targets: names of the backbone's layers to adapt (a name matches a layer whose dotted path is the name or
+            ends with ``.name``, peft's rule); default every ``nn.Linear`` and ungrouped ``nn.Conv2d``.
+        dropout: dropout on the adapters' input.
+    """
+
+    rank: int = 8
+    alpha: float | None = None
+    targets: list[str] | None = None
+    dropout: float = 0.0
+
+
+def settings_from(value: LoRA | dict[str, Any] | None) -> LoRA | None:
+    """The settings from the command line (a :class:`LoRA`) or a checkpoint (its plain values), checked."""
+    if value is None:
+        return None
+    settings = value if isinstance(value, LoRA) else LoRA(**value)
+    if settings.rank < 1:
+        raise UserInputError(f"model.lora.rank must be a positive integer, got {settings.rank}")
+    if settings.alpha is not None and not settings.alpha > 0:
+        raise UserInputError(f"model.lora.alpha must be a positive number, got {settings.alpha}")
+    if not 0.0 <= settings.dropout < 1.0:
+        raise UserInputError(f"model.lora.dropout must lie in [0, 1), got {settings.dropout}")
+    return settings
+
+
+def adaptable_layers(backbone: nn.Module) -> list[str]:
+    """The dotted paths of the layers LoRA can adapt (grouped convolutions, such as depthwise ones, it cannot)."""
+    return [
+        path
+        for path, layer in backbone.named_modules()
+        if isinstance(layer, ADAPTED_LAYERS) and getattr(layer, "groups", 1) == 1
+    ]
+
+
+def chosen_targets(backbone: nn.Module, targets: list[str] | None) -> list[str]:
+    """The targeted layers' paths; a name that matches no adaptable layer is refused, naming some that exist."""
+    adaptable = adaptable_layers(backbone)
+    if not adaptable:
+        raise UserInputError(f"LoRA: {type(backbone).__name__} has no nn.Linear or nn.Conv2d layer to adapt")
+    if targets is None:
+        return adaptable
+    unknown = [name for name in targets if not any(path == name or path.endswith(f".{name}") for path in adaptable)]
+    if unknown or not targets:
+        raise UserInputError(
+            f"model.lora.targets: no adaptable layer (nn.Linear, nn.Conv2d) is named {unknown or targets}; the "
+            f"backbone's include {', '.join(adaptable[:8])}{', ...' if len(adaptable) > 8 else ''}"
+        )
+    return [path for path in adaptable if any(path == name or path.endswith(f".{name}") for name in targets)]
+
+
+def add_adapters(network: nn.Module, settings: LoRA) -> None:
+    """Wrap ``network.backbone`` in peft's ``LoraModel``: adapters on the targets, every other backbone weight
+    frozen. The network's own weights (pretrained ones included) must be in place first."""
+    try:
+        peft = importlib.import_module("peft")
+    except ImportError:
+        raise UserInputError('model.lora needs the peft library: pip install -e ".[peft]"') from None
+    if not hasattr(network, "backbone"):
+        raise UserInputError(f"model.lora adapts a network's backbone; {type(network).__name__} has none")
+    config = peft.LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha or 2 * settings.rank,
+        target_modules=chosen_targets(network.backbone, settings.targets),
+        lora_dropout=settings.dropout,
+    )
+    network.backbone = peft.LoraModel(network.backbone, config, "default")
+
+
+def merge_adapters(network: nn.Module) -> None:
+    """Fold the adapters into the weights they adapt: the backbone becomes the plain module it was, with the
+    fine-tuned weights (for export). Nothing happens to a network without adapters."""
+    if hasattr(getattr(network, "backbone", None), "merge_and_unload"):
+        network.backbone = network.backbone.merge_and_unload()
+
+
+def frozen_names(model: nn.Module) -> list[str]:
+    """The state-dict names of the model's frozen parameters: the base weights a checkpoint leaves out."""
+    return sorted(name for name, parameter in model.named_parameters() if not parameter.requires_grad)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A SHA-256 of the frozen parameters' names and values: the identity of the base the adapters were trained on."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in frozen_names(model):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def leave_out_base(checkpoint: dict[str, Any], model: nn.Module) -> None:
+    """Remove the frozen base weights from a checkpoint being saved, and record their fingerprint instead."""
+    frozen = frozen_names(model)
+    for name in frozen:
+        checkpoint["state_dict"].pop(name, None)
+    checkpoint["lora_base"] = {"fingerprint": fingerprint(model), "parameters": len(frozen)}
+
+
+def restore_base(checkpoint: dict[str, Any], model: nn.Module, source: object) -> None:
+    """Put the model's own frozen base weights back into a LoRA checkpoint being loaded (in place), after checking
+    they are the base the checkpoint's adapters were trained on. Nothing happens to other checkpoints."""
+    base = checkpoint.get("lora_base")
+    if base is None:
+        return
+    if base.get("fingerprint") != fingerprint(model):
+        raise UserInputError(
+            f"{source} holds LoRA adapters trained on other base weights than this network's: rebuild the network "
+            f"from the same model.pretrained and weights file as the run that wrote it (its config.yaml)"
+        )
+    state = model.state_dict()
+    for name in frozen_names(model):
+        checkpoint["state_dict"].setdefault(name, state[name])
