@@ -306,6 +306,7 @@ def test_finetune_fashion_mnist_preset_parses_with_its_dataset(pretrained_checkp
     assert "dataset: fashion_mnist" in result.stdout and "backbone_lr: 0.001" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_few_shot_script_runs_the_shipped_recipe_through_the_command_line(tmp_path, run_dir):
     from idx import write_mnist_folder
 
@@ -321,6 +322,7 @@ def test_the_few_shot_script_runs_the_shipped_recipe_through_the_command_line(tm
     assert (tmp_path / "out" / "few_shot.png").is_file() and not (run_dir / "logs").exists()
 
 
+@pytest.mark.slow
 def test_the_digits_study_compares_scratch_a_linear_probe_lora_and_fine_tuning(tmp_path, run_dir):
     from idx import write_mnist_folder
 

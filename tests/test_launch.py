@@ -77,6 +77,7 @@ def test_two_nodes_under_torchrun_write_one_run_whose_validation_matches_one_pro
     assert single.trainer.callback_metrics["val/acc"].item() == pytest.approx(two_node_accuracy, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_two_node_job_killed_mid_epoch_and_relaunched_ends_as_if_never_stopped(two_node_run, tmp_path, fake_data_dir):
     args = [f"--config={EXACT_CONFIG}", *TWO_NODES, f"--data.data_dir={fake_data_dir}", "--test_after_fit=false"]
     kill = ["--trainer.callbacks+=helpers.KillAtStep", "--trainer.callbacks.step=13"]  # epoch 3, batch 3
@@ -108,6 +109,7 @@ def sbatch(folder: Path, environment: dict[str, str], *args: str) -> subprocess.
     return subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_slurm_job_saves_before_its_time_limit_requeues_itself_and_resumes_exactly(tmp_path, fake_data_dir):
     args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}", "--trainer.accelerator=cpu",
             "--test_after_fit=false"]  # fmt: skip

@@ -39,6 +39,7 @@ def test_notebooks_are_committed_without_outputs(name):
     )
 
 
+@pytest.mark.slow
 def test_quickstart_pretrains_fine_tunes_evaluates_and_shows_its_pictures(fake_data_dir, run_dir, monkeypatch):
     monkeypatch.setenv("PROJECT_DATA_DIR", str(fake_data_dir))
     monkeypatch.setenv("QUICKSTART_STEPS", "5")
