@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from project.checkpoints import read_checkpoint
 from project.errors import UserInputError
-from project.lora import merge_adapters
+from project.lora import has_adapters, merge_adapters
 from project.prediction import checkpoint_preprocessing, onnx_runner
 
 FORMATS = ("onnx", "pt2", "safetensors")
@@ -105,7 +105,7 @@ def share_as_usual(folder: Path) -> None:
 def merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, float]:
     """Merge a LoRA network's adapters into its weights (:func:`project.lora.merge_adapters`); how far the merged
     network's outputs are from the adapters' (relative to the outputs' scale). Empty for other networks."""
-    if not hasattr(getattr(network, "backbone", None), "merge_and_unload"):
+    if not has_adapters(network):
         return {}
     with torch.no_grad():
         before = network(images)

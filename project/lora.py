@@ -15,12 +15,11 @@ adapters into the weights (:func:`merge_adapters`): the exported network is a pl
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from project.errors import UserInputError
 
@@ -88,7 +87,7 @@ def add_adapters(network: nn.Module, settings: LoRA) -> None:
     """Wrap ``network.backbone`` in peft's ``LoraModel``: adapters on the targets, every other backbone weight
     frozen. The network's own weights (pretrained ones included) must be in place first."""
     try:
-        peft = importlib.import_module("peft")
+        import peft
     except ImportError:
         raise UserInputError('model.lora needs the peft library: pip install -e ".[peft]"') from None
     if not hasattr(network, "backbone"):
@@ -102,34 +101,38 @@ def add_adapters(network: nn.Module, settings: LoRA) -> None:
     network.backbone = peft.LoraModel(network.backbone, config, "default")
 
 
+def has_adapters(network: nn.Module) -> bool:
+    """Whether :func:`add_adapters` wrapped the network's backbone (peft's ``LoraModel`` is what can merge)."""
+    return hasattr(getattr(network, "backbone", None), "merge_and_unload")
+
+
 def merge_adapters(network: nn.Module) -> None:
     """Fold the adapters into the weights they adapt: the backbone becomes the plain module it was, with the
     fine-tuned weights (for export). Nothing happens to a network without adapters."""
-    if hasattr(getattr(network, "backbone", None), "merge_and_unload"):
+    if has_adapters(network):
         network.backbone = network.backbone.merge_and_unload()
 
 
-def frozen_names(model: nn.Module) -> list[str]:
-    """The state-dict names of the model's frozen parameters: the base weights a checkpoint leaves out."""
-    return sorted(name for name, parameter in model.named_parameters() if not parameter.requires_grad)
+def base_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The model's frozen parameters by state-dict name: the base weights a checkpoint leaves out."""
+    return {name: parameter for name, parameter in model.named_parameters() if not parameter.requires_grad}
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A SHA-256 of the frozen parameters' names and values: the identity of the base the adapters were trained on."""
+def fingerprint(base: dict[str, Tensor]) -> str:
+    """A SHA-256 of the base weights' names and values: the identity of the base the adapters were trained on."""
     digest = hashlib.sha256()
-    state = model.state_dict()
-    for name in frozen_names(model):
+    for name in sorted(base):
         digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        digest.update(base[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
 def leave_out_base(checkpoint: dict[str, Any], model: nn.Module) -> None:
     """Remove the frozen base weights from a checkpoint being saved, and record their fingerprint instead."""
-    frozen = frozen_names(model)
-    for name in frozen:
+    base = base_weights(model)
+    for name in base:
         checkpoint["state_dict"].pop(name, None)
-    checkpoint["lora_base"] = {"fingerprint": fingerprint(model), "parameters": len(frozen)}
+    checkpoint["lora_base"] = {"fingerprint": fingerprint(base), "parameters": len(base)}
 
 
 def restore_base(checkpoint: dict[str, Any], model: nn.Module, source: object) -> None:
@@ -138,11 +141,11 @@ def restore_base(checkpoint: dict[str, Any], model: nn.Module, source: object) -
     base = checkpoint.get("lora_base")
     if base is None:
         return
-    if base.get("fingerprint") != fingerprint(model):
+    weights = base_weights(model)
+    if base.get("fingerprint") != fingerprint(weights):
         raise UserInputError(
             f"{source} holds LoRA adapters trained on other base weights than this network's: rebuild the network "
             f"from the same model.pretrained and weights file as the run that wrote it (its config.yaml)"
         )
-    state = model.state_dict()
-    for name in frozen_names(model):
-        checkpoint["state_dict"].setdefault(name, state[name])
+    for name, tensor in weights.items():
+        checkpoint["state_dict"].setdefault(name, tensor.detach())

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import lightning as L
 import torch
-from few_shot import FINE_TUNED, LORA, PROBE, SCRATCH, STUDIES, method_args, pretrain
+from few_shot import FINE_TUNED, LORA, PROBE, SCRATCH, STUDIES, pretrain, run_args
 
 from project.cli import run_cli
 
@@ -80,14 +80,9 @@ def peak_of_process_mb() -> float:
 
 
 def measure(data_dir: str, method: str, pretrained: Path, labels: str, steps: int, seed: int, lr: float) -> dict:
-    study = STUDIES["digits"]
     StepTimer.seconds = []
-    args = ["fit", *study.target, "--config=study", f"--data.data_dir={data_dir}", "--data.download=false",
-            f"--data.split_seed={seed}", f"--seed_everything={seed}", f"--trainer.max_steps={steps}",
-            "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0", f"--model.optimizer.lr={lr}",
-            "--model.freeze_backbone_epochs=0", "--trainer.callbacks+=__main__.StepTimer",
-            *([] if labels == "all" else [f"--data.samples_per_class={labels}"])]  # fmt: skip
-    cli = run_cli([*args, *method_args(method, pretrained, lr)])
+    args = run_args(data_dir, STUDIES["digits"], labels, seed, method, pretrained, steps, lr)
+    cli = run_cli([*args, "--trainer.callbacks+=__main__.StepTimer"])  # the digits study's run, timed
     return {
         "method": method,
         "seed": seed,

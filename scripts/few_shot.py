@@ -66,10 +66,10 @@ def pretrain(data_dir: str, study: Study, out: Path) -> Path:
     return path
 
 
-def run_one(
+def run_args(
     data_dir: str, study: Study, size: str, seed: int, method: str, pretrained: Path, steps: int, lr: float
-) -> dict:
-    """One run on the study's target data for ``steps`` steps by ``method``."""
+) -> list[str]:
+    """The command line of one run on the study's target data for ``steps`` steps by ``method``."""
     args = [
         "fit", *study.target, "--config=study", f"--data.data_dir={data_dir}",
         "--data.download=false", f"--data.split_seed={seed}", f"--seed_everything={seed}",
@@ -78,8 +78,15 @@ def run_one(
     ]  # fmt: skip
     if size != "all":
         args.append(f"--data.samples_per_class={size}")
+    return [*args, *method_args(method, pretrained, lr)]
+
+
+def run_one(
+    data_dir: str, study: Study, size: str, seed: int, method: str, pretrained: Path, steps: int, lr: float
+) -> dict:
+    """One run on the study's target data for ``steps`` steps by ``method``."""
     start = time.perf_counter()
-    cli = run_cli([*args, *method_args(method, pretrained, lr)])
+    cli = run_cli(run_args(data_dir, study, size, seed, method, pretrained, steps, lr))
     return {
         "labels_per_class": size,
         "seed": seed,
