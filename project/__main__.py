@@ -1,4 +1,4 @@
-"""``python -m project fit|validate|test|predict ...``"""
+"""``python -m project fit|validate|test ...`` (predictions for new images: ``scripts/predict.py``)"""
 
 from project.cli import main
 

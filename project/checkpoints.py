@@ -1,8 +1,9 @@
 """Checkpoints: written atomically and never with non-finite values, read only when they are plainly data.
 
-- :class:`AtomicCheckpointIO` writes to a temporary file in the same folder, flushes it and renames it over the old
-  one, which a POSIX filesystem does atomically: the path holds the old checkpoint or the new one, never half of one.
-  It refuses to write non-finite weights or optimizer state, and reads every checkpoint with :func:`read_checkpoint`.
+- :class:`AtomicCheckpointIO` writes through :func:`project.atomic_files.written_whole` (a temporary file in the same
+  folder, flushed and renamed over the old one: the path holds the old checkpoint or the new one, never half of one;
+  the umask's permissions; a full disk in one line). It refuses to write non-finite weights or optimizer state, and
+  reads every checkpoint with :func:`read_checkpoint`.
 - :func:`read_checkpoint` loads with ``torch.load(weights_only=True)`` (nothing in the file is unpickled into code)
   and checks it is a Lightning checkpoint; :func:`allowed_class` lets a checkpoint name a class only from an
   allow-list, without importing anything.
@@ -12,12 +13,9 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +28,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from project.errors import DiskFullError, TrainingDivergedError, UserInputError, first_line
+from project.atomic_files import TEMPORARY_SUFFIX, free_bytes, written_whole
+from project.errors import TrainingDivergedError, UserInputError, first_line
 
 LAST_CHECKPOINT = "last.ckpt"
-TEMPORARY_PATTERN = ".*.ckpt.*.tmp"
+TEMPORARY_PATTERN = f".*.ckpt.*{TEMPORARY_SUFFIX}"
 """Name pattern of the temporary files :class:`AtomicCheckpointIO` writes before renaming them."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves with write-to-temporary, fsync, rename; a failed save leaves the previous file and no temporary.
+    """Saves whole or not at all (:func:`~project.atomic_files.written_whole`); a failed save leaves the previous file
+    and no temporary.
 
     Never writes a checkpoint whose weights or optimizer state are not finite, and reads checkpoints only with
     :func:`read_checkpoint` (``weights_only=True``, whatever the caller asks).
@@ -49,23 +49,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         refuse_non_finite(checkpoint, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except OSError as error:
-            Path(temporary).unlink(missing_ok=True)
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(disk_full_message(checkpoint, path)) from None
-            raise
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)  # make the rename itself durable
+        with written_whole(path, "wb", full_message=lambda: disk_full_message(checkpoint, path)) as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any | None = None, weights_only: bool | None = None
@@ -75,7 +60,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def disk_full_message(checkpoint: dict[str, Any], path: Path) -> str:
     needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(checkpoint))
-    free = shutil.disk_usage(path.parent).free
+    free = free_bytes(path.parent)
     kept = f"{path} is unchanged" if path.exists() else "no earlier checkpoint was there"
     return (
         f"No space left on device while writing a checkpoint into {path.parent.resolve()}: it needs about {needed:,} "
@@ -112,14 +97,6 @@ def refuse_non_finite(checkpoint: dict[str, Any], path: Path) -> None:
                         f"the optimizer state became non-finite ({key} of parameter {index}) by step {step}, though "
                         f"the weights are finite; {path} was not written"
                     )
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -2,7 +2,7 @@
 
     python -m project fit                                   # train on MNIST with project/configs/mnist.yaml
     python -m project fit --config classic.yaml             # stack a preset on top of the defaults
-    python -m project fit --ckpt_path last                  # resume the newest interrupted run
+    python -m project fit --ckpt_path last                  # resume the newest run of the recipe
     python -m project test --ckpt_path logs/mnist/version_0/checkpoints/last.ckpt
 
 Every subcommand starts from ``project/configs/mnist.yaml``; ``--config`` files stack on top of it in order and
@@ -11,53 +11,98 @@ what to train) and ``project/configs/modifiers/`` (how: ``debug``). A run is nam
 
 Everything that can be checked before work starts is checked before the Trainer runs (``before_<subcommand>``): the
 options, the checkpoint and what may change on resume, the pretrained backbone, and every split of the data. Bad
-input ends with one ``error:`` line and exit status 2, and leaves no log folder or checkpoint behind.
+input ends with one ``error:`` line and exit status 2, and leaves no log folder or checkpoint behind. ``fit`` trains
+into a run folder that it holds locked (:mod:`project.run_lock`); ``validate`` and ``test`` write no run folder.
+Predictions for new images come from ``scripts/predict.py`` (a CSV), reports from ``scripts/evaluate.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
+import logging
+import os
 import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
-from project.cli_errors import explain_parse_error
+from project.cli_errors import explain, explain_parse_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
-from project.errors import ReportedError, UserInputError, first_line
+from project.errors import UserInputError
 from project.networks import check_image_shape
-from project.preflight import check_fits_network, check_monitors, check_sharding_has_gpus
+from project.preflight import (
+    adopt_backbone_normalisation,
+    check_fits_network,
+    check_monitors,
+    check_sharding_has_gpus,
+)
 from project.presets import DEFAULT_CONFIG, resolve_config_args, run_name
-from project.resume import check_resume_settings
-from project.runs import newest_to_resume, resolve_checkpoint, run_version
+from project.progress import ProgressBar, ProgressLog
+from project.resume import ExactResume, check_resume_settings
+from project.run_lock import RunLock
+from project.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
 from project.task_module import TaskModule
+from project.tensorboard_reports import RunLogger, TensorBoardReports
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test")
+"""Lightning's ``predict`` is left out: predictions for new images are ``scripts/predict.py``'s, written to a CSV."""
+EVALUATION = ("validate", "test")
 LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger")
+FIT_ONLY_CALLBACKS = (Checkpoint, LearningRateMonitor, ExactResume, TensorBoardReports, ProgressLog)
+DESCRIPTION = (
+    "Train (fit), validate or test a model of this project; every subcommand starts from project/configs/mnist.yaml, "
+    "--config stacks presets (python -m project fit --help lists every option). Predictions for new images: "
+    "scripts/predict.py; reports of a checkpoint: scripts/evaluate.py; export: scripts/export.py."
+)
+CKPT_PATH_HELP = (
+    "the checkpoint to resume (fit) or evaluate: 'last' (the newest run of this recipe, logs/<name>/version_*; fit "
+    "refuses it while another process trains into it, validate and test pass over runs still training), 'best' "
+    "(that run's best checkpoint), 'hpc' (the newest hpc_ckpt_<N>.ckpt of Lightning's SLURM requeue), 'auto' "
+    "(fit: the newer of last and hpc, or a new run when there is neither), or the path of a .ckpt file"
+)
 
 
 class ProjectCLI(LightningCLI):
     """LightningCLI that links the data to the model, checks everything before running, resumes into the same run
     folder, and tests after fitting."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_name = DEFAULT_CONFIG.stem
+        """The run's name: its last recipe preset's (``project.presets.run_name``)."""
+        self.requested_ckpt_path: str | None = None
+        """What ``--ckpt_path`` says (``last``, ``best``, ``hpc``, ``auto`` or a path)."""
+        self.chosen: Chosen | None = None
+        """The checkpoint ``--ckpt_path`` chose (``project.runs.choose_checkpoint``), if any."""
+        self.checkpoint: dict[str, Any] | None = None
+        """Its content, until the checks before running have used it (Lightning then reads the file itself)."""
+        self.run_lock: RunLock | None = None
+        """The lock on the run folder this process trains into, released when the command ends, however it ends."""
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        # `--weights_only false` would let a checkpoint unpickle arbitrary objects: it is not an option here.
-        return {name: skipped | {"weights_only"} for name, skipped in LightningCLI.subcommands().items()}
+        # `--weights_only false` would let a checkpoint unpickle arbitrary objects: it is not an option here. The
+        # project's own --ckpt_path replaces Lightning's (see add_arguments_to_parser).
+        subcommands = LightningCLI.subcommands()
+        return {name: subcommands[name] | {"weights_only", "ckpt_path"} for name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the task and the size of the network's output, so neither is typed twice.
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.link_arguments("data.num_outputs", "model.network.init_args.num_outputs", apply_on="instantiate")
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help=CKPT_PATH_HELP)
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -66,59 +111,66 @@ class ProjectCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        replaced = refuse_replaced_callbacks(list(args or []))
+        if replaced:
+            raise UserInputError(replaced)
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as error:
             raise UserInputError(explain_parse_error(str(error), parser, args)) from None
         self.run_name = run_name(args)
-        # Keep --ckpt_path from LightningCLI, which would read the file before any check and let the hyperparameters
-        # stored in it override the command line (Lightning #20310, #20801). It is resolved and checked below.
+        # --ckpt_path is the project's: LightningCLI would read the file before any check and let the hyperparameters
+        # stored in it override the command line (Lightning #20310, #20801). It is taken out of the config here,
+        # resolved and checked before the classes are built, and handed to the Trainer (trainer.ckpt_path) once
+        # everything else is checked.
         subcommand = self.config.get("subcommand")
-        self.requested_ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if subcommand:
+            self.requested_ckpt_path = self.config[subcommand].get("ckpt_path")
             self.config[subcommand].ckpt_path = None
 
     def before_instantiate_classes(self) -> None:
-        self.checkpoint: dict[str, Any] | None = None
         config = self.config[self.subcommand]
         logger = tensorboard_logger_args(config.trainer.logger)
         if logger is not None and not logger.name:
             logger.name = self.run_name
+        run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
+        if self.subcommand in EVALUATION:  # no run folder (scripts/evaluate.py writes reports), no fit-only callbacks
+            config.trainer.logger = False
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)
         if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
             self.save_config_callback = None
-        if not self.requested_ckpt_path:
+        if self.requested_ckpt_path:
+            self.choose(config, logger, run_root)
+
+    def choose(self, config: Any, logger: Any, run_root: Path) -> None:
+        """Resolve ``--ckpt_path`` (:func:`project.runs.choose_checkpoint`); a resumed run writes into its folder."""
+        root_dir, requested = Path(config.trainer.default_root_dir or "."), self.requested_ckpt_path
+        chosen = choose_checkpoint(requested, self.subcommand, run_root, root_dir, first_process())
+        if chosen is None:
+            say(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}: starting a new run")
             return
-        run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
-        root_dir = Path(config.trainer.default_root_dir or ".")
-        if self.requested_ckpt_path == "auto":
-            newest = newest_to_resume(run_root, root_dir)
-            if newest is None:
-                print(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}: starting a new run")
-                return
-            checkpoint, content = newest
-        else:
-            checkpoint, content = resolve_checkpoint(self.requested_ckpt_path, run_root, root_dir)
-        max_epochs = config.trainer.max_epochs
+        for note in chosen.notes:
+            say(note)
+        content, max_epochs = chosen.checkpoint, config.trainer.max_epochs
         if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= content["epoch"]:
             raise UserInputError(
-                f"--trainer.max_epochs={max_epochs} is below the checkpoint's epoch: {checkpoint} is in epoch "
+                f"--trainer.max_epochs={max_epochs} is below the checkpoint's epoch: {chosen.path} is in epoch "
                 f"{content['epoch'] + 1} (step {content['global_step']}); resume with max_epochs of at least "
                 f"{content['epoch'] + 1}"
             )
-        config.ckpt_path = str(checkpoint)
-        self.checkpoint = content
-        # A resumed run keeps writing into the version folder its checkpoint came from.
-        version = run_version(checkpoint, content, run_root)
-        if self.subcommand == "fit" and logger is not None and version is not None:
-            logger.version = version
-            logger.log_graph = False  # drawn when the run started
-            if "purge_step" in logger:  # TensorBoard hides what was logged after the checkpoint: no step twice
-                logger.purge_step = content["global_step"]
-            # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
-            self.save_config_kwargs["config_filename"] = next_free_name(run_root / version, "config", ".yaml")
-            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-            print(f"Resuming {checkpoint} into {run_root / version}")
+        self.chosen, self.checkpoint = chosen, content
+        if self.subcommand != "fit" or logger is None or chosen.version is None:
+            say(f"--ckpt_path {requested}: {chosen.summary()}")
+            return
+        logger.version = chosen.version  # a resumed run keeps writing into the folder its checkpoint came from
+        logger.log_graph = False  # drawn when the run started
+        if "purge_step" in logger:  # TensorBoard hides what was logged after the checkpoint: no step twice
+            logger.purge_step = content["global_step"]
+        # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
+        self.save_config_kwargs["config_filename"] = next_free_name(run_root / chosen.version, "config", ".yaml")
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        say(f"Resuming {chosen.summary()} into {run_root / chosen.version}")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Every checkpoint is written atomically and read with the checks, whatever the preset's plugins are.
@@ -132,7 +184,13 @@ class ProjectCLI(LightningCLI):
             )
         if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
+        trainer = self.config_init[self.subcommand]["trainer"]
+        callbacks = list(trainer.get("callbacks") or [])
+        if self.subcommand in EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
+            callbacks = [c for c in callbacks if not isinstance(c, FIT_ONLY_CALLBACKS)]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar())  # Rich's, its epoch ending where max_steps ends the run
+        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
 
     # -- checks before any work -----------------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -143,9 +201,6 @@ class ProjectCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.check_before_running("test")
-
-    def before_predict(self) -> None:
-        self.check_before_running("predict")
 
     def check_before_running(self, stage: str) -> None:
         """Everything that can fail before the Trainer writes its first file, in the order of cost."""
@@ -165,9 +220,9 @@ class ProjectCLI(LightningCLI):
                     trainer.accumulate_grad_batches,
                     trainer.world_size,
                 )
-                for stale in remove_stale_temporaries(Path(self.config[stage].ckpt_path).parent):
+                for stale in remove_stale_temporaries(self.chosen.path.parent):
                     rank_zero_info(f"Removed {stale}, left by a save that was killed part-way")
-            check_fits_network(self.checkpoint, model, self.config[stage].ckpt_path)
+            check_fits_network(self.checkpoint, model, str(self.chosen.path))
             self.checkpoint = None  # checked: Lightning reads the file again itself
         elif stage == "fit" and model.hparams.pretrained:
             rank_zero_info(model.load_pretrained())
@@ -178,32 +233,42 @@ class ProjectCLI(LightningCLI):
             data.prepare_data()
         if trainer.local_rank == 0 or data.files_ready():
             data.setup(stage)
+        if stage == "fit" and trainer.logger is not None and trainer.log_dir is not None and trainer.is_global_zero:
+            self.take_run_folder(trainer)  # (no logger, or fast_dev_run's stand-in: no run folder)
+        trainer.ckpt_path = str(self.chosen.path) if self.chosen else None  # all checked: Lightning may read it
+
+    def take_run_folder(self, trainer: Any) -> None:
+        """Lock the folder this run trains into, the last step before the Trainer writes (a new run's folder is made
+        here: two runs starting at once never share one)."""
+        logger = trainer.logger
+        if isinstance(logger, RunLogger) and not (self.chosen and self.chosen.version):
+            logger.claimed_version = claim_new_run(Path(logger.root_dir))
+        self.run_lock = RunLock(Path(trainer.log_dir))
+        self.run_lock.acquire()
 
     def after_fit(self) -> None:
-        if not self.config.fit.test_after_fit or self.trainer.interrupted:
+        trainer = self.trainer
+        trainer.ckpt_path = None  # the test below names its own checkpoint
+        if not self.config.fit.test_after_fit or trainer.interrupted:
             return
-        best = next(
-            (c.best_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), ""
-        )
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), "")
         if best:
-            print(f"Testing the best checkpoint: {best}")
+            say(f"Testing the best checkpoint: {best}")
         else:
-            print("No checkpoint was saved (e.g. fast_dev_run): testing the weights in memory")
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            say("No checkpoint was saved (e.g. fast_dev_run): testing the weights in memory")
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def adopt_backbone_normalisation(network: Any, data: Any) -> None:
-    """Data whose ``mean`` / ``std`` are null take the normalisation the backbone's library states for its weights."""
-    stated = getattr(network, "normalisation", None)
-    if not getattr(data, "awaiting_normalisation", False):
-        return
-    if stated is None:
-        data.normalisation()  # refuses, saying what to set
-    data.adopt_normalisation(stated["mean"], stated["std"])
-    mean, std = data.normalisation()
-    size = stated["image_size"]
-    rank_zero_info(f"Images normalised with mean {[round(v, 4) for v in mean]} and std {[round(v, 4) for v in std]}: "
-                   f"{stated['source']} (it was trained on {size}x{size} images)")  # fmt: skip
+def first_process() -> bool:
+    """Whether this is the first process of the run (rank 0 of every node), from the launchers' environment: true
+    before the processes of a multi-process run know each other."""
+    return rank_zero_only.rank == 0 and all(os.environ.get(name, "0") == "0" for name in ("NODE_RANK", "GROUP_RANK"))
+
+
+def say(text: str) -> None:
+    """Print ``text`` once per run, not once per process."""
+    if first_process():
+        print(text, flush=True)
 
 
 def tensorboard_logger_args(logger_config: object) -> Any:
@@ -214,17 +279,19 @@ def tensorboard_logger_args(logger_config: object) -> Any:
     return logger_config.init_args
 
 
-def next_free_name(folder: Path, stem: str, suffix: str) -> str:
-    """``config.yaml`` if it is free in ``folder``, else the first free ``config-resume<k>.yaml``."""
-    name, k = f"{stem}{suffix}", 0
-    while (folder / name).exists():
-        k += 1
-        name = f"{stem}-resume{k}{suffix}"
-    return name
+class NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip" lines (advertisements for litlogger and litmodels)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
-def run_cli(args: list[str] | None = None) -> ProjectCLI:
-    """Parse ``args`` (default: the command line), run the subcommand and return the CLI with its trainer."""
+NO_TIPS = NoTips()
+
+
+def run_cli(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> ProjectCLI:
+    """Parse ``args`` (default: the command line), run the subcommand and return the CLI with its trainer; ``prog``
+    is the command's name in its usage line."""
     args = resolve_config_args(sys.argv[1:] if args is None else args)
     # We pass the (resolved) command line as `args` on purpose; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
@@ -232,14 +299,14 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
+    # Lightning's tips for its cloud services, on every run: not this project's advice.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)
     # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_schedule).
-    parser_kwargs: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
-    parser_kwargs.update(
-        {
-            name: {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False, "allow_abbrev": False}
-            for name in SUBCOMMANDS
-        }
-    )
+    common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
+    parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": DESCRIPTION}
+    parser_kwargs.update({name: {**common, "default_config_files": [str(DEFAULT_CONFIG)]} for name in SUBCOMMANDS})
+    if fit_only:  # scripts/train.py, project-train: their users type no subcommand
+        parser_kwargs["fit"]["usage"] = f"{prog} [--config PRESET ...] [--OPTION VALUE ...]"
     return ProjectCLI(
         TaskModule,
         ImageDataModule,
@@ -250,36 +317,13 @@ def run_cli(args: list[str] | None = None) -> ProjectCLI:
     )
 
 
-def reported_cause(error: BaseException | None) -> ReportedError | None:
-    """The :class:`ReportedError` behind ``error``: jsonargparse wraps errors raised while it instantiates classes."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, ReportedError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def explain(error: Exception) -> tuple[str, int] | None:
-    """The one-line message and exit status for an error that is not a bug, or ``None`` for one that is."""
-    reported = reported_cause(error)
-    if reported is not None:
-        return str(reported), reported.exit_code
-    if isinstance(error, MisconfigurationException):  # Lightning's word for a Trainer setting it cannot use
-        return f"trainer: {first_line(error)}", 2
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"No space left on device while writing {error.filename or 'a file of the run'}: free some space", 1
-    return None
-
-
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> None:
     """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback.
 
     A run stopped by SIGTERM (a preempted job) has written ``last.ckpt`` at the step boundary and exits with 143.
     """
     try:
-        run_cli(args)
+        run_cli(args, prog, fit_only)
     except SIGTERMException:
         print("stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last")
         raise SystemExit(128 + signal.SIGTERM) from None
@@ -294,4 +338,5 @@ def main(args: list[str] | None = None) -> None:
 
 def train_main() -> None:
     """``project-train`` and ``scripts/train.py``: fit, then test the best checkpoint."""
-    main(["fit", *sys.argv[1:]])
+    command = Path(sys.argv[0])
+    main(["fit", *sys.argv[1:]], prog=str(command) if command.suffix == ".py" else command.name, fit_only=True)

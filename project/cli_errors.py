@@ -11,6 +11,10 @@ import difflib
 import re
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from project.errors import ReportedError, causes, disk_full, first_line
+
 MOVED = {
     "model.lr": "model.optimizer.lr",
     "model.weight_decay": "model.optimizer.weight_decay",
@@ -19,6 +23,10 @@ MOVED = {
 }
 """Options that now live elsewhere: the optimizer's own arguments are under ``model.optimizer``."""
 NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
+PREDICT_HINT = (
+    " (predictions for new images: python scripts/predict.py CHECKPOINT IMAGES... --out predictions.csv, which "
+    "writes a CSV with the preprocessing of training)"
+)
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
@@ -35,6 +43,11 @@ def explain_parse_error(message: str, parser: Any, args: list[str] | None = None
         if "is not accepted" in unknown.group(0) and keys:
             name = f"{keys[0]}.{name}"
         return unknown_option(name, known_options(parser, args))
+    choice = re.search(r"argument subcommand: invalid choice: '([^']*)' \(choose from ([^)]*)\)", message)
+    if choice:
+        named = ", ".join(re.findall(r"'([^']+)'", choice.group(2)))
+        hint = PREDICT_HINT if choice.group(1) == "predict" else ""
+        return f"{choice.group(1)} is not a subcommand: use one of {named}{hint}"
     missing = re.search(r"File does not exist: '([^']+)'", message)
     if missing:
         return f"--config {missing.group(1)}: no such file"
@@ -108,7 +121,7 @@ def expected_type(message: str, value: str) -> str | None:
 
 def known_options(parser: Any, args: list[str] | None) -> list[str]:
     """Every option of the subcommand in ``args`` as a user types it (``data.batch_size``, ``model.lr``)."""
-    subcommand = next((arg for arg in args or [] if arg in ("fit", "validate", "test", "predict")), "fit")
+    subcommand = next((arg for arg in args or [] if arg in ("fit", "validate", "test")), "fit")
     try:
         defaults = parser.parse_args([subcommand])[subcommand]
     except Exception:  # the defaults themselves do not parse: no list to offer
@@ -134,3 +147,74 @@ def unknown_option(name: str, known: list[str]) -> str:
     if siblings:
         return f"{name} is not an option; {section} takes {', '.join(siblings)}"
     return f"{name} is not an option (--help lists them all)"
+
+
+def refuse_replaced_callbacks(args: list[str]) -> str | None:
+    """The refusal of ``--trainer.callbacks X`` (a whole new list) on the command line, or ``None``.
+
+    jsonargparse replaces a list given plainly, so ``--trainer.callbacks EarlyStopping`` would silently drop the
+    preset's callbacks: no ``last.ckpt``, no exact resume, no TensorBoard reports. ``+=`` appends; a list in a
+    ``--config`` file still replaces it on purpose (``callbacks: []``, as the ``study`` modifier does).
+    """
+    for index, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name == "--trainer.callbacks":
+            given = value or (args[index + 1] if index + 1 < len(args) else "")
+            return (
+                f"--trainer.callbacks {given} would replace the preset's callbacks (best and last checkpoints, exact "
+                f"resume, TensorBoard reports, progress lines): add it with --trainer.callbacks+={given or 'X'} "
+                f"(its options as --trainer.callbacks.NAME VALUE), or list every callback in a --config file"
+            )
+    return None
+
+
+PACKAGE_EXTRAS = {
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "mlflow-skinny": "mlflow",
+    "comet-ml": "comet",
+    "comet_ml": "comet",
+    "timm": "timm",
+    "transformers": "hf",
+    "peft": "peft",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+}
+"""Packages that an extra in ``pyproject.toml`` installs: ``pip install -e ".[wandb]"``."""
+
+
+def missing_package(error: BaseException) -> str | None:
+    """One line for a logger, callback or other class whose package is not installed, or ``None``.
+
+    Lightning says ``Requirement 'wandb>=0.12.10' not met`` (a ModuleNotFoundError without a module name); Python says
+    ``No module named 'x'``. Either is looked for along the chain of causes jsonargparse wraps around it.
+    """
+    for cause in causes(error):
+        if isinstance(cause, ImportError):
+            required = re.search(r"Requirement '([A-Za-z0-9_.\-]+)([^']*)' not met", str(cause))
+            package, version = required.groups() if required else ((cause.name or "").split(".")[0], "")
+            if package:
+                extra = PACKAGE_EXTRAS.get(package.lower())
+                command = f'pip install -e ".[{extra}]"' if extra else f"pip install '{package}{version}'"
+                return f"the {package} package is not installed, and this run needs it: {command}"
+    return None
+
+
+def explain(error: Exception) -> tuple[str, int] | None:
+    """The one-line message and exit status for an error that is not a bug, or ``None`` for one that is.
+
+    jsonargparse wraps the errors raised while it instantiates classes: the project's own is looked for behind them.
+    """
+    reported = next((cause for cause in causes(error) if isinstance(cause, ReportedError)), None)
+    if reported is not None:
+        return str(reported), reported.exit_code
+    missing = missing_package(error)
+    if missing is not None:
+        return missing, 2
+    if isinstance(error, MisconfigurationException):  # Lightning's word for a Trainer setting it cannot use
+        return f"trainer: {first_line(error)}", 2
+    full = disk_full(error)
+    if full is not None:
+        return f"No space left on device while writing {full.filename or 'a file of the run'}: free some space", 1
+    return None

@@ -3,6 +3,9 @@ to do. Anything else is a bug, and keeps its traceback."""
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+
 
 class ReportedError(Exception):
     """An error whose message is the whole story; the command line exits with :attr:`exit_code`."""
@@ -46,12 +49,12 @@ class TrainingDivergedError(ReportedError):
         fix = (
             "fix the data"
             if self.data_problem
-            else "lower model.lr or add gradient clipping (--trainer.gradient_clip_val)"
+            else "lower the learning rate (--model.optimizer.lr) or clip gradients (--trainer.gradient_clip_val)"
         )
         if self.last_checkpoint:
             return (
                 f"{self.what}. {self.last_checkpoint} holds the last finite state: {fix}, then resume from it "
-                f"(--ckpt_path last; a model.lr given on resume takes effect)."
+                f"(--ckpt_path last; a --model.optimizer.lr given on resume takes effect)."
             )
         if self.last_checkpoint == "":
             return f"{self.what}. No checkpoint was written yet: {fix} and start again."
@@ -62,3 +65,26 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message (or its type's name): enough to say why, without a library's essay."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def some(items: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``items`` and how many more: an error about 20,000 files stays one readable line."""
+    more = f"; and {len(items) - shown:,} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and what it was raised from or during, innermost last (libraries wrap the errors they meet)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The "no space left" (or over quota) error behind ``error``: torch.save reports a full disk as a RuntimeError
+    ("unexpected pos") raised while handling the OSError."""
+    return next(
+        (e for e in causes(error) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None
+    )

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from project.atomic_files import written_whole
 from project.checkpoints import allowed_class
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -73,15 +74,17 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
 
 
 def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path]:
-    """``metrics.json``, ``report.md`` and (where there is one) ``confusion_matrix.png`` in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """``metrics.json``, ``report.md`` and (where there is one) ``confusion_matrix.png`` in ``folder``, each written
+    whole or not at all (:func:`~project.atomic_files.written_whole`)."""
     written = [folder / "metrics.json", folder / "report.md"]
-    written[0].write_text(json.dumps(report, indent=2) + "\n")
-    written[1].write_text(markdown_report(report, title))
+    with written_whole(written[0], "w", encoding="utf-8") as file:
+        file.write(json.dumps(report, indent=2) + "\n")
+    with written_whole(written[1], "w", encoding="utf-8") as file:
+        file.write(markdown_report(report, title))
     if "confusion_matrix" in report:
-        path = folder / "confusion_matrix.png"
-        confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(path)
-        written.append(path)
+        written.append(folder / "confusion_matrix.png")
+        with written_whole(written[-1], "wb") as file:
+            confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(file, format="png")
     return written
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from project.atomic_files import written_folder
 from project.checkpoints import read_checkpoint
 from project.errors import UserInputError
 from project.lora import has_adapters, merge_adapters
@@ -92,16 +91,6 @@ def largest_differences(folder: Path, network: nn.Module, images: Tensor) -> dic
     return found
 
 
-def share_as_usual(folder: Path) -> None:
-    """The permissions a folder and its files get by default (the umask's), not the private ones of a
-    temporary folder."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
 def merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, float]:
     """Merge a LoRA network's adapters into its weights (:func:`project.lora.merge_adapters`); how far the merged
     network's outputs are from the adapters' (relative to the outputs' scale). Empty for other networks."""
@@ -139,7 +128,7 @@ def export_checkpoint(
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise UserInputError(f"--formats: {', '.join(unknown) or 'none given'}; choose from {', '.join(FORMATS)}")
-    if out.exists():
+    if os.path.lexists(out):  # a link, even one to nothing, is there too
         raise UserInputError(f"{out} already exists: give another --out, or remove it (nothing is overwritten)")
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
@@ -147,9 +136,7 @@ def export_checkpoint(
     preprocessing = checkpoint_preprocessing(checkpoint)
     images = example_images(preprocessing)
     merging = merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed to out once all is written
-    try:
+    with written_folder(out) as staging:  # the files appear together, or not at all
         writers = {
             "onnx": lambda: export_onnx(network, images, staging / "model.onnx"),
             "pt2": lambda: export_program(network, images, staging / "model.pt2"),
@@ -171,9 +158,4 @@ def export_checkpoint(
             "largest_difference_from_the_checkpoint": differences,
         }
         (staging / "model.json").write_text(json.dumps(about, indent=2) + "\n")
-        share_as_usual(staging)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return about

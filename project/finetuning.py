@@ -24,9 +24,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from project.errors import UserInputError, first_line
+from project.weight_files import read_weights, state_dict_differences
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 """What LightningCLI's ``OptimizerCallable`` is: parameter groups in, an optimizer out."""
@@ -217,51 +218,6 @@ def strip_wrapper_prefixes(name: str) -> str:
     return name
 
 
-def read_weights(path: str | Path, option: str = "model.pretrained") -> dict[str, Tensor]:
-    """The tensors in a Lightning checkpoint, a plain state dict (``torch.save``) or a safetensors file.
-
-    Checkpoints are read with ``weights_only=True``: a file that needs arbitrary unpickling is refused.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserInputError(f"{option} {path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except SafetensorError as error:
-            raise UserInputError(f"{option} {path}: not a readable safetensors file ({error})") from None
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError for pickled objects, RuntimeError/EOFError for other files
-        raise UserInputError(
-            f"{option} {path}: not a checkpoint or state dict that loads with torch.load(weights_only=True) "
-            f"({first_line(error)})"
-        ) from None
-    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-        content = content["state_dict"]
-    if not isinstance(content, dict) or not all(isinstance(value, Tensor) for value in content.values()):
-        raise UserInputError(f"{option} {path}: holds no state dict (a mapping of names to tensors)")
-    return content
-
-
-def state_dict_differences(
-    target: dict[str, Tensor], source: dict[str, Tensor]
-) -> tuple[list[str], list[str], list[str]]:
-    """How ``source`` fails to fit a module whose state dict is ``target``: the names it lacks, the names the module
-    lacks, and the shared names whose shapes differ (each with both shapes). All empty: it fits exactly."""
-    missing = sorted(set(target) - set(source))
-    unexpected = sorted(set(source) - set(target))
-    mismatched = [
-        f"{name}: checkpoint {tuple(source[name].shape)}, network {tuple(target[name].shape)}"
-        for name in sorted(set(source) & set(target))
-        if source[name].shape != target[name].shape
-    ]
-    return missing, unexpected, mismatched
-
-
 def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
     """Copy the backbone tensors of ``path`` into ``network.backbone``; return a one-paragraph summary.
 
@@ -270,17 +226,20 @@ def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
     """
     weights = {strip_wrapper_prefixes(name): tensor for name, tensor in read_weights(path).items()}
     source = {name.removeprefix("backbone."): t for name, t in weights.items() if name.startswith("backbone.")}
-    missing, unexpected, mismatched = state_dict_differences(network.backbone.state_dict(), source)
-    if not source or missing or unexpected or mismatched:
+    differences = state_dict_differences(network.backbone.state_dict(), source)
+    if not source or differences:
         problems = []
         if not source:
             problems.append(f"no backbone.* tensors in {path} (its keys start: {', '.join(sorted(weights)[:6])})")
-        if missing:
-            problems.append(f"missing from the checkpoint: {', '.join('backbone.' + name for name in missing)}")
-        if unexpected:
-            problems.append(f"not in the network: {', '.join('backbone.' + name for name in unexpected)}")
-        if mismatched:
-            problems.append(f"different shapes: {'; '.join('backbone.' + item for item in mismatched)}")
+        for label, found in (
+            ("missing from the checkpoint", differences.missing),
+            ("not in the network", differences.unexpected),
+        ):
+            if found:
+                problems.append(f"{label}: {', '.join('backbone.' + name for name in found)}")
+        for label, found in (("different shapes", differences.shapes), ("other kinds of values", differences.kinds)):
+            if found:
+                problems.append(f"{label}: {'; '.join('backbone.' + item for item in found)}")
         raise UserInputError(
             f"model.pretrained {path}: its backbone does not match this network's (a different architecture?).\n  "
             + "\n  ".join(problems)

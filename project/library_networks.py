@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from project.errors import UserInputError
-from project.finetuning import read_weights, state_dict_differences
+from project.errors import UserInputError, first_line
 from project.networks import Network
+from project.weight_files import hub_file, read_weights, state_dict_differences, weights_only_loads
 
 LIBRARIES = {
     "torchvision": ("torchvision", "torchvision"),
@@ -40,19 +40,28 @@ def import_library(library: str) -> Any:
 
 
 def build_library_model(library: str, name: str, download: bool) -> nn.Module:
-    """The library's classification model ``name``, with the library's pretrained weights when ``download``."""
+    """The library's classification model ``name``, with the library's pretrained weights when ``download``.
+
+    Whatever file the library reads its weights from is read as plain data (:func:`weights_only_loads`); torchvision's
+    file in the hub cache is also checked against the hash in its name first (:func:`hub_file`).
+    """
     module = import_library(library)
     if library == "torchvision":
         known = module.models.list_models(module=module.models)
         if name not in known:
             examples = ", ".join(known[:8])
             raise UserInputError(f"torchvision has no classification model {name!r}; some it has: {examples}, ...")
-        return module.models.get_model(name, weights="DEFAULT" if download else None)
+        weights = module.models.get_model_weights(name).DEFAULT if download else None
+        if weights is not None:
+            hub_file(weights.url)  # downloaded or checked here: torchvision then finds it in the cache
+        with weights_only_loads():
+            return module.models.get_model(name, weights=weights)
     if library == "huggingface":
         return HuggingFaceFeatures(module, name, download)
     if not module.is_model(name):
         raise UserInputError(f"timm has no model {name!r} (timm.list_models() lists them)")
-    return module.create_model(name, pretrained=download)
+    with weights_only_loads():
+        return module.create_model(name, pretrained=download)
 
 
 class HuggingFaceFeatures(nn.Module):
@@ -63,13 +72,22 @@ class HuggingFaceFeatures(nn.Module):
     def __init__(self, transformers: Any, name: str, download: bool) -> None:
         super().__init__()
         try:
-            if download:
-                self.model = transformers.AutoModel.from_pretrained(name)
-            else:
-                self.model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(name))
+            # trust_remote_code=False: a folder or hub repository with code of its own is refused, never asked about
+            # (Transformers asks on the terminal when it is left unset, and runs the code on "y").
+            with weights_only_loads():
+                if download:
+                    self.model = transformers.AutoModel.from_pretrained(name, trust_remote_code=False)
+                else:
+                    config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=False)
+                    self.model = transformers.AutoModel.from_config(config, trust_remote_code=False)
         except (OSError, ValueError) as error:
+            if "trust_remote_code" in str(error):
+                raise UserInputError(
+                    f"Hugging Face model {name!r} needs code of its own (custom modelling files), which this project "
+                    f"never runs: use a model type that Transformers itself defines"
+                ) from None
             raise UserInputError(
-                f"Hugging Face model {name!r}: {str(error).strip().splitlines()[0]} (a hub id needs the network; "
+                f"Hugging Face model {name!r}: {first_line(error)} (a hub id needs the network; "
                 f"a local folder needs config.json, and model weights for weights: library)"
             ) from None
 
@@ -91,7 +109,7 @@ def stated_normalisation(library: str, name: str, model: nn.Module) -> dict[str,
             config = module.data.resolve_model_data_config(model)
             mean, std, size, source = config["mean"], config["std"], config["input_size"][-1], "timm's data config"
         else:
-            processor = module.AutoImageProcessor.from_pretrained(name)
+            processor = module.AutoImageProcessor.from_pretrained(name, trust_remote_code=False)
             size = processor.size.get("height", processor.size.get("shortest_edge"))
             mean, std, source = processor.image_mean, processor.image_std, "the Hugging Face image processor"
     except (OSError, ValueError, KeyError, AttributeError):  # no weights, or no image processor saved with the model
@@ -169,10 +187,11 @@ class LibraryNetwork(Network):
 def load_library_weights(model: nn.Module, path: Path) -> None:
     """The library model's own state dict from ``path``; refused, naming the keys, if it does not fit exactly."""
     weights = read_weights(path, "model.network.init_args.weights")
-    missing, unexpected, wrong = state_dict_differences(model.state_dict(), weights)
-    if missing or unexpected or wrong:
+    found = state_dict_differences(model.state_dict(), weights)
+    if found:
         raise UserInputError(
             f"model.network.init_args.weights {path}: not a state dict of {type(model).__name__} (missing "
-            f"{missing[:4]}, unexpected {unexpected[:4]}, other shapes {wrong[:4]})"
+            f"{found.missing[:4]}, unexpected {found.unexpected[:4]}, other shapes {found.shapes[:4]}, other kinds of "
+            f"values {found.kinds[:4]})"
         )
     model.load_state_dict(weights)

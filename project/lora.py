@@ -141,6 +141,12 @@ def restore_base(checkpoint: dict[str, Any], model: nn.Module, source: object) -
     base = checkpoint.get("lora_base")
     if base is None:
         return
+    stored = (checkpoint.get("hyper_parameters") or {}).get("lora")
+    if not has_adapters(model.network):
+        raise UserInputError(
+            f"{source} holds LoRA adapters (model.lora {stored}) and this model has none: configure the run as the "
+            f"one that wrote it (--config lora.yaml with its --model.lora options; its config.yaml)"
+        )
     weights = base_weights(model)
     if base.get("fingerprint") != fingerprint(weights):
         raise UserInputError(

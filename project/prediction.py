@@ -12,7 +12,6 @@ import csv
 import glob
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +22,9 @@ import torch
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from project.atomic_files import written_whole
 from project.checkpoints import read_checkpoint
-from project.data.decoding import ImageConversion
+from project.data.decoding import ImageConversion, UndecodableImage
 from project.errors import ReportedError, UserInputError, first_line
 from project.evaluation import data_module_from_checkpoint
 from project.tasks import Task, make_task
@@ -66,9 +66,7 @@ class Predictor:
         if not path.is_file():
             raise UserInputError(f"{path}: no such file (give a checkpoint .ckpt or an exported .onnx)")
         predictor = cls.from_onnx(path) if path.suffix == ".onnx" else cls.from_checkpoint(path)
-        if mnist_style and predictor.preprocessing["channels"] != 1:
-            raise UserInputError("--mnist-style makes greyscale digits: the network takes RGB images")
-        if mnist_style:
+        if mnist_style:  # refused for a network of RGB images, as data.mnist_style is (ImageConversion)
             predictor.conversion = replace(predictor.conversion, mnist_style=True)
         return predictor
 
@@ -90,8 +88,14 @@ class Predictor:
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
             raise UserInputError(f"{path}: {sidecar.name} is missing beside it (scripts/export.py writes both)")
-        about = json.loads(sidecar.read_text())
-        return cls(onnx_runner(path), make_task(about["task"], about["num_outputs"]), about["preprocessing"])
+        run = onnx_runner(path)
+        try:
+            about = json.loads(sidecar.read_text())
+            return cls(run, make_task(about["task"], about["num_outputs"]), about["preprocessing"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise UserInputError(
+                f"{sidecar} is not the model.json scripts/export.py writes (truncated or edited?): {first_line(error)}"
+            ) from None
 
     def image(self, path: Path) -> Tensor:
         """The file as the network saw its training images: converted, resized and normalised."""
@@ -108,8 +112,8 @@ class Predictor:
                 try:
                     images.append(self.image(path))
                     kept.append(path)
-                except (OSError, ValueError) as error:
-                    skipped.append(f"{path}: cannot be decoded ({first_line(error)})")
+                except UndecodableImage as error:
+                    skipped.append(f"{error.path}: cannot be decoded ({error.reason})")
             if images:
                 outputs = self.run(torch.stack(images))
                 columns = self.task.prediction_rows(outputs, names)
@@ -119,9 +123,14 @@ class Predictor:
 
 def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
     """Images in, outputs out, through onnxruntime on the CPU."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserInputError('onnxruntime runs ONNX files and is not installed: pip install -e ".[export]"') from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ... share no base but Exception
+        raise UserInputError(f"{path} is not a readable ONNX model (truncated?): {first_line(error)}") from None
     input_name = session.get_inputs()[0].name
     return lambda images: torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
 
@@ -147,14 +156,26 @@ def image_paths(inputs: Iterable[str]) -> list[Path]:
 
 
 def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
-    """The rows as CSV, written whole or not at all (a temporary file renamed over ``out``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False, newline="") as handle:
+    """The rows as CSV, written whole or not at all (:func:`~project.atomic_files.written_whole`). Text that a
+    spreadsheet would run as a formula is escaped (:func:`spreadsheet_safe`)."""
+    with written_whole(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({k: format_value(v) for k, v in row.items()} for row in rows)
-    os.replace(handle.name, out)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a single quote in front when it starts like a formula (a file named ``=HYPERLINK(...).png``, a
+    class folder named ``@SUM(...)``): the spreadsheet shows it as text, and runs nothing."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def format_value(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float | np.floating) else value
+    """Numbers with 6 significant digits; text made spreadsheet-safe."""
+    if isinstance(value, float | np.floating):
+        return f"{value:.6g}"
+    return spreadsheet_safe(value) if isinstance(value, str) else value

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from project.checkpoints import BestCheckpoint
-from project.errors import UserInputError
+from project.errors import UserInputError, some
 from project.lora import restore_base
 from project.task_module import TaskModule
+from project.weight_files import state_dict_differences
 
 
 def check_monitors(callbacks: list[Callback], model: TaskModule) -> None:
@@ -32,18 +34,12 @@ def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str)
     """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ (or, for
     LoRA adapters, whose base is not this network's)."""
     restore_base(checkpoint, model, path)
-    stored, expected = checkpoint["state_dict"], model.state_dict()
-    problems = [f"{name} missing" for name in sorted(set(expected) - set(stored))]
-    problems += [f"{name} not in this network" for name in sorted(set(stored) - set(expected))]
-    problems += [
-        f"{name}: checkpoint {tuple(stored[name].shape)}, network {tuple(expected[name].shape)}"
-        for name in sorted(set(stored) & set(expected))
-        if tuple(stored[name].shape) != tuple(expected[name].shape)
-    ]
+    found = state_dict_differences(model.state_dict(), checkpoint["state_dict"])
+    problems = [f"{name} missing" for name in found.missing]
+    problems += [f"{name} not in this network" for name in found.unexpected] + found.shapes + found.kinds
     if problems:
         raise UserInputError(
-            f"{path} does not fit this network: {'; '.join(problems[:8])}"
-            f"{f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''}. Configure the network as the run "
+            f"{path} does not fit this network: {some(problems, 8)}. Configure the network as the run "
             f"that wrote it was (its config.yaml)"
         )
 
@@ -61,3 +57,17 @@ def check_sharding_has_gpus(strategy: Any, accelerator: Any) -> None:
             f"trainer.strategy {name.rsplit('.', 1)[-1]} shards the network across CUDA GPUs, and {where}: "
             f"use --config ddp.yaml (or no strategy) on the CPU"
         )
+
+
+def adopt_backbone_normalisation(network: Any, data: Any) -> None:
+    """Data whose ``mean`` / ``std`` are null take the normalisation the backbone's library states for its weights."""
+    stated = getattr(network, "normalisation", None)
+    if not getattr(data, "awaiting_normalisation", False):
+        return
+    if stated is None:
+        data.normalisation()  # refuses, saying what to set
+    data.adopt_normalisation(stated["mean"], stated["std"])
+    mean, std = data.normalisation()
+    size = stated["image_size"]
+    rank_zero_info(f"Images normalised with mean {[round(v, 4) for v in mean]} and std {[round(v, 4) for v in std]}: "
+                   f"{stated['source']} (it was trained on {size}x{size} images)")  # fmt: skip

@@ -238,17 +238,34 @@ def plain(value: Any) -> Any:
     return value
 
 
+WHOLE_VALUES = ("data.label_sets",)
+"""Options compared as a whole, in order: their keys are the user's own names (a renamed label is another label,
+and the order of the labels is the order of the network's outputs)."""
+LINKED = {"model.task": "the data's task", "model.network.init_args.num_outputs": "the data's number of outputs"}
+"""Options the data decides (``ProjectCLI.add_arguments_to_parser`` links them): named with what decides them."""
+
+
 def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """``{"network": {"init_args": {"width": 32}}}`` -> ``{"model.network.init_args.width": 32}``."""
+    """``{"network": {"init_args": {"width": 32}}}`` -> ``{"model.network.init_args.width": 32}``; the options in
+    :data:`WHOLE_VALUES` stay whole (as a list of their items)."""
     result: dict[str, Any] = {}
     for key, value in values.items():
         if key.startswith("_"):
             continue
-        if isinstance(value, Mapping):
+        if f"{prefix}{key}" in WHOLE_VALUES:
+            result[f"{prefix}{key}"] = list(value.items()) if isinstance(value, Mapping) else value
+        elif isinstance(value, Mapping):
             result.update(flat(value, f"{prefix}{key}."))
         else:
             result[f"{prefix}{key}"] = value
     return result
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it: a whole mapping as ``{name: [...], ...}``, not the list of its items."""
+    if isinstance(value, list) and value and all(isinstance(item, tuple) and len(item) == 2 for item in value):
+        value = dict(value)
+    return repr(value)
 
 
 def check_resume_settings(
@@ -263,9 +280,9 @@ def check_resume_settings(
 ) -> None:
     """Refuse, naming each, the options of a resumed run that differ from the checkpoint's and cannot change."""
     differences = []
-    sections = (
-        ("model", checkpoint.get("hyper_parameters") or {}, model_hparams),
+    sections = (  # the data first: it decides the task and the number of outputs
         ("data", checkpoint.get("datamodule_hyper_parameters") or {}, data_hparams),
+        ("model", checkpoint.get("hyper_parameters") or {}, model_hparams),
     )
     for section, stored, current in sections:
         stored, current = flat(plain(stored), f"{section}."), flat(plain(current), f"{section}.")
@@ -274,7 +291,8 @@ def check_resume_settings(
             if key.startswith(CHANGEABLE_ON_RESUME):
                 continue
             if stored[key] != current[key]:
-                differences.append(f"{key} {current[key]!r} (the run has {stored[key]!r})")
+                decided = f"; set by {LINKED[key]}" if key in LINKED else ""
+                differences.append(f"{key} {shown(current[key])} (the run has {shown(stored[key])}{decided})")
     stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
     if stored_class and not names_class(stored_class, data_class):
         differences.append(f"data.class_path {import_path(data_class)} (the run has {stored_class})")

@@ -5,6 +5,7 @@ Each run writes into one TensorBoard version folder and keeps its checkpoints in
     logs/<name>/version_<N>/
         events.out.tfevents.*      TensorBoard scalars (one file per process that wrote to the run)
         hparams.yaml
+        run.lock                   while a process trains into the run (project.run_lock)
         checkpoints/
             epoch=<e>-step=<s>.ckpt  the best checkpoint so far (by the monitored validation metric)
             last.ckpt                the newest state: resume from it
@@ -12,18 +13,22 @@ Each run writes into one TensorBoard version folder and keeps its checkpoints in
 Lightning alone resolves ``--ckpt_path last`` against the checkpoint folder of the *new* run it is starting (which
 is empty) and logs a resumed run into a new version folder (Lightning issues #5403, #2735); it also reads the files
 that ``best`` and ``hpc`` name without this project's checks. :func:`resolve_checkpoint` gives every name one
-meaning here, and every file it returns has been read with :func:`~project.checkpoints.read_checkpoint`.
+meaning here, and every file it returns has been read with :func:`~project.checkpoints.read_checkpoint`;
+:func:`choose_checkpoint` says what each name means for each subcommand, and which run it took.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from project.checkpoints import LAST_CHECKPOINT, read_checkpoint
 from project.errors import CheckpointNotFoundError, UserInputError
+from project.run_lock import RunInUseError, in_use_message, live_holder
 
 _VERSION_FOLDER = re.compile(r"version_\d+")
 _HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
@@ -31,10 +36,36 @@ CKPT_PATH_NAMES = ("last", "best", "hpc", "auto")
 """The names ``--ckpt_path`` takes besides a file path."""
 
 
-def find_last_checkpoint(run_root: Path) -> Path | None:
-    """The most recently written ``version_*/checkpoints/last.ckpt`` under ``run_root``, or ``None``."""
-    candidates = [path for path in run_root.glob(f"version_*/checkpoints/{LAST_CHECKPOINT}") if path.is_file()]
+def find_last_checkpoint(run_root: Path, skip: Collection[Path] = ()) -> Path | None:
+    """The most recently written ``version_*/checkpoints/last.ckpt`` under ``run_root`` (of a run folder not in
+    ``skip``), or ``None``."""
+    skipped = {Path(folder).resolve() for folder in skip}
+    candidates = [
+        path
+        for path in run_root.glob(f"version_*/checkpoints/{LAST_CHECKPOINT}")
+        if path.is_file() and path.parent.parent.resolve() not in skipped
+    ]
     return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
+def live_runs(run_root: Path) -> dict[Path, str]:
+    """The run folders under ``run_root`` that a live process trains into now, and who (``project.run_lock``)."""
+    folders = sorted(path for path in run_root.glob("version_*") if _VERSION_FOLDER.fullmatch(path.name))
+    return {folder: holder for folder in folders if (holder := live_holder(folder))}
+
+
+def claim_new_run(run_root: Path) -> int:
+    """Make the folder of a new run, ``run_root/version_<N>`` with N past the highest in use, and return N: ``mkdir``
+    fails for a folder another run made meanwhile, so two runs starting at once never share one."""
+    run_root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(path.name[len("version_") :]) for path in run_root.iterdir() if _VERSION_FOLDER.fullmatch(path.name)]
+    number = max(numbers, default=-1) + 1
+    while True:
+        try:
+            (run_root / f"version_{number}").mkdir()
+            return number
+        except FileExistsError:
+            number += 1
 
 
 def version_of(checkpoint: Path, run_root: Path) -> str | None:
@@ -64,11 +95,13 @@ def best_checkpoint_of(last: Path, last_content: dict[str, Any]) -> Path | None:
     return None
 
 
-def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path(".")) -> tuple[Path, dict[str, Any]]:
+def resolve_checkpoint(
+    ckpt_path: str, run_root: Path, root_dir: Path = Path("."), skip: Collection[Path] = ()
+) -> tuple[Path, dict[str, Any]]:
     """The checkpoint that ``--ckpt_path`` names, read and checked.
 
-    - ``last``: the newest ``last.ckpt`` under ``run_root`` (or, when it is unreadable, the newest readable
-      checkpoint beside it: :func:`readable_last`);
+    - ``last``: the newest ``last.ckpt`` under ``run_root``, of a run folder not in ``skip`` (or, when it is
+      unreadable, the newest readable checkpoint beside it: :func:`readable_last`);
     - ``best``: the best checkpoint of that same run (as its ``last.ckpt`` records it);
     - ``hpc``: the newest ``hpc_ckpt_<N>.ckpt`` in ``root_dir`` (Lightning's SLURM requeue);
     - ``auto`` is :func:`newest_to_resume`, which may find nothing;
@@ -92,11 +125,12 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path("."
                 f"{run_root}, or the path of a .ckpt file."
             )
         return path, read_checkpoint(path)
-    found = find_last_checkpoint(run_root)
+    found = find_last_checkpoint(run_root, skip)
     if found is None:
+        busy = f" but of runs still training ({', '.join(str(folder) for folder in skip)})" if skip else ""
         raise CheckpointNotFoundError(
-            f"--ckpt_path {ckpt_path}: no {LAST_CHECKPOINT} under {run_root}/version_*/checkpoints/, so there is no "
-            f"run to resume. Start a new run without --ckpt_path, or pass the path of a checkpoint file."
+            f"--ckpt_path {ckpt_path}: no {LAST_CHECKPOINT} under {run_root}/version_*/checkpoints/{busy}, so there "
+            f"is no run to take. Start a new run without --ckpt_path, or pass the path of a checkpoint file."
         )
     if ckpt_path == "best":
         best = best_checkpoint_of(found, read_checkpoint(found))
@@ -106,12 +140,14 @@ def resolve_checkpoint(ckpt_path: str, run_root: Path, root_dir: Path = Path("."
     return readable_last(found)
 
 
-def newest_to_resume(run_root: Path, root_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+def newest_to_resume(
+    run_root: Path, root_dir: Path, skip: Collection[Path] = ()
+) -> tuple[Path, dict[str, Any]] | None:
     """``--ckpt_path auto``: the run's ``last.ckpt`` or the newest ``hpc_ckpt_<N>.ckpt`` (Lightning's SLURM requeue),
     whichever holds more optimizer steps; ``None`` when there is neither (a job's first start: train from scratch)."""
     found = []
-    if find_last_checkpoint(run_root) is not None:
-        found.append(resolve_checkpoint("last", run_root, root_dir))
+    if find_last_checkpoint(run_root, skip) is not None:
+        found.append(resolve_checkpoint("last", run_root, root_dir, skip))
     hpc = find_hpc_checkpoint(root_dir)
     if hpc is not None:
         found.append((hpc, read_checkpoint(hpc)))
@@ -145,3 +181,55 @@ def readable_last(found: Path) -> tuple[Path, dict[str, Any]]:
         warnings.warn(f"{bad} Resuming from the newest readable checkpoint instead: {candidate}", stacklevel=3)
         return candidate, checkpoint
     raise CheckpointNotFoundError(f"--ckpt_path last: {bad} No other readable checkpoint in {found.parent}.")
+
+
+@dataclass
+class Chosen:
+    """The checkpoint ``--ckpt_path`` chose, read and checked; the run folder it belongs to (``version_N`` of
+    ``run_root``, or ``None``); and what the choice passed over."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    version: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.path} (epoch {self.checkpoint['epoch'] + 1}, step {self.checkpoint['global_step']})"
+
+
+def choose_checkpoint(
+    requested: str, subcommand: str, run_root: Path, root_dir: Path, first_process: bool = True
+) -> Chosen | None:
+    """What ``--ckpt_path`` means for ``subcommand``; ``None`` when ``auto`` finds nothing to resume.
+
+    ``last``, ``best`` and ``auto`` look only in ``run_root`` (the runs of the recipe being run) and, for ``hpc`` and
+    ``auto``, ``root_dir``. ``fit`` takes the newest run and refuses it while another live process trains into it
+    (a run folder is written by one process at a time: :mod:`project.run_lock`); ``validate`` and ``test`` pass
+    over runs still training, whose ``last.ckpt`` changes under them, and take the newest other one. Only the first
+    process of a multi-process run checks who else trains (the others see its own lock).
+    """
+    busy = live_runs(run_root) if subcommand != "fit" and requested in ("last", "best", "auto") else {}
+    if requested == "auto":
+        found = newest_to_resume(run_root, root_dir, skip=busy)
+        if found is None and subcommand != "fit":
+            raise CheckpointNotFoundError(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}")
+    else:
+        found = resolve_checkpoint(requested, run_root, root_dir, skip=busy)
+    if found is None:
+        return None
+    path, checkpoint = found
+    version = run_version(path, checkpoint, run_root)
+    holder = live_holder(run_root / version) if subcommand == "fit" and version and first_process else None
+    if holder:
+        raise RunInUseError(in_use_message(run_root / version, holder))
+    notes = [f"--ckpt_path {requested}: passed over {folder}, which {who} trains into" for folder, who in busy.items()]
+    return Chosen(path, checkpoint, version, notes)
+
+
+def next_free_name(folder: Path, stem: str, suffix: str) -> str:
+    """``config.yaml`` if it is free in ``folder``, else the first free ``config-resume<k>.yaml``."""
+    name, k = f"{stem}{suffix}", 0
+    while (folder / name).exists():
+        k += 1
+        name = f"{stem}-resume{k}{suffix}"
+    return name

@@ -58,6 +58,14 @@ class RunLogger(TensorBoardLogger):
             **kwargs,
         )
         self.graph_drawn = False
+        self.claimed_version: int | None = None
+        """A new run's version, taken before it writes (:func:`project.runs.claim_new_run`) so that two runs
+        starting at once never share a folder; ``None``: Lightning picks the next free one when it first writes."""
+
+    @property
+    def version(self) -> int | str:
+        """:attr:`claimed_version` when one was claimed, else Lightning's (the version given, or the next free one)."""
+        return self.claimed_version if self.claimed_version is not None else super().version
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         # Lightning asks at the start of fit and again for the test after fit: once is enough. The graph is traced

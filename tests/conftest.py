@@ -107,3 +107,15 @@ def write_test_images(data_dir: Path, folder: Path, count: int) -> list[Path]:
     for path, image in zip(paths, images, strict=True):
         Image.fromarray(image.numpy()).save(path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(tmp_path_factory) -> str:
+    """A torchvision MobileNetV3-small's own state dict in a local file, as if downloaded elsewhere."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v3_small.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
+    return str(path)

@@ -198,3 +198,51 @@ def directory_image_steps(run_folder: Path) -> dict[str, list[int]]:
     accumulator = EventAccumulator(str(run_folder), size_guidance={"images": 0})
     accumulator.Reload()
     return {tag: [event.step for event in accumulator.Images(tag)] for tag in accumulator.Tags()["images"]}
+
+
+class WaitAtStep(L.Callback):
+    """Once ``step`` optimizer steps are done, create the file ``ready`` and wait until the file ``go`` exists (at most
+    ``timeout`` seconds): a run that is still training while a test does something else."""
+
+    def __init__(self, step: int, ready: str, go: str, timeout: float = 300.0) -> None:
+        self.step = step
+        self.ready = Path(ready)
+        self.go = Path(go)
+        self.timeout = timeout
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step != self.step:
+            return
+        self.ready.touch()
+        deadline = time.monotonic() + self.timeout
+        while not self.go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def script_function(script: str, name: str = "main"):
+    """A function of one of the scripts in ``scripts/`` (they are files, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{script.removesuffix('.py')}", SCRIPTS / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def run_script(script: str, args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """``python scripts/SCRIPT ARGS`` in this process: its exit status, stdout and stderr."""
+    import sys
+
+    main = script_function(script)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / script), *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err

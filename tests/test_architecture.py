@@ -12,18 +12,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "project"
 
 MAY_IMPORT = {
     "errors": set(),
-    "cli_errors": set(),
+    "cli_errors": {"errors"},
     "figures": set(),
     "tasks": {"errors", "tasks"},
     "networks": {"errors"},
-    "checkpoints": {"errors"},
-    "finetuning": {"errors"},
+    "atomic_files": {"errors"},
+    "checkpoints": {"errors", "atomic_files"},
+    "weight_files": {"errors"},
+    "finetuning": {"errors", "weight_files"},
     "divergence": {"errors"},
     "presets": {"errors"},
     "resume": {"errors", "checkpoints"},
-    "runs": {"errors", "checkpoints"},
+    "run_lock": {"errors"},
+    "runs": {"errors", "checkpoints", "run_lock"},
+    "progress": set(),
     "data": {"errors", "tasks", "resume", "data"},
-    "library_networks": {"errors", "finetuning", "networks"},
+    "library_networks": {"errors", "networks", "weight_files"},
     "lora": {"errors"},
     "specs": {"errors", "checkpoints"},
     "task_module": {
@@ -31,13 +35,13 @@ MAY_IMPORT = {
         "specs",
     },
     "tensorboard_reports": {"figures"},
-    "evaluation": {"errors", "checkpoints", "data", "tasks", "figures"},
-    "preflight": {"errors", "checkpoints", "lora", "task_module"},
-    "prediction": {"errors", "checkpoints", "data", "evaluation", "tasks", "task_module"},
-    "export": {"errors", "checkpoints", "lora", "prediction", "task_module"},
+    "evaluation": {"errors", "atomic_files", "checkpoints", "data", "tasks", "figures"},
+    "preflight": {"errors", "checkpoints", "lora", "task_module", "weight_files"},
+    "prediction": {"errors", "atomic_files", "checkpoints", "data", "evaluation", "tasks", "task_module"},
+    "export": {"errors", "atomic_files", "checkpoints", "lora", "prediction", "task_module"},
     "cli": {
-        "errors", "cli_errors", "checkpoints", "data", "networks", "preflight", "presets", "resume", "runs",
-        "task_module",
+        "errors", "cli_errors", "checkpoints", "data", "networks", "preflight", "presets", "progress", "resume",
+        "run_lock", "runs", "task_module", "tensorboard_reports",
     },
 }  # fmt: skip
 """Which parts of the package each part may import: networks, tasks and data import no training code."""
@@ -70,7 +74,7 @@ def test_no_private_name_of_a_library_is_used(path):
 @pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
 def test_files_and_functions_stay_small(path):
     source = path.read_text()
-    assert len(source.splitlines()) <= 300
+    assert len(source.splitlines()) <= 400  # a hint to look for a second concern, not a budget to squeeze under
     long_functions = [
         f"{node.name}: {node.end_lineno - node.lineno + 1} lines"
         for node in ast.walk(ast.parse(source))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from helpers import cli_error
@@ -27,14 +30,12 @@ def test_fast_dev_run_of_fit_through_python_dash_m(fake_data_dir, run_dir):
 
 
 def print_config(*args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "project", "fit", *args, "--print_config"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return yaml.safe_load(result.stdout)
+    """``python -m project fit ARGS --print_config``, in this process (the command line parses as it does there)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as caught:
+        run_cli(["fit", *args, "--print_config"])
+    assert caught.value.code in (0, None), printed.getvalue()[-3000:]
+    return yaml.safe_load(printed.getvalue())
 
 
 def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():

@@ -67,8 +67,9 @@ def test_mnist_style_for_a_network_of_rgb_images_is_one_error_line(tmp_path, exp
                str(tmp_path / "blank.png"), "--mnist-style", "--out", str(tmp_path / "p.csv")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 2 and not (tmp_path / "p.csv").exists()
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: --mnist-style makes greyscale digits: the network takes RGB images"
+    assert result.stderr.strip().splitlines()[-1] == (  # the rule data.mnist_style follows too
+        "error: MNIST-style preprocessing makes greyscale digits, as MNIST's are: it takes images of 1 channel "
+        "(data.channels 1), and these have 3"
     )
 
 

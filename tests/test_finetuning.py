@@ -18,9 +18,10 @@ from safetensors.torch import save_file
 from project.cli import run_cli
 from project.data import MNISTDataModule, RotationDataModule
 from project.errors import UserInputError
-from project.finetuning import load_pretrained_backbone, read_weights
+from project.finetuning import load_pretrained_backbone
 from project.networks import ConvNet
 from project.task_module import TaskModule
+from project.weight_files import read_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,18 @@ def test_a_backbone_of_another_architecture_is_refused_with_the_keys(pretrained_
         UserInputError, match=r"missing from the checkpoint: backbone\.13\.bias.*\n  not in the network: backbone\.7"
     ):
         load_pretrained_backbone(ConvNet(depth=2), pretrained_checkpoint)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_backbone_tensors_of_integers_or_booleans_are_refused_naming_the_dtype(dtype, pretrained_checkpoint, tmp_path):
+    """Right names and shapes, wrong kind of values: loaded, float weights would become whole numbers (zeros)."""
+    weights = read_weights(pretrained_checkpoint)
+    state = {name: tensor.to(dtype) for name, tensor in weights.items() if name.startswith("network.")}
+    path = tmp_path / "integers.safetensors"
+    save_file(state, str(path))
+    dtype_name = str(dtype)
+    with pytest.raises(UserInputError, match=rf"backbone\.0\.weight: {dtype_name} in the file, torch\.float32 in"):
+        load_pretrained_backbone(ConvNet(), path)
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
@@ -243,6 +256,7 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+@pytest.mark.slow
 def test_binary_digit_at_least_5_on_real_mnist_reduces_its_loss(real_data_dir, run_dir):
     data = MNISTDataModule(data_dir=str(real_data_dir), positive_classes=[5, 6, 7, 8, 9], eval_batch_size=500)
     _, trainer, losses = train_briefly(data, run_dir, steps=120)
@@ -254,6 +268,7 @@ def test_binary_digit_at_least_5_on_real_mnist_reduces_its_loss(real_data_dir, r
     assert {"val/acc", "val/precision", "val/recall", "val/f1", "val/loss"} <= trainer.callback_metrics.keys()
 
 
+@pytest.mark.slow
 def test_rotation_regression_on_real_mnist_reduces_its_loss(real_data_dir, run_dir):
     data = RotationDataModule(data_dir=str(real_data_dir), max_angle=45.0, eval_batch_size=500)
     _, trainer, losses = train_briefly(data, run_dir, steps=200, fc_dropout=0.0)

@@ -27,17 +27,6 @@ def library_args(folder, library: str, name: str, weights: str | None = None) ->
     return args
 
 
-@pytest.fixture(scope="module")
-def mobilenet_weights(tmp_path_factory) -> str:
-    """A torchvision MobileNetV3-small's own state dict in a local file, as if downloaded elsewhere."""
-    import torchvision
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v3_small.pth"
-    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
-    return str(path)
-
-
 def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_and_exports(
     image_folder, run_dir, mobilenet_weights, tmp_path_factory, monkeypatch
 ):

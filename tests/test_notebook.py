@@ -48,7 +48,8 @@ def test_quickstart_pretrains_fine_tunes_evaluates_and_shows_its_pictures(fake_d
     assert "local: using the installed project" in text and "pretrained: logs/mnist/version_0/checkpoints" in text
     assert "test accuracy:" in text and "on 200 images" in text
     assert pictures(outputs) == 2  # the confusion matrix and the grid of predictions
-    assert sorted(path.name for path in (run_dir / "logs" / "mnist").iterdir()) == ["version_0", "version_1"]
+    runs = sorted(str(path.relative_to(run_dir / "logs")) for path in (run_dir / "logs").glob("*/version_*"))
+    assert runs == ["digit_at_least_5/version_0", "mnist/version_0"]  # each run named after what it trains
 
 
 def test_inspect_model_notebook_reports_the_newest_checkpoint(quick_args, fake_data_dir, run_dir, monkeypatch):

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO_ROOT, write_test_images
+from helpers import run_script
 
 from project.errors import UserInputError
 from project.prediction import Predictor, image_paths
@@ -86,16 +87,18 @@ def test_glob_patterns_and_files_are_inputs_too(fake_data_dir, tmp_path):
         image_paths([str(tmp_path / "missing.png")])
 
 
-def test_nothing_readable_is_one_error_line_and_no_file(pretrained_checkpoint, tmp_path):
+def test_nothing_readable_is_one_error_line_and_no_file(pretrained_checkpoint, tmp_path, capsys, monkeypatch):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "predictions.csv"
-    result = predict_script(str(pretrained_checkpoint), str(tmp_path / "broken.png"), "--out", str(out))
-    assert result.returncode == 2 and not out.exists()
-    assert result.stderr.strip().splitlines()[-1] == "error: none of the 1 files could be decoded: nothing to predict"
-    zero = predict_script(str(pretrained_checkpoint), str(tmp_path), "--batch-size", "0")
-    assert zero.returncode == 2 and zero.stderr.strip() == "error: --batch-size must be a positive integer, got 0"
-    missing = predict_script(str(tmp_path / "nothing.ckpt"), str(tmp_path))
-    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    code, _, stderr = run_script("predict.py", [str(pretrained_checkpoint), str(tmp_path / "broken.png"), "--out",
+                                                str(out)], capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert stderr.strip().splitlines()[-1] == "error: none of the 1 files could be decoded: nothing to predict"
+    code, _, stderr = run_script("predict.py", [str(pretrained_checkpoint), str(tmp_path), "--batch-size", "0"],
+                                 capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and stderr.strip() == "error: --batch-size must be a positive integer, got 0"
+    code, _, stderr = run_script("predict.py", [str(tmp_path / "nothing.ckpt"), str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and stderr.startswith("error: ") and "Traceback" not in stderr
 
 
 @pytest.mark.parametrize(

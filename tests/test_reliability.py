@@ -86,6 +86,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(killed_mi
     assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical_on_the_per_image_data_path_too(tmp_path, fake_data_dir):
     runs = Runs(tmp_path, fake_data_dir, ["--data.in_memory=false"], kill_at_step=17)
     resumed = runs.resume_copy(tmp_path / "resumed")
@@ -123,6 +124,7 @@ def test_negative_control_without_the_sampler_position_differs(killed_mid_epoch,
         assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
 
+@pytest.mark.slow
 def test_exact_resume_of_a_finetune_killed_after_its_unfreeze_milestone(tmp_path, fake_data_dir, pretrained_checkpoint):
     finetune = [f"--model.pretrained={pretrained_checkpoint}", "--model.freeze_backbone_epochs=1",
                 "--model.backbone_lr=0.001"]  # fmt: skip

@@ -112,7 +112,7 @@ def test_the_weights_only_switch_is_not_an_option(quick_args, run_dir, capsys):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
 def test_a_pickled_checkpoint_is_refused_under_every_subcommand(subcommand, quick_args, run_dir, capsys):
     marker = run_dir / "ran"
     evil = run_dir / "evil.ckpt"

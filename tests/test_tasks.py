@@ -118,6 +118,7 @@ def test_the_multilabel_preset_trains_evaluates_and_reports_to_tensorboard(quick
     assert "average_precision" in report["per_class"][0]
 
 
+@pytest.mark.slow
 def test_multilabel_on_real_mnist_learns_both_labels(real_data_dir, run_dir):
     args = ["fit", "--config=multilabel", "--config=debug", f"--data.data_dir={real_data_dir}"]
     args += ["--trainer.limit_train_batches=150", "--trainer.max_epochs=1", "--trainer.limit_val_batches=10"]

@@ -22,7 +22,7 @@ from torchvision.transforms import functional as TF
 
 from project.data.digits import mnist_like
 from project.data.in_memory import SplitTensors
-from project.errors import UserInputError, first_line
+from project.errors import UserInputError, first_line, some
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -52,6 +52,11 @@ class ImageConversion:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise UserInputError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+        if self.mnist_style and self.channels != 1:  # one rule for training (data.mnist_style) and --mnist-style
+            raise UserInputError(
+                "MNIST-style preprocessing makes greyscale digits, as MNIST's are: it takes images of 1 channel "
+                f"(data.channels 1), and these have {self.channels}"
+            )
         if self.image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {self.image_size}")
         object.__setattr__(self, "mean", per_channel(self.mean, self.channels, "mean"))  # frozen: set once, here
@@ -60,7 +65,15 @@ class ImageConversion:
             raise UserInputError(f"data.std must be positive, got {list(self.std)}")
 
     def decode(self, path: Path) -> Tensor:
-        """The file's pixels as uint8, converted and resized (bilinear, antialiased); raises if it cannot be decoded."""
+        """The file's pixels as uint8, converted and resized (bilinear, antialiased); :class:`UndecodableImage` names
+        a file that cannot be decoded (whatever PIL raises: OSError, SyntaxError, ValueError, DecompressionBombError
+        for a picture that declares more pixels than PIL's limit, ...)."""
+        try:
+            return self.converted(path)
+        except Exception as error:
+            raise UndecodableImage(path, first_line(error)) from None
+
+    def converted(self, path: Path) -> Tensor:
         with Image.open(path) as image:
             image.load()  # decodes everything: verify() alone passes truncated or corrupt pixel data
             source = mnist_like(image) if self.mnist_style else image
@@ -73,6 +86,14 @@ class ImageConversion:
         mean = torch.tensor(self.mean).view(-1, 1, 1)
         std = torch.tensor(self.std).view(-1, 1, 1)
         return (pixels.float() / 255).sub_(mean).div_(std)
+
+
+class UndecodableImage(UserInputError):
+    """An image file that cannot be decoded: the file, and why (the decoder's first line)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} ({reason})")
+        self.path, self.reason = path, reason
 
 
 class FileImages(Dataset):
@@ -92,13 +113,13 @@ class FileImages(Dataset):
         for path in paths:
             try:
                 pixels = conversion.decode(path)
-            except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... depending on the format
-                broken.append(f"{path} ({first_line(error)})")
+            except UndecodableImage as error:
+                broken.append(str(error))
                 continue
             if keep:
                 decoded.append(pixels)
         if broken:
-            raise UserInputError(f"{len(broken)} images cannot be decoded: {'; '.join(broken)}")
+            raise UserInputError(f"{len(broken)} images cannot be decoded: {some(broken)}")
         self.pixels = torch.stack(decoded) if keep and decoded else None
 
     def __len__(self) -> int:

@@ -185,28 +185,49 @@ class ImageFolderDataModule(FileDataModule):
         return subset_labels(dataset, self.base_dataset(dataset).targets)
 
 
-def read_csv(csv_path: Path, columns: list[str] | None) -> tuple[list[Path], list[str], Tensor]:
+def read_csv(
+    csv_path: Path, columns: list[str] | None, allow_outside: bool = False
+) -> tuple[list[Path], list[str], Tensor]:
     """Image paths (relative to the CSV's folder), the names of the value columns, and their values as a float tensor
     (rows x columns): the ``columns`` given, or every column but ``image``.
 
-    A UTF-8 byte-order mark is accepted; a value that is not a number, or not finite, is refused with its line.
+    A UTF-8 byte-order mark is accepted; a value that is not a number, or not finite, is refused with its line; so is
+    an image path that leads out of the CSV's folder (absolute, ``..``, a link out of it) unless ``allow_outside``:
+    a CSV is data, and what it names is read.
     """
     paths, rows = [], []
+    folder = csv_path.parent.resolve()
     with csv_path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
-        header = [name.strip() for name in reader.fieldnames or []]
-        wanted = columns or [name for name in header if name != "image"]
-        if "image" not in header or not wanted or not set(wanted) <= set(header):
-            raise UserInputError(
-                f"{csv_path}: the first line must name the columns image,{','.join(columns or ['<label>', '...'])}"
-            )
-        for row in reader:
-            row = {key.strip(): value for key, value in row.items() if key is not None}
-            rows.append([csv_number(row[name], f"{csv_path} line {reader.line_num}", name) for name in wanted])
-            paths.append(csv_path.parent / row["image"])
+        try:
+            header = [name.strip() for name in reader.fieldnames or []]
+            wanted = columns or [name for name in header if name != "image"]
+            if "image" not in header or not wanted or not set(wanted) <= set(header):
+                raise UserInputError(
+                    f"{csv_path}: the first line must name the columns image,"
+                    f"{','.join(columns or ['<label>', '...'])}"
+                )
+            for row in reader:
+                row = {key.strip(): value for key, value in row.items() if key is not None}
+                where = f"{csv_path} line {reader.line_num}"
+                rows.append([csv_number(row[name], where, name) for name in wanted])
+                paths.append(inside(csv_path.parent / (row["image"] or ""), folder, allow_outside, where))
+        except csv.Error as error:  # a field beyond csv.field_size_limit(), a NUL byte, ...
+            where = f"{csv_path} near line {reader.line_num + 1}"  # the reader counts the lines it has finished
+            raise UserInputError(f"{where}: not a CSV file this can read ({error})") from None
     if not paths:
         raise UserInputError(f"{csv_path}: no rows after the header")
     return paths, wanted, torch.tensor(rows, dtype=torch.float32)
+
+
+def inside(path: Path, folder: Path, allow_outside: bool, where: str) -> Path:
+    """``path``, refused when it leads out of ``folder`` (links resolved) and that is not allowed."""
+    if not allow_outside and not path.resolve().is_relative_to(folder):
+        raise UserInputError(
+            f"{where}: the image {path} lies outside {folder}; a CSV's images are read from its folder only, unless "
+            f"--data.init_args.allow_paths_outside true"
+        )
+    return path
 
 
 def csv_number(text: str | None, where: str, column: str) -> float:
@@ -224,16 +245,25 @@ def csv_number(text: str | None, where: str, column: str) -> float:
 
 class CSVRegressionDataModule(FileDataModule):
     """Regression on a user's images: ``data_dir/train.csv`` (and optionally ``data_dir/test.csv``) with the columns
-    ``image,target``; without ``test.csv``, ``test_size`` rows are held out (seeded) for testing."""
+    ``image,target``; without ``test.csv``, ``test_size`` rows are held out (seeded) for testing.
+
+    Args:
+        allow_paths_outside: read image paths that lead out of ``data_dir`` (absolute, ``..``, links out of it);
+            off by default: a CSV names what is read, and it is data.
+    """
 
     default_task = "regression"
+
+    def __init__(self, data_dir: str, allow_paths_outside: bool = False, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        self.allow_paths_outside = allow_paths_outside
 
     def sources(self) -> tuple[Path, Path | None]:
         test = self.data_dir / "test.csv"
         return self.data_dir / "train.csv", test if test.is_file() else None
 
     def read(self, source: Path) -> Dataset:
-        paths, _, values = read_csv(source, ["target"])
+        paths, _, values = read_csv(source, ["target"], self.allow_paths_outside)
         return FileImages(paths, values[:, 0], self.conversion, self.max_bytes)
 
     def split_labels(self, dataset: Dataset) -> None:
@@ -271,7 +301,7 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
         return len(self.labels)
 
     def read(self, source: Path) -> Dataset:
-        paths, columns, values = read_csv(source, self.labels)
+        paths, columns, values = read_csv(source, self.labels, self.allow_paths_outside)
         flags = values.long()
         if not torch.equal(flags.float(), values) or flags.min() < 0 or flags.max() > 1:
             row = int(((flags.float() != values) | (flags < 0) | (flags > 1)).any(dim=1).nonzero()[0])

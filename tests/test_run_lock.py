@@ -1,0 +1,111 @@
+"""A live run is never touched twice: a run folder in use is locked, ``--ckpt_path last`` says which run it took,
+``validate`` and ``test`` pass over runs still training, a lock left by a killed process is taken over, and two
+runs starting together get folders of their own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import cli_error
+from test_reliability import SUBPROCESS_ENV
+
+from project.cli import run_cli
+from project.run_lock import LOCK_FILE, RunInUseError, RunLock, live_holder
+from project.runs import claim_new_run
+
+
+def start_waiting_run(folder: Path, args: list[str], step: int) -> tuple[subprocess.Popen, Path]:
+    """``python -m project fit ARGS`` in another process, stopped after ``step`` optimizer steps until the test
+    creates the file it returns (a run that is still training)."""
+    ready, go = folder / f"ready-{step}", folder / f"go-{step}"
+    wait = ["--trainer.callbacks+=helpers.WaitAtStep", f"--trainer.callbacks.step={step}",
+            f"--trainer.callbacks.ready={ready}", f"--trainer.callbacks.go={go}"]  # fmt: skip
+    command = [sys.executable, "-m", "project", "fit", *args, *wait, "--test_after_fit=false"]
+    process = subprocess.Popen(
+        command, cwd=folder, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the run did not reach step {step}: {process.communicate()[0][-3000:]}")
+        time.sleep(0.1)
+    return process, go
+
+
+def test_a_second_start_on_a_live_run_is_refused_naming_the_process_and_validate_passes_over_it(
+    quick_args, run_dir, capsys
+):
+    for _ in range(2):  # version_0 and version_1, one epoch each
+        run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    live = Path("logs") / "mnist" / "version_1"
+    last = live / "checkpoints" / "last.ckpt"
+    first, go = start_waiting_run(run_dir, [*quick_args, "--ckpt_path=last", "--trainer.max_epochs=3"], step=12)
+    try:
+        saved = last.read_bytes()
+        assert f"process {first.pid} on {socket.gethostname()}" in live_holder(live)
+        for ckpt_path in ("last", str(last), "auto"):
+            message = cli_error(["fit", *quick_args, f"--ckpt_path={ckpt_path}", "--trainer.max_epochs=3"], capsys)
+            assert f"{live} is in use: process {first.pid} on {socket.gethostname()}" in message
+            assert "wait for it to end, or stop it and resume then" in message
+        assert last.read_bytes() == saved  # untouched by the refused starts
+        run_cli(["validate", *quick_args, "--ckpt_path=last"])
+        out = capsys.readouterr().out
+        assert f"--ckpt_path last: passed over {live}, which process {first.pid}" in out
+        assert f"--ckpt_path last: {Path('logs') / 'mnist' / 'version_0' / 'checkpoints' / 'last.ckpt'} (epoch 1" in out
+        new = run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
+        assert Path(new.trainer.log_dir).name == "version_2"  # a new run: a folder of its own
+    finally:
+        go.touch()
+        output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, output[-3000:]
+    assert not (live / LOCK_FILE).exists()  # removed when the run ended
+    assert f"Resuming {last} (epoch 1, step 10) into {live}" in output  # it said which run it took
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(quick_args, run_dir):
+    run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    run = Path("logs") / "mnist" / "version_0"
+    killed, _ = start_waiting_run(run_dir, [*quick_args, "--ckpt_path=last", "--trainer.max_epochs=2"], step=12)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert (run / LOCK_FILE).is_file() and str(killed.pid) in (run / LOCK_FILE).read_text()  # left behind
+    assert live_holder(run) is None  # but nobody holds it
+    resumed = run_cli(["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=2", "--test_after_fit=false"])
+    assert resumed.trainer.global_step == 20 and Path(resumed.trainer.log_dir).resolve() == run.resolve()
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_folder_held_by_this_very_process_is_refused_to_a_second_lock(tmp_path):
+    first = RunLock(tmp_path / "version_0")
+    first.acquire()
+    with pytest.raises(RunInUseError, match=rf"version_0 is in use: process {os.getpid()} on "):
+        RunLock(tmp_path / "version_0").acquire()
+    first.release()
+    assert not (tmp_path / "version_0").exists()  # the run wrote nothing: its folder goes with the lock
+    second = RunLock(tmp_path / "version_0")
+    second.acquire()
+    (tmp_path / "version_0" / "events").touch()
+    second.release()
+    assert sorted(path.name for path in (tmp_path / "version_0").iterdir()) == ["events"]
+
+
+def test_new_runs_take_the_first_version_past_the_highest_and_never_one_made_meanwhile(tmp_path):
+    (tmp_path / "version_0").mkdir(parents=True)
+    (tmp_path / "version_3").mkdir()
+    assert claim_new_run(tmp_path) == 4
+    assert claim_new_run(tmp_path) == 5  # version_4 exists now: the next start takes another
+    assert claim_new_run(tmp_path / "new") == 0
+
+
+def test_a_refused_start_leaves_no_run_folder_behind(quick_args, run_dir, capsys):
+    """The run folder is made and locked as the last step before training: bad input found earlier writes none."""
+    cli_error(["fit", *quick_args, "--data.batch_size=0"], capsys, root=run_dir)
+    assert not (run_dir / "logs").exists()
