@@ -4,6 +4,8 @@ MNIST's digits were made this way (LeCun et al.): the ink, light on a black back
 with its aspect ratio kept (anti-aliased, hence the grey levels), then placed in a 28x28 frame so that its centre of
 mass is at the frame's centre. A user's image is usually dark ink on light paper, at another size, anywhere in the
 frame; resizing it to 28x28 alone gives the network something it never saw. :func:`mnist_like` does the same steps.
+What is ink is measured against the ink's own level and the paper's noise, not a fixed grey: faint strokes, and small
+scans whose strokes touch the image's border, keep their ink and its grey levels.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from torchvision.transforms import functional as TF
 
 BOX, FRAME = 20, 28
 INK_THRESHOLD = 0.25
-"""A pixel is ink where it is brighter than this fraction of the brightest pixel (after the background is removed)."""
+"""A pixel is ink where it is brighter than this fraction of the brightest pixel (after the paper is removed)..."""
+NOISE_SIGMAS = 3
+"""...and brighter than the paper by this many standard deviations of the paper's noise (measured on the border)."""
 
 
 def mnist_like(image: Image.Image) -> Image.Image:
@@ -24,16 +28,19 @@ def mnist_like(image: Image.Image) -> Image.Image:
     border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if border.median() > 127:  # dark ink on light paper: inverted, as MNIST's ink is the bright part
         grey, border = 255 - grey, 255 - border
-    ink = (grey - border.median()).clamp(min=0)
-    ink[ink <= border.quantile(0.99) - border.median()] = 0  # the paper's noise too: MNIST's background is black
-    rows, columns = torch.nonzero(ink > INK_THRESHOLD * ink.max(), as_tuple=True)
-    if ink.max() == 0 or len(rows) == 0:
+    paper = border.median()
+    noise = 1.4826 * (border - paper).abs().median()  # its standard deviation, from medians: ink may touch the border
+    ink = (grey - paper).clamp(min=0)
+    ink[ink <= max(INK_THRESHOLD * ink.max(), NOISE_SIGMAS * noise)] = 0  # black background, ink keeps its greys
+    rows, columns = torch.nonzero(ink, as_tuple=True)
+    if len(rows) == 0:
         return Image.new("L", (FRAME, FRAME))
     ink = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
     height, width = ink.shape
     scale = BOX / max(height, width)
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
-    digit = TF.resize((ink * (255 / ink.max()))[None], size, antialias=True)[0].clamp(0, 255)
+    digit = TF.resize(ink[None], size, antialias=True)[0].clamp(min=0)  # a stroke thinner than a pixel gets dimmer,
+    digit *= 255 / digit.max()  # so the brightest pixel is made full ink afterwards, as in MNIST's digits
     frame = torch.zeros(FRAME, FRAME)
     total = digit.sum()
     centre_row = (digit.sum(1) * torch.arange(size[0])).sum() / total
