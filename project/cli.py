@@ -27,14 +27,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
-from project.cli_errors import explain, explain_parse_error, refuse_replaced_callbacks
+from project.cli_errors import SUBCOMMANDS, explain, explain_parse_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.networks import check_image_shape
@@ -45,17 +46,20 @@ from project.preflight import (
     check_sharding_has_gpus,
 )
 from project.presets import DEFAULT_CONFIG, resolve_config_args, run_name
-from project.progress import ProgressBar, ProgressLog
+from project.progress import NO_TIPS, ProgressLog, RunProgressBar, say
 from project.resume import ExactResume, check_resume_settings
-from project.run_lock import RunLock
+from project.run_lock import RunLock, first_process
 from project.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
 from project.task_module import TaskModule
 from project.tensorboard_reports import RunLogger, TensorBoardReports
 
-SUBCOMMANDS = ("fit", "validate", "test")
-"""Lightning's ``predict`` is left out: predictions for new images are ``scripts/predict.py``'s, written to a CSV."""
 EVALUATION = ("validate", "test")
-LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger")
+LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger", "CSVLogger")
+"""Loggers whose run folder is ``save_dir/name/version_N``: named after the recipe, resumed into, locked."""
+CHOSEN_CHECKPOINT_ENV = "PROJECT_CHOSEN_CHECKPOINT"
+"""``<pid>:<path>``: the checkpoint the first process chose (no path: none), for the processes Lightning's launcher
+starts from it later (their parent is that pid): they take it as it is, rather than choosing again when another run
+may have written a newer one meanwhile."""
 FIT_ONLY_CALLBACKS = (Checkpoint, LearningRateMonitor, ExactResume, TensorBoardReports, ProgressLog)
 DESCRIPTION = (
     "Train (fit), validate or test a model of this project; every subcommand starts from project/configs/mnist.yaml, "
@@ -140,33 +144,46 @@ class ProjectCLI(LightningCLI):
         check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)
         if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
             self.save_config_callback = None
-        if self.requested_ckpt_path:
-            self.choose(config, logger, run_root)
+        requested = self.requested_ckpt_path
+        parent, _, chosen_there = os.environ.get(CHOSEN_CHECKPOINT_ENV, "").partition(":")
+        if not first_process() and parent == str(os.getppid()):  # started by the first process (Lightning's launcher)
+            requested = chosen_there or None
+        if requested:
+            self.choose(requested, config, logger, run_root)
+        if first_process():
+            os.environ[CHOSEN_CHECKPOINT_ENV] = f"{os.getpid()}:{self.chosen.path if self.chosen else ''}"
 
-    def choose(self, config: Any, logger: Any, run_root: Path) -> None:
-        """Resolve ``--ckpt_path`` (:func:`project.runs.choose_checkpoint`); a resumed run writes into its folder."""
-        root_dir, requested = Path(config.trainer.default_root_dir or "."), self.requested_ckpt_path
-        chosen = choose_checkpoint(requested, self.subcommand, run_root, root_dir, first_process())
-        if chosen is None:
+    def choose(self, requested: str, config: Any, logger: Any, run_root: Path) -> None:
+        """Resolve ``--ckpt_path`` (:func:`project.runs.choose_checkpoint`); a resumed run writes into its folder,
+        which it locks now, before any work (:mod:`project.run_lock`)."""
+        root_dir = Path(config.trainer.default_root_dir or ".")
+        found = choose_checkpoint(requested, self.subcommand, run_root, root_dir)
+        if found is None:
             say(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}: starting a new run")
             return
+        chosen, content = found
         for note in chosen.notes:
             say(note)
-        content, max_epochs = chosen.checkpoint, config.trainer.max_epochs
-        if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= content["epoch"]:
+        max_epochs = config.trainer.max_epochs
+        if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= chosen.epoch:
             raise UserInputError(
                 f"--trainer.max_epochs={max_epochs} is below the checkpoint's epoch: {chosen.path} is in epoch "
-                f"{content['epoch'] + 1} (step {content['global_step']}); resume with max_epochs of at least "
-                f"{content['epoch'] + 1}"
+                f"{chosen.epoch + 1} (step {chosen.global_step}); resume with max_epochs of at least {chosen.epoch + 1}"
             )
         self.chosen, self.checkpoint = chosen, content
         if self.subcommand != "fit" or logger is None or chosen.version is None:
             say(f"--ckpt_path {requested}: {chosen.summary()}")
+            # A run resumed into a new folder: its best checkpoint's records stay with the old one (said above).
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
             return
+        if first_process():  # a second start on a live run stops here, naming the process that trains into it
+            self.run_lock = RunLock(run_root / chosen.version)
+            self.run_lock.acquire()
         logger.version = chosen.version  # a resumed run keeps writing into the folder its checkpoint came from
-        logger.log_graph = False  # drawn when the run started
+        if "log_graph" in logger:
+            logger.log_graph = False  # drawn when the run started
         if "purge_step" in logger:  # TensorBoard hides what was logged after the checkpoint: no step twice
-            logger.purge_step = content["global_step"]
+            logger.purge_step = chosen.global_step
         # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
         self.save_config_kwargs["config_filename"] = next_free_name(run_root / chosen.version, "config", ".yaml")
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -185,11 +202,12 @@ class ProjectCLI(LightningCLI):
         if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer = self.config_init[self.subcommand]["trainer"]
-        callbacks = list(trainer.get("callbacks") or [])
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if self.subcommand in EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
             callbacks = [c for c in callbacks if not isinstance(c, FIT_ONLY_CALLBACKS)]
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(ProgressBar())  # Rich's, its epoch ending where max_steps ends the run
+            callbacks.append(RunProgressBar())  # Rich's, its epoch ending where max_steps ends the run
         return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
 
     # -- checks before any work -----------------------------------------------------------------------------------
@@ -220,7 +238,7 @@ class ProjectCLI(LightningCLI):
                     trainer.accumulate_grad_batches,
                     trainer.world_size,
                 )
-                for stale in remove_stale_temporaries(self.chosen.path.parent):
+                for stale in remove_stale_temporaries(self.chosen.path.parent):  # (the run is locked: none is live)
                     rank_zero_info(f"Removed {stale}, left by a save that was killed part-way")
             check_fits_network(self.checkpoint, model, str(self.chosen.path))
             self.checkpoint = None  # checked: Lightning reads the file again itself
@@ -233,17 +251,19 @@ class ProjectCLI(LightningCLI):
             data.prepare_data()
         if trainer.local_rank == 0 or data.files_ready():
             data.setup(stage)
-        if stage == "fit" and trainer.logger is not None and trainer.log_dir is not None and trainer.is_global_zero:
-            self.take_run_folder(trainer)  # (no logger, or fast_dev_run's stand-in: no run folder)
+        if stage == "fit" and self.run_lock is None and first_process():
+            self.take_new_run_folder(trainer.logger)
         trainer.ckpt_path = str(self.chosen.path) if self.chosen else None  # all checked: Lightning may read it
 
-    def take_run_folder(self, trainer: Any) -> None:
-        """Lock the folder this run trains into, the last step before the Trainer writes (a new run's folder is made
-        here: two runs starting at once never share one)."""
-        logger = trainer.logger
-        if isinstance(logger, RunLogger) and not (self.chosen and self.chosen.version):
+    def take_new_run_folder(self, logger: Any) -> None:
+        """Make and lock a new run's folder, the last step before the Trainer writes (``mkdir``: two runs starting at
+        once never share one). Only loggers with a folder of their own per run have one to lock (not fast_dev_run's
+        stand-in, nor a tracker's shared ``save_dir``)."""
+        if not isinstance(logger, TensorBoardLogger | CSVLogger):
+            return
+        if isinstance(logger, RunLogger):
             logger.claimed_version = claim_new_run(Path(logger.root_dir))
-        self.run_lock = RunLock(Path(trainer.log_dir))
+        self.run_lock = RunLock(Path(logger.log_dir))
         self.run_lock.acquire()
 
     def after_fit(self) -> None:
@@ -259,34 +279,12 @@ class ProjectCLI(LightningCLI):
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def first_process() -> bool:
-    """Whether this is the first process of the run (rank 0 of every node), from the launchers' environment: true
-    before the processes of a multi-process run know each other."""
-    return rank_zero_only.rank == 0 and all(os.environ.get(name, "0") == "0" for name in ("NODE_RANK", "GROUP_RANK"))
-
-
-def say(text: str) -> None:
-    """Print ``text`` once per run, not once per process."""
-    if first_process():
-        print(text, flush=True)
-
-
 def tensorboard_logger_args(logger_config: object) -> Any:
     """The ``init_args`` of the configured TensorBoard logger, or ``None`` when another logger (or none) is used."""
     class_path = getattr(logger_config, "class_path", "") or ""
     if class_path.split(".")[-1] not in LOGGER_CLASSES:
         return None
     return logger_config.init_args
-
-
-class NoTips(logging.Filter):
-    """Drops Lightning's "💡 Tip" lines (advertisements for litlogger and litmodels)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
-NO_TIPS = NoTips()
 
 
 def run_cli(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> ProjectCLI:
@@ -300,7 +298,7 @@ def run_cli(args: list[str] | None = None, prog: str = "python -m project", fit_
     # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
     # Lightning's tips for its cloud services, on every run: not this project's advice.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)  # the logger rank_zero_info uses
     # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_schedule).
     common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
     parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": DESCRIPTION}

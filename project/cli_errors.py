@@ -13,8 +13,11 @@ from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from project.errors import ReportedError, causes, disk_full, first_line
+from project.errors import ReportedError, causes, disk_full, first_line, install_command
 
+SUBCOMMANDS = ("fit", "validate", "test")
+"""The command line's subcommands. Lightning's ``predict`` is left out: predictions for new images are
+``scripts/predict.py``'s, written to a CSV."""
 MOVED = {
     "model.lr": "model.optimizer.lr",
     "model.weight_decay": "model.optimizer.weight_decay",
@@ -121,7 +124,7 @@ def expected_type(message: str, value: str) -> str | None:
 
 def known_options(parser: Any, args: list[str] | None) -> list[str]:
     """Every option of the subcommand in ``args`` as a user types it (``data.batch_size``, ``model.lr``)."""
-    subcommand = next((arg for arg in args or [] if arg in ("fit", "validate", "test")), "fit")
+    subcommand = next((arg for arg in args or [] if arg in SUBCOMMANDS), "fit")
     try:
         defaults = parser.parse_args([subcommand])[subcommand]
     except Exception:  # the defaults themselves do not parse: no list to offer
@@ -168,35 +171,19 @@ def refuse_replaced_callbacks(args: list[str]) -> str | None:
     return None
 
 
-PACKAGE_EXTRAS = {
-    "wandb": "wandb",
-    "mlflow": "mlflow",
-    "mlflow-skinny": "mlflow",
-    "comet-ml": "comet",
-    "comet_ml": "comet",
-    "timm": "timm",
-    "transformers": "hf",
-    "peft": "peft",
-    "onnx": "export",
-    "onnxruntime": "export",
-    "onnxscript": "export",
-}
-"""Packages that an extra in ``pyproject.toml`` installs: ``pip install -e ".[wandb]"``."""
-
-
 def missing_package(error: BaseException) -> str | None:
     """One line for a logger, callback or other class whose package is not installed, or ``None``.
 
     Lightning says ``Requirement 'wandb>=0.12.10' not met`` (a ModuleNotFoundError without a module name); Python says
-    ``No module named 'x'``. Either is looked for along the chain of causes jsonargparse wraps around it.
+    ``No module named 'x'``. Either is looked for along the chain of causes jsonargparse wraps around it. A module of
+    this project that cannot be imported, or a name missing from an installed package, is a bug: not said here.
     """
     for cause in causes(error):
-        if isinstance(cause, ImportError):
+        if isinstance(cause, ModuleNotFoundError):
             required = re.search(r"Requirement '([A-Za-z0-9_.\-]+)([^']*)' not met", str(cause))
             package, version = required.groups() if required else ((cause.name or "").split(".")[0], "")
-            if package:
-                extra = PACKAGE_EXTRAS.get(package.lower())
-                command = f'pip install -e ".[{extra}]"' if extra else f"pip install '{package}{version}'"
+            if package and package != "project":
+                command = install_command(package, version)
                 return f"the {package} package is not installed, and this run needs it: {command}"
     return None
 

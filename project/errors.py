@@ -67,6 +67,29 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+EXTRAS = {
+    "timm": "timm",
+    "transformers": "hf",
+    "peft": "peft",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "mlflow-skinny": "mlflow",
+    "comet-ml": "comet",
+    "comet_ml": "comet",
+}
+"""Packages that an extra in ``pyproject.toml`` installs (``pip install -e ".[wandb]"``), by their import or
+distribution name."""
+
+
+def install_command(package: str, version: str = "") -> str:
+    """How to install ``package``: its extra of this project, else pip with the version asked for."""
+    extra = EXTRAS.get(package.lower())
+    return f'pip install -e ".[{extra}]"' if extra else f"pip install '{package}{version}'"
+
+
 def some(items: list[str], shown: int = 5) -> str:
     """The first ``shown`` of ``items`` and how many more: an error about 20,000 files stays one readable line."""
     more = f"; and {len(items) - shown:,} more" if len(items) > shown else ""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from project.atomic_files import written_whole
+from project.atomic_files import written_folder
 from project.checkpoints import allowed_class
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -74,18 +74,15 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
 
 
 def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path]:
-    """``metrics.json``, ``report.md`` and (where there is one) ``confusion_matrix.png`` in ``folder``, each written
-    whole or not at all (:func:`~project.atomic_files.written_whole`)."""
-    written = [folder / "metrics.json", folder / "report.md"]
-    with written_whole(written[0], "w", encoding="utf-8") as file:
-        file.write(json.dumps(report, indent=2) + "\n")
-    with written_whole(written[1], "w", encoding="utf-8") as file:
-        file.write(markdown_report(report, title))
-    if "confusion_matrix" in report:
-        written.append(folder / "confusion_matrix.png")
-        with written_whole(written[-1], "wb") as file:
-            confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(file, format="png")
-    return written
+    """``metrics.json``, ``report.md`` and (where there is one) ``confusion_matrix.png`` in ``folder``: all of them or
+    none (:func:`~project.atomic_files.written_folder`), never a new report beside an old one's figure."""
+    names = ["metrics.json", "report.md"] + (["confusion_matrix.png"] if "confusion_matrix" in report else [])
+    with written_folder(folder) as staging:
+        (staging / names[0]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (staging / names[1]).write_text(markdown_report(report, title), encoding="utf-8")
+        if "confusion_matrix" in report:
+            confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(staging / names[2])
+    return [folder / name for name in names]
 
 
 def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:

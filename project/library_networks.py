@@ -16,27 +16,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from project.errors import UserInputError, first_line
+from project.errors import UserInputError, first_line, install_command
 from project.networks import Network
 from project.weight_files import hub_file, read_weights, state_dict_differences, weights_only_loads
 
-LIBRARIES = {
-    "torchvision": ("torchvision", "torchvision"),
-    "timm": ("timm", "timm"),
-    "huggingface": ("transformers", "hf"),
-}
-"""The allow-list: library name -> (the module imported for it, the pip extra that installs it). torchvision is a
-dependency; ``pip install -e ".[timm]"``, ``".[hf]"`` for the others."""
+LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "transformers"}
+"""The allow-list: library name -> the module imported for it. torchvision is a dependency; ``pip install -e
+".[timm]"``, ``".[hf]"`` for the others (``project.errors.EXTRAS``)."""
 
 
 def import_library(library: str) -> Any:
     if library not in LIBRARIES:
         raise UserInputError(f"model.network.init_args.library must be one of {', '.join(LIBRARIES)}, got {library!r}")
-    module, extra = LIBRARIES[library]  # only modules named on the allow-list are imported
+    module = LIBRARIES[library]  # only modules named on the allow-list are imported
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserInputError(f'the {library} library is not installed: pip install -e ".[{extra}]"') from None
+        raise UserInputError(f"the {library} library is not installed: {install_command(module)}") from None
 
 
 def build_library_model(library: str, name: str, download: bool) -> nn.Module:

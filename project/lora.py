@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from project.errors import UserInputError
+from project.errors import UserInputError, install_command
 
 ADAPTED_LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -89,7 +89,7 @@ def add_adapters(network: nn.Module, settings: LoRA) -> None:
     try:
         import peft
     except ImportError:
-        raise UserInputError('model.lora needs the peft library: pip install -e ".[peft]"') from None
+        raise UserInputError(f"model.lora needs the peft library: {install_command('peft')}") from None
     if not hasattr(network, "backbone"):
         raise UserInputError(f"model.lora adapts a network's backbone; {type(network).__name__} has none")
     config = peft.LoraConfig(

@@ -24,8 +24,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from project.atomic_files import written_whole
 from project.checkpoints import read_checkpoint
-from project.data.decoding import ImageConversion, UndecodableImage
-from project.errors import ReportedError, UserInputError, first_line
+from project.data.decoding import ImageConversion, UndecodableImage, check_mnist_style
+from project.errors import ReportedError, UserInputError, first_line, install_command
 from project.evaluation import data_module_from_checkpoint
 from project.tasks import Task, make_task
 
@@ -66,7 +66,8 @@ class Predictor:
         if not path.is_file():
             raise UserInputError(f"{path}: no such file (give a checkpoint .ckpt or an exported .onnx)")
         predictor = cls.from_onnx(path) if path.suffix == ".onnx" else cls.from_checkpoint(path)
-        if mnist_style:  # refused for a network of RGB images, as data.mnist_style is (ImageConversion)
+        if mnist_style:  # refused for a network of RGB images, as data.mnist_style is
+            check_mnist_style(predictor.conversion.channels)
             predictor.conversion = replace(predictor.conversion, mnist_style=True)
         return predictor
 
@@ -126,7 +127,8 @@ def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
     try:
         import onnxruntime
     except ImportError:
-        raise UserInputError('onnxruntime runs ONNX files and is not installed: pip install -e ".[export]"') from None
+        needed = install_command("onnxruntime")
+        raise UserInputError(f"onnxruntime runs ONNX files, and is not installed: {needed}") from None
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ... share no base but Exception

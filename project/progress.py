@@ -4,12 +4,14 @@
   rate, images per second and the time left) when there is no progress bar or the output is not a terminal: a batch
   job's log, a SLURM output file, ``enable_progress_bar: false``, the ``debug`` preset. Without it such a run is
   silent from the model summary to the test table.
-- :class:`ProgressBar` is Rich's progress bar (Lightning's default when ``rich`` is installed) whose epoch ends where
-  the run does: with ``max_steps``, Lightning counts the whole epoch's batches and shows the time left for them.
+- :class:`RunProgressBar` is Rich's progress bar (Lightning's default when ``rich`` is installed) whose epoch ends
+  where the run does: with ``max_steps``, Lightning counts the whole epoch's batches and shows the time left for them.
+- :func:`say` prints once per run, not once per process; :data:`NO_TIPS` drops Lightning's advertisements.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -19,6 +21,24 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
+
+from project.run_lock import first_process
+
+
+def say(text: str) -> None:
+    """Print ``text`` once per run, not once per process."""
+    if first_process():
+        print(text, flush=True)
+
+
+class NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip" lines (advertisements for its cloud services: litlogger, litmodels)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+NO_TIPS = NoTips()
 
 
 class ProgressLog(L.Callback):
@@ -78,7 +98,7 @@ class ProgressLog(L.Callback):
         return " · ".join(parts)
 
 
-class ProgressBar(RichProgressBar):
+class RunProgressBar(RichProgressBar):
     """Rich's progress bar, its epoch total capped at the batches left before ``max_steps`` ends the run."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -211,6 +211,7 @@ CHANGEABLE_ON_RESUME = (
     "model.pretrained",
     "model.network.init_args.weights",
     "data.data_dir",
+    "data.allow_paths_outside",
     "data.download",
     "data.num_workers",
     "data.eval_batch_size",

@@ -20,10 +20,13 @@ import errno
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from project.errors import UserInputError
 
@@ -41,6 +44,13 @@ class RunInUseError(UserInputError):
     """Another live process trains into the run folder."""
 
 
+def first_process() -> bool:
+    """Whether this is the first process of the run (global rank 0), from the launchers' environment (``RANK``,
+    ``LOCAL_RANK``, ``SLURM_PROCID`` as Lightning reads them, and ``NODE_RANK`` / ``GROUP_RANK``): known before the
+    processes of a multi-process run know each other."""
+    return rank_zero_only.rank == 0 and all(os.environ.get(name, "0") == "0" for name in ("NODE_RANK", "GROUP_RANK"))
+
+
 def in_use_message(folder: Path, holder: str) -> str:
     return (
         f"{folder} is in use: {holder} trains into it. Two runs in one folder would overwrite each other's last.ckpt "
@@ -50,20 +60,26 @@ def in_use_message(folder: Path, holder: str) -> str:
 
 
 def holder_info() -> dict[str, Any]:
-    """Who this process is, as the lock file records it."""
+    """Who this process is, as the lock file records it: the command up to its first option (the rest may hold
+    what others should not read, such as a tracker's key)."""
+    words = list(sys.orig_argv)
+    command = words[: next((i for i, word in enumerate(words) if i and word.startswith("-") and word != "-m"), None)]
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(["python", *sys.argv])[:300],
+        "command": " ".join(command)[:200],
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
 
 
 def describe(info: dict[str, Any] | None) -> str:
     if not info:
-        return "another process (its lock file is unreadable)"
-    return f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')}: {info.get('command')})"
+        return "another process (its lock file cannot be read)"
+    who = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')}: {info.get('command')})"
+    if info.get("host") == socket.gethostname() and not process_alive(info.get("pid")):
+        who += ", which has ended while its data-loading workers still hold the lock for a moment: try again"
+    return who
 
 
 def read_info(path: Path) -> dict[str, Any] | None:
@@ -112,13 +128,30 @@ def try_flock(descriptor: int, exclusive: bool) -> bool | None:
     return True
 
 
+def open_lock_file(path: Path, flags: int) -> int:
+    """The lock file, opened without following a link (a link named ``run.lock`` could point at any file the user
+    may write); :class:`UserInputError` when it is not a plain file or cannot be opened."""
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise UserInputError(f"{path} cannot be opened ({error.strerror}): it must be a file you may write") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise UserInputError(f"{path} is not a plain file: remove it")
+    return descriptor
+
+
 def live_holder(folder: Path) -> str | None:
     """Who trains into ``folder`` now (in words), or ``None`` when no live process does."""
     path = folder / LOCK_FILE
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        descriptor = open_lock_file(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except UserInputError:  # another user's, unreadable: taken as held
+        return describe(None)
     try:
         taken = try_flock(descriptor, exclusive=False)
         info = read_info(path)
@@ -140,7 +173,7 @@ class RunLock:
         """Take the lock, or raise :class:`RunInUseError` naming the live process that holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         while self.descriptor is None:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            descriptor = open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
             taken = try_flock(descriptor, exclusive=True)
             if taken is None:
                 taken = not held_without_flock(read_info(self.path)) if os.fstat(descriptor).st_size else True
@@ -157,16 +190,15 @@ class RunLock:
 
     def still_at_path(self, descriptor: int) -> bool:
         try:
-            return os.stat(self.path).st_ino == os.fstat(descriptor).st_ino
+            return os.lstat(self.path).st_ino == os.fstat(descriptor).st_ino
         except FileNotFoundError:
             return False
 
     def release(self) -> None:
         """Remove the lock file and let go; an empty run folder (the run wrote nothing) goes too."""
-        if self.descriptor is None:
-            return
-        self.path.unlink(missing_ok=True)  # before the lock goes: the next holder finds no half-removed file
-        os.close(self.descriptor)
-        self.descriptor = None
+        if self.descriptor is not None:
+            self.path.unlink(missing_ok=True)  # before the lock goes: the next holder finds no half-removed file
+            os.close(self.descriptor)
+            self.descriptor = None
         with contextlib.suppress(OSError):
             self.folder.rmdir()  # only when empty

@@ -28,12 +28,10 @@ from typing import Any
 
 from project.checkpoints import LAST_CHECKPOINT, read_checkpoint
 from project.errors import CheckpointNotFoundError, UserInputError
-from project.run_lock import RunInUseError, in_use_message, live_holder
+from project.run_lock import live_holder
 
 _VERSION_FOLDER = re.compile(r"version_\d+")
 _HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
-CKPT_PATH_NAMES = ("last", "best", "hpc", "auto")
-"""The names ``--ckpt_path`` takes besides a file path."""
 
 
 def find_last_checkpoint(run_root: Path, skip: Collection[Path] = ()) -> Path | None:
@@ -185,28 +183,29 @@ def readable_last(found: Path) -> tuple[Path, dict[str, Any]]:
 
 @dataclass
 class Chosen:
-    """The checkpoint ``--ckpt_path`` chose, read and checked; the run folder it belongs to (``version_N`` of
-    ``run_root``, or ``None``); and what the choice passed over."""
+    """The checkpoint ``--ckpt_path`` chose (read and checked), where it stands, the run folder a resumed run writes
+    into (``version_N`` of ``run_root``, or ``None``: a new run), and what the choice passed over."""
 
     path: Path
-    checkpoint: dict[str, Any]
+    epoch: int
+    global_step: int
     version: str | None
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{self.path} (epoch {self.checkpoint['epoch'] + 1}, step {self.checkpoint['global_step']})"
+        return f"{self.path} (epoch {self.epoch + 1}, step {self.global_step})"
 
 
 def choose_checkpoint(
-    requested: str, subcommand: str, run_root: Path, root_dir: Path, first_process: bool = True
-) -> Chosen | None:
-    """What ``--ckpt_path`` means for ``subcommand``; ``None`` when ``auto`` finds nothing to resume.
+    requested: str, subcommand: str, run_root: Path, root_dir: Path
+) -> tuple[Chosen, dict[str, Any]] | None:
+    """What ``--ckpt_path`` means for ``subcommand``, and the checkpoint's content; ``None`` when ``auto`` finds
+    nothing to resume.
 
     ``last``, ``best`` and ``auto`` look only in ``run_root`` (the runs of the recipe being run) and, for ``hpc`` and
-    ``auto``, ``root_dir``. ``fit`` takes the newest run and refuses it while another live process trains into it
-    (a run folder is written by one process at a time: :mod:`project.run_lock`); ``validate`` and ``test`` pass
-    over runs still training, whose ``last.ckpt`` changes under them, and take the newest other one. Only the first
-    process of a multi-process run checks who else trains (the others see its own lock).
+    ``auto``, ``root_dir``. ``fit`` takes the newest run (which it then locks: :mod:`project.run_lock`); from
+    ``best`` it resumes into a new run folder, so that the run's newer ``last.ckpt`` stays as it is. ``validate`` and
+    ``test`` pass over runs still training, whose ``last.ckpt`` changes under them, and take the newest other one.
     """
     busy = live_runs(run_root) if subcommand != "fit" and requested in ("last", "best", "auto") else {}
     if requested == "auto":
@@ -218,12 +217,12 @@ def choose_checkpoint(
     if found is None:
         return None
     path, checkpoint = found
-    version = run_version(path, checkpoint, run_root)
-    holder = live_holder(run_root / version) if subcommand == "fit" and version and first_process else None
-    if holder:
-        raise RunInUseError(in_use_message(run_root / version, holder))
     notes = [f"--ckpt_path {requested}: passed over {folder}, which {who} trains into" for folder, who in busy.items()]
-    return Chosen(path, checkpoint, version, notes)
+    version = run_version(path, checkpoint, run_root)
+    if subcommand == "fit" and requested == "best" and version is not None:
+        notes.append(f"--ckpt_path best: an older state than {run_root / version}'s last.ckpt, resumed into a new run")
+        version = None
+    return Chosen(path, checkpoint["epoch"], checkpoint["global_step"], version, notes), checkpoint
 
 
 def next_free_name(folder: Path, stem: str, suffix: str) -> str:

@@ -25,7 +25,7 @@ MAY_IMPORT = {
     "resume": {"errors", "checkpoints"},
     "run_lock": {"errors"},
     "runs": {"errors", "checkpoints", "run_lock"},
-    "progress": set(),
+    "progress": {"run_lock"},
     "data": {"errors", "tasks", "resume", "data"},
     "library_networks": {"errors", "networks", "weight_files"},
     "lora": {"errors"},

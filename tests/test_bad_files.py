@@ -156,7 +156,7 @@ def test_mnist_style_for_rgb_images_is_refused_when_training_as_when_predicting(
             "--data.init_args.channels=3", "--model.network.init_args.in_channels=3",
             "--data.init_args.mnist_style=true"]  # fmt: skip
     message = cli_error(args, capsys, root=run_dir)
-    assert "MNIST-style preprocessing makes greyscale digits, as MNIST's are: it takes images of 1 channel" in message
+    assert "MNIST-style preprocessing makes greyscale digits, as MNIST's are: it is for images of 1 channel" in message
 
 
 LABELS = ["--data.label_sets={even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}"]

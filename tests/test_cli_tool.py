@@ -98,12 +98,12 @@ class RecordBarTotal(L.Callback):
 def test_the_progress_bar_counts_the_batches_left_when_max_steps_ends_the_run(fake_data_dir):
     from project.data import MNISTDataModule
     from project.networks import ConvNet
-    from project.progress import ProgressBar
+    from project.progress import RunProgressBar
     from project.task_module import TaskModule
 
     record = RecordBarTotal()
     trainer = quiet_trainer(max_steps=13, limit_val_batches=0, enable_progress_bar=True,
-                            callbacks=[ProgressBar(), record])  # fmt: skip
+                            callbacks=[RunProgressBar(), record])  # fmt: skip
     data = MNISTDataModule(data_dir=str(fake_data_dir), batch_size=50, val_size=100)  # 10 batches an epoch
     trainer.fit(TaskModule(ConvNet(width=8, hidden_size=16)), datamodule=data)
     assert record.totals == [10, 3]  # the second epoch ends after 3 of its 10 batches: 13 steps in all
@@ -123,11 +123,15 @@ def test_validate_and_test_of_a_checkpoint_write_no_run_folder(quick_args, run_d
     for subcommand in ("validate", "test"):
         cli = run_cli([subcommand, *quick_args, "--ckpt_path=last"])
         assert cli.trainer.callback_metrics  # it measured
+        names = {type(callback).__name__ for callback in cli.trainer.callbacks}
+        assert not names & {"BestCheckpoint", "LastCheckpoint", "ExactResume", "TensorBoardReports", "ProgressLog"}
     assert sorted(str(path) for path in (run_dir / "logs").rglob("*")) == before
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "lightning_logs").exists()
 
 
-def test_under_two_processes_the_run_says_each_thing_once(fake_data_dir, run_dir):
+def test_under_two_processes_the_run_says_each_thing_once_and_resumes_into_its_locked_folder(fake_data_dir, run_dir):
+    import torch
+
     command = [sys.executable, "-m", "project", "fit", "--config=debug", "--config=ddp.yaml",
                "--trainer.accelerator=cpu", "--trainer.devices=2", f"--data.data_dir={fake_data_dir}",
                "--data.val_size=100", "--trainer.max_epochs=1"]  # fmt: skip
@@ -135,8 +139,19 @@ def test_under_two_processes_the_run_says_each_thing_once(fake_data_dir, run_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Testing the best checkpoint") == 1
     assert [line for line in result.stdout.splitlines() if line.startswith("epoch ")] != []
-    assert sorted(path.name for path in (run_dir / "logs" / "mnist").iterdir()) == ["version_0"]
-    assert not (run_dir / "logs" / "mnist" / "version_0" / "run.lock").exists()
+    resumed = run([*command, "--ckpt_path=last", "--trainer.max_epochs=2"], run_dir, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("Resuming ") == 1  # every process took the checkpoint the first one chose
+    folder = run_dir / "logs" / "mnist" / "version_0"
+    assert sorted(path.name for path in folder.parent.iterdir()) == ["version_0"]
+    assert not (folder / "run.lock").exists()
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10  # 2 epochs of 5
+
+
+def test_a_progress_bar_of_the_users_own_is_kept(quick_args, run_dir):
+    cli = run_cli(["fit", *quick_args, "--trainer.enable_progress_bar=true", "--trainer.callbacks+=TQDMProgressBar",
+                   "--trainer.max_epochs=1", "--test_after_fit=false"])  # fmt: skip
+    assert type(cli.trainer.progress_bar_callback).__name__ == "TQDMProgressBar"
 
 
 def test_the_divergence_message_names_the_learning_rate_option_the_command_line_takes():

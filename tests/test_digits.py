@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import script_function
 from PIL import Image, ImageDraw
 from torchvision.transforms import functional as TF
 
@@ -100,7 +101,7 @@ def test_mnist_style_for_a_network_of_rgb_images_is_one_error_line(tmp_path, exp
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 2 and not (tmp_path / "p.csv").exists()
     assert result.stderr.strip().splitlines()[-1] == (  # the rule data.mnist_style follows too
-        "error: MNIST-style preprocessing makes greyscale digits, as MNIST's are: it takes images of 1 channel "
+        "error: MNIST-style preprocessing makes greyscale digits, as MNIST's are: it is for images of 1 channel "
         "(data.channels 1), and these have 3"
     )
 
@@ -117,8 +118,7 @@ def test_the_study_compares_resizing_with_mnist_style_on_digits_drawn_as_photos(
 
 
 def test_real_digits_drawn_as_photos_come_back_close_to_mnists_own(real_data_dir):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from digit_style_study import user_like
+    user_like = script_function("digit_style_study.py", "user_like")
     from torchvision.datasets import MNIST
 
     digits = MNIST(str(real_data_dir), train=False).data[:50]
@@ -143,8 +143,7 @@ def test_faint_low_resolution_digits_lose_no_accuracy_with_mnist_style(real_data
     faint, small scans show them (scripts/digit_style_study.py: 8x8, upscaled to 28x28, half contrast), resized only
     and MNIST style. Measured: MNIST's own digits 95.0%; light on black 59.8% resized, 82.4% MNIST style; dark on
     paper 1.6% and 83.6% (the former MNIST style, which left fragments of these strokes: 64.4% and 61.8%)."""
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from digit_style_study import accuracy, small_scan
+    accuracy, small_scan = (script_function("digit_style_study.py", name) for name in ("accuracy", "small_scan"))
     from torchvision.datasets import MNIST
 
     from project.cli import run_cli

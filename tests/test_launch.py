@@ -93,7 +93,7 @@ def slurm_environment(folder: Path) -> dict[str, str]:
     arguments in scontrol.log)."""
     bin_dir = folder / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; done\nexec "$@"\n')
     (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {folder}/scontrol.log\n')
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)

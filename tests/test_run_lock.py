@@ -17,6 +17,7 @@ from helpers import cli_error
 from test_reliability import SUBPROCESS_ENV
 
 from project.cli import run_cli
+from project.errors import UserInputError
 from project.run_lock import LOCK_FILE, RunInUseError, RunLock, live_holder
 from project.runs import claim_new_run
 
@@ -109,3 +110,79 @@ def test_a_refused_start_leaves_no_run_folder_behind(quick_args, run_dir, capsys
     """The run folder is made and locked as the last step before training: bad input found earlier writes none."""
     cli_error(["fit", *quick_args, "--data.batch_size=0"], capsys, root=run_dir)
     assert not (run_dir / "logs").exists()
+
+
+def test_a_new_run_never_takes_a_folder_made_after_it_looked(tmp_path, monkeypatch):
+    (tmp_path / "version_0").mkdir()
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter([]))  # it looked before version_0 was made
+    assert claim_new_run(tmp_path) == 1
+
+
+def test_a_start_refused_once_its_new_folder_is_made_leaves_no_folder_behind(quick_args, run_dir, capsys, monkeypatch):
+    def refuse(self):
+        raise RunInUseError("refused for the test")
+
+    monkeypatch.setattr(RunLock, "acquire", refuse)
+    assert cli_error(["fit", *quick_args], capsys).endswith("refused for the test")
+    assert list((run_dir / "logs").glob("*/version_*")) == []
+
+
+def write_lock(folder: Path, **info: object) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"started": "earlier", "command": "python -m project fit", **info}))
+
+
+def test_without_flock_the_lock_file_decides(tmp_path, monkeypatch):
+    """On a filesystem without flock: a live process on this host holds the folder; a dead one's file, or one an
+    earlier start of this SLURM job left on another host, is taken over; another host's is refused."""
+    import project.run_lock as run_lock
+
+    monkeypatch.setattr(run_lock, "try_flock", lambda descriptor, exclusive: None)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    cases = {
+        "live": ({"host": host, "pid": os.getppid()}, False),
+        "dead": ({"host": host, "pid": int(ended.stdout)}, True),
+        "other host": ({"host": "elsewhere", "pid": 1}, False),
+        "same job": ({"host": "elsewhere", "pid": 1, "slurm_job_id": "77"}, True),
+    }
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    for name, (info, taken) in cases.items():
+        write_lock(tmp_path / name, **info)
+        lock = RunLock(tmp_path / name)
+        if taken:
+            lock.acquire()
+            assert f'"pid": {os.getpid()}' in (tmp_path / name / LOCK_FILE).read_text(), name
+            lock.release()
+        else:
+            with pytest.raises(RunInUseError, match=f"is in use: process {info['pid']} on {info['host']}"):
+                lock.acquire()
+
+
+def test_the_lock_file_records_the_command_without_its_options(tmp_path, monkeypatch):
+    from project.run_lock import holder_info
+
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "project", "fit", "--trainer.logger.init_args.api_key",
+                                           "secret"])  # fmt: skip
+    assert holder_info()["command"] == "python -m project fit"
+
+
+def test_a_run_lock_never_writes_through_a_link(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK_FILE).symlink_to(target)
+    with pytest.raises(UserInputError, match=r"run\.lock cannot be opened"):
+        RunLock(tmp_path / "run").acquire()
+    assert target.read_text() == "keep me"
+
+
+def test_fit_from_best_resumes_into_a_new_run_and_leaves_the_newer_last_checkpoint(quick_args, run_dir, capsys):
+    run_cli(["fit", *quick_args, "--test_after_fit=false"])
+    last = Path("logs") / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+    resumed = run_cli(["fit", *quick_args, "--ckpt_path=best", "--trainer.max_epochs=3", "--test_after_fit=false"])
+    assert Path(resumed.trainer.log_dir).name == "version_1" and last.read_bytes() == saved
+    assert "an older state than logs/mnist/version_0's last.ckpt, resumed into a new run" in capsys.readouterr().out

@@ -37,6 +37,17 @@ def per_channel(value: float | list[float] | tuple[float, ...], channels: int, n
     return tuple(float(v) for v in values)
 
 
+def check_mnist_style(channels: int) -> None:
+    """The one rule for ``data.mnist_style`` (training) and ``--mnist-style`` (prediction): MNIST style makes greyscale
+    digits, for networks of 1-channel images. (A checkpoint trained otherwise before the rule still predicts as it
+    was trained: a checkpoint's own preprocessing is not checked against it.)"""
+    if channels != 1:
+        raise UserInputError(
+            f"MNIST-style preprocessing makes greyscale digits, as MNIST's are: it is for images of 1 channel "
+            f"(data.channels 1), and these have {channels}"
+        )
+
+
 @dataclass(frozen=True)
 class ImageConversion:
     """From an image file to a ``channels`` x ``image_size`` x ``image_size`` tensor, normalised with mean and std
@@ -52,11 +63,6 @@ class ImageConversion:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise UserInputError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
-        if self.mnist_style and self.channels != 1:  # one rule for training (data.mnist_style) and --mnist-style
-            raise UserInputError(
-                "MNIST-style preprocessing makes greyscale digits, as MNIST's are: it takes images of 1 channel "
-                f"(data.channels 1), and these have {self.channels}"
-            )
         if self.image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {self.image_size}")
         object.__setattr__(self, "mean", per_channel(self.mean, self.channels, "mean"))  # frozen: set once, here

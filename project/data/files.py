@@ -24,7 +24,15 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from project.data.base import ImageDataModule
-from project.data.decoding import MNIST_MEAN, MNIST_STD, FileImages, ImageConversion, class_folders, image_files
+from project.data.decoding import (
+    MNIST_MEAN,
+    MNIST_STD,
+    FileImages,
+    ImageConversion,
+    check_mnist_style,
+    class_folders,
+    image_files,
+)
 from project.data.splits import seeded_split, subset_labels
 from project.errors import DataNotFoundError, UserInputError
 
@@ -62,6 +70,8 @@ class FileDataModule(ImageDataModule):
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
         self.save_hyperparameters()
+        if mnist_style:
+            check_mnist_style(channels)
         self.awaiting_normalisation = mean is None or std is None
         stated = (MNIST_MEAN, MNIST_STD) if self.awaiting_normalisation else (mean, std)  # replaced when adopted
         self.conversion = ImageConversion(channels, image_size, *stated, mnist_style=mnist_style)
