@@ -27,7 +27,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -271,7 +272,8 @@ class ProjectCLI(LightningCLI):
         trainer.ckpt_path = None  # the test below names its own checkpoint
         if not self.config.fit.test_after_fit or trainer.interrupted:
             return
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), "")
+        bests = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        best = next((path for path in bests if path), "")
         if best:
             say(f"Testing the best checkpoint: {best}")
         else:
@@ -280,9 +282,11 @@ class ProjectCLI(LightningCLI):
 
 
 def tensorboard_logger_args(logger_config: object) -> Any:
-    """The ``init_args`` of the configured TensorBoard logger, or ``None`` when another logger (or none) is used."""
-    class_path = getattr(logger_config, "class_path", "") or ""
-    if class_path.split(".")[-1] not in LOGGER_CLASSES:
+    """The ``init_args`` of the configured run-folder logger (:data:`LOGGER_CLASSES`), or ``None`` when another
+    logger, several, or none is configured (``logger_config`` is then a bool, a list or ``None``)."""
+    if not isinstance(logger_config, Namespace) or "class_path" not in logger_config:
+        return None
+    if str(logger_config.class_path).split(".")[-1] not in LOGGER_CLASSES:
         return None
     return logger_config.init_args
 

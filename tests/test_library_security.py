@@ -33,7 +33,7 @@ def torch_home(tmp_path, monkeypatch) -> Path:
 
 
 def plant_pickle(path: Path, marker: Path) -> Path:
-    """A file that runs code when unpickled (``torch.load(weights_only=False)``): it creates ``marker``."""
+    """A file that runs code when unpickled without the plain-data check: it creates ``marker``."""
     torch.save({"features.0.0.weight": CreatesFile(marker)}, path)
     return path
 
