@@ -192,8 +192,8 @@ class ProjectCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Every checkpoint is written atomically and read with the checks, whatever the preset's plugins are.
-        plugins = list(self.config_init[self.subcommand]["trainer"].get("plugins") or [])
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+        trainer = self.config_init[self.subcommand]["trainer"]
+        plugins = as_list(trainer.get("plugins"))
         others = [p for p in plugins if isinstance(p, CheckpointIO) and not isinstance(p, AtomicCheckpointIO)]
         if others:
             raise UserInputError(
@@ -202,9 +202,7 @@ class ProjectCLI(LightningCLI):
             )
         if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        trainer = self.config_init[self.subcommand]["trainer"]
-        callbacks = trainer.get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        callbacks = as_list(trainer.get("callbacks"))
         if self.subcommand in EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
             callbacks = [c for c in callbacks if not isinstance(c, FIT_ONLY_CALLBACKS)]
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -279,6 +277,13 @@ class ProjectCLI(LightningCLI):
         else:
             say("No checkpoint was saved (e.g. fast_dev_run): testing the weights in memory")
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A Trainer option that takes one object or a list of them (``plugins``, ``callbacks``), as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def tensorboard_logger_args(logger_config: object) -> Any:

@@ -163,3 +163,14 @@ def test_the_divergence_message_names_the_learning_rate_option_the_command_line_
         error.last_checkpoint = last_checkpoint
         assert "--model.optimizer.lr" in str(error) and "model.lr " not in str(error)
     assert MOVED["model.lr"] == "model.optimizer.lr"  # what --model.lr is refused with
+
+
+def test_a_single_callback_or_plugin_given_without_a_list_is_taken(quick_args, run_dir, tmp_path):
+    config = tmp_path / "single.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    class_path: project.checkpoints.LastCheckpoint\n"
+        "  plugins:\n    class_path: lightning.pytorch.plugins.environments.LightningEnvironment\n"
+    )
+    cli = run_cli(["fit", *quick_args, f"--config={config}", "--trainer.max_epochs=1", "--test_after_fit=false"])
+    assert any(type(callback).__name__ == "LastCheckpoint" for callback in cli.trainer.callbacks)
+    assert (run_dir / "logs" / "single" / "version_0" / "checkpoints" / "last.ckpt").is_file()
