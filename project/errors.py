@@ -108,6 +108,4 @@ def causes(error: BaseException | None) -> Iterator[BaseException]:
 def disk_full(error: BaseException) -> OSError | None:
     """The "no space left" (or over quota) error behind ``error``: torch.save reports a full disk as a RuntimeError
     ("unexpected pos") raised while handling the OSError."""
-    return next(
-        (e for e in causes(error) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None
-    )
+    return next((e for e in causes(error) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)

@@ -5,7 +5,7 @@ look like MNIST's first (``--mnist-style`` of ``scripts/predict.py``, ``data.mni
 
 Each of ``--count`` MNIST test digits (the first ones) is drawn as dark ink on light, slightly noisy paper, scaled to
 a larger side of 30-90% of a 96x96 picture and placed anywhere in it (seeded). The pictures are written as PNG files and
-predicted through :class:`project.prediction.Predictor`, as ``scripts/predict.py`` does; the untouched 28x28 test
+predicted through :class:`project.inference.Predictor`, as ``scripts/predict.py`` does; the untouched 28x28 test
 digits are predicted too, as the reference. Each digit is also scanned small and faint, as a low-resolution scan would
 show it: its square box downsampled to 8x8 (antialiased), upscaled to 28x28 and at half contrast, mid-grey strokes on
 black and on light, slightly noisy paper. Writes ``<out>/digit_style.png`` (examples: the picture, what the network
@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision.datasets import MNIST
 from torchvision.transforms import functional as TF
 
-from project.prediction import Predictor
+from project.inference.prediction import Predictor
 
 CANVAS = 96
 SCAN = 8

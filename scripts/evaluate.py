@@ -14,12 +14,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from project.checkpoints import read_checkpoint
 from project.errors import ReportedError
-from project.evaluation import compute_report, data_module_from_checkpoint, markdown_report, predict, write_reports
-from project.task_module import TaskModule
+from project.inference.evaluation import (
+    compute_report,
+    data_module_from_checkpoint,
+    markdown_report,
+    predict,
+    write_reports,
+)
+from project.training.checkpoints import read_checkpoint
+from project.training.task_module import TaskModule
+from project.trusted import add_trust_option, trust
 
 SPLITS = {"train": "fit", "val": "validate", "test": "test"}
 
@@ -30,8 +35,10 @@ def main() -> None:
     parser.add_argument("--split", choices=sorted(SPLITS), default="test")
     parser.add_argument("--data-dir", help="where the data is, if not where the checkpoint's run found it")
     parser.add_argument("--out", type=Path, help="folder for the three files")
+    add_trust_option(parser)
     args = parser.parse_args()
     try:
+        trust(*args.trust)
         evaluate(args.checkpoint, args.split, args.data_dir, args.out)
     except ReportedError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -45,7 +52,7 @@ def evaluate(checkpoint_path: Path, split: str, data_dir: str | None, out: Path 
     data.prepare_data()
     data.setup(SPLITS[split])
     dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
-    loader = DataLoader(dataset, batch_size=data.eval_batch_size)  # in order, without augmentation
+    loader = data.batches(split, dataset, data.eval_batch_size)  # in order, unaugmented: in memory or a DataLoader
     report = compute_report(predict(model, loader, model.task), model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"

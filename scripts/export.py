@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from project.errors import ReportedError
-from project.export import FORMATS, export_checkpoint
+from project.inference.export import FORMATS, export_checkpoint
+from project.trusted import add_trust_option, trust
 
 
 def main() -> None:
@@ -26,9 +27,11 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, help="a new folder for the files")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), help=f"any of {', '.join(FORMATS)}")
+    add_trust_option(parser)
     args = parser.parse_args()
     out = args.out or args.checkpoint.resolve().parent.parent / "export" / args.checkpoint.stem
     try:
+        trust(*args.trust)
         about = export_checkpoint(args.checkpoint, out, tuple(args.formats))
     except ReportedError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from project.errors import ReportedError, UserInputError
-from project.prediction import Predictor, image_paths, write_csv
+from project.inference.prediction import Predictor, image_paths, write_csv
+from project.trusted import add_trust_option, trust
 
 
 def main() -> None:
@@ -28,8 +29,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     mnist_style = "make each image's digit look like MNIST's first (light ink on black, in 20x20, centred in 28x28)"
     parser.add_argument("--mnist-style", action="store_true", help=mnist_style)
+    add_trust_option(parser)
     args = parser.parse_args()
     try:
+        trust(*args.trust)
         if args.batch_size < 1:
             raise UserInputError(f"--batch-size must be a positive integer, got {args.batch_size}")
         paths = image_paths(args.inputs)

@@ -12,39 +12,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "project"
 
 MAY_IMPORT = {
     "errors": set(),
-    "cli_errors": {"errors"},
-    "figures": set(),
-    "tasks": {"errors", "tasks"},
-    "networks": {"errors"},
-    "atomic_files": {"errors"},
-    "checkpoints": {"errors", "atomic_files"},
-    "weight_files": {"errors"},
-    "finetuning": {"errors", "weight_files"},
-    "divergence": {"errors"},
-    "presets": {"errors"},
-    "resume": {"errors", "checkpoints"},
-    "run_lock": {"errors"},
-    "runs": {"errors", "checkpoints", "run_lock"},
-    "progress": {"run_lock"},
-    "data": {"errors", "tasks", "resume", "data"},
-    "library_networks": {"errors", "networks", "weight_files"},
-    "lora": {"errors"},
-    "specs": {"errors", "checkpoints"},
-    "task_module": {
-        "errors", "tasks", "networks", "library_networks", "lora", "checkpoints", "finetuning", "resume", "divergence",
-        "specs",
-    },
-    "tensorboard_reports": {"figures"},
-    "evaluation": {"errors", "atomic_files", "checkpoints", "data", "tasks", "figures"},
-    "preflight": {"errors", "checkpoints", "lora", "task_module", "weight_files"},
-    "prediction": {"errors", "atomic_files", "checkpoints", "data", "evaluation", "tasks", "task_module"},
-    "export": {"errors", "atomic_files", "checkpoints", "lora", "prediction", "task_module"},
-    "cli": {
-        "errors", "cli_errors", "checkpoints", "data", "networks", "preflight", "presets", "progress", "resume",
-        "run_lock", "runs", "task_module", "tensorboard_reports",
-    },
-}  # fmt: skip
-"""Which parts of the package each part may import: networks, tasks and data import no training code."""
+    "moved": set(),
+    "plain": set(),
+    "trusted": {"errors"},
+    "files": {"errors", "files"},
+    "tasks": {"errors", "plain", "trusted", "tasks"},
+    "networks": {"errors", "files", "networks"},
+    "data": {"errors", "tasks", "data"},
+    "reports": {"errors", "tasks", "data", "reports"},
+    "training": {"errors", "moved", "trusted", "plain", "files", "tasks", "networks", "data", "training"},
+    "inference": {"errors", "files", "tasks", "networks", "data", "reports", "training", "inference"},
+    "cli": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "reports", "training", "cli"},
+}
+"""Which parts (folders) of the package each part may import, bottom to top: networks, tasks and data import no
+training code, training imports no inference or command line, and only the command line sees (almost) everything."""
 
 
 def modules() -> list[Path]:

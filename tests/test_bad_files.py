@@ -81,7 +81,7 @@ def test_export_into_a_dangling_link_is_refused_and_writes_nothing(
 
 
 def test_prediction_cells_that_a_spreadsheet_would_run_are_escaped(pretrained_checkpoint, tmp_path, monkeypatch):
-    from project.prediction import Predictor, image_paths, write_csv
+    from project.inference.prediction import Predictor, image_paths, write_csv
 
     folder = write_image_folder(tmp_path / "images", {"a": 1}, mode="L", size=28) / "a"
     names = ("=HYPERLINK(1).png", "+1.png", "-1.png", "@SUM(1).png")
@@ -192,7 +192,7 @@ def test_a_lora_checkpoint_tested_without_the_lora_config_says_so(quick_args, pr
 def test_weights_of_the_right_names_and_shapes_but_integers_are_refused_by_the_library_loader(tmp_path):
     import torchvision
 
-    from project.library_networks import LibraryNetwork
+    from project.networks.library import LibraryNetwork
 
     state = {name: tensor.to(torch.int64) for name, tensor in torchvision.models.resnet18().state_dict().items()}
     torch.save(state, tmp_path / "resnet18.pth")

@@ -15,8 +15,8 @@ import yaml
 from helpers import cli_error
 
 from project.cli import run_cli
+from project.cli.presets import CONFIG_DIR, run_name
 from project.networks import ConvNet
-from project.presets import CONFIG_DIR, run_name
 
 
 def test_fast_dev_run_of_fit_through_python_dash_m(fake_data_dir, run_dir):
@@ -51,7 +51,7 @@ def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():
     assert model["lr_schedule"] == "none"
     assert (data["batch_size"], config["trainer"]["max_epochs"]) == (64, 10)
     best = config["trainer"]["callbacks"][0]  # kept from mnist.yaml: the task decides what it monitors
-    assert (best["class_path"], best["init_args"]["monitor"]) == ("project.checkpoints.BestCheckpoint", None)
+    assert (best["class_path"], best["init_args"]["monitor"]) == ("project.training.checkpoints.BestCheckpoint", None)
 
 
 def test_a_run_is_named_after_its_last_recipe_not_after_a_modifier():

@@ -98,8 +98,8 @@ class RecordBarTotal(L.Callback):
 def test_the_progress_bar_counts_the_batches_left_when_max_steps_ends_the_run(fake_data_dir):
     from project.data import MNISTDataModule
     from project.networks import ConvNet
-    from project.progress import RunProgressBar
-    from project.task_module import TaskModule
+    from project.training.progress import RunProgressBar
+    from project.training.task_module import TaskModule
 
     record = RecordBarTotal()
     trainer = quiet_trainer(max_steps=13, limit_val_batches=0, enable_progress_bar=True,
@@ -155,7 +155,7 @@ def test_a_progress_bar_of_the_users_own_is_kept(quick_args, run_dir):
 
 
 def test_the_divergence_message_names_the_learning_rate_option_the_command_line_takes():
-    from project.cli_errors import MOVED
+    from project.cli.refusals import MOVED
     from project.errors import TrainingDivergedError
 
     for last_checkpoint in (None, "", "logs/mnist/version_0/checkpoints/last.ckpt"):
@@ -168,7 +168,7 @@ def test_the_divergence_message_names_the_learning_rate_option_the_command_line_
 def test_a_single_callback_or_plugin_given_without_a_list_is_taken(quick_args, run_dir, tmp_path):
     config = tmp_path / "single.yaml"
     config.write_text(
-        "trainer:\n  callbacks:\n    class_path: project.checkpoints.LastCheckpoint\n"
+        "trainer:\n  callbacks:\n    class_path: project.training.checkpoints.LastCheckpoint\n"
         "  plugins:\n    class_path: lightning.pytorch.plugins.environments.LightningEnvironment\n"
     )
     cli = run_cli(["fit", *quick_args, f"--config={config}", "--trainer.max_epochs=1", "--test_after_fit=false"])

@@ -18,7 +18,7 @@ from torchvision.transforms import functional as TF
 
 from project.data.digits import mnist_like
 from project.data.files import ImageFolderDataModule
-from project.prediction import Predictor
+from project.inference.prediction import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

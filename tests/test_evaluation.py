@@ -16,10 +16,10 @@ from torchmetrics.functional.classification import multiclass_f1_score
 
 from project.cli import run_cli
 from project.data import MNISTDataModule
-from project.evaluation import compute_report, predict
+from project.inference.evaluation import compute_report, predict
 from project.networks import ConvNet
-from project.task_module import TaskModule
 from project.tasks import make_task
+from project.training.task_module import TaskModule
 
 EVALUATE = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
 
@@ -62,7 +62,7 @@ def test_binary_reports_auroc_and_regression_reports_r2():
     torch.manual_seed(0)
     targets = torch.randint(0, 2, (50,))
     probabilities = (targets + torch.rand(50)) / 2
-    from project.evaluation import Predictions
+    from project.inference.evaluation import Predictions
 
     binary = compute_report(Predictions(probabilities, targets), make_task("binary", 1), ["other", "positive"])
     assert binary["overall"]["auroc"] == pytest.approx(1.0) and len(binary["per_class"]) == 2

@@ -11,8 +11,8 @@ import torch
 from conftest import REPO_ROOT
 
 from project.errors import UserInputError
-from project.export import export_checkpoint, run_export
-from project.task_module import TaskModule
+from project.inference.export import export_checkpoint, run_export
+from project.training.task_module import TaskModule
 
 
 def test_every_checkpoint_stores_the_preprocessing_of_its_images(pretrained_checkpoint):

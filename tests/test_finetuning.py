@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 from project.cli import run_cli
 from project.data import MNISTDataModule, RotationDataModule
 from project.errors import UserInputError
-from project.finetuning import load_pretrained_backbone
+from project.files.weights import read_weights
 from project.networks import ConvNet
-from project.task_module import TaskModule
-from project.weight_files import read_weights
+from project.training.finetuning import load_pretrained_backbone
+from project.training.task_module import TaskModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

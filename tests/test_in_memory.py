@@ -20,7 +20,7 @@ from project.data import (
     RotationDataModule,
 )
 from project.data.in_memory import DeviceBatches
-from project.resume import ResumableSampler
+from project.data.sampler import ResumableSampler
 
 
 def csv_folder(root: Path) -> Path:

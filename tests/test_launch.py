@@ -157,7 +157,7 @@ def test_fsdp_on_a_machine_without_cuda_is_one_error_line(quick_args, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a CUDA GPU and this machine has none")
 def test_fsdp_on_a_gpu_saves_whole_checkpoints_that_resume_and_export(quick_args, run_dir):
-    from project.export import export_checkpoint
+    from project.inference.export import export_checkpoint
     from project.networks import ConvNet
 
     args = ["fit", *quick_args, "--config=fsdp.yaml", "--trainer.devices=1", "--test_after_fit=false"]

@@ -1,4 +1,4 @@
-"""Backbones from model libraries (project.library_networks): fine-tuned on an image folder offline, with every
+"""Backbones from model libraries (project.networks.library): fine-tuned on an image folder offline, with every
 guarantee the project's own network has (exact resume, checkpoints that rebuild without a download, export,
 prediction, one-line refusals)."""
 
@@ -14,7 +14,7 @@ from test_reliability import assert_same_training_state
 
 from project.cli import run_cli
 from project.errors import UserInputError
-from project.library_networks import LibraryNetwork
+from project.networks.library import LibraryNetwork
 
 SMALL = ["--data.image_size=32", "--model.network.init_args.image_size=32", "--data.batch_size=16"]
 
@@ -32,8 +32,8 @@ def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_an
 ):
     from helpers import Interrupted
 
-    from project.export import export_checkpoint
-    from project.prediction import Predictor, image_paths
+    from project.inference.export import export_checkpoint
+    from project.inference.prediction import Predictor, image_paths
 
     args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
     args.append("--test_after_fit=false")
@@ -62,7 +62,7 @@ def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_an
 
 def test_a_timm_backbone_fine_tunes_on_greyscale_digits(quick_args, run_dir):
     pytest.importorskip("timm")
-    args = ["--model.network=project.library_networks.LibraryNetwork", "--model.network.init_args.library=timm",
+    args = ["--model.network=project.networks.library.LibraryNetwork", "--model.network.init_args.library=timm",
             "--model.network.init_args.name=test_resnet", "--model.network.init_args.in_channels=1",
             "--model.network.init_args.image_size=28"]  # fmt: skip
     cli = run_cli(["fit", *quick_args, *args, "--trainer.max_epochs=1"])
@@ -87,7 +87,7 @@ def test_a_library_that_is_not_installed_names_the_install_command(monkeypatch):
 
 def test_a_hugging_face_model_from_a_local_folder_fine_tunes_on_digits_and_exports(quick_args, run_dir):
     transformers = pytest.importorskip("transformers")
-    from project.export import export_checkpoint
+    from project.inference.export import export_checkpoint
 
     config = transformers.ViTConfig(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=2,
                                     num_attention_heads=2, intermediate_size=64)  # fmt: skip
@@ -96,7 +96,7 @@ def test_a_hugging_face_model_from_a_local_folder_fine_tunes_on_digits_and_expor
     transformers.ViTModel(config).save_pretrained(folder)  # as a hub download leaves it, offline
     transformers.ViTImageProcessor(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.2, 0.2]).save_pretrained(folder)
     saved = transformers.ViTModel.from_pretrained(folder).embeddings.patch_embeddings.projection.weight
-    args = ["--model.network=project.library_networks.LibraryNetwork", "--model.network.init_args.library=huggingface",
+    args = ["--model.network=project.networks.library.LibraryNetwork", "--model.network.init_args.library=huggingface",
             f"--model.network.init_args.name={folder}", "--model.network.init_args.weights=library",
             "--model.network.init_args.in_channels=1", "--model.network.init_args.image_size=28",
             "--model.freeze_backbone_epochs=1"]  # fmt: skip
@@ -117,7 +117,7 @@ def test_a_library_or_channel_count_outside_what_is_allowed_is_refused_by_name()
 
 
 def test_lora_on_a_library_backbone_keeps_the_reference_to_its_base_weights(image_folder, run_dir, mobilenet_weights):
-    from project.prediction import Predictor, image_paths
+    from project.inference.prediction import Predictor, image_paths
 
     args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
     run_cli([*args, "--config=lora", "--model.lora.rank=4", "--test_after_fit=false"])

@@ -17,7 +17,7 @@ from test_security import CreatesFile
 
 from project.cli import run_cli
 from project.errors import UserInputError
-from project.weight_files import hub_file, weights_only_loads
+from project.files.weights import hub_file, weights_only_loads
 
 MOBILENET_FILE = "mobilenet_v3_small-047dcff4.pth"
 """The file torchvision's MobileNet_V3_Small_Weights.DEFAULT reads from the hub cache (the hash in its name)."""
@@ -55,8 +55,8 @@ def test_a_received_lora_checkpoint_naming_the_librarys_weights_never_runs_a_pla
 ):
     """LoRA checkpoints rebuild their base from the network's ``weights``: a checkpoint naming ``library`` makes
     prediction, evaluation and export read the hub cache."""
-    from project.export import export_checkpoint
-    from project.prediction import Predictor
+    from project.inference.export import export_checkpoint
+    from project.inference.prediction import Predictor
 
     evaluate = script_function("evaluate.py", "evaluate")
     args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
@@ -131,7 +131,7 @@ def test_a_hugging_face_folder_with_code_of_its_own_is_refused_even_when_the_use
     marker = tmp_path / "ran"
     folder = custom_code_folder(tmp_path / "evil-model", marker)
     build = (
-        "from project.errors import UserInputError\nfrom project.library_networks import LibraryNetwork\n"
+        "from project.errors import UserInputError\nfrom project.networks.library import LibraryNetwork\n"
         f"try:\n    LibraryNetwork('huggingface', {str(folder)!r}, num_outputs=2, weights='library')\n"
         "except UserInputError as error:\n    print(f'error: {error}')\n"
     )
@@ -148,7 +148,7 @@ def test_fit_on_a_hugging_face_folder_with_code_of_its_own_is_one_error_line(qui
     pytest.importorskip("transformers")
     marker = tmp_path / "ran"
     folder = custom_code_folder(tmp_path / "evil-model", marker)
-    args = ["--model.network=project.library_networks.LibraryNetwork", "--model.network.init_args.library=huggingface",
+    args = ["--model.network=project.networks.library.LibraryNetwork", "--model.network.init_args.library=huggingface",
             f"--model.network.init_args.name={folder}", "--model.network.init_args.in_channels=1",
             "--model.network.init_args.image_size=28"]  # fmt: skip
     message = cli_error(["fit", *quick_args, *args], capsys, root=run_dir)

@@ -1,5 +1,5 @@
-"""LoRA (project.lora): adapters trained on a frozen pretrained backbone, checkpoints that hold only what trains and
-refuse another base, exact resume, and export of the merged, plain network."""
+"""LoRA (project.networks.lora): adapters trained on a frozen pretrained backbone, checkpoints that hold only what
+trains and refuse another base, exact resume, and export of the merged, plain network."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from test_reliability import assert_same_training_state
 
 from project.cli import run_cli
 from project.errors import UserInputError
-from project.lora import LoRA, add_adapters
 from project.networks import ConvNet
+from project.networks.lora import LoRA, add_adapters
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_a_resumed_run_keeps_its_lora_settings(lora_args, run_dir, capsys):
 def test_the_export_is_the_merged_plain_network_that_fine_tuning_takes(lora_args, quick_args, run_dir):
     from safetensors.torch import load_file
 
-    from project.export import export_checkpoint
+    from project.inference.export import export_checkpoint
 
     run_cli(["fit", *lora_args])
     about = export_checkpoint(run_dir / "logs/mnist/version_0/checkpoints/last.ckpt", run_dir / "out", ("onnx",

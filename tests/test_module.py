@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from project.errors import UserInputError
 from project.networks import ConvNet
-from project.task_module import TaskModule
+from project.training.task_module import TaskModule
 
 
 def test_multiclass_loss_is_cross_entropy_on_logits():
@@ -180,8 +180,8 @@ def test_channels_last_keeps_the_outputs_and_changes_the_layout(fake_data_dir):
 
 
 def test_the_divergence_watch_names_the_first_step_with_a_non_finite_loss():
-    from project.divergence import DivergenceWatch
     from project.errors import TrainingDivergedError
+    from project.training.divergence import DivergenceWatch
 
     watch = DivergenceWatch()
     images, targets = torch.zeros(2, 1, 4, 4), torch.zeros(2)

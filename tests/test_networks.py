@@ -113,9 +113,9 @@ def test_an_adapted_network_fine_tunes_from_its_own_pretrained_backbone(tmp_path
     from helpers import quiet_trainer
 
     from project.data import MNISTDataModule
-    from project.finetuning import load_pretrained_backbone
     from project.networks import AdaptedNetwork
-    from project.task_module import TaskModule
+    from project.training.finetuning import load_pretrained_backbone
+    from project.training.task_module import TaskModule
 
     class Grey(TinyClassifier):
         def __init__(self) -> None:

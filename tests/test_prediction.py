@@ -12,9 +12,9 @@ from conftest import REPO_ROOT, write_test_images
 from helpers import run_script
 
 from project.errors import UserInputError
-from project.prediction import Predictor, image_paths
-from project.task_module import TaskModule
+from project.inference.prediction import Predictor, image_paths
 from project.tasks import make_task
+from project.training.task_module import TaskModule
 
 
 def predict_script(*args: str) -> subprocess.CompletedProcess:

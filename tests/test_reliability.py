@@ -201,8 +201,8 @@ def test_a_divergence_before_any_checkpoint_does_not_claim_one(quick_args, run_d
 def test_a_save_that_fails_part_way_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
     import errno
 
-    from project.checkpoints import AtomicCheckpointIO
     from project.errors import DiskFullError
+    from project.training.checkpoints import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -254,7 +254,7 @@ def each_option_with_a_bad_value():
     from project.data.base import seeded_split
     from project.data.decoding import ImageConversion
     from project.networks import ConvNet
-    from project.task_module import TaskModule
+    from project.training.task_module import TaskModule
 
     return {
         "augment_shift": (

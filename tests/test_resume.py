@@ -109,7 +109,7 @@ RECORD_LR = ["--trainer.callbacks+=helpers.RecordLR"]
 
 
 def test_a_learning_rate_given_on_resume_takes_effect(interrupted_run, quick_args):
-    from project.finetuning import LRFactor
+    from project.training.finetuning import LRFactor
 
     cli = run_cli(
         ["fit", *quick_args, "--ckpt_path=last", "--model.optimizer.lr=0.0003", *RECORD_LR, "--test_after_fit=false"]
@@ -163,7 +163,7 @@ def test_training_longer_than_planned_gives_the_extra_epochs_a_new_cycle(quick_a
 
 
 def test_training_longer_before_the_schedule_ended_stretches_what_is_left(interrupted_run, quick_args):
-    from project.finetuning import LRFactor
+    from project.training.finetuning import LRFactor
 
     cli = run_cli(
         ["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=4", *RECORD_LR, "--test_after_fit=false"]
@@ -232,7 +232,7 @@ def test_the_fallback_from_a_truncated_last_checkpoint_rewinds_tensorboard_too(f
     from test_reliability import EXACT_CONFIG
 
     args = ["fit", f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false",
-            "--trainer.callbacks+=project.checkpoints.BestCheckpoint"]  # fmt: skip
+            "--trainer.callbacks+=project.training.checkpoints.BestCheckpoint"]  # fmt: skip
     with pytest.raises(Interrupted):
         run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=18"])
     folder = run_dir / "logs" / "configs_exact" / "version_0"

@@ -18,8 +18,8 @@ from test_reliability import SUBPROCESS_ENV
 
 from project.cli import run_cli
 from project.errors import UserInputError
-from project.run_lock import LOCK_FILE, RunInUseError, RunLock, live_holder
-from project.runs import claim_new_run
+from project.training.run_lock import LOCK_FILE, RunInUseError, RunLock, live_holder
+from project.training.runs import claim_new_run
 
 
 def start_waiting_run(folder: Path, args: list[str], step: int) -> tuple[subprocess.Popen, Path]:
@@ -137,7 +137,7 @@ def write_lock(folder: Path, **info: object) -> None:
 def test_without_flock_the_lock_file_decides(tmp_path, monkeypatch):
     """On a filesystem without flock: a live process on this host holds the folder; a dead one's file, or one an
     earlier start of this SLURM job left on another host, is taken over; another host's is refused."""
-    import project.run_lock as run_lock
+    import project.training.run_lock as run_lock
 
     monkeypatch.setattr(run_lock, "try_flock", lambda descriptor, exclusive: None)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -162,7 +162,7 @@ def test_without_flock_the_lock_file_decides(tmp_path, monkeypatch):
 
 
 def test_the_lock_file_records_the_command_without_its_options(tmp_path, monkeypatch):
-    from project.run_lock import holder_info
+    from project.training.run_lock import holder_info
 
     monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "project", "fit", "--trainer.logger.init_args.api_key",
                                            "secret"])  # fmt: skip

@@ -59,12 +59,12 @@ def test_evaluate_refuses_a_data_module_class_outside_the_allow_list(trained_che
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "error: the checkpoint names the data module subprocess.run" in result.stderr
-    assert "project.data.torchvision_family.MNISTDataModule" in result.stderr  # what is allowed
+    assert "project.data.MNISTDataModule" in result.stderr  # what is allowed
 
 
 def test_loading_a_model_refuses_a_network_class_outside_the_allow_list(trained_checkpoint, tmp_path, monkeypatch):
     from project.errors import UserInputError
-    from project.task_module import TaskModule
+    from project.training.task_module import TaskModule
 
     marker = tmp_path / "imported"
     (tmp_path / "payload_module.py").write_text(
@@ -84,7 +84,7 @@ def test_loading_a_model_refuses_a_network_class_outside_the_allow_list(trained_
 
 def test_loading_a_model_refuses_an_instantiator_named_by_the_checkpoint(trained_checkpoint, tmp_path):
     from project.errors import UserInputError
-    from project.task_module import TaskModule
+    from project.training.task_module import TaskModule
 
     def name_a_function(checkpoint):
         checkpoint["hyper_parameters"]["_instantiator"] = "builtins.exec"
@@ -145,7 +145,7 @@ def test_ckpt_path_registry_is_refused_with_the_reason(quick_args, run_dir, caps
 
 def test_load_from_checkpoint_reads_a_pickled_checkpoint_never(tmp_path):
     from project.errors import UserInputError
-    from project.task_module import TaskModule
+    from project.training.task_module import TaskModule
 
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.ckpt"

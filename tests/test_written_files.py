@@ -28,8 +28,8 @@ def mode(path: Path) -> int:
 def test_checkpoints_predictions_reports_and_exports_are_readable_by_others_under_a_umask_of_022(
     quick_args, run_dir, umask_022, tmp_path
 ):
-    from project.export import export_checkpoint
-    from project.prediction import Predictor, image_paths, write_csv
+    from project.inference.export import export_checkpoint
+    from project.inference.prediction import Predictor, image_paths, write_csv
 
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1"])
     run = run_dir / "logs" / "mnist" / "version_0"
@@ -77,7 +77,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_the_previous_one(small_disk, pretrained_checkpoint):
     import torch
 
-    from project.checkpoints import AtomicCheckpointIO
+    from project.training.checkpoints import AtomicCheckpointIO
 
     checkpoint = torch.load(pretrained_checkpoint, weights_only=True)
     target = small_disk / "last.ckpt"

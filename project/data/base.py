@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -14,11 +14,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from project.data.augment import random_shift
-from project.data.in_memory import DeviceBatches, SplitTensors, memory_splits
-from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check_label_rules
+from project.data.in_memory import DeviceBatches, SplitTensors, TensorImages, memory_splits
+from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check_label_options, check_label_rules
+from project.data.sampler import ResumableDataLoader, ResumableSampler, TrainingPosition
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
-from project.resume import ExactResume, ResumableDataLoader, ResumableSampler
 from project.tasks import Task
 
 DATA_DIR_ENV = "PROJECT_DATA_DIR"
@@ -38,7 +38,16 @@ class ImageDataModule(L.LightningDataModule):
 
     A subclass provides :meth:`prepare_data` (make the files available), :meth:`load_split` (the training or test
     split as a dataset of ``(image tensor, target)``), :meth:`split_labels` (class labels for stratification) and
-    :attr:`num_classes`.
+    :attr:`num_classes`. Everything else the project reads of a data module is declared below with its default, so
+    nothing is probed for: :attr:`image_shape`, :meth:`normalisation`, :attr:`awaiting_normalisation` and
+    :meth:`adopt_normalisation`, :meth:`leaf_tensors` (the in-memory path), :meth:`preprocessing`, :attr:`task`,
+    :attr:`class_names`, :attr:`num_outputs`.
+
+    The constructor records its arguments, and those of every subclass constructor that calls
+    ``super().__init__(...)``, as the module's hyper-parameters (Lightning's ``save_hyperparameters``, here once for
+    all): checkpoints keep them, a resumed run is checked against them and ``scripts/evaluate.py`` rebuilds the
+    module from them. A subclass need not call it; arguments that are Python objects, not plain values, are named in
+    :attr:`unrecorded_arguments`.
 
     Args:
         data_dir: the data directory; default ``$PROJECT_DATA_DIR``, else ``./data``.
@@ -81,19 +90,11 @@ class ImageDataModule(L.LightningDataModule):
         in_memory: bool | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=list(self.unrecorded_arguments))
         check_split_options(batch_size, eval_batch_size, num_workers, val_size, samples_per_class, train_fraction)
         if augment_shift < 0:
             raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
-        if sum(bool(option) for option in (positive_classes, label_sets, only_classes)) > 1:
-            raise UserInputError(
-                "data.positive_classes (binary), data.label_sets (multilabel) and data.only_classes (some classes) "
-                "exclude each other: give one"
-            )
-        if (positive_classes or label_sets or only_classes) and self.default_task != "multiclass":
-            raise UserInputError(
-                f"data.positive_classes, label_sets and only_classes work on classes; {type(self).__name__} has no "
-                f"classes (its task is {self.default_task})"
-            )
+        check_label_options(type(self).__name__, self.default_task, positive_classes, label_sets, only_classes)
         self.data_dir = resolve_data_dir(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -116,6 +117,16 @@ class ImageDataModule(L.LightningDataModule):
 
     # -- what a subclass provides ------------------------------------------------------------------------------
     num_classes: int = 0
+    """Number of classes (or of yes/no labels); known once the module is built, since it sizes the network."""
+    image_shape: tuple[int, int, int] | None = None
+    """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
+    input is then checked when the data is set up)."""
+    awaiting_normalisation: bool = False
+    """Whether the normalisation is still to come from the backbone (``data.mean`` / ``std`` null): the command line
+    then calls :meth:`adopt_normalisation` with the mean and std the network states, before setting up the data."""
+    unrecorded_arguments: ClassVar[tuple[str, ...]] = ()
+    """Constructor arguments kept out of the hyper-parameters: Python objects such as datasets or tensors, which a
+    checkpoint cannot hold as plain values (such a module is built in Python, not rebuilt from a checkpoint)."""
 
     def load_split(self, train: bool) -> Dataset:
         """The training (``train=True``) or test split, yielding ``(image tensor, target)``."""
@@ -133,17 +144,24 @@ class ImageDataModule(L.LightningDataModule):
         """Mean and standard deviation per channel, which the in-memory path normalises with."""
         raise NotImplementedError
 
+    def adopt_normalisation(self, mean: list[float], std: list[float]) -> None:
+        """Take the backbone's ``mean`` and ``std`` (per channel), called only while :attr:`awaiting_normalisation`.
+        Data that states its own normalisation never awaits one, so the base has nothing to adopt; a subclass that
+        can await one (:class:`~project.data.files.FileDataModule`) overrides this."""
+        if self.awaiting_normalisation:
+            raise NotImplementedError(f"{type(self).__name__} awaits a normalisation but cannot adopt one")
+
     def preprocessing(self) -> dict[str, Any]:
         """What a new image goes through to be predicted as this data's images were, and the names of the outputs'
-        classes or labels, as plain values: checkpoints and exports keep it (see :mod:`project.prediction`)."""
+        classes or labels, as plain values: checkpoints and exports keep it (:mod:`project.inference.prediction`)."""
         mean, std = self.normalisation()
         channels, size, _ = self.image_shape  # square images
         return {"channels": channels, "image_size": size, "mean": mean, "std": std, "class_names": self.class_names}
 
     def leaf_tensors(self, dataset: Dataset) -> SplitTensors | None:
-        """A dataset as :meth:`load_split` returns it, as tensors; ``None`` when it cannot be held in memory."""
-        tensors = getattr(dataset, "tensors", None)
-        return tensors() if callable(tensors) else None
+        """A dataset as :meth:`load_split` returns it, as tensors; ``None`` when it cannot be held in memory (it is not
+        a :class:`~project.data.in_memory.TensorImages`, or its images were too big to keep)."""
+        return dataset.tensors() if isinstance(dataset, TensorImages) else None
 
     # -- derived from the arguments ----------------------------------------------------------------------------
     @property
@@ -250,7 +268,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         trainer = self.trainer
-        resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None) if trainer else None
+        resume = next((c for c in trainer.callbacks if isinstance(c, TrainingPosition)), None) if trainer else None
         sampler = ResumableSampler(
             self.train_set,
             seed=self.shuffle_seed,

@@ -16,12 +16,11 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
 from project.data.digits import mnist_like
-from project.data.in_memory import SplitTensors
+from project.data.in_memory import SplitTensors, TensorImages, normalised
 from project.errors import UserInputError, first_line, some
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -88,10 +87,8 @@ class ImageConversion:
         return TF.pil_to_tensor(resized)
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        """As the in-memory path normalises (and torchvision's ToTensor and Normalize): /255, minus mean, over std."""
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        return (pixels.float() / 255).sub_(mean).div_(std)
+        """As every path normalises (:func:`~project.data.in_memory.normalised`)."""
+        return normalised(pixels, torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1))
 
 
 class UndecodableImage(UserInputError):
@@ -102,7 +99,7 @@ class UndecodableImage(UserInputError):
         self.path, self.reason = path, reason
 
 
-class FileImages(Dataset):
+class FileImages(TensorImages):
     """Images from files with their targets; each file decoded once here, every one that cannot be is named.
 
     ``targets`` is a tensor (class indices or regression values). The decoded pixels are kept when they fit in

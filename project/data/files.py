@@ -69,7 +69,6 @@ class FileDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
-        self.save_hyperparameters()
         if mnist_style:
             check_mnist_style(channels)
         self.awaiting_normalisation = mean is None or std is None
@@ -214,8 +213,7 @@ def read_csv(
             wanted = columns or [name for name in header if name != "image"]
             if "image" not in header or not wanted or not set(wanted) <= set(header):
                 raise UserInputError(
-                    f"{csv_path}: the first line must name the columns image,"
-                    f"{','.join(columns or ['<label>', '...'])}"
+                    f"{csv_path}: the first line must name the columns image,{','.join(columns or ['<label>', '...'])}"
                 )
             for row in reader:
                 row = {key.strip(): value for key, value in row.items() if key is not None}

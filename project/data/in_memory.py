@@ -1,9 +1,9 @@
 """The in-memory data path: a split held as tensors on the training device, batches drawn by index.
 
-A split that fits is decoded once into uint8 pixels ``(N, C, H, W)`` and its targets; both move to the training
-device once. Each batch is then a gather of rows by index (in the resumable sampler's order for training, in order
-for evaluation) and a normalisation, on the device: no per-image Python, no host-to-device copy per batch, no
-DataLoader workers. The order and the pixels are the same as the per-image path's.
+A split that fits is decoded once into uint8 (or, for arrays, float) pixels ``(N, C, H, W)`` and its targets; both
+move to the training device once. Each batch is then a gather of rows by index (in the resumable sampler's order for
+training, in order for evaluation) and a normalisation, on the device: no per-image Python, no host-to-device copy
+per batch, no DataLoader workers. The order and the pixels are the same as the per-image path's.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from project.data.labels import RelabelledTargets
-from project.errors import UserInputError
-from project.resume import ResumableSampler
+from project.data.sampler import ResumableSampler, check_same_shuffle_seed
 
 
 class SplitTensors(NamedTuple):
-    """A split as tensors: uint8 pixels (N, C, H, W) and the targets of the same N examples."""
+    """A split as tensors: pixels (N, C, H, W) and the targets of the same N examples.
+
+    Pixels are uint8 (0..255, scaled by 1/255 when drawn) or floating point (taken as they are: images already
+    scaled, to [0, 1] for predictions of new image files to match); see :func:`unit_scaled`.
+    """
 
     pixels: Tensor
     targets: Tensor
@@ -29,6 +32,53 @@ class SplitTensors(NamedTuple):
     def take(self, indices: list[int] | Tensor) -> SplitTensors:
         index = torch.as_tensor(indices, dtype=torch.long)
         return SplitTensors(self.pixels[index], self.targets[index])
+
+
+def unit_scaled(pixels: Tensor) -> Tensor:
+    """Pixels as float32 on the scale the normalisation applies to: uint8 divided by 255, floating point as given
+    (a new tensor either way, which the caller may change in place)."""
+    return pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.to(torch.float32, copy=True)
+
+
+def normalised(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Pixels as the network takes them, the one rule of every path (in memory, DataLoader, prediction, export's
+    ``model.json``): :func:`unit_scaled`, minus ``mean``, over ``std``, per channel (shaped ``(C, 1, 1)`` or
+    ``(1, C, 1, 1)``), as torchvision's ``ToTensor`` and ``Normalize`` do."""
+    return unit_scaled(pixels).sub_(mean).div_(std)
+
+
+class TensorImages(Dataset):
+    """A dataset the in-memory path can hold whole: :meth:`tensors` gives its pixels and targets at once.
+
+    The base :meth:`~project.data.ImageDataModule.leaf_tensors` asks datasets of this class (and no other) for their
+    tensors; a dataset of another class goes through a DataLoader, one example at a time.
+    """
+
+    def tensors(self) -> SplitTensors | None:
+        """Every example's pixels and targets, or ``None`` when they are not held (too big to keep)."""
+        raise NotImplementedError
+
+
+class NormalisedTensors(TensorImages):
+    """Images held as tensors (a :class:`SplitTensors`), each normalised with ``mean`` and ``std`` per channel when
+    read one at a time (the DataLoader path), as :class:`DeviceBatches` normalises whole batches."""
+
+    def __init__(self, split: SplitTensors, mean: list[float], std: list[float]) -> None:
+        self.split = split
+        self.targets = split.targets
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.split.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        target = self.split.targets[index]
+        image = normalised(self.split.pixels[index], self.mean, self.std)
+        return image, target.item() if target.ndim == 0 else target
+
+    def tensors(self) -> SplitTensors:
+        return self.split
 
 
 class DeviceBatches:
@@ -65,18 +115,14 @@ class DeviceBatches:
             order = torch.arange(len(self.split.targets), device=device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            pixels = self.split.pixels[index]
-            yield (pixels.float() / 255).sub_(self.mean).div_(self.std), self.split.targets[index]
+            yield normalised(self.split.pixels[index], self.mean, self.std), self.split.targets[index]
 
     def state_dict(self) -> dict[str, Any]:
         return {"shuffle_seed": self.order.seed} if self.order is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.order is not None and state_dict.get("shuffle_seed", self.order.seed) != self.order.seed:
-            raise UserInputError(
-                f"the checkpoint was trained with shuffle seed {state_dict['shuffle_seed']} and this run has "
-                f"{self.order.seed}: resume with the same seed_everything (or data.shuffle_seed)"
-            )
+        if self.order is not None:
+            check_same_shuffle_seed(state_dict.get("shuffle_seed"), self.order.seed)
 
 
 def memory_splits(

@@ -65,6 +65,27 @@ class ClassSubset:
         return table[labels]
 
 
+def check_label_options(
+    module: str,
+    task: str,
+    positive_classes: list[int] | None,
+    label_sets: dict[str, list[int]] | None,
+    only_classes: list[int] | None,
+) -> None:
+    """Refuse label rules that exclude each other, or that a data module without classes (its ``task`` is not
+    multiclass) cannot apply; the rules' classes are checked once the classes are known (:func:`check_label_rules`)."""
+    if sum(bool(option) for option in (positive_classes, label_sets, only_classes)) > 1:
+        raise UserInputError(
+            "data.positive_classes (binary), data.label_sets (multilabel) and data.only_classes (some classes) "
+            "exclude each other: give one"
+        )
+    if (positive_classes or label_sets or only_classes) and task != "multiclass":
+        raise UserInputError(
+            f"data.positive_classes, label_sets and only_classes work on classes; {module} has no classes (its task "
+            f"is {task})"
+        )
+
+
 def check_label_rules(
     num_classes: int,
     positive_classes: list[int] | None,

@@ -11,12 +11,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from project.data.in_memory import SplitTensors
+from project.data.in_memory import SplitTensors, TensorImages
 from project.data.torchvision_family import MNISTDataModule, apply, raw_pixels
 from project.errors import UserInputError
 
 
-class RotatedImages(Dataset):
+class RotatedImages(TensorImages):
     """Each image rotated by an angle drawn once per index from a seeded uniform distribution; target = angle / max.
 
     ``dataset`` yields PIL images; each is rotated (counter-clockwise, black corners), then passed to ``transform``.

@@ -133,7 +133,6 @@ class MNISTDataModule(ImageDataModule):
         if image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {image_size}")
         super().__init__(val_size=val_size, **kwargs)
-        self.save_hyperparameters()
         self.dataset = dataset
         self.spec = TORCHVISION_DATASETS[dataset]
         self.download = download

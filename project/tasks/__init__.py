@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
+from typing import Any
 
 from project.errors import UserInputError
-from project.tasks.base import Task
+from project.tasks.base import MetricResolver, Task, TaskOption
 
 for _module in pkgutil.iter_modules(__path__):  # this package's own files: no name comes from input
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -22,11 +24,15 @@ for _module in pkgutil.iter_modules(__path__):  # this package's own files: no n
 TASK_NAMES = tuple(sorted(Task.registry))
 
 
-def make_task(name: str, num_outputs: int) -> Task:
-    """The task called ``name`` for a network with ``num_outputs`` outputs; refused if either does not fit."""
+def make_task(
+    name: str, num_outputs: int, options: Mapping[str, Any] | None = None, resolve: MetricResolver | None = None
+) -> Task:
+    """The task called ``name`` for a network with ``num_outputs`` outputs and its ``options``
+    (``--model.task_options``; ``resolve`` turns the class paths of extra metrics into classes); refused if any of
+    them does not fit."""
     if name not in Task.registry:
         raise UserInputError(f"model.task must be one of {', '.join(TASK_NAMES)}, got {name!r}")
-    return Task.registry[name](num_outputs)
+    return Task.registry[name](num_outputs, options, resolve)
 
 
-__all__ = ["TASK_NAMES", "Task", "make_task"]
+__all__ = ["TASK_NAMES", "MetricResolver", "Task", "TaskOption", "make_task"]

@@ -1,12 +1,14 @@
-"""Yes or no: one output, binary cross-entropy on its logit; accuracy, precision, recall, F1 (and AUROC in reports)."""
+"""Yes or no: one output, binary cross-entropy on its logit (with a weight for positives and a decision threshold as
+options); accuracy, precision, recall, F1 (and AUROC in reports)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryConfusionMatrix,
@@ -26,27 +28,56 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from project.tasks.base import OneOutputTask, per_class_rows
+from project.tasks.base import (
+    THRESHOLD,
+    OneOutputTask,
+    Task,
+    TaskOption,
+    logit,
+    number_option,
+    per_class_rows,
+    threshold_option,
+)
 
 
 class Binary(OneOutputTask):
     name = "binary"
     monitor = ("val/acc", "max")
     summary = ("acc", "f1")
+    outputs_meaning = "one logit: sigmoid for the probability of the positive class"
+    options: ClassVar[dict[str, TaskOption]] = {
+        **Task.options,
+        "pos_weight": TaskOption(
+            None, "a positive float", "the weight of positive examples in the loss (BCE-with-logits' pos_weight)"
+        ),
+        "threshold": THRESHOLD,
+    }
+
+    def configure(self, options: dict[str, Any]) -> None:
+        weight = options["pos_weight"]
+        if weight is not None:
+            weight = torch.tensor(number_option("pos_weight", weight, "a positive float", lambda v: v > 0))
+        self.pos_weight: Tensor | None = weight
+        self.threshold = threshold_option(options["threshold"])
 
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.float(), reduction="none")
+        weight = self.on_device_of(self.pos_weight, outputs)
+        return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.float(), pos_weight=weight, reduction="none")
 
     def scores(self, outputs: Tensor) -> Tensor:
         return outputs[:, 0].sigmoid()
 
     def decisions(self, outputs: Tensor) -> Tensor:
-        return (outputs[:, 0] > 0).long()
+        return (outputs[:, 0] > logit(self.threshold)).long()
 
-    def metrics(self) -> MetricCollection:
-        return MetricCollection(
-            {"acc": BinaryAccuracy(), "precision": BinaryPrecision(), "recall": BinaryRecall(), "f1": BinaryF1Score()}
-        )
+    def own_metrics(self) -> dict[str, Metric]:
+        threshold = self.threshold
+        return {
+            "acc": BinaryAccuracy(threshold),
+            "precision": BinaryPrecision(threshold),
+            "recall": BinaryRecall(threshold),
+            "f1": BinaryF1Score(threshold),
+        }
 
     def confusion_matrix(self) -> Metric:
         return BinaryConfusionMatrix()
@@ -59,8 +90,9 @@ class Binary(OneOutputTask):
         return self.decisions_with_probabilities(outputs, class_names, positive, outputs[:, :1].float().sigmoid())
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
-        decisions = (scores >= 0.5).long()
-        confusion = binary_confusion_matrix(scores, targets)
+        threshold = self.threshold
+        decisions = (scores > threshold).long()  # as torchmetrics decides
+        confusion = binary_confusion_matrix(scores, targets, threshold)
         per_class = {
             "precision": multiclass_precision(decisions, targets, 2, average=None),
             "recall": multiclass_recall(decisions, targets, 2, average=None),
@@ -68,10 +100,10 @@ class Binary(OneOutputTask):
         }
         return {
             "overall": {
-                "accuracy": binary_accuracy(scores, targets).item(),
-                "precision": binary_precision(scores, targets).item(),
-                "recall": binary_recall(scores, targets).item(),
-                "f1": binary_f1_score(scores, targets).item(),
+                "accuracy": binary_accuracy(scores, targets, threshold).item(),
+                "precision": binary_precision(scores, targets, threshold).item(),
+                "recall": binary_recall(scores, targets, threshold).item(),
+                "f1": binary_f1_score(scores, targets, threshold).item(),
                 "auroc": binary_auroc(scores, targets).item(),
             },
             "per_class": per_class_rows(class_names, per_class, confusion.sum(dim=1)),

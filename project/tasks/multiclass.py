@@ -1,12 +1,14 @@
-"""One class out of several: cross-entropy on the logits; accuracy and macro precision, recall and F1."""
+"""One class out of several: cross-entropy on the logits (with label smoothing and class weights as options);
+accuracy and macro precision, recall and F1."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -22,13 +24,34 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from project.tasks.base import Task, per_class_rows
+from project.tasks.base import Task, TaskOption, number_option, per_class_rows, positive_floats
 
 
 class Multiclass(Task):
     name = "multiclass"
     monitor = ("val/acc", "max")
     summary = ("acc", "f1")
+    outputs_meaning = "logits, one per class: softmax for probabilities"
+    options: ClassVar[dict[str, TaskOption]] = {
+        **Task.options,
+        "label_smoothing": TaskOption(
+            0.0, "a float in [0, 1)", "the share of each target spread evenly over every class (cross-entropy's)"
+        ),
+        "class_weights": TaskOption(
+            None, "a list of positive floats, one per class", "each class's weight in the loss (cross-entropy's)"
+        ),
+    }
+
+    def configure(self, options: dict[str, Any]) -> None:
+        smoothing = options["label_smoothing"]
+        self.label_smoothing = number_option("label_smoothing", smoothing, "a float in [0, 1)", lambda v: 0 <= v < 1)
+        weights = options["class_weights"]
+        if weights is not None:
+            weights = torch.tensor(positive_floats("class_weights", weights, self.num_outputs, "class"))
+        self.class_weights: Tensor | None = weights
+
+    def metric_defaults(self) -> dict[str, Any]:
+        return {"num_classes": self.num_outputs}
 
     @classmethod
     def outputs_for(cls, num_classes: int) -> int:
@@ -38,8 +61,19 @@ class Multiclass(Task):
     def outputs_rule(cls) -> str:
         return "one output per class (2 or more)"
 
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy with the options, as torch computes it: with class weights, the sum of the examples' losses
+        over the sum of their classes' weights (a weighted mean of :meth:`example_losses`)."""
+        return self.cross_entropy(outputs, targets, "mean")
+
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(outputs, targets, reduction="none")
+        return self.cross_entropy(outputs, targets, "none")
+
+    def cross_entropy(self, outputs: Tensor, targets: Tensor, reduction: str) -> Tensor:
+        weight = self.on_device_of(self.class_weights, outputs)
+        return F.cross_entropy(
+            outputs, targets, weight=weight, reduction=reduction, label_smoothing=self.label_smoothing
+        )
 
     def scores(self, outputs: Tensor) -> Tensor:
         return outputs
@@ -47,16 +81,14 @@ class Multiclass(Task):
     def decisions(self, outputs: Tensor) -> Tensor:
         return outputs.argmax(dim=1)
 
-    def metrics(self) -> MetricCollection:
+    def own_metrics(self) -> dict[str, Metric]:
         classes = self.num_outputs
-        return MetricCollection(
-            {
-                "acc": MulticlassAccuracy(classes, average="micro"),
-                "precision": MulticlassPrecision(classes, average="macro"),
-                "recall": MulticlassRecall(classes, average="macro"),
-                "f1": MulticlassF1Score(classes, average="macro"),
-            }
-        )
+        return {
+            "acc": MulticlassAccuracy(classes, average="micro"),
+            "precision": MulticlassPrecision(classes, average="macro"),
+            "recall": MulticlassRecall(classes, average="macro"),
+            "f1": MulticlassF1Score(classes, average="macro"),
+        }
 
     def confusion_matrix(self) -> Metric:
         return MulticlassConfusionMatrix(self.num_outputs)

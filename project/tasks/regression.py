@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.functional.regression import mean_absolute_error, mean_squared_error, r2_score
 
 from project.tasks.base import OneOutputTask
@@ -16,6 +16,7 @@ class Regression(OneOutputTask):
     name = "regression"
     monitor = ("val/loss", "min")
     summary = ("mse", "mae")
+    outputs_meaning = "the predicted value"
 
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.mse_loss(outputs[:, 0], targets.float(), reduction="none")
@@ -26,8 +27,8 @@ class Regression(OneOutputTask):
     def decisions(self, outputs: Tensor) -> Tensor:
         return outputs[:, 0]
 
-    def metrics(self) -> MetricCollection:
-        return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+    def own_metrics(self) -> dict[str, Metric]:
+        return {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
 
     def describe(self, value: Tensor, class_names: list[str]) -> str:
         return f"{float(value):.2f}"

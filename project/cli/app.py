@@ -1,0 +1,353 @@
+"""The command line: LightningCLI with this project's defaults, resume handling and error reporting.
+
+    python -m project fit                                   # train on MNIST: configs/base.yaml + mnist.yaml
+    python -m project fit --config classic.yaml             # stack a preset on top of the defaults
+    python -m project fit --ckpt_path last                  # resume the newest run of the recipe
+    python -m project test --ckpt_path logs/mnist/version_0/checkpoints/last.ckpt
+
+Every subcommand starts from ``project/configs/base.yaml`` (no dataset) and, unless it chooses data of its own,
+``mnist.yaml`` (:func:`~project.cli.presets.default_configs`); ``--config`` files stack on top in order and other
+options override them. A ``--config`` name that is not a file is looked up in ``project/configs/`` (recipes:
+what to train) and ``project/configs/modifiers/`` (how: ``debug``). A run is named after its last recipe.
+
+Everything that can be checked before work starts is checked before the Trainer runs (``before_<subcommand>``): the
+options, the checkpoint and what may change on resume, the pretrained backbone, and every split of the data. Bad
+input ends with one ``error:`` line and exit status 2, and leaves no log folder or checkpoint behind. ``fit`` trains
+into a run folder that it holds locked (:mod:`project.training.run_lock`); ``validate`` and ``test`` write no run
+folder.
+Predictions for new images come from ``scripts/predict.py`` (a CSV), reports from ``scripts/evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from project.cli.preflight import (
+    adopt_backbone_normalisation,
+    check_fits_network,
+    check_monitors,
+    check_sharding_has_gpus,
+)
+from project.cli.presets import DEFAULT_CONFIG, default_configs, resolve_config_args, run_name
+from project.cli.refusals import SUBCOMMANDS, explain, explain_parse_error, refuse_replaced_callbacks
+from project.data import ImageDataModule
+from project.errors import UserInputError
+from project.networks.base import check_image_shape
+from project.reports.tensorboard import RunLogger, TensorBoardReports
+from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
+from project.training.progress import NO_TIPS, ProgressLog, RunProgressBar, say
+from project.training.resume import ExactResume, check_resume_settings
+from project.training.run_lock import RunLock, first_process
+from project.training.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
+from project.training.task_module import TaskModule
+
+EVALUATION = ("validate", "test")
+LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger", "CSVLogger")
+"""Loggers whose run folder is ``save_dir/name/version_N``: named after the recipe, resumed into, locked."""
+CHOSEN_CHECKPOINT_ENV = "PROJECT_CHOSEN_CHECKPOINT"
+"""``<pid>:<path>``: the checkpoint the first process chose (no path: none), for the processes Lightning's launcher
+starts from it later (their parent is that pid): they take it as it is, rather than choosing again when another run
+may have written a newer one meanwhile."""
+FIT_ONLY_CALLBACKS = (Checkpoint, LearningRateMonitor, ExactResume, TensorBoardReports, ProgressLog)
+DESCRIPTION = (
+    "Train (fit), validate or test a model of this project; every subcommand starts from project/configs/base.yaml "
+    "(and mnist.yaml unless it chooses its own data), "
+    "--config stacks presets (python -m project fit --help lists every option). Predictions for new images: "
+    "scripts/predict.py; reports of a checkpoint: scripts/evaluate.py; export: scripts/export.py."
+)
+CKPT_PATH_HELP = (
+    "the checkpoint to resume (fit) or evaluate: 'last' (the newest run of this recipe, logs/<name>/version_*; fit "
+    "refuses it while another process trains into it, validate and test pass over runs still training), 'best' "
+    "(that run's best checkpoint), 'hpc' (the newest hpc_ckpt_<N>.ckpt of Lightning's SLURM requeue), 'auto' "
+    "(fit: the newer of last and hpc, or a new run when there is neither), or the path of a .ckpt file"
+)
+
+
+class ProjectCLI(LightningCLI):
+    """LightningCLI that links the data to the model, checks everything before running, resumes into the same run
+    folder, and tests after fitting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_name = DEFAULT_CONFIG.stem
+        """The run's name: its last recipe preset's (``project.cli.presets.run_name``)."""
+        self.requested_ckpt_path: str | None = None
+        """What ``--ckpt_path`` says (``last``, ``best``, ``hpc``, ``auto`` or a path)."""
+        self.chosen: Chosen | None = None
+        """The checkpoint ``--ckpt_path`` chose (``project.training.runs.choose_checkpoint``), if any."""
+        self.checkpoint: dict[str, Any] | None = None
+        """Its content, until the checks before running have used it (Lightning then reads the file itself)."""
+        self.run_lock: RunLock | None = None
+        """The lock on the run folder this process trains into, released when the command ends, however it ends."""
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `--weights_only false` would let a checkpoint unpickle arbitrary objects: it is not an option here. The
+        # project's own --ckpt_path replaces Lightning's (see add_arguments_to_parser).
+        subcommands = LightningCLI.subcommands()
+        return {name: subcommands[name] | {"weights_only", "ckpt_path"} for name in SUBCOMMANDS}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The data decides the task and the size of the network's output, so neither is typed twice.
+        parser.link_arguments("data.task", "model.task", apply_on="instantiate")
+        parser.link_arguments("data.num_outputs", "model.network.init_args.num_outputs", apply_on="instantiate")
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help=CKPT_PATH_HELP)
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="fit only: after training, test the best checkpoint (by the monitored metric) on the test split",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        replaced = refuse_replaced_callbacks(list(args or []))
+        if replaced:
+            raise UserInputError(replaced)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            raise UserInputError(explain_parse_error(str(error), parser, args)) from None
+        self.run_name = run_name(args)
+        # --ckpt_path is the project's: LightningCLI would read the file before any check and let the hyperparameters
+        # stored in it override the command line (Lightning #20310, #20801). It is taken out of the config here,
+        # resolved and checked before the classes are built, and handed to the Trainer (trainer.ckpt_path) once
+        # everything else is checked.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.requested_ckpt_path = self.config[subcommand].get("ckpt_path")
+            self.config[subcommand].ckpt_path = None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        logger = tensorboard_logger_args(config.trainer.logger)
+        if logger is not None and not logger.name:
+            logger.name = self.run_name
+        run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
+        if self.subcommand in EVALUATION:  # no run folder (scripts/evaluate.py writes reports), no fit-only callbacks
+            config.trainer.logger = False
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+        check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)
+        if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
+            self.save_config_callback = None
+        requested = self.requested_ckpt_path
+        parent, _, chosen_there = os.environ.get(CHOSEN_CHECKPOINT_ENV, "").partition(":")
+        if not first_process() and parent == str(os.getppid()):  # started by the first process (Lightning's launcher)
+            requested = chosen_there or None
+        if requested:
+            self.choose(requested, config, logger, run_root)
+        if first_process():
+            os.environ[CHOSEN_CHECKPOINT_ENV] = f"{os.getpid()}:{self.chosen.path if self.chosen else ''}"
+
+    def choose(self, requested: str, config: Any, logger: Any, run_root: Path) -> None:
+        """Resolve ``--ckpt_path`` (:func:`project.training.runs.choose_checkpoint`); a resumed run writes into its
+        folder, which it locks now, before any work (:mod:`project.training.run_lock`)."""
+        root_dir = Path(config.trainer.default_root_dir or ".")
+        found = choose_checkpoint(requested, self.subcommand, run_root, root_dir)
+        if found is None:
+            say(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}: starting a new run")
+            return
+        chosen, content = found
+        for note in chosen.notes:
+            say(note)
+        max_epochs = config.trainer.max_epochs
+        if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= chosen.epoch:
+            raise UserInputError(
+                f"--trainer.max_epochs={max_epochs} is below the checkpoint's epoch: {chosen.path} is in epoch "
+                f"{chosen.epoch + 1} (step {chosen.global_step}); resume with max_epochs of at least {chosen.epoch + 1}"
+            )
+        self.chosen, self.checkpoint = chosen, content
+        if self.subcommand != "fit" or logger is None or chosen.version is None:
+            say(f"--ckpt_path {requested}: {chosen.summary()}")
+            # A run resumed into a new folder: its best checkpoint's records stay with the old one (said above).
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            return
+        if first_process():  # a second start on a live run stops here, naming the process that trains into it
+            self.run_lock = RunLock(run_root / chosen.version)
+            self.run_lock.acquire()
+        logger.version = chosen.version  # a resumed run keeps writing into the folder its checkpoint came from
+        if "log_graph" in logger:
+            logger.log_graph = False  # drawn when the run started
+        if "purge_step" in logger:  # TensorBoard hides what was logged after the checkpoint: no step twice
+            logger.purge_step = chosen.global_step
+        # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
+        self.save_config_kwargs["config_filename"] = next_free_name(run_root / chosen.version, "config", ".yaml")
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        say(f"Resuming {chosen.summary()} into {run_root / chosen.version}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Every checkpoint is written atomically and read with the checks, whatever the preset's plugins are.
+        trainer = self.config_init[self.subcommand]["trainer"]
+        plugins = as_list(trainer.get("plugins"))
+        others = [p for p in plugins if isinstance(p, CheckpointIO) and not isinstance(p, AtomicCheckpointIO)]
+        if others:
+            raise UserInputError(
+                f"trainer.plugins: {type(others[0]).__name__} would replace the project's checkpoint IO, which writes "
+                f"atomically and reads with weights_only=True; leave CheckpointIO plugins out"
+            )
+        if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        callbacks = as_list(trainer.get("callbacks"))
+        if self.subcommand in EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
+            callbacks = [c for c in callbacks if not isinstance(c, FIT_ONLY_CALLBACKS)]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(RunProgressBar())  # Rich's, its epoch ending where max_steps ends the run
+        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
+
+    # -- checks before any work -----------------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        self.check_before_running("fit")
+
+    def before_validate(self) -> None:
+        self.check_before_running("validate")
+
+    def before_test(self) -> None:
+        self.check_before_running("test")
+
+    def check_before_running(self, stage: str) -> None:
+        """Everything that can fail before the Trainer writes its first file, in the order of cost."""
+        model, data, trainer = self.model, self.datamodule, self.trainer
+        check_image_shape(model.network, data.image_shape)
+        if stage == "fit":
+            check_monitors(trainer.callbacks, model)
+        if self.checkpoint is not None:
+            if stage == "fit":
+                check_resume_settings(
+                    self.checkpoint,
+                    model.hparams,
+                    data.hparams,
+                    type(data),
+                    data.shuffle_seed,
+                    self.checkpoint.get(type(data).__qualname__, {}).get("shuffle_seed"),
+                    trainer.accumulate_grad_batches,
+                    trainer.world_size,
+                )
+                for stale in remove_stale_temporaries(self.chosen.path.parent):  # (the run is locked: none is live)
+                    rank_zero_info(f"Removed {stale}, left by a save that was killed part-way")
+            check_fits_network(self.checkpoint, model, str(self.chosen.path))
+            self.checkpoint = None  # checked: Lightning reads the file again itself
+        elif stage == "fit" and model.hparams.pretrained:
+            rank_zero_info(model.load_pretrained())
+        adopt_backbone_normalisation(model.network, data)
+        # Every split, decoded and checked now: a broken test split stops the run before it trains.
+        # (Only one process per machine downloads; the others set up once the files are there, or in Trainer.fit.)
+        if trainer.local_rank == 0:
+            data.prepare_data()
+        if trainer.local_rank == 0 or data.files_ready():
+            data.setup(stage)
+        if stage == "fit" and self.run_lock is None and first_process():
+            self.take_new_run_folder(trainer.logger)
+        trainer.ckpt_path = str(self.chosen.path) if self.chosen else None  # all checked: Lightning may read it
+
+    def take_new_run_folder(self, logger: Any) -> None:
+        """Make and lock a new run's folder, the last step before the Trainer writes (``mkdir``: two runs starting at
+        once never share one). Only loggers with a folder of their own per run have one to lock (not fast_dev_run's
+        stand-in, nor a tracker's shared ``save_dir``)."""
+        if not isinstance(logger, TensorBoardLogger | CSVLogger):
+            return
+        if isinstance(logger, RunLogger):
+            logger.claimed_version = claim_new_run(Path(logger.root_dir))
+        self.run_lock = RunLock(Path(logger.log_dir))
+        self.run_lock.acquire()
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        trainer.ckpt_path = None  # the test below names its own checkpoint
+        if not self.config.fit.test_after_fit or trainer.interrupted:
+            return
+        bests = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        best = next((path for path in bests if path), "")
+        if best:
+            say(f"Testing the best checkpoint: {best}")
+        else:
+            say("No checkpoint was saved (e.g. fast_dev_run): testing the weights in memory")
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A Trainer option that takes one object or a list of them (``plugins``, ``callbacks``), as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def tensorboard_logger_args(logger_config: object) -> Any:
+    """The ``init_args`` of the configured run-folder logger (:data:`LOGGER_CLASSES`), or ``None`` when another
+    logger, several, or none is configured (``logger_config`` is then a bool, a list or ``None``)."""
+    if not isinstance(logger_config, Namespace) or "class_path" not in logger_config:
+        return None
+    if str(logger_config.class_path).split(".")[-1] not in LOGGER_CLASSES:
+        return None
+    return logger_config.init_args
+
+
+def run_cli(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> ProjectCLI:
+    """Parse ``args`` (default: the command line), run the subcommand and return the CLI with its trainer; ``prog``
+    is the command's name in its usage line."""
+    args = resolve_config_args(sys.argv[1:] if args is None else args)
+    # We pass the (resolved) command line as `args` on purpose; Lightning warns when sys.argv is also set.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; nothing for users to act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
+    warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
+    # Lightning's tips for its cloud services, on every run: not this project's advice.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)  # the logger rank_zero_info uses
+    # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_schedule).
+    common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
+    parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": DESCRIPTION}
+    defaults = [str(path) for path in default_configs(args)]  # base.yaml, and mnist.yaml unless args choose data
+    parser_kwargs.update({name: {**common, "default_config_files": defaults} for name in SUBCOMMANDS})
+    if fit_only:  # scripts/train.py, project-train: their users type no subcommand
+        parser_kwargs["fit"]["usage"] = f"{prog} [--config PRESET ...] [--OPTION VALUE ...]"
+    return ProjectCLI(
+        TaskModule,
+        ImageDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,  # the optimizer is configured by model.optimizer and friends
+        parser_kwargs=parser_kwargs,
+        args=args,
+    )
+
+
+def main(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> None:
+    """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback.
+
+    A run stopped by SIGTERM (a preempted job) has written ``last.ckpt`` at the step boundary and exits with 143.
+    """
+    try:
+        run_cli(args, prog, fit_only)
+    except SIGTERMException:
+        print("stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last")
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except Exception as error:
+        explained = explain(error)
+        if explained is None:
+            raise
+        message, exit_code = explained
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(exit_code) from None
+
+
+def train_main() -> None:
+    """``project-train`` and ``scripts/train.py``: fit, then test the best checkpoint."""
+    command = Path(sys.argv[0])
+    main(["fit", *sys.argv[1:]], prog=str(command) if command.suffix == ".py" else command.name, fit_only=True)

@@ -1,0 +1,102 @@
+"""Presets: the YAML files under ``project/configs/`` that ``--config`` stacks, and the name a run gets from them.
+
+``configs/`` holds ``base.yaml`` (the trainer, callbacks, network and optimizer: no data), every run's start, and
+recipes (what to train: ``mnist.yaml``, the default, ``classic.yaml``, ``finetune_folder.yaml``, ...);
+``configs/modifiers/`` holds presets that change how a run goes, stacked on any recipe (``debug.yaml``). A run is
+named after its last recipe: ``logs/<recipe>/version_N``.
+
+How they stack (:func:`default_configs`): ``base.yaml``, then ``mnist.yaml`` unless the run chooses a data class of
+its own (a ``data`` class in a ``--config`` file, or ``--data`` / ``--data.class_path`` on the command line), then
+the ``--config`` files in order, then the other options. A recipe for other data so never inherits MNIST's options
+(jsonargparse would keep those the new class accepts, such as ``val_size: 5000``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from project.errors import UserInputError, first_line
+
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+MODIFIER_DIR = CONFIG_DIR / "modifiers"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
+"""The default recipe: its data, for a run that chooses none; its name, for a run that names no recipe."""
+DATA_CLASS_OPTIONS = ("--data", "--data.class_path")
+
+
+def default_configs(args: list[str]) -> list[Path]:
+    """The files every run of ``args`` starts from, before its ``--config`` files: ``base.yaml``, and the default
+    recipe unless ``args`` choose a data class (:func:`chooses_data_class`)."""
+    return [BASE_CONFIG] if chooses_data_class(args) else [BASE_CONFIG, DEFAULT_CONFIG]
+
+
+def chooses_data_class(args: list[str]) -> bool:
+    """Whether ``args`` (with their ``--config`` names resolved) choose a data class: ``--data X``,
+    ``--data.class_path X``, or a config file with a ``data`` class (``data: X`` or ``data: {class_path: X}``, at the
+    top or in a subcommand's section)."""
+    for arg in args:
+        if arg in DATA_CLASS_OPTIONS or arg.partition("=")[0] in DATA_CLASS_OPTIONS:
+            return True
+    for config in config_files(args):
+        content = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
+        sections = [content, *content.values()] if isinstance(content, dict) else []
+        if any(isinstance(section, dict) and names_data_class(section.get("data")) for section in sections):
+            return True
+    return False
+
+
+def names_data_class(data: object) -> bool:
+    return isinstance(data, str) or (isinstance(data, dict) and "class_path" in data)
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The values of ``--config`` / ``-c`` in ``args``, in order."""
+    return [
+        arg.removeprefix("--config=") if arg.startswith("--config=") else args[i + 1]
+        for i, arg in enumerate(args)
+        if arg.startswith("--config=") or (arg in ("-c", "--config") and i + 1 < len(args))
+    ]
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """Let ``--config NAME`` name a preset in ``project/configs/`` (with or without ``.yaml``); refuse a config that
+    does not exist or is not valid YAML, naming the file and the line."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if arg in ("-c", "--config") and i + 1 < len(resolved):
+            resolved[i + 1] = checked_config(resolved[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + checked_config(arg.removeprefix("--config="))
+    return resolved
+
+
+def checked_config(name: str) -> str:
+    candidates = [Path(name)] + [
+        folder / file for folder in (CONFIG_DIR, MODIFIER_DIR) for file in (name, f"{name}.yaml")
+    ]
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        presets = ", ".join(sorted(p.stem for p in [*CONFIG_DIR.glob("*.yaml"), *MODIFIER_DIR.glob("*.yaml")]))
+        raise UserInputError(f"--config {name}: no such file, and no preset of that name ({presets})")
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or first_line(error)
+        raise UserInputError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    return str(path)
+
+
+def run_name(args: list[str]) -> str:
+    """The name of a run: its last ``--config`` that is a recipe (not a modifier preset, nor ``base.yaml``), else the
+    default recipe's."""
+    recipes = [
+        Path(config)
+        for config in config_files(args)
+        if Path(config).resolve().parent != MODIFIER_DIR.resolve() and Path(config).resolve() != BASE_CONFIG.resolve()
+    ]
+    return recipes[-1].stem if recipes else DEFAULT_CONFIG.stem

@@ -1,0 +1,112 @@
+"""Evaluation reports: every metric of a checkpoint on one data split, as JSON, Markdown and a confusion-matrix PNG.
+
+The numbers come from the model's task (:meth:`project.tasks.Task.report`, torchmetrics), computed once over all
+the predictions of the split (not averaged over batches).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from project.data import ImageDataModule
+from project.errors import UserInputError
+from project.files.atomic import written_folder
+from project.reports.figures import confusion_figure
+from project.tasks import Task
+from project.training.checkpoints import allowed_class
+
+
+@dataclass
+class Predictions:
+    """The task's scores on a split (logits, probabilities or values) and the targets."""
+
+    scores: Tensor
+    targets: Tensor
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, task: Task) -> Predictions:
+    """Run ``model`` (in eval mode) over ``loader``; scores as the task's metrics take them."""
+    model.eval()
+    scores, targets = [], []
+    for images, batch_targets in loader:
+        scores.append(task.scores(model(images)))
+        targets.append(batch_targets)
+    return Predictions(torch.cat(scores), torch.cat(targets))
+
+
+def compute_report(predictions: Predictions, task: Task, class_names: list[str]) -> dict[str, Any]:
+    """All metrics of ``predictions`` as plain values: overall, per class (or label), confusion matrix."""
+    report = {"task": task.name, "count": len(predictions.targets)}
+    report.update(task.report(predictions.scores, predictions.targets, class_names))
+    report["overall"].update(task.extra_report(predictions.scores, predictions.targets))  # task_options.metrics
+    if "per_class" in report or "confusion_matrix" in report:
+        report["class_names"] = class_names
+    return report
+
+
+def markdown_report(report: dict[str, Any], title: str) -> str:
+    lines = [f"# {title}", "", f"{report['count']} examples, task: {report['task']}", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in report["overall"].items()]
+    if "per_class" in report:
+        columns = [key for key in report["per_class"][0] if key != "class"]
+        lines += ["", "| class | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for row in report["per_class"]:
+            cells = [f"{row[key]:.4f}" if isinstance(row[key], float) else str(row[key]) for key in columns]
+            lines.append(f"| {row['class']} | " + " | ".join(cells) + " |")
+    if "confusion_matrix" in report:
+        names = report["class_names"]
+        lines += ["", "Confusion matrix (rows: true class, columns: predicted class)", ""]
+        lines += ["| true \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [
+            f"| {name} | " + " | ".join(str(n) for n in row) + " |"
+            for name, row in zip(names, report["confusion_matrix"], strict=True)
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path]:
+    """``metrics.json``, ``report.md`` and (where there is one) ``confusion_matrix.png`` in ``folder``: all of them or
+    none (:func:`~project.files.atomic.written_folder`), never a new report beside an old one's figure."""
+    names = ["metrics.json", "report.md"] + (["confusion_matrix.png"] if "confusion_matrix" in report else [])
+    with written_folder(folder) as staging:
+        (staging / names[0]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (staging / names[1]).write_text(markdown_report(report, title), encoding="utf-8")
+        if "confusion_matrix" in report:
+            confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(staging / names[2])
+    return [folder / name for name in names]
+
+
+def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
+    """Rebuild the data module a checkpoint was trained with (the command line stores its class and arguments).
+
+    The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
+    a checkpoint cannot make this call a function of its choosing. Its arguments are plain values.
+    """
+    hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    class_path = hparams.pop("_class_path", None)
+    if class_path is None:
+        raise UserInputError(
+            "the checkpoint does not record its data module (it was not written by `python -m project`)"
+        )
+    data_class = allowed_class(class_path, ImageDataModule, "data module")
+    arguments = {key: value for key, value in hparams.items() if not key.startswith("_")}
+    arguments.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        inspect.signature(data_class).bind(**arguments)
+        data = data_class(**arguments)
+    except TypeError as error:
+        raise UserInputError(f"the checkpoint's data module arguments do not fit {class_path}: {error}") from None
+    stated = checkpoint.get("preprocessing")
+    if data.awaiting_normalisation and stated:  # the backbone's, recorded when it trained
+        data.adopt_normalisation(stated["mean"], stated["std"])
+    return data

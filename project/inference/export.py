@@ -1,0 +1,156 @@
+"""Export a trained network for use outside this project: ONNX, a ``torch.export`` program and safetensors weights.
+
+Each export takes a batch of any size (the batch dimension is dynamic) and returns the network's raw outputs
+(logits, or values for regression). Beside them, ``model.json`` says what the files expect: the preprocessing
+(channels, size, mean and std per channel), the class names, the task and its options (the decision threshold, ...),
+and how to read the outputs. After writing, the exports are run on the same images as the eager network and their
+largest difference (relative to the outputs' scale) is reported and checked. A network fine-tuned with LoRA is
+exported with its adapters merged into its weights: a plain network, which ``--model.pretrained`` takes as any other.
+TorchScript is not offered: it is deprecated in current PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from project.errors import UserInputError
+from project.files.atomic import written_folder
+from project.inference.prediction import checkpoint_preprocessing, onnx_runner
+from project.networks.lora import has_adapters, merge_adapters
+from project.training.checkpoints import read_checkpoint
+
+FORMATS = ("onnx", "pt2", "safetensors")
+
+
+def example_images(preprocessing: dict[str, Any], count: int = 4) -> Tensor:
+    """A batch of normalised noise shaped like the network's images (for tracing and parity checks)."""
+    generator = torch.Generator().manual_seed(0)
+    size = preprocessing["image_size"]
+    return torch.randn(count, preprocessing["channels"], size, size, generator=generator)
+
+
+def batch_dimension() -> dict[int, Any]:
+    return {0: torch.export.Dim("batch", min=1, max=65536)}
+
+
+def export_onnx(network: nn.Module, images: Tensor, path: Path) -> None:
+    torch.onnx.export(
+        network,
+        (images,),
+        str(path),
+        input_names=["images"],
+        output_names=["outputs"],
+        dynamic_shapes=(batch_dimension(),),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def export_program(network: nn.Module, images: Tensor, path: Path) -> None:
+    program = torch.export.export(network, (images,), dynamic_shapes=(batch_dimension(),))
+    torch.export.save(program, str(path))
+
+
+def export_safetensors(network: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({name: tensor.contiguous() for name, tensor in network.state_dict().items()}, str(path))
+
+
+def run_export(path: Path, images: Tensor) -> Tensor:
+    """The outputs of an exported file (ONNX through onnxruntime, a program through ``torch.export.load``)."""
+    if path.suffix == ".onnx":
+        return onnx_runner(path)(images)
+    with torch.no_grad():
+        return torch.export.load(str(path)).module()(images)
+
+
+def largest_differences(folder: Path, network: nn.Module, images: Tensor) -> dict[str, float]:
+    """The largest difference between each executable export's outputs and the eager network's, relative to the
+    outputs' scale (their largest magnitude, or 1 when smaller): float32 rounding, not the logits' size."""
+    with torch.no_grad():
+        expected = network(images)
+    scale = max(expected.abs().max().item(), 1.0)
+    found = {}
+    for name in ("model.onnx", "model.pt2"):
+        if (folder / name).is_file():
+            found[name] = (run_export(folder / name, images) - expected).abs().max().item() / scale
+    return found
+
+
+def merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, float]:
+    """Merge a LoRA network's adapters into its weights (:func:`project.networks.lora.merge_adapters`); how far the
+    merged network's outputs are from the adapters' (relative to the outputs' scale). Empty for other networks."""
+    if not has_adapters(network):
+        return {}
+    with torch.no_grad():
+        before = network(images)
+        merge_adapters(network)
+        after = network(images)
+    return {"merged adapters": (after - before).abs().max().item() / max(before.abs().max().item(), 1.0)}
+
+
+def checked_differences(
+    folder: Path, network: nn.Module, preprocessing: dict[str, Any], tolerance: float
+) -> dict[str, float]:
+    """:func:`largest_differences` over batches of other sizes than the one traced (the batch dimension is
+    dynamic); refused above ``tolerance``."""
+    differences: dict[str, float] = {}
+    for count in (1, 7):
+        for name, value in largest_differences(folder, network, example_images(preprocessing, count)).items():
+            differences[name] = max(value, differences.get(name, 0.0))
+    failed = {name: value for name, value in differences.items() if not value <= tolerance}
+    if failed:
+        raise UserInputError(f"the exports differ from the network by more than {tolerance}: {failed}")
+    return differences
+
+
+def export_checkpoint(
+    checkpoint_path: Path, out: Path, formats: tuple[str, ...] = FORMATS, tolerance: float = 1e-5
+) -> dict[str, Any]:
+    """Write the exports of a checkpoint's network and ``model.json`` into ``out`` (a new folder), check them
+    against the eager network on images of two batch sizes, and return what ``model.json`` holds."""
+    from project.training.task_module import TaskModule
+
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise UserInputError(f"--formats: {', '.join(unknown) or 'none given'}; choose from {', '.join(FORMATS)}")
+    if os.path.lexists(out):  # a link, even one to nothing, is there too
+        raise UserInputError(f"{out} already exists: give another --out, or remove it (nothing is overwritten)")
+    checkpoint = read_checkpoint(checkpoint_path)
+    model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
+    network = model.network.eval()
+    preprocessing = checkpoint_preprocessing(checkpoint)
+    images = example_images(preprocessing)
+    merging = merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
+    with written_folder(out) as staging:  # the files appear together, or not at all
+        writers = {
+            "onnx": lambda: export_onnx(network, images, staging / "model.onnx"),
+            "pt2": lambda: export_program(network, images, staging / "model.pt2"),
+            "safetensors": lambda: export_safetensors(network, staging / "model.safetensors"),
+        }
+        for name in formats:
+            writers[name]()
+        differences = {**merging, **checked_differences(staging, network, preprocessing, tolerance)}
+        about = {
+            "checkpoint": str(checkpoint_path),
+            "task": model.task.name,
+            "num_outputs": model.task.num_outputs,
+            "task_options": model.task.task_options,  # the threshold of decisions, ...: prediction reads them
+            "outputs": model.task.outputs_meaning,
+            "input": "float32 (batch, channels, size, size): pixels / 255, minus mean, over std, per channel",
+            "preprocessing": preprocessing,
+            "network": checkpoint["hyper_parameters"]["network"],
+            "lora_merged": checkpoint["hyper_parameters"].get("lora"),
+            "files": [f"model.{name}" for name in formats],
+            "largest_difference_from_the_checkpoint": differences,
+        }
+        (staging / "model.json").write_text(json.dumps(about, indent=2) + "\n")
+    return about

@@ -1,0 +1,193 @@
+"""Prediction on new image files, from a checkpoint or an ONNX export, with exactly the preprocessing of training.
+
+The preprocessing (channels, size, mean and std per channel) and the names of the classes are read from the
+checkpoint, which every training run writes them into (``TaskModule.on_save_checkpoint``), or from the JSON file
+beside an export (:mod:`project.inference.export`); nothing is configured twice. Inputs are files, folders (searched
+recursively) and glob patterns; a file that cannot be decoded is named and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from project.data.decoding import ImageConversion, UndecodableImage, check_mnist_style
+from project.data.in_memory import normalised
+from project.errors import ReportedError, UserInputError, first_line, install_command
+from project.files.atomic import written_whole
+from project.inference.evaluation import data_module_from_checkpoint
+from project.tasks import Task, make_task
+from project.training.checkpoints import read_checkpoint
+
+
+def checkpoint_preprocessing(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's preprocessing; for a checkpoint written before it was stored there, recovered from its
+    training data (set up again from the data module's arguments the checkpoint records)."""
+    if "preprocessing" in checkpoint:
+        return checkpoint["preprocessing"]
+    data = data_module_from_checkpoint(checkpoint)
+    try:
+        data.setup("fit")
+    except (OSError, ReportedError) as error:
+        raise UserInputError(
+            "the checkpoint does not store its preprocessing (it is older than this version), and its training "
+            f"data, which would tell it, cannot be read: {first_line(error)}"
+        ) from None
+    return data.preprocessing()
+
+
+class Predictor:
+    """Images in, the network's outputs out: a checkpoint's network, or an ONNX export run by onnxruntime."""
+
+    def __init__(self, run: Callable[[Tensor], Tensor], task: Task, preprocessing: dict[str, Any]) -> None:
+        self.run = run
+        self.task = task
+        self.preprocessing = preprocessing
+        style = preprocessing.get("mnist_style", False)  # the training images' own, or asked for (mnist_style)
+        self.conversion = ImageConversion(preprocessing["channels"], preprocessing["image_size"], mnist_style=style)
+        self.mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(-1, 1, 1)
+
+    @classmethod
+    def load(cls, model_path: str | Path, mnist_style: bool = False) -> Predictor:
+        """A checkpoint's or an ONNX export's predictor; ``mnist_style`` makes each image's digit look like MNIST's
+        first (:mod:`project.data.digits`), for photos of digits and a network trained on MNIST."""
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise UserInputError(f"{path}: no such file (give a checkpoint .ckpt or an exported .onnx)")
+        predictor = cls.from_onnx(path) if path.suffix == ".onnx" else cls.from_checkpoint(path)
+        if mnist_style:  # refused for a network of RGB images, as data.mnist_style is
+            check_mnist_style(predictor.conversion.channels)
+            predictor.conversion = replace(predictor.conversion, mnist_style=True)
+        return predictor
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> Predictor:
+        from project.training.task_module import TaskModule
+
+        checkpoint = read_checkpoint(path)
+        model = TaskModule.from_checkpoint(checkpoint, path).eval()
+
+        @torch.no_grad()
+        def run(images: Tensor) -> Tensor:
+            return model(images)
+
+        return cls(run, model.task, checkpoint_preprocessing(checkpoint))
+
+    @classmethod
+    def from_onnx(cls, path: Path) -> Predictor:
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise UserInputError(f"{path}: {sidecar.name} is missing beside it (scripts/export.py writes both)")
+        run = onnx_runner(path)
+        try:
+            about = json.loads(sidecar.read_text())
+            task = make_task(about["task"], about["num_outputs"], onnx_task_options(about))
+            return cls(run, task, about["preprocessing"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise UserInputError(
+                f"{sidecar} is not the model.json scripts/export.py writes (truncated or edited?): {first_line(error)}"
+            ) from None
+
+    def image(self, path: Path) -> Tensor:
+        """The file as the network saw its training images: converted, resized and normalised."""
+        pixels = self.conversion.decode(path)
+        return normalised(pixels, self.mean, self.std)
+
+    def predict(self, paths: list[Path], batch_size: int = 256) -> tuple[list[dict[str, Any]], list[str]]:
+        """One row per readable file (``path`` and the task's columns), and a line for each file skipped."""
+        rows, skipped = [], []
+        names = self.preprocessing["class_names"]
+        for start in range(0, len(paths), batch_size):
+            images, kept = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    images.append(self.image(path))
+                    kept.append(path)
+                except UndecodableImage as error:
+                    skipped.append(f"{error.path}: cannot be decoded ({error.reason})")
+            if images:
+                outputs = self.run(torch.stack(images))
+                columns = self.task.prediction_rows(outputs, names)
+                rows += [{"path": str(path), **row} for path, row in zip(kept, columns, strict=True)]
+        return rows, skipped
+
+
+def onnx_task_options(about: dict[str, Any]) -> dict[str, Any]:
+    """The task's options an export's ``model.json`` records (none before they were recorded), but its extra
+    metrics: prediction computes none, and their classes need not be importable where it runs."""
+    options = dict(about.get("task_options") or {})
+    options.pop("metrics", None)
+    return options
+
+
+def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
+    """Images in, outputs out, through onnxruntime on the CPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        needed = install_command("onnxruntime")
+        raise UserInputError(f"onnxruntime runs ONNX files, and is not installed: {needed}") from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ... share no base but Exception
+        raise UserInputError(f"{path} is not a readable ONNX model (truncated?): {first_line(error)}") from None
+    input_name = session.get_inputs()[0].name
+    return lambda images: torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
+
+
+def image_paths(inputs: Iterable[str]) -> list[Path]:
+    """Every image file named by ``inputs``: files, folders (recursively, by extension) and glob patterns."""
+    found: list[Path] = []
+    for item in inputs:
+        if glob.has_magic(item):
+            matches = sorted(Path(match) for match in glob.glob(os.path.expanduser(item), recursive=True))
+            if not matches:
+                raise UserInputError(f"{item}: the pattern matches no file")
+            found += [path for path in matches if path.is_file()]
+        elif Path(item).is_dir():
+            found += sorted(p for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif Path(item).is_file():
+            found.append(Path(item))
+        else:
+            raise UserInputError(f"{item}: no such file, folder or pattern")
+    if not found:
+        raise UserInputError(f"no image files in {', '.join(inputs)} (looked for {', '.join(IMG_EXTENSIONS)})")
+    return list(dict.fromkeys(found))
+
+
+def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
+    """The rows as CSV, written whole or not at all (:func:`~project.files.atomic.written_whole`). Text that a
+    spreadsheet would run as a formula is escaped (:func:`spreadsheet_safe`)."""
+    with written_whole(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: format_value(v) for k, v in row.items()} for row in rows)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a single quote in front when it starts like a formula (a file named ``=HYPERLINK(...).png``, a
+    class folder named ``@SUM(...)``): the spreadsheet shows it as text, and runs nothing."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
+def format_value(value: Any) -> Any:
+    """Numbers with 6 significant digits; text made spreadsheet-safe."""
+    if isinstance(value, float | np.floating):
+        return f"{value:.6g}"
+    return spreadsheet_safe(value) if isinstance(value, str) else value

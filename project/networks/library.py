@@ -1,0 +1,204 @@
+"""Backbones from model libraries (torchvision, timm, Hugging Face) with a new head: the networks people fine-tune.
+
+:class:`LibraryNetwork` builds a classification model by its library name, optionally with pretrained weights (the
+library's own download, or a local file of the library model's state dict), removes its classifier and puts a new
+``nn.Linear`` head sized for the data in its place. It keeps the :class:`~project.networks.Network` contract, so
+freezing, per-group learning rates, ``--model.pretrained``, exact resume, checkpoints and export work unchanged. A
+name is looked up in the library's own registry of models: a checkpoint or a config names a model, never code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from project.errors import UserInputError, first_line, install_command
+from project.files.weights import hub_file, read_weights, state_dict_differences, weights_only_loads
+from project.networks import Network
+
+LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "transformers"}
+"""The allow-list: library name -> the module imported for it. torchvision is a dependency; ``pip install -e
+".[timm]"``, ``".[hf]"`` for the others (``project.errors.EXTRAS``)."""
+
+
+def import_library(library: str) -> Any:
+    if library not in LIBRARIES:
+        raise UserInputError(f"model.network.init_args.library must be one of {', '.join(LIBRARIES)}, got {library!r}")
+    module = LIBRARIES[library]  # only modules named on the allow-list are imported
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserInputError(f"the {library} library is not installed: {install_command(module)}") from None
+
+
+def build_library_model(library: str, name: str, download: bool) -> nn.Module:
+    """The library's classification model ``name``, with the library's pretrained weights when ``download``.
+
+    Whatever file the library reads its weights from is read as plain data (:func:`weights_only_loads`); torchvision's
+    file in the hub cache is also checked against the hash in its name first (:func:`hub_file`).
+    """
+    module = import_library(library)
+    if library == "torchvision":
+        known = module.models.list_models(module=module.models)
+        if name not in known:
+            examples = ", ".join(known[:8])
+            raise UserInputError(f"torchvision has no classification model {name!r}; some it has: {examples}, ...")
+        weights = module.models.get_model_weights(name).DEFAULT if download else None
+        if weights is not None:
+            hub_file(weights.url)  # downloaded or checked here: torchvision then finds it in the cache
+        with weights_only_loads():
+            return module.models.get_model(name, weights=weights)
+    if library == "huggingface":
+        return HuggingFaceFeatures(module, name, download)
+    if not module.is_model(name):
+        raise UserInputError(f"timm has no model {name!r} (timm.list_models() lists them)")
+    with weights_only_loads():
+        return module.create_model(name, pretrained=download)
+
+
+class HuggingFaceFeatures(nn.Module):
+    """A Hugging Face vision model without a head (``AutoModel``), from a hub id or a local folder made with
+    ``save_pretrained``: images in, one feature vector per image out (the pooled output, else the first token's).
+    Only model types that Transformers itself defines are built (no ``trust_remote_code``)."""
+
+    def __init__(self, transformers: Any, name: str, download: bool) -> None:
+        super().__init__()
+        try:
+            # trust_remote_code=False: a folder or hub repository with code of its own is refused, never asked about
+            # (Transformers asks on the terminal when it is left unset, and runs the code on "y").
+            with weights_only_loads():
+                if download:
+                    self.model = transformers.AutoModel.from_pretrained(name, trust_remote_code=False)
+                else:
+                    config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=False)
+                    self.model = transformers.AutoModel.from_config(config, trust_remote_code=False)
+        except (OSError, ValueError) as error:
+            if "trust_remote_code" in str(error):
+                raise UserInputError(
+                    f"Hugging Face model {name!r} needs code of its own (custom modelling files), which this project "
+                    f"never runs: use a model type that Transformers itself defines"
+                ) from None
+            raise UserInputError(
+                f"Hugging Face model {name!r}: {first_line(error)} (a hub id needs the network; "
+                f"a local folder needs config.json, and model weights for weights: library)"
+            ) from None
+
+    def forward(self, images: Tensor) -> Tensor:
+        output = self.model(pixel_values=images)
+        pooled = getattr(output, "pooler_output", None)
+        return pooled.flatten(1) if pooled is not None else output.last_hidden_state[:, 0]
+
+
+def stated_normalisation(library: str, name: str, model: nn.Module) -> dict[str, Any] | None:
+    """The mean, std and image size the library states for the model's weights (torchvision: its default weights'
+    transforms; timm: its data config; Hugging Face: the image processor saved with the model), or ``None``."""
+    module = import_library(library)
+    try:
+        if library == "torchvision":
+            preset = module.models.get_model_weights(name).DEFAULT.transforms()
+            mean, std, size, source = preset.mean, preset.std, preset.crop_size[0], "torchvision's weights transforms"
+        elif library == "timm":
+            config = module.data.resolve_model_data_config(model)
+            mean, std, size, source = config["mean"], config["std"], config["input_size"][-1], "timm's data config"
+        else:
+            processor = module.AutoImageProcessor.from_pretrained(name, trust_remote_code=False)
+            size = processor.size.get("height", processor.size.get("shortest_edge"))
+            mean, std, source = processor.image_mean, processor.image_std, "the Hugging Face image processor"
+    except (OSError, ValueError, KeyError, AttributeError):  # no weights, or no image processor saved with the model
+        return None
+    return {
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "image_size": int(size),
+        "source": f"{source} of {name}",
+    }
+
+
+def split_off_classifier(library: str, model: nn.Module) -> int:
+    """Remove the model's classifier in place (its output becomes the features); return the feature size."""
+    if library == "timm":
+        model.reset_classifier(0)
+        return int(model.num_features)
+    if library == "huggingface":  # no classifier to remove: the feature size, from one image of the model's size
+        config = model.model.config
+        size = getattr(config, "image_size", 224)
+        with torch.no_grad():
+            return model.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size)).shape[1]
+    linear = [(path, layer) for path, layer in model.named_modules() if isinstance(layer, nn.Linear)]
+    if not linear:
+        raise UserInputError(f"{type(model).__name__} has no nn.Linear classifier to replace")
+    path, last = linear[-1]
+    parent, _, attribute = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, nn.Identity())
+    return last.in_features
+
+
+class LibraryNetwork(Network):
+    """A torchvision, timm or Hugging Face model as backbone, and a new linear head.
+
+    Args:
+        library: ``torchvision``, ``timm`` or ``huggingface``.
+        name: the model's name in the library (``resnet18``, ``mobilenet_v3_small``, ``efficientnet_b0``; any
+            ``timm.create_model`` name; a Hugging Face hub id such as ``google/vit-base-patch16-224-in21k``, or a
+            local folder written by ``save_pretrained``).
+        weights: ``null`` (random initialisation), ``library`` (the library's pretrained weights, downloaded by the
+            library), or the path of a file holding the library model's state dict (``torch.save`` or
+            safetensors), loaded with ``weights_only=True`` before the classifier is replaced.
+        num_outputs: set from the data.
+        in_channels: the images' channels; greyscale (1) is repeated to the 3 channels the models take (after
+            normalisation: with the backbone's normalisation, greyscale takes the channels' average mean and std).
+        image_size: the images' side length (the data's ``image_size``).
+    """
+
+    # A checkpoint holds the weights: rebuilding the network from it needs no download and no weights file.
+    checkpoint_overrides: ClassVar[dict[str, Any]] = {"weights": None}
+
+    def __init__(
+        self,
+        library: str,
+        name: str,
+        num_outputs: int,
+        weights: str | None = None,
+        in_channels: int = 3,
+        image_size: int = 224,
+    ) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise UserInputError(f"LibraryNetwork: in_channels must be 1 (repeated to 3) or 3, got {in_channels}")
+        model = build_library_model(library, name, download=weights == "library")
+        self.normalisation = stated_normalisation(library, name, model)  # what data.mean/std null take
+        if weights not in (None, "library"):
+            load_library_weights(model, Path(weights))
+        self.head = nn.Linear(split_off_classifier(library, model), num_outputs)
+        self.backbone = model
+        self.num_outputs, self.in_channels, self.image_size = num_outputs, in_channels, image_size
+        self.config = {
+            "library": library,
+            "name": name,
+            "num_outputs": num_outputs,
+            "weights": weights,
+            "in_channels": in_channels,
+            "image_size": image_size,
+        }
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.in_channels == 1:
+            images = images.expand(-1, 3, -1, -1)  # greyscale as RGB: the stated conversion
+        return self.head(self.backbone(images))
+
+
+def load_library_weights(model: nn.Module, path: Path) -> None:
+    """The library model's own state dict from ``path``; refused, naming the keys, if it does not fit exactly."""
+    weights = read_weights(path, "model.network.init_args.weights")
+    found = state_dict_differences(model.state_dict(), weights)
+    if found:
+        raise UserInputError(
+            f"model.network.init_args.weights {path}: not a state dict of {type(model).__name__} (missing "
+            f"{found.missing[:4]}, unexpected {found.unexpected[:4]}, other shapes {found.shapes[:4]}, other kinds of "
+            f"values {found.kinds[:4]})"
+        )
+    model.load_state_dict(weights)

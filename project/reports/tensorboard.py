@@ -1,0 +1,176 @@
+"""TensorBoard: a logger whose resumed runs show one curve per tag, and dashboards beyond scalars.
+
+:class:`RunLogger` is Lightning's TensorBoardLogger with two changes for runs that resume: TensorBoard is told to
+drop what was logged after the checkpoint the run resumes from (``purge_step``), so no step is shown twice after a
+crash, and the model graph is drawn once per run.
+
+Lightning's TensorBoardLogger fills the HParams tab only with ``hp_metric`` (Lightning #5101, #8175) and a confusion
+matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` writes, to the run's TensorBoardLogger:
+
+- once per fit: the hyperparameters (flattened) with the validation metrics as the HParams tab's columns;
+- each validation epoch: ``val/confusion_matrix`` (classification), ``val/samples`` (the first images with their
+  true and predicted labels) and ``val/worst`` (the images with the highest loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from project.data.base import ImageDataModule
+from project.reports.figures import confusion_picture, grid_picture
+
+
+class RunLogger(TensorBoardLogger):
+    """TensorBoardLogger for runs that resume: one curve per tag, one graph per run.
+
+    Args:
+        name: the run's folder under ``save_dir``; the command line names it after the recipe preset.
+        purge_step: the global step of the checkpoint a resumed run starts from; TensorBoard hides what this run's
+            earlier processes logged at or after it (the command line sets it on resume).
+        **kwargs: see Lightning's ``TensorBoardLogger``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str = "logs",
+        name: str | None = None,
+        version: int | str | None = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = False,
+        purge_step: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if purge_step is not None:
+            kwargs["purge_step"] = purge_step  # passed on to torch's SummaryWriter
+        super().__init__(
+            save_dir,
+            name=name or "runs",
+            version=version,
+            log_graph=log_graph,
+            default_hp_metric=default_hp_metric,
+            **kwargs,
+        )
+        self.graph_drawn = False
+        self.claimed_version: int | None = None
+        """A new run's version, taken before it writes (:func:`project.training.runs.claim_new_run`) so that two runs
+        starting at once never share a folder; ``None``: Lightning picks the next free one when it first writes."""
+
+    @property
+    def version(self) -> int | str:
+        """:attr:`claimed_version` when one was claimed, else Lightning's (the version given, or the next free one)."""
+        return self.claimed_version if self.claimed_version is not None else super().version
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        # Lightning asks at the start of fit and again for the test after fit: once is enough. The graph is traced
+        # with torch.jit, which cannot trace a compiled network.
+        compiled = bool(model.hparams.get("compile"))
+        if not self.graph_drawn and not compiled:
+            super().log_graph(model, input_array)
+        self.graph_drawn = True
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs this validation's scalars at: during fit, one less than the optimizer steps taken (it
+    counts them after the validation), so images and scalars line up and resumed runs purge neither."""
+    return max(0, trainer.global_step - 1) if trainer.state.fn == TrainerFn.FITTING else trainer.global_step
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"network": {"init_args": {"width": 32}}}`` -> ``{"network/init_args/width": 32}``; other values as text."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}/"))
+        elif not key.startswith("_"):
+            flat[name] = value if isinstance(value, bool | int | float | str) else str(value)
+    return flat
+
+
+class TensorBoardReports(L.Callback):
+    """HParams with the real metrics, and confusion matrix, sample and worst-example images every validation epoch.
+
+    What a prediction and a loss are comes from the model's task (``pl_module.task``). Everything is kept on the
+    model's device until the epoch ends: the worst examples by a running top-k, the confusion matrix as a metric.
+
+    Args:
+        samples: how many images ``val/samples`` and ``val/worst`` show.
+    """
+
+    def __init__(self, samples: int = 16) -> None:
+        self.samples = samples
+        self.confusion: Any = None
+        self.first: tuple[Tensor, Tensor, Tensor] | None = None
+        self.worst: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    @staticmethod
+    def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+        return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = self.tensorboard(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        names = (*pl_module.task.summary, "loss")
+        metrics = {f"val/{name}": 0.0 for name in names}  # names only: TensorBoard reads the values
+        writer = logger.experiment.file_writer
+        for summary in hparams_summary(flatten(pl_module.hparams), metrics):
+            writer.add_summary(summary)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        confusion = pl_module.task.confusion_matrix()
+        self.confusion = confusion.to(pl_module.device) if confusion is not None else None
+        self.first, self.worst = None, None
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        if trainer.sanity_checking:
+            return
+        images, targets = batch
+        task, raw = pl_module.task, outputs["outputs"]
+        decided = task.decisions(raw)
+        if self.confusion is not None:
+            self.confusion.update(decided, targets)
+        if self.first is None:
+            self.first = (images[: self.samples], targets[: self.samples], decided[: self.samples])
+        batch_worst = (task.example_losses(raw, targets), images, targets, decided)
+        if self.worst is not None:
+            batch_worst = tuple(torch.cat(pair) for pair in zip(self.worst, batch_worst, strict=True))
+        candidates = batch_worst
+        keep = candidates[0].topk(min(self.samples, len(candidates[0]))).indices
+        self.worst = tuple(tensor[keep] for tensor in candidates)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.first is None:
+            return
+        confusion = self.confusion.compute() if self.confusion is not None else None  # on every process: syncs
+        logger = self.tensorboard(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        writer, step, task = logger.experiment, logging_step(trainer), pl_module.task
+        data = trainer.datamodule
+        names = data.class_names if isinstance(data, ImageDataModule) else [str(i) for i in range(task.num_outputs)]
+        if confusion is not None:
+            confusion_names = names if len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
+            writer.add_image(
+                "val/confusion_matrix", confusion_picture(confusion.cpu(), confusion_names), step, dataformats="HWC"
+            )
+        images, targets, decided = (tensor.cpu() for tensor in self.first)
+        pairs = zip(targets, decided, strict=True)
+        titles = [f"true {task.describe(t, names)}\npred {task.describe(d, names)}" for t, d in pairs]
+        writer.add_image("val/samples", grid_picture(images, titles), step, dataformats="HWC")
+        losses, images, targets, decided = (tensor.cpu() for tensor in self.worst)
+        titles = [
+            f"true {task.describe(t, names)}\npred {task.describe(d, names)}\nloss {loss:.2f}"
+            for loss, t, d in zip(losses.tolist(), targets, decided, strict=True)
+        ]
+        writer.add_image("val/worst", grid_picture(images, titles), step, dataformats="HWC")

@@ -1,0 +1,260 @@
+"""Exact resume: what a checkpoint must hold, beyond Lightning's own, for a resumed run to continue bit for bit,
+and what a resumed run may change.
+
+Lightning's checkpoint holds the weights, the optimizer, the schedulers and the loop counters, but not the random
+number generators, and a plain shuffling DataLoader starts a resumed epoch from its first batch again.
+:class:`ExactResume` (a callback) closes both gaps with public hooks only:
+
+- it saves the python, numpy, torch CPU and CUDA generator states of every process in the checkpoint, and puts them
+  back right before the first training step of the resumed run;
+- it counts the batches trained in the current epoch and saves the count; a :class:`ResumableSampler` shuffles each
+  epoch with a permutation that depends only on its seed and the epoch, and skips the batches already trained on.
+
+Every other source of randomness in a training step uses a generator of its own whose state is in the checkpoint
+(the data module's augmentation generator), so nothing draws from the global generators between the moment a
+checkpoint is written and the next training step.
+
+:func:`check_resume_settings` decides what a resumed run may change: options that only say how fast to learn or
+how long take effect; options that decide what is learned, or in what order, cannot change.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from project.data.sampler import Position, TrainingPosition, shuffle_seed_difference
+from project.errors import UserInputError
+from project.plain import plain
+from project.training.checkpoints import import_path, names_class
+from project.training.specs import plain_spec
+
+
+def rng_state() -> dict[str, Any]:
+    """The generator states of this process, as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached_gauss": cached_gauss,
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(as_tuples(state["python"]))
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def as_tuples(value: Any) -> Any:
+    """``random.setstate`` wants the nested tuples that ``getstate`` gave; a checkpoint may hand back lists."""
+    return tuple(as_tuples(item) for item in value) if isinstance(value, list | tuple) else value
+
+
+def gather_to_every_rank(trainer: L.Trainer, value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]``: rank 0 writes the checkpoint, so it needs every rank's value."""
+    if trainer.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+class ExactResume(L.Callback, TrainingPosition):
+    """Saves what exact resume needs beyond Lightning's checkpoint, and restores it.
+
+    - the random generator states of every process, put back before the first resumed training step;
+    - the number of batches trained in the current epoch, so the resumed epoch skips them (see
+      :meth:`position`, which the data module's sampler asks).
+
+    ``restore_random_state=False`` or ``restore_position=False`` save but do not restore: the negative controls of
+    the exact-resume test.
+    """
+
+    def __init__(self, restore_random_state: bool = True, restore_position: bool = True) -> None:
+        self.restore_random_state = restore_random_state
+        self.restore_position = restore_position
+        self.batches_done = 0
+        self.trainer: L.Trainer | None = None
+        self.random_states: list[Any] | None = None
+        self.resumed_at: Position | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches_done = 0  # not called for an epoch resumed part-way, which keeps the restored count
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        states, self.random_states = self.random_states, None
+        if states is None or not self.restore_random_state:
+            return
+        if len(states) != trainer.world_size:
+            raise UserInputError(
+                f"the checkpoint holds the random states of {len(states)} processes, this run has {trainer.world_size}"
+            )
+        set_rng_state(states[trainer.global_rank])
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.batches_done += 1
+
+    def position(self, trainer: L.Trainer, batch_size: int) -> Position:
+        """Where the training loop stands when an epoch's batches are drawn: its epoch, and the samples of it this
+        process already trained on (non-zero only for the epoch a run resumed in)."""
+        resumed, self.resumed_at = self.resumed_at, None
+        if resumed is not None and resumed[0] == trainer.current_epoch:
+            return resumed[0], resumed[1] * batch_size
+        return trainer.current_epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        # Called on every process when a checkpoint is written; rank 0 writes the file, so gather to it.
+        trainer = self.trainer
+        local = rng_state()
+        ranks = gather_to_every_rank(trainer, local) if trainer is not None else [local]
+        epoch = trainer.current_epoch if trainer is not None else 0
+        return {"ranks": ranks, "epoch": epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.random_states = state_dict["ranks"]
+        self.batches_done = state_dict.get("batches_done", 0)
+        if self.restore_position:
+            self.resumed_at = (state_dict.get("epoch", 0), self.batches_done)
+
+
+def metric_state(metric: Metric) -> dict[str, Any]:
+    """The accumulated state of a torchmetrics metric (or collection), as plain tensors (or lists of them: metrics
+    such as average precision keep every prediction)."""
+    metric.persistent(True)
+    state = {key: detached(value) for key, value in metric.state_dict().items()}
+    metric.persistent(False)
+    return state
+
+
+def detached(value: Any) -> Any:
+    return [detached(item) for item in value] if isinstance(value, list) else value.detach().cpu()
+
+
+def load_metric_state(metric: Metric, state: dict[str, Any]) -> None:
+    metric.persistent(True)
+    metric.load_state_dict(state)
+    metric.persistent(False)
+
+
+CHANGEABLE_ON_RESUME = (
+    "model.optimizer.init_args.lr",
+    "model.backbone_lr",
+    "model.pretrained",
+    "model.network.init_args.weights",
+    "data.data_dir",
+    "data.allow_paths_outside",
+    "data.download",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.shuffle_seed",
+)
+"""Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
+resumed step on), where and how the data is read, and ``pretrained`` and a library network's ``weights`` (ignored: the
+weights come from the checkpoint).
+The shuffle seed is compared as it takes effect (``data.shuffle_seed``, else ``seed_everything``).
+Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored in the checkpoint and may change
+too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""
+
+
+def plain_hparams(value: Any) -> Any:
+    """Hyperparameters as plain values, a network object as its class path and arguments (as a checkpoint has it)."""
+    return plain(value, lambda item: plain_spec(item) if isinstance(item, nn.Module) else item)
+
+
+WHOLE_VALUES = ("data.label_sets", "model.task_options.metrics")
+"""Options compared as a whole, in order: their keys are the user's own names (a renamed label is another label,
+and the order of the labels is the order of the network's outputs; an extra metric added is one more state that a run
+resumed mid-epoch would lack)."""
+LINKED = {"model.task": "the data's task", "model.network.init_args.num_outputs": "the data's number of outputs"}
+"""Options the data decides (``ProjectCLI.add_arguments_to_parser`` links them): named with what decides them."""
+
+
+def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"network": {"init_args": {"width": 32}}}`` -> ``{"model.network.init_args.width": 32}``; the options in
+    :data:`WHOLE_VALUES` stay whole (as a list of their items)."""
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        if key.startswith("_"):
+            continue
+        if f"{prefix}{key}" in WHOLE_VALUES:
+            result[f"{prefix}{key}"] = list(value.items()) if isinstance(value, Mapping) else value
+        elif isinstance(value, Mapping):
+            result.update(flat(value, f"{prefix}{key}."))
+        else:
+            result[f"{prefix}{key}"] = value
+    return result
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it: a whole mapping as ``{name: [...], ...}``, not the list of its items."""
+    if isinstance(value, list) and value and all(isinstance(item, tuple) and len(item) == 2 for item in value):
+        value = dict(value)
+    return repr(value)
+
+
+def check_resume_settings(
+    checkpoint: Mapping[str, Any],
+    model_hparams: Mapping[str, Any],
+    data_hparams: Mapping[str, Any],
+    data_class: type,
+    shuffle_seed: int,
+    stored_shuffle_seed: int | None,
+    accumulate_grad_batches: int,
+    world_size: int,
+) -> None:
+    """Refuse, naming each, the options of a resumed run that differ from the checkpoint's and cannot change."""
+    differences = []
+    sections = (  # the data first: it decides the task and the number of outputs
+        ("data", checkpoint.get("datamodule_hyper_parameters") or {}, data_hparams),
+        ("model", checkpoint.get("hyper_parameters") or {}, model_hparams),
+    )
+    for section, stored, current in sections:
+        stored, current = flat(plain_hparams(stored), f"{section}."), flat(plain_hparams(current), f"{section}.")
+        fixed = sorted(set(stored) & set(current))
+        for key in fixed:
+            if key.startswith(CHANGEABLE_ON_RESUME):
+                continue
+            if stored[key] != current[key]:
+                decided = f"; set by {LINKED[key]}" if key in LINKED else ""
+                differences.append(f"{key} {shown(current[key])} (the run has {shown(stored[key])}{decided})")
+    stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
+    if stored_class and not names_class(stored_class, data_class):
+        differences.append(f"data.class_path {import_path(data_class)} (the run has {stored_class})")
+    layout = checkpoint.get("run_layout", {})
+    for name, value in (("accumulate_grad_batches", accumulate_grad_batches), ("world_size", world_size)):
+        if name in layout and layout[name] != value:
+            option = "trainer.devices x trainer.num_nodes" if name == "world_size" else f"trainer.{name}"
+            differences.append(f"{option} {value} (the run has {layout[name]})")
+    if (seed := shuffle_seed_difference(stored_shuffle_seed, shuffle_seed)) is not None:
+        differences.append(seed)
+    if differences:
+        raise UserInputError(
+            "these options cannot change on resume: " + "; ".join(differences) + ". They decide what is learned or "
+            "in what order; resume with the values the run started with (its config.yaml), or start a new run. "
+            "What may change: model.optimizer.lr, model.backbone_lr, trainer options such as max_epochs, where the "
+            "data is."
+        )

@@ -1,0 +1,49 @@
+"""The worked examples under examples/ that are configuration only: each trains, resumes, evaluates and exports
+from its own config, as its README says (the own network, which is code, is tests/test_own_code.py's)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_script
+
+from project.cli import run_cli
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example_data(name: str, fake_data_dir: Path, run_dir: Path, monkeypatch) -> list[str]:
+    """The data options of the example's run: the generated MNIST files, or the arrays its script writes."""
+    if name != "arrays":
+        return [f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+    monkeypatch.setattr(sys, "argv", ["make_arrays.py", str(run_dir / "arrays"), "--count", "300"])
+    runpy.run_path(str(EXAMPLES / "arrays" / "make_arrays.py"), run_name="__main__")
+    return [f"--data.data_dir={run_dir / 'arrays'}"]
+
+
+@pytest.mark.parametrize("name", ["label_smoothing", "top3_accuracy", "arrays"])
+def test_a_config_example_trains_resumes_evaluates_and_exports(name, fake_data_dir, run_dir, monkeypatch, capsys):
+    args = [f"--config={EXAMPLES / name / 'config.yaml'}", "--config=debug"]
+    args += example_data(name, fake_data_dir, run_dir, monkeypatch)
+    run_cli(["fit", *args, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    last = run_dir / "logs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    run_cli(["fit", *args, "--trainer.max_epochs=2", "--test_after_fit=false", "--ckpt_path=last"])
+    resumed = torch.load(last, weights_only=True)
+    assert (first["epoch"], resumed["epoch"]) == (0, 1) and resumed["global_step"] == 2 * first["global_step"]
+    assert resumed["hyper_parameters"]["task_options"] == first["hyper_parameters"]["task_options"]
+
+    code, _, err = run_script("evaluate.py", [str(last), "--out", str(run_dir / "report")], capsys, monkeypatch)
+    assert code == 0, err
+    report = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert ("acc_top3" in report["overall"]) == (name == "top3_accuracy")
+    code, _, err = run_script("export.py", [str(last), "--out", str(run_dir / "export"), "--formats", "onnx"],
+                              capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    about = json.loads((run_dir / "export" / "model.json").read_text())
+    assert about["task_options"].get("label_smoothing") == (0.1 if name == "label_smoothing" else 0.0)

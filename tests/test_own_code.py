@@ -1,0 +1,102 @@
+"""Your own code, trusted because you named it (project.trusted), and code written before the package took folders
+(project.moved): a network outside ``project/`` trains, resumes, fine-tunes, evaluates, exports and predicts; a
+checkpoint alone never makes it import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_script
+
+from project.cli import run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO_ROOT / "examples" / "own_network"
+BEFORE_THE_MOVE = Path(__file__).parent / "data" / "written_before_the_move"
+
+
+@pytest.fixture
+def own_network_run(quick_args, run_dir, monkeypatch) -> Path:
+    """``last.ckpt`` of the own-network example trained through the CLI (as ``python -m project`` from the clone)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    small = ["--model.network.init_args.width=8", "--model.network.init_args.blocks=1", "--test_after_fit=false"]
+    run_cli(["fit", *quick_args, f"--config={EXAMPLE / 'config.yaml'}", *small, "--trainer.max_epochs=1"])
+    return run_dir / "logs" / "own_network" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_an_own_network_trains_resumes_and_fine_tunes_from_its_checkpoint(own_network_run, quick_args, run_dir):
+    checkpoint = torch.load(own_network_run, weights_only=True)
+    assert checkpoint["hyper_parameters"]["network"]["class_path"] == "examples.own_network.resnet.SmallResNet"
+    small = ["--model.network.init_args.width=8", "--model.network.init_args.blocks=1", "--test_after_fit=false"]
+    config = f"--config={EXAMPLE / 'config.yaml'}"
+    run_cli(["fit", *quick_args, config, *small, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    resumed = torch.load(own_network_run, weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] > checkpoint["global_step"]
+    finetune = [*small, f"--model.pretrained={own_network_run}", "--data.positive_classes=[5,6,7,8,9]"]
+    cli = run_cli(["fit", *quick_args, config, *finetune, "--trainer.max_epochs=1"])
+    assert cli.model.task.name == "binary" and cli.model.pretrained_loaded
+
+
+def test_scripts_take_an_own_network_that_the_user_names_and_refuse_it_otherwise(own_network_run, tmp_path):
+    refused = python("scripts/evaluate.py", str(own_network_run), "--out", str(tmp_path / "a"), cwd=REPO_ROOT)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: the checkpoint names the network examples.own_network.resnet.SmallResNet")
+    assert "--trust your.module" in refused.stderr and "[tool.project]" in refused.stderr
+    trust = ["--trust", "examples.own_network.resnet"]
+    evaluated = python("scripts/evaluate.py", str(own_network_run), *trust, "--out", str(tmp_path / "b"), cwd=REPO_ROOT)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["count"] == 200
+    exported = python("scripts/export.py", str(own_network_run), *trust, "--out", str(tmp_path / "c"), cwd=REPO_ROOT)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "c" / "model.json").is_file()
+
+
+def test_a_module_listed_in_pyproject_is_trusted_in_the_folder_of_that_file(own_network_run, tmp_path):
+    project = tmp_path / "my_project"
+    (project / "examples" / "own_network").mkdir(parents=True)
+    shutil.copy(EXAMPLE / "resnet.py", project / "examples" / "own_network" / "resnet.py")
+    (project / "pyproject.toml").write_text('[tool.project]\ntrusted = ["examples.own_network.resnet"]\n')
+    (project / "work").mkdir()
+    predicted = python(
+        str(REPO_ROOT / "scripts" / "predict.py"), str(own_network_run), str(REPO_ROOT / "docs" / "digit_style.png"),
+        "--out", str(tmp_path / "p.csv"), cwd=project / "work",
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    assert (tmp_path / "p.csv").read_text().startswith("path,predicted")
+    (project / "pyproject.toml").write_text('[tool.project]\ntrusted = ["no_such_module"]\n')
+    broken = python(str(REPO_ROOT / "scripts" / "evaluate.py"), str(own_network_run), cwd=project / "work")
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("error: cannot import the trusted module 'no_such_module'")
+
+
+def test_a_checkpoint_and_run_config_written_before_the_package_took_folders_still_work(
+    fake_data_dir, run_dir, capsys, monkeypatch
+):
+    """Written by the code of 2026-12-01 (commit acc2819): its config names project.tensorboard_reports.RunLogger,
+    project.checkpoints.LastCheckpoint, project.resume.ExactResume ...; its checkpoint project.networks.ConvNet."""
+    checkpoint = run_dir / "last.ckpt"
+    shutil.copy(BEFORE_THE_MOVE / "last.ckpt", checkpoint)
+    code, _, err = run_script("evaluate.py", [str(checkpoint), "--data-dir", str(fake_data_dir), "--out",
+                                                str(run_dir / "report")], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    args = [f"--config={BEFORE_THE_MOVE / 'config.yaml'}", f"--data.data_dir={fake_data_dir}"]
+    resume = [f"--ckpt_path={checkpoint}", "--trainer.max_epochs=2", "--trainer.max_steps=4", "--test_after_fit=false"]
+    cli = run_cli(["fit", *args, *resume])
+    assert cli.trainer.global_step == 4  # resumed at step 2 of the run written before the move
+    assert type(cli.trainer.logger).__module__ == "project.reports.tensorboard"
+
+    import project.task_module  # an old module name is the module's new home itself
+
+    from project.training import TaskModule
+
+    assert project.task_module.TaskModule is TaskModule
