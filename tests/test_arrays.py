@@ -184,7 +184,7 @@ def test_a_subclass_records_its_arguments_without_saving_them_itself(run_dir, ca
     args = ["fit", "--config=debug", "--data=test_arrays.SquaresDataModule", "--data.count=90", "--data.val_size=10",
             *(f"--model.network.init_args.{name}={value}" for name, value in SMALL_NET.items())]  # fmt: skip
     run_cli([*args, "--trainer.max_epochs=1", "--test_after_fit=false"])
-    last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    last = run_dir / "logs" / "SquaresDataModule" / "version_0" / "checkpoints" / "last.ckpt"
     rebuilt = data_module_from_checkpoint(torch.load(last, weights_only=True))
     assert type(rebuilt) is SquaresDataModule and (rebuilt.hparams["count"], rebuilt.batch_size) == (90, 50)
     error = cli_error([*args, "--ckpt_path=last", "--data.batch_size=25"], capsys)

@@ -62,6 +62,14 @@ def test_a_run_is_named_after_its_last_recipe_not_after_a_modifier():
     assert run_name(["fit", f"--config={CONFIG_DIR / 'modifiers' / 'debug.yaml'}"]) == "mnist"  # the default recipe
 
 
+def test_a_run_that_chooses_its_data_class_on_the_command_line_is_named_after_it():
+    debug = f"--config={CONFIG_DIR / 'modifiers' / 'debug.yaml'}"
+    assert run_name(["fit", debug, "--data", "my_data.MyData"]) == "MyData"  # not mnist: --ckpt_path last finds it
+    arrays = ["fit", "--data.class_path=project.data.ArrayDataModule", "--data.npz", "x.npz"]
+    assert run_name(arrays) == "ArrayDataModule"
+    assert run_name(["fit", "--config=classic.yaml", "--data", "my_data.MyData"]) == "classic"  # a recipe names it
+
+
 def test_command_line_options_override_the_presets():
     config = print_config("--config", "classic", "--model.optimizer.lr=0.05", "--data.batch_size=128")
     lr = config["model"]["optimizer"]["init_args"]["lr"]

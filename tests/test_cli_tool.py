@@ -155,14 +155,14 @@ def test_a_progress_bar_of_the_users_own_is_kept(quick_args, run_dir):
 
 
 def test_the_divergence_message_names_the_learning_rate_option_the_command_line_takes():
-    from project.cli.refusals import MOVED
+    from project.cli.refusals import RENAMED_OPTIONS
     from project.errors import TrainingDivergedError
 
     for last_checkpoint in (None, "", "logs/mnist/version_0/checkpoints/last.ckpt"):
         error = TrainingDivergedError("the training loss became nan at step 3")
         error.last_checkpoint = last_checkpoint
         assert "--model.optimizer.lr" in str(error) and "model.lr " not in str(error)
-    assert MOVED["model.lr"] == "model.optimizer.lr"  # what --model.lr is refused with
+    assert RENAMED_OPTIONS["model.lr"] == "model.optimizer.lr"  # what --model.lr is refused with
 
 
 def test_a_single_callback_or_plugin_given_without_a_list_is_taken(quick_args, run_dir, tmp_path):

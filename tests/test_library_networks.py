@@ -79,6 +79,19 @@ def test_a_weights_file_of_another_model_is_refused_naming_the_keys(tmp_path, mo
         LibraryNetwork("torchvision", "resnet18", num_outputs=2, weights=mobilenet_weights)
 
 
+def test_timm_weights_that_cannot_be_downloaded_are_one_error_naming_what_to_give(monkeypatch):
+    """Offline, timm's download from the Hugging Face hub ends in huggingface_hub's LocalEntryNotFoundError."""
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(name, pretrained=False, **kwargs):
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(UserInputError, match=r"timm's weights for 'resnet18' could not be .*init_args\.weights"):
+        LibraryNetwork("timm", "resnet18", num_outputs=2, weights="library")
+
+
 def test_a_library_that_is_not_installed_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # as if absent: importing it raises ImportError
     with pytest.raises(UserInputError, match=r'the timm library is not installed: pip install -e "\.\[timm\]"'):

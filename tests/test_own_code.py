@@ -15,6 +15,10 @@ import torch
 from helpers import run_script
 
 from project.cli import run_cli
+from project.errors import UserInputError
+from project.networks import Network
+from project.training.checkpoints import allowed_class
+from project.trusted import trust, trust_declared
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "own_network"
@@ -61,22 +65,38 @@ def test_scripts_take_an_own_network_that_the_user_names_and_refuse_it_otherwise
     assert (tmp_path / "c" / "model.json").is_file()
 
 
-def test_a_module_listed_in_pyproject_is_trusted_in_the_folder_of_that_file(own_network_run, tmp_path):
-    project = tmp_path / "my_project"
-    (project / "examples" / "own_network").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "resnet.py", project / "examples" / "own_network" / "resnet.py")
-    (project / "pyproject.toml").write_text('[tool.project]\ntrusted = ["examples.own_network.resnet"]\n')
-    (project / "work").mkdir()
-    predicted = python(
-        str(REPO_ROOT / "scripts" / "predict.py"), str(own_network_run), str(REPO_ROOT / "docs" / "digit_style.png"),
-        "--out", str(tmp_path / "p.csv"), cwd=project / "work",
-    )  # fmt: skip
-    assert predicted.returncode == 0, predicted.stderr
-    assert (tmp_path / "p.csv").read_text().startswith("path,predicted")
-    (project / "pyproject.toml").write_text('[tool.project]\ntrusted = ["no_such_module"]\n')
-    broken = python(str(REPO_ROOT / "scripts" / "evaluate.py"), str(own_network_run), cwd=project / "work")
-    assert broken.returncode == 2
-    assert broken.stderr.startswith("error: cannot import the trusted module 'no_such_module'")
+def test_a_module_listed_in_the_clones_pyproject_is_trusted_and_a_broken_one_is_one_error(tmp_path):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(EXAMPLE / "resnet.py", clone / "my_listed_nets.py")
+    (clone / "pyproject.toml").write_text('[tool.project]\ntrusted = ["my_listed_nets"]\n')
+    with pytest.raises(UserInputError, match="not allowed here"):
+        allowed_class("my_listed_nets.SmallResNet", Network, "network")
+    assert trust_declared(clone) == ["my_listed_nets"]
+    assert allowed_class("my_listed_nets.SmallResNet", Network, "network").__name__ == "SmallResNet"
+    assert str(clone) not in sys.path  # on the path only while the modules named were imported
+    (clone / "pyproject.toml").write_text('[tool.project]\ntrusted = ["no_such_module"]\n')
+    with pytest.raises(UserInputError, match=r"^cannot import the trusted module 'no_such_module' from "):
+        trust_declared(clone)
+    (clone / "broken.py").write_text("def oops(:\n")
+    with pytest.raises(UserInputError, match=r"'broken' .*SyntaxError"):
+        trust("broken", root=clone)
+
+
+def test_a_pyproject_beside_a_downloaded_run_names_no_code_to_import(fake_data_dir, tmp_path):
+    """Only the clone's own pyproject.toml is read: one in the folder a command runs in (a downloaded run's, say), or
+    above it, is not."""
+    download = tmp_path / "download" / "run"
+    download.mkdir(parents=True)
+    shutil.copy(BEFORE_THE_MOVE / "last.ckpt", download / "last.ckpt")
+    (download.parent / "pyproject.toml").write_text('[tool.project]\ntrusted = ["evil"]\n')
+    (download / "pyproject.toml").write_text('[tool.project]\ntrusted = ["evil"]\n')
+    for folder in (download, download.parent):
+        (folder / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
+    evaluated = python(str(REPO_ROOT / "scripts" / "evaluate.py"), "last.ckpt", "--data-dir", str(fake_data_dir),
+                       "--out", str(tmp_path / "report"), cwd=download)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_checkpoint_and_run_config_written_before_the_package_took_folders_still_work(
@@ -100,3 +120,29 @@ def test_a_checkpoint_and_run_config_written_before_the_package_took_folders_sti
     from project.training import TaskModule
 
     assert project.task_module.TaskModule is TaskModule
+
+
+def test_a_run_resumes_when_its_network_is_named_by_another_path_of_the_same_class(quick_args, run_dir):
+    """The module's own path, the package's re-export, a path from before the move: one class, one run."""
+    short = ["--trainer.max_epochs=1", "--test_after_fit=false", "--model.network.init_args.width=4"]
+    run_cli(["fit", *quick_args, "--model.network=project.networks.convnet.ConvNet", *short])
+    cli = run_cli(["fit", *quick_args, *short[1:], "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert cli.trainer.current_epoch == 2 and type(cli.model.network).__name__ == "ConvNet"
+
+
+def test_a_network_that_does_not_keep_the_contract_is_refused_naming_what_it_lacks():
+    from functools import partial
+
+    from torch import nn
+
+    from project.training import TaskModule
+
+    class Unfinished(Network):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Linear(784, 10)
+
+    with pytest.raises(UserInputError, match=r"does not keep the Network contract: .* backbone, head, config"):
+        TaskModule(Unfinished(), optimizer=partial(torch.optim.SGD, lr=0.1))
+    with pytest.raises(UserInputError, match=r"must be a project\.networks\.Network, got a Linear"):
+        TaskModule(nn.Linear(784, 10), optimizer=partial(torch.optim.SGD, lr=0.1))

@@ -92,11 +92,27 @@ def checked_config(name: str) -> str:
 
 
 def run_name(args: list[str]) -> str:
-    """The name of a run: its last ``--config`` that is a recipe (not a modifier preset, nor ``base.yaml``), else the
-    default recipe's."""
+    """The name of a run: its last ``--config`` that is a recipe (not a modifier preset, nor ``base.yaml``); else the
+    name of the data class it chooses on the command line (``--data my_data.MyData``: ``MyData``); else the default
+    recipe's (``mnist``)."""
     recipes = [
         Path(config)
         for config in config_files(args)
         if Path(config).resolve().parent != MODIFIER_DIR.resolve() and Path(config).resolve() != BASE_CONFIG.resolve()
     ]
-    return recipes[-1].stem if recipes else DEFAULT_CONFIG.stem
+    if recipes:
+        return recipes[-1].stem
+    data_classes = [value for option, value in option_values(args) if option in DATA_CLASS_OPTIONS]
+    return data_classes[-1].rpartition(".")[2] if data_classes else DEFAULT_CONFIG.stem
+
+
+def option_values(args: list[str]) -> list[tuple[str, str]]:
+    """``(option, value)`` of each ``--option value`` or ``--option=value`` in ``args``."""
+    pairs = []
+    for i, arg in enumerate(args):
+        option, equals, value = arg.partition("=")
+        if equals:
+            pairs.append((option, value))
+        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            pairs.append((arg, args[i + 1]))
+    return pairs

@@ -18,7 +18,7 @@ from project.errors import ReportedError, causes, disk_full, first_line, install
 SUBCOMMANDS = ("fit", "validate", "test")
 """The command line's subcommands. Lightning's ``predict`` is left out: predictions for new images are
 ``scripts/predict.py``'s, written to a CSV."""
-MOVED = {
+RENAMED_OPTIONS = {
     "model.lr": "model.optimizer.lr",
     "model.weight_decay": "model.optimizer.weight_decay",
     "model.momentum": "model.optimizer.momentum",
@@ -135,8 +135,11 @@ def known_options(parser: Any, args: list[str] | None) -> list[str]:
 def unknown_option(name: str, known: list[str]) -> str:
     if name == "weights_only":
         return "weights_only is not an option: checkpoints are always read with weights_only=True (plain data only)"
-    if name in MOVED:
-        return f"{name} is not an option; it is {MOVED[name]} (the optimizer's own arguments are under model.optimizer)"
+    if name in RENAMED_OPTIONS:
+        return (
+            f"{name} is not an option; it is {RENAMED_OPTIONS[name]} (the optimizer's own arguments are under "
+            "model.optimizer)"
+        )
     section, _, leaf = name.rpartition(".")
     leaves = [
         key[len(section) + 1 :] for key in known if key.startswith(f"{section}.") and "." not in key[len(section) + 1 :]

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from project.data.base import ImageDataModule
-from project.data.decoding import per_channel
+from project.data.decoding import per_channel_normalisation
 from project.data.in_memory import NormalisedTensors, SplitTensors, unit_scaled
 from project.data.splits import seeded_split, subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
@@ -166,7 +166,7 @@ class TensorDataModule(ImageDataModule):
             None if test is not None else seeded_split(len(train.targets), test_size, self.split_seed + 1, "test_size")
         )
         self.num_classes = self.checked_num_classes(num_classes, train, test)
-        self.class_list = self.checked_class_names(class_names)
+        self.named_classes = self.checked_class_names(class_names)
         self.image_shape = tuple(train.pixels.shape[1:])
         self.mean, self.std = self.stated_or_computed(mean, std, train)
         self.train_data = NormalisedTensors(train, self.mean, self.std)
@@ -212,16 +212,8 @@ class TensorDataModule(ImageDataModule):
         if mean is None:
             kept = train.pixels if self.held_out is None else train.pixels[self.held_out[0]]
             return channel_statistics(kept, self.source("train_images"))
-        stated_std = per_channel(std, channels, "std")
-        if not all(value > 0 for value in stated_std):
-            raise UserInputError(f"data.std must be positive, got {list(stated_std)}")
-        return list(per_channel(mean, channels, "mean")), list(stated_std)
-
-    @property
-    def class_names(self) -> list[str]:
-        if self.class_list is None or self.positive_classes or self.label_sets:
-            return super().class_names
-        return [self.class_list[c] for c in self.only_classes] if self.only_classes else list(self.class_list)
+        stated_mean, stated_std = per_channel_normalisation(mean, std, channels)
+        return list(stated_mean), list(stated_std)
 
     def prepare_data(self) -> None:
         """Nothing to fetch: the arrays were read and checked when the module was built."""

@@ -118,6 +118,8 @@ class ImageDataModule(L.LightningDataModule):
     # -- what a subclass provides ------------------------------------------------------------------------------
     num_classes: int = 0
     """Number of classes (or of yes/no labels); known once the module is built, since it sizes the network."""
+    named_classes: list[str] | None = None
+    """The classes' names in label order (a folder's class folders, ``data.class_names``); ``None``: numbered."""
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""
@@ -177,7 +179,8 @@ class ImageDataModule(L.LightningDataModule):
             return ["other", "positive"]
         if self.label_sets:
             return list(self.label_sets)
-        return [str(index) for index in self.only_classes or range(self.num_classes)]
+        names = self.named_classes or [str(index) for index in range(self.num_classes)]
+        return [names[index] for index in self.only_classes] if self.only_classes else list(names)
 
     @property
     def num_outputs(self) -> int:

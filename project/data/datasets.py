@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from project.data.base import ImageDataModule
-from project.data.decoding import per_channel
+from project.data.decoding import per_channel_normalisation
 from project.data.splits import seeded_split, subset_labels
 from project.errors import UserInputError
 
@@ -83,20 +83,12 @@ class DatasetDataModule(ImageDataModule):
         if test_dataset is not None and first_image_shape(test_dataset, "test_dataset") != self.image_shape:
             raise UserInputError(f"data.test_dataset's images are not {self.image_shape} (C, H, W), as training ones")
         channels = self.image_shape[0]
-        self.mean, self.std = list(per_channel(mean, channels, "mean")), list(per_channel(std, channels, "std"))
-        if not all(value > 0 for value in self.std):
-            raise UserInputError(f"data.std must be positive, got {self.std}")
+        self.mean, self.std = (list(values) for values in per_channel_normalisation(mean, std, channels))
         self.train_dataset, self.test_dataset = train_dataset, test_dataset
         self.num_classes = num_classes
-        self.class_list = None if class_names is None else [str(name) for name in class_names]
+        self.named_classes = None if class_names is None else [str(name) for name in class_names]
         self.test_size = test_size
         self.labels: dict[int, Tensor] = {}
-
-    @property
-    def class_names(self) -> list[str]:
-        if self.class_list is None or self.positive_classes or self.label_sets:
-            return super().class_names
-        return [self.class_list[c] for c in self.only_classes] if self.only_classes else list(self.class_list)
 
     def prepare_data(self) -> None:
         """Nothing to fetch: the datasets are given."""

@@ -36,6 +36,16 @@ def per_channel(value: float | list[float] | tuple[float, ...], channels: int, n
     return tuple(float(v) for v in values)
 
 
+def per_channel_normalisation(
+    mean: float | list[float] | tuple[float, ...], std: float | list[float] | tuple[float, ...], channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.mean`` and ``data.std`` (one number, or one per channel) as ``channels`` numbers each; ``std`` > 0."""
+    mean, std = per_channel(mean, channels, "mean"), per_channel(std, channels, "std")
+    if not all(value > 0 for value in std):
+        raise UserInputError(f"data.std must be positive, got {list(std)}")
+    return mean, std
+
+
 def check_mnist_style(channels: int) -> None:
     """The one rule for ``data.mnist_style`` (training) and ``--mnist-style`` (prediction): MNIST style makes greyscale
     digits, for networks of 1-channel images. (A checkpoint trained otherwise before the rule still predicts as it
@@ -64,10 +74,9 @@ class ImageConversion:
             raise UserInputError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if self.image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {self.image_size}")
-        object.__setattr__(self, "mean", per_channel(self.mean, self.channels, "mean"))  # frozen: set once, here
-        object.__setattr__(self, "std", per_channel(self.std, self.channels, "std"))
-        if not all(value > 0 for value in self.std):
-            raise UserInputError(f"data.std must be positive, got {list(self.std)}")
+        mean, std = per_channel_normalisation(self.mean, self.std, self.channels)
+        object.__setattr__(self, "mean", mean)  # frozen: set once, here
+        object.__setattr__(self, "std", std)
 
     def decode(self, path: Path) -> Tensor:
         """The file's pixels as uint8, converted and resized (bilinear, antialiased); :class:`UndecodableImage` names

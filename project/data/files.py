@@ -160,10 +160,8 @@ class ImageFolderDataModule(FileDataModule):
         return "binary" if self.num_classes == 2 and not self.label_sets else super().task
 
     @property
-    def class_names(self) -> list[str]:
-        if self.positive_classes or self.label_sets:
-            return super().class_names
-        return [self.classes[c] for c in self.only_classes] if self.only_classes else list(self.classes)
+    def named_classes(self) -> list[str]:
+        return self.classes  # the class folders' names, in label order
 
     def sources(self) -> tuple[Path, Path | None]:
         if (self.data_dir / "train").is_dir():

@@ -19,7 +19,7 @@ from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
 from project.data.base import DATA_DIR_ENV, ImageDataModule
-from project.data.in_memory import SplitTensors
+from project.data.in_memory import SplitTensors, unit_scaled
 from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
@@ -199,7 +199,7 @@ class MNISTDataModule(ImageDataModule):
         if missing:  # setup() runs on every process; prepare_data() may have run on another machine
             raise DataNotFoundError(self.not_found_message(missing, "prepare_data() did not provide them"))
         if self.mean_std is None:  # the training images' statistics normalise every split
-            pixels = raw_pixels(self.torchvision_dataset(train=True)).float().div_(255)
+            pixels = unit_scaled(raw_pixels(self.torchvision_dataset(train=True)))
             self.mean_std = (pixels.mean().item(), pixels.std().item())
         dataset = self.torchvision_dataset(train)
         dataset.transform = self.transform()

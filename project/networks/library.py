@@ -56,8 +56,14 @@ def build_library_model(library: str, name: str, download: bool) -> nn.Module:
         return HuggingFaceFeatures(module, name, download)
     if not module.is_model(name):
         raise UserInputError(f"timm has no model {name!r} (timm.list_models() lists them)")
-    with weights_only_loads():
-        return module.create_model(name, pretrained=download)
+    try:
+        with weights_only_loads():
+            return module.create_model(name, pretrained=download)
+    except OSError as error:  # timm downloads from the Hugging Face hub: offline, its cache has no such file
+        raise UserInputError(
+            f"timm's weights for {name!r} could not be read or downloaded ({first_line(error)}); without a network, "
+            f"give a local state dict as model.network.init_args.weights, or null for a random initialisation"
+        ) from None
 
 
 class HuggingFaceFeatures(nn.Module):

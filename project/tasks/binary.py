@@ -60,6 +60,9 @@ class Binary(OneOutputTask):
         self.pos_weight: Tensor | None = weight
         self.threshold = threshold_option(options["threshold"])
 
+    def metric_defaults(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
+
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         weight = self.on_device_of(self.pos_weight, outputs)
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.float(), pos_weight=weight, reduction="none")

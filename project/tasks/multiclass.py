@@ -62,8 +62,8 @@ class Multiclass(Task):
         return "one output per class (2 or more)"
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy with the options, as torch computes it: with class weights, the sum of the examples' losses
-        over the sum of their classes' weights (a weighted mean of :meth:`example_losses`)."""
+        """Cross-entropy with the options, as torch computes it: with class weights, the sum of
+        :meth:`example_losses` (each already weighted by its class) over the sum of the examples' classes' weights."""
         return self.cross_entropy(outputs, targets, "mean")
 
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:

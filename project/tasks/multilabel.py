@@ -62,7 +62,7 @@ class Multilabel(Task):
         self.threshold = threshold_option(options["threshold"])
 
     def metric_defaults(self) -> dict[str, Any]:
-        return {"num_labels": self.num_outputs}
+        return {"num_labels": self.num_outputs, "threshold": self.threshold}
 
     @classmethod
     def outputs_for(cls, num_classes: int) -> int:

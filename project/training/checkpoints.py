@@ -140,12 +140,17 @@ def import_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def named_class(class_path: str) -> object:
+    """What ``class_path`` names among the modules already imported (``None``: nothing), its module's old name
+    translated (:mod:`project.moved`); nothing is imported."""
+    module, _, name = current_path(class_path).rpartition(".")
+    return getattr(sys.modules.get(module), name, None)
+
+
 def names_class(class_path: str, cls: type) -> bool:
     """Whether ``class_path`` is ``cls``'s import path, one an already imported module re-exports it under, or its
-    path before its module moved (:mod:`project.moved`)."""
-    class_path = current_path(class_path)
-    module, _, name = class_path.rpartition(".")
-    return class_path == import_path(cls) or getattr(sys.modules.get(module), name, None) is cls
+    path before its module moved."""
+    return class_path == import_path(cls) or named_class(class_path) is cls
 
 
 def allowed_class(class_path: object, base: type, what: str) -> type:

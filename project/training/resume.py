@@ -33,7 +33,7 @@ from torchmetrics import Metric
 from project.data.sampler import Position, TrainingPosition, shuffle_seed_difference
 from project.errors import UserInputError
 from project.plain import plain
-from project.training.checkpoints import import_path, names_class
+from project.training.checkpoints import import_path, named_class, names_class
 from project.training.specs import plain_spec
 
 
@@ -209,6 +209,14 @@ def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return result
 
 
+def same_class(key: str, stored: Any, current: Any) -> bool:
+    """Whether two class paths of an option name one class: ``project.networks.ConvNet`` and its module's path, or a
+    path from before its module moved."""
+    if not key.endswith("class_path") or not isinstance(stored, str) or not isinstance(current, str):
+        return False
+    return named_class(current) is not None and named_class(stored) is named_class(current)
+
+
 def shown(value: Any) -> str:
     """A value as the user wrote it: a whole mapping as ``{name: [...], ...}``, not the list of its items."""
     if isinstance(value, list) and value and all(isinstance(item, tuple) and len(item) == 2 for item in value):
@@ -238,7 +246,7 @@ def check_resume_settings(
         for key in fixed:
             if key.startswith(CHANGEABLE_ON_RESUME):
                 continue
-            if stored[key] != current[key]:
+            if stored[key] != current[key] and not same_class(key, stored[key], current[key]):
                 decided = f"; set by {LINKED[key]}" if key in LINKED else ""
                 differences.append(f"{key} {shown(current[key])} (the run has {shown(stored[key])}{decided})")
     stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")

@@ -54,6 +54,14 @@ def check_arguments(network: Network, warmup_fraction: float, lr_batch_size: int
             f"model.network must be a project.networks.Network, got a {type(network).__name__}: wrap a module "
             "whose last layer is an nn.Linear in project.networks.AdaptedNetwork"
         )
+    missing = sorted({"backbone", "head"} - dict(network.named_children()).keys())
+    if not isinstance(vars(network).get("config"), dict):
+        missing.append("config (a dict of its arguments)")
+    if missing:
+        raise UserInputError(
+            f"{type(network).__name__} does not keep the Network contract: its constructor sets no "
+            f"{', '.join(missing)} (see project.networks.base.Network)"
+        )
     if not 0 < warmup_fraction < 1:
         raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")
     if lr_batch_size is not None and lr_batch_size < 1:
