@@ -109,6 +109,7 @@ def test_the_progress_bar_counts_the_batches_left_when_max_steps_ends_the_run(fa
     assert record.totals == [10, 3]  # the second epoch ends after 3 of its 10 batches: 13 steps in all
 
 
+@pytest.mark.slow
 def test_no_litlogger_or_litmodels_advertisement_is_printed(fake_data_dir, run_dir):
     command = [sys.executable, "-m", "project", "fit", "--config=debug", f"--data.data_dir={fake_data_dir}",
                "--data.val_size=100", "--trainer.max_epochs=1"]  # fmt: skip
@@ -129,6 +130,7 @@ def test_validate_and_test_of_a_checkpoint_write_no_run_folder(quick_args, run_d
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "lightning_logs").exists()
 
 
+@pytest.mark.slow
 def test_under_two_processes_the_run_says_each_thing_once_and_resumes_into_its_locked_folder(fake_data_dir, run_dir):
     import torch
 

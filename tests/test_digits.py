@@ -106,6 +106,7 @@ def test_mnist_style_for_a_network_of_rgb_images_is_one_error_line(tmp_path, exp
     )
 
 
+@pytest.mark.slow
 def test_the_study_compares_resizing_with_mnist_style_on_digits_drawn_as_photos(
     tmp_path, pretrained_checkpoint, fake_data_dir
 ):

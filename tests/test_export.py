@@ -71,6 +71,7 @@ def test_an_export_never_overwrites_an_existing_folder(pretrained_checkpoint, tm
     assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no staging folder left behind
 
 
+@pytest.mark.slow
 def test_the_export_script_reports_the_largest_difference(pretrained_checkpoint, tmp_path):
     out = tmp_path / "exported"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "export.py"), str(pretrained_checkpoint), "--out", str(out),

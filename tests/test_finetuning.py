@@ -147,6 +147,7 @@ FINETUNE_ARGS = [
 ]
 
 
+@pytest.mark.slow
 def test_resume_after_the_unfreeze_milestone_matches_an_uninterrupted_run(quick_args, pretrained_checkpoint, run_dir):
     pretrained = [f"--model.pretrained={pretrained_checkpoint}", *FINETUNE_ARGS, "--test_after_fit=false"]
     with pytest.raises(Interrupted):  # crashes when epoch 3 starts: after the milestone (end of epoch 1)
@@ -198,6 +199,7 @@ def test_cli_arguments_win_over_the_pretrained_checkpoints_hyperparameters(quick
     assert isinstance(cli.trainer.optimizers[0], torch.optim.SGD) and cli.trainer.optimizers[0].defaults["lr"] == 0.002
 
 
+@pytest.mark.slow
 def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoint, run_dir):
     digests = run_dir / "digests"
     command = [

@@ -64,6 +64,7 @@ def two_node_run(tmp_path_factory, fake_data_dir) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_two_nodes_under_torchrun_write_one_run_whose_validation_matches_one_process(
     two_node_run, fake_data_dir, monkeypatch
 ):

@@ -27,6 +27,7 @@ def library_args(folder, library: str, name: str, weights: str | None = None) ->
     return args
 
 
+@pytest.mark.slow
 def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_and_exports(
     image_folder, run_dir, mobilenet_weights, tmp_path_factory, monkeypatch
 ):
@@ -129,6 +130,7 @@ def test_a_library_or_channel_count_outside_what_is_allowed_is_refused_by_name()
         LibraryNetwork("torchvision", "resnet18", num_outputs=2, in_channels=4)
 
 
+@pytest.mark.slow
 def test_lora_on_a_library_backbone_keeps_the_reference_to_its_base_weights(image_folder, run_dir, mobilenet_weights):
     from project.inference.prediction import Predictor, image_paths
 

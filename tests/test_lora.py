@@ -38,6 +38,7 @@ def test_only_the_adapters_and_the_head_train_and_are_saved(lora_args, pretraine
     assert cli.model.network.backbone.model[0].lora_B["default"].weight.abs().sum() > 0  # the adapters learned
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_and_resumed_ends_as_an_uninterrupted_one(lora_args, run_dir):
     with pytest.raises(Interrupted):
         run_cli(["fit", *lora_args, "--trainer.callbacks+=helpers.InterruptAtEpoch", "--trainer.callbacks.epoch=1"])

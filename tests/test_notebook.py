@@ -52,6 +52,7 @@ def test_quickstart_pretrains_fine_tunes_evaluates_and_shows_its_pictures(fake_d
     assert runs == ["digit_at_least_5/version_0", "mnist/version_0"]  # each run named after what it trains
 
 
+@pytest.mark.slow
 def test_inspect_model_notebook_reports_the_newest_checkpoint(quick_args, fake_data_dir, run_dir, monkeypatch):
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     monkeypatch.setenv("PROJECT_DATA_DIR", str(fake_data_dir))

@@ -134,6 +134,7 @@ def test_exact_resume_of_a_finetune_killed_after_its_unfreeze_milestone(tmp_path
     assert_same_training_state(runs.last_checkpoint(runs.straight_dir), resumed)
 
 
+@pytest.mark.slow
 def test_no_optimizer_step_is_lost_or_repeated_inside_gradient_accumulation(tmp_path, fake_data_dir):
     # 10 batches per epoch, 3 per optimizer step: 4 steps per epoch (3 + 3 + 3 + 1), 12 in all.
     runs = Runs(tmp_path, fake_data_dir, ["--trainer.accumulate_grad_batches=3"], kill_at_step=6)
@@ -239,6 +240,7 @@ def test_a_new_run_never_touches_an_earlier_runs_files(quick_args, run_dir):
     assert (run_dir / "logs" / "mnist" / "version_1" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
     args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]
     signal_args = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=7",
