@@ -13,6 +13,8 @@ from project.data import DATA_DIR_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+if os.environ.get(DATA_DIR_ENV):  # relative to where pytest started (tests change folders): ../shared/data works
+    os.environ[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
