@@ -61,6 +61,7 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         # The import system returns what sys.modules holds after loading: "a module can replace itself"
         # (https://docs.python.org/3/reference/import.html#loading).
+        # Only the fixed homes of MOVED are imported (find_spec answers nothing else): the table is the allow-list.
         sys.modules[module.__name__] = importlib.import_module(MOVED[module.__name__])
 
 

@@ -83,12 +83,12 @@ def test_a_module_listed_in_the_clones_pyproject_is_trusted_and_a_broken_one_is_
         trust("broken", root=clone)
 
 
-def test_a_pyproject_beside_a_downloaded_run_names_no_code_to_import(fake_data_dir, tmp_path):
+def test_a_pyproject_beside_a_downloaded_run_names_no_code_to_import(pretrained_checkpoint, fake_data_dir, tmp_path):
     """Only the clone's own pyproject.toml is read: one in the folder a command runs in (a downloaded run's, say), or
     above it, is not."""
     download = tmp_path / "download" / "run"
     download.mkdir(parents=True)
-    shutil.copy(BEFORE_THE_MOVE / "last.ckpt", download / "last.ckpt")
+    shutil.copy(pretrained_checkpoint, download / "last.ckpt")
     (download.parent / "pyproject.toml").write_text('[tool.project]\ntrusted = ["evil"]\n')
     (download / "pyproject.toml").write_text('[tool.project]\ntrusted = ["evil"]\n')
     for folder in (download, download.parent):
@@ -99,27 +99,29 @@ def test_a_pyproject_beside_a_downloaded_run_names_no_code_to_import(fake_data_d
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_checkpoint_and_run_config_written_before_the_package_took_folders_still_work(
+def test_a_run_config_and_class_paths_from_before_the_package_took_folders_still_work(
     fake_data_dir, run_dir, capsys, monkeypatch
 ):
-    """Written by the code of 2026-12-01 (commit acc2819): its config names project.tensorboard_reports.RunLogger,
-    project.checkpoints.LastCheckpoint, project.resume.ExactResume ...; its checkpoint project.networks.ConvNet."""
-    checkpoint = run_dir / "last.ckpt"
-    shutil.copy(BEFORE_THE_MOVE / "last.ckpt", checkpoint)
-    code, _, err = run_script("evaluate.py", [str(checkpoint), "--data-dir", str(fake_data_dir), "--out",
-                                                str(run_dir / "report")], capsys, monkeypatch)  # fmt: skip
-    assert code == 0, err
-    args = [f"--config={BEFORE_THE_MOVE / 'config.yaml'}", f"--data.data_dir={fake_data_dir}"]
-    resume = [f"--ckpt_path={checkpoint}", "--trainer.max_epochs=2", "--trainer.max_steps=4", "--test_after_fit=false"]
+    """The run config written by the code of 2026-12-01 (commit acc2819) names project.tensorboard_reports.RunLogger,
+    project.checkpoints.LastCheckpoint, project.resume.ExactResume ...: it trains, resumes and is evaluated; a
+    checkpoint naming a network by its old module (project.library_networks) finds the class."""
+    args = [f"--config={BEFORE_THE_MOVE / 'config.yaml'}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false"]
+    run_cli(["fit", *args])  # max_steps 2, as the old run had
+    (checkpoint,) = run_dir.glob("logs/*/version_0/checkpoints/last.ckpt")
+    resume = [f"--ckpt_path={checkpoint}", "--trainer.max_epochs=2", "--trainer.max_steps=4"]
     cli = run_cli(["fit", *args, *resume])
-    assert cli.trainer.global_step == 4  # resumed at step 2 of the run written before the move
+    assert cli.trainer.global_step == 4  # resumed at step 2
     assert type(cli.trainer.logger).__module__ == "project.reports.tensorboard"
+    code, _, err = run_script("evaluate.py", [str(checkpoint), "--out", str(run_dir / "report")], capsys, monkeypatch)
+    assert code == 0, err
 
     import project.task_module  # an old module name is the module's new home itself
 
+    from project.networks import LibraryNetwork
     from project.training import TaskModule
 
     assert project.task_module.TaskModule is TaskModule
+    assert allowed_class("project.library_networks.LibraryNetwork", Network, "network") is LibraryNetwork
 
 
 def test_a_run_resumes_when_its_network_is_named_by_another_path_of_the_same_class(quick_args, run_dir):

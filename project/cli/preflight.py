@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -45,7 +46,10 @@ def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str)
 
 def check_sharding_has_gpus(strategy: Any, accelerator: Any) -> None:
     """FSDP shards a network across CUDA GPUs; Lightning refuses it elsewhere with a traceback or a misleading line."""
-    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", None) or type(strategy).__name__
+    if isinstance(strategy, str):
+        name = strategy
+    else:  # a class_path mapping from a config (jsonargparse's Namespace), or a strategy object built in Python
+        name = strategy.class_path if isinstance(strategy, Namespace) else type(strategy).__name__
     if "fsdp" not in name.lower():
         return
     import torch

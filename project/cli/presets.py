@@ -84,9 +84,10 @@ def checked_config(name: str) -> str:
     try:
         yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        marked = isinstance(error, yaml.MarkedYAMLError)  # a syntax error: where it is, and what
+        mark = error.problem_mark if marked else None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or first_line(error)
+        problem = (error.problem if marked else None) or first_line(error)
         raise UserInputError(f"--config {path}: not valid YAML{where}: {problem}") from None
     return str(path)
 
