@@ -79,6 +79,8 @@ EXTRAS = {
     "mlflow-skinny": "mlflow",
     "comet-ml": "comet",
     "comet_ml": "comet",
+    "optuna": "sweep",
+    "psycopg2": "sweep",
 }
 """Packages that an extra in ``pyproject.toml`` installs (``pip install -e ".[wandb]"``), by their import or
 distribution name."""

@@ -246,3 +246,16 @@ def run_script(script: str, args: list[str], capsys, monkeypatch) -> tuple[int, 
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_in_folder(folder: Path, args: list[str]):
+    """``run_cli(args)`` with ``folder`` (made if need be) as the working directory, which is then restored."""
+    from project.cli import run_cli
+
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        return run_cli(args)
+    finally:
+        os.chdir(previous)

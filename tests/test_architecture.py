@@ -18,14 +18,16 @@ MAY_IMPORT = {
     "files": {"errors", "files"},
     "tasks": {"errors", "plain", "trusted", "tasks"},
     "networks": {"errors", "files", "networks"},
-    "data": {"errors", "tasks", "data"},
+    "data": {"errors", "trusted", "tasks", "data"},
     "reports": {"errors", "tasks", "data", "reports"},
     "training": {"errors", "moved", "trusted", "plain", "files", "tasks", "networks", "data", "training"},
     "inference": {"errors", "files", "tasks", "networks", "data", "reports", "training", "inference"},
     "cli": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "reports", "training", "cli"},
+    "sweeps": {"errors", "files", "tasks", "data", "reports", "training", "cli", "sweeps"},
 }
 """Which parts (folders) of the package each part may import, bottom to top: networks, tasks and data import no
-training code, training imports no inference or command line, and only the command line sees (almost) everything."""
+training code, training imports no inference or command line, the command line sees (almost) everything, and the
+sweeps run the command line."""
 
 
 def modules() -> list[Path]:

@@ -128,20 +128,24 @@ def test_evaluate_reports_a_checkpoint_trained_on_arrays_moved_elsewhere(array_r
     assert report["count"] == 24 and report["class_names"] == ["0", "1", "2"]  # the held-out 20% of 120
 
 
+EXACT_RESUME_SETTINGS = {
+    "seed_everything": 7,
+    "trainer": {
+        "max_epochs": 2,
+        "log_every_n_steps": 2,
+        "enable_progress_bar": False,
+        "callbacks": [
+            {"class_path": "project.training.checkpoints.LastCheckpoint", "init_args": {"every_n_train_steps": 4}},
+            {"class_path": "project.training.resume.ExactResume"},
+        ],
+    },
+}
+"""A short run that writes last.ckpt every 4 steps and resumes exactly: the settings of the resume tests on arrays."""
+
+
 @pytest.mark.parametrize("in_memory", [True, False], ids=["in memory", "through a DataLoader"])
 def test_a_resumed_run_on_arrays_equals_an_uninterrupted_one(in_memory, arrays, tmp_path, monkeypatch):
-    settings = {
-        "seed_everything": 7,
-        "trainer": {
-            "max_epochs": 2,
-            "log_every_n_steps": 2,
-            "enable_progress_bar": False,
-            "callbacks": [
-                {"class_path": "project.training.checkpoints.LastCheckpoint", "init_args": {"every_n_train_steps": 4}},
-                {"class_path": "project.training.resume.ExactResume"},
-            ],
-        },
-    }
+    settings = EXACT_RESUME_SETTINGS
     recipe = write_recipe(arrays, settings, batch_size=20, augment_shift=2, in_memory=in_memory)
     args = ["fit", f"--config={recipe}", "--test_after_fit=false"]  # 5 steps per epoch, 10 in all
     for name in ("straight", "resumed"):

@@ -268,6 +268,7 @@ def test_a_file_that_is_not_a_checkpoint(quick_args, run_dir, capsys):
     assert "notes.ckpt is not a readable checkpoint" in error
 
 
+@pytest.mark.slow
 def test_max_epochs_below_the_resumed_checkpoints_epoch(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=3"])
     error = cli_error(["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)

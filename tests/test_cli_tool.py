@@ -1,10 +1,9 @@
-"""The command line as a finished tool: its own name and help, one line for a missing package, callbacks that add
-rather than replace, plain progress lines when there is no progress bar, a bar that ends where the run does, no
+"""The command line as a finished tool: its own name and help, callbacks that add rather than replace (early
+stopping as a modifier), plain progress lines when there is no progress bar, a bar that ends where the run does, no
 advertisements, evaluation that writes no run folder, and one message per run rather than one per process."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -49,22 +48,6 @@ def test_predict_is_not_a_subcommand_and_says_what_predicts_new_images(quick_arg
     message = cli_error(["predict", *quick_args], capsys, root=run_dir)
     assert "predict is not a subcommand: use one of fit, validate, test" in message
     assert "scripts/predict.py CHECKPOINT IMAGES" in message
-
-
-def missing_logger() -> tuple[str, str]:
-    """A logger of Lightning's whose package is not installed here, and that package."""
-    for logger, package in (("WandbLogger", "wandb"), ("CometLogger", "comet_ml"), ("MLFlowLogger", "mlflow")):
-        if importlib.util.find_spec(package) is None:
-            return logger, package
-    pytest.skip("every tracker package is installed: no missing one to test with")
-
-
-def test_a_logger_whose_package_is_missing_is_one_line_with_the_install_command(quick_args, run_dir, capsys):
-    logger, package = missing_logger()
-    message = cli_error(["fit", *quick_args, f"--trainer.logger={logger}"], capsys, root=run_dir)
-    extra = {"wandb": "wandb", "comet_ml": "comet", "mlflow": "mlflow"}[package]
-    assert message.startswith("error: the ")
-    assert f'is not installed, and this run needs it: pip install -e ".[{extra}]"' in message
 
 
 def test_a_callback_given_plainly_is_refused_with_the_form_that_adds_it(quick_args, run_dir, capsys):
@@ -176,3 +159,16 @@ def test_a_single_callback_or_plugin_given_without_a_list_is_taken(quick_args, r
     cli = run_cli(["fit", *quick_args, f"--config={config}", "--trainer.max_epochs=1", "--test_after_fit=false"])
     assert any(type(callback).__name__ == "LastCheckpoint" for callback in cli.trainer.callbacks)
     assert (run_dir / "logs" / "single" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_early_stopping_preset_keeps_the_preset_callbacks_and_stops_on_the_task_metric(quick_args, run_dir):
+    # An improvement of 1.0 in accuracy cannot happen: the run stops after its first validations without one.
+    stop_at_once = ["--trainer.callbacks.patience=1", "--trainer.callbacks.min_delta=1.0"]
+    cli = run_cli(["fit", *quick_args, "--config", "early_stopping", *stop_at_once, "--trainer.max_epochs=5",
+                   "--test_after_fit=false"])  # fmt: skip
+    names = {type(callback).__name__ for callback in cli.trainer.callbacks}
+    assert {"TaskEarlyStopping", "BestCheckpoint", "LastCheckpoint", "ExactResume", "TensorBoardReports"} <= names
+    stopping = next(c for c in cli.trainer.callbacks if type(c).__name__ == "TaskEarlyStopping")
+    assert (stopping.monitor, stopping.mode) == cli.model.monitored_metric == ("val/acc", "max")
+    assert stopping.min_delta == 1.0  # signed for a metric to maximise
+    assert cli.trainer.current_epoch == 2 < 5  # epoch 0 sets the best, epoch 1 does not improve on it by 1.0

@@ -129,6 +129,8 @@ def test_config_presets_exist(page: Path, monkeypatch: pytest.MonkeyPatch) -> No
     names = sorted(config_names(text_of(page)))
     missing = []
     for name in names:
+        if name.startswith("logs/"):  # written by a run the page shows first (a sweep's best.yaml)
+            continue
         try:
             checked_config(name)
         except UserInputError as error:

@@ -72,6 +72,7 @@ def test_binary_reports_auroc_and_regression_reports_r2():
     assert regression["overall"]["mae"] == pytest.approx(0.1, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_per_epoch_metrics_equal_the_whole_split_computed_at_once(real_data_dir, run_dir):
     """Macro F1 is not an average over batches: the epoch value must be computed from all the predictions."""
     torch.manual_seed(0)

@@ -51,6 +51,7 @@ def test_an_own_network_trains_resumes_and_fine_tunes_from_its_checkpoint(own_ne
     assert cli.model.task.name == "binary" and cli.model.pretrained_loaded
 
 
+@pytest.mark.slow
 def test_scripts_take_an_own_network_that_the_user_names_and_refuse_it_otherwise(own_network_run, tmp_path):
     refused = python("scripts/evaluate.py", str(own_network_run), "--out", str(tmp_path / "a"), cwd=REPO_ROOT)
     assert refused.returncode == 2

@@ -41,6 +41,7 @@ def start_waiting_run(folder: Path, args: list[str], step: int) -> tuple[subproc
     return process, go
 
 
+@pytest.mark.slow
 def test_a_second_start_on_a_live_run_is_refused_naming_the_process_and_validate_passes_over_it(
     quick_args, run_dir, capsys
 ):

@@ -100,6 +100,7 @@ def test_a_label_that_is_not_zero_or_one_is_refused_with_its_line(tmp_path):
         CSVMultilabelDataModule(data_dir=str(data_dir), val_size=1, test_size=1).setup("fit")
 
 
+@pytest.mark.slow
 def test_the_multilabel_preset_trains_evaluates_and_reports_to_tensorboard(quick_args, run_dir):
     from helpers import directory_image_steps, directory_scalars
 

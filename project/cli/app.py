@@ -21,33 +21,35 @@ Predictions for new images come from ``scripts/predict.py`` (a CSV), reports fro
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.cli.preflight import (
     adopt_backbone_normalisation,
+    check_averaging,
     check_fits_network,
     check_monitors,
     check_sharding_has_gpus,
 )
 from project.cli.presets import DEFAULT_CONFIG, default_configs, resolve_config_args, run_name
-from project.cli.refusals import SUBCOMMANDS, explain, explain_parse_error, refuse_replaced_callbacks
+from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_parse_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
 from project.errors import UserInputError
+from project.files.atomic import written_whole
 from project.networks.base import check_image_shape
+from project.reports import trackers
 from project.reports.tensorboard import RunLogger, TensorBoardReports
 from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
 from project.training.progress import NO_TIPS, ProgressLog, RunProgressBar, say
@@ -57,8 +59,6 @@ from project.training.runs import Chosen, choose_checkpoint, claim_new_run, next
 from project.training.task_module import TaskModule
 
 EVALUATION = ("validate", "test")
-LOGGER_CLASSES = ("TensorBoardLogger", "RunLogger", "CSVLogger")
-"""Loggers whose run folder is ``save_dir/name/version_N``: named after the recipe, resumed into, locked."""
 CHOSEN_CHECKPOINT_ENV = "PROJECT_CHOSEN_CHECKPOINT"
 """``<pid>:<path>``: the checkpoint the first process chose (no path: none), for the processes Lightning's launcher
 starts from it later (their parent is that pid): they take it as it is, rather than choosing again when another run
@@ -82,7 +82,10 @@ class ProjectCLI(LightningCLI):
     """LightningCLI that links the data to the model, checks everything before running, resumes into the same run
     folder, and tests after fitting."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, extra_callbacks: list[Callback] | None = None, **kwargs: Any) -> None:
+        self.extra_callbacks = list(extra_callbacks or [])
+        """Callbacks built in Python and added to the configured ones (a sweep's pruning callback): not in the run's
+        config, since a config holds plain values only."""
         self.run_name = DEFAULT_CONFIG.stem
         """The run's name: its last recipe preset's (``project.cli.presets.run_name``)."""
         self.requested_ckpt_path: str | None = None
@@ -93,9 +96,15 @@ class ProjectCLI(LightningCLI):
         """Its content, until the checks before running have used it (Lightning then reads the file itself)."""
         self.run_lock: RunLock | None = None
         """The lock on the run folder this process trains into, released when the command ends, however it ends."""
+        self.tracker_configs: list[Namespace] = []
+        """The loggers beside the run folder's (``--config mlflow``, ...), built once that folder is taken
+        (:meth:`start_trackers`)."""
+        self.trackers: list[Logger] = []
+        """Those loggers, built; their runs are ended when the command ends."""
         try:
             super().__init__(*args, **kwargs)
         finally:
+            trackers.close(self.trackers)
             if self.run_lock is not None:
                 self.run_lock.release()
 
@@ -138,6 +147,9 @@ class ProjectCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        self.tracker_configs = trackers.take_trackers_out(config.trainer)  # (validate and test use no logger)
+        if self.subcommand == "fit":
+            trackers.check_trackers([str(tracker.class_path) for tracker in self.tracker_configs])
         logger = tensorboard_logger_args(config.trainer.logger)
         if logger is not None and not logger.name:
             logger.name = self.run_name
@@ -208,6 +220,7 @@ class ProjectCLI(LightningCLI):
         callbacks = as_list(trainer.get("callbacks"))
         if self.subcommand in EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
             callbacks = [c for c in callbacks if not isinstance(c, FIT_ONLY_CALLBACKS)]
+        callbacks.extend(self.extra_callbacks)
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(RunProgressBar())  # Rich's, its epoch ending where max_steps ends the run
         return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
@@ -228,6 +241,7 @@ class ProjectCLI(LightningCLI):
         check_image_shape(model.network, data.image_shape)
         if stage == "fit":
             check_monitors(trainer.callbacks, model)
+            check_averaging(trainer.callbacks, self.checkpoint, str(self.chosen.path) if self.chosen else "")
         if self.checkpoint is not None:
             if stage == "fit":
                 check_resume_settings(
@@ -255,6 +269,8 @@ class ProjectCLI(LightningCLI):
             data.setup(stage)
         if stage == "fit" and self.run_lock is None and first_process():
             self.take_new_run_folder(trainer.logger)
+        if stage == "fit" and self.run_lock is not None and self.tracker_configs:
+            self.start_trackers(trainer)
         trainer.ckpt_path = str(self.chosen.path) if self.chosen else None  # all checked: Lightning may read it
 
     def take_new_run_folder(self, logger: Any) -> None:
@@ -267,6 +283,23 @@ class ProjectCLI(LightningCLI):
             logger.claimed_version = claim_new_run(Path(logger.root_dir))
         self.run_lock = RunLock(Path(logger.log_dir))
         self.run_lock.acquire()
+
+    def start_trackers(self, trainer: Any) -> None:
+        """Build the trackers for the run folder just taken or resumed into (:mod:`project.reports.trackers`):
+        named after it, their runs of an earlier start continued (their ids in its ``trackers.json``); and put them
+        back in the config, so that the run's ``config.yaml`` says what ran."""
+        resumed = self.chosen is not None and self.chosen.version is not None
+        folder = trackers.RunFolder.of(trainer.logger, self.chosen.global_step if resumed else None)
+        record = folder.path / trackers.RECORD
+        run_ids = trackers.recorded_run_ids(record)
+        self.trackers = trackers.build(self.tracker_configs, folder, run_ids)
+        trainer.loggers = [trainer.logger, *self.trackers]
+        config = self.config[self.subcommand]
+        config.trainer.logger = [config.trainer.logger, *self.tracker_configs]
+        recorded = trackers.run_ids(self.trackers)
+        if recorded and recorded != run_ids:
+            with written_whole(record, "w") as file:
+                json.dump({**run_ids, **recorded}, file, indent=2)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -290,18 +323,21 @@ def as_list(value: Any) -> list[Any]:
 
 
 def tensorboard_logger_args(logger_config: object) -> Any:
-    """The ``init_args`` of the configured run-folder logger (:data:`LOGGER_CLASSES`), or ``None`` when another
-    logger, several, or none is configured (``logger_config`` is then a bool, a list or ``None``)."""
-    if not isinstance(logger_config, Namespace) or "class_path" not in logger_config:
-        return None
-    if str(logger_config.class_path).split(".")[-1] not in LOGGER_CLASSES:
-        return None
-    return logger_config.init_args
+    """The ``init_args`` of the configured run-folder logger (``project.reports.trackers.RUN_FOLDER_LOGGERS``), or
+    ``None`` when another logger or none is configured (``logger_config`` is then a bool, another class or ``None``;
+    trackers listed beside it were taken out: ``take_trackers_out``)."""
+    return logger_config.init_args if trackers.owns_run_folder(logger_config) else None
 
 
-def run_cli(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> ProjectCLI:
+def run_cli(
+    args: list[str] | None = None,
+    prog: str = "python -m project",
+    fit_only: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> ProjectCLI:
     """Parse ``args`` (default: the command line), run the subcommand and return the CLI with its trainer; ``prog``
-    is the command's name in its usage line."""
+    is the command's name in its usage line; ``callbacks`` are added to the configured ones (built in Python: a
+    sweep's pruning callback)."""
     args = resolve_config_args(sys.argv[1:] if args is None else args)
     # We pass the (resolved) command line as `args` on purpose; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
@@ -325,6 +361,7 @@ def run_cli(args: list[str] | None = None, prog: str = "python -m project", fit_
         auto_configure_optimizers=False,  # the optimizer is configured by model.optimizer and friends
         parser_kwargs=parser_kwargs,
         args=args,
+        extra_callbacks=callbacks,
     )
 
 
@@ -333,18 +370,10 @@ def main(args: list[str] | None = None, prog: str = "python -m project", fit_onl
 
     A run stopped by SIGTERM (a preempted job) has written ``last.ckpt`` at the step boundary and exits with 143.
     """
-    try:
-        run_cli(args, prog, fit_only)
-    except SIGTERMException:
-        print("stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last")
-        raise SystemExit(128 + signal.SIGTERM) from None
-    except Exception as error:
-        explained = explain(error)
-        if explained is None:
-            raise
-        message, exit_code = explained
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(exit_code) from None
+    exit_on_refusal(
+        lambda: run_cli(args, prog, fit_only),
+        "stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last",
+    )
 
 
 def train_main() -> None:

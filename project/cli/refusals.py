@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import difflib
 import re
+import signal
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.errors import ReportedError, causes, disk_full, first_line, install_command
 
@@ -25,6 +29,9 @@ RENAMED_OPTIONS = {
     "model.nesterov": "model.optimizer.nesterov",
 }
 """Options that now live elsewhere: the optimizer's own arguments are under ``model.optimizer``."""
+MODEL_SECTION_OPTIONS = ("optimizer", "lr_scheduler")
+"""LightningCLI's own top-level ``--optimizer`` and ``--lr_scheduler``, off here (``auto_configure_optimizers=False``:
+the model configures its optimizer and schedule): they are ``--model.optimizer`` and ``--model.lr_scheduler``."""
 NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
 PREDICT_HINT = (
     " (predictions for new images: python scripts/predict.py CHECKPOINT IMAGES... --out predictions.csv, which "
@@ -55,11 +62,15 @@ def explain_parse_error(message: str, parser: Any, args: list[str] | None = None
     if missing:
         return f"--config {missing.group(1)}: no such file"
     key = ".".join(parser_keys(message)) or "an option"
+    class_problem = class_argument_problem(message, key)
+    if class_problem:
+        return class_problem
     value = given_value(message)
     expected = expected_type(message, value)
     if expected and expected.startswith("dot import path"):
-        return f"{key}: {value!r} is not a class that can be imported here; give its name or its full import path" + (
-            f" (torch.optim has {', '.join(optimizer_names())})" if key.endswith("optimizer") else ""
+        return (
+            f"{key}: {value!r} is not a class that can be imported here; give its name or its full import path"
+            + known_classes(key)
         )
     if expected:
         return f"{key}: expected {expected}, got {value!r}"
@@ -90,14 +101,38 @@ def given_value(message: str) -> str:
     return plain[0] if plain else "?"
 
 
-def optimizer_names() -> list[str]:
+def class_argument_problem(message: str, key: str) -> str | None:
+    """A class named by a short name that more than one imported class has, or built without an argument it
+    requires (``--model.lr_scheduler StepLR`` without ``step_size``), in one line; ``None`` for other messages."""
+    ambiguous = re.search(
+        r"Multiple subclasses with name (\w+)\. Give the full class path[^:]*: (.+?)\.?$", message, re.M
+    )
+    if ambiguous:
+        return f"{key}: {ambiguous.group(1)} names more than one class; give the full path of one: {ambiguous.group(2)}"
+    required = re.search(r"the following arguments are required: ([\w, ]+)", message)
+    if required:
+        named = re.search(r"class_path='([^']+)'", message)
+        first = required.group(1).split(",")[0].strip()
+        return f"{key}: {named.group(1) if named else 'the class'} needs {required.group(1)} (--{key}.{first} VALUE)"
+    return None
+
+
+def known_classes(key: str) -> str:
+    """For an optimizer or learning-rate scheduler option, `` (torch.optim has ...)``: the names it takes."""
     import torch
 
-    return sorted(
-        name
-        for name, value in vars(torch.optim).items()
-        if isinstance(value, type) and issubclass(value, torch.optim.Optimizer) and value is not torch.optim.Optimizer
-    )
+    for suffix, module, base in (
+        ("optimizer", torch.optim, torch.optim.Optimizer),
+        ("lr_scheduler", torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler),
+    ):
+        if key.endswith(suffix):
+            names = sorted(
+                name
+                for name, value in vars(module).items()
+                if isinstance(value, type) and issubclass(value, base) and value is not base and name[0] != "_"
+            )
+            return f" ({module.__name__} has {', '.join(names)})"
+    return ""
 
 
 def expected_type(message: str, value: str) -> str | None:
@@ -135,6 +170,8 @@ def known_options(parser: Any, args: list[str] | None) -> list[str]:
 def unknown_option(name: str, known: list[str]) -> str:
     if name == "weights_only":
         return "weights_only is not an option: checkpoints are always read with weights_only=True (plain data only)"
+    if name.partition(".")[0] in MODEL_SECTION_OPTIONS:
+        return f"{name} is not an option; it is model.{name} (the model configures its optimizer and schedule itself)"
     if name in RENAMED_OPTIONS:
         return (
             f"{name} is not an option; it is {RENAMED_OPTIONS[name]} (the optimizer's own arguments are under "
@@ -145,6 +182,11 @@ def unknown_option(name: str, known: list[str]) -> str:
         key[len(section) + 1 :] for key in known if key.startswith(f"{section}.") and "." not in key[len(section) + 1 :]
     ]
     close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.75)
+    if close == [leaf]:  # the option exists, but on another entry of a list (several loggers, several callbacks)
+        return (
+            f"{name} is not an option of the {section} entry added last, which --{name} sets: with several entries, "
+            f"give it right after the --config or +=CLASS that adds its entry, or in a --config file"
+        )
     if close:
         return f"{name} is not an option; did you mean {section}.{close[0]}?"
     siblings = sorted(
@@ -208,3 +250,21 @@ def explain(error: Exception) -> tuple[str, int] | None:
     if full is not None:
         return f"No space left on device while writing {full.filename or 'a file of the run'}: free some space", 1
     return None
+
+
+def exit_on_refusal(command: Callable[[], Any], stopped: str) -> None:
+    """Run ``command`` as a program: bad input ends with one ``error:`` line and its exit status (2), not a
+    traceback; SIGTERM (a preempted job), which Lightning raises as a ``SystemExit`` of status 0, says ``stopped`` and
+    exits with 143, so that a scheduler does not take it for a finished job."""
+    try:
+        command()
+    except SIGTERMException:
+        print(stopped)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except Exception as error:
+        explained = explain(error)
+        if explained is None:
+            raise
+        message, exit_code = explained
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(exit_code) from None

@@ -1,6 +1,6 @@
 """What every data module shares: the data directory, the train/validation split and few-shot subset (see
 :mod:`project.data.splits`), label rules (binary and multilabel targets from class rules), the loaders and batch
-augmentation (:mod:`project.data.augment`)."""
+augmentation of training batches (:mod:`project.data.augment`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from project.data.augment import random_shift
-from project.data.in_memory import DeviceBatches, SplitTensors, TensorImages, memory_splits
+from project.data.augment import BatchAugmentation, batch_seed, random_shift
+from project.data.in_memory import DeviceBatches, SplitTensors, TensorImages, memory_splits, normalised
 from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check_label_options, check_label_rules
 from project.data.sampler import ResumableDataLoader, ResumableSampler, TrainingPosition
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
@@ -63,11 +63,20 @@ class ImageDataModule(L.LightningDataModule):
         label_sets: a multilabel task: one yes/no label per entry, 1 when the class is in its list
             (``{even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}``).
         only_classes: keep only these classes, numbered 0..k-1 in this order (``[5, 6, 7, 8, 9]``: digits 5-9).
-        augment_shift: augment training batches with random shifts of up to this many pixels (0: off).
+        augment_shift: augment training batches with random shifts of up to this many pixels (0: off); applied
+            before ``augment``.
         shuffle_seed: seed of the training order and the augmentation; default: the run's ``seed_everything``.
         in_memory: hold every split as tensors on the training device and draw batches by index (the fast path;
             ``num_workers`` then does not apply); default: whenever the data can be (see
             :mod:`project.data.in_memory`); ``false``: load images one by one through a DataLoader.
+        augment: torchvision ``transforms.v2`` transforms for training images, in order, each image its own random
+            draw (:mod:`project.data.augment`): a class name or ``{class_path: ..., init_args: {...}}`` each, such
+            as ``[{class_path: RandomResizedCrop, init_args: {size: 28, scale: [0.8, 1.0]}}, RandomErasing]``. They
+            see float images on the 0..1 scale, before normalisation; validation, test and predict are untouched.
+        mixup_alpha: MixUp training batches, each with a share drawn from Beta(alpha, alpha) (0: off; 0.2 is usual);
+            the targets become class probabilities (multiclass tasks only).
+        cutmix_alpha: CutMix training batches likewise (0: off; 1.0 is usual); with both, each batch takes one of the
+            two at even odds.
     """
 
     default_task = "multiclass"
@@ -88,6 +97,9 @@ class ImageDataModule(L.LightningDataModule):
         augment_shift: int = 0,
         shuffle_seed: int | None = None,
         in_memory: bool | None = None,
+        augment: list[str | dict[str, Any]] | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.unrecorded_arguments))
@@ -95,6 +107,7 @@ class ImageDataModule(L.LightningDataModule):
         if augment_shift < 0:
             raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
         check_label_options(type(self).__name__, self.default_task, positive_classes, label_sets, only_classes)
+        self.augmentation = BatchAugmentation(augment, mixup_alpha, cutmix_alpha)
         self.data_dir = resolve_data_dir(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -200,6 +213,8 @@ class ImageDataModule(L.LightningDataModule):
         """Load and check the splits the stage needs; fitting loads the test split too, so that a broken test split
         stops the run before it trains rather than after."""
         check_label_rules(self.num_classes, self.positive_classes, self.label_sets, self.only_classes)
+        if self.augmentation.mixes:
+            self.augmentation.mix_with(self.task, self.num_outputs)
         if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_set, self.val_set = self.split_train(self.checked(self.load_split(train=True), "training"))
         if self.test_set is None:
@@ -210,6 +225,8 @@ class ImageDataModule(L.LightningDataModule):
             self.memory = memory_splits(splits, self.leaf_tensors)
             if self.in_memory and self.memory.keys() != {name for name, split in splits.items() if split is not None}:
                 raise UserInputError(f"data.in_memory: {type(self).__name__}'s data cannot be held in memory")
+        if self.image_shape is not None:
+            self.augmentation.check_shape(self.image_shape)
 
     def checked(self, dataset: Dataset, split: str) -> Dataset:
         """``dataset``, after checking that its labels are classes of this data (0 .. num_classes - 1)."""
@@ -291,12 +308,23 @@ class ImageDataModule(L.LightningDataModule):
         return self.batches("test", self.test_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if not self.augment_shift or self.trainer is None or not self.trainer.training:
+        """Augment a training batch, on its device, whichever path it came by (both hand over normalised batches);
+        called at each training step, not when the loop fetches a batch ahead, so the augmentation generator's state
+        in a checkpoint is that of the step it was written at."""
+        augments = self.augment_shift or self.augmentation.active
+        if not augments or self.trainer is None or not self.trainer.training:
             return batch
         if not isinstance(batch, list | tuple) or len(batch) != 2:
             return batch  # not a training batch: e.g. the example input TensorBoard traces the graph with
         images, targets = batch
-        return random_shift(images, self.augment_shift, self.augment_generator), targets
+        if self.augment_shift:  # first, and with the same draws as before data.augment existed (resumes alike)
+            images = random_shift(images, self.augment_shift, self.augment_generator)
+        if self.augmentation.active:
+            mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in self.normalisation())
+            seed = batch_seed(self.augment_generator, self.trainer.global_rank)
+            unit, targets = self.augmentation(images * std + mean, targets, seed)
+            images = normalised(unit, mean, std)
+        return images, targets
 
     def state_dict(self) -> dict[str, Any]:
         return {"augment_generator": self.augment_generator.get_state(), "shuffle_seed": self.shuffle_seed}

@@ -23,6 +23,7 @@ from project.errors import UserInputError
 from project.files.atomic import written_folder
 from project.inference.prediction import checkpoint_preprocessing, onnx_runner
 from project.networks.lora import has_adapters, merge_adapters
+from project.training.averaging import averaged_weights
 from project.training.checkpoints import read_checkpoint
 
 FORMATS = ("onnx", "pt2", "safetensors")
@@ -149,6 +150,7 @@ def export_checkpoint(
             "preprocessing": preprocessing,
             "network": checkpoint["hyper_parameters"]["network"],
             "lora_merged": checkpoint["hyper_parameters"].get("lora"),
+            "averaged_weights": averaged_weights(checkpoint),  # EMA or SWA: the files hold the average (else null)
             "files": [f"model.{name}" for name in formats],
             "largest_difference_from_the_checkpoint": differences,
         }

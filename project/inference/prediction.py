@@ -26,6 +26,7 @@ from project.data.decoding import ImageConversion, UndecodableImage, check_mnist
 from project.data.in_memory import normalised
 from project.errors import ReportedError, UserInputError, first_line, install_command
 from project.files.atomic import written_whole
+from project.files.tables import spreadsheet_safe
 from project.inference.evaluation import data_module_from_checkpoint
 from project.tasks import Task, make_task
 from project.training.checkpoints import read_checkpoint
@@ -174,16 +175,6 @@ def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({k: format_value(v) for k, v in row.items()} for row in rows)
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-"""What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
-
-
-def spreadsheet_safe(text: str) -> str:
-    """``text`` with a single quote in front when it starts like a formula (a file named ``=HYPERLINK(...).png``, a
-    class folder named ``@SUM(...)``): the spreadsheet shows it as text, and runs nothing."""
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def format_value(value: Any) -> Any:

@@ -5,11 +5,13 @@ drop what was logged after the checkpoint the run resumes from (``purge_step``),
 crash, and the model graph is drawn once per run.
 
 Lightning's TensorBoardLogger fills the HParams tab only with ``hp_metric`` (Lightning #5101, #8175) and a confusion
-matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` writes, to the run's TensorBoardLogger:
+matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` writes:
 
-- once per fit: the hyperparameters (flattened) with the validation metrics as the HParams tab's columns;
-- each validation epoch: ``val/confusion_matrix`` (classification), ``val/samples`` (the first images with their
-  true and predicted labels) and ``val/worst`` (the images with the highest loss).
+- once per fit, to the run's TensorBoardLogger: the hyperparameters (flattened) with the validation metrics as the
+  HParams tab's columns;
+- each validation epoch, to every logger that takes images (TensorBoard, and the MLflow and wandb trackers beside
+  it: :mod:`project.reports.images`): ``val/confusion_matrix`` (classification), ``val/samples`` (the first images
+  with their true and predicted labels) and ``val/worst`` (the images with the highest loss).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from project.data.base import ImageDataModule
 from project.reports.figures import confusion_picture, grid_picture
+from project.reports.images import takes_images, write_image
 
 
 class RunLogger(TensorBoardLogger):
@@ -107,6 +110,10 @@ class TensorBoardReports(L.Callback):
 
     def __init__(self, samples: int = 16) -> None:
         self.samples = samples
+        self.extra_hparams: dict[str, Any] = {}
+        """More columns of the run's HParams row, set before fit starts (a sweep trial's sampled options)."""
+        self.extra_metrics: tuple[str, ...] = ()
+        """More metric columns of the HParams tab, logged by someone else (a sweep's objective)."""
         self.confusion: Any = None
         self.first: tuple[Tensor, Tensor, Tensor] | None = None
         self.worst: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
@@ -120,9 +127,10 @@ class TensorBoardReports(L.Callback):
         if logger is None or not trainer.is_global_zero:
             return
         names = (*pl_module.task.summary, "loss")
-        metrics = {f"val/{name}": 0.0 for name in names}  # names only: TensorBoard reads the values
+        metrics = {name: 0.0 for name in (*(f"val/{name}" for name in names), *self.extra_metrics)}  # names only
+        params = flatten(pl_module.hparams) | self.extra_hparams
         writer = logger.experiment.file_writer
-        for summary in hparams_summary(flatten(pl_module.hparams), metrics):
+        for summary in hparams_summary(params, metrics):
             writer.add_summary(summary)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -153,24 +161,26 @@ class TensorBoardReports(L.Callback):
         if trainer.sanity_checking or self.first is None:
             return
         confusion = self.confusion.compute() if self.confusion is not None else None  # on every process: syncs
-        logger = self.tensorboard(trainer)
-        if logger is None or not trainer.is_global_zero:
+        loggers = [logger for logger in trainer.loggers if takes_images(logger)]
+        if not loggers or not trainer.is_global_zero:
             return
-        writer, step, task = logger.experiment, logging_step(trainer), pl_module.task
+        step, task = logging_step(trainer), pl_module.task
         data = trainer.datamodule
         names = data.class_names if isinstance(data, ImageDataModule) else [str(i) for i in range(task.num_outputs)]
+        pictures = {}
         if confusion is not None:
             confusion_names = names if len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
-            writer.add_image(
-                "val/confusion_matrix", confusion_picture(confusion.cpu(), confusion_names), step, dataformats="HWC"
-            )
+            pictures["val/confusion_matrix"] = confusion_picture(confusion.cpu(), confusion_names)
         images, targets, decided = (tensor.cpu() for tensor in self.first)
         pairs = zip(targets, decided, strict=True)
         titles = [f"true {task.describe(t, names)}\npred {task.describe(d, names)}" for t, d in pairs]
-        writer.add_image("val/samples", grid_picture(images, titles), step, dataformats="HWC")
+        pictures["val/samples"] = grid_picture(images, titles)
         losses, images, targets, decided = (tensor.cpu() for tensor in self.worst)
         titles = [
             f"true {task.describe(t, names)}\npred {task.describe(d, names)}\nloss {loss:.2f}"
             for loss, t, d in zip(losses.tolist(), targets, decided, strict=True)
         ]
-        writer.add_image("val/worst", grid_picture(images, titles), step, dataformats="HWC")
+        pictures["val/worst"] = grid_picture(images, titles)
+        for logger in loggers:  # TensorBoard, and each tracker beside it that takes images (MLflow, wandb)
+            for tag, picture in pictures.items():
+                write_image(logger, tag, picture, step)

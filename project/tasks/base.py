@@ -182,6 +182,10 @@ class Task:
         """What the network predicts: a class index, 0/1, a 0/1 vector of labels, or a value."""
         raise NotImplementedError
 
+    def metric_targets(self, targets: Tensor) -> Tensor:
+        """The targets as the metrics take them; a task whose training targets can be soft (mixed) makes them hard."""
+        return targets
+
     def metrics(self) -> MetricCollection:
         """The task's metrics and the extra ones, unprefixed (``acc``, ``f1``, ...), updated with
         ``(scores, targets)``."""

@@ -1,4 +1,5 @@
-"""One class out of several: cross-entropy on the logits (with label smoothing and class weights as options);
+"""One class out of several: cross-entropy on the logits (with label smoothing and class weights as options), against
+class indices or, for batches mixed by MixUp / CutMix, class probabilities (torch's cross-entropy takes both);
 accuracy and macro precision, recall and F1."""
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class Multiclass(Task):
 
     def cross_entropy(self, outputs: Tensor, targets: Tensor, reduction: str) -> Tensor:
         weight = self.on_device_of(self.class_weights, outputs)
+        if weight is not None and reduction == "mean" and targets.is_floating_point():
+            # Class probabilities (MixUp / CutMix): torch's mean divides their weighted losses by the number of
+            # examples, not by the examples' weights as for class indices, so switching mixing on would scale the loss
+            # by the mean class weight. Divided as for class indices instead, each example weighing its targets'
+            # share of each class's weight: one-hot probabilities give the class-index loss exactly.
+            losses = self.cross_entropy(outputs, targets, "none")
+            return losses.sum() / (targets.to(weight.dtype) @ weight).sum()
         return F.cross_entropy(
             outputs, targets, weight=weight, reduction=reduction, label_smoothing=self.label_smoothing
         )
@@ -80,6 +88,11 @@ class Multiclass(Task):
 
     def decisions(self, outputs: Tensor) -> Tensor:
         return outputs.argmax(dim=1)
+
+    def metric_targets(self, targets: Tensor) -> Tensor:
+        """Class indices; mixed training targets (MixUp / CutMix: probabilities, one row per example) count as the
+        class with the largest share."""
+        return targets.argmax(dim=1) if targets.ndim == 2 else targets
 
     def own_metrics(self) -> dict[str, Metric]:
         classes = self.num_outputs

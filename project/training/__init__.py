@@ -7,12 +7,26 @@
 - :mod:`project.training.runs`, :mod:`project.training.run_lock`: where runs live, which checkpoint a name means,
   the lock on a run in use;
 - :mod:`project.training.progress`, :mod:`project.training.divergence`, :mod:`project.training.specs`: what a run
-  prints, the non-finite-loss check, objects as plain values in checkpoints.
+  prints, the non-finite-loss check, objects as plain values in checkpoints;
+- :mod:`project.training.stopping`: early stopping on the task's own metric (:class:`TaskEarlyStopping`);
+- :mod:`project.training.averaging`: averaged weights, EMA (:class:`EMAWeights`) and SWA (:class:`SWAWeights`).
 """
 
+from project.training.averaging import EMAWeights, SWAWeights
 from project.training.checkpoints import BestCheckpoint, LastCheckpoint
 from project.training.progress import ProgressLog, RunProgressBar
 from project.training.resume import ExactResume
+from project.training.stopping import TaskEarlyStopping
 from project.training.task_module import TaskModule
 
-__all__ = ["BestCheckpoint", "ExactResume", "LastCheckpoint", "ProgressLog", "RunProgressBar", "TaskModule"]
+__all__ = [
+    "BestCheckpoint",
+    "EMAWeights",
+    "ExactResume",
+    "LastCheckpoint",
+    "ProgressLog",
+    "RunProgressBar",
+    "SWAWeights",
+    "TaskEarlyStopping",
+    "TaskModule",
+]

@@ -224,6 +224,19 @@ def shown(value: Any) -> str:
     return repr(value)
 
 
+def given_or_dropped(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Options set on one side and ``None`` on the other (a ``model.lr_scheduler`` or ``model.lora`` given or left
+    out): their flat keys differ, so the key-by-key comparison does not meet them."""
+    differences = []
+    for one, other, now_none in ((current, stored, True), (stored, current, False)):
+        for key in sorted(name for name, value in one.items() if value is None):
+            parts = {name[len(key) + 1 :]: value for name, value in other.items() if name.startswith(f"{key}.")}
+            if parts and not key.startswith(CHANGEABLE_ON_RESUME):
+                now, had = (None, parts) if now_none else (parts, None)
+                differences.append(f"{key} {shown(now)} (the run has {shown(had)})")
+    return differences
+
+
 def check_resume_settings(
     checkpoint: Mapping[str, Any],
     model_hparams: Mapping[str, Any],
@@ -249,6 +262,7 @@ def check_resume_settings(
             if stored[key] != current[key] and not same_class(key, stored[key], current[key]):
                 decided = f"; set by {LINKED[key]}" if key in LINKED else ""
                 differences.append(f"{key} {shown(current[key])} (the run has {shown(stored[key])}{decided})")
+        differences += given_or_dropped(stored, current)
     stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
     if stored_class and not names_class(stored_class, data_class):
         differences.append(f"data.class_path {import_path(data_class)} (the run has {stored_class})")

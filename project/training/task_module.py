@@ -2,8 +2,8 @@
 
 The network is a plain ``nn.Module`` passed in as ``network`` (see :mod:`project.networks`); what its outputs mean
 (the loss, the scores the metrics take, the metrics) is the task's (see :mod:`project.tasks`); the optimizer is
-injected, and the parameter groups and learning-rate plan come from
-:mod:`~project.training.finetuning`. What is left here is the textbook part: the steps, the logging, and what a
+injected, and the parameter groups come from :mod:`~project.training.finetuning`, the learning-rate plan from
+:mod:`~project.training.schedules`. What is left here is the textbook part: the steps, the logging, and what a
 checkpoint must hold.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from project.data import ImageDataModule
@@ -28,14 +29,9 @@ from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_ba
 from project.tasks import make_task
 from project.training.checkpoints import MonitoredModule, allowed_class, read_checkpoint
 from project.training.divergence import DivergenceWatch
-from project.training.finetuning import (
-    build_optimization,
-    check_finetuning,
-    check_optimizer,
-    load_pretrained_backbone,
-    replan_on_resume,
-)
+from project.training.finetuning import build_optimization, check_optimization, load_pretrained_backbone
 from project.training.resume import gather_to_every_rank, load_metric_state, metric_state
+from project.training.schedules import LRPlan, PlannedRun, Schedule, replan_on_resume
 from project.training.specs import from_spec, plain_spec
 
 Batch = tuple[Tensor, Tensor]
@@ -47,8 +43,9 @@ def metric_class(class_path: str) -> type[Metric]:
     return allowed_class(class_path, Metric, "metric")
 
 
-def check_arguments(network: Network, warmup_fraction: float, lr_batch_size: int | None) -> None:
-    """Refuse a network outside the contract and learning-rate options that cannot work, naming what is allowed."""
+def check_arguments(network: Network, lr_batch_size: int | None) -> None:
+    """Refuse a network outside the contract and a learning-rate batch size that cannot work, naming what is allowed
+    (the other learning-rate options: :func:`~project.training.schedules.check_plan`)."""
     if not isinstance(network, Network):
         raise UserInputError(
             f"model.network must be a project.networks.Network, got a {type(network).__name__}: wrap a module "
@@ -62,14 +59,12 @@ def check_arguments(network: Network, warmup_fraction: float, lr_batch_size: int
             f"{type(network).__name__} does not keep the Network contract: its constructor sets no "
             f"{', '.join(missing)} (see project.networks.base.Network)"
         )
-    if not 0 < warmup_fraction < 1:
-        raise UserInputError(f"model.warmup_fraction must lie in (0, 1), got {warmup_fraction}")
     if lr_batch_size is not None and lr_batch_size < 1:
         raise UserInputError(f"model.lr_batch_size must be a positive integer, got {lr_batch_size}")
 
 
 class TaskModule(MonitoredModule):
-    """Trains ``network`` for ``task`` with an injected optimizer, an optional one-cycle schedule and fine-tuning.
+    """Trains ``network`` for ``task`` with an injected optimizer, a learning-rate schedule and fine-tuning.
 
     Args:
         network: the network (a :class:`~project.networks.Network`); the command line sizes its output for the data.
@@ -86,8 +81,20 @@ class TaskModule(MonitoredModule):
         optimizer: called with the parameter groups; the command line builds it from ``--model.optimizer`` (a
             ``torch.optim`` class and its arguments, e.g. ``--model.optimizer SGD --model.optimizer.lr 0.01``);
             default ``torch.optim.AdamW`` with its own defaults.
-        lr_schedule: ``none`` (constant) or ``onecycle`` (warm up to the optimizer's lr, then anneal; every step).
-        warmup_fraction: with ``onecycle``, the fraction of all steps spent warming up.
+        lr_schedule: the learning rate over the run, as a function of the optimizer step (docs/schedules.md):
+            ``none`` (constant), ``onecycle`` (warm up to the optimizer's lr, then anneal), ``cosine`` or ``linear``
+            (linear warm-up, then a cosine or straight decay to ``min_lr_fraction`` of it), ``step`` (times
+            ``lr_gamma`` every ``lr_step_epochs`` epochs, or at each of a list of epochs). Resumed exactly; a
+            resumed run of another length stretches what is left of onecycle, cosine and linear.
+        warmup_fraction: with ``onecycle``, ``cosine`` and ``linear``, the fraction of all steps spent warming up.
+        min_lr_fraction: with ``cosine`` and ``linear``, the fraction of the learning rate they end at (default 0).
+        lr_gamma: with ``step``, the multiplier at each drop (default 0.1).
+        lr_step_epochs: with ``step``, when it drops: every N epochs (``3``), or at each of these epochs (``[30, 60]``).
+        lr_scheduler: a ``torch.optim.lr_scheduler`` class and its arguments instead of ``lr_schedule`` (which must
+            then be ``none``; not with ``freeze_backbone_epochs``): ``--model.lr_scheduler StepLR
+            --model.lr_scheduler.step_size 2``. ReduceLROnPlateau follows the task's monitored metric. Resumed
+            exactly (its own state); not rescaled when a resumed run has another length.
+        lr_scheduler_interval: step ``lr_scheduler`` every ``epoch`` (torch's convention) or every optimizer ``step``.
         pretrained: a checkpoint, state dict or safetensors file whose backbone is loaded into the network before
             training starts (the head stays new). Not the same as ``--ckpt_path``, which resumes a run.
         freeze_backbone_epochs: keep the backbone's weights fixed for this many epochs, training only the head.
@@ -107,8 +114,13 @@ class TaskModule(MonitoredModule):
         task: str = "multiclass",
         task_options: dict[str, Any] | None = None,
         optimizer: OptimizerCallable | None = None,
-        lr_schedule: Literal["none", "onecycle"] = "none",
+        lr_schedule: Schedule = "none",
         warmup_fraction: float = 0.25,
+        min_lr_fraction: float = 0.0,
+        lr_gamma: float | None = None,
+        lr_step_epochs: int | list[int] | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
         pretrained: str | None = None,
         freeze_backbone_epochs: int = 0,
         backbone_lr: float | None = None,
@@ -118,17 +130,16 @@ class TaskModule(MonitoredModule):
         lora: LoRA | None = None,
     ) -> None:
         super().__init__()
-        check_arguments(network, warmup_fraction, lr_batch_size)
+        check_arguments(network, lr_batch_size)
         self.task = make_task(task, network.num_outputs, task_options, resolve=metric_class)
-        self.make_optimizer = optimizer or torch.optim.AdamW
-        check_optimizer(self.make_optimizer)
-        check_finetuning(freeze_backbone_epochs, backbone_lr)
+        self.make_optimizer, self.make_scheduler = optimizer or torch.optim.AdamW, lr_scheduler
         adapters = settings_from(lora)
         lora = asdict(adapters) if adapters else None  # saved below as plain values
         with warnings.catch_warnings():
             # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
             self.save_hyperparameters()
+        check_optimization(self.make_optimizer, self.lr_plan, freeze_backbone_epochs, backbone_lr)
         # Every option of the task with its value, as plain values (the command line's, too): what resume compares.
         self.hparams["task_options"] = self.task.task_options
         self.network = network
@@ -145,9 +156,22 @@ class TaskModule(MonitoredModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
         self.train_loss = MeanMetric()
-        self.divergence = DivergenceWatch()
-        self.planned_lrs: list[float] = []
+        self.divergence, self.planned = DivergenceWatch(), PlannedRun()  # planned: what a resumed run re-plans to
         self.epoch_state_to_restore: dict[str, Any] | None = None
+
+    @property
+    def lr_plan(self) -> LRPlan:
+        """The learning-rate options together (:mod:`~project.training.schedules`)."""
+        hp = self.hparams
+        return LRPlan(
+            hp.lr_schedule,
+            hp.warmup_fraction,
+            hp.min_lr_fraction,
+            hp.lr_gamma,
+            hp.lr_step_epochs,
+            self.make_scheduler,
+            hp.lr_scheduler_interval,
+        )
 
     @property
     def monitored_metric(self) -> tuple[str, Literal["min", "max"]]:
@@ -179,7 +203,7 @@ class TaskModule(MonitoredModule):
         outputs = self(images)
         loss = self.task.loss(outputs, targets)
         self.divergence.record(loss, images, targets, self.trainer.global_step, self.current_epoch, batch_idx)
-        self.train_metrics.update(self.task.scores(outputs.detach()), targets)
+        self.train_metrics.update(self.task.scores(outputs.detach()), self.task.metric_targets(targets))
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
@@ -230,14 +254,15 @@ class TaskModule(MonitoredModule):
             self.network,
             self.make_optimizer,
             self.trainer,
-            hp.lr_schedule,
-            hp.warmup_fraction,
+            self.lr_plan,
             hp.freeze_backbone_epochs,
             hp.backbone_lr,
+            self.monitored_metric,
             lr_scale=batch_size / hp.lr_batch_size if hp.lr_batch_size else 1.0,
         )
-        self.planned_lrs = [group["initial_lr"] for group in optimizer.param_groups]  # before a checkpoint restores
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        self.planned.lrs = [group["initial_lr"] for group in optimizer.param_groups]  # before a checkpoint restores
+        self.planned.steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
@@ -253,8 +278,9 @@ class TaskModule(MonitoredModule):
             load_metric_state(self.train_metrics, saved["metrics"])
             load_metric_state(self.train_loss, saved["loss"])
         # The options given to a resumed run win over the checkpoint's learning-rate plan.
-        total = int(self.trainer.estimated_stepping_batches)
-        for note in replan_on_resume(self.trainer.optimizers[0], self.lr_schedulers(), self.planned_lrs, total):
+        optimizer, scheduler = self.trainer.optimizers[0], self.trainer.lr_scheduler_configs[0].scheduler
+        planned = self.planned
+        for note in replan_on_resume(optimizer, scheduler, planned.lrs, planned.steps, planned.checkpoint_steps):
             rank_zero_info(f"Resumed with new settings: {note}")
 
     # -- checkpoints -------------------------------------------------------------------------------------------
@@ -263,7 +289,7 @@ class TaskModule(MonitoredModule):
         # Objects built in Python (not by the command line) are stored as plain values, so that the checkpoint loads
         # with torch.load(weights_only=True).
         hparams = checkpoint.get("hyper_parameters", {})
-        for name in ("network", "optimizer"):
+        for name in ("network", "optimizer", "lr_scheduler"):
             if hparams.get(name) is not None and not isinstance(hparams[name], dict):
                 hparams[name] = plain_spec(hparams[name])
         overrides = self.network.checkpoint_overrides  # a library network: rebuilt without a download
@@ -285,12 +311,14 @@ class TaskModule(MonitoredModule):
             "loss": metric_state(self.train_loss),
         }
         checkpoint["epoch_metrics"] = {"ranks": gather_to_every_rank(trainer, local)}
+        checkpoint["lr_plan"] = {"total_steps": self.planned.steps}  # a resumed run of another length says so
         # How to prepare a new image and name the outputs (prediction and export read it).
         if isinstance(trainer.datamodule, ImageDataModule):
             checkpoint["preprocessing"] = trainer.datamodule.preprocessing()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_base(checkpoint, self, "the checkpoint")  # before Lightning loads its state dict
+        self.planned.checkpoint_steps = checkpoint.get("lr_plan", {}).get("total_steps")
         ranks = checkpoint.get("epoch_metrics", {}).get("ranks", [])
         same_layout = len(ranks) == self.trainer.world_size
         self.epoch_state_to_restore = ranks[self.trainer.global_rank] if same_layout else None
@@ -322,12 +350,16 @@ class TaskModule(MonitoredModule):
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         hparams.update(overrides)
         network, optimizer = hparams.pop("network", None), hparams.pop("optimizer", None)
+        lr_scheduler = hparams.pop("lr_scheduler", None)
         if not isinstance(network, nn.Module):
             network = from_spec(network, Network, "network", source)
         if isinstance(optimizer, dict):
             optimizer = from_spec(optimizer, torch.optim.Optimizer, "optimizer", source, build=False)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "optimizer"}
-        model = cls(network, optimizer=optimizer, **{k: v for k, v in hparams.items() if k in accepted})
+        if isinstance(lr_scheduler, dict):
+            lr_scheduler = from_spec(lr_scheduler, LRScheduler, "lr_scheduler", source, build=False)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "optimizer", "lr_scheduler"}
+        kept = {k: v for k, v in hparams.items() if k in accepted}
+        model = cls(network, optimizer=optimizer, lr_scheduler=lr_scheduler, **kept)
         restore_base(checkpoint, model, source)
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
         model.pretrained_loaded = True  # the checkpoint's weights are the ones wanted, not the pretrained backbone

@@ -1,0 +1,260 @@
+"""``python -m project sweep SPEC [--trials N] [--workers N] [--storage URL] [--name NAME] [--interrupted retry|skip]
+[fit options...]``: check everything, then run the workers and write the results.
+
+Before any folder is made or trial run, the spec is read (:mod:`project.sweeps.spec`) and the command line's own
+parser reads each trial's ``fit`` arguments with values at the ends of every range and each of every list of
+choices (``fit --print_config``): an unknown option (with the closest name), a value an option does not take, a
+preset that does not exist, each is one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from project.cli import run_cli
+from project.cli.refusals import exit_on_refusal
+from project.errors import UserInputError
+from project.sweeps.spec import Objective, SweepSpec, load_spec, option_key, option_value
+from project.sweeps.storage import Sweep, open_study, quiet_optuna, storage_for
+from project.sweeps.study import counts, finished, run_worker
+from project.training.progress import say
+
+SWEEPS_DIR = Path("logs") / "sweeps"
+"""Where sweeps live, relative to where the command runs: ``logs/sweeps/<name>/``."""
+WORKER_ENV = "PROJECT_SWEEP_WORKER"
+"""``<index>/<count>``: set for the worker processes ``--workers N`` starts (their sampler seeds, their threads)."""
+INTERRUPTED = ("retry", "skip")
+USAGE = (
+    "usage: python -m project sweep SPEC [--trials N] [--workers N] [--storage URL] [--name NAME] "
+    "[--interrupted retry|skip] [fit options...]"
+)
+HELP = f"""{USAGE}
+
+Search hyperparameters with Optuna: each trial is a `python -m project fit` run in logs/sweeps/NAME/trials/.
+
+  SPEC                 a sweep spec (YAML), or the name of one in project/configs/sweeps/ (mnist)
+  --trials N           finished trials (complete or pruned) the study reaches (default: the spec's)
+  --workers N          worker processes on this machine, on the same study (default 1)
+  --storage URL        the study's database (default sqlite:///logs/sweeps/NAME/study.db), e.g. postgresql://...
+  --name NAME          the sweep's name and folder (default: the spec's file name); the same name continues it
+  --interrupted MODE   retry (default: resume an interrupted trial from its last.ckpt) or skip (leave it failed)
+  fit options          any option of `python -m project fit`, for every trial (--data.data_dir DIR, --config X)
+
+Results in logs/sweeps/NAME/: trials.csv, history.png, intermediate.png, importance.png, best.yaml (train it with
+python -m project fit --config logs/sweeps/NAME/best.yaml). See docs/sweeps.md."""
+
+
+def parse_sweep_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The sweep's own options, and the rest: ``fit`` options for every trial."""
+    if not args or args[0].startswith("-"):
+        raise UserInputError(f"sweep: the first argument is the spec (a YAML file or a shipped name); {USAGE}")
+    options: dict[str, Any] = {"spec": args[0], "trials": None, "workers": 1, "storage": None, "name": None}
+    options["interrupted"] = "retry"
+    rest: list[str] = []
+    index = 1
+    while index < len(args):
+        arg = args[index]
+        name, equals, value = arg.partition("=")
+        key = name.removeprefix("--")
+        if name.startswith("--") and key in options and key != "spec":
+            if not equals:
+                if index + 1 >= len(args):
+                    raise UserInputError(f"sweep {name}: expected a value")
+                value = args[index + 1]
+                index += 1
+            options[key] = value
+        else:
+            rest.append(arg)
+        index += 1
+    for key in ("trials", "workers"):
+        if options[key] is not None:
+            try:
+                options[key] = int(options[key])
+            except ValueError:
+                raise UserInputError(f"sweep --{key}: expected a whole number, got {options[key]!r}") from None
+            if options[key] < 1:
+                raise UserInputError(f"sweep --{key}: expected 1 or more, got {options[key]}")
+    if options["interrupted"] not in INTERRUPTED:
+        raise UserInputError(f"sweep --interrupted: expected retry or skip, got {options['interrupted']!r}")
+    if options["name"] is not None and (
+        not options["name"] or "/" in options["name"] or options["name"] in (".", "..")
+    ):
+        raise UserInputError(f"sweep --name: {options['name']!r} is not a folder name (no '/')")
+    return options, rest
+
+
+def user_option_keys(args: list[str]) -> list[str]:
+    """The option names in the user's ``fit`` arguments (``--data.data_dir DIR``: ``data.data_dir``)."""
+    return [arg.partition("=")[0].removeprefix("--") for arg in args if arg.startswith("--")]
+
+
+def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
+    """Read each trial's ``fit`` arguments with the command line's parser, at the ends of every range and each
+    choice in turn; return the config the first of them resolves to."""
+    for key in user_option_keys(fit_args):
+        if key == "config":  # presets stack after the spec's
+            continue
+        option_key(key, "sweep: fit options")  # refuses the sweep's own (the logger, ckpt_path, test_after_fit)
+        searched = next((param for param in spec.space if param.option == key), None)
+        if searched is not None:
+            raise UserInputError(f"sweep: {key} is searched by the spec's space; leave it out of the fit options")
+    probes = max(2, *(len(param.choices) for param in spec.space))
+    resolved: dict[str, Any] = {}
+    for index in range(probes):
+        sampled = [f"--{param.option}={option_value(param.probe(index))}" for param in spec.space]
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                run_cli(["fit", *spec.fit_args(), *fit_args, *sampled, "--print_config"])
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise UserInputError(f"sweep: the fit options were refused ({printed.getvalue().strip()})") from None
+        except UserInputError as error:
+            raise UserInputError(f"sweep {spec.path}: {error}") from None
+        if index == 0:
+            resolved = yaml.safe_load(printed.getvalue()) or {}
+    logger = (resolved.get("trainer") or {}).get("logger")
+    if isinstance(logger, list):  # a tracker preset: the sweep names each trial's folder by the one logger's options
+        raise UserInputError(
+            "sweep: trackers beside TensorBoard (--config csv, mlflow, wandb) do not work in a sweep yet; leave them "
+            "out (each trial is a row of trials.csv and of TensorBoard's HParams)"
+        )
+    class_path = logger.get("class_path", "") if isinstance(logger, dict) else str(logger)
+    if class_path.split(".")[-1] not in ("RunLogger", "TensorBoardLogger"):
+        raise UserInputError(
+            f"sweep: each trial needs its run folder, but the presets set trainer.logger to {class_path}; keep "
+            "base.yaml's project.reports.tensorboard.RunLogger (no --config study)"
+        )
+    return resolved
+
+
+def default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
+    """The spec's objective, or the task's monitored metric and direction, which the data decides (the model's
+    ``monitored_metric``: ``val/acc`` to maximise, ``val/loss`` to minimise for regression, ...)."""
+    if spec.metric is not None:
+        return Objective(spec.metric, spec.direction or "maximize")
+    from lightning.pytorch.cli import instantiate_class
+
+    from project.data.base import ImageDataModule
+    from project.tasks.base import Task
+
+    data = instantiate_class((), resolved["data"])  # the data module's arguments only: nothing is read yet
+    if not isinstance(data, ImageDataModule):
+        raise UserInputError("sweep: the data module is not an ImageDataModule; name the objective in the spec")
+    metric, mode = Task.registry[data.task].monitor
+    return Objective(metric, "maximize" if mode == "max" else "minimize")
+
+
+def prepare(args: list[str]) -> tuple[Sweep, dict[str, Any]]:
+    """Everything checked and decided before any file is written."""
+    options, fit_args = parse_sweep_args(args)
+    spec = load_spec(options["spec"])
+    resolved = check_fit_args(spec, fit_args)
+    objective = default_objective(spec, resolved)
+    name = options["name"] or spec.path.stem
+    folder = SWEEPS_DIR / name
+    storage = options["storage"] or f"sqlite:///{folder / 'study.db'}"
+    sweep = Sweep(
+        spec=spec,
+        name=name,
+        folder=folder,
+        storage_url=storage,
+        objective=objective,
+        trials=options["trials"] or spec.trials,
+        fit_args=fit_args,
+        retry=options["interrupted"] == "retry",
+    )
+    return sweep, options
+
+
+def run_sweep(args: list[str]) -> Sweep:
+    """Check, open the study, run the worker(s), write the results and print the table.
+
+    ``--workers 1`` runs the trials in this process; ``--workers N`` starts N worker processes (this one waits for
+    them), each with its share of the CPU's threads (``torch.set_num_threads``).
+    """
+    from project.sweeps.results import summary_table, write_results
+
+    sweep, options = prepare(args)
+    workers = options["workers"]
+    index, _, count = os.environ.get(WORKER_ENV, "").partition("/")
+    if index:  # a worker started by --workers N
+        sweep.worker, workers = int(index), 1
+        threads_for(int(count))
+    elif os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit():  # one worker of a SLURM array
+        sweep.worker = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    if options["storage"] is None:  # the SQLite file goes in the sweep folder; a --storage URL is opened first
+        sweep.folder.mkdir(parents=True, exist_ok=True)
+    storage = storage_for(sweep)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    study = open_study(sweep, storage)
+    if not index:
+        say(
+            f"sweep {sweep.name}: {finished(counts(study))} of {sweep.trials} trials finished so far; objective "
+            f"{sweep.objective.metric} ({sweep.objective.direction}); study {sweep.storage_url}; folder {sweep.folder}"
+        )
+    if workers == 1:
+        run_worker(sweep, after_trial=lambda study: write_results(sweep, study))
+    else:
+        run_workers(args, workers)
+    if index:
+        return sweep
+    study = open_study(sweep, storage)
+    for note in write_results(sweep, study):
+        say(f"sweep {sweep.name}: {note}")
+    print(summary_table(sweep, study), flush=True)
+    say(f"sweep {sweep.name}: results in {sweep.folder} (trials.csv, best.yaml, *.png)")
+    return sweep
+
+
+def run_workers(args: list[str], workers: int) -> None:
+    """Start ``workers`` processes of this same command, each a worker of the study, and wait for them all."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "project", "sweep", *args], env={**os.environ, WORKER_ENV: f"{i}/{workers}"}
+        )
+        for i in range(workers)
+    ]
+
+    def stop_workers(signum: int, frame: Any) -> None:  # a preempted job or Ctrl-C: every worker marks its trial
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_workers)
+    codes = [child.wait() for child in children]
+    if 128 + signal.SIGTERM in codes:  # stopped, not failed: the same command continues the study
+        raise SystemExit(128 + signal.SIGTERM)
+    if any(codes):
+        raise UserInputError(f"sweep: worker(s) stopped with exit status {codes} (their error above)")
+
+
+def threads_for(workers: int) -> None:
+    """This worker's share of the CPU's threads, when ``workers`` share the machine."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // workers))
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m project sweep ...`` and ``scripts/sweep.py``: bad input is one ``error:`` line (exit status 2)."""
+    args = sys.argv[1:] if args is None else args
+    if args and args[0] in ("-h", "--help"):
+        print(HELP)
+        return
+    quiet_optuna()
+    exit_on_refusal(
+        lambda: run_sweep(args),
+        "sweep: stopped by SIGTERM; its trial is marked interrupted (run the same command to continue the study)",
+    )

@@ -1,0 +1,246 @@
+"""Augmentation from the config (``data.augment``, ``data.mixup_alpha``, ``data.cutmix_alpha``): every kind of
+transform on both data paths, each image its own draw, training batches only, MixUp / CutMix targets for the
+multiclass loss, only allowed classes built, and exact resume with augmentation on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from helpers import Interrupted, RecordLR, cli_error, quiet_trainer
+from test_arrays import EXACT_RESUME_SETTINGS, write_arrays, write_recipe
+from test_cli import print_config
+from test_reliability import assert_same_training_state
+from torchvision.transforms import v2
+
+from project.cli import run_cli
+from project.data import TensorDataModule
+from project.data.augment import BatchAugmentation, batch_seed
+from project.errors import UserInputError
+from project.tasks import make_task
+
+KINDS: dict[str, Any] = {
+    "random-resized crop": {"class_path": "RandomResizedCrop", "init_args": {"size": 16, "scale": [0.3, 1.0]}},
+    "flip": "RandomHorizontalFlip",
+    "rotation": {"class_path": "RandomRotation", "init_args": {"degrees": 30}},
+    "RandAugment": "RandAugment",
+    "TrivialAugmentWide": "TrivialAugmentWide",
+    "random erasing": {"class_path": "torchvision.transforms.v2.RandomErasing", "init_args": {"p": 1.0}},
+}
+
+
+def lopsided(count: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` copies of one 16x16 uint8 image that no flip, crop or rotation leaves as it is, and labels 0..3."""
+    image = np.zeros((16, 16), dtype=np.uint8)
+    image[2:9, 1:6] = 250
+    image[10:14, 3:15] = 120
+    image += np.arange(16, dtype=np.uint8)[None, :] * 3
+    return np.repeat(image[None], count, axis=0), np.arange(count) % 4
+
+
+def data_module(in_memory: bool, **options: Any) -> TensorDataModule:
+    """Copies of one image, as a data module on either path, set up for fitting under a CPU trainer in training."""
+    images, labels = lopsided()
+    data = TensorDataModule(images, labels, batch_size=20, val_size=10, in_memory=in_memory, shuffle_seed=3, **options)
+    data.trainer = quiet_trainer()
+    data.setup("fit")
+    data.trainer.training = True
+    return data
+
+
+def first_batch(data: TensorDataModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    images, targets = next(iter(loader))
+    return images, torch.as_tensor(targets)
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in memory", "DataLoader"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_transform_draws_its_own_parameters_for_every_image_on_both_paths(kind, in_memory):
+    data = data_module(in_memory, augment=[KINDS[kind]])
+    images, targets = first_batch(data, data.train_dataloader())
+    before = torch.get_rng_state()
+    augmented, same_targets = data.on_after_batch_transfer((images, targets), 0)
+    assert torch.equal(torch.get_rng_state(), before)  # the training loop's generator is untouched
+    assert augmented.shape == images.shape and torch.equal(same_targets, targets)
+    assert not torch.allclose(augmented, images)
+    distinct = torch.unique(augmented.flatten(1).round(decimals=4), dim=0)
+    assert len(distinct) > 1  # identical images in, different images out: one draw per image, not per batch
+
+
+def test_both_paths_augment_a_batch_alike():
+    spec = [KINDS["random-resized crop"], KINDS["flip"], KINDS["TrivialAugmentWide"]]
+    fast, slow = data_module(True, augment=spec), data_module(False, augment=spec)
+    fast_batch, slow_batch = first_batch(fast, fast.train_dataloader()), first_batch(slow, slow.train_dataloader())
+    torch.testing.assert_close(fast_batch, slow_batch)
+    augmented = [data.on_after_batch_transfer(batch, 0) for data, batch in ((fast, fast_batch), (slow, slow_batch))]
+    torch.testing.assert_close(augmented[0], augmented[1], atol=1e-4, rtol=0)
+
+
+def test_only_training_batches_are_augmented():
+    data = data_module(True, augment=[KINDS["random erasing"]], mixup_alpha=0.4)
+    for stage, loader in (("validating", data.val_dataloader), ("testing", data.test_dataloader),
+                          ("predicting", data.predict_dataloader)):  # fmt: skip
+        setattr(data.trainer, stage, True)
+        batch = first_batch(data, loader())
+        images, targets = data.on_after_batch_transfer(batch, 0)
+        assert torch.equal(images, batch[0]) and torch.equal(targets, batch[1]), stage
+    data.trainer.training = True
+    images, targets = data.on_after_batch_transfer(first_batch(data, data.train_dataloader()), 0)
+    assert targets.shape == (20, 4) and torch.allclose(targets.sum(dim=1), torch.ones(20))  # mixed: probabilities
+
+
+def test_processes_of_a_ddp_run_draw_different_augmentations():
+    seeds = [batch_seed(torch.Generator().manual_seed(3), rank) for rank in (0, 1)]
+    assert seeds[0] != seeds[1]
+    augmentation = BatchAugmentation([KINDS["rotation"]])
+    images = torch.from_numpy(lopsided(4)[0]).float().div(255)[:, None]
+    by_rank = [augmentation(images, torch.zeros(4), seed)[0] for seed in seeds]
+    assert not torch.allclose(by_rank[0], by_rank[1])
+    torch.testing.assert_close(augmentation(images, torch.zeros(4), seeds[0])[0], by_rank[0])  # a seed repeats
+
+
+def test_mixed_targets_train_with_label_smoothing_and_count_as_their_largest_class():
+    task = make_task("multiclass", 3, {"label_smoothing": 0.1})
+    outputs, soft = torch.randn(5, 3), torch.tensor([[0.7, 0.3, 0.0]] * 5)
+    expected = F.cross_entropy(outputs, soft, label_smoothing=0.1)
+    torch.testing.assert_close(task.loss(outputs, soft), expected)
+    assert task.metric_targets(soft).tolist() == [0] * 5
+    assert task.metric_targets(torch.tensor([2, 1])).tolist() == [2, 1]  # hard labels stay as they are
+
+
+def test_mixed_targets_with_class_weights_keep_the_loss_on_the_scale_of_class_indices():
+    task = make_task("multiclass", 3, {"class_weights": [1.0, 5.0, 10.0], "label_smoothing": 0.1})
+    outputs, targets = torch.randn(8, 3), torch.tensor([0, 1, 2, 2, 1, 0, 2, 1])
+    one_hot = F.one_hot(targets, 3).float()
+    torch.testing.assert_close(task.loss(outputs, one_hot), task.loss(outputs, targets))
+    mixed = 0.6 * one_hot + 0.4 * one_hot.roll(1, dims=0)  # MixUp of each example with its neighbour
+    shares = mixed @ torch.tensor([1.0, 5.0, 10.0])
+    torch.testing.assert_close(task.loss(outputs, mixed), task.example_losses(outputs, mixed).sum() / shares.sum())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"augment": ["os.system"]}, "data.augment[0]: os.system is not allowed here: use a class of torchvision"),
+        ({"augment": ["torch.nn.Identity"]}, "data.augment[0]: torch.nn.Identity is not allowed here"),
+        ({"augment": ["MixUp"]}, "data.augment[0]: MixUp is not for data.augment: use data.mixup_alpha"),
+        ({"augment": ["Normalize"]}, "converts and normalises the images itself"),
+        ({"augment": [{"class_path": "RandomRotation"}]}, "RandomRotation({}) cannot be built"),
+        ({"augment": [{"class_path": "RandomCrop", "args": {}}]}, "give a class name or {class_path"),
+        ({"augment": "RandomCrop"}, "data.augment must be a list of transforms"),
+        ({"mixup_alpha": -1}, "data.mixup_alpha must be 0 (off) or a positive number"),
+        (
+            {"augment": [{"class_path": "RandomApply", "init_args": {"transforms": ["os.system"]}}]},
+            "data.augment[0].transforms[0]: os.system is not allowed here",
+        ),
+    ],
+    ids=[
+        "a function",
+        "another library's class",
+        "mixup in the list",
+        "normalize",
+        "bad arguments",
+        "bad keys",
+        "not a list",
+        "negative alpha",
+        "a function inside RandomApply",
+    ],
+)
+def test_what_the_config_names_is_refused_in_one_line_unless_allowed(options, message):
+    with pytest.raises(UserInputError) as caught:
+        TensorDataModule(*lopsided(), **options)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+class Darken(v2.Transform):
+    """A transform of one's own (its module imported, as a trusted module is): allowed by its import path."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return inpt * 0.5
+
+
+def test_a_transform_of_ones_own_already_imported_is_built():
+    augmentation = BatchAugmentation([f"{__name__}.Darken"])
+    assert isinstance(augmentation.transforms[0], Darken)
+
+
+def test_transforms_of_transforms_are_built_from_their_entries():
+    nested = {"class_path": "RandomApply", "init_args": {"transforms": ["RandomHorizontalFlip"], "p": 0.5}}
+    augmentation = BatchAugmentation([nested])
+    assert isinstance(augmentation.transforms[0].transforms[0], v2.RandomHorizontalFlip)
+    data = TensorDataModule(*lopsided(), augment=[nested])
+    data.setup("fit")  # the shape check runs the nested transform
+
+
+def test_a_transform_that_resizes_the_images_is_refused_when_the_data_is_set_up():
+    data = TensorDataModule(*lopsided(), augment=[{"class_path": "Resize", "init_args": {"size": 20}}])
+    with pytest.raises(UserInputError, match=r"turns images of shape \(1, 16, 16\) .* into \(1, 20, 20\)"):
+        data.setup("fit")
+
+
+def test_mixup_is_refused_for_a_task_that_is_not_multiclass_before_training(tmp_path, capsys, monkeypatch):
+    recipe = write_recipe(write_arrays(tmp_path / "arrays"), positive_classes=[1], cutmix_alpha=1.0)
+    monkeypatch.chdir(tmp_path)
+    error = cli_error(["fit", f"--config={recipe}", "--trainer.max_steps=2"], capsys)
+    assert "data.cutmix_alpha 1: MixUp and CutMix mix class labels, for multiclass tasks only (this is binary)" in error
+
+
+AUGMENTED = {
+    "augment": [{"class_path": "RandomResizedCrop", "init_args": {"size": 16, "scale": [0.5, 1.0]}}, "RandAugment"],
+    "mixup_alpha": 0.4,
+    "cutmix_alpha": 1.0,
+}
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in memory", "through a DataLoader"])
+def test_a_resumed_augmented_run_equals_an_uninterrupted_one(in_memory, tmp_path, monkeypatch):
+    settings = EXACT_RESUME_SETTINGS
+    arrays = write_arrays(tmp_path / "arrays")
+    recipe = write_recipe(arrays, settings, batch_size=20, in_memory=in_memory, augment_shift=1, **AUGMENTED)
+    args = ["fit", f"--config={recipe}", "--test_after_fit=false"]  # 5 steps per epoch, 10 in all
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "straight")
+    straight = run_cli(args)
+    assert "train/acc" in straight.trainer.callback_metrics  # the metrics took the mixed targets' classes
+    monkeypatch.chdir(tmp_path / "resumed")
+    with pytest.raises(Interrupted):  # after step 9; last.ckpt holds step 8, 3 batches into the second epoch
+        run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=9"])
+    resumed = run_cli([*args, "--ckpt_path=last", "--trainer.callbacks+=helpers.RecordLR"])
+    recorder = next(callback for callback in resumed.trainer.callbacks if isinstance(callback, RecordLR))
+    assert sorted(recorder.by_step) == [8, 9]
+    last = Path("logs") / "arrays" / "version_0" / "checkpoints" / "last.ckpt"
+    assert_same_training_state(tmp_path / "straight" / last, tmp_path / "resumed" / last)
+    fresh = torch.Generator().manual_seed(straight.datamodule.shuffle_seed).get_state()
+    assert not torch.equal(straight.datamodule.augment_generator.get_state(), fresh)  # seeds were drawn from it
+
+
+@pytest.mark.parametrize(
+    ("preset", "shape", "mixes"),
+    [
+        ("augment", (1, 28, 28), False),
+        ("augment_digits", (1, 28, 28), False),
+        ("augment_finetune", (3, 224, 224), True),
+    ],
+)
+def test_the_presets_build_and_keep_their_images_size(preset, shape, mixes):
+    path = Path(__file__).resolve().parents[1] / "project" / "configs" / "modifiers" / f"{preset}.yaml"
+    options = yaml.safe_load(path.read_text())["data"]["init_args"]
+    augmentation = BatchAugmentation(options["augment"], options.get("mixup_alpha", 0), options.get("cutmix_alpha", 0))
+    augmentation.check_shape(shape)
+    assert augmentation.mixes == mixes
+
+
+def test_the_fashion_preset_stacks_on_the_fine_tuning_recipe():
+    data = print_config("--config=finetune_fashion_mnist", "--config=augment")["data"]["init_args"]
+    assert data["dataset"] == "fashion_mnist"
+    assert [spec if isinstance(spec, str) else spec["class_path"] for spec in data["augment"]] == [
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "RandomErasing",
+    ]

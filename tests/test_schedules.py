@@ -1,0 +1,350 @@
+"""Learning-rate schedules: each shape, the logged learning rate, exact resume, rescaling on resume, refusals."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import math
+import shutil
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import Interrupted, RecordLR, cli_error, directory_scalars, run_in_folder
+from test_reliability import EXACT_CONFIG, EXACT_RUN, assert_same_training_state
+
+from project.errors import UserInputError
+from project.networks import ConvNet
+from project.training import TaskModule
+from project.training.schedules import LRFactor, LRPlan, replan_on_resume
+
+# -- the shapes, as functions of the optimizer step ----------------------------------------------------------------
+
+
+def test_cosine_warms_up_linearly_then_falls_to_its_floor_at_the_last_step():
+    factor = LRFactor(100, "cosine", warmup_fraction=0.1, min_lr_fraction=0.1)
+    assert [factor(step) for step in (0, 5, 10)] == [0.0, 0.5, 1.0]  # warm-up ends at step 10
+    assert factor(55) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the half cosine
+    assert factor(100) == pytest.approx(0.1) and factor(99) > 0.1  # the floor, one step past the last
+    decay = [factor(step) for step in range(10, 101)]
+    assert all(later < earlier for earlier, later in itertools.pairwise(decay))
+
+
+@pytest.mark.parametrize(("schedule", "torch_decay"), [("cosine", "CosineAnnealingLR"), ("linear", "LinearLR")])
+def test_the_decay_after_the_warm_up_is_torchs_own(schedule, torch_decay):
+    total, warmup, floor = 50, 10, 0.2
+    factor = LRFactor(total, schedule, warmup_fraction=warmup / total, min_lr_fraction=floor)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    arguments = {"T_max": total - warmup, "eta_min": floor} if schedule == "cosine" else {}
+    if schedule == "linear":
+        arguments = {"start_factor": 1.0, "end_factor": floor, "total_iters": total - warmup}
+    reference = getattr(torch.optim.lr_scheduler, torch_decay)(optimizer, **arguments)
+    for step in range(warmup, total + 1):
+        assert factor(step) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-12), step
+        optimizer.step()
+        reference.step()
+
+
+def test_step_drops_by_gamma_every_n_epochs_or_at_its_milestones():
+    every = LRPlan("step", gamma=0.5, step_epochs=2).factor(total_steps=60, per_epoch=10, frozen=0)
+    assert [every(step) for step in (0, 19, 20, 39, 40, 59)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    at = LRPlan("step", step_epochs=[1, 4]).factor(total_steps=60, per_epoch=10, frozen=0)
+    assert [at(step) for step in (9, 10, 39, 40)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[10, 40], gamma=0.1)
+    for step in range(60):
+        assert at(step) == pytest.approx(optimizer.param_groups[0]["lr"]), step
+        optimizer.step()
+        reference.step()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "step", "onecycle"])
+def test_a_frozen_backbone_is_at_zero_then_follows_the_heads_curve(schedule):
+    plan = LRPlan(schedule, warmup_fraction=0.2, step_epochs=1 if schedule == "step" else None)
+    head, backbone = plan.factor(40, 10, frozen=0), plan.factor(40, 10, frozen=10)
+    assert [backbone(step) for step in range(10)] == [0.0] * 10
+    assert [backbone(step) for step in range(10, 41)] == [head(step) for step in range(10, 41)]
+
+
+def test_the_schedules_state_is_plain_values_that_load_with_weights_only():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    plan = LRPlan("step", step_epochs=[2, 3], gamma=0.3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [plan.factor(50, 10, frozen=5)])
+    buffer = io.BytesIO()
+    torch.save(scheduler.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    restored = torch.optim.lr_scheduler.LambdaLR(optimizer, [LRFactor(1)])  # another plan, overwritten by the state
+    restored.load_state_dict(state)
+    assert [restored.lr_lambdas[0](step) for step in range(50)] == [scheduler.lr_lambdas[0](step) for step in range(50)]
+
+
+# -- re-planning on resume -----------------------------------------------------------------------------------------
+
+
+def resumed(factor: LRFactor, step: int, total_steps: int) -> tuple[LRFactor, list[str]]:
+    """``factor`` restored at ``step`` into a run that is to end at ``total_steps``: the re-planned copy and notes."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [LRFactor(factor.total_steps)])
+    scheduler.load_state_dict(
+        {**scheduler.state_dict(), "lr_lambdas": [copy.deepcopy(vars(factor))], "last_epoch": step}
+    )
+    return scheduler.lr_lambdas[0], replan_on_resume(optimizer, scheduler, [1.0], total_steps)
+
+
+def test_a_longer_cosine_run_stretches_what_is_left_of_the_decay():
+    planned = LRFactor(20, "cosine", 0.2, min_lr_fraction=0.1)
+    longer, notes = resumed(planned, 10, 40)
+    assert "what was left of the cosine schedule is stretched over steps 10..39" in notes[0]
+    assert longer(10) == planned(10) and longer(25) == pytest.approx(planned(15))  # 10 steps left now take 30
+    assert longer(40) == pytest.approx(0.1)  # the floor, at the new end
+    shorter, _ = resumed(planned, 10, 15)
+    assert shorter(15) == pytest.approx(0.1) and shorter(12) == pytest.approx(planned(14))
+
+
+def test_a_cosine_schedule_that_had_ended_gives_the_extra_steps_a_new_cycle():
+    again, notes = resumed(LRFactor(20, "cosine", 0.2), 20, 40)
+    assert "had ended" in notes[0]
+    assert again(20) == 0.0 and again(24) == 1.0 and again(40) == pytest.approx(0.0)  # warm-up 4 steps, decay
+
+
+def test_a_longer_step_run_keeps_its_drops_where_they_were():
+    planned = LRPlan("step", step_epochs=1, gamma=0.5).factor(20, 10, frozen=0)
+    longer, notes = resumed(LRFactor(**vars(planned)), 15, 40)
+    assert "keeps its drops" in notes[0]
+    assert [longer(step) for step in range(40)] == [planned(step) for step in range(40)]
+
+
+def test_a_torch_scheduler_resumed_with_a_new_learning_rate_is_scaled_and_not_rescaled_in_length():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    notes = replan_on_resume(optimizer, scheduler, [0.2], total_steps=30, planned_steps=20)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1) and scheduler.base_lrs == [0.2]  # 0.05, doubled
+    assert notes == [
+        "0 learning rate 0.2 (was 0.1): StepLR goes on, scaled",
+        "the run now ends at step 30 (planned: 20), but model.lr_scheduler StepLR is not rescaled: its arguments are "
+        "its own (use --model.lr_schedule to have the plan follow the run's length)",
+    ]
+    assert replan_on_resume(optimizer, scheduler, [0.2], total_steps=30, planned_steps=30) == []
+
+
+def test_reduce_lr_on_plateau_follows_the_tasks_metric_in_its_direction():
+    from project.training.schedules import scheduler_config
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    plan = LRPlan(scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", patience=0))
+    config = scheduler_config(optimizer, None, plan, freeze_backbone_epochs=0, monitor=("val/acc", "max"))
+    assert (config["monitor"], config["interval"], config["scheduler"].mode) == ("val/acc", "epoch", "max")
+    config["scheduler"].step(0.5)
+    config["scheduler"].step(0.4)  # worse for a metric to maximise: reduced
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+# -- refusals --------------------------------------------------------------------------------------------------------
+
+
+def step_lr(optimizer):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lr_scheduler": step_lr, "lr_schedule": "onecycle"}, "would both set the learning rate: add --model.lr_sch"),
+        ({"lr_scheduler": step_lr, "freeze_backbone_epochs": 1}, "cannot be combined with model.freeze_backbone_epo"),
+        ({"lr_scheduler": torch.optim.lr_scheduler.OneCycleLR}, r"model.lr_scheduler: .*max_lr"),
+        (
+            {"lr_scheduler": partial(torch.optim.lr_scheduler.ReduceLROnPlateau), "lr_scheduler_interval": "step"},
+            "ReduceLROnPlateau follows a validation metric: it takes model.lr_scheduler_interval epoch",
+        ),
+        ({"lr_schedule": "step"}, r"lr_schedule step drops the learning rate every model.lr_step_epochs .*got None"),
+        (
+            {"lr_schedule": "step", "lr_step_epochs": [3, 2]},
+            r"a list of increasing epochs, such as \[30, 60\]\); got \[3, 2\]",
+        ),
+        ({"lr_schedule": "step", "lr_step_epochs": 0}, r"an integer, 1 or more\) .*; got 0"),
+        ({"lr_schedule": "step", "lr_step_epochs": []}, r"; got \[\]"),
+        ({"lr_schedule": "step", "lr_step_epochs": 2, "lr_gamma": 1.5}, r"lr_gamma must lie in \(0, 1\), got 1.5"),
+        ({"lr_schedule": "cosine", "lr_step_epochs": 2}, "model.lr_step_epochs is an option of lr_schedule step"),
+        ({"lr_schedule": "cosine", "min_lr_fraction": 1.0}, r"min_lr_fraction must lie in \[0, 1\), got 1.0"),
+        (
+            {"lr_schedule": "onecycle", "min_lr_fraction": 0.1},
+            "floor of lr_schedule cosine and linear, not of lr_schedule onecycle",
+        ),
+    ],
+    ids=lambda value: None if isinstance(value, dict) else value[:30],
+)
+def test_learning_rate_options_that_cannot_work_are_refused_by_name(options, message):
+    with pytest.raises(UserInputError, match=message):
+        TaskModule(ConvNet(), **options)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr_scheduler=StepLR"], "lr_scheduler is not an option; it is model.lr_scheduler"),
+        (
+            ["--model.lr_schedule=none", "--model.lr_scheduler=StepLR"],
+            r"model.lr_scheduler: torch.optim.lr_scheduler.StepLR needs step_size \(--model.lr_scheduler.step_size",
+        ),
+        (
+            ["--model.lr_schedule=none", "--model.lr_scheduler=ReduceLROnPlateau"],
+            "ReduceLROnPlateau names more than one class; give the full path of one: torch.optim.lr_scheduler.Red",
+        ),
+        (["--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=2"], "--model.lr_schedule none"),
+    ],
+    ids=["top-level", "missing argument", "ambiguous", "with onecycle"],
+)
+def test_the_command_line_refuses_a_scheduler_it_cannot_use_in_one_line(args, message, quick_args, capsys):
+    import re
+
+    assert re.search(message, cli_error(["fit", *quick_args, *args], capsys))
+
+
+# -- real runs: the logged learning rate, exact resume, rescaling --------------------------------------------------
+
+TINY = ["--model.network.init_args.width=4", "--model.network.init_args.hidden_size=16", "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=6"]  # fmt: skip
+LR_MONITOR = ["--trainer.callbacks+=LearningRateMonitor", "--trainer.callbacks.logging_interval=step"]
+LR = 0.005
+"""configs_exact.yaml's learning rate."""
+
+
+class StoppedRuns:
+    """An uninterrupted 12-step run of ``configs_exact.yaml`` (a tiny network, 2 epochs of 6 steps) and one stopped
+    by an exception after step 9 (``last.ckpt`` at step 8, mid-epoch), in this process: a crash whose logs were
+    flushed."""
+
+    def __init__(self, root: Path, data_dir: Path, extra: list[str], straight: bool = True) -> None:
+        self.args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={data_dir}", *TINY, *extra]
+        self.straight_dir, self.stopped_dir = root / "straight", root / "stopped"
+        if straight:
+            run_in_folder(self.straight_dir, ["fit", "--test_after_fit=false", *self.args, *LR_MONITOR])
+        stop = ["--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=9"]
+        with pytest.raises(Interrupted):
+            run_in_folder(self.stopped_dir, ["fit", "--test_after_fit=false", *self.args, *stop])
+
+    def resume_copy(self, into: Path, extra: list[str] = ()):
+        """Resume a copy of the stopped run to the end; return the CLI."""
+        shutil.copytree(self.stopped_dir, into)
+        return run_in_folder(into, ["fit", "--test_after_fit=false", *self.args, "--ckpt_path=last", *extra])
+
+    def last_checkpoint(self, folder: Path | None = None) -> Path:
+        return (folder or self.straight_dir) / EXACT_RUN / "checkpoints" / "last.ckpt"
+
+
+def logged_head_lr(run_folder: Path) -> dict[int, float]:
+    return dict(directory_scalars(run_folder)["lr-AdamW/head"])
+
+
+@pytest.fixture(scope="module")
+def cosine_runs(tmp_path_factory, fake_data_dir) -> StoppedRuns:
+    cosine = ["--model.lr_schedule=cosine", "--model.warmup_fraction=0.25", "--model.min_lr_fraction=0.1"]
+    return StoppedRuns(tmp_path_factory.mktemp("cosine"), fake_data_dir, cosine)
+
+
+@pytest.fixture(scope="module")
+def step_lr_runs(tmp_path_factory, fake_data_dir) -> StoppedRuns:
+    torch_step = ["--model.lr_schedule=none", "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1",
+                  "--model.lr_scheduler.gamma=0.5"]  # fmt: skip
+    return StoppedRuns(tmp_path_factory.mktemp("step_lr"), fake_data_dir, torch_step)
+
+
+def test_the_logged_learning_rate_follows_the_cosine_schedule(cosine_runs):
+    logged = logged_head_lr(cosine_runs.straight_dir / EXACT_RUN)
+    planned = LRFactor(12, "cosine", 0.25, min_lr_fraction=0.1)
+    assert sorted(logged) == [1, 3, 5, 7, 9, 11]  # every log_every_n_steps
+    assert logged == {step: pytest.approx(LR * planned(step)) for step in logged}
+    assert logged[1] == pytest.approx(LR / 3) and logged[3] == pytest.approx(LR)  # the warm-up and its end
+    assert LR * 0.1 < logged[11] < LR * 0.15  # near the floor
+
+
+def test_a_cosine_run_resumed_mid_epoch_equals_the_uninterrupted_one(cosine_runs, tmp_path):
+    cosine_runs.resume_copy(tmp_path / "resumed")
+    straight = cosine_runs.straight_dir / EXACT_RUN / "checkpoints" / "last.ckpt"
+    assert_same_training_state(straight, tmp_path / "resumed" / EXACT_RUN / "checkpoints" / "last.ckpt")
+
+
+def test_a_cosine_run_resumed_for_longer_stretches_what_is_left_of_its_decay(cosine_runs, tmp_path):
+    cli = cosine_runs.resume_copy(
+        tmp_path / "longer", ["--trainer.max_epochs=3", "--trainer.callbacks+=helpers.RecordLR"]
+    )
+    recorded = next(callback for callback in cli.trainer.callbacks if isinstance(callback, RecordLR)).by_step
+    head = [recorded[step][1] for step in range(8, 18)]
+    planned = LRFactor(12, "cosine", 0.25, min_lr_fraction=0.1)
+    assert head[0] == pytest.approx(LR * planned(8))  # goes on from where it was ...
+    assert recorded[13][1] == pytest.approx(LR * planned(10))  # ... the 4 steps that were left now take 10
+    assert all(later < earlier for earlier, later in itertools.pairwise(head))
+    assert LR * 0.1 < head[-1] < LR * 0.11  # down to the floor at the new end
+
+
+def test_the_logged_learning_rate_follows_a_torch_step_lr_stepped_every_epoch(step_lr_runs):
+    logged = logged_head_lr(step_lr_runs.straight_dir / EXACT_RUN)
+    assert logged == {step: pytest.approx(LR if step < 6 else LR / 2) for step in (1, 3, 5, 7, 9, 11)}
+
+
+def test_a_torch_step_lr_run_resumed_mid_epoch_equals_the_uninterrupted_one(step_lr_runs, tmp_path):
+    step_lr_runs.resume_copy(tmp_path / "resumed")
+    straight = step_lr_runs.straight_dir / EXACT_RUN / "checkpoints" / "last.ckpt"
+    assert_same_training_state(straight, tmp_path / "resumed" / EXACT_RUN / "checkpoints" / "last.ckpt")
+
+
+def test_a_torch_scheduler_resumed_for_longer_says_it_is_not_rescaled(step_lr_runs, tmp_path, monkeypatch):
+    import project.training.task_module
+
+    said: list[str] = []
+    monkeypatch.setattr(project.training.task_module, "rank_zero_info", said.append)
+    cli = step_lr_runs.resume_copy(tmp_path / "longer", ["--trainer.max_epochs=3"])
+    assert cli.trainer.global_step == 18
+    notes = [line for line in said if line.startswith("Resumed with new settings")]
+    assert (
+        len(notes) == 1 and "ends at step 18 (planned: 12), but model.lr_scheduler StepLR is not rescaled" in notes[0]
+    )
+
+
+def test_a_step_schedule_resumed_mid_epoch_trains_as_torchs_step_lr_does_uninterrupted(step_lr_runs, tmp_path):
+    step = ["--model.lr_schedule=step", "--model.lr_step_epochs=1", "--model.lr_gamma=0.5"]
+    runs = StoppedRuns(tmp_path, step_lr_runs.args[1].removeprefix("--data.data_dir="), step, straight=False)
+    runs.resume_copy(tmp_path / "resumed")
+    expected = torch.load(step_lr_runs.last_checkpoint(), weights_only=True)
+    actual = torch.load(runs.last_checkpoint(tmp_path / "resumed"), weights_only=True)
+    assert actual["global_step"] == expected["global_step"] == 12
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][name], tensor), f"weights differ: {name}"
+    assert actual["optimizer_states"][0]["param_groups"] == expected["optimizer_states"][0]["param_groups"]
+
+
+@pytest.mark.slow
+def test_a_torch_cosine_annealing_stepped_every_step_resumes_exactly(tmp_path, fake_data_dir):
+    cosine = ["--model.lr_schedule=none", "--model.lr_scheduler=CosineAnnealingLR", "--model.lr_scheduler.T_max=12",
+              "--model.lr_scheduler_interval=step"]  # fmt: skip
+    runs = StoppedRuns(tmp_path, fake_data_dir, cosine)
+    runs.resume_copy(tmp_path / "resumed")
+    assert_same_training_state(runs.last_checkpoint(), runs.last_checkpoint(tmp_path / "resumed"))
+    logged = logged_head_lr(runs.straight_dir / EXACT_RUN)
+    assert logged[11] == pytest.approx(LR * (1 + math.cos(math.pi * 11 / 12)) / 2)
+
+
+def test_a_checkpoint_rebuilds_its_torch_scheduler_only_from_the_allow_list(step_lr_runs):
+    from project.training.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(step_lr_runs.last_checkpoint())
+    model = TaskModule.from_checkpoint(checkpoint, "last.ckpt")
+    assert model.lr_plan.scheduler.func is torch.optim.lr_scheduler.StepLR
+    assert model.lr_plan.scheduler.keywords == {"step_size": 1, "gamma": 0.5, "last_epoch": -1}
+    checkpoint["hyper_parameters"]["lr_scheduler"] = {"class_path": "os.system", "init_args": {}}
+    with pytest.raises(UserInputError, match=r"names the lr_scheduler os\.system, which is not allowed here"):
+        TaskModule.from_checkpoint(checkpoint, "last.ckpt")
+
+
+def test_a_torch_scheduler_cannot_be_left_out_when_its_run_resumes(step_lr_runs, tmp_path, monkeypatch, capsys):
+    shutil.copytree(step_lr_runs.stopped_dir, tmp_path / "resumed")
+    monkeypatch.chdir(tmp_path / "resumed")
+    without = [arg for arg in step_lr_runs.args if not arg.startswith("--model.lr_scheduler")]
+    error = cli_error(["fit", *without, "--ckpt_path=last"], capsys)
+    assert "cannot change on resume: model.lr_scheduler None (the run has {'class_path': 'torch.optim.lr_sch" in error
