@@ -143,7 +143,9 @@ EXACT_RESUME_SETTINGS = {
 """A short run that writes last.ckpt every 4 steps and resumes exactly: the settings of the resume tests on arrays."""
 
 
-@pytest.mark.parametrize("in_memory", [True, False], ids=["in memory", "through a DataLoader"])
+@pytest.mark.parametrize(
+    "in_memory", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["in memory", "through a DataLoader"]
+)
 def test_a_resumed_run_on_arrays_equals_an_uninterrupted_one(in_memory, arrays, tmp_path, monkeypatch):
     settings = EXACT_RESUME_SETTINGS
     recipe = write_recipe(arrays, settings, batch_size=20, augment_shift=2, in_memory=in_memory)

@@ -197,7 +197,9 @@ AUGMENTED = {
 }
 
 
-@pytest.mark.parametrize("in_memory", [True, False], ids=["in memory", "through a DataLoader"])
+@pytest.mark.parametrize(
+    "in_memory", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["in memory", "through a DataLoader"]
+)
 def test_a_resumed_augmented_run_equals_an_uninterrupted_one(in_memory, tmp_path, monkeypatch):
     settings = EXACT_RESUME_SETTINGS
     arrays = write_arrays(tmp_path / "arrays")

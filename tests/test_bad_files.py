@@ -162,6 +162,7 @@ def test_mnist_style_for_rgb_images_is_refused_when_training_as_when_predicting(
 LABELS = ["--data.label_sets={even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}"]
 
 
+@pytest.mark.slow
 def test_a_resume_with_redefined_or_reordered_labels_is_refused_naming_label_sets(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, *LABELS, "--trainer.max_epochs=1", "--test_after_fit=false"])
     for other in (
@@ -180,6 +181,7 @@ def test_a_resume_from_multiclass_to_labels_names_label_sets_and_what_decides_th
     assert "model.task 'multilabel' (the run has 'multiclass'; set by the data's task)" in message
 
 
+@pytest.mark.slow
 def test_a_lora_checkpoint_tested_without_the_lora_config_says_so(quick_args, pretrained_checkpoint, run_dir, capsys):
     pytest.importorskip("peft")
     lora = ["--config=lora", f"--model.pretrained={pretrained_checkpoint}", "--model.lora.rank=2"]

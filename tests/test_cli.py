@@ -132,6 +132,7 @@ def test_regression_data_through_the_command_line_keeps_the_lowest_validation_lo
     assert best.best_model_path and "test/mse" in cli.trainer.callback_metrics
 
 
+@pytest.mark.slow
 def test_a_compiled_run_saves_the_network_under_its_own_names_and_resumes(quick_args, run_dir):
     # bf16-mixed, channels-last and compilation (the gpu modifier's options) on the CPU.
     fast = ["--model.compile=true", "--model.channels_last=true", "--trainer.precision=bf16-mixed"]

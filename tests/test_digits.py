@@ -89,6 +89,7 @@ def test_the_folder_module_applies_it_and_checkpoints_record_it_for_prediction(t
     assert torch.equal(predictor.conversion.decode(folder / "zero" / "0.png"), pixels)
 
 
+@pytest.mark.slow
 def test_mnist_style_for_a_network_of_rgb_images_is_one_error_line(tmp_path, exported_folder):
     rgb = tmp_path / "rgb"
     shutil.copytree(exported_folder, rgb)

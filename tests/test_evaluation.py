@@ -41,6 +41,7 @@ def test_evaluate_writes_json_markdown_and_png_into_the_run_folder(trained_check
     assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_reports_accuracy_equals_an_independent_count_from_saved_predictions(trained_checkpoint, fake_data_dir):
     subprocess.run([sys.executable, str(EVALUATE), str(trained_checkpoint), "--split", "val"], check=True)
     report = json.loads((trained_checkpoint.parent.parent / "evaluation" / "val-last" / "metrics.json").read_text())

@@ -26,7 +26,14 @@ def example_data(name: str, fake_data_dir: Path, run_dir: Path, monkeypatch) -> 
     return [f"--data.data_dir={run_dir / 'arrays'}"]
 
 
-@pytest.mark.parametrize("name", ["label_smoothing", "top3_accuracy", "arrays"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("label_smoothing", marks=pytest.mark.slow),
+        pytest.param("top3_accuracy", marks=pytest.mark.slow),
+        "arrays",
+    ],
+)
 def test_a_config_example_trains_resumes_evaluates_and_exports(name, fake_data_dir, run_dir, monkeypatch, capsys):
     args = [f"--config={EXAMPLES / name / 'config.yaml'}", "--config=debug"]
     args += example_data(name, fake_data_dir, run_dir, monkeypatch)

@@ -303,6 +303,7 @@ def test_finetune_folder_preset_trains_on_an_image_folder(image_folder, pretrain
     assert (run_dir / "logs" / "finetune_folder" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_finetune_fashion_mnist_preset_parses_with_its_dataset(pretrained_checkpoint):
     result = subprocess.run(
         [

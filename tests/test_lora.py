@@ -66,6 +66,7 @@ def test_a_resumed_run_keeps_its_lora_settings(lora_args, run_dir, capsys):
     assert "these options cannot change on resume: model.lora.rank 4 (the run has 8)" in message
 
 
+@pytest.mark.slow
 def test_the_export_is_the_merged_plain_network_that_fine_tuning_takes(lora_args, quick_args, run_dir):
     from safetensors.torch import load_file
 

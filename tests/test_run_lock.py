@@ -72,6 +72,7 @@ def test_a_second_start_on_a_live_run_is_refused_naming_the_process_and_validate
     assert f"Resuming {last} (epoch 1, step 10) into {live}" in output  # it said which run it took
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_is_taken_over(quick_args, run_dir):
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     run = Path("logs") / "mnist" / "version_0"

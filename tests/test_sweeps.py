@@ -125,7 +125,7 @@ def test_two_workers_share_one_study_each_trial_in_its_own_run_folder(fake_data_
     assert_two_workers_ran_one_study("pair")
 
 
-@pytest.mark.parametrize("interrupted", ["retry", pytest.param("skip", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("interrupted", [pytest.param(mode, marks=pytest.mark.slow) for mode in ("retry", "skip")])
 def test_a_killed_sweep_continues_the_same_study(interrupted, fake_data_dir, run_dir):
     spec = write_spec(run_dir, fake_data_dir)
     kill = ["--trainer.callbacks+=test_sweeps.KillOnce", f"--trainer.callbacks.marker={run_dir / 'killed'}"]
