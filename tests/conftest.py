@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,14 @@ import pytest
 from idx import write_mnist_folder
 
 from project.data import DATA_DIR_ENV
+from project.data.cache import CACHE_DIR_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 if os.environ.get(DATA_DIR_ENV):  # relative to where pytest started (tests change folders): ../shared/data works
     os.environ[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
+if not os.environ.get(CACHE_DIR_ENV):  # decoded-image caches in a folder of this session's, not in ./cache
+    os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="project-test-cache-")
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",

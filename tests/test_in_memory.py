@@ -50,8 +50,10 @@ BUILDERS: dict[str, Callable[[Path, Path], ImageDataModule]] = {
 }
 
 
-def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(images, torch.as_tensor(targets)) for images, targets in loader]
+def batches(data: ImageDataModule, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The split's batches as the training step gets them (a DataLoader's uint8 images normalised by the hook)."""
+    prepared = (data.on_after_batch_transfer(batch, 0) for batch in getattr(data, split)())
+    return [(images, torch.as_tensor(targets)) for images, targets in prepared]
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -63,7 +65,7 @@ def test_in_memory_batches_are_the_per_image_paths(name, fake_data_dir, tmp_path
     assert set(fast.memory) == {"train", "val", "test"} and not slow.memory
     assert isinstance(fast.train_dataloader(), DeviceBatches)
     for split in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        expected, got = batches(getattr(slow, split)()), batches(getattr(fast, split)())
+        expected, got = batches(slow, split), batches(fast, split)
         assert len(got) == len(expected), split
         for (images, targets), (want_images, want_targets) in zip(got, expected, strict=True):
             assert images.dtype == want_images.dtype and torch.equal(images, want_images), split
@@ -90,9 +92,12 @@ def test_data_that_cannot_be_held_in_memory_is_refused_when_asked_for(tmp_path):
     from project.errors import UserInputError
 
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, in_memory=True)
+    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, in_memory=True, cache=False)
     with pytest.raises(UserInputError, match=r"data\.in_memory: ImageFolderDataModule's data cannot be held in memory"):
         data.setup("fit")
-    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0)
+    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, cache=False)
     data.setup("fit")
     assert not data.memory  # decoded again on each access, through a DataLoader
+    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, in_memory=True)
+    data.setup("fit")
+    assert {split.rows is not None for split in data.memory.values()} == {True}  # drawn by index from its cache

@@ -5,6 +5,7 @@ augmentation of training batches (:mod:`project.data.augment`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from project.data.augment import BatchAugmentation, batch_seed, random_shift
+from project.data.cores import available_cores
 from project.data.in_memory import DeviceBatches, SplitTensors, TensorImages, memory_splits, normalised
 from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check_label_options, check_label_rules
 from project.data.sampler import ResumableDataLoader, ResumableSampler, TrainingPosition
@@ -53,8 +55,9 @@ class ImageDataModule(L.LightningDataModule):
         data_dir: the data directory; default ``$PROJECT_DATA_DIR``, else ``./data``.
         batch_size: training batch size.
         eval_batch_size: batch size for validation, test and predict (no gradients, so it can be larger).
-        num_workers: DataLoader worker processes; 0 loads in the main process, fastest for small images on a
-            small CPU machine.
+        num_workers: DataLoader worker processes (the DataLoader path only); default: one per core (shared by
+            this machine's training processes) where reading an image decodes a file, none otherwise (the main
+            process reads tensors faster than workers could hand them over).
         val_size: images held out of the training split for validation: a count, or a fraction below 1.
         split_seed: seed of the train/validation split and of the few-shot subset.
         samples_per_class: keep only this many training images per class (stratified, seeded).
@@ -67,7 +70,8 @@ class ImageDataModule(L.LightningDataModule):
             before ``augment``.
         shuffle_seed: seed of the training order and the augmentation; default: the run's ``seed_everything``.
         in_memory: hold every split as tensors on the training device and draw batches by index (the fast path;
-            ``num_workers`` then does not apply); default: whenever the data can be (see
+            ``num_workers`` then does not apply); image files too large to hold are drawn by index from their cache on
+            disk instead (:mod:`project.data.cache`); default: whenever the data can be (see
             :mod:`project.data.in_memory`); ``false``: load images one by one through a DataLoader.
         augment: torchvision ``transforms.v2`` transforms for training images, in order, each image its own random
             draw (:mod:`project.data.augment`): a class name or ``{class_path: ..., init_args: {...}}`` each, such
@@ -86,7 +90,7 @@ class ImageDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 1000,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         val_size: int | float = 0.1,
         split_seed: int = 42,
         samples_per_class: int | None = None,
@@ -178,6 +182,11 @@ class ImageDataModule(L.LightningDataModule):
         a :class:`~project.data.in_memory.TensorImages`, or its images were too big to keep)."""
         return dataset.tensors() if isinstance(dataset, TensorImages) else None
 
+    def reads_slowly(self, dataset: Dataset) -> bool:
+        """Whether reading an example of ``dataset`` (a split, as :meth:`setup` makes it) is real work, such as
+        decoding a file, which DataLoader workers share out (see ``num_workers``); the base's datasets read tensors."""
+        return False
+
     # -- derived from the arguments ----------------------------------------------------------------------------
     @property
     def task(self) -> str:
@@ -268,22 +277,43 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
         loader_class = ResumableDataLoader if sampler is not None else DataLoader
+        workers = self.loader_workers(dataset)
         return loader_class(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=self.collation(dataset),
+            pin_memory=self.device().type == "cuda",
             generator=torch.Generator(),  # worker seeds drawn from here, not from the global generator
         )
+
+    def loader_workers(self, dataset: Dataset) -> int:
+        """DataLoader workers for ``dataset``: ``data.num_workers`` when given; otherwise, when :meth:`reads_slowly`,
+        the cores this process may use shared among this machine's training processes, else none."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if not self.reads_slowly(dataset):
+            return 0
+        return max(1, available_cores() // (self.trainer.num_devices if self.trainer else 1))
+
+    def collation(self, dataset: Dataset) -> Callable[[Any], Any] | None:
+        """How a DataLoader makes batches of ``dataset``'s examples: ``None``, torch's default collation of what
+        ``__getitem__`` gives; a subclass whose datasets read whole batches (``__getitems__``, as
+        :class:`~project.data.file_images.FileImages`) gives the function that takes such a batch as it is."""
+        return None
+
+    def device(self) -> torch.device:
+        """Where batches are trained on: the Trainer's device, or the CPU without a Trainer."""
+        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
 
     def batches(
         self, split: str, dataset: Dataset | None, batch_size: int, sampler: ResumableSampler | None = None
     ) -> DataLoader | DeviceBatches:
         """The split's batches: drawn on the training device when it is held in memory, else a DataLoader."""
         if split in self.memory:
-            device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-            return DeviceBatches(self.memory[split], batch_size, *self.normalisation(), device, sampler)
+            return DeviceBatches(self.memory[split], batch_size, *self.normalisation(), self.device(), sampler)
         return self.loader(dataset, batch_size, sampler)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
@@ -308,15 +338,20 @@ class ImageDataModule(L.LightningDataModule):
         return self.batches("test", self.test_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment a training batch, on its device, whichever path it came by (both hand over normalised batches);
-        called at each training step, not when the loop fetches a batch ahead, so the augmentation generator's state
-        in a checkpoint is that of the step it was written at."""
+        """Normalise a batch of uint8 pixels (a DataLoader's over image files, which carries a quarter of the bytes of
+        floats), in every stage; then augment a training batch, on its device, whichever path it came by (both hand
+        over normalised batches). Called at each training step, not when the loop fetches a batch ahead, so the
+        augmentation generator's state in a checkpoint is that of the step it was written at. Code that reads a
+        loader without a Trainer (``scripts/evaluate.py``) calls it too."""
+        if not isinstance(batch, list | tuple) or len(batch) != 2 or not isinstance(batch[0], Tensor):
+            return batch  # not a batch of images: e.g. the example input TensorBoard traces the graph with
+        images, targets = batch
+        if images.dtype == torch.uint8:
+            mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in self.normalisation())
+            images = normalised(images, mean, std)
         augments = self.augment_shift or self.augmentation.active
         if not augments or self.trainer is None or not self.trainer.training:
-            return batch
-        if not isinstance(batch, list | tuple) or len(batch) != 2:
-            return batch  # not a training batch: e.g. the example input TensorBoard traces the graph with
-        images, targets = batch
+            return images, targets
         if self.augment_shift:  # first, and with the same draws as before data.augment existed (resumes alike)
             images = random_shift(images, self.augment_shift, self.augment_generator)
         if self.augmentation.active:

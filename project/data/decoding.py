@@ -1,8 +1,9 @@
-"""Image files decoded once: read, converted to the channels and size the network takes, kept as uint8 in memory
-(up to a size), normalised when an example is read. Also the scan of an image folder, which follows links once.
+"""From an image file to the uint8 pixels the network's input is made of: read, converted to the channels and size
+the network takes (:class:`ImageConversion`), normalised when an example is read; every file that cannot be decoded
+named (:class:`UndecodableImage`). Also the scan of an image folder, which follows links once.
 
-Decoding every file when the data is set up names every file that cannot be decoded before training starts, and
-makes later epochs decode nothing.
+What happens to the decoded pixels (held in memory, cached on disk, or decoded again on access) is
+:mod:`project.data.file_images`'s.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import functional as TF
 
 from project.data.digits import mnist_like
-from project.data.in_memory import SplitTensors, TensorImages, normalised
-from project.errors import UserInputError, first_line, some
+from project.data.in_memory import normalised
+from project.errors import UserInputError, first_line
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -87,17 +88,47 @@ class ImageConversion:
         except Exception as error:
             raise UndecodableImage(path, first_line(error)) from None
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, image_size, image_size)``: what every decoded image is."""
+        return self.channels, self.image_size, self.image_size
+
+    @property
+    def description(self) -> str:
+        """What changes the decoded pixels, as text (a cache's name and key hold it); not the normalisation, which is
+        applied after."""
+        return f"{self.channels}x{self.image_size}x{self.image_size} mnist_style={self.mnist_style}"
+
     def converted(self, path: Path) -> Tensor:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            if not self.mnist_style and (image.format, image.mode, image.size) in self.direct_formats():
+                direct = decoded_directly(path)
+                if direct is not None and direct.dtype == torch.uint8 and tuple(direct.shape) == self.shape:
+                    return direct
             image.load()  # decodes everything: verify() alone passes truncated or corrupt pixel data
             source = mnist_like(image) if self.mnist_style else image
             converted = source.convert("L" if self.channels == 1 else "RGB")
         resized = TF.resize(converted, [self.image_size, self.image_size], antialias=True)
         return TF.pil_to_tensor(resized)
 
+    def direct_formats(self) -> set[tuple[str, str, tuple[int, int]]]:
+        """PNG and JPEG files already in the mode and size asked for: torchvision's decoder gives their pixels as
+        PIL does (tested), and faster (``scripts/benchmark_data.py``), with nothing to convert or resize."""
+        mode, size = "L" if self.channels == 1 else "RGB", (self.image_size, self.image_size)
+        return {("PNG", mode, size), ("JPEG", mode, size)}
+
     def normalise(self, pixels: Tensor) -> Tensor:
         """As every path normalises (:func:`~project.data.in_memory.normalised`)."""
         return normalised(pixels, torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1))
+
+
+def decoded_directly(path: Path) -> Tensor | None:
+    """The file's pixels through torchvision's decoder (libpng, libjpeg-turbo), as stored; ``None`` when it refuses
+    them (PIL then decodes the file, and names it if it cannot)."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except (RuntimeError, ValueError):
+        return None
 
 
 class UndecodableImage(UserInputError):
@@ -106,45 +137,6 @@ class UndecodableImage(UserInputError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path} ({reason})")
         self.path, self.reason = path, reason
-
-
-class FileImages(TensorImages):
-    """Images from files with their targets; each file decoded once here, every one that cannot be is named.
-
-    ``targets`` is a tensor (class indices or regression values). The decoded pixels are kept when they fit in
-    ``max_bytes``; otherwise each access decodes its file again.
-    """
-
-    def __init__(self, paths: list[Path], targets: Tensor, conversion: ImageConversion, max_bytes: int) -> None:
-        self.paths = paths
-        self.targets = targets
-        self.conversion = conversion
-        side = conversion.image_size
-        keep = len(paths) * conversion.channels * side * side <= max_bytes
-        decoded, broken = [], []
-        for path in paths:
-            try:
-                pixels = conversion.decode(path)
-            except UndecodableImage as error:
-                broken.append(str(error))
-                continue
-            if keep:
-                decoded.append(pixels)
-        if broken:
-            raise UserInputError(f"{len(broken)} images cannot be decoded: {some(broken)}")
-        self.pixels = torch.stack(decoded) if keep and decoded else None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def tensors(self) -> SplitTensors | None:
-        """The decoded images and targets (the in-memory path), or ``None`` when they were too big to keep."""
-        return SplitTensors(self.pixels, self.targets) if self.pixels is not None else None
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
-        pixels = self.pixels[index] if self.pixels is not None else self.conversion.decode(self.paths[index])
-        target = self.targets[index]
-        return self.conversion.normalise(pixels), target.item() if target.ndim == 0 else target
 
 
 def class_folders(root: Path) -> list[str]:
@@ -161,19 +153,21 @@ def image_files(folder: Path, root: Path, seen: set[Path]) -> list[Path]:
     are counted where they are; a file already in ``seen`` (the same file under another name) is not added again.
     """
     found: list[Path] = []
-    pending = [folder]
+    pending = [(folder, folder.resolve())]
     root = root.resolve()
     while pending:
-        current = pending.pop()
+        current, current_real = pending.pop()
         for entry in sorted(os.scandir(current), key=lambda entry: entry.name):
             path = Path(entry.path)
-            real = path.resolve()
+            # only a link needs resolving: anything else is where its folder really is (a scan of 200,000 files
+            # took 6 s resolving each, 1 s like this; scripts/benchmark_data.py)
+            real = path.resolve() if entry.is_symlink() else current_real / entry.name
             if entry.is_dir():
                 inside = real == root or root in real.parents or real in root.parents
                 if not (entry.is_symlink() and inside) and real not in seen:
                     seen.add(real)
-                    pending.append(path)
+                    pending.append((path, real))
             elif entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS) and real not in seen:
                 seen.add(real)
                 found.append(path)
-    return sorted(found)
+    return sorted(found, key=lambda path: path.parts)  # the order of Path's own comparison, without its cost

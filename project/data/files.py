@@ -5,15 +5,18 @@ Images are converted to what the network takes, as the config says: ``channels``
 square ``image_size`` (resized, aspect ratio not kept), then normalised with ``mean`` and ``std`` on every channel.
 The defaults (1 channel, 28x28, MNIST's mean and std) match a backbone pretrained on MNIST.
 
-Every image is decoded once, when the data is set up (before training starts; see :mod:`project.data.decoding`): a
-file that cannot be decoded is named then, with all the others, rather than hours into training. The decoded images
-stay in memory up to ``max_memory_mb``, so later epochs decode nothing; beyond it they are decoded again on access.
+Every image is decoded once, when the data is set up (before training starts; see :mod:`project.data.file_images`):
+a file that cannot be decoded is named then, with all the others, rather than hours into training. The decoded images
+go into a cache on disk (``cache_dir``), which later runs open instead of decoding; they are held in memory up to
+``max_memory_mb``, and read from the cache by index beyond it. Without a cache (``cache: false``, or a folder that
+cannot take one) images beyond ``max_memory_mb`` are decoded again on access.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,15 +27,18 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from project.data.base import ImageDataModule
+from project.data.batches import read_whole
+from project.data.cache import cache_is_ready, resolve_cache_dir
 from project.data.decoding import (
     MNIST_MEAN,
     MNIST_STD,
-    FileImages,
     ImageConversion,
     check_mnist_style,
     class_folders,
     image_files,
 )
+from project.data.file_images import FileImages
+from project.data.labels import RelabelledTargets
 from project.data.splits import seeded_split, subset_labels
 from project.errors import DataNotFoundError, UserInputError
 
@@ -52,7 +58,11 @@ class FileDataModule(ImageDataModule):
         mnist_style: make each image's digit look like MNIST's first (:mod:`project.data.digits`: light ink on
             black, fitted in 20x20, centred by mass in 28x28), for photos or scans of digits and an MNIST backbone.
         test_size: without separate test files, the images held out for testing: a count or a fraction below 1.
-        max_memory_mb: keep the decoded images of a split in memory up to this size (MiB).
+        max_memory_mb: keep the decoded images of a split in memory up to this size (MiB); larger splits are read
+            from the cache on disk (or, without one, decoded again each time an image is read).
+        cache: keep the decoded images in a cache file on disk, reused by later epochs and later runs and rebuilt
+            when a file or the conversion changes (:mod:`project.data.cache`); ``false``: none is written.
+        cache_dir: the cache's folder; default ``$PROJECT_CACHE_DIR``, else ``./cache``.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
     """
 
@@ -66,6 +76,8 @@ class FileDataModule(ImageDataModule):
         mnist_style: bool = False,
         test_size: int | float = 0.2,
         max_memory_mb: int = 4096,
+        cache: bool = True,
+        cache_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
@@ -79,10 +91,36 @@ class FileDataModule(ImageDataModule):
         if max_memory_mb < 0:
             raise UserInputError(f"data.max_memory_mb must be 0 or more, got {max_memory_mb}")
         self.max_bytes = max_memory_mb * 2**20
+        self.cache_dir = resolve_cache_dir(cache_dir) if cache else None
+        self.read_sources: dict[Path, FileImages] = {}
 
-    def read(self, source: Path) -> Dataset:
-        """The dataset stored at ``source`` (a folder or a file)."""
+    def read(self, source: Path) -> FileImages:
+        """The dataset stored at ``source`` (a folder or a file), decoded (or its cache opened) once per module."""
+        if source not in self.read_sources:
+            paths, targets = self.files(source)
+            cache = (self.cache_dir, source) if self.cache_dir is not None else None
+            self.read_sources[source] = FileImages(paths, targets, self.conversion, self.max_bytes, cache)
+        return self.read_sources[source]
+
+    def files(self, source: Path) -> tuple[list[Path], Tensor]:
+        """The image files stored at ``source`` and their targets, checked."""
         raise NotImplementedError
+
+    def reads_slowly(self, dataset: Dataset) -> bool:
+        while isinstance(dataset, Subset | RelabelledTargets):
+            dataset = dataset.dataset
+        return dataset.decodes_on_access
+
+    def collation(self, dataset: Dataset) -> Callable[[Any], Any]:
+        return read_whole  # FileImages reads whole batches, normalised together
+
+    def files_ready(self) -> bool:
+        """With a cache, whether it is there and right for every source: until it is, the processes of this machine
+        other than the first wait for the first to decode (Lightning's ``prepare_data``, then ``setup``)."""
+        if self.cache_dir is None:
+            return True
+        sources = [source for source in self.sources() if source is not None]
+        return all(cache_is_ready(self.cache_dir, source, self.conversion, self.files(source)[0]) for source in sources)
 
     def normalisation(self) -> tuple[list[float], list[float]]:
         if self.awaiting_normalisation:
@@ -114,9 +152,15 @@ class FileDataModule(ImageDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        train_source, _ = self.sources()
+        """Check that the data is there, and decode it into its cache (once per machine: the other processes open
+        the cache in :meth:`setup`)."""
+        train_source, test_source = self.sources()
         if not train_source.exists():
             raise DataNotFoundError(f"{type(self).__name__}: {train_source.resolve()} does not exist (data.data_dir)")
+        if self.cache_dir is not None:
+            for source in (train_source, test_source):
+                if source is not None:
+                    self.read(source)
 
     def load_split(self, train: bool) -> Dataset:
         train_source, test_source = self.sources()
@@ -169,7 +213,7 @@ class ImageFolderDataModule(FileDataModule):
             return self.data_dir / "train", test if test.is_dir() else None
         return self.data_dir, None
 
-    def read(self, source: Path) -> Dataset:
+    def files(self, source: Path) -> tuple[list[Path], Tensor]:
         classes = class_folders(source)
         if classes != self.classes:
             raise UserInputError(
@@ -186,7 +230,7 @@ class ImageFolderDataModule(FileDataModule):
                 )
             paths += files
             labels += [index] * len(files)
-        return FileImages(paths, torch.tensor(labels), self.conversion, self.max_bytes)
+        return paths, torch.tensor(labels)
 
     def split_labels(self, dataset: Dataset) -> Tensor:
         return subset_labels(dataset, self.base_dataset(dataset).targets)
@@ -268,9 +312,9 @@ class CSVRegressionDataModule(FileDataModule):
         test = self.data_dir / "test.csv"
         return self.data_dir / "train.csv", test if test.is_file() else None
 
-    def read(self, source: Path) -> Dataset:
+    def files(self, source: Path) -> tuple[list[Path], Tensor]:
         paths, _, values = read_csv(source, ["target"], self.allow_paths_outside)
-        return FileImages(paths, values[:, 0], self.conversion, self.max_bytes)
+        return paths, values[:, 0]
 
     def split_labels(self, dataset: Dataset) -> None:
         return None
@@ -306,10 +350,10 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
     def num_outputs(self) -> int:
         return len(self.labels)
 
-    def read(self, source: Path) -> Dataset:
+    def files(self, source: Path) -> tuple[list[Path], Tensor]:
         paths, columns, values = read_csv(source, self.labels, self.allow_paths_outside)
         flags = values.long()
         if not torch.equal(flags.float(), values) or flags.min() < 0 or flags.max() > 1:
             row = int(((flags.float() != values) | (flags < 0) | (flags > 1)).any(dim=1).nonzero()[0])
             raise UserInputError(f"{source} line {row + 2}: every label column ({', '.join(columns)}) must be 0 or 1")
-        return FileImages(paths, flags, self.conversion, self.max_bytes)
+        return paths, flags

@@ -4,11 +4,15 @@ A split that fits is decoded once into uint8 (or, for arrays, float) pixels ``(N
 move to the training device once. Each batch is then a gather of rows by index (in the resumable sampler's order for
 training, in order for evaluation) and a normalisation, on the device: no per-image Python, no host-to-device copy
 per batch, no DataLoader workers. The order and the pixels are the same as the per-image path's.
+
+Data too large to hold takes the same path from a cache on disk (:mod:`project.data.cache`): its pixels stay in the
+memory-mapped file, and each batch's rows are gathered there and copied to the device, one batch ahead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
@@ -23,21 +27,28 @@ class SplitTensors(NamedTuple):
     """A split as tensors: pixels (N, C, H, W) and the targets of the same N examples.
 
     Pixels are uint8 (0..255, scaled by 1/255 when drawn) or floating point (taken as they are: images already
-    scaled, to [0, 1] for predictions of new image files to match); see :func:`unit_scaled`.
+    scaled, to [0, 1] for predictions of new image files to match); see :func:`unit_scaled`. With ``rows``, the
+    pixels are a larger array that stays where it is (a memory-mapped cache on disk, :mod:`project.data.cache`) and
+    example ``i`` is its row ``rows[i]``: a subset picks rows, and batches gather them one batch at a time.
     """
 
     pixels: Tensor
     targets: Tensor
+    rows: Tensor | None = None
 
     def take(self, indices: list[int] | Tensor) -> SplitTensors:
         index = torch.as_tensor(indices, dtype=torch.long)
+        if self.rows is not None:
+            return SplitTensors(self.pixels, self.targets[index], self.rows[index])
         return SplitTensors(self.pixels[index], self.targets[index])
 
 
 def unit_scaled(pixels: Tensor) -> Tensor:
     """Pixels as float32 on the scale the normalisation applies to: uint8 divided by 255, floating point as given
     (a new tensor either way, which the caller may change in place)."""
-    return pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.to(torch.float32, copy=True)
+    if pixels.dtype == torch.uint8:  # one new tensor, divided in place: fresh memory is costly on a CPU
+        return pixels.to(torch.float32).div_(255)
+    return pixels.to(torch.float32, copy=True)
 
 
 def normalised(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -85,7 +96,9 @@ class DeviceBatches:
     """``(images, targets)`` batches from a :class:`SplitTensors` on ``device``, like a DataLoader's.
 
     With a ``sampler`` (training) the batches follow its order, which resumes part-way through an epoch; without
-    one they go through the split in order. Images are normalised with ``mean`` and ``std`` per channel.
+    one they go through the split in order. Images are normalised with ``mean`` and ``std`` per channel. Pixels held
+    in memory move to the device once; pixels left on disk (``rows``) are gathered a batch at a time by a thread,
+    one batch ahead of the one being trained on, and copied to the device (through pinned memory on a GPU).
     """
 
     def __init__(
@@ -97,7 +110,10 @@ class DeviceBatches:
         device: torch.device,
         sampler: ResumableSampler | None = None,
     ) -> None:
-        self.split = SplitTensors(split.pixels.to(device), split.targets.to(device))
+        if split.rows is None:
+            split = SplitTensors(split.pixels.to(device), split.targets.to(device))
+        self.split = split
+        self.device = device
         self.batch_size = batch_size
         self.order = sampler  # not "sampler": Lightning would take this for a DataLoader
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -113,9 +129,34 @@ class DeviceBatches:
             order = torch.tensor(list(self.order), dtype=torch.long, device=device)
         else:
             order = torch.arange(len(self.split.targets), device=device)
+        if self.split.rows is not None:
+            yield from self.gathered(order)
+            return
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield normalised(self.split.pixels[index], self.mean, self.std), self.split.targets[index]
+
+    def gathered(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of pixels left where they are, each gathered while the one before it is used, into one of two
+        buffers in turn (fresh memory each batch cost more than the copy itself here: scripts/benchmark_data.py);
+        a buffer is gathered into again only once the batch made from it was normalised into a new tensor."""
+        shape = (self.batch_size, *self.split.pixels.shape[1:])
+        buffers = [torch.empty(shape, dtype=self.split.pixels.dtype) for _ in range(2)]
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=1) as gatherer:
+            ahead = gatherer.submit(self.gather, batches[0], buffers[0]) if batches else None
+            for number in range(len(batches)):
+                pixels, targets = ahead.result()
+                if number + 1 < len(batches):
+                    ahead = gatherer.submit(self.gather, batches[number + 1], buffers[(number + 1) % 2])
+                yield normalised(pixels, self.mean, self.std), targets
+
+    def gather(self, index: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor]:
+        """One batch's pixels (gathered into the first rows of ``buffer``) and targets, on the device."""
+        pixels = torch.index_select(self.split.pixels, 0, self.split.rows[index], out=buffer[: len(index)])
+        cuda = self.device.type == "cuda"
+        pixels = pixels.pin_memory() if cuda else pixels  # pin_memory copies: the buffer is free again at once
+        return pixels.to(self.device, non_blocking=cuda), self.split.targets[index].to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"shuffle_seed": self.order.seed} if self.order is not None else {}
@@ -139,7 +180,7 @@ def memory_splits(
                 return None
             if isinstance(dataset, Subset):
                 return inner.take(dataset.indices)
-            return SplitTensors(inner.pixels, dataset.rule.apply(inner.targets))
+            return SplitTensors(inner.pixels, dataset.rule.apply(inner.targets), inner.rows)
         if id(dataset) not in leaves:
             leaves[id(dataset)] = leaf_tensors(dataset)
         return leaves[id(dataset)]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from project.data.batches import ExampleBatch
 from project.errors import UserInputError
 
 
@@ -26,6 +27,18 @@ class RelabelledTargets(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, target = self.dataset[index]
         return image, self.rule(target)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
+        """Many examples at once, as a DataLoader asks for them: an :class:`~project.data.batches.ExampleBatch`,
+        relabelled whole, where the dataset under it reads one (torch's ``__getitems__`` protocol, as its ``Subset``
+        follows it), else a list of examples."""
+        if not callable(getattr(self.dataset, "__getitems__", None)):
+            return [self[index] for index in indices]
+        read = self.dataset.__getitems__(indices)
+        examples = [(image, self.rule(target)) for image, target in read]
+        if isinstance(read, ExampleBatch):
+            return ExampleBatch(examples, read.images, self.rule.apply(read.targets))
+        return examples
 
 
 class LabelRule:

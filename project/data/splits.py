@@ -58,7 +58,7 @@ def subset_labels(dataset: Dataset, labels_of_base: Tensor) -> Tensor:
 def check_split_options(
     batch_size: int,
     eval_batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     val_size: int | float,
     samples_per_class: int | None,
     train_fraction: float | None,
@@ -67,7 +67,7 @@ def check_split_options(
     for name, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
         if value < 1:
             raise UserInputError(f"data.{name} must be a positive integer, got {value}")
-    if num_workers < 0:
+    if num_workers is not None and num_workers < 0:
         raise UserInputError(f"data.num_workers must be 0 or more, got {num_workers}")
     if not (val_size >= 1 if isinstance(val_size, int) else 0 < val_size < 1):
         raise UserInputError(f"data.val_size must be a count of 1 or more, or a fraction in (0, 1), got {val_size}")

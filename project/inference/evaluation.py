@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -33,8 +33,8 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, task: Task) -> Predictions:
-    """Run ``model`` (in eval mode) over ``loader``; scores as the task's metrics take them."""
+def predict(model: torch.nn.Module, loader: Iterable[tuple[Tensor, Tensor]], task: Task) -> Predictions:
+    """Run ``model`` (in eval mode) over ``loader``'s normalised batches; scores as the task's metrics take them."""
     model.eval()
     scores, targets = [], []
     for images, batch_targets in loader:

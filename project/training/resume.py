@@ -169,12 +169,16 @@ CHANGEABLE_ON_RESUME = (
     "data.allow_paths_outside",
     "data.download",
     "data.num_workers",
+    "data.cache",
+    "data.cache_dir",
+    "data.max_memory_mb",
     "data.eval_batch_size",
     "data.shuffle_seed",
 )
 """Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
 resumed step on), where and how the data is read, and ``pretrained`` and a library network's ``weights`` (ignored: the
 weights come from the checkpoint).
+Where the decoded images are kept (``cache``, ``cache_dir``, ``max_memory_mb``) changes nothing of the batches.
 The shuffle seed is compared as it takes effect (``data.shuffle_seed``, else ``seed_everything``).
 Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored in the checkpoint and may change
 too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""

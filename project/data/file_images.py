@@ -1,0 +1,154 @@
+"""Images from files, decoded once when the data is set up: every file that cannot be decoded is named before
+training starts, and later epochs decode nothing where they can help it.
+
+Where the decoded pixels go, by size (``data.max_memory_mb``) and ``data.cache``:
+
+- **a cache on disk** (:mod:`project.data.cache`, the default): decoded into it at the first run (on every core),
+  opened as it is by later runs. Data that fits in ``max_memory_mb`` is then read into memory (the in-memory path);
+  larger data is gathered from the memory-mapped file by index, batch by batch;
+- **no cache** (``cache: false``, or a cache that cannot be written): decoded at setup, kept in memory when it fits;
+  larger data is decoded again, file by file, each time an image is read (a DataLoader, on ``data.num_workers``
+  processes, by default one per core).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from project.data.batches import ExampleBatch
+from project.data.cache import DecodedCache, cached_images
+from project.data.cores import available_cores
+from project.data.decoding import ImageConversion, UndecodableImage
+from project.data.in_memory import SplitTensors, TensorImages
+from project.errors import UserInputError, some
+
+CHUNK = 256
+"""Images decoded per piece at setup: what one worker hands back at a time."""
+PARALLEL_FROM = 2048
+"""Fewer images than this are decoded in the main process (starting workers costs more than it saves)."""
+
+
+class DecodedPieces(Dataset):
+    """The work the processes share while a split is decoded: piece ``k`` is files ``k * CHUNK`` to
+    ``(k + 1) * CHUNK``, decoded into one tensor (one transfer from a worker, not one per image), with the reasons
+    of those that could not be decoded (and no tensor when there are any)."""
+
+    def __init__(self, paths: list[Path], conversion: ImageConversion) -> None:
+        self.paths, self.conversion = paths, conversion
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // CHUNK)
+
+    def __getitem__(self, piece: int) -> tuple[Tensor | None, list[str]]:
+        decoded, broken = [], []
+        for path in self.paths[piece * CHUNK : (piece + 1) * CHUNK]:
+            try:
+                decoded.append(self.conversion.decode(path))
+            except UndecodableImage as error:
+                broken.append(str(error))
+        return (None if broken else torch.stack(decoded)), broken
+
+
+def as_is(piece: Any) -> Any:
+    return piece
+
+
+def decoded_chunks(paths: list[Path], conversion: ImageConversion) -> Iterator[Tensor]:
+    """Every file decoded, in order, :data:`CHUNK` images at a time, on every core for a large split; after the
+    last, one :class:`UserInputError` names every file that cannot be decoded (and no chunk is given after the
+    first such file)."""
+    workers = available_cores() if len(paths) >= PARALLEL_FROM else 0
+    loader = DataLoader(
+        DecodedPieces(paths, conversion),
+        batch_size=None,  # each item is a piece already
+        num_workers=workers,
+        collate_fn=as_is,
+        generator=torch.Generator(),  # its seed drawn from here: the run's generators are left as they were
+    )
+    broken: list[str] = []
+    for pixels, reasons in loader:
+        broken += reasons
+        if not broken:
+            yield pixels
+    if broken:
+        raise UserInputError(f"{len(broken)} images cannot be decoded: {some(broken)}")
+
+
+class FileImages(TensorImages):
+    """Images from files with their targets (a tensor of class indices, values or 0/1 labels), decoded once. An
+    example is the image's uint8 pixels and its target; the data module normalises them, whole batches at a time.
+
+    Args:
+        paths, targets: the files and their targets, in the dataset's order.
+        conversion: what each file is decoded to.
+        max_bytes: decoded pixels up to this size are held in memory.
+        cache: the cache folder and the source the files come from (the folder or the CSV: it names the cache), or
+            ``None``: no cache.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        targets: Tensor,
+        conversion: ImageConversion,
+        max_bytes: int,
+        cache: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.paths, self.targets, self.conversion = paths, targets, conversion
+        fits = len(paths) * math.prod(conversion.shape) <= max_bytes
+        self.cache: DecodedCache | None = None
+        if cache is not None:
+            place = (*cache, conversion.description)
+            self.cache = cached_images(paths, conversion.shape, place, lambda: decoded_chunks(paths, conversion))
+        if self.cache is not None:
+            self.held = self.cache.load() if fits else None
+        else:
+            chunks = [chunk if fits else None for chunk in decoded_chunks(paths, conversion)]  # all decoded: checked
+            self.held = torch.cat(chunks) if fits else None
+
+    @property
+    def decodes_on_access(self) -> bool:
+        """Whether reading an image decodes its file (neither held nor cached): what DataLoader workers are for."""
+        return self.held is None and self.cache is None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def tensors(self) -> SplitTensors | None:
+        """The decoded images and targets: held in memory, or mapped from the cache (``rows``: gathered batch by
+        batch); ``None`` when they are decoded on access."""
+        if self.held is not None:
+            return SplitTensors(self.held, self.targets)
+        if self.cache is not None:
+            return SplitTensors(self.cache.pixels(), self.targets, torch.arange(len(self.paths)))
+        return None
+
+    def __getitems__(self, indices: list[int]) -> ExampleBatch:
+        """Many examples at once, as a DataLoader asks for them: their images stacked once
+        (:class:`~project.data.batches.ExampleBatch`), their targets as the default collation would make them."""
+        images = torch.stack([self.pixels_at(index) for index in indices])
+        targets = self.targets[indices]
+        pairs = zip(images, targets, strict=True)
+        examples = [(image, target.item() if target.ndim == 0 else target) for image, target in pairs]
+        if targets.ndim == 1:  # numbers, which the default collation makes int64 or float64
+            targets = targets.to(torch.float64 if targets.is_floating_point() else torch.int64)
+        return ExampleBatch(examples, images, targets)
+
+    def pixels_at(self, index: int) -> Tensor:
+        """One image's uint8 pixels: held, mapped from the cache, or decoded now."""
+        if self.held is not None:
+            return self.held[index]
+        return self.cache.pixels()[index] if self.cache is not None else self.conversion.decode(self.paths[index])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        """An image's uint8 pixels and its target: a DataLoader carries uint8 (a quarter of the bytes of floats),
+        and the data module normalises whole batches on the training device (``on_after_batch_transfer``)."""
+        target = self.targets[index]
+        return self.pixels_at(index), target.item() if target.ndim == 0 else target
