@@ -51,9 +51,7 @@ def evaluate(checkpoint_path: Path, split: str, data_dir: str | None, out: Path 
     data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
     data.prepare_data()
     data.setup(SPLITS[split])
-    dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
-    loader = data.batches(split, dataset, data.eval_batch_size)  # in order, unaugmented: in memory or a DataLoader
-    batches = (data.on_after_batch_transfer(batch, 0) for batch in loader)  # normalised as in training
+    batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
     report = compute_report(predict(model, batches, model.task), model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 from project.cli import run_cli
 from project.data import CSVMultilabelDataModule, CSVRegressionDataModule, ImageFolderDataModule
 from project.data import cache as cache_module
-from project.data.cache import SUFFIX
+from project.data.cache import SUFFIX, TEMPORARY_SUFFIX
 from project.data.cores import available_cores
 from project.data.decoding import ImageConversion
 from project.data.in_memory import DeviceBatches
@@ -56,6 +57,11 @@ def write_csv(root: Path, columns: list[str], rows: int = 36, test: bool = False
 
 def cache_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"*{SUFFIX}"))
+
+
+def written(folder: Path) -> list[Path]:
+    """What a build left in the cache folder: cache files and temporary files (the lock files are not written to)."""
+    return [path for path in folder.iterdir() if not path.name.endswith(".lock")]
 
 
 def batches(data, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,7 +123,6 @@ def test_a_later_run_opens_the_cache_without_decoding_a_file(tmp_path, monkeypat
     monkeypatch.setattr(ImageConversion, "decode", no_decoding)
     console.clear()
     again = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
-    assert again.files_ready()  # the other processes of a machine set up at once
     again.setup("fit")
     assert "Decoding" not in console.text
     assert torch.equal(images_of(again, "train_dataloader"), images_of(first, "train_dataloader"))
@@ -131,7 +136,6 @@ def test_a_changed_file_rebuilds_the_cache_in_place(tmp_path, console):
     changed = images / "a" / "3.png"
     Image.new("RGB", (20, 20), color=(250, 0, 0)).save(changed)
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))  # a later time, surely
-    assert not ImageFolderDataModule(**options).files_ready()
     console.clear()
     data = ImageFolderDataModule(**options)
     data.setup("fit")
@@ -140,7 +144,8 @@ def test_a_changed_file_rebuilds_the_cache_in_place(tmp_path, console):
     full = data.read_sources[images]
     expected = ImageConversion().decode(changed)
     assert torch.equal(full[full.paths.index(changed)][0], expected)
-    assert not ImageFolderDataModule(**options, image_size=20).files_ready()  # another conversion: another cache
+    ImageFolderDataModule(**options, image_size=20).setup("fit")  # another conversion: another cache beside it
+    assert len(cache_files(tmp_path / "cache")) == 2
 
 
 def test_a_truncated_cache_is_detected_and_rebuilt(tmp_path, console):
@@ -190,7 +195,7 @@ def test_a_disk_too_full_for_the_cache_writes_nothing_and_falls_back(tmp_path, m
     data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"))
     data.setup("fit")
     assert "are free): the images are decoded without it" in console.text
-    assert list((tmp_path / "cache").iterdir()) == [] and set(data.memory) == {"train", "val", "test"}  # held
+    assert not written(tmp_path / "cache") and set(data.memory) == {"train", "val", "test"}  # held
 
 
 def test_a_disk_that_fills_while_the_cache_is_written_leaves_no_file(tmp_path, monkeypatch, console):
@@ -202,7 +207,7 @@ def test_a_disk_that_fills_while_the_cache_is_written_leaves_no_file(tmp_path, m
     monkeypatch.setattr(cache_module, "memoryview", full, raising=False)
     data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
     data.setup("fit")
-    assert "No space left on device" in console.text and list((tmp_path / "cache").iterdir()) == []
+    assert "No space left on device" in console.text and not written(tmp_path / "cache")
     assert len(torch.cat([x for x, _ in data.train_dataloader()])) == len(data.train_set)
 
 
@@ -212,7 +217,7 @@ def test_images_that_cannot_be_decoded_are_refused_at_setup_and_leave_no_cache(t
     data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(UserInputError, match=r"1 images cannot be decoded: .*broken\.png"):
         data.setup("fit")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not written(tmp_path / "cache")
 
 
 def test_cached_batches_are_sharded_across_processes_like_the_sampler(tmp_path):
@@ -279,3 +284,34 @@ def test_a_run_on_the_cache_resumed_mid_epoch_equals_an_uninterrupted_one(tmp_pa
     run_cli([*args, "--ckpt_path=last", "--data.max_memory_mb=4096"])  # held in memory now: the same batches
     last = Path("logs") / "settings" / "version_0" / "checkpoints" / "last.ckpt"
     assert_same_training_state(tmp_path / "straight" / last, tmp_path / "resumed" / last)
+
+
+def test_runs_that_start_together_decode_once_and_a_killed_builds_leftovers_go(tmp_path, console):
+    images = write_image_folder(tmp_path / "images", {"a": 30, "b": 30})
+    options = {"data_dir": str(images), "cache_dir": str(tmp_path / "cache"), "max_memory_mb": 0}
+    first = ImageFolderDataModule(**options)
+    first.setup("fit")
+    (path,) = cache_files(tmp_path / "cache")
+    left = path.with_name(f".{path.name}.killed{TEMPORARY_SUFFIX}")
+    left.write_bytes(b"half a cache")
+    (images / "a" / "0.png").unlink()  # the files changed: a rebuild, which clears what a killed one left
+    console.clear()
+    modules = [ImageFolderDataModule(**options) for _ in range(3)]
+    threads = [threading.Thread(target=data.setup, args=("fit",)) for data in modules]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert console.text.count("Decoding 59 images") == 1 and not left.exists()
+    assert len({tuple(images_of(data, "val_dataloader").flatten().tolist()) for data in modules}) == 1
+    path.unlink()  # while mapped: the runs that opened it read on
+    assert len(images_of(modules[0], "train_dataloader")) == len(modules[0].train_set)
+
+
+def test_a_missing_image_is_named_before_any_is_decoded(tmp_path, monkeypatch):
+    folder = write_csv(tmp_path / "csv", ["target"])
+    (folder / "train_7.png").unlink()
+    monkeypatch.setattr(ImageConversion, "decode", lambda self, path: pytest.fail(f"{path} decoded"))
+    data = CSVRegressionDataModule(data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UserInputError, match=r"^1 images cannot be decoded: .*train_7\.png \(.*No such file"):
+        data.setup("fit")

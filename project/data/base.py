@@ -5,7 +5,7 @@ augmentation of training batches (:mod:`project.data.augment`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -315,6 +315,13 @@ class ImageDataModule(L.LightningDataModule):
         if split in self.memory:
             return DeviceBatches(self.memory[split], batch_size, *self.normalisation(), self.device(), sampler)
         return self.loader(dataset, batch_size, sampler)
+
+    def normalised_batches(self, split: str) -> Iterator[tuple[Tensor, Any]]:
+        """The ``split``'s batches (``train``, ``val`` or ``test``) in order, unaugmented, normalised as the network
+        takes them: for code that reads them without a Trainer (``scripts/evaluate.py``, the notebooks)."""
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        for batch in self.batches(split, dataset, self.eval_batch_size):
+            yield self.on_after_batch_transfer(batch, 0)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         trainer = self.trainer

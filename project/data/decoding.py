@@ -22,9 +22,12 @@ from torchvision.transforms import functional as TF
 
 from project.data.digits import mnist_like
 from project.data.in_memory import normalised
-from project.errors import UserInputError, first_line
+from project.errors import UserInputError, first_line, some
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+DECODER_VERSION = 2
+"""Goes up when this module decodes a file to other pixels than before: a decoded-image cache keyed with another
+version is rebuilt (2: torchvision's decoder for PNG and JPEG files that need no conversion)."""
 
 
 def per_channel(value: float | list[float] | tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
@@ -137,6 +140,15 @@ class UndecodableImage(UserInputError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path} ({reason})")
         self.path, self.reason = path, reason
+
+
+class UndecodableImages(UserInputError):
+    """The image files of a split that cannot be decoded (or found), all named at once."""
+
+
+def undecodable(broken: list[str]) -> UndecodableImages:
+    """The one message for a split's files that cannot be decoded: how many, and the first few (``path (why)``)."""
+    return UndecodableImages(f"{len(broken)} images cannot be decoded: {some(broken)}")
 
 
 def class_folders(root: Path) -> list[str]:

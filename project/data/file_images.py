@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from project.data.batches import ExampleBatch
 from project.data.cache import DecodedCache, cached_images
 from project.data.cores import available_cores
-from project.data.decoding import ImageConversion, UndecodableImage
+from project.data.decoding import ImageConversion, UndecodableImage, undecodable
 from project.data.in_memory import SplitTensors, TensorImages
-from project.errors import UserInputError, some
 
 CHUNK = 256
 """Images decoded per piece at setup: what one worker hands back at a time."""
@@ -78,7 +77,7 @@ def decoded_chunks(paths: list[Path], conversion: ImageConversion) -> Iterator[T
         if not broken:
             yield pixels
     if broken:
-        raise UserInputError(f"{len(broken)} images cannot be decoded: {some(broken)}")
+        raise undecodable(broken)
 
 
 class FileImages(TensorImages):
@@ -89,8 +88,8 @@ class FileImages(TensorImages):
         paths, targets: the files and their targets, in the dataset's order.
         conversion: what each file is decoded to.
         max_bytes: decoded pixels up to this size are held in memory.
-        cache: the cache folder and the source the files come from (the folder or the CSV: it names the cache), or
-            ``None``: no cache.
+        cache: the cache folder, the source the files come from (the folder or the CSV: it names the cache) and the
+            folder their paths start from; ``None``: no cache.
     """
 
     def __init__(
@@ -99,7 +98,7 @@ class FileImages(TensorImages):
         targets: Tensor,
         conversion: ImageConversion,
         max_bytes: int,
-        cache: tuple[Path, Path] | None = None,
+        cache: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.paths, self.targets, self.conversion = paths, targets, conversion
         fits = len(paths) * math.prod(conversion.shape) <= max_bytes
@@ -142,10 +141,13 @@ class FileImages(TensorImages):
         return ExampleBatch(examples, images, targets)
 
     def pixels_at(self, index: int) -> Tensor:
-        """One image's uint8 pixels: held, mapped from the cache, or decoded now."""
+        """One image's uint8 pixels, a tensor of its own: copied from those held or from the cache (read-only), or
+        decoded now."""
         if self.held is not None:
-            return self.held[index]
-        return self.cache.pixels()[index] if self.cache is not None else self.conversion.decode(self.paths[index])
+            return self.held[index].clone()
+        if self.cache is not None:
+            return self.cache.pixels()[index].clone()
+        return self.conversion.decode(self.paths[index])
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         """An image's uint8 pixels and its target: a DataLoader carries uint8 (a quarter of the bytes of floats),

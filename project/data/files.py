@@ -28,7 +28,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from project.data.base import ImageDataModule
 from project.data.batches import read_whole
-from project.data.cache import cache_is_ready, resolve_cache_dir
+from project.data.cache import resolve_cache_dir
 from project.data.decoding import (
     MNIST_MEAN,
     MNIST_STD,
@@ -98,7 +98,8 @@ class FileDataModule(ImageDataModule):
         """The dataset stored at ``source`` (a folder or a file), decoded (or its cache opened) once per module."""
         if source not in self.read_sources:
             paths, targets = self.files(source)
-            cache = (self.cache_dir, source) if self.cache_dir is not None else None
+            folder = source if source.is_dir() else source.parent  # a CSV's paths start from its folder
+            cache = (self.cache_dir, source, folder) if self.cache_dir is not None else None
             self.read_sources[source] = FileImages(paths, targets, self.conversion, self.max_bytes, cache)
         return self.read_sources[source]
 
@@ -113,14 +114,6 @@ class FileDataModule(ImageDataModule):
 
     def collation(self, dataset: Dataset) -> Callable[[Any], Any]:
         return read_whole  # FileImages reads whole batches, normalised together
-
-    def files_ready(self) -> bool:
-        """With a cache, whether it is there and right for every source: until it is, the processes of this machine
-        other than the first wait for the first to decode (Lightning's ``prepare_data``, then ``setup``)."""
-        if self.cache_dir is None:
-            return True
-        sources = [source for source in self.sources() if source is not None]
-        return all(cache_is_ready(self.cache_dir, source, self.conversion, self.files(source)[0]) for source in sources)
 
     def normalisation(self) -> tuple[list[float], list[float]]:
         if self.awaiting_normalisation:
@@ -152,15 +145,9 @@ class FileDataModule(ImageDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        """Check that the data is there, and decode it into its cache (once per machine: the other processes open
-        the cache in :meth:`setup`)."""
-        train_source, test_source = self.sources()
+        train_source, _ = self.sources()
         if not train_source.exists():
             raise DataNotFoundError(f"{type(self).__name__}: {train_source.resolve()} does not exist (data.data_dir)")
-        if self.cache_dir is not None:
-            for source in (train_source, test_source):
-                if source is not None:
-                    self.read(source)
 
     def load_split(self, train: bool) -> Dataset:
         train_source, test_source = self.sources()
