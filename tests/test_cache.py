@@ -104,7 +104,8 @@ def test_the_cached_path_gives_the_in_memory_and_per_image_paths_batches(name, t
     assert {split.rows is not None for split in on_disk.memory.values()} == {True}  # left in the file
     assert not per_image.memory and per_image.loader_workers(per_image.train_set) == available_cores()
     for split in SPLITS:
-        want, cached, decoded = (batches(data, split) for data in (in_memory, on_disk, per_image))
+        with torch.inference_mode():  # as the Trainer tests (the gathering thread runs outside it)
+            want, cached, decoded = (batches(data, split) for data in (in_memory, on_disk, per_image))
         assert len(want) == len(cached) == len(decoded) > 0, split
         for (images, targets), *others in zip(want, cached, decoded, strict=True):
             for other_images, other_targets in others:
@@ -265,10 +266,15 @@ def test_torchvisions_decoder_gives_pils_pixels(mode, suffix, channels, tmp_path
     assert torch.equal(direct, conversion.decode(path))
 
 
-def test_a_run_on_the_cache_resumed_mid_epoch_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "path",
+    [["--data.max_memory_mb=0"], ["--data.cache=false", "--data.max_memory_mb=0", "--data.num_workers=2"]],
+    ids=["from the cache", "through DataLoader workers"],
+)
+def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(path, tmp_path, monkeypatch):
     images = write_image_folder(tmp_path / "images", {"a": 30, "b": 30, "c": 30})
     small = ["--model.network.init_args.width=8", "--model.network.init_args.hidden_size=16"]
-    data = ["--data=ImageFolderDataModule", f"--data.data_dir={images}", "--data.max_memory_mb=0",
+    data = ["--data=ImageFolderDataModule", f"--data.data_dir={images}", *path,
             f"--data.cache_dir={tmp_path / 'cache'}", "--data.batch_size=12", "--data.augment_shift=2"]  # fmt: skip
     recipe = tmp_path / "settings.yaml"
     recipe.write_text(__import__("yaml").safe_dump(EXACT_RESUME_SETTINGS))
@@ -277,11 +283,13 @@ def test_a_run_on_the_cache_resumed_mid_epoch_equals_an_uninterrupted_one(tmp_pa
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "straight")
     cli = run_cli(args)
-    assert cli.datamodule.memory["train"].rows is not None  # trained from the file, not from memory
+    from_file = cli.datamodule.memory["train"].rows is not None if cli.datamodule.memory else False
+    assert from_file == (path == ["--data.max_memory_mb=0"])  # trained from the file, or through workers
     monkeypatch.chdir(tmp_path / "resumed")
     with pytest.raises(Interrupted):  # after step 9; last.ckpt holds step 8, 2 batches into the second epoch
         run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=9"])
-    run_cli([*args, "--ckpt_path=last", "--data.max_memory_mb=4096"])  # held in memory now: the same batches
+    again = ["--data.max_memory_mb=4096"] if from_file else []  # held in memory now: the same batches
+    run_cli([*args, "--ckpt_path=last", *again])  # through workers: they draw indices before the loop is restored
     last = Path("logs") / "settings" / "version_0" / "checkpoints" / "last.ckpt"
     assert_same_training_state(tmp_path / "straight" / last, tmp_path / "resumed" / last)
 
@@ -315,3 +323,11 @@ def test_a_missing_image_is_named_before_any_is_decoded(tmp_path, monkeypatch):
     data = CSVRegressionDataModule(data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(UserInputError, match=r"^1 images cannot be decoded: .*train_7\.png \(.*No such file"):
         data.setup("fit")
+
+
+def test_a_cache_folder_among_the_class_folders_is_not_taken_for_a_class(tmp_path, console):
+    images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
+    for _ in range(2):  # the second run finds the cache folder there
+        data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(images / "cache"), max_memory_mb=0)
+        data.setup("fit")
+        assert data.classes == ["a", "b"] and len(cache_files(images / "cache")) == 1

@@ -151,11 +151,17 @@ def undecodable(broken: list[str]) -> UndecodableImages:
     return UndecodableImages(f"{len(broken)} images cannot be decoded: {some(broken)}")
 
 
-def class_folders(root: Path) -> list[str]:
-    """Sorted names of the sub-folders of ``root`` (links followed), leaving out hidden ones like .ipynb_checkpoints."""
+def class_folders(root: Path, skip: Path | None = None) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` (links followed), leaving out hidden ones like .ipynb_checkpoints
+    and ``skip`` (the decoded-image cache's folder, when it was put among the classes)."""
     if not root.is_dir():
         return []
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    skipped = skip.resolve() if skip is not None else None
+    return sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir() and not entry.name.startswith(".") and Path(entry.path).resolve() != skipped
+    )
 
 
 def image_files(folder: Path, root: Path, seen: set[Path]) -> list[Path]:

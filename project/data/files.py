@@ -174,7 +174,7 @@ class ImageFolderDataModule(FileDataModule):
     def __init__(self, data_dir: str, **kwargs: Any) -> None:
         super().__init__(data_dir, **kwargs)
         train_source, _ = self.sources()
-        self.classes = class_folders(train_source)
+        self.classes = class_folders(train_source, skip=self.cache_dir)
         if not self.classes:
             raise DataNotFoundError(
                 f"ImageFolderDataModule: no class sub-folders in {train_source.resolve()}; expected "
@@ -201,7 +201,7 @@ class ImageFolderDataModule(FileDataModule):
         return self.data_dir, None
 
     def files(self, source: Path) -> tuple[list[Path], Tensor]:
-        classes = class_folders(source)
+        classes = class_folders(source, skip=self.cache_dir)
         if classes != self.classes:
             raise UserInputError(
                 f"ImageFolderDataModule: {source} has classes {classes}, but the training folder has "

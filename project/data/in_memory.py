@@ -140,20 +140,22 @@ class DeviceBatches:
         """The batches of pixels left where they are, each gathered while the one before it is used, into one of two
         buffers in turn (fresh memory each batch cost more than the copy itself here: scripts/benchmark_data.py);
         a buffer is gathered into again only once the batch made from it was normalised into a new tensor."""
-        shape = (self.batch_size, *self.split.pixels.shape[1:])
-        buffers = [torch.empty(shape, dtype=self.split.pixels.dtype) for _ in range(2)]
+        buffers: list[Tensor | None] = [None, None]  # made by the gathering thread: not under inference mode
         batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         with ThreadPoolExecutor(max_workers=1) as gatherer:
-            ahead = gatherer.submit(self.gather, batches[0], buffers[0]) if batches else None
+            ahead = gatherer.submit(self.gather, batches[0], buffers, 0) if batches else None
             for number in range(len(batches)):
                 pixels, targets = ahead.result()
                 if number + 1 < len(batches):
-                    ahead = gatherer.submit(self.gather, batches[number + 1], buffers[(number + 1) % 2])
+                    ahead = gatherer.submit(self.gather, batches[number + 1], buffers, (number + 1) % 2)
                 yield normalised(pixels, self.mean, self.std), targets
 
-    def gather(self, index: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor]:
-        """One batch's pixels (gathered into the first rows of ``buffer``) and targets, on the device."""
-        pixels = torch.index_select(self.split.pixels, 0, self.split.rows[index], out=buffer[: len(index)])
+    def gather(self, index: Tensor, buffers: list[Tensor | None], slot: int) -> tuple[Tensor, Tensor]:
+        """One batch's pixels (gathered into the first rows of ``buffers[slot]``, made on first use) and targets, on
+        the device."""
+        if buffers[slot] is None:
+            buffers[slot] = torch.empty((self.batch_size, *self.split.pixels.shape[1:]), dtype=self.split.pixels.dtype)
+        pixels = torch.index_select(self.split.pixels, 0, self.split.rows[index], out=buffers[slot][: len(index)])
         cuda = self.device.type == "cuda"
         pixels = pixels.pin_memory() if cuda else pixels  # pin_memory copies: the buffer is free again at once
         return pixels.to(self.device, non_blocking=cuda), self.split.targets[index].to(self.device)

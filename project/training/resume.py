@@ -98,6 +98,7 @@ class ExactResume(L.Callback, TrainingPosition):
         self.trainer: L.Trainer | None = None
         self.random_states: list[Any] | None = None
         self.resumed_at: Position | None = None
+        self.resumed_by_loop = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.trainer = trainer
@@ -117,14 +118,22 @@ class ExactResume(L.Callback, TrainingPosition):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self.batches_done += 1
+        self.resumed_at = None  # the resumed position is taken: from here on, the loop's own epoch counts
 
     def position(self, trainer: L.Trainer, batch_size: int) -> Position:
         """Where the training loop stands when an epoch's batches are drawn: its epoch, and the samples of it this
-        process already trained on (non-zero only for the epoch a run resumed in)."""
-        resumed, self.resumed_at = self.resumed_at, None
-        if resumed is not None and resumed[0] == trainer.current_epoch:
-            return resumed[0], resumed[1] * batch_size
-        return trainer.current_epoch, 0
+        process already trained on (non-zero only for the epoch a run resumed in).
+
+        Until the resumed run trains its first batch, the answer comes from the checkpoint alone, however often and
+        early it is asked: a DataLoader with workers draws its first indices when Lightning sets the loop up, before
+        the loop's epoch counter is restored. (A checkpoint from before ``epoch_complete`` was saved resumes as it
+        did: by the loop's epoch.)"""
+        if self.resumed_at is None:
+            return trainer.current_epoch, 0
+        epoch, batches = self.resumed_at
+        if self.resumed_by_loop and epoch != trainer.current_epoch:
+            return trainer.current_epoch, 0
+        return epoch, batches * batch_size
 
     def state_dict(self) -> dict[str, Any]:
         # Called on every process when a checkpoint is written; rank 0 writes the file, so gather to it.
@@ -132,13 +141,16 @@ class ExactResume(L.Callback, TrainingPosition):
         local = rng_state()
         ranks = gather_to_every_rank(trainer, local) if trainer is not None else [local]
         epoch = trainer.current_epoch if trainer is not None else 0
-        return {"ranks": ranks, "epoch": epoch, "batches_done": self.batches_done}
+        complete = trainer is not None and self.batches_done >= trainer.num_training_batches
+        return {"ranks": ranks, "epoch": epoch, "batches_done": self.batches_done, "epoch_complete": complete}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.random_states = state_dict["ranks"]
         self.batches_done = state_dict.get("batches_done", 0)
         if self.restore_position:
-            self.resumed_at = (state_dict.get("epoch", 0), self.batches_done)
+            epoch, complete = state_dict.get("epoch", 0), state_dict.get("epoch_complete")
+            self.resumed_at = (epoch + 1, 0) if complete else (epoch, self.batches_done)
+            self.resumed_by_loop = complete is None
 
 
 def metric_state(metric: Metric) -> dict[str, Any]:
