@@ -354,19 +354,23 @@ class ImageDataModule(L.LightningDataModule):
             return batch  # not a batch of images: e.g. the example input TensorBoard traces the graph with
         images, targets = batch
         if images.dtype == torch.uint8:
-            mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in self.normalisation())
-            images = normalised(images, mean, std)
+            images = normalised(images, *self.normalisation_on(images.device))
         augments = self.augment_shift or self.augmentation.active
         if not augments or self.trainer is None or not self.trainer.training:
             return images, targets
         if self.augment_shift:  # first, and with the same draws as before data.augment existed (resumes alike)
             images = random_shift(images, self.augment_shift, self.augment_generator)
         if self.augmentation.active:
-            mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in self.normalisation())
+            mean, std = self.normalisation_on(images.device)
             seed = batch_seed(self.augment_generator, self.trainer.global_rank)
             unit, targets = self.augmentation(images * std + mean, targets, seed)
             images = normalised(unit, mean, std)
         return images, targets
+
+    def normalisation_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """:meth:`normalisation`'s mean and std as ``(1, C, 1, 1)`` tensors on ``device``, for whole batches."""
+        mean, std = self.normalisation()
+        return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
 
     def state_dict(self) -> dict[str, Any]:
         return {"augment_generator": self.augment_generator.get_state(), "shuffle_seed": self.shuffle_seed}

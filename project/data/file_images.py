@@ -130,27 +130,29 @@ class FileImages(TensorImages):
         return None
 
     def __getitems__(self, indices: list[int]) -> ExampleBatch:
-        """Many examples at once, as a DataLoader asks for them: their images stacked once
+        """Many examples at once, as a DataLoader asks for them: their images gathered into one tensor
         (:class:`~project.data.batches.ExampleBatch`), their targets as the default collation would make them."""
-        images = torch.stack([self.pixels_at(index) for index in indices])
-        targets = self.targets[indices]
-        pairs = zip(images, targets, strict=True)
-        examples = [(image, target.item() if target.ndim == 0 else target) for image, target in pairs]
+        images, targets = self.pixels_of(indices), self.targets[indices]
+        examples = [(image, plain_target(target)) for image, target in zip(images, targets, strict=True)]
         if targets.ndim == 1:  # numbers, which the default collation makes int64 or float64
             targets = targets.to(torch.float64 if targets.is_floating_point() else torch.int64)
         return ExampleBatch(examples, images, targets)
 
-    def pixels_at(self, index: int) -> Tensor:
-        """One image's uint8 pixels, a tensor of its own: copied from those held or from the cache (read-only), or
-        decoded now."""
+    def pixels_of(self, indices: list[int]) -> Tensor:
+        """Some images' uint8 pixels, ``(n, C, H, W)``, a tensor of their own: gathered (a copy) from those held or
+        from the cache (read-only), or decoded now."""
         if self.held is not None:
-            return self.held[index].clone()
+            return self.held[indices]
         if self.cache is not None:
-            return self.cache.pixels()[index].clone()
-        return self.conversion.decode(self.paths[index])
+            return self.cache.pixels()[indices]
+        return torch.stack([self.conversion.decode(self.paths[index]) for index in indices])
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         """An image's uint8 pixels and its target: a DataLoader carries uint8 (a quarter of the bytes of floats),
         and the data module normalises whole batches on the training device (``on_after_batch_transfer``)."""
-        target = self.targets[index]
-        return self.pixels_at(index), target.item() if target.ndim == 0 else target
+        return self.pixels_of([index])[0], plain_target(self.targets[index])
+
+
+def plain_target(target: Tensor) -> Any:
+    """An example's target as the dataset gives it: a number, or a tensor of labels."""
+    return target.item() if target.ndim == 0 else target
