@@ -1,31 +1,41 @@
-"""Your own code, trusted because you named it.
+"""Which code a config, a command line or a file may name: the libraries' classes, and your own code once you trust
+it. Everything else a file holds is data.
 
-Checkpoints name the classes they were built from (a network, a data module, a metric), and a file never chooses code
-to run: those names are looked up among classes already imported
-(:func:`project.training.checkpoints.allowed_class`). A class of your own, in a module outside ``project/``, is
-imported because you name its module:
+Options that take a class (``--model.network``, ``--trainer.callbacks``, ``--data``, ...) name it by class path, and
+the command line builds it. :func:`refuse_untrusted_code` checks every class path and every function the parser read,
+from the command line, a ``--config`` file, a run's saved ``config.yaml``, a sweep's ``best.yaml`` or spec, before
+anything is built: a class must come from one of :data:`LIBRARIES` or from a module you trust, and a function (an
+option typed ``Callable``, such as ``LambdaCallback``'s hooks) from a module you trust. Checkpoints name their classes
+too; those are looked up among classes already imported (:func:`project.training.checkpoints.allowed_class`).
 
-- in a config or on the command line of ``python -m project`` (``--model.network my_nets.SmallResNet``): the command
-  line imports what it builds;
-- with ``--trust my_nets`` on ``scripts/evaluate.py``, ``scripts/export.py`` and ``scripts/predict.py`` (found from
-  the current folder, as ``python -m`` finds modules), or :func:`trust` in a notebook;
+Your own modules (outside ``project/``) are trusted because you name them:
+
+- ``--trust my_nets`` on ``python -m project`` (and ``scripts/evaluate.py``, ``export.py``, ``predict.py``), found
+  from the current folder; or :func:`trust` in a notebook;
 - once for all, in the ``pyproject.toml`` of this project's own clone (the folder that holds ``project/``), found
   from that folder::
 
       [tool.project]
       trusted = ["my_nets", "examples.own_network.resnet"]
 
-Only that one file is read, wherever a command runs: a ``pyproject.toml`` in the folder of a downloaded run, or in
-a folder above, never names code to import. A folder is on ``sys.path`` only while the modules named are imported.
+Trusting a module trusts its submodules. Only that one ``pyproject.toml`` is read, wherever a command runs: one in the
+folder of a downloaded run, or in a folder above, never names code to import. A folder is on ``sys.path`` only while
+the modules named are imported, and ``python -m project`` takes the current folder off ``sys.path`` before it imports
+anything (``project/__init__.py``): a file such as ``tensorboard.py`` in a received run folder is never imported in
+place of a library.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
+
+from jsonargparse import Namespace
 
 from project.errors import UserInputError, first_line
 
@@ -36,17 +46,22 @@ else:  # the same parser, before it joined the standard library
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The clone's folder, beside ``project/``: where its ``pyproject.toml`` is (absent for a non-editable install)."""
+LIBRARIES = ("project", "torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "lightning_fabric")
+"""The packages whose classes a config may name without trust (top-level import names)."""
 HOW_TO_TRUST = (
-    "to trust a module of your own, name it: --trust your.module (scripts/evaluate.py, export.py, predict.py), or "
-    'trusted = ["your.module"] under [tool.project] in the pyproject.toml beside project/'
+    "to trust a module of your own, name it: --trust your.module (python -m project and scripts/evaluate.py, "
+    'export.py, predict.py), or trusted = ["your.module"] under [tool.project] in the pyproject.toml beside project/'
 )
-"""What a refusal of a class says: how to name its module."""
+"""What a refusal of a class or function says: how to name its module."""
+TRUSTED: set[str] = set()
+"""The modules trusted in this process (:func:`trust`): named with ``--trust``, in the clone's ``pyproject.toml``, or
+by :func:`trust` in Python."""
 
 
 def trust(*modules: str, root: Path | None = None) -> None:
-    """Import ``modules`` (dotted names, found from ``root``: default the current folder, which is on ``sys.path``
-    only while they are imported), so that their classes are on the allow-lists of checkpoints; one error line for a
-    module that does not import."""
+    """Trust ``modules`` (dotted names): import them, found from ``root`` (default the current folder, which is on
+    ``sys.path`` only while they are imported), so that their classes may be named by configs and checkpoints; one
+    error line for a module that does not import."""
     if not modules:
         return
     folder = str((root or Path.cwd()).resolve())
@@ -60,6 +75,7 @@ def trust(*modules: str, root: Path | None = None) -> None:
                     f"cannot import the trusted module {name!r} from {folder}: {type(error).__name__}: "
                     f"{first_line(error)}"
                 ) from None
+            TRUSTED.add(name)
     finally:
         sys.path.remove(folder)
 
@@ -80,10 +96,81 @@ def declared_modules(root: Path = PROJECT_ROOT) -> list[str]:
 
 
 def trust_declared(root: Path = PROJECT_ROOT) -> list[str]:
-    """Import the modules the clone's ``pyproject.toml`` trusts; their names (an imported module costs a lookup)."""
+    """Trust the modules the clone's ``pyproject.toml`` lists; their names (an imported module costs a lookup)."""
     modules = declared_modules(root)
     trust(*modules, root=root)
     return modules
+
+
+def trusted(module: str) -> bool:
+    """Whether ``module`` is trusted: one :func:`trust` was given, or a submodule of one."""
+    return any(module == name or module.startswith(f"{name}.") for name in TRUSTED)
+
+
+def may_be_named(module: str) -> bool:
+    """Whether a config may name a class of ``module``: one of :data:`LIBRARIES`, or a trusted module."""
+    return module.partition(".")[0] in LIBRARIES or trusted(module)
+
+
+def take_trust_options(args: list[str]) -> tuple[list[str], list[str]]:
+    """``--trust MODULE`` / ``--trust=MODULE`` taken out of a command line: the modules, and the other arguments."""
+    modules, rest = [], []
+    index = 0
+    while index < len(args):
+        option, equals, value = args[index].partition("=")
+        if option == "--trust":
+            if not equals:
+                if index + 1 >= len(args) or args[index + 1].startswith("-"):
+                    raise UserInputError("--trust: expected a module of your own (--trust my_nets)")
+                value = args[index + 1]
+                index += 1
+            modules.append(value)
+        else:
+            rest.append(args[index])
+        index += 1
+    return modules, rest
+
+
+def refuse_untrusted_code(value: Any, where: str = "") -> None:
+    """Refuse, naming the option, a class path outside :func:`may_be_named` and a function outside a trusted module
+    anywhere in ``value``: the command line's parsed config (jsonargparse's ``Namespace``), or plain dicts and lists
+    read from a file. Nothing is imported or built here."""
+    if isinstance(value, Namespace | dict):
+        items = value.items() if isinstance(value, dict) else vars(value).items()
+        if "class_path" in value:
+            refuse_untrusted_class(value["class_path"], where)
+        for key, item in items:
+            refuse_untrusted_code(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            refuse_untrusted_code(item, f"{where}[{index}]")
+    elif isinstance(value, type):
+        refuse_untrusted_class(f"{value.__module__}.{value.__qualname__}", where)
+    elif inspect.isroutine(value) or isinstance(value, functools.partial):
+        function = value.func if isinstance(value, functools.partial) else value
+        module, name = getattr(function, "__module__", None), getattr(function, "__qualname__", repr(function))
+        if not trusted(str(module)):
+            raise UserInputError(
+                f"{where}: {module}.{name} is code, and a config names code only from modules you trust; {HOW_TO_TRUST}"
+            )
+
+
+def refuse_untrusted_class(class_path: Any, where: str) -> None:
+    """Refuse a class path a config may not name (:func:`may_be_named`), or one that names something other than a
+    class. A short name (``RandomCrop``) is left to the option that looks it up among the classes it allows."""
+    if not isinstance(class_path, str):
+        raise UserInputError(f"{where}.class_path must be a class's import path, got {class_path!r}")
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        return
+    found = getattr(sys.modules.get(module), name, None)
+    if not may_be_named(module) or (found is not None and not may_be_named(str(found.__module__))):
+        raise UserInputError(
+            f"{where}: {class_path} is not a class a config may name (those of torch, torchvision, torchmetrics, "
+            f"lightning and this project, or of a module you trust); {HOW_TO_TRUST}"
+        )
+    if found is not None and not isinstance(found, type):
+        raise UserInputError(f"{where}: {class_path} is not a class ({type(found).__name__}); name a class")
 
 
 def add_trust_option(parser: argparse.ArgumentParser) -> None:

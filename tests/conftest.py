@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from idx import write_mnist_folder
 
+from project import trusted
 from project.data import DATA_DIR_ENV
 from project.data.cache import CACHE_DIR_ENV
+from project.trusted import trust
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -19,12 +21,23 @@ if os.environ.get(DATA_DIR_ENV):  # relative to where pytest started (tests chan
     os.environ[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
 if not os.environ.get(CACHE_DIR_ENV):  # decoded-image caches in a folder of this session's, not in ./cache
     os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="project-test-cache-")
+# Tests name callbacks of their own in configs (--trainer.callbacks+=helpers.KillAtStep): trusted, as a user's module.
+trust("helpers", root=Path(__file__).parent)
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+@pytest.fixture(autouse=True)
+def trusted_modules_of_the_test():
+    """Modules a test trusts (``--trust``, ``trust()``) are trusted for that test only, as for one command."""
+    before = set(trusted.TRUSTED)
+    yield
+    trusted.TRUSTED.clear()
+    trusted.TRUSTED.update(before)
 
 
 @pytest.fixture(scope="session")

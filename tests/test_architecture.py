@@ -18,7 +18,7 @@ MAY_IMPORT = {
     "files": {"errors", "files"},
     "tasks": {"errors", "plain", "trusted", "tasks"},
     "networks": {"errors", "files", "networks"},
-    "data": {"errors", "trusted", "files", "tasks", "data"},
+    "data": {"errors", "plain", "trusted", "files", "tasks", "data"},
     "reports": {"errors", "tasks", "data", "reports"},
     "training": {"errors", "moved", "trusted", "plain", "files", "tasks", "networks", "data", "training"},
     "inference": {"errors", "files", "tasks", "networks", "data", "reports", "training", "inference"},

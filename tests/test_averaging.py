@@ -23,6 +23,9 @@ from project.tasks import make_task
 from project.training import EMAWeights, SWAWeights
 from project.training.checkpoints import read_checkpoint
 from project.training.task_module import TaskModule
+from project.trusted import trust
+
+trust(__name__)  # its classes are named in configs (--trainer.callbacks+=...), as a user's own module's
 
 TINY = ["--model.network.init_args.width=4", "--model.network.init_args.hidden_size=16"]
 RUN = Path("logs") / "mnist" / "version_0" / "checkpoints"

@@ -219,6 +219,7 @@ def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoi
         f"--model.pretrained={pretrained_checkpoint}",
         "--model.freeze_backbone_epochs=1",
         "--model.optimizer.lr=0.01",
+        "--trust=helpers",
         "--trainer.callbacks+=helpers.RankDigest",
         f"--trainer.callbacks.folder={digests}",
         "--test_after_fit=false",

@@ -81,7 +81,7 @@ def test_two_nodes_under_torchrun_write_one_run_whose_validation_matches_one_pro
 @pytest.mark.slow
 def test_a_two_node_job_killed_mid_epoch_and_relaunched_ends_as_if_never_stopped(two_node_run, tmp_path, fake_data_dir):
     args = [f"--config={EXACT_CONFIG}", *TWO_NODES, f"--data.data_dir={fake_data_dir}", "--test_after_fit=false"]
-    kill = ["--trainer.callbacks+=helpers.KillAtStep", "--trainer.callbacks.step=13"]  # epoch 3, batch 3
+    kill = ["--trust=helpers", "--trainer.callbacks+=helpers.KillAtStep", "--trainer.callbacks.step=13"]  # epoch 3
     assert 0 not in two_nodes(tmp_path, [*args, *kill])  # torchrun reports its worker's SIGKILL as a failure
     last = tmp_path / EXACT_RUN / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 12  # saved every 4 steps: mid-epoch
@@ -119,7 +119,7 @@ def test_a_slurm_job_saves_before_its_time_limit_requeues_itself_and_resumes_exa
         folder.mkdir()
     result = sbatch(straight, slurm_environment(straight), *args)
     assert result.returncode == 0 and not (straight / "scontrol.log").exists(), result.stderr[-3000:]
-    warning = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=13",
+    warning = ["--trust=helpers", "--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=13",
                "--trainer.callbacks.signal_name=SIGUSR1"]  # fmt: skip
     first = sbatch(requeued, slurm_environment(requeued), *args, *warning)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -30,7 +30,8 @@ def own_network_run(quick_args, run_dir, monkeypatch) -> Path:
     """``last.ckpt`` of the own-network example trained through the CLI (as ``python -m project`` from the clone)."""
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     small = ["--model.network.init_args.width=8", "--model.network.init_args.blocks=1", "--test_after_fit=false"]
-    run_cli(["fit", *quick_args, f"--config={EXAMPLE / 'config.yaml'}", *small, "--trainer.max_epochs=1"])
+    trust = "--trust=examples.own_network.resnet"
+    run_cli(["fit", trust, *quick_args, f"--config={EXAMPLE / 'config.yaml'}", *small, "--trainer.max_epochs=1"])
     return run_dir / "logs" / "own_network" / "version_0" / "checkpoints" / "last.ckpt"
 
 

@@ -51,7 +51,8 @@ class Runs:
             folder.mkdir()
         result = fit_in_subprocess(self.straight_dir, self.args)
         assert result.returncode == 0, result.stderr[-3000:]
-        kill = ["--trainer.callbacks+=helpers.KillAtStep", f"--trainer.callbacks.step={kill_at_step}"]
+        kill = ["--trust=helpers", "--trainer.callbacks+=helpers.KillAtStep"]
+        kill.append(f"--trainer.callbacks.step={kill_at_step}")
         result = fit_in_subprocess(self.killed_dir, [*self.args, *kill])
         assert result.returncode == -9, result.stderr[-3000:]  # SIGKILL: no handler ran
 
@@ -155,7 +156,7 @@ def test_sigterm_saves_at_the_step_boundary_exits_nonzero_and_resumes_exactly(
     folder.mkdir()
     args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]
     result = fit_in_subprocess(
-        folder, [*args, "--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=13"]
+        folder, [*args, "--trust=helpers", "--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=13"]
     )
     assert result.returncode == 143, result.stderr[-3000:]
     assert "stopped by SIGTERM" in result.stdout
@@ -243,7 +244,7 @@ def test_a_new_run_never_touches_an_earlier_runs_files(quick_args, run_dir):
 @pytest.mark.slow
 def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
     args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]
-    signal_args = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=7",
+    signal_args = ["--trust=helpers", "--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step=7",
                    "--trainer.callbacks.signal_name=SIGUSR1"]  # fmt: skip
     result = fit_in_subprocess(tmp_path, [*args, *signal_args])
     assert result.returncode == 143, result.stderr[-3000:]

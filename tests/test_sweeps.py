@@ -26,6 +26,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from project.cli import run_cli
 from project.sweeps import main
 from project.sweeps.storage import database_url
+from project.trusted import trust
+
+trust(__name__)  # its classes are named in configs (--trainer.callbacks+=...), as a user's own module's
 
 TESTS = Path(__file__).resolve().parent
 LR = "model.optimizer.init_args.lr"
@@ -128,7 +131,8 @@ def test_two_workers_share_one_study_each_trial_in_its_own_run_folder(fake_data_
 @pytest.mark.parametrize("interrupted", [pytest.param(mode, marks=pytest.mark.slow) for mode in ("retry", "skip")])
 def test_a_killed_sweep_continues_the_same_study(interrupted, fake_data_dir, run_dir):
     spec = write_spec(run_dir, fake_data_dir)
-    kill = ["--trainer.callbacks+=test_sweeps.KillOnce", f"--trainer.callbacks.marker={run_dir / 'killed'}"]
+    kill = ["--trust=test_sweeps", "--trainer.callbacks+=test_sweeps.KillOnce"]
+    kill.append(f"--trainer.callbacks.marker={run_dir / 'killed'}")
     command = sweep_command(str(spec), "--interrupted", interrupted, *kill)
     first = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]

@@ -21,6 +21,7 @@ Predictions for new images come from ``scripts/predict.py`` (a CSV), reports fro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from project.cli.arguments import prepared_arguments
 from project.cli.preflight import (
     adopt_backbone_normalisation,
     check_averaging,
@@ -43,7 +45,7 @@ from project.cli.preflight import (
     check_monitors,
     check_sharding_has_gpus,
 )
-from project.cli.presets import DEFAULT_CONFIG, default_configs, resolve_config_args, run_name
+from project.cli.presets import DEFAULT_CONFIG, default_configs, run_name
 from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_parse_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -57,6 +59,7 @@ from project.training.resume import ExactResume, check_resume_settings
 from project.training.run_lock import RunLock, first_process
 from project.training.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
 from project.training.task_module import TaskModule
+from project.trusted import refuse_untrusted_code
 
 EVALUATION = ("validate", "test")
 CHOSEN_CHECKPOINT_ENV = "PROJECT_CHOSEN_CHECKPOINT"
@@ -67,9 +70,11 @@ FIT_ONLY_CALLBACKS = (Checkpoint, LearningRateMonitor, ExactResume, TensorBoardR
 DESCRIPTION = (
     "Train (fit), validate or test a model of this project; every subcommand starts from project/configs/base.yaml "
     "(and mnist.yaml unless it chooses its own data), "
-    "--config stacks presets (python -m project fit --help lists every option). Predictions for new images: "
+    "--config stacks presets (python -m project fit --help lists every option); --trust MODULE lets configs name "
+    "classes of a module of your own (found from the current folder). Predictions for new images: "
     "scripts/predict.py; reports of a checkpoint: scripts/evaluate.py; export: scripts/export.py."
 )
+PRINT_CONFIG = "--print_config"
 CKPT_PATH_HELP = (
     "the checkpoint to resume (fit) or evaluate: 'last' (the newest run of this recipe, logs/<name>/version_*; fit "
     "refuses it while another process trains into it, validate and test pass over runs still training), 'best' "
@@ -131,8 +136,12 @@ class ProjectCLI(LightningCLI):
         replaced = refuse_replaced_callbacks(list(args or []))
         if replaced:
             raise UserInputError(replaced)
+        printing = [arg for arg in args or [] if arg.partition("=")[0] == PRINT_CONFIG]
+        if printing:  # jsonargparse prints the config and exits while it parses: check the code it names first
+            with contextlib.suppress(argparse.ArgumentError):  # (what it prints need not be complete)
+                self.parse_checked(parser, [arg for arg in args if arg not in printing])
         try:
-            super().parse_arguments(parser, args)
+            self.parse_checked(parser, args)
         except argparse.ArgumentError as error:
             raise UserInputError(explain_parse_error(str(error), parser, args)) from None
         self.run_name = run_name(args)
@@ -144,6 +153,13 @@ class ProjectCLI(LightningCLI):
         if subcommand:
             self.requested_ckpt_path = self.config[subcommand].get("ckpt_path")
             self.config[subcommand].ckpt_path = None
+
+    def parse_checked(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` into ``self.config``, then refuse code it names that may not be built
+        (:func:`project.trusted.refuse_untrusted_code`): nothing has been built yet."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        refuse_untrusted_code(self.config[subcommand] if subcommand else self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -296,7 +312,7 @@ class ProjectCLI(LightningCLI):
         trainer.loggers = [trainer.logger, *self.trackers]
         config = self.config[self.subcommand]
         config.trainer.logger = [config.trainer.logger, *self.tracker_configs]
-        recorded = trackers.run_ids(self.trackers)
+        recorded = trackers.run_ids(self.trackers, record, run_ids)
         if recorded and recorded != run_ids:
             with written_whole(record, "w") as file:
                 json.dump({**run_ids, **recorded}, file, indent=2)
@@ -338,7 +354,7 @@ def run_cli(
     """Parse ``args`` (default: the command line), run the subcommand and return the CLI with its trainer; ``prog``
     is the command's name in its usage line; ``callbacks`` are added to the configured ones (built in Python: a
     sweep's pruning callback)."""
-    args = resolve_config_args(sys.argv[1:] if args is None else args)
+    args = prepared_arguments(sys.argv[1:] if args is None else args)
     # We pass the (resolved) command line as `args` on purpose; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; nothing for users to act on.

@@ -8,11 +8,12 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
 from project.errors import UserInputError, some
 from project.files.weights import state_dict_differences
-from project.networks.lora import restore_base
-from project.training.averaging import averaged_weights, averaging_method
+from project.networks.lora import base_weights, restore_base
+from project.training.averaging import AVERAGING_STATE, CURRENT_WEIGHTS, averaged_weights, averaging_method
 from project.training.checkpoints import BestCheckpoint
 from project.training.stopping import TaskEarlyStopping
 from project.training.task_module import TaskModule
@@ -62,16 +63,36 @@ def check_averaging(callbacks: list[Callback], checkpoint: dict[str, Any] | None
 
 def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str) -> None:
     """Refuse a checkpoint whose weights do not fit the configured network, naming the tensors that differ (or, for
-    LoRA adapters, whose base is not this network's)."""
+    LoRA adapters, whose base is not this network's); the same for the weights being trained that a checkpoint of
+    averaged weights keeps beside them (:data:`~project.training.averaging.CURRENT_WEIGHTS`), which a resumed fit
+    loads into the network."""
     restore_base(checkpoint, model, path)
-    found = state_dict_differences(model.state_dict(), checkpoint["state_dict"])
-    problems = [f"{name} missing" for name in found.missing]
-    problems += [f"{name} not in this network" for name in found.unexpected] + found.shapes + found.kinds
+    target = model.state_dict()
+    problems = fit_problems(target, checkpoint["state_dict"])
+    if CURRENT_WEIGHTS in checkpoint:
+        current = checkpoint[CURRENT_WEIGHTS]
+        if not isinstance(current, dict) or not all(isinstance(value, Tensor) for value in current.values()):
+            problems.append(f"{CURRENT_WEIGHTS} is not a mapping of tensors")
+        else:
+            if model.hparams.lora:  # left out of it as of the state_dict; the averaging callback puts them back
+                current = {**{name: tensor.detach() for name, tensor in base_weights(model).items()}, **current}
+            problems += [f"{CURRENT_WEIGHTS}: {problem}" for problem in fit_problems(target, current)]
+        state = checkpoint.get(AVERAGING_STATE)
+        count = state.get("n_averaged") if isinstance(state, dict) else None
+        if not (isinstance(count, Tensor) and count.numel() == 1 and not count.is_floating_point() and count >= 0):
+            problems.append(f"{AVERAGING_STATE}.n_averaged is not a count (got {count!r})")
     if problems:
         raise UserInputError(
             f"{path} does not fit this network: {some(problems, 8)}. Configure the network as the run "
             f"that wrote it was (its config.yaml)"
         )
+
+
+def fit_problems(target: dict[str, Tensor], source: dict[str, Tensor]) -> list[str]:
+    """How the weights ``source`` fail to fit a module whose state dict is ``target``, one phrase each."""
+    found = state_dict_differences(target, source)
+    problems = [f"{name} missing" for name in found.missing]
+    return problems + [f"{name} not in this network" for name in found.unexpected] + found.shapes + found.kinds
 
 
 def check_sharding_has_gpus(strategy: Any, accelerator: Any) -> None:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from project.errors import UserInputError, first_line
+from project.errors import UserInputError
+from project.files.yaml_text import read_yaml
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 MODIFIER_DIR = CONFIG_DIR / "modifiers"
@@ -41,7 +40,7 @@ def chooses_data_class(args: list[str]) -> bool:
         if arg in DATA_CLASS_OPTIONS or arg.partition("=")[0] in DATA_CLASS_OPTIONS:
             return True
     for config in config_files(args):
-        content = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
+        content = read_yaml(Path(config).read_text(), config) if Path(config).is_file() else None
         sections = [content, *content.values()] if isinstance(content, dict) else []
         if any(isinstance(section, dict) and names_data_class(section.get("data")) for section in sections):
             return True
@@ -81,14 +80,7 @@ def checked_config(name: str) -> str:
     if path is None:
         presets = ", ".join(sorted(p.stem for p in [*CONFIG_DIR.glob("*.yaml"), *MODIFIER_DIR.glob("*.yaml")]))
         raise UserInputError(f"--config {name}: no such file, and no preset of that name ({presets})")
-    try:
-        yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        marked = isinstance(error, yaml.MarkedYAMLError)  # a syntax error: where it is, and what
-        mark = error.problem_mark if marked else None
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = (error.problem if marked else None) or first_line(error)
-        raise UserInputError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    read_yaml(path.read_text(), f"--config {path}")
     return str(path)
 
 

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.errors import ReportedError, causes, disk_full, first_line, install_command
+from project.trusted import HOW_TO_TRUST
 
 SUBCOMMANDS = ("fit", "validate", "test")
 """The command line's subcommands. Lightning's ``predict`` is left out: predictions for new images are
@@ -79,7 +80,8 @@ def explain_parse_error(message: str, parser: Any, args: list[str] | None = None
         return f"{key}: {value} cannot be used here ({subclass.group(1)})"
     problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
     if problem:
-        return f"{key}: {problem.group(1)} cannot be used here ({problem.group(2).strip()})"
+        own = f"; {HOW_TO_TRUST}" if "No module named" in problem.group(2) else ""
+        return f"{key}: {problem.group(1)} cannot be used here ({problem.group(2).strip()}){own}"
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return f"{key}: {lines[-1]}" if lines else message
 

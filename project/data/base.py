@@ -21,6 +21,7 @@ from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check
 from project.data.sampler import ResumableDataLoader, ResumableSampler, TrainingPosition
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
+from project.plain import PlainData
 from project.tasks import Task
 
 DATA_DIR_ENV = "PROJECT_DATA_DIR"
@@ -101,7 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         augment_shift: int = 0,
         shuffle_seed: int | None = None,
         in_memory: bool | None = None,
-        augment: list[str | dict[str, Any]] | None = None,
+        augment: list[str | dict[str, PlainData]] | None = None,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
     ) -> None:

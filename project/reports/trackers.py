@@ -20,6 +20,7 @@ import csv
 import importlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CometLogger, CSVLogger, Logger, MLFlowLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from project.errors import UserInputError
+from project.errors import UserInputError, first_line
 from project.reports.tensorboard import flatten
 
 RUN_FOLDER_LOGGERS = ("TensorBoardLogger", "RunLogger", "CSVLogger", "RunCSVLogger")
@@ -43,6 +44,8 @@ PACKAGES = {MLFlowLogger: "mlflow", WandbLogger: "wandb", CometLogger: "comet_ml
 RESUME_ARGUMENTS = {MLFlowLogger: "run_id", WandbLogger: "id", CometLogger: "experiment_key"}
 """The argument that makes each tracker continue a run it started before, given the id :data:`RECORD` holds."""
 LIGHTNING_PROJECT = "lightning_logs"
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a tracker's run id looks like (MLflow's and Comet's are hexadecimal, wandb's alphanumeric)."""
 """Lightning's default MLflow experiment name: a preset that leaves it gets the run's name instead."""
 
 
@@ -175,17 +178,34 @@ def recorded_run_ids(record: Path) -> dict[str, str]:
         raise UserInputError(
             f"{record} is not a mapping of tracker names to run ids (JSON); remove it and the trackers start new runs"
         )
+    for name, run_id in ids.items():
+        if not RUN_ID.fullmatch(run_id):
+            raise UserInputError(
+                f"{record}: {name}'s run id {run_id!r} is not an id (letters, digits, - and _); remove the entry and "
+                f"the tracker starts a new run"
+            )
     return ids
 
 
-def run_ids(loggers: list[Logger]) -> dict[str, str]:
+def run_ids(loggers: list[Logger], record: Path, recorded: dict[str, str]) -> dict[str, str]:
     """The id of each tracker's run, by class name, for :data:`RECORD`: what :data:`RESUME_ARGUMENTS` hands back on
-    resume. Asking makes the trackers' runs (MLflow's client creates its run, wandb starts)."""
+    resume. Asking makes the trackers' runs (MLflow's client creates its run, wandb starts); a run of
+    ``recorded`` (read from ``record``) that the tracker cannot continue is one error line."""
     ids = {}
     for logger in loggers:
-        if any(isinstance(logger, kind) for kind in RESUME_ARGUMENTS):
+        name = type(logger).__name__
+        if not any(isinstance(logger, kind) for kind in RESUME_ARGUMENTS):
+            continue
+        try:
             _ = logger.experiment  # (wandb's version is its run's id once the run exists)
-            ids[type(logger).__name__] = str(logger.version)
+        except Exception as error:  # the tracker's own error, whatever its library raises
+            if name not in recorded:
+                raise
+            raise UserInputError(
+                f"{record}: {name} cannot continue its run {recorded[name]} ({first_line(error)}); remove the entry "
+                f"and the tracker starts a new run"
+            ) from None
+        ids[name] = str(logger.version)
     return ids
 
 
@@ -227,38 +247,49 @@ class RunCSVLogger(CSVLogger):
         super().__init__(save_dir, **kwargs)
         self.purge_step = purge_step
         self.rows_kept = False
+        metrics = Path(self.log_dir) / "metrics.csv"
+        # Left by a start killed before it wrote the rows back: the whole file as it was, while the metrics.csv that
+        # start was writing may hold part of them only.
+        earlier = metrics.with_name("metrics-before-resume.csv")
+        self.source = earlier if earlier.is_file() else metrics
+        self.kept = kept_rows(self.source, purge_step) if purge_step is not None else []
+        """The earlier start's rows to keep, read (and checked) when the logger is built: before any work."""
 
     @property
     def experiment(self) -> Any:
         if self.rows_kept:
             return super().experiment
         metrics = Path(self.log_dir) / "metrics.csv"
-        # Left by a start killed before it wrote the rows back: the whole file as it was, while the metrics.csv that
-        # start was writing may hold part of them only.
         earlier = metrics.with_name("metrics-before-resume.csv")
-        source = earlier if earlier.is_file() else metrics
-        kept = kept_rows(source, self.purge_step) if self.purge_step is not None else []
-        if kept and source == metrics:  # moved aside, not deleted, until the rows are written back
+        if self.kept and self.source == metrics:  # moved aside, not deleted, until the rows are written back
             os.replace(metrics, earlier)
         with warnings.catch_warnings():  # the folder holds TensorBoard's files; the kept rows are written below
             warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
             experiment = super().experiment
         self.rows_kept = True
-        if kept:
-            experiment.metrics[:0] = kept
+        if self.kept:
+            experiment.metrics[:0] = self.kept
             experiment.save()  # at once, before training goes on
             earlier.unlink()
         return experiment
 
 
 def kept_rows(metrics: Path, purge_step: int) -> list[dict[str, float]]:
-    """The rows of ``metrics`` (a CSVLogger's file) logged before ``purge_step``, their empty cells left out."""
+    """The rows of ``metrics`` (a CSVLogger's file) logged before ``purge_step``, their empty cells left out; one
+    error line for a file that is not such a table."""
     if not metrics.is_file():
         return []
-    with metrics.open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    return [
-        {key: float(value) for key, value in row.items() if value != "" and key != "step"} | {"step": int(row["step"])}
-        for row in rows
-        if int(row["step"]) < purge_step
-    ]
+    try:
+        with metrics.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+        parsed = [
+            {key: float(value) for key, value in row.items() if value != "" and key != "step"}
+            | {"step": int(row["step"])}
+            for row in rows
+        ]
+    except (csv.Error, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise UserInputError(
+            f"{metrics} is not a table of metrics by step as the CSV logger writes ({type(error).__name__}: "
+            f"{first_line(error)}); move it away to resume (TensorBoard's files hold the same metrics)"
+        ) from None
+    return [row for row in parsed if row["step"] < purge_step]

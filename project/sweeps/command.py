@@ -24,7 +24,7 @@ from project.cli import run_cli
 from project.cli.refusals import exit_on_refusal
 from project.errors import UserInputError
 from project.sweeps.spec import Objective, SweepSpec, load_spec, option_key, option_value
-from project.sweeps.storage import Sweep, open_study, quiet_optuna, storage_for
+from project.sweeps.storage import Sweep, open_study, quiet_optuna, shown_url, storage_for
 from project.sweeps.study import counts, finished, run_worker
 from project.training.progress import say
 
@@ -122,6 +122,7 @@ def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
             raise UserInputError(f"sweep {spec.path}: {error}") from None
         if index == 0:
             resolved = yaml.safe_load(printed.getvalue()) or {}
+    check_trial_folders(resolved)
     logger = (resolved.get("trainer") or {}).get("logger")
     if isinstance(logger, list):  # a tracker preset: the sweep names each trial's folder by the one logger's options
         raise UserInputError(
@@ -135,6 +136,30 @@ def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
             "base.yaml's project.reports.tensorboard.RunLogger (no --config study)"
         )
     return resolved
+
+
+def check_trial_folders(resolved: dict[str, Any]) -> None:
+    """Refuse options that would write a trial's files outside its own folder (``logs/sweeps/NAME/trials/``), which
+    the sweep chooses: ``trainer.default_root_dir``, a callback's ``dirpath``, a logger ``sub_dir`` that leaves the
+    run folder."""
+    trainer = resolved.get("trainer") or {}
+    where = "each trial writes into its own folder under logs/sweeps/NAME/trials/, which the sweep chooses"
+    if trainer.get("default_root_dir") is not None:
+        raise UserInputError(f"sweep: trainer.default_root_dir is set ({trainer['default_root_dir']}): {where}")
+    callbacks = trainer.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        init_args = callback.get("init_args") if isinstance(callback, dict) else None
+        if isinstance(init_args, dict) and init_args.get("dirpath") is not None:
+            name = str(callback.get("class_path")).rpartition(".")[2]
+            raise UserInputError(f"sweep: the {name} callback's dirpath is set ({init_args['dirpath']}): {where}")
+    logger = trainer.get("logger")
+    init_args = logger.get("init_args") if isinstance(logger, dict) else None
+    sub_dir = init_args.get("sub_dir") if isinstance(init_args, dict) else None
+    if sub_dir is not None and (Path(str(sub_dir)).is_absolute() or ".." in Path(str(sub_dir)).parts):
+        raise UserInputError(
+            f"sweep: trainer.logger.init_args.sub_dir {sub_dir!r} leaves the trial's run folder: {where}; give a "
+            "folder name inside it, or leave it out"
+        )
 
 
 def default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
@@ -200,7 +225,8 @@ def run_sweep(args: list[str]) -> Sweep:
     if not index:
         say(
             f"sweep {sweep.name}: {finished(counts(study))} of {sweep.trials} trials finished so far; objective "
-            f"{sweep.objective.metric} ({sweep.objective.direction}); study {sweep.storage_url}; folder {sweep.folder}"
+            f"{sweep.objective.metric} ({sweep.objective.direction}); study {shown_url(sweep.storage_url)}; folder "
+            f"{sweep.folder}"
         )
     if workers == 1:
         run_worker(sweep, after_trial=lambda study: write_results(sweep, study))

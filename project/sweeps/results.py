@@ -20,6 +20,7 @@ import yaml
 
 from project.files.atomic import written_whole
 from project.files.tables import spreadsheet_safe
+from project.files.yaml_text import read_yaml
 from project.sweeps.storage import Sweep
 from project.training.progress import say
 
@@ -151,7 +152,7 @@ def write_best(sweep: Sweep, trial: Any) -> None:
         where = folder if folder is not None else f"a run folder under {sweep.trials_dir}"
         say(f"sweep {sweep.name}: best.yaml not written: trial {trial.number} has no config.yaml in {where}")
         return
-    config = best_config(yaml.safe_load(saved.read_text()))
+    config = best_config(read_yaml(saved.read_text(), str(saved)))
     header = (
         f"# The best trial of sweep {sweep.name}: trial {trial.number}, {sweep.objective.metric} = {trial.value:.6g}"
         f" ({folder}).\n# Train it again (a new run, then tested): python -m project fit --config "

@@ -34,6 +34,7 @@ import yaml
 
 from project.cli.presets import CONFIG_DIR, checked_config
 from project.errors import UserInputError
+from project.files.yaml_text import read_yaml
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 """The sweep specs shipped with the project: ``python -m project sweep NAME`` finds ``NAME.yaml`` here."""
@@ -181,12 +182,7 @@ def load_spec(name: str) -> SweepSpec:
     """Read the spec ``name`` (:func:`spec_path`) and check everything that can be checked without the command
     line's parser; each problem is one :class:`UserInputError` line."""
     path = spec_path(name)
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = error.problem_mark if isinstance(error, yaml.MarkedYAMLError) else None
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"sweep spec {path}: not valid YAML{where}") from None
+    content = read_yaml(path.read_text(), f"sweep spec {path}")
     if not isinstance(content, dict):
         raise UserInputError(f"sweep spec {path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
     where = f"sweep spec {path}"

@@ -4,12 +4,13 @@ and the sampler and pruner each ask uses. How workers use them: :mod:`project.sw
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from project.errors import UserInputError
+from project.errors import UserInputError, causes, first_line
 from project.sweeps.spec import PRUNERS, SAMPLERS, Objective, SweepSpec, build
 
 SPEC_ATTR = "sweep_spec"
@@ -102,9 +103,33 @@ def storage_for(sweep: Sweep) -> Any:
             grace_period=sweep.spec.grace_period,
             heartbeat_stale_trial_callback=retry if sweep.retry else None,
         )
-    except (ImportError, ValueError, sqlalchemy.exc.ArgumentError, optuna.exceptions.StorageInternalError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"--storage {sweep.storage_url}: cannot open it ({message})") from None
+    except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        cause = next((e for e in causes(error) if isinstance(e, sqlalchemy.exc.DBAPIError)), error)
+        message = first_line(cause.orig if isinstance(cause, sqlalchemy.exc.DBAPIError) else cause)
+        raise UserInputError(
+            f"--storage {shown_url(sweep.storage_url)}: cannot open it ({without_password(message, sweep.storage_url)})"
+        ) from None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: its password, if any, as ``***`` (SQLAlchemy's own rendering)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: say what was given, without anything between ':' and '@'
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def without_password(message: str, url: str) -> str:
+    """``message`` (a driver's error) with the password of ``url`` masked, should the driver repeat it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return message
+    return message.replace(str(password), "***") if password else message
 
 
 def open_study(sweep: Sweep, storage: Any) -> Any:
@@ -126,8 +151,8 @@ def open_study(sweep: Sweep, storage: Any) -> Any:
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is not None and stored != identity:
         raise UserInputError(
-            f"sweep {sweep.name}: its study ({sweep.storage_url}) searches another space or objective ({stored}); "
-            f"run the same spec to continue it, or give the new one another --name"
+            f"sweep {sweep.name}: its study ({shown_url(sweep.storage_url)}) searches another space or objective "
+            f"({stored}); run the same spec to continue it, or give the new one another --name"
         )
     direction = study.direction.name.lower()
     if direction != sweep.objective.direction:

@@ -43,6 +43,8 @@ AVERAGED_WEIGHTS = "averaged_weights"
 "updates": 120}``); absent when the ``state_dict`` holds the weights being trained."""
 CURRENT_WEIGHTS = "current_model_state"
 """Checkpoint key under which Lightning's ``WeightAveraging`` keeps the weights being trained (read only on resume)."""
+AVERAGING_STATE = "averaging_state"
+"""Checkpoint key under which Lightning's ``WeightAveraging`` keeps the average's own state (``n_averaged``)."""
 
 
 def averaged_weights(checkpoint: dict[str, Any]) -> dict[str, Any] | None:

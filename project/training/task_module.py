@@ -26,6 +26,7 @@ from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.networks import Network, check_image_shape  # the package imports every network: the allow-list
 from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_base, settings_from
+from project.plain import PlainData
 from project.tasks import make_task
 from project.training.checkpoints import MonitoredModule, allowed_class, read_checkpoint
 from project.training.divergence import DivergenceWatch
@@ -112,7 +113,7 @@ class TaskModule(MonitoredModule):
         self,
         network: Network,
         task: str = "multiclass",
-        task_options: dict[str, Any] | None = None,
+        task_options: dict[str, PlainData] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Schedule = "none",
         warmup_fraction: float = 0.25,

@@ -1,0 +1,25 @@
+"""What the command line does with its arguments before its parser reads them: the modules you trust are imported
+(``--trust``, and the clone's ``pyproject.toml``: :mod:`project.trusted`), ``--config`` names are resolved to files
+(:mod:`project.cli.presets`), and every YAML text the parser reads is bounded (:mod:`project.files.yaml_text`)."""
+
+from __future__ import annotations
+
+import yaml
+from jsonargparse import get_loader, set_loader
+
+from project.cli.presets import resolve_config_args
+from project.files.yaml_text import bounded_loader
+from project.trusted import take_trust_options, trust, trust_declared
+
+YAML_LOADER = get_loader("yaml")
+"""jsonargparse's own YAML loader, which reads config files and option values, here within bounds."""
+
+
+def prepared_arguments(args: list[str]) -> list[str]:
+    """``args`` without ``--trust`` (its modules imported and trusted), their ``--config`` names resolved; the
+    parser's YAML loader bounded."""
+    modules, args = take_trust_options(args)
+    trust_declared()
+    trust(*modules)  # before parsing: the parser imports the classes a config names, to check them
+    set_loader("yaml", bounded_loader(YAML_LOADER), (yaml.YAMLError,))
+    return resolve_config_args(args)

@@ -1,0 +1,85 @@
+"""YAML read as plain data, within bounds: a config, a sweep spec or a run's saved config is text from anywhere.
+
+YAML's aliases let a 1 KB file stand for gigabytes once its values are copied (the "billion laughs"), and nesting
+without end exhausts the parser's stack. :func:`read_yaml` refuses both before anything is built from the text:
+at most :data:`MAX_CHARACTERS` characters and :data:`MAX_VALUES` values with every alias expanded, and no value that
+contains itself. :func:`bounded_loader` puts the same bounds in front of another YAML loader (the command line's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from project.errors import UserInputError, first_line
+
+MAX_CHARACTERS = 10_000_000
+"""The longest YAML text read (configs and specs are a few kilobytes)."""
+MAX_VALUES = 1_000_000
+"""The most values (scalars, lists and mappings) a YAML text may stand for once its aliases are expanded."""
+SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def check_yaml_bounds(text: str, source: str) -> None:
+    """Refuse ``text`` beyond the bounds (:data:`MAX_CHARACTERS`, :data:`MAX_VALUES`, a value inside itself);
+    YAML syntax errors are left to the loader that reads it."""
+    if len(text) > MAX_CHARACTERS:
+        raise UserInputError(f"{source}: {len(text):,} characters of YAML; at most {MAX_CHARACTERS:,} are read")
+    if "*" not in text and text.count("[") + text.count("{") < 1000:
+        return  # no alias and little nesting: nothing to expand
+    try:
+        node = yaml.compose(text, Loader=SafeLoader)
+        total = expanded_size(node, {}, set(), source)
+    except yaml.YAMLError:
+        return
+    except RecursionError:
+        raise UserInputError(f"{source}: YAML nested too deeply to read") from None
+    if total > MAX_VALUES:
+        raise UserInputError(
+            f"{source}: its YAML aliases (*name) expand to more than {MAX_VALUES:,} values (a 'billion laughs' "
+            "file?); write the values out"
+        )
+
+
+def expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
+    """How many values ``node`` stands for with its aliases expanded (``sizes``: the nodes counted already)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise UserInputError(f"{source}: a YAML value contains itself (an alias inside its own anchor)")
+    open_nodes.add(key)
+    children: list[Any] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    total = 1 + sum(expanded_size(child, sizes, open_nodes, source) for child in children)
+    open_nodes.discard(key)
+    sizes[key] = min(total, MAX_VALUES + 1)
+    return sizes[key]
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """``text`` as plain data (``yaml.safe_load``); refused beyond the bounds, and where it is not valid YAML, naming
+    ``source`` and the line."""
+    check_yaml_bounds(text, source)
+    try:
+        return yaml.load(text, Loader=SafeLoader)
+    except yaml.YAMLError as error:
+        marked = isinstance(error, yaml.MarkedYAMLError)  # a syntax error: where it is, and what
+        mark = error.problem_mark if marked else None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = (error.problem if marked else None) or first_line(error)
+        raise UserInputError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def bounded_loader(load: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``load`` (a function of YAML text) with :func:`check_yaml_bounds` in front of it."""
+
+    def bounded(text: str) -> Any:
+        check_yaml_bounds(text, "a YAML value")
+        return load(text)
+    return bounded

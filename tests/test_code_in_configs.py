@@ -1,0 +1,219 @@
+"""A config, a sweep's spec or best.yaml, and a received run folder never run code (project.trusted).
+
+Each payload would create a marker file if it ran: the tests assert the file does not exist, and that the command
+ends with one ``error:`` line and writes nothing. Negative controls show the same routes still take what they should
+(a library's class, a function of a module the user trusts).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import cli_error
+
+from project.cli import run_cli
+from project.sweeps.command import main as sweep_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+LAST = Path("logs") / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def system_call(marker: Path) -> str:
+    """A value that runs ``touch marker`` if the parser builds it: ``os.system`` named as a class."""
+    return f'{{class_path: os.system, init_args: {{command: "touch {marker}"}}}}'
+
+
+PAYLOAD_OPTIONS = [
+    "--model.task_options.label_smoothing={payload}",
+    "--model.task_options.class_weights={payload}",
+    "--model.task_options={{metrics: {{a: {payload}}}}}",
+    "--data.augment=[{payload}]",
+    "--data.augment=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]",
+]
+
+
+@pytest.mark.parametrize("option", PAYLOAD_OPTIONS)
+def test_a_class_path_given_to_an_option_that_takes_data_is_never_built(option, quick_args, run_dir, capsys):
+    marker = run_dir / "ran"
+    error = cli_error(["fit", *quick_args, option.format(payload=system_call(marker))], capsys, root=run_dir)
+    assert not marker.exists()
+    assert "os.system is not a class a config may name" in error and "--trust your.module" in error
+
+
+def test_the_same_payload_in_a_config_file_a_saved_config_and_best_yaml_is_refused(quick_args, run_dir, capsys):
+    marker = run_dir / "ran"
+    payload = yaml.safe_load(system_call(marker))
+    for name in ("preset.yaml", "logs_elsewhere/config.yaml", "best.yaml"):
+        path = run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({"model": {"task_options": {"label_smoothing": payload}}}))
+        cli_error(["fit", *quick_args, f"--config={path}"], capsys, root=run_dir)
+    assert not marker.exists()
+
+
+def test_a_sweep_spec_choice_that_names_code_is_refused_before_any_trial(fake_data_dir, run_dir, capsys):
+    marker = run_dir / "ran"
+    spec = {
+        "configs": ["debug"],
+        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+        "space": {"model.task_options.label_smoothing": {"choices": [0.0, system_call(marker)]}},
+        "trials": 2,
+    }
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as caught:
+        sweep_main(["spec.yaml"])
+    assert caught.value.code == 2
+    assert "os.system is not a class a config may name" in capsys.readouterr().err
+    assert not marker.exists() and not (run_dir / "logs").exists()
+
+
+def test_a_library_class_or_a_trusted_function_is_still_taken(quick_args, run_dir):
+    """Negative control: the walk refuses code, not classes of the libraries nor what the user trusts."""
+    metric = "{acc_top3: {class_path: torchmetrics.classification.MulticlassAccuracy, init_args: {top_k: 3}}}"
+    args = ["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"]
+    args.append(f"--model.task_options={{metrics: {metric}}}")
+    hook = ["--trust=helpers", "--trainer.callbacks+=LambdaCallback"]
+    hook.append("--trainer.callbacks.on_fit_start=helpers.note_fit_start")
+    cli = run_cli([*args, *hook])
+    assert "val/acc_top3" in cli.trainer.callback_metrics and cli.trainer.fit_started_by_helpers
+
+
+def test_lambda_callback_hooks_naming_library_functions_are_refused(quick_args, run_dir, capsys):
+    marker = run_dir / "ran"
+    for function in ("os.system", "subprocess.getoutput", "torch.load", "builtins.print"):
+        hook = ["--trainer.callbacks+=LambdaCallback", f"--trainer.callbacks.on_fit_start={function}"]
+        error = cli_error(["fit", *quick_args, *hook], capsys, root=run_dir)
+        assert "is code, and a config names code only from modules you trust" in error
+    assert not marker.exists()
+
+
+def test_a_class_of_a_module_nobody_trusted_is_refused_though_it_imports(quick_args, run_dir, capsys, monkeypatch):
+    """A module on sys.path (a notebook's folder, say) is not trusted by being importable: naming it is not enough."""
+    (run_dir / "planted.py").write_text("import lightning as L\nclass Spy(L.Callback):\n    pass\n")
+    monkeypatch.syspath_prepend(str(run_dir))
+    error = cli_error(["fit", *quick_args, "--trainer.callbacks+=planted.Spy"], capsys, root=run_dir)
+    assert "planted.Spy is not a class a config may name" in error
+    cli = run_cli(["fit", *quick_args, "--trust=planted", "--trainer.callbacks+=planted.Spy", "--trainer.max_epochs=1"])
+    assert any(type(callback).__name__ == "Spy" for callback in cli.trainer.callbacks)
+
+
+def test_python_m_project_never_imports_a_module_from_the_current_folder(fake_data_dir, tmp_path):
+    folder = tmp_path / "received_run"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("tensorboard", "yaml", "jsonargparse", "torchvision", "rich"):
+        (folder / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write({name!r})\n")
+    command = [sys.executable, "-m", "project", "fit", "--ckpt_path", "last", f"--data.data_dir={fake_data_dir}"]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
+    assert not marker.exists(), marker.read_text()
+    assert result.returncode == 2 and "no last.ckpt under" in result.stderr, result.stderr[-2000:]
+
+
+def test_an_averaged_checkpoint_whose_trained_weights_are_integers_is_refused(quick_args, run_dir, capsys):
+    run_cli(["fit", *quick_args, "--config=ema", "--trainer.max_epochs=1", "--test_after_fit=false"])
+    checkpoint = torch.load(LAST, weights_only=True)
+    current = checkpoint["current_model_state"]
+    checkpoint["current_model_state"] = {name: tensor.long() for name, tensor in current.items()}
+    torch.save(checkpoint, LAST)
+    resume = ["fit", *quick_args, "--config=ema", "--trainer.max_epochs=2", "--ckpt_path=last"]
+    error = cli_error(resume, capsys)
+    assert "current_model_state: network.head.weight: torch.int64 in the file, torch.float32 in the network" in error
+    assert not (LAST.parents[1] / "config-resume1.yaml").exists()
+
+    checkpoint["current_model_state"] = {name: tensor[:1] for name, tensor in current.items()}  # the wrong shape
+    torch.save(checkpoint, LAST)
+    assert "current_model_state: network.head.weight: checkpoint (1, 128)" in cli_error(resume, capsys)
+    checkpoint["current_model_state"], checkpoint["averaging_state"] = current, {"n_averaged": torch.tensor(0.5)}
+    torch.save(checkpoint, LAST)
+    assert "averaging_state.n_averaged is not a count" in cli_error(resume, capsys)
+    assert not (LAST.parents[1] / "config-resume1.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://sweeper:SECRET-PW@127.0.0.1:1/study",
+        "mysql://sweeper:SECRET-PW@localhost/study",
+        "nosuchdialect://sweeper:SECRET-PW@host/study",
+    ],
+)
+def test_a_storage_url_that_cannot_be_opened_never_prints_its_password(url, fake_data_dir, run_dir, capsys):
+    spec = {
+        "configs": ["debug"],
+        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+        "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
+    }
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as caught:
+        sweep_main(["spec.yaml", "--storage", url])
+    out, err = capsys.readouterr()
+    assert caught.value.code == 2 and "cannot open it" in err and "sweeper:***@" in err
+    assert "SECRET-PW" not in out + err
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"trainer.logger.init_args.sub_dir": "../../../../escape"},
+        {"trainer.logger.init_args.sub_dir": "/tmp/escape"},
+        {"trainer.default_root_dir": "elsewhere"},
+    ],
+)
+def test_a_sweep_option_that_writes_outside_the_trial_folder_is_refused(option, fake_data_dir, run_dir, capsys):
+    spec = {
+        "configs": ["debug"],
+        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, **option},
+        "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
+    }
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as caught:
+        sweep_main(["spec.yaml"])
+    assert caught.value.code == 2 and "each trial writes into its own folder" in capsys.readouterr().err
+    assert not (run_dir / "logs").exists() and not (run_dir.parent / "escape").exists()
+
+
+def test_crafted_run_folder_files_are_one_line_before_anything_is_written(quick_args, run_dir, capsys):
+    run_cli(["fit", *quick_args, "--config=csv", "--trainer.max_epochs=1", "--test_after_fit=false"])
+    folder = LAST.parents[1]
+    resume = ["fit", *quick_args, "--config=csv", "--trainer.max_epochs=2", "--ckpt_path=last"]
+    good = (folder / "metrics.csv").read_text()
+    for crafted in ("step,epoch,val/acc\nabc,0,xyz\n", "step,epoch\n1,\x00\n", "x,y\n1,2\n"):
+        (folder / "metrics.csv").write_text(crafted)
+        before = sorted(path.name for path in folder.iterdir())
+        assert "metrics.csv is not a table of metrics by step" in cli_error(resume, capsys)
+        assert sorted(path.name for path in folder.iterdir()) == before  # no config-resume1.yaml, no event file
+    (folder / "metrics.csv").write_text(good)
+    for crafted in ('{"RunMLFlowLogger": "../../elsewhere"}', '{"WandbLogger": ""}', "[1]"):
+        (folder / "trackers.json").write_text(crafted)
+        assert "trackers.json" in cli_error(resume, capsys)
+    assert not (folder / "config-resume1.yaml").exists()
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """370 bytes of YAML that stand for 10**9 values once their aliases are expanded."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels + 1):
+        name, previous = chr(ord("a") + level), chr(ord("a") + level - 1)
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_bomb_in_a_config_an_option_or_a_spec_is_refused_in_bounded_memory(fake_data_dir, run_dir, capsys):
+    (run_dir / "bomb.yaml").write_text(billion_laughs())
+    message = "aliases (*name) expand to more than 1,000,000 values"
+    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", "--config=bomb.yaml"], capsys)
+    inline = "{" + billion_laughs().strip().replace("\n", ", ") + "}"
+    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", f"--model.task_options={inline}"], capsys)
+    space = "space: {model.optimizer.init_args.lr: {low: 0.001, high: 0.01}}\n"
+    (run_dir / "spec.yaml").write_text(billion_laughs() + space)
+    with pytest.raises(SystemExit):
+        sweep_main(["spec.yaml"])
+    assert message in capsys.readouterr().err
+    (run_dir / "loop.yaml").write_text("a: &a [1, *a]\n")
+    assert "contains itself" in cli_error(["fit", f"--data.data_dir={fake_data_dir}", "--config=loop.yaml"], capsys)
