@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 import torch
-from helpers import Interrupted, scalar_steps
+from helpers import Interrupted, cli_error, scalar_steps
+from test_reliability import assert_same_training_state
 
 from project.cli import main, run_cli
 
@@ -243,3 +244,52 @@ def test_the_fallback_from_a_truncated_last_checkpoint_rewinds_tensorboard_too(f
         cli = run_cli([*args, "--ckpt_path=last"])
     assert cli.trainer.global_step == 30
     assert_strictly_increasing_steps(folder)
+
+
+def test_resuming_a_run_that_reached_its_epochs_with_only_more_steps_names_max_epochs(quick_args, run_dir, capsys):
+    """Lightning would train nothing, say ``max_epochs=2 reached``, test again and write config-resume1.yaml."""
+    run_cli(["fit", *quick_args, "--trainer.max_steps=20", "--test_after_fit=false"])  # 2 epochs of 10 steps
+    error = cli_error(["fit", *quick_args, "--trainer.max_steps=30", "--ckpt_path=last"], capsys)
+    assert "--trainer.max_epochs=2 is reached already" in error and "raise --trainer.max_epochs too" in error
+    more_epochs = ["--trainer.max_epochs=3", "--ckpt_path=last"]
+    error = cli_error(["fit", *quick_args, *more_epochs, "--trainer.max_steps=20"], capsys)
+    assert "--trainer.max_steps=20 is reached already" in error
+    assert not (run_dir / "logs" / "mnist" / "version_0" / "config-resume1.yaml").exists()
+    resumed = run_cli(["fit", *quick_args, "--trainer.max_epochs=3", "--trainer.max_steps=30", "--ckpt_path=last"])
+    assert resumed.trainer.global_step == 30  # the negative control: raised, it trains on
+
+
+def test_a_run_by_max_steps_resumed_at_an_epoch_end_trains_what_an_uninterrupted_run_does(quick_args, run_dir):
+    """With max_steps set, Lightning takes a checkpoint of a finished epoch for a restart inside it and runs that
+    epoch again empty (Lightning #19617): one epoch fewer, and the next epoch's data order."""
+    limits = ["--trainer.max_epochs=4", "--trainer.max_steps=40", "--test_after_fit=false"]
+    interrupt = ["--trainer.callbacks+=helpers.InterruptAtEpoch", "--trainer.callbacks.epoch=2"]
+    with pytest.raises(Interrupted):  # when epoch 3 starts: last.ckpt was written at the end of epoch 2, step 20
+        run_cli(["fit", *quick_args, *limits, *interrupt])
+    resumed = run_cli(["fit", *quick_args, *limits, "--ckpt_path=last"])
+    straight = run_cli(["fit", *quick_args, *limits, "--trainer.logger.init_args.name=straight"])
+    assert [(run.trainer.current_epoch, run.trainer.global_step) for run in (resumed, straight)] == [(4, 40)] * 2
+    logs = run_dir / "logs"
+    assert_same_training_state(
+        logs / "straight" / "version_0" / "checkpoints" / "last.ckpt",
+        logs / "mnist" / "version_0" / "checkpoints" / "last.ckpt",
+    )
+
+
+def test_sigterm_before_the_first_step_says_that_no_checkpoint_was_written(quick_args, run_dir, capsys):
+    # after the first batch, which with accumulation over 2 batches takes no optimizer step: nothing to save yet
+    signal_early = ["--trainer.accumulate_grad_batches=2", "--trainer.callbacks+=helpers.SignalAtStep"]
+    signal_early.append("--trainer.callbacks.step=0")
+    with pytest.raises(SystemExit) as caught:
+        main(["fit", *quick_args, *signal_early])
+    out = capsys.readouterr().out
+    assert caught.value.code == 143
+    assert "Stopped by SIGTERM at step 0: no checkpoint of this run was written" in out
+    assert "--ckpt_path last" not in out and not list(run_dir.rglob("last.ckpt"))
+
+
+def test_a_run_without_validation_says_why_it_tests_the_weights_in_memory(quick_args, run_dir, capsys):
+    run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
+    out = capsys.readouterr().out
+    assert "No best checkpoint (no validation ran, so no best checkpoint was chosen)" in out
+    assert "fast_dev_run" not in out and list(run_dir.rglob("last.ckpt"))

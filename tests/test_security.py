@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_error
+from helpers import cli_error, run_script
 
 from project.cli import run_cli
 
@@ -90,7 +90,9 @@ def test_loading_a_model_refuses_an_instantiator_named_by_the_checkpoint(trained
         checkpoint["hyper_parameters"]["_instantiator"] = "builtins.exec"
 
     evil = with_changes(trained_checkpoint, tmp_path / "evil.ckpt", name_a_function)
-    model = TaskModule.load_from_checkpoint(evil)  # the instantiator is ignored: the project builds the model
+    with pytest.raises(UserInputError, match=r"names the instantiator 'builtins\.exec'; only LightningCLI's is read"):
+        TaskModule.load_from_checkpoint(evil)  # never used (the project builds the model), and refused as crafted
+    model = TaskModule.load_from_checkpoint(trained_checkpoint)
     assert type(model.network).__name__ == "ConvNet"
     with pytest.raises(UserInputError):
         TaskModule.load_from_checkpoint(tmp_path / "missing.ckpt")
@@ -184,3 +186,33 @@ def test_every_torch_load_in_the_package_scripts_and_notebooks_uses_weights_only
                 calls.append((name, node.lineno, safe))
     assert calls, "expected to find the project's torch.load calls"
     assert [call for call in calls if not call[2]] == []
+
+
+RECORDED_OPTIONS = {
+    "an optimizer that is a string": ("optimizer", "torch.optim.SGD", "records model.optimizer as 'torch.optim.SGD'"),
+    "an optimizer that is a list": ("optimizer", [1, 2], "records model.optimizer as [1, 2]"),
+    "a metric naming subprocess.Popen": (
+        "task_options",
+        {"metrics": {"x": {"class_path": "subprocess.Popen", "init_args": {"args": "ls"}}}},
+        "class_path 'subprocess.Popen' is not allowed",
+    ),
+    "task options that are a string": ("task_options", "label_smoothing", "task_options must be a mapping"),
+    "an unknown instantiator": ("_instantiator", "builtins.exec", "names the instantiator 'builtins.exec'"),
+}
+
+
+@pytest.mark.parametrize("crafted", list(RECORDED_OPTIONS))
+def test_every_command_refuses_recorded_options_no_command_line_would_give(
+    crafted, trained_checkpoint, quick_args, tmp_path, capsys, monkeypatch
+):
+    key, value, message = RECORDED_OPTIONS[crafted]
+
+    def craft(checkpoint):
+        checkpoint["hyper_parameters"][key] = value
+
+    evil = with_changes(trained_checkpoint, tmp_path / "evil.ckpt", craft)
+    for subcommand in ("test", "validate", "fit"):
+        error = cli_error([subcommand, *quick_args, f"--ckpt_path={evil}", "--trainer.max_epochs=3"], capsys)
+        assert error.startswith(f"error: {evil}") and message in error
+    code, _, err = run_script("evaluate.py", [str(evil), "--out", str(tmp_path / "report")], capsys, monkeypatch)
+    assert code == 2 and message in err and not (tmp_path / "report").exists()

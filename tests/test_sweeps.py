@@ -417,3 +417,45 @@ def test_every_shipped_sweep_spec_is_valid_for_the_fit_command(spec):
     loaded = load_spec(spec)
     assert loaded.space and loaded.trials > 0
     check_fit_args(loaded, [])  # every end of every range, and each choice, read by the fit parser
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"-c": "extra.yaml"}, "-c is not taken here: presets go in the spec's configs"),
+        ({"c": "extra.yaml"}, "c is not taken here"),
+        ({"-x": 1}, "'-x' is not an option name"),
+        ({"trainer max_epochs": 1}, "'trainer max_epochs' is not an option name"),
+    ],
+)
+def test_a_spec_option_that_is_no_option_name_is_refused_before_any_trial(
+    options, message, fake_data_dir, run_dir, capsys
+):
+    spec = write_spec(run_dir, fake_data_dir, options={"data.data_dir": str(fake_data_dir), **TINY, **options})
+    with pytest.raises(SystemExit) as caught:
+        main([str(spec)])
+    assert caught.value.code == 2 and message in capsys.readouterr().err
+    assert not (run_dir / "logs").exists()
+
+
+def test_config_files_among_the_fit_options_stack_on_every_trial(fake_data_dir, run_dir):
+    (run_dir / "one_epoch.yaml").write_text("trainer: {max_epochs: 1}\n")
+    spec = write_spec(run_dir, fake_data_dir, trials=1)
+    main([str(spec), "-c", "one_epoch.yaml"])
+    assert states(load("spec")) == ["COMPLETE"]
+
+
+@pytest.mark.parametrize("kind", ["a text file", "a missing folder", "/dev/null"])
+def test_a_sqlite_storage_that_cannot_be_used_is_one_line(kind, fake_data_dir, run_dir, capsys):
+    (run_dir / "notes.txt").write_text("not a database\n")
+    url = {
+        "a text file": "sqlite:///notes.txt",
+        "a missing folder": "sqlite:///no/such/folder/study.db",
+        "/dev/null": "sqlite:////dev/null",
+    }[kind]
+    spec = write_spec(run_dir, fake_data_dir)
+    with pytest.raises(SystemExit) as caught:
+        main([str(spec), "--storage", url])
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and error.startswith(f"error: --storage {url}: cannot open it (")
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1

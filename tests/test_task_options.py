@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import cli_error, scalar_steps
+from test_cli import print_config
 from torch.utils.data import DataLoader
 
 from project.cli import run_cli
@@ -160,3 +161,19 @@ def test_an_extra_metric_gets_the_number_of_classes_or_labels_filled_in():
     spec = {"class_path": "torchmetrics.classification.MultilabelAccuracy", "init_args": {"average": "micro"}}
     task = make_task("multilabel", 3, {"metrics": {"acc_micro": spec}}, resolve=metric_class)
     assert task.metrics()["acc_micro"].num_labels == 3
+
+
+def test_stacked_configs_merge_their_task_options_later_keys_winning(run_dir):
+    """``--config label_smoothing --config metrics.yaml`` keeps the smoothing (the parser alone would replace the whole
+    mapping); a key set by both takes the later config's value, and the command line adds to the merge."""
+    (run_dir / "metrics.yaml").write_text(
+        "model:\n  task_options:\n    label_smoothing: 0.2\n    metrics:\n      acc_top3:\n"
+        "        class_path: torchmetrics.classification.MulticlassAccuracy\n        init_args: {top_k: 3}\n"
+    )
+    (run_dir / "weights.yaml").write_text("model: {task_options: {class_weights: [1, 1, 1, 1, 1, 1, 1, 1, 1, 2]}}\n")
+    options = print_config("--config=label_smoothing", "--config=weights.yaml")["model"]["task_options"]
+    assert options == {"label_smoothing": 0.1, "class_weights": [1, 1, 1, 1, 1, 1, 1, 1, 1, 2]}
+    stacked = ["--config=label_smoothing", "--config=weights.yaml", "--config=metrics.yaml"]
+    options = print_config(*stacked, "--model.task_options.threshold=0.3")["model"]["task_options"]
+    assert options["label_smoothing"] == 0.2 and options["class_weights"][-1] == 2  # the later file's value wins
+    assert options["metrics"]["acc_top3"]["init_args"]["top_k"] == 3 and options["threshold"] == 0.3

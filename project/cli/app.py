@@ -58,6 +58,7 @@ from project.training.progress import NO_TIPS, ProgressLog, RunProgressBar, say
 from project.training.resume import ExactResume, check_resume_settings
 from project.training.run_lock import RunLock, first_process
 from project.training.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
+from project.training.specs import check_recorded
 from project.training.task_module import TaskModule
 from project.trusted import refuse_untrusted_code
 
@@ -196,12 +197,8 @@ class ProjectCLI(LightningCLI):
         chosen, content = found
         for note in chosen.notes:
             say(note)
-        max_epochs = config.trainer.max_epochs
-        if self.subcommand == "fit" and max_epochs not in (None, -1) and max_epochs <= chosen.epoch:
-            raise UserInputError(
-                f"--trainer.max_epochs={max_epochs} is below the checkpoint's epoch: {chosen.path} is in epoch "
-                f"{chosen.epoch + 1} (step {chosen.global_step}); resume with max_epochs of at least {chosen.epoch + 1}"
-            )
+        if self.subcommand == "fit":
+            chosen.refuse_nothing_to_train(config.trainer.max_epochs, config.trainer.max_steps)
         self.chosen, self.checkpoint = chosen, content
         if self.subcommand != "fit" or logger is None or chosen.version is None:
             say(f"--ckpt_path {requested}: {chosen.summary()}")
@@ -259,6 +256,7 @@ class ProjectCLI(LightningCLI):
             check_monitors(trainer.callbacks, model)
             check_averaging(trainer.callbacks, self.checkpoint, str(self.chosen.path) if self.chosen else "")
         if self.checkpoint is not None:
+            check_recorded(self.checkpoint, str(self.chosen.path))
             if stage == "fit":
                 check_resume_settings(
                     self.checkpoint,
@@ -322,12 +320,15 @@ class ProjectCLI(LightningCLI):
         trainer.ckpt_path = None  # the test below names its own checkpoint
         if not self.config.fit.test_after_fit or trainer.interrupted:
             return
-        bests = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-        best = next((path for path in bests if path), "")
+        keepers = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        best = next((c.best_model_path for c in keepers if c.best_model_path), "")
         if best:
             say(f"Testing the best checkpoint: {best}")
+        elif trainer.fast_dev_run:
+            say("fast_dev_run saves no checkpoint: testing the weights in memory")
         else:
-            say("No checkpoint was saved (e.g. fast_dev_run): testing the weights in memory")
+            why = "no validation ran, so no best checkpoint was chosen" if keepers else "no callback keeps a best one"
+            say(f"No best checkpoint ({why}): testing the weights in memory, the state of the last step")
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
@@ -384,12 +385,10 @@ def run_cli(
 def main(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> None:
     """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback.
 
-    A run stopped by SIGTERM (a preempted job) has written ``last.ckpt`` at the step boundary and exits with 143.
+    A run stopped by SIGTERM (a preempted job) writes ``last.ckpt`` at the step boundary (and says so:
+    :class:`~project.training.checkpoints.LastCheckpoint`) and exits with 143.
     """
-    exit_on_refusal(
-        lambda: run_cli(args, prog, fit_only),
-        "stopped by SIGTERM: last.ckpt holds the state at the last step; resume with --ckpt_path last",
-    )
+    exit_on_refusal(lambda: run_cli(args, prog, fit_only), "stopped by SIGTERM (exit status 143)")
 
 
 def train_main() -> None:

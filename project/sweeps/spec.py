@@ -26,6 +26,7 @@ import difflib
 import inspect
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,12 @@ RESERVED_OPTIONS = (
     ),
     "ckpt_path",
     "test_after_fit",
-    "config",
     "print_config",
 )
 """Options the sweep sets itself for each trial: its run folder (the logger's other options are free), the checkpoint
 a retried trial resumes, no test after fit; the presets are the spec's ``configs``."""
+OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\+?")
+"""An option of ``fit`` as a spec names it: ``trainer.max_epochs`` (``trainer.callbacks+`` appends)."""
 DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
 PRUNERS = {
@@ -233,11 +235,13 @@ def read_configs(configs: Any, spec: Path) -> list[str]:
 
 def option_key(option: Any, where: str) -> str:
     """An option's key as ``fit`` spells it after ``--`` (``trainer.max_epochs``); refused for the sweep's own."""
-    if not isinstance(option, str) or not option.strip("-"):
+    key = option.removeprefix("--") if isinstance(option, str) else option
+    if isinstance(option, str) and option.lstrip("-") in ("c", "config"):
+        raise UserInputError(f"{where}: {option} is not taken here: presets go in the spec's configs: [...] list")
+    if not isinstance(key, str) or not OPTION_NAME.fullmatch(key):
         raise UserInputError(
             f"{where}: {option!r} is not an option name (write it as fit takes it: trainer.max_epochs)"
         )
-    key = option.removeprefix("--")
     if key in RESERVED_OPTIONS:
         raise UserInputError(
             f"{where}: {key} is set by the sweep for each trial (its run folder, the checkpoint "

@@ -247,6 +247,12 @@ class LastCheckpoint(Checkpoint):
         # Other exceptions can strike mid-step, so the last regular save stands.
         if isinstance(exception, SIGTERMException):
             self.save(trainer)
+            if self.saved_step is not None and self.path is not None:
+                where = f"{self.path} holds the state of step {self.saved_step}; resume with --ckpt_path last"
+            else:
+                where = "no checkpoint of this run was written (the first comes after a training step); start it again"
+            if trainer.is_global_zero:
+                print(f"Stopped by SIGTERM at step {trainer.global_step}: {where}", flush=True)
         if isinstance(exception, TrainingDivergedError) and exception.last_checkpoint is None:
             exception.last_checkpoint = str(self.path) if self.path is not None and self.path.is_file() else ""
 

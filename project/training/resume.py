@@ -99,9 +99,30 @@ class ExactResume(L.Callback, TrainingPosition):
         self.random_states: list[Any] | None = None
         self.resumed_at: Position | None = None
         self.resumed_by_loop = False
+        self.resumed_at_epoch_end = False
+        """Whether the checkpoint being resumed was written once its epoch's training had finished."""
+        self.max_steps_held: int | None = None
+        """``max_steps``, held back from Lightning's loop while it restores its state (:meth:`on_fit_start`)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.trainer = trainer
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+        done = [progress.get(key) for key in ("ready", "started", "processed")]
+        self.resumed_at_epoch_end = done[0] is not None and done.count(done[0]) == 3
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning restores its loop from a checkpoint after this hook. With max_steps set, it takes every resume for
+        # a restart inside the last epoch, even one whose training had finished ("iteration-based training"), and
+        # then runs that epoch again with no batch in it: one epoch fewer, and the data order of the next (Lightning
+        # #19617). Without max_steps during the restore, such a checkpoint resumes at the next epoch, as it should.
+        if trainer.ckpt_path and self.resumed_at_epoch_end and trainer.max_steps != -1:
+            self.max_steps_held, trainer.fit_loop.epoch_loop.max_steps = trainer.max_steps, -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.max_steps_held is not None:  # the loop is restored: the run stops at max_steps again
+            trainer.fit_loop.epoch_loop.max_steps, self.max_steps_held = self.max_steps_held, None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done = 0  # not called for an epoch resumed part-way, which keeps the restored count

@@ -190,9 +190,29 @@ class Chosen:
     global_step: int
     version: str | None
     notes: list[str] = field(default_factory=list)
+    epochs_done: int = 0
+    """Epochs whose training the checkpoint has finished (Lightning's ``epoch_progress``: an epoch saved at its end,
+    or stopped at ``max_steps`` on its last batch, counts; one saved part-way does not)."""
 
     def summary(self) -> str:
         return f"{self.path} (epoch {self.epoch + 1}, step {self.global_step})"
+
+    def refuse_nothing_to_train(self, max_epochs: int | None, max_steps: int) -> None:
+        """Refuse to resume a fit that would train nothing: the checkpoint has reached ``max_epochs`` or
+        ``max_steps`` already (Lightning would say ``max_epochs=2 reached``, test again and write a config)."""
+        epochs, steps = self.epochs_done, self.global_step
+        if max_epochs not in (None, -1) and max_epochs <= epochs:
+            more = " too" if max_steps not in (None, -1) and max_steps > steps else ""
+            raise UserInputError(
+                f"--trainer.max_epochs={max_epochs} is reached already: {self.path} has trained {epochs} epoch(s) "
+                f"(step {steps}), so this run would train nothing; raise --trainer.max_epochs{more} to at least "
+                f"{epochs + 1} (or -1 to stop at --trainer.max_steps only)"
+            )
+        if max_steps not in (None, -1) and max_steps <= steps:
+            raise UserInputError(
+                f"--trainer.max_steps={max_steps} is reached already: {self.path} is at step {steps}, so this run "
+                f"would train nothing; raise --trainer.max_steps above {steps} (or -1 to stop at max_epochs only)"
+            )
 
 
 def choose_checkpoint(
@@ -221,7 +241,17 @@ def choose_checkpoint(
     if subcommand == "fit" and requested == "best" and version is not None:
         notes.append(f"--ckpt_path best: an older state than {run_root / version}'s last.ckpt, resumed into a new run")
         version = None
-    return Chosen(path, checkpoint["epoch"], checkpoint["global_step"], version, notes), checkpoint
+    chosen = Chosen(path, checkpoint["epoch"], checkpoint["global_step"], version, notes, epochs_done(checkpoint))
+    return chosen, checkpoint
+
+
+def epochs_done(checkpoint: dict[str, Any]) -> int:
+    """The epochs a checkpoint has finished training: ``processed`` of its fit loop's epoch progress (a plain count
+    Lightning saves), or its epoch index where it has none."""
+    loops = checkpoint.get("loops")
+    progress = loops.get("fit_loop", {}).get("epoch_progress", {}) if isinstance(loops, dict) else {}
+    processed = progress.get("current", {}).get("processed") if isinstance(progress, dict) else None
+    return processed if isinstance(processed, int) and processed >= 0 else int(checkpoint["epoch"])
 
 
 def next_free_name(folder: Path, stem: str, suffix: str) -> str:

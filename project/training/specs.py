@@ -8,9 +8,17 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import Metric
+
 from project.errors import UserInputError
 from project.networks import Network
+from project.tasks import TASK_NAMES, make_task
 from project.training.checkpoints import allowed_class, import_path
+
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+"""What LightningCLI records as a model's ``_instantiator`` (never used here: the project builds the model itself)."""
 
 
 def plain_spec(value: Any) -> dict[str, Any]:
@@ -36,3 +44,41 @@ def from_spec(spec: Any, base: type, what: str, source: str | Path, build: bool 
     cls = allowed_class(spec["class_path"], base, what)
     arguments = dict(spec.get("init_args") or {})
     return cls(**arguments) if build else functools.partial(cls, **arguments)
+
+
+def metric_class(class_path: str) -> type[Metric]:
+    """An extra metric's class (``--model.task_options.metrics``) from the allow-list: a torchmetrics ``Metric``
+    subclass already imported (the tasks import no training code, so they are handed this)."""
+    return allowed_class(class_path, Metric, "metric")
+
+
+def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
+    """Refuse, in one line naming ``source``, a checkpoint whose recorded options no command line would give: the
+    classes it names outside their allow-lists, an optimizer or scheduler that is not a ``{class_path, init_args}``
+    mapping, a task or task options its task refuses, an instantiator that is not LightningCLI's. Every command that
+    reads a checkpoint checks it so, whether it rebuilds the model from it (evaluate, export, predict) or not (fit,
+    validate and test with ``--ckpt_path``)."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        raise UserInputError(f"{source} records no hyper_parameters mapping (it holds {type(hparams).__name__})")
+    if hparams.get("_instantiator") not in (None, LIGHTNING_INSTANTIATOR):
+        instantiator = hparams["_instantiator"]
+        raise UserInputError(f"{source} names the instantiator {instantiator!r}; only LightningCLI's is read")
+    network = hparams.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("init_args") or {}, dict):
+        raise UserInputError(f"{source} does not record its network as {{class_path, init_args}} (got {network!r})")
+    allowed_class(network.get("class_path"), Network, "network")
+    for name, base in (("optimizer", torch.optim.Optimizer), ("lr_scheduler", LRScheduler)):
+        spec = hparams.get(name)
+        if spec is not None and not (isinstance(spec, dict) and isinstance(spec.get("init_args") or {}, dict)):
+            raise UserInputError(f"{source} records model.{name} as {spec!r}, not a {{class_path, init_args}} mapping")
+        if spec is not None:
+            allowed_class(spec.get("class_path"), base, name)
+    task, outputs = hparams.get("task", "multiclass"), (network.get("init_args") or {}).get("num_outputs")
+    if task not in TASK_NAMES:
+        raise UserInputError(f"{source} records the task {task!r}; tasks are {', '.join(TASK_NAMES)}")
+    if isinstance(outputs, int):
+        try:
+            make_task(task, outputs, hparams.get("task_options"), resolve=metric_class)
+        except UserInputError as error:
+            raise UserInputError(f"{source}: {error}") from None

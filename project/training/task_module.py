@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -28,20 +28,14 @@ from project.networks import Network, check_image_shape  # the package imports e
 from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_base, settings_from
 from project.plain import PlainData
 from project.tasks import make_task
-from project.training.checkpoints import MonitoredModule, allowed_class, read_checkpoint
+from project.training.checkpoints import MonitoredModule, read_checkpoint
 from project.training.divergence import DivergenceWatch
 from project.training.finetuning import build_optimization, check_optimization, load_pretrained_backbone
 from project.training.resume import gather_to_every_rank, load_metric_state, metric_state
 from project.training.schedules import LRPlan, PlannedRun, Schedule, replan_on_resume
-from project.training.specs import from_spec, plain_spec
+from project.training.specs import check_recorded, from_spec, metric_class, plain_spec
 
 Batch = tuple[Tensor, Tensor]
-
-
-def metric_class(class_path: str) -> type[Metric]:
-    """An extra metric's class (``--model.task_options.metrics``) from the allow-list: a torchmetrics ``Metric``
-    subclass already imported (the tasks import no training code, so they are handed this)."""
-    return allowed_class(class_path, Metric, "metric")
 
 
 def check_arguments(network: Network, lr_batch_size: int | None) -> None:
@@ -78,7 +72,7 @@ class TaskModule(MonitoredModule):
             torchmetrics.classification.MulticlassAccuracy, init_args: {top_k: 3}}}``: a torchmetrics ``Metric``
             class already imported; ``num_classes`` or ``num_labels`` filled in). Recorded in checkpoints with every
             option's value; fixed on resume. ``--model.task_options.label_smoothing 0.1`` adds to a preset's options;
-            a later config's ``task_options`` replaces an earlier one's.
+            the ``task_options`` of stacked ``--config`` files are merged (later keys win).
         optimizer: called with the parameter groups; the command line builds it from ``--model.optimizer`` (a
             ``torch.optim`` class and its arguments, e.g. ``--model.optimizer SGD --model.optimizer.lr 0.01``);
             default ``torch.optim.AdamW`` with its own defaults.
@@ -348,6 +342,7 @@ class TaskModule(MonitoredModule):
         cls, checkpoint: dict[str, Any], source: str | Path, strict: bool | None = None, **overrides: Any
     ) -> TaskModule:
         """:meth:`load_from_checkpoint` of a checkpoint already read (``read_checkpoint``), named ``source``."""
+        check_recorded(checkpoint, source)
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         hparams.update(overrides)
         network, optimizer = hparams.pop("network", None), hparams.pop("optimizer", None)
