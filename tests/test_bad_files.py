@@ -1,7 +1,7 @@
 """Files that are data, refused or skipped in one line: a picture that declares too many pixels, a corrupt ONNX file
-or model.json, an export into a dangling link, CSVs with a huge field, thousands of missing images or paths out of
-their folder, cells a spreadsheet would run, weights of the wrong kind, MNIST style for RGB images, and a resume that
-redefines its labels."""
+or model.json, an export into a dangling link, CSVs with a huge field or a NUL byte, thousands of missing images or
+paths out of their folder, cells a spreadsheet would run, weights of the wrong kind, MNIST style for RGB images, and a
+resume that redefines its labels."""
 
 from __future__ import annotations
 
@@ -110,6 +110,25 @@ def test_a_csv_with_a_field_beyond_the_csv_modules_limit_is_one_error_line(tmp_p
     folder = write_csv_rows(tmp_path / "data", ["a.png,1", f"{'x' * 140_000}.png,2"])
     message = cli_error(csv_args(folder), capsys, root=run_dir)
     assert "train.csv near line 3: not a CSV file this can read (field larger than field limit (131072))" in message
+
+
+@pytest.mark.parametrize(
+    ("module", "lines", "where", "cell"),
+    [
+        ("CSVRegressionDataModule", ["image,target", "a.png,1", "b\0.png,2"], "line 3", "'b\\x00.png'"),
+        ("CSVMultilabelDataModule", ["image,c\0t,dog", "a.png,1,0", "b.png,0,1"], "line 1", "'c\\x00t'"),
+    ],
+    ids=["in an image path", "in a label's name"],
+)
+def test_a_nul_byte_in_a_csv_is_one_error_line_naming_the_file_and_its_line(
+    module, lines, where, cell, tmp_path, run_dir, capsys
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.csv").write_text("".join(f"{line}\n" for line in lines))
+    args = ["fit", f"--data=project.data.{module}", f"--data.data_dir={folder}", "--data.val_size=1", "--config=debug"]
+    message = cli_error(args, capsys, root=run_dir)
+    assert f"train.csv {where}: not a CSV file this can read (a NUL byte in {cell})" in message
 
 
 def test_a_csv_naming_thousands_of_missing_images_names_the_first_few_and_the_count(tmp_path, run_dir, capsys):

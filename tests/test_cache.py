@@ -6,8 +6,10 @@ gives PIL's pixels; DataLoader workers chosen for the machine."""
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -22,9 +24,9 @@ from test_reliability import assert_same_training_state
 from torch.utils.data import DataLoader
 
 from project.cli import run_cli
-from project.data import CSVMultilabelDataModule, CSVRegressionDataModule, ImageFolderDataModule
+from project.data import CSVMultilabelDataModule, CSVRegressionDataModule, ImageFolderDataModule, file_images
 from project.data import cache as cache_module
-from project.data.cache import SUFFIX, TEMPORARY_SUFFIX
+from project.data.cache import HEADER_BYTES, MAGIC, SUFFIX, TEMPORARY_SUFFIX
 from project.data.cores import available_cores
 from project.data.decoding import ImageConversion
 from project.data.in_memory import DeviceBatches
@@ -169,6 +171,21 @@ def test_a_truncated_cache_is_detected_and_rebuilt(tmp_path, console):
     assert "it is not a cache file of this project" in console.text
 
 
+def test_a_cache_header_of_deeply_nested_arrays_is_rebuilt_as_damaged(tmp_path, console):
+    images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
+    options = {"data_dir": str(images), "cache_dir": str(tmp_path / "cache"), "max_memory_mb": 0}
+    ImageFolderDataModule(**options).setup("fit")
+    (path,) = cache_files(tmp_path / "cache")
+    size = path.stat().st_size
+    with path.open("r+b") as file:  # json.loads recursed once per "[": a RecursionError traceback
+        file.write((MAGIC + b"[" * 2000 + b"]" * 2000 + b"\n").ljust(HEADER_BYTES, b" "))
+    console.clear()
+    data = ImageFolderDataModule(**options)
+    data.setup("fit")
+    assert "into the cache" in console.text and "(its header is damaged (nested too deep))" in console.text
+    assert path.stat().st_size == size and len(images_of(data, "train_dataloader")) == len(data.train_set)
+
+
 @pytest.mark.parametrize("where", ["a read-only file system", "a folder that is a file"])
 def test_a_cache_that_cannot_be_written_falls_back_to_decoding_with_one_line(where, tmp_path, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
@@ -210,6 +227,38 @@ def test_a_disk_that_fills_while_the_cache_is_written_leaves_no_file(tmp_path, m
     data.setup("fit")
     assert "No space left on device" in console.text and not written(tmp_path / "cache")
     assert len(torch.cat([x for x, _ in data.train_dataloader()])) == len(data.train_set)
+
+
+def test_a_disk_that_fills_while_workers_decode_the_cache_is_one_note_and_no_traceback(
+    tmp_path, monkeypatch, console, capfd
+):
+    images = write_image_folder(tmp_path / "images", {"a": 20, "b": 20})
+    monkeypatch.setattr(file_images, "PARALLEL_FROM", 1)  # decoded by DataLoader workers, 8 images a piece
+    monkeypatch.setattr(file_images, "CHUNK", 8)
+
+    def full(chunk):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "memoryview", full, raising=False)
+    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    gc.collect()
+    gc.disable()  # what the failed build left waits for a collection, which may come in a forked DataLoader worker
+    try:
+        data.setup("fit")  # the build stops at the first piece; the workers then decode the split again, without it
+        child = os.fork()
+        if child == 0:  # a worker forked now, collecting: it shuts the build's workers down, or tries to
+            sys.unraisablehook = sys.__unraisablehook__  # as outside pytest: "Exception ignored in" and a traceback
+            gc.collect()
+            sys.stderr.flush()
+            os._exit(0)
+        os.waitpid(child, 0)
+    finally:
+        gc.enable()
+    printed = "".join(capfd.readouterr())
+    assert "Traceback" not in printed and "can only test a child process" not in printed, printed
+    notes = [line for line in console.text.splitlines() if "cannot be written" in line]
+    assert len(notes) == 1 and "No space left on device while it was written" in notes[0], console.text
+    assert not written(tmp_path / "cache") and data.loader_workers(data.train_set) == available_cores()
 
 
 def test_images_that_cannot_be_decoded_are_refused_at_setup_and_leave_no_cache(tmp_path):

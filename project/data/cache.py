@@ -15,20 +15,29 @@ read-only folder, a full disk) is one line on the console, and the data is decod
 existed. Reading maps the file read-only, from the descriptor its header was checked on (a cache rebuilt since by
 another run is a new file; this one stays as it was): the operating system's page cache holds what was read, the
 process does not, and a batch is a gather of rows by index.
+
+A cache folder may be shared: the cache file and its lock are opened as regular files only, never through a
+symbolic link and never waiting on a FIFO (anything else there is said and replaced, or, for the lock, the cache is
+not used); and since the pixels are what a run trains on, a cache file is trusted only when no one else can have
+written it (yours, and writable by you alone), unless the folder is named as shared (``data.cache_shared``). A file
+that another user owns is left alone and the cache is kept in a folder of your own inside it (``user-<uid>``); one of
+yours that others may write is rebuilt.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import mmap
 import os
+import stat
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +61,13 @@ MAGIC = b"project decoded images\n"
 SUFFIX = ".decoded"
 SPARE_BYTES = 2**26
 """Space a cache leaves free on its disk (64 MiB): a cache that would fill the disk is not written."""
+MAX_BRACKETS = 8
+"""The most ``[`` and ``{`` a header may hold (it has two): :func:`json.loads` recurses once per level of nesting, so
+a header of nested arrays would be a ``RecursionError``, not a damaged header."""
+OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+"""The mode bits that let someone other than a file's owner change it: a cache file is written without them."""
+KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device"}
+"""What the types of file other than a regular one are called (any other: "something else")."""
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
@@ -95,13 +111,58 @@ def cache_key(paths: list[Path], folder: Path, conversion: str) -> str:
     return digest(versions, conversion, files.hexdigest())
 
 
+class NotAFile(OSError):
+    """Something other than a regular file where a cache or its lock file should be; its text says what."""
+
+
+class Untrusted(Exception):
+    """A cache file that another user owns, in a folder not named as shared: they decide what it holds."""
+
+
+ERRNO_KINDS = {
+    errno.ELOOP: "a symbolic link, not followed",  # open(2): O_NOFOLLOW, and the last part of the path is a link
+    errno.EISDIR: "a folder, not a regular file",
+    errno.ENXIO: "not a regular file",  # open(2): a socket
+}
+
+
+def open_file(path: Path, flags: int) -> int:
+    """A descriptor of the regular file at ``path`` (made where missing when ``flags`` holds ``O_CREAT``), opened
+    without following a symbolic link (``O_NOFOLLOW``: one planted in a shared folder would write, or be read, where
+    its owner points) and without waiting on a FIFO (``O_NONBLOCK``: opening one waits for a writer, for ever);
+    :class:`NotAFile` saying what is there instead."""
+    try:
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if error.errno in ERRNO_KINDS:
+            raise NotAFile(ERRNO_KINDS[error.errno]) from None
+        raise
+    kind = stat.S_IFMT(os.fstat(descriptor).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(descriptor)
+        raise NotAFile(f"{KINDS.get(kind, 'something else')}, not a regular file")
+    return descriptor
+
+
+def distrusted(path: Path, status: os.stat_result) -> str | None:
+    """Whether someone else may have chosen the pixels of the cache file at ``path`` (``status``, from its open
+    descriptor): :class:`Untrusted` where another user owns it; why it is rebuilt where others may write it;
+    ``None`` where it is yours alone."""
+    if status.st_uid != os.geteuid():
+        raise Untrusted(f"the decoded-image cache {path} belongs to another user (uid {status.st_uid})")
+    if status.st_mode & OTHERS_WRITE:
+        return f"others may write it ({stat.filemode(status.st_mode)})"
+    return None
+
+
 class DecodedCache:
     """A checked cache file: :meth:`pixels` are its images (``count`` x ``shape``, uint8), mapped read-only from the
     descriptor its header was checked on. Pickled (to a DataLoader worker that is not forked) it carries the path
-    and key, and the worker checks and maps the file itself."""
+    and key, and the worker checks and maps the file itself. ``shared``: the folder is shared with people you trust,
+    and a file another user wrote there is opened (else only yours, which you alone may write)."""
 
-    def __init__(self, path: Path, key: str, count: int, shape: tuple[int, int, int]) -> None:
-        self.path, self.key, self.count, self.shape = path, key, count, tuple(shape)
+    def __init__(self, path: Path, key: str, count: int, shape: tuple[int, int, int], shared: bool = False) -> None:
+        self.path, self.key, self.count, self.shape, self.shared = path, key, count, tuple(shape), shared
         self.mapped: Tensor | None = None
 
     @property
@@ -109,13 +170,18 @@ class DecodedCache:
         return self.count * math.prod(self.shape)
 
     def open(self) -> str | None:
-        """Check the file and map it; ``None``, or why it cannot serve (missing, another format or key, damaged)."""
+        """Check the file and map it; ``None``, or why it cannot serve (missing, not a regular file, others may write
+        it, another format or key, damaged); :class:`Untrusted` where another user owns it (not ``shared``)."""
         try:
-            with self.path.open("rb") as file:  # the mapping outlives the descriptor
-                wrong = what_is_wrong(file.read(HEADER_BYTES), os.fstat(file.fileno()).st_size, self)
+            with os.fdopen(open_file(self.path, os.O_RDONLY), "rb") as file:  # the mapping outlives the descriptor
+                status = os.fstat(file.fileno())
+                wrong = None if self.shared else distrusted(self.path, status)
+                wrong = wrong or what_is_wrong(file.read(HEADER_BYTES), status.st_size, self)
                 region = None if wrong else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             return "there is none yet"
+        except NotAFile as error:
+            return f"it is {error}"
         except OSError as error:
             return f"it cannot be read ({first_line(error)})"
         if region is not None:
@@ -128,7 +194,10 @@ class DecodedCache:
     def pixels(self) -> Tensor:
         """The images, ``(count, C, H, W)`` uint8, read-only (copy what you take), read from disk on access."""
         if self.mapped is None:
-            wrong = self.open()
+            try:
+                wrong = self.open()
+            except Untrusted as error:
+                wrong = str(error)
             if wrong is not None:
                 raise UserInputError(f"the decoded-image cache {self.path} cannot be read any more: {wrong}")
         return self.mapped
@@ -150,8 +219,11 @@ def what_is_wrong(start: bytes, size: int, cache: DecodedCache) -> str | None:
     """Why a file that begins with ``start`` and has ``size`` bytes is not ``cache`` (``None``: it is)."""
     if not start.startswith(MAGIC):
         return "it is not a cache file of this project"
+    text = start[len(MAGIC) :].split(b"\n", 1)[0]
+    if text.count(b"[") + text.count(b"{") > MAX_BRACKETS:
+        return "its header is damaged (nested too deep)"
     try:
-        stated = json.loads(start[len(MAGIC) :].split(b"\n", 1)[0])
+        stated = json.loads(text)
     except ValueError:
         return "its header is damaged"
     if not isinstance(stated, dict) or stated.get("format") != FORMAT:
@@ -170,11 +242,20 @@ class CacheNotWritten(Exception):
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold ``path``'s lock file (beside it) while the block runs: one process at a time checks and builds a cache;
-    :class:`CacheNotWritten` where the folder cannot take the lock file. Where the file system has no locks, the
-    block runs unlocked (two builds then write the same file, each whole)."""
+    :class:`CacheNotWritten` where the folder cannot take the lock file or something other than a regular file is
+    there (a link is not followed, a FIFO not waited on). Where the file system has no locks, the block runs unlocked
+    (two builds then write the same file, each whole)."""
+    lock = path.with_name(path.name + ".lock")
     try:  # a folder that cannot take a file is found here, before any image is decoded
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            descriptor = open_file(lock, os.O_RDWR | os.O_CREAT)
+        except PermissionError:  # another user's lock file in a shared folder: flock(2) takes any descriptor
+            if not os.path.lexists(lock):
+                raise
+            descriptor = open_file(lock, os.O_RDONLY)
+    except NotAFile as error:
+        raise CacheNotWritten(f"its lock file {lock} is {error}") from None
     except OSError as error:
         raise CacheNotWritten(first_line(error)) from None
     try:
@@ -183,6 +264,20 @@ def locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # and with it the lock
+
+
+def own_folder(folder: Path) -> Path:
+    """The sub-folder of ``folder`` that holds this user's caches (``user-<uid>``), made when missing;
+    :class:`CacheNotWritten` unless it is a folder (not a link) of this user's that no one else may write."""
+    own = folder / f"user-{os.geteuid()}"
+    try:
+        own.mkdir(mode=0o700, exist_ok=True)
+        status = own.lstat()
+    except OSError as error:
+        raise CacheNotWritten(first_line(error)) from None
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & OTHERS_WRITE:
+        raise CacheNotWritten(f"{own} is not a folder that you alone may write")
+    return own
 
 
 def build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
@@ -200,7 +295,11 @@ def build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
     if free_bytes(folder) < needed + SPARE_BYTES:
         raise CacheNotWritten(f"it needs {needed:,} bytes and {free_bytes(folder):,} are free")
     try:
-        with written_whole(cache.path) as file:
+        with written_whole(
+            cache.path,
+            full_message=lambda: f"No space left on device while it was written; {free_bytes(folder):,} bytes free",
+            permissions=0o666 & ~OTHERS_WRITE,  # no one else may change the pixels a run trains on
+        ) as file:
             file.write(header(cache.key, cache.count, cache.shape))
             for chunk in chunks:
                 file.write(memoryview(chunk.contiguous().numpy()).cast("B"))
@@ -214,27 +313,49 @@ def cached_images(
     paths: list[Path],
     shape: tuple[int, int, int],
     place: tuple[Path, Path, Path, str],
-    decode_chunks: Callable[[], Iterator[Tensor]],
+    decode_chunks: Callable[[], Generator[Tensor, None, None]],
+    shared: bool = False,
 ) -> DecodedCache | None:
     """The cache of ``paths`` decoded to ``shape``: opened when it is there and right, else built from
     ``decode_chunks()``; ``None`` when it cannot be written (said in one line). ``place`` is the cache folder, the
     source (folder or CSV file) the images come from, the folder their paths start from, and the conversion's
-    description."""
+    description. A cache file that another user owns is left alone unless the folder is ``shared``: the cache is
+    then kept in a folder of your own inside it (:func:`own_folder`), and a line says so."""
     cache_dir, source, folder, conversion = place
     key = cache_key(paths, folder, conversion)
-    cache = DecodedCache(cache_path(cache_dir, source, conversion), key, len(paths), shape)
+    path = cache_path(cache_dir, source, conversion)
     try:
-        with locked(cache.path):
-            wrong = cache.open()
-            if wrong is None:
-                return cache
-            rank_zero_info(f"Decoding {len(paths):,} images of {source} into the cache {cache.path} ({wrong})")
-            build(cache, decode_chunks())
-    except CacheNotWritten as error:
+        try:
+            cache = opened_or_built(DecodedCache(path, key, len(paths), shape, shared), source, decode_chunks)
+        except Untrusted as error:
+            own = own_folder(path.parent)
+            rank_zero_info(
+                f"note: {error}, who decides what it holds: yours is kept in {own} (--data.init_args.cache_shared "
+                f"true trusts the cache files others write in {cache_dir})"
+            )
+            cache = opened_or_built(DecodedCache(own / path.name, key, len(paths), shape), source, decode_chunks)
+    except (CacheNotWritten, Untrusted) as error:
         rank_zero_info(
             f"note: the decoded-image cache cannot be written in {cache_dir} ({error}): the images are decoded "
             f"without it (--data.init_args.cache_dir elsewhere, or --data.init_args.cache false to silence this)"
         )
         return None
     cache.pixels()
+    return cache
+
+
+def opened_or_built(
+    cache: DecodedCache, source: Path, decode_chunks: Callable[[], Generator[Tensor, None, None]]
+) -> DecodedCache:
+    """``cache``, checked, or built from ``decode_chunks()`` when it is not right (its lock held throughout)."""
+    with locked(cache.path):
+        wrong = cache.open()
+        if wrong is not None:
+            rank_zero_info(f"Decoding {cache.count:,} images of {source} into the cache {cache.path} ({wrong})")
+            # Closed here, in this process: an unfinished DataLoader iterator left to the garbage collector is shut
+            # down by its __del__ wherever it is collected, and in the forked workers of the next DataLoader torch
+            # prints "AssertionError: can only test a child process" (torch.utils.data.dataloader,
+            # _MultiProcessingDataLoaderIter.__del__ -> _shutdown_workers) beside the one-line note.
+            with closing(decode_chunks()) as chunks:
+                build(cache, chunks)
     return cache

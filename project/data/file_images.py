@@ -14,7 +14,8 @@ Where the decoded pixels go, by size (``data.max_memory_mb``) and ``data.cache``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def as_is(piece: Any) -> Any:
     return piece
 
 
-def decoded_chunks(paths: list[Path], conversion: ImageConversion) -> Iterator[Tensor]:
+def decoded_chunks(paths: list[Path], conversion: ImageConversion) -> Generator[Tensor, None, None]:
     """Every file decoded, in order, :data:`CHUNK` images at a time, on every core for a large split; after the
     last, one :class:`UserInputError` names every file that cannot be decoded (and no chunk is given after the
     first such file)."""
@@ -88,8 +89,9 @@ class FileImages(TensorImages):
         paths, targets: the files and their targets, in the dataset's order.
         conversion: what each file is decoded to.
         max_bytes: decoded pixels up to this size are held in memory.
-        cache: the cache folder, the source the files come from (the folder or the CSV: it names the cache) and the
-            folder their paths start from; ``None``: no cache.
+        cache: the cache folder, the source the files come from (the folder or the CSV: it names the cache), the
+            folder their paths start from, and whether the cache folder is shared (its other users' cache files are
+            trusted: :func:`~project.data.cache.cached_images`); ``None``: no cache.
     """
 
     def __init__(
@@ -98,14 +100,16 @@ class FileImages(TensorImages):
         targets: Tensor,
         conversion: ImageConversion,
         max_bytes: int,
-        cache: tuple[Path, Path, Path] | None = None,
+        cache: tuple[Path, Path, Path, bool] | None = None,
     ) -> None:
         self.paths, self.targets, self.conversion = paths, targets, conversion
         fits = len(paths) * math.prod(conversion.shape) <= max_bytes
         self.cache: DecodedCache | None = None
         if cache is not None:
-            place = (*cache, conversion.description)
-            self.cache = cached_images(paths, conversion.shape, place, lambda: decoded_chunks(paths, conversion))
+            cache_dir, source, folder, shared = cache
+            place = (cache_dir, source, folder, conversion.description)
+            decode = partial(decoded_chunks, paths, conversion)
+            self.cache = cached_images(paths, conversion.shape, place, decode, shared)
         if self.cache is not None:
             self.held = self.cache.load() if fits else None
         else:

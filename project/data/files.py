@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -63,6 +64,9 @@ class FileDataModule(ImageDataModule):
         cache: keep the decoded images in a cache file on disk, reused by later epochs and later runs and rebuilt
             when a file or the conversion changes (:mod:`project.data.cache`); ``false``: none is written.
         cache_dir: the cache's folder; default ``$PROJECT_CACHE_DIR``, else ``./cache``.
+        cache_shared: the cache folder is shared with people you trust: open the cache files other users wrote in
+            it (their pixels are what you train on). Otherwise a cache file is used only when it is yours and no one
+            else may write it; another user's is left alone, and yours is kept in ``cache_dir/user-<uid>``.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
     """
 
@@ -78,6 +82,7 @@ class FileDataModule(ImageDataModule):
         max_memory_mb: int = 4096,
         cache: bool = True,
         cache_dir: str | None = None,
+        cache_shared: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
@@ -92,6 +97,9 @@ class FileDataModule(ImageDataModule):
             raise UserInputError(f"data.max_memory_mb must be 0 or more, got {max_memory_mb}")
         self.max_bytes = max_memory_mb * 2**20
         self.cache_dir = resolve_cache_dir(cache_dir) if cache else None
+        self.cache_shared = cache_shared
+        if cache_shared and not cache:
+            rank_zero_info("note: data.cache_shared has no effect: data.cache is false (no cache is read or written)")
         self.read_sources: dict[Path, FileImages] = {}
 
     def read(self, source: Path) -> FileImages:
@@ -99,7 +107,7 @@ class FileDataModule(ImageDataModule):
         if source not in self.read_sources:
             paths, targets = self.files(source)
             folder = source if source.is_dir() else source.parent  # a CSV's paths start from its folder
-            cache = (self.cache_dir, source, folder) if self.cache_dir is not None else None
+            cache = (self.cache_dir, source, folder, self.cache_shared) if self.cache_dir is not None else None
             self.read_sources[source] = FileImages(paths, targets, self.conversion, self.max_bytes, cache)
         return self.read_sources[source]
 
@@ -230,15 +238,15 @@ def read_csv(
     (rows x columns): the ``columns`` given, or every column but ``image``.
 
     A UTF-8 byte-order mark is accepted; a value that is not a number, or not finite, is refused with its line; so is
-    an image path that leads out of the CSV's folder (absolute, ``..``, a link out of it) unless ``allow_outside``:
-    a CSV is data, and what it names is read.
+    a NUL byte (no file name or number holds one) and an image path that leads out of the CSV's folder (absolute,
+    ``..``, a link out of it) unless ``allow_outside``: a CSV is data, and what it names is read.
     """
     paths, rows = [], []
     folder = csv_path.parent.resolve()
     with csv_path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         try:
-            header = [name.strip() for name in reader.fieldnames or []]
+            header = text_cells([name.strip() for name in reader.fieldnames or []], f"{csv_path} line 1")
             wanted = columns or [name for name in header if name != "image"]
             if "image" not in header or not wanted or not set(wanted) <= set(header):
                 raise UserInputError(
@@ -247,6 +255,7 @@ def read_csv(
             for row in reader:
                 row = {key.strip(): value for key, value in row.items() if key is not None}
                 where = f"{csv_path} line {reader.line_num}"
+                text_cells([row[name] or "" for name in ["image", *wanted]], where)
                 rows.append([csv_number(row[name], where, name) for name in wanted])
                 paths.append(inside(csv_path.parent / (row["image"] or ""), folder, allow_outside, where))
         except csv.Error as error:  # a field beyond csv.field_size_limit(), a NUL byte, ...
@@ -255,6 +264,15 @@ def read_csv(
     if not paths:
         raise UserInputError(f"{csv_path}: no rows after the header")
     return paths, wanted, torch.tensor(rows, dtype=torch.float32)
+
+
+def text_cells(cells: list[str], where: str) -> list[str]:
+    """``cells``, refused when one holds a NUL byte: Python's csv module reads it as any other character (since 3.11),
+    and a path holding one cannot be opened (``ValueError: embedded null byte``)."""
+    for cell in cells:
+        if "\0" in cell:
+            raise UserInputError(f"{where}: not a CSV file this can read (a NUL byte in {cell[:100]!r})")
+    return cells
 
 
 def inside(path: Path, folder: Path, allow_outside: bool, where: str) -> Path:
@@ -319,7 +337,7 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
         if not train_csv.is_file():
             raise DataNotFoundError(f"CSVMultilabelDataModule: {train_csv.resolve()} does not exist (data.data_dir)")
         with train_csv.open(newline="", encoding="utf-8-sig") as file:
-            header = next(csv.reader(file), [])
+            header = text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
         self.labels = [name.strip() for name in header if name.strip() != "image"]
         if not self.labels:
             raise UserInputError(f"{train_csv}: the first line must name the columns image,<label>,... (0/1 each)")

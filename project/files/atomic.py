@@ -69,10 +69,15 @@ def failed_write(error: BaseException, path: Path, full_message: Callable[[], st
 
 @contextmanager
 def written_whole(
-    path: Path, mode: str = "wb", full_message: Callable[[], str] | None = None, **open_args: Any
+    path: Path,
+    mode: str = "wb",
+    full_message: Callable[[], str] | None = None,
+    permissions: int = 0o666,
+    **open_args: Any,
 ) -> Iterator[IO]:
     """A file to write ``path`` through: renamed over ``path`` when the block ends without an error, removed when it
-    does not (:func:`failed_write` says why in one line; ``full_message()`` for a full disk)."""
+    does not (:func:`failed_write` says why in one line; ``full_message()`` for a full disk). The file's mode is
+    ``permissions`` less what the umask removes."""
     path, temporary = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +86,7 @@ def written_whole(
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, umask_mode())
+        os.chmod(temporary, umask_mode(permissions))
         os.replace(temporary, path)
     except BaseException as error:
         if temporary is not None:
