@@ -225,7 +225,8 @@ def split_sizes(data) -> tuple[int, int, int]:
 def test_arrays_and_datasets_get_the_same_splits_and_few_shot_subsets():
     images, labels = squares()
     arrays = TensorDataModule(images, labels, val_size=12, samples_per_class=5)
-    dataset = DatasetDataModule(OwnDataset(images, labels), num_classes=CLASSES, val_size=12, samples_per_class=5)
+    dataset = DatasetDataModule(OwnDataset(images, labels), num_classes=CLASSES, mean=0.5, std=0.5, val_size=12,
+                                samples_per_class=5)  # fmt: skip
     assert split_sizes(arrays) == split_sizes(dataset) == (15, 12, 24)  # 5 per class; 20% of 120 held out for test
     for split in ("train_set", "val_set", "test_set"):
         ours, theirs = getattr(arrays, split), getattr(dataset, split)

@@ -5,7 +5,7 @@ multiclass loss, only allowed classes built, and exact resume with augmentation 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -183,6 +183,76 @@ def test_a_transform_that_resizes_the_images_is_refused_when_the_data_is_set_up(
         data.setup("fit")
 
 
+def crop(**init_args: Any) -> dict[str, Any]:
+    return {"class_path": "RandomCrop", "init_args": {"size": 16, **init_args}}
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ([crop(padding=-2)], "data.augment[0]: RandomCrop cannot apply to these training images ((1, 16, 16)"),
+        ([{"class_path": "JPEG", "init_args": {"quality": 50}}], "data.augment[0]: JPEG is not for data.augment: it "
+         "compresses uint8 images, and data.augment's transforms see float images"),
+        (["RandomHorizontalFlip", "RandomIoUCrop"], "data.augment[1]: RandomIoUCrop is not for data.augment: it acts "
+         "on bounding boxes"),
+        ([{"class_path": "Lambda", "init_args": {"lambd": "print"}}], "Lambda is not for data.augment: its function "
+         "would be code"),
+        ([{"class_path": "Compose", "init_args": {"transforms": "RandomHorizontalFlip"}}], "data.augment[0]: Compose's "
+         "transforms must be a list of transforms"),
+        ([{"class_path": "GaussianBlur", "init_args": {"kernel_size": 41}}], "data.augment[0]: GaussianBlur has a "
+         "kernel of [41, 41] pixels, larger than the images (16x16)"),
+        ([{"class_path": "RandomApply", "init_args": {"transforms": [{"class_path": "GaussianBlur", "init_args": {
+            "kernel_size": 17}}]}}], "data.augment[0]: GaussianBlur has a kernel of [17, 17] pixels"),
+        ([crop(), {"class_path": "RandomSolarize", "init_args": {"threshold": 128}}], "data.augment[1]: "
+         "RandomSolarize cannot apply to these training images"),
+        ([{"class_path": "FiveCrop", "init_args": {"size": 8}}], "data.augment[0]: FiveCrop gives back a tuple, not an "
+         "image"),
+    ],
+    ids=["negative padding", "JPEG", "boxes", "Lambda", "Compose of a string", "blur larger than the image",
+         "blur inside RandomApply", "uint8 threshold", "several crops"],
+)  # fmt: skip
+def test_a_transform_that_cannot_apply_to_the_training_images_is_named_before_training(augment, message):
+    with pytest.raises(UserInputError) as caught:
+        TensorDataModule(*lopsided(), augment=augment).setup("fit")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_colour_transforms_torchvision_defines_on_float_images_are_accepted_and_change_them():
+    """The transforms see float32 pixels on the 0..1 scale (recorded by a transform of one's own), where torchvision's
+    posterize keeps 2**bits levels, equalize goes through uint8 and solarize takes a threshold on that scale."""
+    augment = [
+        f"{__name__}.RecordInput",
+        {"class_path": "RandomPosterize", "init_args": {"bits": 2, "p": 1.0}},
+        {"class_path": "RandomSolarize", "init_args": {"threshold": 0.5, "p": 1.0}},
+        {"class_path": "RandomEqualize", "init_args": {"p": 1.0}},
+        {"class_path": "GaussianBlur", "init_args": {"kernel_size": 5}},
+    ]
+    RecordInput.seen.clear()
+    for in_memory in (True, False):
+        data = data_module(in_memory, augment=augment)
+        images, targets = first_batch(data, data.train_dataloader())
+        augmented, _ = data.on_after_batch_transfer((images, targets), 0)
+        assert not torch.allclose(augmented, images)
+    assert {(dtype, low >= 0 and high <= 1) for dtype, low, high in RecordInput.seen} == {(torch.float32, True)}
+
+
+class RecordInput(v2.Transform):
+    """A transform of one's own that records the dtype and range of every image it is given, and changes nothing."""
+
+    seen: ClassVar[list[tuple[torch.dtype, float, float]]] = []
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        RecordInput.seen.append((inpt.dtype, inpt.min().item(), inpt.max().item()))
+        return inpt
+
+
+def test_a_transform_that_fails_through_the_command_line_is_one_line_before_any_file(tmp_path, capsys, monkeypatch):
+    recipe = write_recipe(write_arrays(tmp_path / "arrays"), augment=[crop(padding=-2)])
+    monkeypatch.chdir(tmp_path)
+    error = cli_error(["fit", f"--config={recipe}", "--trainer.max_steps=2"], capsys, root=tmp_path)
+    assert "data.augment[0]: RandomCrop cannot apply" in error and "ValueError: Required crop size" in error
+
+
 def test_mixup_is_refused_for_a_task_that_is_not_multiclass_before_training(tmp_path, capsys, monkeypatch):
     recipe = write_recipe(write_arrays(tmp_path / "arrays"), positive_classes=[1], cutmix_alpha=1.0)
     monkeypatch.chdir(tmp_path)
@@ -234,7 +304,7 @@ def test_the_presets_build_and_keep_their_images_size(preset, shape, mixes):
     path = Path(__file__).resolve().parents[1] / "project" / "configs" / "modifiers" / f"{preset}.yaml"
     options = yaml.safe_load(path.read_text())["data"]["init_args"]
     augmentation = BatchAugmentation(options["augment"], options.get("mixup_alpha", 0), options.get("cutmix_alpha", 0))
-    augmentation.check_shape(shape)
+    augmentation.try_on(shape)
     assert augmentation.mixes == mixes
 
 

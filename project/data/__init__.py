@@ -5,8 +5,8 @@ The data directory comes from ``--data.data_dir``, else the ``PROJECT_DATA_DIR``
 that torchvision downloaded into works as it is.
 
 - :mod:`project.data.base`: :class:`ImageDataModule`, what every data module shares (binary and multilabel label
-  rules, loaders), with :mod:`project.data.splits` (seeded splits, few-shot subsets) and
-  :mod:`project.data.augment` (batch augmentation);
+  rules, loaders), with :mod:`project.data.splits` (seeded splits, few-shot subsets),
+  :mod:`project.data.augment` (batch augmentation) and :mod:`project.data.recording` (its arguments, recorded);
 - :mod:`project.data.torchvision_family`: :class:`MNISTDataModule` for MNIST and its relatives;
 - :mod:`project.data.rotation`: :class:`RotationDataModule`, a regression task on real images;
 - :mod:`project.data.files`: a user's own images: :class:`ImageFolderDataModule`, :class:`CSVRegressionDataModule`,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-from project.errors import UserInputError
+from project.errors import UserInputError, first_line
 from project.trusted import HOW_TO_TRUST, trust_declared
 
 V2 = "torchvision.transforms.v2"
@@ -47,8 +47,25 @@ NOT_FOR_AUGMENT = {
         ),
         "the data module converts and normalises the images itself",
     ),
+    "JPEG": "it compresses uint8 images, and data.augment's transforms see float images on the 0..1 scale",
+    "Lambda": "its function would be code, which a config never holds: write a v2.Transform subclass in a module "
+    "you trust",
+    **dict.fromkeys(
+        (
+            "RandomIoUCrop",
+            "SanitizeBoundingBoxes",
+            "ClampBoundingBoxes",
+            "ConvertBoundingBoxFormat",
+            "SetClampingMode",
+            "ClampKeyPoints",
+            "SanitizeKeyPoints",
+        ),
+        "it acts on bounding boxes or key points, and these training images come with class labels only",
+    ),
+    "UniformTemporalSubsample": "it is for videos (frames in time), and these are still images",
 }
-"""Classes of ``transforms.v2`` that are not per-image augmentations of a training image, with what to do instead."""
+"""Classes of ``transforms.v2`` that are not per-image augmentations of a training image (float pixels on the 0..1
+scale, a class label), with why or what to do instead."""
 SEED_RANKS = 2**16
 """A batch's seed is ``draw * SEED_RANKS + rank``: distinct for every draw and every rank below this."""
 
@@ -104,14 +121,21 @@ def built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Trans
         )
     if not isinstance(init_args, dict):
         raise UserInputError(f"{where}.init_args must be a mapping of argument names to values, got {init_args!r}")
-    if name in NESTING and isinstance(init_args.get("transforms"), list):  # transforms of transforms, each checked
+    if name in NESTING and "transforms" in init_args:  # transforms of transforms, each checked
         given = init_args["transforms"]
+        if not isinstance(given, list):  # (a string is a sequence too: Compose would take its letters)
+            raise UserInputError(
+                f"{where}: {class_path}'s transforms must be a list of transforms (class names or {{class_path: ..., "
+                f"init_args: {{...}}}}), got {given!r}"
+            )
         inner = [built_transform(one, f"{where}.transforms[{i}]", allowed) for i, one in enumerate(given)]
         init_args = {**init_args, "transforms": inner}
     try:
         return allowed[class_path](**init_args)
-    except (TypeError, ValueError) as error:
-        raise UserInputError(f"{where}: {class_path}({init_args}) cannot be built: {error}") from None
+    except Exception as error:  # a class's own check of its arguments, whatever it raises (a trusted module's too)
+        raise UserInputError(
+            f"{where}: {class_path}({init_args}) cannot be built: {type(error).__name__}: {first_line(error)}"
+        ) from None
 
 
 def check_alpha(name: str, alpha: float) -> None:
@@ -164,18 +188,28 @@ class BatchAugmentation:
         ]
         self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
-    def check_shape(self, shape: tuple[int, int, int]) -> None:
-        """Refuse transforms that change the size of a ``(C, H, W)`` image (the network takes one size): tried once on a
-        blank image, under a generator of its own."""
+    def try_on(self, shape: tuple[int, int, int]) -> None:
+        """Try the transforms once, when the data is set up, on a few random images of ``shape`` ``(C, H, W)``: float
+        pixels on the 0..1 scale, as :meth:`__call__` takes them, under a generator of their own. Refused in one line,
+        naming the entry: a transform that fails on them, gives back something other than an image, or would be
+        meaningless on them (:func:`unfit_for`); and a list that changes the images' size (the network takes one)."""
         if self.per_image is None:
             return
+        for index, transform in enumerate(self.transforms):
+            for inner in nested(transform):
+                if (why := unfit_for(inner, shape)) is not None:
+                    raise UserInputError(f"data.augment[{index}]: {type(inner).__name__} {why}")
+        sample = torch.rand(TRIAL_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
         with seeded(0, torch.device("cpu")):
-            out = tuple(self.per_image(torch.zeros(shape)).shape)
-        if out != tuple(shape):
-            raise UserInputError(
-                f"data.augment turns images of shape {tuple(shape)} (channels, height, width) into {out}: the network "
-                f"takes one size, so give a transform that sets a size the images' own ({shape[1]})"
-            )
+            for image in sample:
+                for index, transform in enumerate(self.transforms):
+                    image = tried(transform, image, f"data.augment[{index}]", shape)
+                if tuple(image.shape) != tuple(shape):
+                    raise UserInputError(
+                        f"data.augment turns images of shape {tuple(shape)} (channels, height, width) into "
+                        f"{tuple(image.shape)}: the network takes one size, so give a transform that sets a size the "
+                        f"images' own ({shape[1]})"
+                    )
 
     def __call__(self, images: Tensor, targets: Tensor, seed: int) -> tuple[Tensor, Tensor]:
         """``images`` (N, C, H, W, floats on the 0..1 scale) augmented one by one, then the batch mixed (targets then
@@ -186,6 +220,51 @@ class BatchAugmentation:
             if self.mix is not None:
                 images, targets = self.mix(images, targets)
         return images, targets
+
+
+TRIAL_IMAGES = 4
+"""How many random images :meth:`BatchAugmentation.try_on` passes through the transforms (a random draw may take a
+path the first image does not, such as a crop that falls outside)."""
+
+
+def nested(transform: v2.Transform) -> Iterator[v2.Transform]:
+    """``transform`` and the transforms inside it (``Compose``, ``RandomApply``, ``RandomChoice``, ``RandomOrder``)."""
+    yield transform
+    if isinstance(transform, v2.Compose | v2.RandomApply | v2.RandomChoice | v2.RandomOrder):
+        for inner in transform.transforms:
+            yield from nested(inner)
+
+
+def unfit_for(transform: v2.Transform, shape: tuple[int, int, int]) -> str | None:
+    """Why ``transform`` would run on images of ``shape`` and mean nothing there, or ``None``. A Gaussian blur whose
+    kernel is larger than the image: every pixel's kernel reaches past the image's edges, into the mirror image that
+    torchvision pads it with (``F.gaussian_blur`` pads by reflection, and fails once the padding is the image's size
+    or more); the kernel size was meant for larger images. (The colour operations that torchvision defines on float
+    images, such as ``RandomPosterize``, ``RandomSolarize`` with a threshold on the 0..1 scale, ``RandomEqualize`` and
+    ``RandomAutocontrast``, are meaningful on them; ``JPEG``, which is not, is refused by name: ``NOT_FOR_AUGMENT``.)"""
+    if isinstance(transform, v2.GaussianBlur) and max(transform.kernel_size) > min(shape[1:]):
+        return (
+            f"has a kernel of {list(transform.kernel_size)} pixels, larger than the images ({shape[1]}x{shape[2]}): "
+            f"it would blur them with their own mirror image; give an odd kernel_size of at most {min(shape[1:])}"
+        )
+    return None
+
+
+def tried(transform: v2.Transform, image: Tensor, where: str, shape: tuple[int, int, int]) -> Tensor:
+    """``transform`` applied to one ``image`` by :meth:`BatchAugmentation.try_on`; refused, naming it, when it fails or
+    gives back something other than a float image."""
+    name = type(transform).__name__
+    try:
+        out = transform(image)
+    except Exception as error:  # whatever a transform raises on images it cannot take (torchvision's, a trusted one's)
+        raise UserInputError(
+            f"{where}: {name} cannot apply to these training images ({shape} (channels, height, width), float pixels "
+            f"on the 0..1 scale): {type(error).__name__}: {first_line(error)}"
+        ) from None
+    if not isinstance(out, Tensor) or not out.is_floating_point():
+        given = f"a {out.dtype} tensor" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+        raise UserInputError(f"{where}: {name} gives back {given}, not an image of float pixels: it cannot go here")
+    return out
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from project.data.augment import BatchAugmentation, batch_seed, random_shift
 from project.data.cores import available_cores
 from project.data.in_memory import DeviceBatches, SplitTensors, TensorImages, memory_splits, normalised
 from project.data.labels import ClassSubset, LabelRule, RelabelledTargets, check_label_options, check_label_rules
+from project.data.recording import record_arguments
 from project.data.sampler import ResumableDataLoader, ResumableSampler, TrainingPosition
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
@@ -48,9 +49,11 @@ class ImageDataModule(L.LightningDataModule):
 
     The constructor records its arguments, and those of every subclass constructor that calls
     ``super().__init__(...)``, as the module's hyper-parameters (Lightning's ``save_hyperparameters``, here once for
-    all): checkpoints keep them, a resumed run is checked against them and ``scripts/evaluate.py`` rebuilds the
-    module from them. A subclass need not call it; arguments that are Python objects, not plain values, are named in
-    :attr:`unrecorded_arguments`.
+    all, :mod:`project.data.recording`): checkpoints keep them, a resumed run is checked against them and
+    ``scripts/evaluate.py`` rebuilds the module from them. A subclass need not call it, and may pass its parent values
+    of its own (they are not recorded, since its class sets them); arguments that are Python objects, not plain
+    values, are named in :attr:`unrecorded_arguments`, and those a config may give by class path in
+    :attr:`class_arguments`.
 
     Args:
         data_dir: the data directory; default ``$PROJECT_DATA_DIR``, else ``./data``.
@@ -107,7 +110,7 @@ class ImageDataModule(L.LightningDataModule):
         cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=list(self.unrecorded_arguments))
+        record_arguments(self)
         check_split_options(batch_size, eval_batch_size, num_workers, val_size, samples_per_class, train_fraction)
         if augment_shift < 0:
             raise UserInputError(f"data.augment_shift must be 0 or more pixels, got {augment_shift}")
@@ -147,6 +150,11 @@ class ImageDataModule(L.LightningDataModule):
     unrecorded_arguments: ClassVar[tuple[str, ...]] = ()
     """Constructor arguments kept out of the hyper-parameters: Python objects such as datasets or tensors, which a
     checkpoint cannot hold as plain values (such a module is built in Python, not rebuilt from a checkpoint)."""
+    class_arguments: ClassVar[dict[str, type]] = {}
+    """Of :attr:`unrecorded_arguments`, those a config may give by class path (``{class_path: ..., init_args: ...}``,
+    built by the command line), with the class the named one must derive from: such an argument is recorded as its
+    class path and plain arguments, and ``scripts/evaluate.py`` rebuilds it from them (a class already imported:
+    ``project.training.checkpoints.allowed_class``)."""
 
     def load_split(self, train: bool) -> Dataset:
         """The training (``train=True``) or test split, yielding ``(image tensor, target)``."""
@@ -236,7 +244,7 @@ class ImageDataModule(L.LightningDataModule):
             if self.in_memory and self.memory.keys() != {name for name, split in splits.items() if split is not None}:
                 raise UserInputError(f"data.in_memory: {type(self).__name__}'s data cannot be held in memory")
         if self.image_shape is not None:
-            self.augmentation.check_shape(self.image_shape)
+            self.augmentation.try_on(self.image_shape)
 
     def checked(self, dataset: Dataset, split: str) -> Dataset:
         """``dataset``, after checking that its labels are classes of this data (0 .. num_classes - 1)."""

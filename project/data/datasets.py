@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -15,8 +15,9 @@ from project.data.splits import seeded_split, subset_labels
 from project.errors import UserInputError
 
 
-def first_image_shape(dataset: Dataset, option: str) -> tuple[int, int, int]:
-    """The ``(C, H, W)`` of the first example's image, refused unless the example is ``(image tensor, label)``."""
+def first_image(dataset: Dataset, option: str) -> Tensor:
+    """The first example's image, refused unless the dataset has examples and the example is ``(image tensor,
+    label)``, the image ``(C, H, W)`` floats with C = 1 or 3, square."""
     try:
         count = len(dataset)
     except TypeError:
@@ -33,13 +34,33 @@ def first_image_shape(dataset: Dataset, option: str) -> tuple[int, int, int]:
         )
     if image.shape[1] != image.shape[2]:
         raise UserInputError(f"data.{option}: images of {image.shape[1]}x{image.shape[2]} pixels; they must be square")
-    return tuple(image.shape)
+    return image
+
+
+PIXEL_SLACK = 0.01
+"""How far outside 0..1 a pixel of the first image may come out, its stated normalisation undone (rounding, a resize's
+overshoot), before :func:`check_stated_normalisation` refuses it."""
+
+
+def check_stated_normalisation(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...], option: str) -> None:
+    """Refuse ``mean`` and ``std`` when the dataset's first image, normalised with them as stated, does not come back
+    to pixels on the 0..1 scale: new image files would be prepared otherwise than the training images
+    (``scripts/predict.py``, exports)."""
+    shape = (-1, 1, 1)
+    pixels = image.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
+    low, high = pixels.min().item(), pixels.max().item()
+    if low < -PIXEL_SLACK or high > 1 + PIXEL_SLACK:
+        raise UserInputError(
+            f"data.{option}[0]'s image is not pixels on the 0..1 scale normalised with data.mean {list(mean)} and "
+            f"data.std {list(std)}: undone, they run from {low:.3g} to {high:.3g}; give the (x - mean) / std the "
+            f"dataset applies to 0..1 pixels, which new images to predict go through"
+        )
 
 
 class DatasetDataModule(ImageDataModule):
-    """A ``torch.utils.data.Dataset`` of one's own, yielding ``(image tensor, int label)``, built in Python::
+    """A ``torch.utils.data.Dataset`` of one's own, yielding ``(image tensor, int label)``::
 
-        data = DatasetDataModule(MyDataset("train"), MyDataset("test"), num_classes=10, samples_per_class=20)
+        data = DatasetDataModule(MyDataset("train"), MyDataset("test"), num_classes=10, mean=0.5, std=0.5)
 
     The images come as the dataset makes them (its own transforms, normalisation included) through a DataLoader
     (``num_workers`` applies); the validation split, few-shot subsets, label rules and exact resume are those of
@@ -49,18 +70,25 @@ class DatasetDataModule(ImageDataModule):
     :class:`~project.data.in_memory.TensorImages` (uint8 or unscaled float pixels, normalised with ``mean`` and
     ``std``) takes the in-memory path instead.
 
+    In a config, the datasets are given by class path (a class of a module of one's own, trusted with ``--trust``):
+    they are recorded as their class paths and arguments, and ``scripts/evaluate.py`` rebuilds them from the
+    checkpoint (with the same ``--trust``). Built in Python, they are objects a checkpoint cannot hold.
+
     Args:
         train_dataset: the training examples.
         test_dataset: the test examples; default: held out of ``train_dataset``.
         num_classes: the number of classes; labels are 0 .. num_classes - 1.
-        mean, std: the normalisation the dataset's images went through (one number or one per channel), recorded
-            for predictions of new image files (``scripts/predict.py``); default none (0 and 1).
+        mean, std: required: the normalisation the dataset's images went through from pixels on the 0..1 scale,
+            ``(x - mean) / std`` (one number or one per channel; 0 and 1: none), which new image files go through to
+            be predicted (``scripts/predict.py``, exports). Checked on the first image: undone, it must give pixels
+            in 0..1. (The images' own statistics cannot say it: a normalised image's mean is 0 whatever it was.)
         class_names: a name per class (reports, predictions); default ``0``, ``1``, ...
         test_size: without ``test_dataset``, the examples held out for testing: a count or a fraction below 1.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
     """
 
     unrecorded_arguments = ("train_dataset", "test_dataset")
+    class_arguments: ClassVar[dict[str, type]] = {"train_dataset": Dataset, "test_dataset": Dataset}
 
     def __init__(
         self,
@@ -68,8 +96,8 @@ class DatasetDataModule(ImageDataModule):
         test_dataset: Dataset | None = None,
         *,
         num_classes: int,
-        mean: float | list[float] = 0.0,
-        std: float | list[float] = 1.0,
+        mean: float | list[float] | None = None,
+        std: float | list[float] | None = None,
         class_names: list[str] | None = None,
         test_size: int | float = 0.2,
         **kwargs: Any,
@@ -79,11 +107,19 @@ class DatasetDataModule(ImageDataModule):
             raise UserInputError(f"data.num_classes must be 2 or more, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise UserInputError(f"data.class_names names {len(class_names)} classes, and num_classes is {num_classes}")
-        self.image_shape = first_image_shape(train_dataset, "train_dataset")
-        if test_dataset is not None and first_image_shape(test_dataset, "test_dataset") != self.image_shape:
+        if mean is None or std is None:
+            raise UserInputError(
+                f"{type(self).__name__} needs data.mean and data.std: the normalisation (x - mean) / std the dataset's "
+                "images went through from pixels on the 0..1 scale (mean 0 and std 1 if none), which new images go "
+                "through to be predicted"
+            )
+        image = first_image(train_dataset, "train_dataset")
+        self.image_shape = tuple(image.shape)
+        if test_dataset is not None and tuple(first_image(test_dataset, "test_dataset").shape) != self.image_shape:
             raise UserInputError(f"data.test_dataset's images are not {self.image_shape} (C, H, W), as training ones")
-        channels = self.image_shape[0]
-        self.mean, self.std = (list(values) for values in per_channel_normalisation(mean, std, channels))
+        stated = per_channel_normalisation(mean, std, self.image_shape[0])
+        check_stated_normalisation(image, *stated, "train_dataset")
+        self.mean, self.std = (list(values) for values in stated)
         self.train_dataset, self.test_dataset = train_dataset, test_dataset
         self.num_classes = num_classes
         self.named_classes = None if class_names is None else [str(name) for name in class_names]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from project.data import ImageDataModule
-from project.errors import UserInputError
+from project.errors import UserInputError, first_line
 from project.files.atomic import written_folder
 from project.reports.figures import confusion_figure
 from project.tasks import Task
@@ -87,10 +87,14 @@ def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path
 
 
 def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
-    """Rebuild the data module a checkpoint was trained with (the command line stores its class and arguments).
+    """Rebuild the data module a checkpoint was trained with (its class and arguments are recorded in it:
+    :mod:`project.data.recording`); ``overrides`` replace recorded arguments (``data_dir``) or give those a checkpoint
+    cannot hold (``train_dataset=`` a dataset built in Python).
 
     The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
-    a checkpoint cannot make this call a function of its choosing. Its arguments are plain values.
+    a checkpoint cannot make this call a function of its choosing. Its arguments are plain values, and a dataset
+    named in the config by class path is rebuilt from the allow-list of ``Dataset`` subclasses likewise
+    (:func:`built_argument`).
     """
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
@@ -101,6 +105,17 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     data_class = allowed_class(class_path, ImageDataModule, "data module")
     arguments = {key: value for key, value in hparams.items() if not key.startswith("_")}
     arguments.update({key: value for key, value in overrides.items() if value is not None})
+    for name, base in data_class.class_arguments.items():
+        if isinstance(arguments.get(name), dict):
+            arguments[name] = built_argument(arguments[name], base, f"data.{name}")
+    parameters = inspect.signature(data_class).parameters
+    missing = [name for name in data_class.unrecorded_arguments if name in parameters and name not in arguments]
+    if any(parameters[name].default is inspect.Parameter.empty for name in missing):
+        raise UserInputError(
+            f"the checkpoint does not record data.{missing[0]} of {class_path}: it was a Python object (built in "
+            f"Python, or before such arguments named by class path were recorded); give it in Python: "
+            f"project.inference.evaluation.data_module_from_checkpoint(checkpoint, {missing[0]}=...)"
+        )
     try:
         inspect.signature(data_class).bind(**arguments)
         data = data_class(**arguments)
@@ -110,3 +125,24 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     if data.awaiting_normalisation and stated:  # the backbone's, recorded when it trained
         data.adopt_normalisation(stated["mean"], stated["std"])
     return data
+
+
+def built_argument(spec: dict[str, Any], base: type, option: str) -> Any:
+    """An argument of the data module that the config gave by class path (a dataset), rebuilt from the checkpoint's
+    ``{class_path, init_args}``: the class from the allow-list of ``base``'s subclasses already imported (a trusted
+    module's: ``--trust``), its arguments plain values; one that names a class itself is refused, since only the
+    config's parser may build that."""
+    init_args = spec.get("init_args") or {}
+    inner = next((key for key, value in init_args.items() if isinstance(value, dict) and "class_path" in value), None)
+    if inner is not None:
+        raise UserInputError(
+            f"{option}.init_args.{inner} names a class ({init_args[inner]['class_path']}): a checkpoint rebuilds "
+            f"{option} from plain arguments only; build that object inside {spec.get('class_path')} from plain values"
+        )
+    cls = allowed_class(spec.get("class_path"), base, option)
+    try:
+        return cls(**init_args)
+    except Exception as error:  # the user's own class: whatever it raises, said in one line
+        raise UserInputError(
+            f"{option}: {spec['class_path']}({init_args}) cannot be built: {type(error).__name__}: {first_line(error)}"
+        ) from None
