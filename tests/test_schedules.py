@@ -15,10 +15,11 @@ import torch
 from helpers import Interrupted, RecordLR, cli_error, directory_scalars, run_in_folder
 from test_reliability import EXACT_CONFIG, EXACT_RUN, assert_same_training_state
 
+from project.cli import run_cli
 from project.errors import UserInputError
 from project.networks import ConvNet
 from project.training import TaskModule
-from project.training.schedules import LRFactor, LRPlan, replan_on_resume
+from project.training.schedules import LRFactor, LRPlan, replan_on_resume, scheduler_config, steps_before_fit
 
 # -- the shapes, as functions of the optimizer step ----------------------------------------------------------------
 
@@ -68,6 +69,14 @@ def test_a_frozen_backbone_is_at_zero_then_follows_the_heads_curve(schedule):
     assert [backbone(step) for step in range(10, 41)] == [head(step) for step in range(10, 41)]
 
 
+def test_a_warm_up_in_steps_is_that_many_steps_whatever_the_runs_length():
+    for total in (30, 100):  # a fraction would move: 0.5 of 30 steps is 15
+        factor = LRPlan("cosine", warmup_fraction=None, warmup_steps=16).factor(total, per_epoch=10, frozen=0)
+        assert (factor(15), factor(16)) == (pytest.approx(15 / 16), 1.0), total
+    epochs = LRPlan("onecycle", warmup_fraction=None, warmup_epochs=2).factor(100, per_epoch=7, frozen=0)
+    assert max(range(100), key=epochs) == 14  # the peak: 2 epochs of 7 optimizer steps
+
+
 def test_the_schedules_state_is_plain_values_that_load_with_weights_only():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     plan = LRPlan("step", step_epochs=[2, 3], gamma=0.3)
@@ -110,6 +119,26 @@ def test_a_cosine_schedule_that_had_ended_gives_the_extra_steps_a_new_cycle():
     assert again(20) == 0.0 and again(24) == 1.0 and again(40) == pytest.approx(0.0)  # warm-up 4 steps, decay
 
 
+def test_a_warm_up_in_steps_keeps_its_steps_when_a_resumed_run_changes_its_length():
+    planned = LRFactor(20, "cosine", 0.0, min_lr_fraction=0.1, warmup_steps=8)
+    longer, notes = resumed(planned, 4, 40)
+    assert "the warm-up ends at step 8, as planned, and what is left of the cosine schedule after it" in notes[0]
+    assert [longer(step) for step in range(9)] == [planned(step) for step in range(9)]  # 1 at step 8, as planned
+    assert longer(24) == pytest.approx(planned(14)) and longer(40) == pytest.approx(0.1)  # the 12 decay steps take 32
+    shorter, _ = resumed(planned, 4, 12)
+    assert shorter(8) == 1.0 and shorter(12) == pytest.approx(0.1)
+    fraction, _ = resumed(LRFactor(20, "cosine", 0.4, min_lr_fraction=0.1), 4, 40)  # the control: 8 steps too ...
+    assert fraction(8) == pytest.approx((4 + 4 * 16 / 36) / 8)  # ... but a fraction's is stretched with the rest
+
+
+def test_a_warm_up_in_steps_restarts_with_its_steps_or_is_refused_when_they_do_not_fit():
+    again, notes = resumed(LRFactor(20, "cosine", 0.0, warmup_steps=4), 20, 40)
+    assert "had ended" in notes[0] and (again(22), again(24)) == (0.5, 1.0)
+    for step, total in ((20, 24), (4, 8)):  # a new cycle, or the run, ends as the warm-up does
+        with pytest.raises(UserInputError, match=rf"would end at step {step + 4 if step == 20 else 8}, and the res"):
+            resumed(LRFactor(20, "cosine", 0.0, warmup_steps=4 if step == 20 else 8), step, total)
+
+
 def test_a_longer_step_run_keeps_its_drops_where_they_were():
     planned = LRPlan("step", step_epochs=1, gamma=0.5).factor(20, 10, frozen=0)
     longer, notes = resumed(LRFactor(**vars(planned)), 15, 40)
@@ -134,8 +163,6 @@ def test_a_torch_scheduler_resumed_with_a_new_learning_rate_is_scaled_and_not_re
 
 
 def test_reduce_lr_on_plateau_follows_the_tasks_metric_in_its_direction():
-    from project.training.schedules import scheduler_config
-
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     plan = LRPlan(scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", patience=0))
     config = scheduler_config(optimizer, None, plan, freeze_backbone_epochs=0, monitor=("val/acc", "max"))
@@ -143,6 +170,23 @@ def test_reduce_lr_on_plateau_follows_the_tasks_metric_in_its_direction():
     config["scheduler"].step(0.5)
     config["scheduler"].step(0.4)  # worse for a metric to maximise: reduced
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_a_cyclic_scheduler_says_that_it_cycles_adamws_beta1_in_place_of_the_optimizers(monkeypatch):
+    import project.training.schedules
+
+    said: list[str] = []
+    monkeypatch.setattr(project.training.schedules, "rank_zero_info", said.append)
+    for cycle_momentum in (True, False):
+        optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=0.01, betas=(0.95, 0.999))
+        cyclic = partial(torch.optim.lr_scheduler.CyclicLR, base_lr=0.001, max_lr=0.01, cycle_momentum=cycle_momentum)
+        scheduler_config(optimizer, None, LRPlan(scheduler=cyclic, interval="step"), 0, ("val/acc", "max"))
+        assert optimizer.param_groups[0]["betas"][0] == (0.9 if cycle_momentum else 0.95)  # what torch does
+    assert said == [
+        "model.lr_scheduler CyclicLR cycles AdamW's beta1 between its base_momentum and max_momentum, in place of the "
+        "optimizer's (beta1 0.95): torch's cycle_momentum, true by default; --model.lr_scheduler.cycle_momentum false "
+        "keeps the optimizer's"
+    ]
 
 
 # -- refusals --------------------------------------------------------------------------------------------------------
@@ -185,6 +229,46 @@ def test_learning_rate_options_that_cannot_work_are_refused_by_name(options, mes
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"warmup_fraction": 0.1, "warmup_epochs": 1}, r"2 ways \(model.warmup_fraction 0.1, model.warmup_epochs 1"),
+        ({"warmup_epochs": 1, "warmup_steps": 5}, "the warm-up is given 2 ways"),
+        ({"warmup_steps": 0}, "model.warmup_steps must be a whole number, 1 or more, got 0"),
+        ({"warmup_epochs": 1.5}, "model.warmup_epochs must be a whole number, 1 or more, got 1.5"),
+        ({"lr_schedule": "step", "lr_step_epochs": 1, "warmup_epochs": 1}, "onecycle, cosine and linear, not of"),
+        ({"lr_schedule": "none", "lr_scheduler": step_lr, "warmup_steps": 3}, r"lr_schedule none \(nor of model"),
+    ],
+)  # fmt: skip
+def test_a_warm_up_given_two_ways_or_where_there_is_none_is_refused_by_name(options, message):
+    with pytest.raises(UserInputError, match=message):
+        TaskModule(ConvNet(), **{"lr_schedule": "cosine", **options})
+
+
+def scheduler(name: str, **arguments):
+    return partial(getattr(torch.optim.lr_scheduler, name), **arguments)
+
+
+@pytest.mark.parametrize(
+    ("lr_scheduler", "message"),
+    [
+        (scheduler("CosineAnnealingLR", T_max=0), "model.lr_scheduler.T_max counts CosineAnnealingLR's steps: 1 or mo"),
+        (scheduler("StepLR", step_size=0), "model.lr_scheduler.step_size counts StepLR's steps: 1 or more, got 0"),
+        (scheduler("ExponentialLR", gamma=-0.5), "ExponentialLR takes a gamma above 0, got -0.5"),
+        (scheduler("ExponentialLR", gamma=0.0), "ExponentialLR takes a gamma above 0, got 0.0"),
+        (scheduler("MultiStepLR", milestones=[2], gamma=-1.0), "MultiStepLR takes a gamma above 0, got -1.0"),
+        (scheduler("ReduceLROnPlateau", factor=0.0), "ReduceLROnPlateau takes a factor above 0, got 0.0"),
+        (scheduler("LambdaLR", lr_lambda=lambda step: 1 / (1 - step)), "LambdaLR fails at its first step with these"),
+    ],
+    ids=["T_max 0", "step_size 0", "gamma < 0", "gamma 0", "milestones gamma", "plateau factor", "first step"],
+)
+def test_scheduler_arguments_torch_builds_but_that_cannot_work_are_refused_by_name(lr_scheduler, message):
+    with pytest.raises(UserInputError, match=message):
+        TaskModule(ConvNet(), lr_scheduler=lr_scheduler)
+    TaskModule(ConvNet(), lr_scheduler=scheduler("ExponentialLR", gamma=0.5))  # the control
+    TaskModule(ConvNet(), lr_scheduler=scheduler("CosineAnnealingLR", T_max=1))
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--lr_scheduler=StepLR"], "lr_scheduler is not an option; it is model.lr_scheduler"),
@@ -204,6 +288,25 @@ def test_the_command_line_refuses_a_scheduler_it_cannot_use_in_one_line(args, me
     import re
 
     assert re.search(message, cli_error(["fit", *quick_args, *args], capsys))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.lr_schedule=cosine", "--model.warmup_epochs=2"], "model.warmup_epochs 2 is 20 optimizer steps "
+         "(epochs of 10), and the whole run is 20 (trainer.max_epochs 2, max_steps -1): the warm-up must end before"),
+        (["--model.warmup_steps=12", "--trainer.max_steps=12"], "model.warmup_steps 12, and the whole run is 12"),
+        (["--model.lr_schedule=none", "--model.lr_scheduler=CosineAnnealingLR", "--model.lr_scheduler.T_max=0"],
+         "model.lr_scheduler.T_max counts CosineAnnealingLR's steps: 1 or more, got 0"),
+        (["--model.lr_schedule=none", "--model.lr_scheduler=ExponentialLR", "--model.lr_scheduler.gamma=-0.5"],
+         "ExponentialLR takes a gamma above 0, got -0.5"),
+    ],
+    ids=["warm-up epochs", "warm-up steps", "T_max 0", "negative gamma"],
+)  # fmt: skip
+def test_a_warm_up_longer_than_the_run_or_a_scheduler_that_cannot_step_is_one_line_that_writes_nothing(
+    args, message, quick_args, run_dir, capsys
+):
+    assert message in cli_error(["fit", *quick_args, *args], capsys, root=run_dir)
 
 
 # -- real runs: the logged learning rate, exact resume, rescaling --------------------------------------------------
@@ -281,6 +384,49 @@ def test_a_cosine_run_resumed_for_longer_stretches_what_is_left_of_its_decay(cos
     assert recorded[13][1] == pytest.approx(LR * planned(10))  # ... the 4 steps that were left now take 10
     assert all(later < earlier for earlier, later in itertools.pairwise(head))
     assert LR * 0.1 < head[-1] < LR * 0.11  # down to the floor at the new end
+
+
+def test_one_epoch_of_warm_up_is_the_optimizer_steps_lightning_counts_in_an_epoch(quick_args):
+    cli = run_cli(
+        ["fit", *quick_args, "--model.lr_schedule=cosine", "--model.warmup_epochs=1", "--test_after_fit=false",
+         "--trainer.accumulate_grad_batches=3", "--trainer.callbacks+=helpers.RecordLR"]
+    )  # fmt: skip
+    trainer, scheduler = cli.trainer, cli.trainer.lr_scheduler_configs[0].scheduler
+    assert (trainer.num_training_batches, trainer.global_step, trainer.estimated_stepping_batches) == (10, 8, 8)
+    assert steps_before_fit(trainer, cli.datamodule) == (8, 4)  # what the command line counts before fit
+    assert [factor.warmup_steps for factor in scheduler.lr_lambdas] == [4, 4]  # ceil(10 / 3): the last step has 1
+    recorded = next(callback for callback in trainer.callbacks if isinstance(callback, RecordLR)).by_step
+    lr = scheduler.base_lrs[1]
+    assert [recorded[step][1] for step in (3, 4)] == [pytest.approx(lr * 3 / 4), lr]  # the peak as epoch 2 starts
+
+
+@pytest.fixture(scope="module")
+def warmup_steps_run(tmp_path_factory, fake_data_dir) -> StoppedRuns:
+    """A 12-step cosine run warming up over its first 10 steps, stopped after step 9 (``last.ckpt`` at step 8)."""
+    warmup = ["--model.lr_schedule=cosine", "--model.warmup_steps=10", "--model.min_lr_fraction=0.1"]
+    return StoppedRuns(tmp_path_factory.mktemp("warmup_steps"), fake_data_dir, warmup, straight=False)
+
+
+def test_a_run_resumed_in_its_warm_up_for_longer_keeps_the_warm_ups_steps(warmup_steps_run, tmp_path):
+    cli = warmup_steps_run.resume_copy(
+        tmp_path / "longer", ["--trainer.max_epochs=3", "--trainer.callbacks+=helpers.RecordLR"]
+    )
+    recorded = next(callback for callback in cli.trainer.callbacks if isinstance(callback, RecordLR)).by_step
+    head = [recorded[step][1] for step in range(8, 18)]
+    assert head[:3] == [pytest.approx(LR * 0.8), pytest.approx(LR * 0.9), LR]  # the peak at step 10, as planned
+    planned = LRFactor(12, "cosine", 0.0, min_lr_fraction=0.1, warmup_steps=10)
+    assert head[2:] == [pytest.approx(LR * planned(10 + step / 4)) for step in range(8)]  # 2 steps of decay take 8
+
+
+def test_the_warm_up_in_steps_cannot_change_on_resume(warmup_steps_run, tmp_path, monkeypatch, capsys):
+    shutil.copytree(warmup_steps_run.stopped_dir, tmp_path / "resumed")
+    monkeypatch.chdir(tmp_path / "resumed")
+    args = [*warmup_steps_run.args, "--ckpt_path=last"]
+    error = cli_error(["fit", *args, "--model.warmup_steps=6"], capsys)
+    assert "cannot change on resume: model.warmup_steps 6 (the run has 10)" in error
+    as_fraction = [arg for arg in args if not arg.startswith("--model.warmup_steps")]
+    error = cli_error(["fit", *as_fraction, "--model.warmup_fraction=0.25"], capsys)
+    assert "model.warmup_fraction 0.25 (the run has None); model.warmup_steps None (the run has 10)" in error
 
 
 def test_the_logged_learning_rate_follows_a_torch_step_lr_stepped_every_epoch(step_lr_runs):

@@ -177,3 +177,53 @@ def test_stacked_configs_merge_their_task_options_later_keys_winning(run_dir):
     options = print_config(*stacked, "--model.task_options.threshold=0.3")["model"]["task_options"]
     assert options["label_smoothing"] == 0.2 and options["class_weights"][-1] == 2  # the later file's value wins
     assert options["metrics"]["acc_top3"]["init_args"]["top_k"] == 3 and options["threshold"] == 0.3
+
+
+def extra(class_path: str, **init_args) -> dict:
+    """``task_options`` with one extra metric, ``extra``."""
+    return {"metrics": {"extra": {"class_path": class_path, "init_args": init_args}}}
+
+
+def test_an_extra_metric_with_top_k_below_1_is_refused_by_name_before_it_runs():
+    with pytest.raises(UserInputError, match=r"metrics.extra.init_args.top_k .*: 1 or more, got 0"):
+        make_task("multiclass", 10, extra("torchmetrics.classification.MulticlassAccuracy", top_k=0), metric_class)
+    task = make_task("multiclass", 10, extra("torchmetrics.classification.MulticlassAccuracy", top_k=1), metric_class)
+    assert task.metrics()["extra"].top_k == 1  # the control: 1 is a top-k
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "class_path"),
+    [
+        ("multiclass", 10, "torchmetrics.classification.BinaryAccuracy"),
+        ("binary", 1, "torchmetrics.classification.MultilabelAccuracy"),
+        ("regression", 1, "torchmetrics.classification.BinaryAccuracy"),
+    ],
+)
+def test_an_extra_metric_that_fails_on_the_tasks_batches_is_refused_when_the_task_is_built(task, outputs, class_path):
+    arguments = {"num_labels": 3} if class_path.endswith("MultilabelAccuracy") else {}
+    with pytest.raises(UserInputError, match=rf"metrics.extra: {class_path} with .* fails on a batch of this {task}"):
+        make_task(task, outputs, extra(class_path, **arguments), metric_class)
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "class_path", "arguments"),
+    [
+        ("multiclass", 10, "torchmetrics.classification.MulticlassAccuracy", {"top_k": 3}),
+        ("multiclass", 2, "torchmetrics.classification.MulticlassAUROC", {}),
+        ("binary", 1, "torchmetrics.classification.BinaryAUROC", {}),
+        ("binary", 1, "torchmetrics.classification.BinaryMatthewsCorrCoef", {}),
+        ("multilabel", 2, "torchmetrics.classification.MultilabelAveragePrecision", {}),
+        ("multilabel", 4, "torchmetrics.classification.MultilabelHammingDistance", {}),
+        ("regression", 1, "torchmetrics.regression.R2Score", {}),
+        ("regression", 1, "torchmetrics.regression.PearsonCorrCoef", {}),
+    ],
+)
+def test_an_extra_metric_that_works_on_the_tasks_batches_is_taken(task, outputs, class_path, arguments):
+    built = make_task(task, outputs, extra(class_path, **arguments), metric_class).metrics()["extra"]
+    assert type(built).__name__ == class_path.rpartition(".")[2]
+
+
+def test_a_top_k_of_0_is_one_error_line_through_the_command_line_and_writes_nothing(quick_args, run_dir, capsys):
+    metrics = "{metrics: {top0: {class_path: torchmetrics.classification.MulticlassAccuracy, init_args: {top_k: 0}}}}"
+    error = cli_error(["fit", *quick_args, f"--model.task_options={metrics}"], capsys, root=run_dir)
+    assert "model.task_options.metrics.top0.init_args.top_k" in error and "got 0" in error

@@ -44,6 +44,7 @@ from project.cli.preflight import (
     check_fits_network,
     check_monitors,
     check_sharding_has_gpus,
+    set_up_data,
 )
 from project.cli.presets import DEFAULT_CONFIG, default_configs, run_name
 from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_parse_error, refuse_replaced_callbacks
@@ -275,12 +276,7 @@ class ProjectCLI(LightningCLI):
         elif stage == "fit" and model.hparams.pretrained:
             rank_zero_info(model.load_pretrained())
         adopt_backbone_normalisation(model.network, data)
-        # Every split, decoded and checked now: a broken test split stops the run before it trains.
-        # (Only one process per machine downloads; the others set up once the files are there, or in Trainer.fit.)
-        if trainer.local_rank == 0:
-            data.prepare_data()
-        if trainer.local_rank == 0 or data.files_ready():
-            data.setup(stage)
+        set_up_data(data, trainer, stage, model.lr_plan)  # every split checked, and what depends on the run's length
         if stage == "fit" and self.run_lock is None and first_process():
             self.take_new_run_folder(trainer.logger)
         if stage == "fit" and self.run_lock is not None and self.tracker_configs:

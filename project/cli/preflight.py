@@ -1,20 +1,23 @@
-"""Checks of a model against its callbacks and a checkpoint, run by the command line before the Trainer writes its
-first file (see ``ProjectCLI.check_before_running``)."""
+"""Checks of a model against its callbacks, a checkpoint and its data, run by the command line before the Trainer
+writes its first file (see ``ProjectCLI.check_before_running``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from project.data import ImageDataModule
 from project.errors import UserInputError, some
 from project.files.weights import state_dict_differences
 from project.networks.lora import base_weights, restore_base
 from project.training.averaging import AVERAGING_STATE, CURRENT_WEIGHTS, averaged_weights, averaging_method
 from project.training.checkpoints import BestCheckpoint
+from project.training.schedules import LRPlan, check_warmup_before_fit
 from project.training.stopping import TaskEarlyStopping
 from project.training.task_module import TaskModule
 
@@ -127,3 +130,16 @@ def adopt_backbone_normalisation(network: Any, data: Any) -> None:
         f"Images normalised with mean {[round(v, 4) for v in mean]} and std {[round(v, 4) for v in std]}: "
         f"{stated['source']} (it was trained on {size}x{size} images)"
     )
+
+
+def set_up_data(data: ImageDataModule, trainer: Trainer, stage: str, plan: LRPlan) -> None:
+    """Every split, decoded and checked now: a broken test split stops the run before it trains. Only one process per
+    machine downloads; the others set up once the files are there, or in ``Trainer.fit``. Once the training data is
+    known, so is the run's length: ``fit`` checks that a warm-up of epochs or steps ends before it
+    (:func:`~project.training.schedules.check_warmup_before_fit`)."""
+    if trainer.local_rank == 0:
+        data.prepare_data()
+    if trainer.local_rank == 0 or data.files_ready():
+        data.setup(stage)
+        if stage == "fit":
+            check_warmup_before_fit(plan, trainer, data)

@@ -6,10 +6,12 @@ import copy
 import inspect
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
@@ -141,11 +143,44 @@ class Task:
         for key, value in self.metric_defaults().items():
             if key in accepted and arguments.get(key) is None:
                 arguments[key] = value
+        top_k = arguments.get("top_k")
+        if isinstance(top_k, int) and top_k < 1:  # torchmetrics builds it, then fails at its first update
+            raise UserInputError(
+                f"{where}.init_args.top_k counts the best scores a hit may be among: 1 or more, got {top_k}"
+            )
         try:
-            metric_class(**arguments)
+            metric = metric_class(**arguments)
         except (TypeError, ValueError) as error:
             raise UserInputError(f"{where}: {class_path} does not take {arguments}: {first_line(error)}") from None
+        self.try_metric(metric, f"{where}: {class_path} with {arguments}")
         return metric_class, arguments
+
+    def try_metric(self, metric: Metric, named: str) -> None:
+        """Update and compute ``metric`` once on :meth:`example_batch`, so that one that would fail on the first
+        batch of a run (arguments its constructor accepts but its update refuses) stops it before it starts."""
+        scores, targets = self.example_batch()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # what it says of a stand-in batch's values is not about the data
+                metric.update(scores, targets)
+                metric.compute()
+        except Exception as error:  # whatever it raises here, it would raise mid-run
+            raise UserInputError(
+                f"{named} fails on a batch of this {self.name} task (scores {tuple(scores.shape)}, targets "
+                f"{tuple(targets.shape)}): {first_line(error)}"
+            ) from None
+
+    def example_batch(self) -> tuple[Tensor, Tensor]:
+        """A stand-in batch as the metrics take it, ``(scores, targets)``: the scores of varied outputs (drawn from no
+        random generator) and :meth:`example_targets`."""
+        targets = self.example_targets()
+        outputs = torch.arange(len(targets) * self.num_outputs, dtype=torch.float32).sin()
+        return self.scores(outputs.view(len(targets), self.num_outputs)), self.metric_targets(targets)
+
+    def example_targets(self) -> Tensor:
+        """Targets of a few examples as the data gives them to this task, with every class (or label, present and
+        absent) among them."""
+        raise NotImplementedError
 
     def on_device_of(self, values: Tensor | None, like: Tensor) -> Tensor | None:
         """``values`` (an option's tensor) on ``like``'s device with its dtype, copied there once."""

@@ -63,6 +63,9 @@ class Binary(OneOutputTask):
     def metric_defaults(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
 
+    def example_targets(self) -> Tensor:
+        return torch.tensor([0, 1])
+
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         weight = self.on_device_of(self.pos_weight, outputs)
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.float(), pos_weight=weight, reduction="none")

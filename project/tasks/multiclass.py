@@ -54,6 +54,9 @@ class Multiclass(Task):
     def metric_defaults(self) -> dict[str, Any]:
         return {"num_classes": self.num_outputs}
 
+    def example_targets(self) -> Tensor:
+        return torch.arange(self.num_outputs)
+
     @classmethod
     def outputs_for(cls, num_classes: int) -> int:
         return max(num_classes, 2)

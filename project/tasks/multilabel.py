@@ -64,6 +64,10 @@ class Multilabel(Task):
     def metric_defaults(self) -> dict[str, Any]:
         return {"num_labels": self.num_outputs, "threshold": self.threshold}
 
+    def example_targets(self) -> Tensor:
+        labels = self.num_outputs
+        return torch.cat([torch.eye(labels, dtype=torch.long), torch.zeros(1, labels, dtype=torch.long)])
+
     @classmethod
     def outputs_for(cls, num_classes: int) -> int:
         return num_classes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
@@ -20,6 +21,9 @@ class Regression(OneOutputTask):
 
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.mse_loss(outputs[:, 0], targets.float(), reduction="none")
+
+    def example_targets(self) -> Tensor:
+        return torch.tensor([-1.0, 0.5, 2.0])
 
     def scores(self, outputs: Tensor) -> Tensor:
         return outputs[:, 0]

@@ -2,6 +2,8 @@
 
 - :mod:`project.training.task_module`: :class:`TaskModule`, the LightningModule (steps, logging, checkpoint hooks);
 - :mod:`project.training.finetuning`: pretrained backbones, parameter groups, the freeze and learning-rate plans;
+- :mod:`project.training.schedules`, :mod:`project.training.lr_factor`, :mod:`project.training.torch_schedulers`: the
+  learning-rate plan and its checks, its factor at each optimizer step, and a torch scheduler's checks and resume;
 - :mod:`project.training.checkpoints`: checkpoints written atomically and read as data, the allow-list;
 - :mod:`project.training.resume`: exact resume (:class:`ExactResume`) and what a resumed run may change;
 - :mod:`project.training.runs`, :mod:`project.training.run_lock`: where runs live, which checkpoint a name means,

@@ -27,13 +27,14 @@ from torch import nn
 
 from project.errors import UserInputError, first_line
 from project.files.weights import read_weights, state_dict_differences
-from project.training.schedules import (  # the learning-rate plan lived here: its names still import from here
-    LRFactor,
+
+# The learning-rate plan lived here: its names still import from here.
+from project.training.lr_factor import LRFactor, one_cycle
+from project.training.schedules import (
     LRPlan,
     OptimizerFactory,
     check_plan,
     frozen_steps,
-    one_cycle,
     replan_on_resume,
     scheduler_config,
     training_batches,

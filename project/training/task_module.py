@@ -32,10 +32,11 @@ from project.training.checkpoints import MonitoredModule, read_checkpoint
 from project.training.divergence import DivergenceWatch
 from project.training.finetuning import build_optimization, check_optimization, load_pretrained_backbone
 from project.training.resume import gather_to_every_rank, load_metric_state, metric_state
-from project.training.schedules import LRPlan, PlannedRun, Schedule, replan_on_resume
+from project.training.schedules import LRPlan, PlannedRun, Schedule, replan_on_resume, warmup_option
 from project.training.specs import check_recorded, from_spec, metric_class, plain_spec
 
 Batch = tuple[Tensor, Tensor]
+STAGES = ("train", "val", "test")
 
 
 def check_arguments(network: Network, lr_batch_size: int | None) -> None:
@@ -70,7 +71,8 @@ class TaskModule(MonitoredModule):
             multilabel ``pos_weight`` and ``threshold`` (in (0, 1), default 0.5: decisions, prediction rows and the
             thresholded metrics); every task ``metrics``, extra metrics by name (``{acc_top3: {class_path:
             torchmetrics.classification.MulticlassAccuracy, init_args: {top_k: 3}}}``: a torchmetrics ``Metric``
-            class already imported; ``num_classes`` or ``num_labels`` filled in). Recorded in checkpoints with every
+            class already imported; ``num_classes`` or ``num_labels`` filled in; each tried on a stand-in batch of the
+            task, so that one that would fail mid-run is refused now). Recorded in checkpoints with every
             option's value; fixed on resume. ``--model.task_options.label_smoothing 0.1`` adds to a preset's options;
             the ``task_options`` of stacked ``--config`` files are merged (later keys win).
         optimizer: called with the parameter groups; the command line builds it from ``--model.optimizer`` (a
@@ -81,7 +83,12 @@ class TaskModule(MonitoredModule):
             (linear warm-up, then a cosine or straight decay to ``min_lr_fraction`` of it), ``step`` (times
             ``lr_gamma`` every ``lr_step_epochs`` epochs, or at each of a list of epochs). Resumed exactly; a
             resumed run of another length stretches what is left of onecycle, cosine and linear.
-        warmup_fraction: with ``onecycle``, ``cosine`` and ``linear``, the fraction of all steps spent warming up.
+        warmup_fraction: with ``onecycle``, ``cosine`` and ``linear``, the fraction of all steps spent warming up
+            (default 0.2, when the warm-up is given no other way).
+        warmup_epochs: the warm-up in epochs instead, exact in optimizer steps (an epoch of N batches accumulated
+            A at a time is ceil(N / A) steps); it keeps its steps when a resumed run changes its length.
+        warmup_steps: the warm-up in optimizer steps instead. One of ``warmup_fraction``, ``warmup_epochs`` and
+            ``warmup_steps`` at a time; a warm-up that would not end before the run does is refused.
         min_lr_fraction: with ``cosine`` and ``linear``, the fraction of the learning rate they end at (default 0).
         lr_gamma: with ``step``, the multiplier at each drop (default 0.1).
         lr_step_epochs: with ``step``, when it drops: every N epochs (``3``), or at each of these epochs (``[30, 60]``).
@@ -110,7 +117,9 @@ class TaskModule(MonitoredModule):
         task_options: dict[str, PlainData] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Schedule = "none",
-        warmup_fraction: float = 0.25,
+        warmup_fraction: float | None = None,
+        warmup_epochs: int | None = None,
+        warmup_steps: int | None = None,
         min_lr_fraction: float = 0.0,
         lr_gamma: float | None = None,
         lr_step_epochs: int | list[int] | None = None,
@@ -128,27 +137,25 @@ class TaskModule(MonitoredModule):
         check_arguments(network, lr_batch_size)
         self.task = make_task(task, network.num_outputs, task_options, resolve=metric_class)
         self.make_optimizer, self.make_scheduler = optimizer or torch.optim.AdamW, lr_scheduler
-        adapters = settings_from(lora)
+        adapters, warmups = settings_from(lora), (warmup_fraction, warmup_epochs, warmup_steps)
         lora = asdict(adapters) if adapters else None  # saved below as plain values
         with warnings.catch_warnings():
             # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
             self.save_hyperparameters()
+        # What resume compares (the command line's too), as it acts: every task option, the warm-up's fraction or None
+        self.hparams.update(task_options=self.task.task_options, warmup_fraction=warmup_option(*warmups))
         check_optimization(self.make_optimizer, self.lr_plan, freeze_backbone_epochs, backbone_lr)
-        # Every option of the task with its value, as plain values (the command line's, too): what resume compares.
-        self.hparams["task_options"] = self.task.task_options
         self.network = network
         self.pretrained_loaded, self.pretrained_summary = False, ""
         if adapters is not None:  # the base takes its pretrained weights before the adapters go on
             if pretrained:
                 self.load_pretrained()
             add_adapters(network, adapters)
-        # lets TensorBoard draw the graph
-        self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
+        size = network.image_size
+        self.example_input_array = torch.zeros(1, network.in_channels, size, size)  # lets TensorBoard draw the graph
         metrics = self.task.metrics()
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{s}/") for s in STAGES)
         # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
         self.train_loss = MeanMetric()
         self.divergence, self.planned = DivergenceWatch(), PlannedRun()  # planned: what a resumed run re-plans to
@@ -166,6 +173,8 @@ class TaskModule(MonitoredModule):
             hp.lr_step_epochs,
             self.make_scheduler,
             hp.lr_scheduler_interval,
+            warmup_epochs=hp.warmup_epochs,
+            warmup_steps=hp.warmup_steps,
         )
 
     @property
