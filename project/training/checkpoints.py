@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from project.errors import TrainingDivergedError, UserInputError, first_line
+from project.errors import TrainingDivergedError, UserInputError, first_line, some
 from project.files.atomic import TEMPORARY_SUFFIX, free_bytes, written_whole
 from project.moved import current_path
 from project.trusted import HOW_TO_TRUST, trust_declared
@@ -174,8 +174,8 @@ def allowed_class(class_path: object, base: type, what: str) -> type:
             return alias
     if not isinstance(class_path, str) or class_path not in allowed:
         raise UserInputError(
-            f"the checkpoint names the {what} {class_path}, which is not allowed here: use one of "
-            f"{', '.join(sorted(allowed))} (subclasses of {base.__name__}); {HOW_TO_TRUST}"
+            f"the checkpoint names the {what} {class_path}, which is not allowed here: use one of the imported "
+            f"subclasses of {base.__name__} ({some(sorted(allowed), 8).replace('; ', ', ')}); {HOW_TO_TRUST}"
         )
     return allowed[class_path]
 
