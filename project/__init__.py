@@ -11,8 +11,4 @@ import sys
 if sys.argv[:1] == ["-m"] and sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath("."):
     del sys.path[0]
 
-from project import moved
-
-moved.install()  # old module names (before the package had folders) keep working in checkpoints and configs
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -26,7 +26,7 @@ def plain(value: Any, convert: Callable[[Any], Any] | None = None) -> Any:
 
 
 class PlainData:
-    """The type of an option that takes data of any shape (``--model.task_options``, a transform's arguments): text,
+    """The type of an option that takes data of any shape (a task's ``metrics``, a transform's arguments): text,
     numbers, true/false, null, and lists and mappings of them, kept exactly as given.
 
     An option typed ``Any`` would let the parser import and build a ``{class_path: ..., init_args: ...}`` given as its

@@ -267,7 +267,12 @@ def project(name: str, presets: list[str]) -> Callable[[str, torch.device, int, 
 def fast_presets(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["--config=gpu"]
-    return ["--config=gpu", "--trainer.precision=32-true", "--model.channels_last=false", "--model.compile=false"]
+    return [
+        "--config=gpu",
+        "--trainer.precision=32-true",
+        "--model.speed.channels_last=false",
+        "--model.speed.compile=false",
+    ]
 
 
 def tables(runs: list[Run]) -> str:

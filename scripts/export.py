@@ -6,9 +6,9 @@
 
 The files go to ``<run folder>/export/<checkpoint name>/`` unless ``--out`` says (a folder that must not exist yet).
 Each takes a batch of any size of normalised images and returns the raw outputs; ``model.json`` says the
-preprocessing, the class names and what the outputs mean. ``model.safetensors`` is what ``--model.pretrained``
-takes to fine-tune from. The exports are checked against the checkpoint's network (the largest difference, relative to
-the outputs' scale, at most 1e-5).
+preprocessing, the class names and what the outputs mean. ``model.safetensors`` is what
+``--model.finetuning.pretrained`` takes to fine-tune from. The exports are checked against the checkpoint's network
+(the largest difference, relative to the outputs' scale, at most 1e-5).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def run_args(
         "fit", *study.target, "--config=study", f"--data.data_dir={data_dir}",
         "--data.download=false", f"--data.split_seed={seed}", f"--seed_everything={seed}",
         f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
-        f"--model.optimizer.lr={lr}", "--model.freeze_backbone_epochs=0",
+        f"--model.optimizer.lr={lr}", "--model.finetuning.freeze_backbone_epochs=0",
     ]  # fmt: skip
     if size != "all":
         args.append(f"--data.samples_per_class={size}")
@@ -100,12 +100,12 @@ def run_one(
 def method_args(method: str, pretrained: Path, lr: float) -> list[str]:
     """The options that make a run train by ``method``, as the shipped presets do."""
     if method == SCRATCH:
-        return ["--model.backbone_lr=null"]
+        return ["--model.finetuning.backbone_lr=null"]
     if method == PROBE:
-        return [f"--model.pretrained={pretrained}", "--config=linear_probe"]
+        return [f"--model.finetuning.pretrained={pretrained}", "--config=linear_probe"]
     if method == LORA:  # rank-8 adapters on every layer of the backbone, at the head's learning rate
-        return [f"--model.pretrained={pretrained}", "--config=lora"]
-    return [f"--model.pretrained={pretrained}", f"--model.backbone_lr={lr / 3}"]
+        return [f"--model.finetuning.pretrained={pretrained}", "--config=lora"]
+    return [f"--model.finetuning.pretrained={pretrained}", f"--model.finetuning.backbone_lr={lr / 3}"]
 
 
 def summarise(rows: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:

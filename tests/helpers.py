@@ -264,3 +264,22 @@ def run_in_folder(folder: Path, args: list[str]):
 def note_fit_start(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
     """A function of the tests' own (trusted) module, for ``LambdaCallback``'s ``on_fit_start`` hook."""
     trainer.fit_started_by_helpers = True
+
+
+def bound_task(name: str, outputs: int, **options: object):
+    """The project's task ``name`` (multiclass, binary, multilabel, regression) with ``options``, bound to a network
+    of ``outputs`` outputs."""
+    from project.tasks import TASKS
+    from project.training.specs import metric_class
+
+    return TASKS[name](**options).bind(outputs, metric_class)
+
+
+def module_with_task(network, task: str, **arguments: object):
+    """A TaskModule of ``network`` (and ``arguments``) that has taken the project's task ``task``."""
+    from project.tasks import TASKS
+    from project.training.task_module import TaskModule
+
+    module = TaskModule(network, **arguments)
+    module.use_task(TASKS[task]())
+    return module

@@ -12,7 +12,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "project"
 
 MAY_IMPORT = {
     "errors": set(),
-    "moved": set(),
     "plain": set(),
     "trusted": {"errors"},
     "files": {"errors", "files"},
@@ -20,7 +19,7 @@ MAY_IMPORT = {
     "networks": {"errors", "files", "networks"},
     "data": {"errors", "plain", "trusted", "files", "tasks", "data"},
     "reports": {"errors", "tasks", "data", "reports"},
-    "training": {"errors", "moved", "trusted", "plain", "files", "tasks", "networks", "data", "training"},
+    "training": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "training"},
     "inference": {"errors", "files", "tasks", "networks", "data", "reports", "training", "inference"},
     "cli": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "reports", "training", "cli"},
     "sweeps": {"errors", "files", "tasks", "data", "reports", "training", "cli", "sweeps"},

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import Interrupted, RecordLR, cli_error, quiet_trainer
+from helpers import Interrupted, RecordLR, bound_task, cli_error, quiet_trainer
 from test_arrays import EXACT_RESUME_SETTINGS, write_arrays, write_recipe
 from test_cli import print_config
 from test_reliability import assert_same_training_state
@@ -22,7 +22,6 @@ from project.cli import run_cli
 from project.data import TensorDataModule
 from project.data.augment import BatchAugmentation, batch_seed
 from project.errors import UserInputError
-from project.tasks import make_task
 
 KINDS: dict[str, Any] = {
     "random-resized crop": {"class_path": "RandomResizedCrop", "init_args": {"size": 16, "scale": [0.3, 1.0]}},
@@ -105,7 +104,7 @@ def test_processes_of_a_ddp_run_draw_different_augmentations():
 
 
 def test_mixed_targets_train_with_label_smoothing_and_count_as_their_largest_class():
-    task = make_task("multiclass", 3, {"label_smoothing": 0.1})
+    task = bound_task("multiclass", 3, label_smoothing=0.1)
     outputs, soft = torch.randn(5, 3), torch.tensor([[0.7, 0.3, 0.0]] * 5)
     expected = F.cross_entropy(outputs, soft, label_smoothing=0.1)
     torch.testing.assert_close(task.loss(outputs, soft), expected)
@@ -114,7 +113,7 @@ def test_mixed_targets_train_with_label_smoothing_and_count_as_their_largest_cla
 
 
 def test_mixed_targets_with_class_weights_keep_the_loss_on_the_scale_of_class_indices():
-    task = make_task("multiclass", 3, {"class_weights": [1.0, 5.0, 10.0], "label_smoothing": 0.1})
+    task = bound_task("multiclass", 3, class_weights=[1.0, 5.0, 10.0], label_smoothing=0.1)
     outputs, targets = torch.randn(8, 3), torch.tensor([0, 1, 2, 2, 1, 0, 2, 1])
     one_hot = F.one_hot(targets, 3).float()
     torch.testing.assert_close(task.loss(outputs, one_hot), task.loss(outputs, targets))

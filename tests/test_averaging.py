@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import run_in_folder
+from helpers import bound_task, run_in_folder
 from safetensors.torch import load_file
 
 from project.cli import main, run_cli
@@ -19,7 +19,6 @@ from project.errors import UserInputError
 from project.inference.evaluation import compute_report, data_module_from_checkpoint, predict
 from project.inference.export import export_checkpoint
 from project.inference.prediction import Predictor
-from project.tasks import make_task
 from project.training import EMAWeights, SWAWeights
 from project.training.checkpoints import read_checkpoint
 from project.training.task_module import TaskModule
@@ -211,7 +210,7 @@ def test_evaluate_reports_the_average(ema_run, tmp_path):
 
     torch.testing.assert_close(seen[0].scores, scores(checkpoint["state_dict"]))
     assert (seen[0].scores - scores(checkpoint["current_model_state"])).abs().max() > 1e-3
-    assert report["overall"] == pytest.approx(compute_report(seen[0], make_task("multiclass", 10), [])["overall"])
+    assert report["overall"] == pytest.approx(compute_report(seen[0], bound_task("multiclass", 10), [])["overall"])
 
 
 def test_resuming_an_averaged_run_without_its_averaging_is_refused(ema_run, tmp_path, capsys):

@@ -166,7 +166,7 @@ def test_pretrained_weights_of_integers_are_refused_through_the_command_line(
     weights = torch.load(pretrained_checkpoint, weights_only=True)["state_dict"]
     path = tmp_path / "integers.safetensors"
     save_file({name: tensor.to(dtype) for name, tensor in weights.items()}, str(path))
-    message = cli_error(["fit", *quick_args, f"--model.pretrained={path}"], capsys, root=run_dir)
+    message = cli_error(["fit", *quick_args, f"--model.finetuning.pretrained={path}"], capsys, root=run_dir)
     assert f"other kinds of values: backbone.0.bias: {dtype} in the file, torch.float32 in the network" in message
 
 
@@ -203,7 +203,7 @@ def test_a_resume_from_multiclass_to_labels_names_label_sets_and_what_decides_th
 @pytest.mark.slow
 def test_a_lora_checkpoint_tested_without_the_lora_config_says_so(quick_args, pretrained_checkpoint, run_dir, capsys):
     pytest.importorskip("peft")
-    lora = ["--config=lora", f"--model.pretrained={pretrained_checkpoint}", "--model.lora.rank=2"]
+    lora = ["--config=lora", f"--model.finetuning.pretrained={pretrained_checkpoint}", "--model.lora.rank=2"]
     run_cli(["fit", *quick_args, *lora, "--trainer.max_epochs=1", "--test_after_fit=false"])
     message = cli_error(["test", *quick_args, "--ckpt_path=last"], capsys)
     assert "holds LoRA adapters (model.lora {'rank': 2" in message and "this model has none" in message

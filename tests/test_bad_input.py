@@ -101,12 +101,12 @@ def test_a_missing_config_file(quick_args, run_dir, capsys):
 
 def test_a_misspelt_config_key_suggests_the_closest_name(quick_args, run_dir, capsys):
     error = error_with_config("model:\n  warmup_fractoin: 0.1\n", quick_args, run_dir, capsys)
-    assert "model.warmup_fractoin" in error and "did you mean model.warmup_fraction" in error
+    assert "model.warmup_fractoin" in error and "did you mean model.lr_scheduler.warmup_fraction" in error
 
 
 def test_an_unknown_option_lists_what_is_allowed(quick_args, run_dir, capsys):
     error = cli_error(["fit", *quick_args, "--model.learning_rate=0.1"], capsys, root=run_dir)
-    assert "model.learning_rate" in error and "model.optimizer, model.pretrained" in error
+    assert "model.learning_rate" in error and "model.optimizer, model.finetuning.pretrained" in error
 
 
 def test_an_option_that_moved_says_where_it_is(quick_args, run_dir, capsys):
@@ -256,7 +256,7 @@ def test_images_the_network_cannot_take(image_folder, run_dir, capsys):
 
 
 def test_a_pretrained_checkpoint_of_another_architecture(quick_args, pretrained_checkpoint, run_dir, capsys):
-    args = [*quick_args, f"--model.pretrained={pretrained_checkpoint}", "--model.network.init_args.width=16"]
+    args = [*quick_args, f"--model.finetuning.pretrained={pretrained_checkpoint}", "--model.network.init_args.width=16"]
     error = cli_error(["fit", *args], capsys, root=run_dir)
     assert "its backbone does not match this network's" in error and "backbone.0.weight" in error
 

@@ -49,7 +49,7 @@ def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():
         "momentum": 0.0,
         "weight_decay": 0.0,
     }
-    assert model["lr_schedule"] == "none"
+    assert model["lr_scheduler"]["class_path"] == "project.training.schedules.Constant"
     assert (data["batch_size"], config["trainer"]["max_epochs"]) == (64, 10)
     best = config["trainer"]["callbacks"][0]  # kept from mnist.yaml: the task decides what it monitors
     assert (best["class_path"], best["init_args"]["monitor"]) == ("project.training.checkpoints.BestCheckpoint", None)
@@ -135,7 +135,7 @@ def test_regression_data_through_the_command_line_keeps_the_lowest_validation_lo
 @pytest.mark.slow
 def test_a_compiled_run_saves_the_network_under_its_own_names_and_resumes(quick_args, run_dir):
     # bf16-mixed, channels-last and compilation (the gpu modifier's options) on the CPU.
-    fast = ["--model.compile=true", "--model.channels_last=true", "--trainer.precision=bf16-mixed"]
+    fast = ["--model.speed.compile=true", "--model.speed.channels_last=true", "--trainer.precision=bf16-mixed"]
     run_cli(["fit", *quick_args, *fast, "--trainer.max_epochs=1", "--test_after_fit=false"])
     last = run_dir / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)["state_dict"]

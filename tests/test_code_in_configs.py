@@ -29,21 +29,29 @@ def system_call(marker: Path) -> str:
     return f'{{class_path: os.system, init_args: {{command: "touch {marker}"}}}}'
 
 
-PAYLOAD_OPTIONS = [
-    "--model.task_options.label_smoothing={payload}",
-    "--model.task_options.class_weights={payload}",
-    "--model.task_options={{metrics: {{a: {payload}}}}}",
-    "--data.augment=[{payload}]",
-    "--data.augment=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]",
-]
+PAYLOAD_OPTIONS = {
+    "--model.task.label_smoothing={payload}": "model.task.label_smoothing: expected",
+    "--model.task.class_weights={payload}": "model.task.class_weights",
+    "--model.task.metrics={{a: {payload}}}": "os.system is not a class a config may name",
+    "--data.augment=[{payload}]": "os.system is not a class a config may name",
+    "--data.augment=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]": "os.system is not a class a config",
+}
 
 
 @pytest.mark.parametrize("option", PAYLOAD_OPTIONS)
 def test_a_class_path_given_to_an_option_that_takes_data_is_never_built(option, quick_args, run_dir, capsys):
     marker = run_dir / "ran"
-    error = cli_error(["fit", *quick_args, option.format(payload=system_call(marker))], capsys, root=run_dir)
+    given = ["--model.task=Multiclass", option.format(payload=system_call(marker))]
+    error = cli_error(["fit", *quick_args, *given], capsys, root=run_dir)
     assert not marker.exists()
-    assert "os.system is not a class a config may name" in error and "--trust your.module" in error
+    assert PAYLOAD_OPTIONS[option] in error
+
+
+def test_a_task_that_is_code_is_never_built(quick_args, run_dir, capsys):
+    marker = run_dir / "ran"
+    payload = f'{{class_path: os.system, init_args: {{command: "touch {marker}"}}}}'
+    cli_error(["fit", *quick_args, f"--model.task={payload}"], capsys, root=run_dir)
+    assert not marker.exists()
 
 
 def test_the_same_payload_in_a_config_file_a_saved_config_and_best_yaml_is_refused(quick_args, run_dir, capsys):
@@ -52,7 +60,8 @@ def test_the_same_payload_in_a_config_file_a_saved_config_and_best_yaml_is_refus
     for name in ("preset.yaml", "logs_elsewhere/config.yaml", "best.yaml"):
         path = run_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump({"model": {"task_options": {"label_smoothing": payload}}}))
+        task = {"class_path": "project.tasks.Multiclass", "init_args": {"metrics": {"a": payload}}}
+        path.write_text(yaml.safe_dump({"model": {"task": task}}))
         cli_error(["fit", *quick_args, f"--config={path}"], capsys, root=run_dir)
     assert not marker.exists()
 
@@ -61,8 +70,8 @@ def test_a_sweep_spec_choice_that_names_code_is_refused_before_any_trial(fake_da
     marker = run_dir / "ran"
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
-        "space": {"model.task_options.label_smoothing": {"choices": [0.0, system_call(marker)]}},
+        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, "model.task": "Multiclass"},
+        "space": {"model.task.metrics": {"choices": ["{}", f"{{a: {system_call(marker)}}}"]}},
         "trials": 2,
     }
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -77,7 +86,7 @@ def test_a_library_class_or_a_trusted_function_is_still_taken(quick_args, run_di
     """Negative control: the walk refuses code, not classes of the libraries nor what the user trusts."""
     metric = "{acc_top3: {class_path: torchmetrics.classification.MulticlassAccuracy, init_args: {top_k: 3}}}"
     args = ["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"]
-    args.append(f"--model.task_options={{metrics: {metric}}}")
+    args += ["--model.task=Multiclass", f"--model.task.metrics={metric}"]
     hook = ["--trust=helpers", "--trainer.callbacks+=LambdaCallback"]
     hook.append("--trainer.callbacks.on_fit_start=helpers.note_fit_start")
     cli = run_cli([*args, *hook])
@@ -209,7 +218,8 @@ def test_a_yaml_bomb_in_a_config_an_option_or_a_spec_is_refused_in_bounded_memor
     message = "aliases (*name) expand to more than 1,000,000 values"
     assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", "--config=bomb.yaml"], capsys)
     inline = "{" + billion_laughs().strip().replace("\n", ", ") + "}"
-    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", f"--model.task_options={inline}"], capsys)
+    bomb = ["--model.task=Multiclass", f"--model.task.metrics={inline}"]
+    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", *bomb], capsys)
     space = "space: {model.optimizer.init_args.lr: {low: 0.001, high: 0.01}}\n"
     (run_dir / "spec.yaml").write_text(billion_laughs() + space)
     with pytest.raises(SystemExit):

@@ -10,10 +10,10 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from project.moved import MOVED
 
 from project.cli.presets import checked_config
 from project.errors import UserInputError
-from project.moved import MOVED
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import bound_task
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_f1_score
 
@@ -18,7 +19,6 @@ from project.cli import run_cli
 from project.data import MNISTDataModule
 from project.inference.evaluation import compute_report, predict
 from project.networks import ConvNet
-from project.tasks import make_task
 from project.training.task_module import TaskModule
 
 EVALUATE = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
@@ -65,10 +65,10 @@ def test_binary_reports_auroc_and_regression_reports_r2():
     probabilities = (targets + torch.rand(50)) / 2
     from project.inference.evaluation import Predictions
 
-    binary = compute_report(Predictions(probabilities, targets), make_task("binary", 1), ["other", "positive"])
+    binary = compute_report(Predictions(probabilities, targets), bound_task("binary", 1), ["other", "positive"])
     assert binary["overall"]["auroc"] == pytest.approx(1.0) and len(binary["per_class"]) == 2
     values = torch.linspace(-1, 1, 50)
-    regression = compute_report(Predictions(values + 0.1, values), make_task("regression", 1), [])
+    regression = compute_report(Predictions(values + 0.1, values), bound_task("regression", 1), [])
     assert regression["overall"]["r2"] == pytest.approx(1 - 0.01 / values.var(unbiased=False).item(), rel=1e-4)
     assert regression["overall"]["mae"] == pytest.approx(0.1, rel=1e-4)
 

@@ -43,7 +43,7 @@ def test_a_config_example_trains_resumes_evaluates_and_exports(name, fake_data_d
     run_cli(["fit", *args, "--trainer.max_epochs=2", "--test_after_fit=false", "--ckpt_path=last"])
     resumed = torch.load(last, weights_only=True)
     assert (first["epoch"], resumed["epoch"]) == (0, 1) and resumed["global_step"] == 2 * first["global_step"]
-    assert resumed["hyper_parameters"]["task_options"] == first["hyper_parameters"]["task_options"]
+    assert resumed["hyper_parameters"]["task"] == first["hyper_parameters"]["task"]
 
     code, _, err = run_script("evaluate.py", [str(last), "--out", str(run_dir / "report")], capsys, monkeypatch)
     assert code == 0, err

@@ -56,9 +56,9 @@ def test_the_safetensors_export_is_a_pretrained_backbone_to_fine_tune_from(expor
     from project.cli import run_cli
 
     weights = exported_folder / "model.safetensors"
-    args = [f"--model.pretrained={weights}", "--trainer.max_epochs=1", "--test_after_fit=false"]
+    args = [f"--model.finetuning.pretrained={weights}", "--trainer.max_epochs=1", "--test_after_fit=false"]
     cli = run_cli(["fit", *quick_args, *args])
-    assert cli.model.pretrained_loaded
+    assert cli.model.pretrained_summary.startswith("Loaded")
 
 
 def test_an_export_never_overwrites_an_existing_folder(pretrained_checkpoint, tmp_path):

@@ -20,7 +20,7 @@ from project.data import MNISTDataModule, RotationDataModule
 from project.errors import UserInputError
 from project.files.weights import read_weights
 from project.networks import ConvNet
-from project.training.finetuning import load_pretrained_backbone
+from project.training.finetuning import FineTuning, load_pretrained_backbone
 from project.training.task_module import TaskModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,8 @@ def test_backbone_tensors_of_integers_or_booleans_are_refused_naming_the_dtype(d
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "notes.ckpt"
     path.write_text("not a checkpoint")
-    with pytest.raises(UserInputError, match=r"model.pretrained .*notes.ckpt: not a checkpoint or state dict"):
+    expected = r"model.finetuning.pretrained .*notes.ckpt: not a checkpoint or state dict"
+    with pytest.raises(UserInputError, match=expected):
         read_weights(path)
 
 
@@ -113,13 +114,13 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
 # -- the freeze -> unfreeze schedule -------------------------------------------------------------------------------
 
 
-def finetune(fake_data_dir: Path, pretrained: Path, max_epochs: int, callbacks: list, **module_args) -> TaskModule:
+def finetune(
+    fake_data_dir: Path, pretrained: Path, max_epochs: int, callbacks: list, backbone_lr: float | None = None
+) -> TaskModule:
     module = TaskModule(
         ConvNet(num_outputs=10),
         optimizer=partial(torch.optim.AdamW, lr=0.01),
-        pretrained=str(pretrained),
-        freeze_backbone_epochs=1,
-        **module_args,
+        finetuning=FineTuning(str(pretrained), freeze_backbone_epochs=1, backbone_lr=backbone_lr),
     )
     trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50))
@@ -139,17 +140,17 @@ def test_frozen_backbone_does_not_change_and_the_head_does_then_both_do(fake_dat
 
 
 FINETUNE_ARGS = [
-    "--model.freeze_backbone_epochs=1",
-    "--model.backbone_lr=0.001",
+    "--model.finetuning.freeze_backbone_epochs=1",
+    "--model.finetuning.backbone_lr=0.001",
     "--model.optimizer.lr=0.005",
-    "--model.lr_schedule=onecycle",
+    "--model.lr_scheduler=OneCycle",
     "--trainer.max_epochs=3",
 ]
 
 
 @pytest.mark.slow
 def test_resume_after_the_unfreeze_milestone_matches_an_uninterrupted_run(quick_args, pretrained_checkpoint, run_dir):
-    pretrained = [f"--model.pretrained={pretrained_checkpoint}", *FINETUNE_ARGS, "--test_after_fit=false"]
+    pretrained = [f"--model.finetuning.pretrained={pretrained_checkpoint}", *FINETUNE_ARGS, "--test_after_fit=false"]
     with pytest.raises(Interrupted):  # crashes when epoch 3 starts: after the milestone (end of epoch 1)
         run_cli(
             [
@@ -186,7 +187,7 @@ def test_cli_arguments_win_over_the_pretrained_checkpoints_hyperparameters(quick
             "--data.dataset=emnist_letters",
             f"--data.data_dir={letters}",
             "--data.val_size=50",
-            f"--model.pretrained={pretrained_checkpoint}",
+            f"--model.finetuning.pretrained={pretrained_checkpoint}",
             "--model.optimizer=SGD",
             "--model.optimizer.lr=0.002",
             "--trainer.max_epochs=1",
@@ -216,8 +217,8 @@ def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoi
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        f"--model.pretrained={pretrained_checkpoint}",
-        "--model.freeze_backbone_epochs=1",
+        f"--model.finetuning.pretrained={pretrained_checkpoint}",
+        "--model.finetuning.freeze_backbone_epochs=1",
         "--model.optimizer.lr=0.01",
         "--trust=helpers",
         "--trainer.callbacks+=helpers.RankDigest",
@@ -295,14 +296,14 @@ def test_finetune_folder_preset_trains_on_an_image_folder(image_folder, pretrain
             "fit",
             "--config=finetune_folder.yaml",
             f"--data.data_dir={image_folder}",
-            f"--model.pretrained={pretrained_checkpoint}",
+            f"--model.finetuning.pretrained={pretrained_checkpoint}",
             "--trainer.max_epochs=3",
-            "--model.freeze_backbone_epochs=1",
+            "--model.finetuning.freeze_backbone_epochs=1",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
         ]
     )
-    assert cli.model.network.head.out_features == 3 and cli.model.hparams.task == "multiclass"
+    assert cli.model.network.head.out_features == 3 and cli.model.task.name == "multiclass"
     assert {"test/acc", "test/f1"} <= cli.trainer.callback_metrics.keys()
     assert (run_dir / "logs" / "finetune_folder" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
@@ -317,7 +318,7 @@ def test_finetune_fashion_mnist_preset_parses_with_its_dataset(pretrained_checkp
             "fit",
             "--config",
             "finetune_fashion_mnist.yaml",
-            f"--model.pretrained={pretrained_checkpoint}",
+            f"--model.finetuning.pretrained={pretrained_checkpoint}",
             "--print_config",
         ],
         capture_output=True,
@@ -368,8 +369,8 @@ def test_the_digits_study_compares_scratch_a_linear_probe_lora_and_fine_tuning(t
 
 
 def test_a_linear_probe_by_max_steps_keeps_the_pretrained_backbone_throughout(quick_args, pretrained_checkpoint):
-    args = ["--trainer.max_steps=6", "--trainer.max_epochs=-1", "--model.freeze_backbone_epochs=100",
-            f"--model.pretrained={pretrained_checkpoint}", "--test_after_fit=false"]  # fmt: skip
+    args = ["--trainer.max_steps=6", "--trainer.max_epochs=-1", "--model.finetuning.freeze_backbone_epochs=100",
+            f"--model.finetuning.pretrained={pretrained_checkpoint}", "--test_after_fit=false"]  # fmt: skip
     cli = run_cli(["fit", *quick_args, *args])
     saved = torch.load(pretrained_checkpoint, weights_only=True)["state_dict"]
     assert cli.trainer.global_step == 6

@@ -23,7 +23,8 @@ def library_args(folder, library: str, name: str, weights: str | None = None) ->
     """``finetune_library.yaml`` on a generated folder, shortened by the debug modifier, without a download."""
     args = ["--config=finetune_library.yaml", "--config=debug", f"--data.data_dir={folder}", *SMALL,
             f"--model.network.init_args.library={library}", f"--model.network.init_args.name={name}",
-            f"--model.network.init_args.weights={weights or 'null'}", "--model.freeze_backbone_epochs=1"]  # fmt: skip
+            f"--model.network.init_args.weights={weights or 'null'}",
+            "--model.finetuning.freeze_backbone_epochs=1"]  # fmt: skip
     return args
 
 
@@ -113,7 +114,7 @@ def test_a_hugging_face_model_from_a_local_folder_fine_tunes_on_digits_and_expor
     args = ["--model.network=project.networks.library.LibraryNetwork", "--model.network.init_args.library=huggingface",
             f"--model.network.init_args.name={folder}", "--model.network.init_args.weights=library",
             "--model.network.init_args.in_channels=1", "--model.network.init_args.image_size=28",
-            "--model.freeze_backbone_epochs=1"]  # fmt: skip
+            "--model.finetuning.freeze_backbone_epochs=1"]  # fmt: skip
     cli = run_cli(["fit", *quick_args, *args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     assert cli.model.network.normalisation["mean"] == pytest.approx([0.4, 0.5, 0.6])  # its image processor's
     backbone = cli.model.network.backbone.model

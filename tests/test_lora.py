@@ -22,7 +22,7 @@ def lora_args(quick_args, pretrained_checkpoint, tmp_path) -> list[str]:
     """The debug run, fine-tuned with LoRA from a copy of the pretrained checkpoint (the tests may change it)."""
     base = tmp_path / "base.ckpt"
     shutil.copy(pretrained_checkpoint, base)
-    return [*quick_args, f"--model.pretrained={base}", "--config=lora", "--test_after_fit=false"]
+    return [*quick_args, f"--model.finetuning.pretrained={base}", "--config=lora", "--test_after_fit=false"]
 
 
 def test_only_the_adapters_and_the_head_train_and_are_saved(lora_args, pretrained_checkpoint, run_dir):
@@ -52,12 +52,12 @@ def test_a_run_interrupted_and_resumed_ends_as_an_uninterrupted_one(lora_args, r
 
 def test_adapters_on_another_base_are_refused_before_any_step(lora_args, run_dir, capsys):
     run_cli(["fit", *lora_args])
-    base = next(arg for arg in lora_args if arg.startswith("--model.pretrained=")).split("=", 1)[1]
+    base = next(arg for arg in lora_args if arg.startswith("--model.finetuning.pretrained=")).split("=", 1)[1]
     weights = torch.load(base, weights_only=True)
     weights["state_dict"]["network.backbone.0.weight"] += 0.01
     torch.save(weights, base)
     message = cli_error(["fit", *lora_args, "--ckpt_path=last", "--trainer.max_epochs=3"], capsys)
-    assert "LoRA adapters trained on other base weights" in message and "model.pretrained" in message
+    assert "LoRA adapters trained on other base weights" in message and "model.finetuning.pretrained" in message
 
 
 def test_a_resumed_run_keeps_its_lora_settings(lora_args, run_dir, capsys):
@@ -80,8 +80,8 @@ def test_the_export_is_the_merged_plain_network_that_fine_tuning_takes(lora_args
     assert about["lora_merged"]["rank"] == 8
     weights = load_file(run_dir / "out/model.safetensors")
     assert "backbone.0.weight" in weights and not any("lora" in name for name in weights)
-    run_cli(["fit", *quick_args, f"--model.pretrained={run_dir / 'out/model.safetensors'}", "--trainer.max_epochs=1",
-             "--test_after_fit=false"])  # fmt: skip
+    weights = f"--model.finetuning.pretrained={run_dir / 'out/model.safetensors'}"
+    run_cli(["fit", *quick_args, weights, "--trainer.max_epochs=1", "--test_after_fit=false"])
 
 
 def test_targets_name_the_layers_that_get_adapters():

@@ -114,7 +114,7 @@ def test_an_adapted_network_fine_tunes_from_its_own_pretrained_backbone(tmp_path
 
     from project.data import MNISTDataModule
     from project.networks import AdaptedNetwork
-    from project.training.finetuning import load_pretrained_backbone
+    from project.training.finetuning import FineTuning, load_pretrained_backbone
     from project.training.task_module import TaskModule
 
     class Grey(TinyClassifier):
@@ -126,7 +126,8 @@ def test_an_adapted_network_fine_tunes_from_its_own_pretrained_backbone(tmp_path
     torch.save(source.state_dict(), tmp_path / "weights.pt")
     network = AdaptedNetwork(Grey(), final_layer="fc", num_outputs=10, in_channels=1, image_size=28)
     assert "Loaded 2 backbone tensors" in load_pretrained_backbone(network, tmp_path / "weights.pt")
-    module = TaskModule(network, optimizer=partial(torch.optim.SGD, lr=0.1), freeze_backbone_epochs=1)
+    frozen = FineTuning(freeze_backbone_epochs=1)
+    module = TaskModule(network, optimizer=partial(torch.optim.SGD, lr=0.1), finetuning=frozen)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, default_root_dir=run_dir)
     trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100))
     assert torch.equal(network.backbone.features[0].weight, source.backbone.features[0].weight)  # frozen

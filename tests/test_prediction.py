@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 from conftest import REPO_ROOT, write_test_images
-from helpers import run_script
+from helpers import bound_task, run_script
 
 from project.errors import UserInputError
 from project.inference.prediction import Predictor, image_paths
-from project.tasks import make_task
 from project.training.task_module import TaskModule
 
 
@@ -120,4 +119,4 @@ def test_nothing_readable_is_one_error_line_and_no_file(pretrained_checkpoint, t
 def test_each_task_says_what_it_predicts_in_words(task, outputs, expected):
     names = {"binary": ["other", "positive"], "multilabel": ["even", "at_least_5"], "regression": []}[task]
     tensor = torch.tensor(outputs)
-    assert make_task(task, tensor.shape[1]).prediction_rows(tensor, names) == [expected]
+    assert bound_task(task, tensor.shape[1]).prediction_rows(tensor, names) == [expected]

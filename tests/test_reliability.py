@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,8 @@ def test_negative_control_without_the_sampler_position_differs(killed_mid_epoch,
 
 @pytest.mark.slow
 def test_exact_resume_of_a_finetune_killed_after_its_unfreeze_milestone(tmp_path, fake_data_dir, pretrained_checkpoint):
-    finetune = [f"--model.pretrained={pretrained_checkpoint}", "--model.freeze_backbone_epochs=1",
-                "--model.backbone_lr=0.001"]  # fmt: skip
+    finetune = [f"--model.finetuning.pretrained={pretrained_checkpoint}", "--model.finetuning.freeze_backbone_epochs=1",
+                "--model.finetuning.backbone_lr=0.001"]  # fmt: skip
     runs = Runs(tmp_path, fake_data_dir, finetune, kill_at_step=13)  # milestone at step 10, last.ckpt at step 12
     assert torch.load(runs.last_checkpoint(runs.killed_dir), weights_only=True)["global_step"] == 12
     resumed = runs.resume_copy(tmp_path / "resumed")
@@ -257,6 +258,8 @@ def each_option_with_a_bad_value():
     from project.data.base import seeded_split
     from project.data.decoding import ImageConversion
     from project.networks import ConvNet
+    from project.training.finetuning import FineTuning
+    from project.training.schedules import Cosine
     from project.training.task_module import TaskModule
 
     return {
@@ -273,12 +276,12 @@ def each_option_with_a_bad_value():
         "image_size": (lambda: MNISTDataModule(image_size=0), "data.image_size must be a positive integer, got 0"),
         "max_angle": (lambda: RotationDataModule(max_angle=0), r"data.max_angle must lie in \(0, 180\] degrees, got 0"),
         "binary regression": (lambda: RotationDataModule(positive_classes=[1]), "RotationDataModule has no classes"),
-        "freeze epochs": (lambda: TaskModule(ConvNet(), freeze_backbone_epochs=-1), "freeze_backbone_epochs must be 0"),
-        "backbone_lr": (
-            lambda: TaskModule(ConvNet(), backbone_lr=0.0),
-            "model.backbone_lr must be a positive finite number",
+        "freeze epochs": (lambda: FineTuning(freeze_backbone_epochs=-1), "freeze_backbone_epochs must be 0"),
+        "backbone_lr": (lambda: FineTuning(backbone_lr=0.0), "model.finetuning.backbone_lr must be positive and fin"),
+        "warmup": (
+            lambda: TaskModule(ConvNet(), lr_scheduler=partial(Cosine, warmup_fraction=1.0)),
+            r"model.lr_scheduler.warmup_fraction must lie in \(0, 1\)",
         ),
-        "warmup": (lambda: TaskModule(ConvNet(), warmup_fraction=1.0), r"model.warmup_fraction must lie in \(0, 1\)"),
         "channels": (lambda: ImageConversion(2, 28, 0.0, 1.0), r"data.channels must be 1 \(greyscale\) or 3 \(RGB\)"),
         "test_size": (
             lambda: seeded_split(10, 10, 0, "test_size"),

@@ -110,7 +110,7 @@ RECORD_LR = ["--trainer.callbacks+=helpers.RecordLR"]
 
 
 def test_a_learning_rate_given_on_resume_takes_effect(interrupted_run, quick_args):
-    from project.training.finetuning import LRFactor
+    from project.training.lr_factor import LRFactor
 
     cli = run_cli(
         ["fit", *quick_args, "--ckpt_path=last", "--model.optimizer.lr=0.0003", *RECORD_LR, "--test_after_fit=false"]
@@ -164,7 +164,7 @@ def test_training_longer_than_planned_gives_the_extra_epochs_a_new_cycle(quick_a
 
 
 def test_training_longer_before_the_schedule_ended_stretches_what_is_left(interrupted_run, quick_args):
-    from project.training.finetuning import LRFactor
+    from project.training.lr_factor import LRFactor
 
     cli = run_cli(
         ["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=4", *RECORD_LR, "--test_after_fit=false"]

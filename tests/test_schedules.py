@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-import math
 import shutil
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,33 @@ from project.cli import run_cli
 from project.errors import UserInputError
 from project.networks import ConvNet
 from project.training import TaskModule
-from project.training.schedules import LRFactor, LRPlan, replan_on_resume, scheduler_config, steps_before_fit
+from project.training.finetuning import FineTuning
+from project.training.lr_factor import LRFactor
+from project.training.schedules import (
+    Constant,
+    Cosine,
+    Linear,
+    OneCycle,
+    PlannedRun,
+    PlannedSchedule,
+    RunSteps,
+    Steps,
+    replan_on_resume,
+    steps_before_fit,
+)
+from project.training.torch_schedulers import torch_scheduler_config
+
+SCHEDULES = {"cosine": Cosine, "linear": Linear, "step": Steps, "onecycle": OneCycle, "none": Constant}
+
+
+def planned(kind: str, total: int, per_epoch: int, frozen: int = 0, **options) -> list[LRFactor]:
+    """The factors (backbone's, head's) of the project's schedule ``kind`` with ``options``, planned for a run of
+    ``total`` steps of ``per_epoch`` an epoch, the backbone frozen for its first ``frozen`` steps."""
+    groups = [{"name": name, "params": [torch.zeros(1, requires_grad=True)]} for name in ("backbone", "head")]
+    schedule = SCHEDULES[kind](torch.optim.SGD(groups, lr=1.0), **options)
+    schedule.plan(RunSteps(total, per_epoch, {"backbone": frozen}))
+    return schedule.lr_lambdas
+
 
 # -- the shapes, as functions of the optimizer step ----------------------------------------------------------------
 
@@ -31,12 +56,13 @@ def test_cosine_warms_up_linearly_then_falls_to_its_floor_at_the_last_step():
     assert factor(100) == pytest.approx(0.1) and factor(99) > 0.1  # the floor, one step past the last
     decay = [factor(step) for step in range(10, 101)]
     assert all(later < earlier for earlier, later in itertools.pairwise(decay))
+    assert planned("cosine", 100, 10, warmup_fraction=0.1, min_lr_fraction=0.1)[1].__dict__ == factor.__dict__
 
 
 @pytest.mark.parametrize(("schedule", "torch_decay"), [("cosine", "CosineAnnealingLR"), ("linear", "LinearLR")])
 def test_the_decay_after_the_warm_up_is_torchs_own(schedule, torch_decay):
     total, warmup, floor = 50, 10, 0.2
-    factor = LRFactor(total, schedule, warmup_fraction=warmup / total, min_lr_fraction=floor)
+    factor = planned(schedule, total, 10, warmup_fraction=warmup / total, min_lr_fraction=floor)[1]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     arguments = {"T_max": total - warmup, "eta_min": floor} if schedule == "cosine" else {}
     if schedule == "linear":
@@ -48,10 +74,10 @@ def test_the_decay_after_the_warm_up_is_torchs_own(schedule, torch_decay):
         reference.step()
 
 
-def test_step_drops_by_gamma_every_n_epochs_or_at_its_milestones():
-    every = LRPlan("step", gamma=0.5, step_epochs=2).factor(total_steps=60, per_epoch=10, frozen=0)
+def test_steps_drop_by_gamma_every_n_epochs_or_at_the_epochs_given():
+    every = planned("step", 60, 10, gamma=0.5, every_epochs=2)[1]
     assert [every(step) for step in (0, 19, 20, 39, 40, 59)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
-    at = LRPlan("step", step_epochs=[1, 4]).factor(total_steps=60, per_epoch=10, frozen=0)
+    at = planned("step", 60, 10, at_epochs=[1, 4])[1]
     assert [at(step) for step in (9, 10, 39, 40)] == pytest.approx([1, 0.1, 0.1, 0.01])
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     reference = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[10, 40], gamma=0.1)
@@ -61,31 +87,31 @@ def test_step_drops_by_gamma_every_n_epochs_or_at_its_milestones():
         reference.step()
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "step", "onecycle"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "step", "onecycle", "none"])
 def test_a_frozen_backbone_is_at_zero_then_follows_the_heads_curve(schedule):
-    plan = LRPlan(schedule, warmup_fraction=0.2, step_epochs=1 if schedule == "step" else None)
-    head, backbone = plan.factor(40, 10, frozen=0), plan.factor(40, 10, frozen=10)
+    options = {"every_epochs": 1} if schedule == "step" else {} if schedule == "none" else {"warmup_fraction": 0.2}
+    backbone, head = planned(schedule, 40, 10, frozen=10, **options)
     assert [backbone(step) for step in range(10)] == [0.0] * 10
     assert [backbone(step) for step in range(10, 41)] == [head(step) for step in range(10, 41)]
 
 
 def test_a_warm_up_in_steps_is_that_many_steps_whatever_the_runs_length():
     for total in (30, 100):  # a fraction would move: 0.5 of 30 steps is 15
-        factor = LRPlan("cosine", warmup_fraction=None, warmup_steps=16).factor(total, per_epoch=10, frozen=0)
+        factor = planned("cosine", total, 10, warmup_steps=16)[1]
         assert (factor(15), factor(16)) == (pytest.approx(15 / 16), 1.0), total
-    epochs = LRPlan("onecycle", warmup_fraction=None, warmup_epochs=2).factor(100, per_epoch=7, frozen=0)
+    epochs = planned("onecycle", 100, 7, warmup_epochs=2)[1]
     assert max(range(100), key=epochs) == 14  # the peak: 2 epochs of 7 optimizer steps
 
 
-def test_the_schedules_state_is_plain_values_that_load_with_weights_only():
+def test_a_schedules_state_is_plain_values_that_load_with_weights_only():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    plan = LRPlan("step", step_epochs=[2, 3], gamma=0.3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [plan.factor(50, 10, frozen=5)])
+    scheduler = Steps(optimizer, at_epochs=[2, 3], gamma=0.3)
+    scheduler.plan(RunSteps(50, 10, {"": 5}))
     buffer = io.BytesIO()
     torch.save(scheduler.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    restored = torch.optim.lr_scheduler.LambdaLR(optimizer, [LRFactor(1)])  # another plan, overwritten by the state
+    restored = Constant(optimizer)  # another plan, overwritten by the state
     restored.load_state_dict(state)
     assert [restored.lr_lambdas[0](step) for step in range(50)] == [scheduler.lr_lambdas[0](step) for step in range(50)]
 
@@ -95,12 +121,10 @@ def test_the_schedules_state_is_plain_values_that_load_with_weights_only():
 
 def resumed(factor: LRFactor, step: int, total_steps: int) -> tuple[LRFactor, list[str]]:
     """``factor`` restored at ``step`` into a run that is to end at ``total_steps``: the re-planned copy and notes."""
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [LRFactor(factor.total_steps)])
-    scheduler.load_state_dict(
-        {**scheduler.state_dict(), "lr_lambdas": [copy.deepcopy(vars(factor))], "last_epoch": step}
-    )
-    return scheduler.lr_lambdas[0], replan_on_resume(optimizer, scheduler, [1.0], total_steps)
+    scheduler = PlannedSchedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    state = {**scheduler.state_dict(), "lr_lambdas": [copy.deepcopy(vars(factor))], "last_epoch": step}
+    scheduler.load_state_dict(state)
+    return scheduler.lr_lambdas[0], replan_on_resume(scheduler.optimizer, scheduler, PlannedRun([1.0], total_steps))
 
 
 def test_a_longer_cosine_run_stretches_what_is_left_of_the_decay():
@@ -140,10 +164,10 @@ def test_a_warm_up_in_steps_restarts_with_its_steps_or_is_refused_when_they_do_n
 
 
 def test_a_longer_step_run_keeps_its_drops_where_they_were():
-    planned = LRPlan("step", step_epochs=1, gamma=0.5).factor(20, 10, frozen=0)
-    longer, notes = resumed(LRFactor(**vars(planned)), 15, 40)
+    drops = planned("step", 20, 10, every_epochs=1, gamma=0.5)[1]
+    longer, notes = resumed(LRFactor(**vars(drops)), 15, 40)
     assert "keeps its drops" in notes[0]
-    assert [longer(step) for step in range(40)] == [planned(step) for step in range(40)]
+    assert [longer(step) for step in range(40)] == [drops(step) for step in range(40)]
 
 
 def test_a_torch_scheduler_resumed_with_a_new_learning_rate_is_scaled_and_not_rescaled_in_length():
@@ -152,41 +176,40 @@ def test_a_torch_scheduler_resumed_with_a_new_learning_rate_is_scaled_and_not_re
     for _ in range(2):
         optimizer.step()
         scheduler.step()
-    notes = replan_on_resume(optimizer, scheduler, [0.2], total_steps=30, planned_steps=20)
+    notes = replan_on_resume(optimizer, scheduler, PlannedRun([0.2], 30, 20))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1) and scheduler.base_lrs == [0.2]  # 0.05, doubled
     assert notes == [
         "0 learning rate 0.2 (was 0.1): StepLR goes on, scaled",
         "the run now ends at step 30 (planned: 20), but model.lr_scheduler StepLR is not rescaled: its arguments are "
-        "its own (use --model.lr_schedule to have the plan follow the run's length)",
+        "its own (the project's schedules, such as --model.lr_scheduler Cosine, follow the run's length)",
     ]
-    assert replan_on_resume(optimizer, scheduler, [0.2], total_steps=30, planned_steps=30) == []
+    assert replan_on_resume(optimizer, scheduler, PlannedRun([0.2], 30, 30)) == []
 
 
 def test_reduce_lr_on_plateau_follows_the_tasks_metric_in_its_direction():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    plan = LRPlan(scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", patience=0))
-    config = scheduler_config(optimizer, None, plan, freeze_backbone_epochs=0, monitor=("val/acc", "max"))
+    make = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", patience=0)
+    config, _ = torch_scheduler_config(make(optimizer), make, ("val/acc", "max"), "momentum 0")
     assert (config["monitor"], config["interval"], config["scheduler"].mode) == ("val/acc", "epoch", "max")
     config["scheduler"].step(0.5)
     config["scheduler"].step(0.4)  # worse for a metric to maximise: reduced
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
 
 
-def test_a_cyclic_scheduler_says_that_it_cycles_adamws_beta1_in_place_of_the_optimizers(monkeypatch):
-    import project.training.schedules
-
-    said: list[str] = []
-    monkeypatch.setattr(project.training.schedules, "rank_zero_info", said.append)
+def test_a_cyclic_scheduler_steps_every_step_and_says_that_it_cycles_adamws_beta1():
     for cycle_momentum in (True, False):
         optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=0.01, betas=(0.95, 0.999))
         cyclic = partial(torch.optim.lr_scheduler.CyclicLR, base_lr=0.001, max_lr=0.01, cycle_momentum=cycle_momentum)
-        scheduler_config(optimizer, None, LRPlan(scheduler=cyclic, interval="step"), 0, ("val/acc", "max"))
+        config, note = torch_scheduler_config(cyclic(optimizer), cyclic, ("val/acc", "max"), "beta1 0.95")
         assert optimizer.param_groups[0]["betas"][0] == (0.9 if cycle_momentum else 0.95)  # what torch does
-    assert said == [
-        "model.lr_scheduler CyclicLR cycles AdamW's beta1 between its base_momentum and max_momentum, in place of the "
-        "optimizer's (beta1 0.95): torch's cycle_momentum, true by default; --model.lr_scheduler.cycle_momentum false "
-        "keeps the optimizer's"
-    ]
+        assert config["interval"] == "step"
+        assert note == (
+            "model.lr_scheduler CyclicLR cycles AdamW's beta1 between its base_momentum and max_momentum, in place of "
+            "the optimizer's (beta1 0.95): torch's cycle_momentum, true by default; "
+            "--model.lr_scheduler.cycle_momentum false keeps the optimizer's"
+            if cycle_momentum
+            else None
+        )
 
 
 # -- refusals --------------------------------------------------------------------------------------------------------
@@ -199,27 +222,19 @@ def step_lr(optimizer):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"lr_scheduler": step_lr, "lr_schedule": "onecycle"}, "would both set the learning rate: add --model.lr_sch"),
-        ({"lr_scheduler": step_lr, "freeze_backbone_epochs": 1}, "cannot be combined with model.freeze_backbone_epo"),
+        (
+            {"lr_scheduler": step_lr, "finetuning": FineTuning(freeze_backbone_epochs=1)},
+            "freeze_backbone_epochs needs one of the project's schedules, which hold the frozen backbone's rate at 0, "
+            "not StepLR",
+        ),
         ({"lr_scheduler": torch.optim.lr_scheduler.OneCycleLR}, r"model.lr_scheduler: .*max_lr"),
-        (
-            {"lr_scheduler": partial(torch.optim.lr_scheduler.ReduceLROnPlateau), "lr_scheduler_interval": "step"},
-            "ReduceLROnPlateau follows a validation metric: it takes model.lr_scheduler_interval epoch",
-        ),
-        ({"lr_schedule": "step"}, r"lr_schedule step drops the learning rate every model.lr_step_epochs .*got None"),
-        (
-            {"lr_schedule": "step", "lr_step_epochs": [3, 2]},
-            r"a list of increasing epochs, such as \[30, 60\]\); got \[3, 2\]",
-        ),
-        ({"lr_schedule": "step", "lr_step_epochs": 0}, r"an integer, 1 or more\) .*; got 0"),
-        ({"lr_schedule": "step", "lr_step_epochs": []}, r"; got \[\]"),
-        ({"lr_schedule": "step", "lr_step_epochs": 2, "lr_gamma": 1.5}, r"lr_gamma must lie in \(0, 1\), got 1.5"),
-        ({"lr_schedule": "cosine", "lr_step_epochs": 2}, "model.lr_step_epochs is an option of lr_schedule step"),
-        ({"lr_schedule": "cosine", "min_lr_fraction": 1.0}, r"min_lr_fraction must lie in \[0, 1\), got 1.0"),
-        (
-            {"lr_schedule": "onecycle", "min_lr_fraction": 0.1},
-            "floor of lr_schedule cosine and linear, not of lr_schedule onecycle",
-        ),
+        ({"lr_scheduler": Steps}, r"Steps drops the learning rate every every_epochs epochs .*got every_epochs=None"),
+        ({"lr_scheduler": partial(Steps, at_epochs=[3, 2])}, r"such as \[30, 60\]\), one of the two; .*\[3, 2\]"),
+        ({"lr_scheduler": partial(Steps, every_epochs=0)}, "got every_epochs=0"),
+        ({"lr_scheduler": partial(Steps, at_epochs=[])}, r"at_epochs=\[\]"),
+        ({"lr_scheduler": partial(Steps, every_epochs=2, gamma=1.5)}, r"gamma must lie in \(0, 1\), got 1.5"),
+        ({"lr_scheduler": partial(Cosine, min_lr_fraction=1.0)}, r"min_lr_fraction must lie in \[0, 1\), got 1.0"),
+        ({"lr_scheduler": partial(OneCycle, warmup_fraction=1.5)}, r"warmup_fraction must lie in \(0, 1\), got 1.5"),
     ],
     ids=lambda value: None if isinstance(value, dict) else value[:30],
 )
@@ -231,17 +246,14 @@ def test_learning_rate_options_that_cannot_work_are_refused_by_name(options, mes
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"warmup_fraction": 0.1, "warmup_epochs": 1}, r"2 ways \(model.warmup_fraction 0.1, model.warmup_epochs 1"),
+        ({"warmup_fraction": 0.1, "warmup_epochs": 1}, r"2 ways \(warmup_fraction 0.1, warmup_epochs 1\)"),
         ({"warmup_epochs": 1, "warmup_steps": 5}, "the warm-up is given 2 ways"),
-        ({"warmup_steps": 0}, "model.warmup_steps must be a whole number, 1 or more, got 0"),
-        ({"warmup_epochs": 1.5}, "model.warmup_epochs must be a whole number, 1 or more, got 1.5"),
-        ({"lr_schedule": "step", "lr_step_epochs": 1, "warmup_epochs": 1}, "onecycle, cosine and linear, not of"),
-        ({"lr_schedule": "none", "lr_scheduler": step_lr, "warmup_steps": 3}, r"lr_schedule none \(nor of model"),
+        ({"warmup_steps": 0}, "model.lr_scheduler.warmup_steps must be a whole number, 1 or more, got 0"),
     ],
-)  # fmt: skip
-def test_a_warm_up_given_two_ways_or_where_there_is_none_is_refused_by_name(options, message):
+)
+def test_a_warm_up_given_two_ways_is_refused_by_name(options, message):
     with pytest.raises(UserInputError, match=message):
-        TaskModule(ConvNet(), **{"lr_schedule": "cosine", **options})
+        TaskModule(ConvNet(), lr_scheduler=partial(Cosine, **options))
 
 
 def scheduler(name: str, **arguments):
@@ -273,16 +285,15 @@ def test_scheduler_arguments_torch_builds_but_that_cannot_work_are_refused_by_na
     [
         (["--lr_scheduler=StepLR"], "lr_scheduler is not an option; it is model.lr_scheduler"),
         (
-            ["--model.lr_schedule=none", "--model.lr_scheduler=StepLR"],
+            ["--model.lr_scheduler=StepLR"],
             r"model.lr_scheduler: torch.optim.lr_scheduler.StepLR needs step_size \(--model.lr_scheduler.step_size",
         ),
         (
-            ["--model.lr_schedule=none", "--model.lr_scheduler=ReduceLROnPlateau"],
+            ["--model.lr_scheduler=ReduceLROnPlateau"],
             "ReduceLROnPlateau names more than one class; give the full path of one: torch.optim.lr_scheduler.Red",
         ),
-        (["--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=2"], "--model.lr_schedule none"),
     ],
-    ids=["top-level", "missing argument", "ambiguous", "with onecycle"],
+    ids=["top-level", "missing argument", "ambiguous"],
 )
 def test_the_command_line_refuses_a_scheduler_it_cannot_use_in_one_line(args, message, quick_args, capsys):
     import re
@@ -293,12 +304,13 @@ def test_the_command_line_refuses_a_scheduler_it_cannot_use_in_one_line(args, me
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model.lr_schedule=cosine", "--model.warmup_epochs=2"], "model.warmup_epochs 2 is 20 optimizer steps "
-         "(epochs of 10), and the whole run is 20 (trainer.max_epochs 2, max_steps -1): the warm-up must end before"),
-        (["--model.warmup_steps=12", "--trainer.max_steps=12"], "model.warmup_steps 12, and the whole run is 12"),
-        (["--model.lr_schedule=none", "--model.lr_scheduler=CosineAnnealingLR", "--model.lr_scheduler.T_max=0"],
+        (["--model.lr_scheduler=Cosine", "--model.lr_scheduler.warmup_epochs=2"], "model.lr_scheduler Cosine: the "
+         "warm-up is 20 optimizer steps, and the whole run is 20: the warm-up must end before the run does"),
+        (["--model.lr_scheduler.warmup_steps=12", "--trainer.max_steps=12"], "the warm-up is 12 optimizer steps, and "
+         "the whole run is 12"),
+        (["--model.lr_scheduler=CosineAnnealingLR", "--model.lr_scheduler.T_max=0"],
          "model.lr_scheduler.T_max counts CosineAnnealingLR's steps: 1 or more, got 0"),
-        (["--model.lr_schedule=none", "--model.lr_scheduler=ExponentialLR", "--model.lr_scheduler.gamma=-0.5"],
+        (["--model.lr_scheduler=ExponentialLR", "--model.lr_scheduler.gamma=-0.5"],
          "ExponentialLR takes a gamma above 0, got -0.5"),
     ],
     ids=["warm-up epochs", "warm-up steps", "T_max 0", "negative gamma"],
@@ -347,14 +359,14 @@ def logged_head_lr(run_folder: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def cosine_runs(tmp_path_factory, fake_data_dir) -> StoppedRuns:
-    cosine = ["--model.lr_schedule=cosine", "--model.warmup_fraction=0.25", "--model.min_lr_fraction=0.1"]
+    cosine = ["--model.lr_scheduler=Cosine", "--model.lr_scheduler.warmup_fraction=0.25"]
+    cosine.append("--model.lr_scheduler.min_lr_fraction=0.1")
     return StoppedRuns(tmp_path_factory.mktemp("cosine"), fake_data_dir, cosine)
 
 
 @pytest.fixture(scope="module")
 def step_lr_runs(tmp_path_factory, fake_data_dir) -> StoppedRuns:
-    torch_step = ["--model.lr_schedule=none", "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1",
-                  "--model.lr_scheduler.gamma=0.5"]  # fmt: skip
+    torch_step = ["--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1", "--model.lr_scheduler.gamma=0.5"]
     return StoppedRuns(tmp_path_factory.mktemp("step_lr"), fake_data_dir, torch_step)
 
 
@@ -388,12 +400,12 @@ def test_a_cosine_run_resumed_for_longer_stretches_what_is_left_of_its_decay(cos
 
 def test_one_epoch_of_warm_up_is_the_optimizer_steps_lightning_counts_in_an_epoch(quick_args):
     cli = run_cli(
-        ["fit", *quick_args, "--model.lr_schedule=cosine", "--model.warmup_epochs=1", "--test_after_fit=false",
-         "--trainer.accumulate_grad_batches=3", "--trainer.callbacks+=helpers.RecordLR"]
+        ["fit", *quick_args, "--model.lr_scheduler=Cosine", "--model.lr_scheduler.warmup_epochs=1",
+         "--test_after_fit=false", "--trainer.accumulate_grad_batches=3", "--trainer.callbacks+=helpers.RecordLR"]
     )  # fmt: skip
     trainer, scheduler = cli.trainer, cli.trainer.lr_scheduler_configs[0].scheduler
     assert (trainer.num_training_batches, trainer.global_step, trainer.estimated_stepping_batches) == (10, 8, 8)
-    assert steps_before_fit(trainer, cli.datamodule) == (8, 4)  # what the command line counts before fit
+    assert steps_before_fit(trainer, cli.datamodule) == RunSteps(8, 4)  # what the command line counts before fit
     assert [factor.warmup_steps for factor in scheduler.lr_lambdas] == [4, 4]  # ceil(10 / 3): the last step has 1
     recorded = next(callback for callback in trainer.callbacks if isinstance(callback, RecordLR)).by_step
     lr = scheduler.base_lrs[1]
@@ -403,7 +415,8 @@ def test_one_epoch_of_warm_up_is_the_optimizer_steps_lightning_counts_in_an_epoc
 @pytest.fixture(scope="module")
 def warmup_steps_run(tmp_path_factory, fake_data_dir) -> StoppedRuns:
     """A 12-step cosine run warming up over its first 10 steps, stopped after step 9 (``last.ckpt`` at step 8)."""
-    warmup = ["--model.lr_schedule=cosine", "--model.warmup_steps=10", "--model.min_lr_fraction=0.1"]
+    warmup = ["--model.lr_scheduler=Cosine", "--model.lr_scheduler.warmup_steps=10"]
+    warmup.append("--model.lr_scheduler.min_lr_fraction=0.1")
     return StoppedRuns(tmp_path_factory.mktemp("warmup_steps"), fake_data_dir, warmup, straight=False)
 
 
@@ -422,11 +435,11 @@ def test_the_warm_up_in_steps_cannot_change_on_resume(warmup_steps_run, tmp_path
     shutil.copytree(warmup_steps_run.stopped_dir, tmp_path / "resumed")
     monkeypatch.chdir(tmp_path / "resumed")
     args = [*warmup_steps_run.args, "--ckpt_path=last"]
-    error = cli_error(["fit", *args, "--model.warmup_steps=6"], capsys)
-    assert "cannot change on resume: model.warmup_steps 6 (the run has 10)" in error
-    as_fraction = [arg for arg in args if not arg.startswith("--model.warmup_steps")]
-    error = cli_error(["fit", *as_fraction, "--model.warmup_fraction=0.25"], capsys)
-    assert "model.warmup_fraction 0.25 (the run has None); model.warmup_steps None (the run has 10)" in error
+    error = cli_error(["fit", *args, "--model.lr_scheduler.warmup_steps=6"], capsys)
+    assert "cannot change on resume: model.lr_scheduler.init_args.warmup_steps 6 (the run has 10)" in error
+    as_fraction = [arg for arg in args if not arg.startswith("--model.lr_scheduler.warmup_steps")]
+    error = cli_error(["fit", *as_fraction, "--model.lr_scheduler.warmup_fraction=0.25"], capsys)
+    assert "model.lr_scheduler.init_args.warmup_fraction 0.25 (the run has None)" in error
 
 
 def test_the_logged_learning_rate_follows_a_torch_step_lr_stepped_every_epoch(step_lr_runs):
@@ -454,7 +467,7 @@ def test_a_torch_scheduler_resumed_for_longer_says_it_is_not_rescaled(step_lr_ru
 
 
 def test_a_step_schedule_resumed_mid_epoch_trains_as_torchs_step_lr_does_uninterrupted(step_lr_runs, tmp_path):
-    step = ["--model.lr_schedule=step", "--model.lr_step_epochs=1", "--model.lr_gamma=0.5"]
+    step = ["--model.lr_scheduler=Steps", "--model.lr_scheduler.every_epochs=1", "--model.lr_scheduler.gamma=0.5"]
     runs = StoppedRuns(tmp_path, step_lr_runs.args[1].removeprefix("--data.data_dir="), step, straight=False)
     runs.resume_copy(tmp_path / "resumed")
     expected = torch.load(step_lr_runs.last_checkpoint(), weights_only=True)
@@ -466,14 +479,14 @@ def test_a_step_schedule_resumed_mid_epoch_trains_as_torchs_step_lr_does_uninter
 
 
 @pytest.mark.slow
-def test_a_torch_cosine_annealing_stepped_every_step_resumes_exactly(tmp_path, fake_data_dir):
-    cosine = ["--model.lr_schedule=none", "--model.lr_scheduler=CosineAnnealingLR", "--model.lr_scheduler.T_max=12",
-              "--model.lr_scheduler_interval=step"]  # fmt: skip
-    runs = StoppedRuns(tmp_path, fake_data_dir, cosine)
+def test_a_torch_one_cycle_stepped_every_step_resumes_exactly(tmp_path, fake_data_dir):
+    one_cycle = ["--model.lr_scheduler=OneCycleLR", "--model.lr_scheduler.max_lr=0.005"]
+    one_cycle.append("--model.lr_scheduler.total_steps=12")
+    runs = StoppedRuns(tmp_path, fake_data_dir, one_cycle)
     runs.resume_copy(tmp_path / "resumed")
     assert_same_training_state(runs.last_checkpoint(), runs.last_checkpoint(tmp_path / "resumed"))
     logged = logged_head_lr(runs.straight_dir / EXACT_RUN)
-    assert logged[11] == pytest.approx(LR * (1 + math.cos(math.pi * 11 / 12)) / 2)
+    assert logged[3] > logged[1] and logged[11] < logged[5]  # stepped every optimizer step: up, then down
 
 
 def test_a_checkpoint_rebuilds_its_torch_scheduler_only_from_the_allow_list(step_lr_runs):
@@ -481,8 +494,8 @@ def test_a_checkpoint_rebuilds_its_torch_scheduler_only_from_the_allow_list(step
 
     checkpoint = read_checkpoint(step_lr_runs.last_checkpoint())
     model = TaskModule.from_checkpoint(checkpoint, "last.ckpt")
-    assert model.lr_plan.scheduler.func is torch.optim.lr_scheduler.StepLR
-    assert model.lr_plan.scheduler.keywords == {"step_size": 1, "gamma": 0.5, "last_epoch": -1}
+    assert model.make_scheduler.func is torch.optim.lr_scheduler.StepLR
+    assert model.make_scheduler.keywords == {"step_size": 1, "gamma": 0.5, "last_epoch": -1}
     checkpoint["hyper_parameters"]["lr_scheduler"] = {"class_path": "os.system", "init_args": {}}
     with pytest.raises(UserInputError, match=r"names the lr_scheduler os\.system, which is not allowed here"):
         TaskModule.from_checkpoint(checkpoint, "last.ckpt")
@@ -493,4 +506,5 @@ def test_a_torch_scheduler_cannot_be_left_out_when_its_run_resumes(step_lr_runs,
     monkeypatch.chdir(tmp_path / "resumed")
     without = [arg for arg in step_lr_runs.args if not arg.startswith("--model.lr_scheduler")]
     error = cli_error(["fit", *without, "--ckpt_path=last"], capsys)
-    assert "cannot change on resume: model.lr_scheduler None (the run has {'class_path': 'torch.optim.lr_sch" in error
+    expected = "cannot change on resume: model.lr_scheduler.class_path 'project.training.schedules.OneCycle' (the run"
+    assert expected in error

@@ -192,11 +192,11 @@ RECORDED_OPTIONS = {
     "an optimizer that is a string": ("optimizer", "torch.optim.SGD", "records model.optimizer as 'torch.optim.SGD'"),
     "an optimizer that is a list": ("optimizer", [1, 2], "records model.optimizer as [1, 2]"),
     "a metric naming subprocess.Popen": (
-        "task_options",
-        {"metrics": {"x": {"class_path": "subprocess.Popen", "init_args": {"args": "ls"}}}},
+        "task",
+        {"class_path": "project.tasks.Multiclass", "init_args": {"metrics": {"x": {"class_path": "subprocess.Popen"}}}},
         "class_path 'subprocess.Popen' is not allowed",
     ),
-    "task options that are a string": ("task_options", "label_smoothing", "task_options must be a mapping"),
+    "a task that is a string": ("task", "multiclass", "does not record its task"),
     "an unknown instantiator": ("_instantiator", "builtins.exec", "names the instantiator 'builtins.exec'"),
 }
 

@@ -124,7 +124,6 @@ class ProjectCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the task and the size of the network's output, so neither is typed twice.
-        parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.link_arguments("data.num_outputs", "model.network.init_args.num_outputs", apply_on="instantiate")
         parser.add_argument("--ckpt_path", type=str | None, default=None, help=CKPT_PATH_HELP)
         parser.add_argument(
@@ -252,6 +251,7 @@ class ProjectCLI(LightningCLI):
     def check_before_running(self, stage: str) -> None:
         """Everything that can fail before the Trainer writes its first file, in the order of cost."""
         model, data, trainer = self.model, self.datamodule, self.trainer
+        model.use_data(data)  # the task: the config's, or the project's for the data's targets
         check_image_shape(model.network, data.image_shape)
         if stage == "fit":
             check_monitors(trainer.callbacks, model)
@@ -273,10 +273,10 @@ class ProjectCLI(LightningCLI):
                     rank_zero_info(f"Removed {stale}, left by a save that was killed part-way")
             check_fits_network(self.checkpoint, model, str(self.chosen.path))
             self.checkpoint = None  # checked: Lightning reads the file again itself
-        elif stage == "fit" and model.hparams.pretrained:
+        elif stage == "fit" and model.tuning.pretrained:
             rank_zero_info(model.load_pretrained())
         adopt_backbone_normalisation(model.network, data)
-        set_up_data(data, trainer, stage, model.lr_plan)  # every split checked, and what depends on the run's length
+        set_up_data(data, trainer, stage, model)  # every split checked, and what depends on the run's length
         if stage == "fit" and self.run_lock is None and first_process():
             self.take_new_run_folder(trainer.logger)
         if stage == "fit" and self.run_lock is not None and self.tracker_configs:

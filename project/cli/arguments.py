@@ -1,19 +1,14 @@
 """What the command line does with its arguments before its parser reads them: the modules you trust are imported
 (``--trust``, and the clone's ``pyproject.toml``: :mod:`project.trusted`), ``--config`` names are resolved to files
-(:mod:`project.cli.presets`), the ``model.task_options`` of stacked configs are merged (:func:`merged_task_options`),
-and every YAML text the parser reads is bounded (:mod:`project.files.yaml_text`)."""
+(:mod:`project.cli.presets`), and every YAML text the parser reads is bounded (:mod:`project.files.yaml_text`)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
 
 import yaml
 from jsonargparse import get_loader, set_loader
 
 from project.cli.presets import resolve_config_args
-from project.files.yaml_text import bounded_loader, read_yaml
+from project.files.yaml_text import bounded_loader
 from project.trusted import take_trust_options, trust, trust_declared
 
 YAML_LOADER = get_loader("yaml")
@@ -27,44 +22,4 @@ def prepared_arguments(args: list[str]) -> list[str]:
     trust_declared()
     trust(*modules)  # before parsing: the parser imports the classes a config names, to check them
     set_loader("yaml", bounded_loader(YAML_LOADER), (yaml.YAMLError,))
-    return merged_task_options(resolve_config_args(args))
-
-
-def merged_task_options(args: list[str]) -> list[str]:
-    """``args`` (their ``--config`` names resolved) with the ``model.task_options`` of every config file that sets
-    them merged, in order (later keys win; ``metrics`` merged by name), given right after the last of those files.
-
-    The parser would let a later config's mapping replace an earlier one's whole (``--config label_smoothing
-    --config my_metrics.yaml`` would lose the smoothing), while presets are made to stack; options on the command
-    line (``--model.task_options.label_smoothing 0.2``) already add to a config's."""
-    setting = [(index, options) for index, options in task_options_by_config(args) if options is not None]
-    if len(setting) < 2:
-        return args
-    merged: dict[str, Any] = {}
-    for _, options in setting:
-        metrics = {**(merged.get("metrics") or {}), **(options.get("metrics") or {})}
-        merged.update(options)
-        if metrics:
-            merged["metrics"] = metrics
-    last = setting[-1][0]
-    return [*args[: last + 1], f"--model.task_options={json.dumps(merged)}", *args[last + 1 :]]
-
-
-def task_options_by_config(args: list[str]) -> list[tuple[int, dict[str, Any] | None]]:
-    """For each ``--config`` file in ``args``: the index of its last argument, and the ``model.task_options`` it sets
-    (a mapping; ``None`` when it sets none, or something the parser will refuse)."""
-    found = []
-    for index, arg in enumerate(args):
-        if arg.startswith("--config="):
-            path = arg.removeprefix("--config=")
-        elif arg in ("-c", "--config") and index + 1 < len(args):
-            path, index = args[index + 1], index + 1
-        else:
-            continue
-        content = read_yaml(Path(path).read_text(), f"--config {path}") if Path(path).is_file() else None
-        model = content.get("model") if isinstance(content, dict) else None
-        options = model.get("task_options") if isinstance(model, dict) else None
-        metrics = options.get("metrics") if isinstance(options, dict) else None
-        plain = isinstance(options, dict) and (metrics is None or isinstance(metrics, dict))
-        found.append((index, options if plain else None))
-    return found
+    return resolve_config_args(args)

@@ -17,7 +17,7 @@ from project.files.weights import state_dict_differences
 from project.networks.lora import base_weights, restore_base
 from project.training.averaging import AVERAGING_STATE, CURRENT_WEIGHTS, averaged_weights, averaging_method
 from project.training.checkpoints import BestCheckpoint
-from project.training.schedules import LRPlan, check_warmup_before_fit
+from project.training.schedules import steps_before_fit
 from project.training.stopping import TaskEarlyStopping
 from project.training.task_module import TaskModule
 
@@ -31,7 +31,7 @@ def check_monitors(callbacks: list[Callback], model: TaskModule) -> None:
         monitor = callback.monitor if isinstance(callback, ModelCheckpoint | EarlyStopping) else None
         if monitor is not None and monitor not in logged:
             raise UserInputError(
-                f"{type(callback).__name__} monitors {monitor}, which a {model.hparams.task} task does not log; use "
+                f"{type(callback).__name__} monitors {monitor}, which a {model.task.name} task does not log; use "
                 f"one of {', '.join(sorted(logged))} (project.training.BestCheckpoint without monitor follows the task)"
             )
 
@@ -132,14 +132,14 @@ def adopt_backbone_normalisation(network: Any, data: Any) -> None:
     )
 
 
-def set_up_data(data: ImageDataModule, trainer: Trainer, stage: str, plan: LRPlan) -> None:
+def set_up_data(data: ImageDataModule, trainer: Trainer, stage: str, model: TaskModule) -> None:
     """Every split, decoded and checked now: a broken test split stops the run before it trains. Only one process per
     machine downloads; the others set up once the files are there, or in ``Trainer.fit``. Once the training data is
-    known, so is the run's length: ``fit`` checks that a warm-up of epochs or steps ends before it
-    (:func:`~project.training.schedules.check_warmup_before_fit`)."""
+    known, so is the run's length: ``fit`` checks that the model's schedule fits it (a warm-up of epochs or steps must
+    end before the run does: :meth:`~project.training.task_module.TaskModule.check_run`)."""
     if trainer.local_rank == 0:
         data.prepare_data()
     if trainer.local_rank == 0 or data.files_ready():
         data.setup(stage)
-        if stage == "fit":
-            check_warmup_before_fit(plan, trainer, data)
+        if stage == "fit" and not trainer.fast_dev_run:  # (whose one step tries the code, not the plan)
+            model.check_run(steps_before_fit(trainer, data))

@@ -23,7 +23,7 @@ from project.data.sampler import ResumableDataLoader, ResumableSampler, Training
 from project.data.splits import check_split_options, few_shot_indices, seeded_split
 from project.errors import UserInputError
 from project.plain import PlainData
-from project.tasks import Task
+from project.tasks import TASKS
 
 DATA_DIR_ENV = "PROJECT_DATA_DIR"
 """Environment variable naming the data directory when ``--data.data_dir`` is not given."""
@@ -217,7 +217,7 @@ class ImageDataModule(L.LightningDataModule):
     def num_outputs(self) -> int:
         """Size of the network's output layer for this data: one per class or label, or one value."""
         classes = self.label_sets or self.only_classes or range(self.num_classes)
-        return Task.registry[self.task].outputs_for(len(classes))
+        return TASKS[self.task].outputs_for(len(classes))
 
     def label_rule(self) -> LabelRule | ClassSubset | None:
         if self.only_classes:

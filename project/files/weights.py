@@ -82,7 +82,7 @@ def hub_file(url: str) -> Path:
     return path
 
 
-def read_weights(path: str | Path, option: str = "model.pretrained") -> dict[str, Tensor]:
+def read_weights(path: str | Path, option: str = "model.finetuning.pretrained") -> dict[str, Tensor]:
     """The tensors in a Lightning checkpoint, a plain state dict (``torch.save``) or a safetensors file.
 
     Checkpoints are read with ``weights_only=True``: a file that needs arbitrary unpickling is refused.

@@ -47,7 +47,7 @@ def compute_report(predictions: Predictions, task: Task, class_names: list[str])
     """All metrics of ``predictions`` as plain values: overall, per class (or label), confusion matrix."""
     report = {"task": task.name, "count": len(predictions.targets)}
     report.update(task.report(predictions.scores, predictions.targets, class_names))
-    report["overall"].update(task.extra_report(predictions.scores, predictions.targets))  # task_options.metrics
+    report["overall"].update(task.extra_report(predictions.scores, predictions.targets))  # the task's extra metrics
     if "per_class" in report or "confusion_matrix" in report:
         report["class_names"] = class_names
     return report

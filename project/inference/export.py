@@ -5,8 +5,8 @@ Each export takes a batch of any size (the batch dimension is dynamic) and retur
 (channels, size, mean and std per channel), the class names, the task and its options (the decision threshold, ...),
 and how to read the outputs. After writing, the exports are run on the same images as the eager network and their
 largest difference (relative to the outputs' scale) is reported and checked. A network fine-tuned with LoRA is
-exported with its adapters merged into its weights: a plain network, which ``--model.pretrained`` takes as any other.
-TorchScript is not offered: it is deprecated in current PyTorch.
+exported with its adapters merged into its weights: a plain network, which ``--model.finetuning.pretrained`` takes as
+any other. TorchScript is not offered: it is deprecated in current PyTorch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from project.files.atomic import written_folder
 from project.inference.prediction import checkpoint_preprocessing, onnx_runner
 from project.networks.lora import has_adapters, merge_adapters
 from project.training.averaging import averaged_weights
-from project.training.checkpoints import read_checkpoint
+from project.training.checkpoints import import_path, read_checkpoint
 
 FORMATS = ("onnx", "pt2", "safetensors")
 
@@ -128,7 +128,7 @@ def export_checkpoint(
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
     network = model.network.eval()
-    preprocessing = checkpoint_preprocessing(checkpoint)
+    preprocessing = checkpoint_preprocessing(checkpoint, checkpoint_path)
     images = example_images(preprocessing)
     merging = merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
     with written_folder(out) as staging:  # the files appear together, or not at all
@@ -143,8 +143,9 @@ def export_checkpoint(
         about = {
             "checkpoint": str(checkpoint_path),
             "task": model.task.name,
+            "task_class": import_path(type(model.task)),
             "num_outputs": model.task.num_outputs,
-            "task_options": model.task.task_options,  # the threshold of decisions, ...: prediction reads them
+            "task_options": model.task.options,  # the threshold of decisions, ...: prediction reads them
             "outputs": model.task.outputs_meaning,
             "input": "float32 (batch, channels, size, size): pixels / 255, minus mean, over std, per channel",
             "preprocessing": preprocessing,

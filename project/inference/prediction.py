@@ -24,28 +24,19 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from project.data.decoding import ImageConversion, UndecodableImage, check_mnist_style
 from project.data.in_memory import normalised
-from project.errors import ReportedError, UserInputError, first_line, install_command
+from project.errors import UserInputError, first_line, install_command
 from project.files.atomic import written_whole
 from project.files.tables import spreadsheet_safe
-from project.inference.evaluation import data_module_from_checkpoint
-from project.tasks import Task, make_task
-from project.training.checkpoints import read_checkpoint
+from project.tasks import Task
+from project.training.checkpoints import allowed_class, read_checkpoint
+from project.training.specs import metric_class
 
 
-def checkpoint_preprocessing(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's preprocessing; for a checkpoint written before it was stored there, recovered from its
-    training data (set up again from the data module's arguments the checkpoint records)."""
-    if "preprocessing" in checkpoint:
-        return checkpoint["preprocessing"]
-    data = data_module_from_checkpoint(checkpoint)
-    try:
-        data.setup("fit")
-    except (OSError, ReportedError) as error:
-        raise UserInputError(
-            "the checkpoint does not store its preprocessing (it is older than this version), and its training "
-            f"data, which would tell it, cannot be read: {first_line(error)}"
-        ) from None
-    return data.preprocessing()
+def checkpoint_preprocessing(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
+    """How the checkpoint's training prepared an image (its data module recorded it)."""
+    if not isinstance(checkpoint.get("preprocessing"), dict):
+        raise UserInputError(f"{source} records no preprocessing: it was trained without a data module of the project")
+    return checkpoint["preprocessing"]
 
 
 class Predictor:
@@ -84,7 +75,7 @@ class Predictor:
         def run(images: Tensor) -> Tensor:
             return model(images)
 
-        return cls(run, model.task, checkpoint_preprocessing(checkpoint))
+        return cls(run, model.task, checkpoint_preprocessing(checkpoint, path))
 
     @classmethod
     def from_onnx(cls, path: Path) -> Predictor:
@@ -94,8 +85,10 @@ class Predictor:
         run = onnx_runner(path)
         try:
             about = json.loads(sidecar.read_text())
-            task = make_task(about["task"], about["num_outputs"], onnx_task_options(about))
+            task = onnx_task(about)
             return cls(run, task, about["preprocessing"])
+        except UserInputError:  # a task class outside the allow-list, an option its task refuses: said as such
+            raise
         except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
             raise UserInputError(
                 f"{sidecar} is not the model.json scripts/export.py writes (truncated or edited?): {first_line(error)}"
@@ -125,12 +118,12 @@ class Predictor:
         return rows, skipped
 
 
-def onnx_task_options(about: dict[str, Any]) -> dict[str, Any]:
-    """The task's options an export's ``model.json`` records (none before they were recorded), but its extra
-    metrics: prediction computes none, and their classes need not be importable where it runs."""
-    options = dict(about.get("task_options") or {})
-    options.pop("metrics", None)
-    return options
+def onnx_task(about: dict[str, Any]) -> Task:
+    """The task an export's ``model.json`` records (its class from the allow-list, its options but its extra metrics:
+    prediction computes none), bound to the network's outputs."""
+    cls = allowed_class(about["task_class"], Task, "task")
+    options = {key: value for key, value in about["task_options"].items() if key != "metrics"}
+    return cls(**options).bind(about["num_outputs"], metric_class)
 
 
 def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:

@@ -26,7 +26,8 @@ class Network(nn.Module):
     """
 
     backbone: nn.Module
-    """Images -> features: what ``--model.pretrained`` loads, fine-tuning freezes and gives its own learning rate."""
+    """Images -> features: what fine-tuning loads (``--model.finetuning.pretrained``), freezes, and gives its own
+    learning rate."""
     head: nn.Module
     """Features -> outputs, an ``nn.Linear``: replaced when a network is fine-tuned for new outputs."""
     num_outputs: int = 1

@@ -3,8 +3,9 @@
 :class:`LibraryNetwork` builds a classification model by its library name, optionally with pretrained weights (the
 library's own download, or a local file of the library model's state dict), removes its classifier and puts a new
 ``nn.Linear`` head sized for the data in its place. It keeps the :class:`~project.networks.Network` contract, so
-freezing, per-group learning rates, ``--model.pretrained``, exact resume, checkpoints and export work unchanged. A
-name is looked up in the library's own registry of models: a checkpoint or a config names a model, never code.
+freezing, per-group learning rates, ``--model.finetuning.pretrained``, exact resume, checkpoints and export work
+unchanged. A name is looked up in the library's own registry of models: a checkpoint or a config names a model, never
+code.
 """
 
 from __future__ import annotations

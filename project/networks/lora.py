@@ -6,10 +6,10 @@ targeted ``nn.Linear`` and ``nn.Conv2d`` keeps its pretrained weight ``W`` froze
 The head stays whole and trains, the backbone's other parameters are frozen.
 
 A checkpoint holds only what changes: the adapters, the head and the backbone's buffers (BatchNorm statistics), plus
-a fingerprint of the frozen base weights. Those are rebuilt from where they came from (``--model.pretrained`` and
-the network's ``weights``, both recorded in the checkpoint's hyperparameters) and checked against the fingerprint
-before a run resumes or a checkpoint is loaded, so an adapter is never put on another base. Export merges the
-adapters into the weights (:func:`merge_adapters`): the exported network is a plain one.
+a fingerprint of the frozen base weights. Those are rebuilt from where they came from
+(``--model.finetuning.pretrained`` and the network's ``weights``, both recorded in the checkpoint's hyperparameters)
+and checked against the fingerprint before a run resumes or a checkpoint is loaded, so an adapter is never put on
+another base. Export merges the adapters into the weights (:func:`merge_adapters`): the exported network is a plain one.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def restore_base(checkpoint: dict[str, Any], model: nn.Module, source: object) -
     if base.get("fingerprint") != fingerprint(weights):
         raise UserInputError(
             f"{source} holds LoRA adapters trained on other base weights than this network's: rebuild the network "
-            f"from the same model.pretrained and weights file as the run that wrote it (its config.yaml)"
+            f"from the same model.finetuning.pretrained and weights file as the run that wrote it (its config.yaml)"
         )
     for name, tensor in weights.items():
         checkpoint["state_dict"].setdefault(name, tensor.detach())

@@ -170,12 +170,15 @@ def default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
     from lightning.pytorch.cli import instantiate_class
 
     from project.data.base import ImageDataModule
-    from project.tasks.base import Task
+    from project.tasks import TASKS, Task
+    from project.training.checkpoints import named_class
 
     data = instantiate_class((), resolved["data"])  # the data module's arguments only: nothing is read yet
     if not isinstance(data, ImageDataModule):
         raise UserInputError("sweep: the data module is not an ImageDataModule; name the objective in the spec")
-    metric, mode = Task.registry[data.task].monitor
+    named = (resolved.get("model") or {}).get("task")  # a task the config names (the parser imported its class)
+    task = named_class(named["class_path"]) if isinstance(named, dict) else None
+    metric, mode = (task if isinstance(task, type) and issubclass(task, Task) else TASKS[data.task]).monitor
     return Objective(metric, "maximize" if mode == "max" else "minimize")
 
 

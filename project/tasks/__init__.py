@@ -4,35 +4,20 @@ A task turns outputs into a loss, into scores (what the metrics take) and into d
 values); it names its metrics, the one that picks the best checkpoint, and how to report a whole split. The training
 module, the TensorBoard reports, the evaluation reports and prediction all go through it.
 
-Every module of this package defines one task (a :class:`Task` subclass with a ``name``); they are found here, so
-adding a task is adding a file.
+The data says which kind of targets it has (its ``task``: ``multiclass``, ``binary``, ``multilabel``,
+``regression``); a run takes the project's task of that name (:data:`TASKS`) unless its config names another for
+targets of that kind: ``--model.task Multiclass --model.task.label_smoothing 0.1``, or a class of your own
+(``--model.task my_losses.FocalLoss --trust my_losses``, ``examples/focal_loss/``).
 """
 
-from __future__ import annotations
+from project.tasks.base import OneOutputTask, Task
+from project.tasks.binary import Binary
+from project.tasks.extra_metrics import MetricResolver
+from project.tasks.multiclass import Multiclass
+from project.tasks.multilabel import Multilabel
+from project.tasks.regression import Regression
 
-import importlib
-import pkgutil
-from collections.abc import Mapping
-from typing import Any
+TASKS: dict[str, type[Task]] = {task.name: task for task in (Multiclass, Binary, Multilabel, Regression)}
+"""The project's task for each kind of targets, by name: the one a run takes when its config names none."""
 
-from project.errors import UserInputError
-from project.tasks.base import MetricResolver, Task, TaskOption
-
-for _module in pkgutil.iter_modules(__path__):  # this package's own files: no name comes from input
-    importlib.import_module(f"{__name__}.{_module.name}")
-
-TASK_NAMES = tuple(sorted(Task.registry))
-
-
-def make_task(
-    name: str, num_outputs: int, options: Mapping[str, Any] | None = None, resolve: MetricResolver | None = None
-) -> Task:
-    """The task called ``name`` for a network with ``num_outputs`` outputs and its ``options``
-    (``--model.task_options``; ``resolve`` turns the class paths of extra metrics into classes); refused if any of
-    them does not fit."""
-    if name not in Task.registry:
-        raise UserInputError(f"model.task must be one of {', '.join(TASK_NAMES)}, got {name!r}")
-    return Task.registry[name](num_outputs, options, resolve)
-
-
-__all__ = ["TASK_NAMES", "MetricResolver", "Task", "TaskOption", "make_task"]
+__all__ = ["TASKS", "Binary", "MetricResolver", "Multiclass", "Multilabel", "OneOutputTask", "Regression", "Task"]

@@ -3,7 +3,7 @@ options); accuracy, precision, recall, F1 (and AUROC in reports)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,37 +28,34 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from project.tasks.base import (
-    THRESHOLD,
-    OneOutputTask,
-    Task,
-    TaskOption,
-    logit,
-    number_option,
-    per_class_rows,
-    threshold_option,
-)
+from project.plain import PlainData
+from project.tasks.base import OneOutputTask, checked_number, checked_threshold, logit, per_class_rows
 
 
 class Binary(OneOutputTask):
+    """Yes or no: one output, binary cross-entropy on its logit.
+
+    Args:
+        pos_weight: the weight of positive examples in the loss (BCE-with-logits' ``pos_weight``): a positive float.
+        threshold: the probability above which an image is decided positive (decisions, prediction rows and the
+            thresholded metrics), in (0, 1).
+        metrics: extra metrics (:class:`~project.tasks.base.Task`).
+    """
+
     name = "binary"
     monitor = ("val/acc", "max")
     summary = ("acc", "f1")
     outputs_meaning = "one logit: sigmoid for the probability of the positive class"
-    options: ClassVar[dict[str, TaskOption]] = {
-        **Task.options,
-        "pos_weight": TaskOption(
-            None, "a positive float", "the weight of positive examples in the loss (BCE-with-logits' pos_weight)"
-        ),
-        "threshold": THRESHOLD,
-    }
 
-    def configure(self, options: dict[str, Any]) -> None:
-        weight = options["pos_weight"]
-        if weight is not None:
-            weight = torch.tensor(number_option("pos_weight", weight, "a positive float", lambda v: v > 0))
-        self.pos_weight: Tensor | None = weight
-        self.threshold = threshold_option(options["threshold"])
+    def __init__(
+        self, pos_weight: float | None = None, threshold: float = 0.5, metrics: dict[str, PlainData] | None = None
+    ) -> None:
+        super().__init__(metrics)
+        if pos_weight is not None:
+            checked_number("pos_weight", pos_weight, "a positive float", pos_weight > 0)
+        self.pos_weight = pos_weight
+        self.threshold = checked_threshold(threshold)
+        self.weight = torch.tensor(pos_weight) if pos_weight is not None else None
 
     def metric_defaults(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
@@ -67,7 +64,7 @@ class Binary(OneOutputTask):
         return torch.tensor([0, 1])
 
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        weight = self.on_device_of(self.pos_weight, outputs)
+        weight = self.on_device_of(self.weight, outputs)
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.float(), pos_weight=weight, reduction="none")
 
     def scores(self, outputs: Tensor) -> Tensor:

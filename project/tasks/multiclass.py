@@ -4,7 +4,7 @@ accuracy and macro precision, recall and F1."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,31 +25,39 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from project.tasks.base import Task, TaskOption, number_option, per_class_rows, positive_floats
+from project.plain import PlainData
+from project.tasks.base import Task, checked_number, per_class_rows, positive_list
 
 
 class Multiclass(Task):
+    """One class out of several: cross-entropy on the logits.
+
+    Args:
+        label_smoothing: the share of each target spread evenly over every class (cross-entropy's), in [0, 1).
+        class_weights: each class's weight in the loss (cross-entropy's): positive floats, one per class.
+        metrics: extra metrics (:class:`~project.tasks.base.Task`).
+    """
+
     name = "multiclass"
     monitor = ("val/acc", "max")
     summary = ("acc", "f1")
     outputs_meaning = "logits, one per class: softmax for probabilities"
-    options: ClassVar[dict[str, TaskOption]] = {
-        **Task.options,
-        "label_smoothing": TaskOption(
-            0.0, "a float in [0, 1)", "the share of each target spread evenly over every class (cross-entropy's)"
-        ),
-        "class_weights": TaskOption(
-            None, "a list of positive floats, one per class", "each class's weight in the loss (cross-entropy's)"
-        ),
-    }
 
-    def configure(self, options: dict[str, Any]) -> None:
-        smoothing = options["label_smoothing"]
-        self.label_smoothing = number_option("label_smoothing", smoothing, "a float in [0, 1)", lambda v: 0 <= v < 1)
-        weights = options["class_weights"]
-        if weights is not None:
-            weights = torch.tensor(positive_floats("class_weights", weights, self.num_outputs, "class"))
-        self.class_weights: Tensor | None = weights
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        metrics: dict[str, PlainData] | None = None,
+    ) -> None:
+        super().__init__(metrics)
+        fits = 0 <= label_smoothing < 1
+        self.label_smoothing = checked_number("label_smoothing", label_smoothing, "a float in [0, 1)", fits)
+        self.class_weights = class_weights
+        self.weight: Tensor | None = None
+
+    def check_outputs(self) -> None:
+        if self.class_weights is not None:
+            self.weight = positive_list("class_weights", self.class_weights, self.num_outputs, "class")
 
     def metric_defaults(self) -> dict[str, Any]:
         return {"num_classes": self.num_outputs}
@@ -74,7 +82,7 @@ class Multiclass(Task):
         return self.cross_entropy(outputs, targets, "none")
 
     def cross_entropy(self, outputs: Tensor, targets: Tensor, reduction: str) -> Tensor:
-        weight = self.on_device_of(self.class_weights, outputs)
+        weight = self.on_device_of(self.weight, outputs)
         if weight is not None and reduction == "mean" and targets.is_floating_point():
             # Class probabilities (MixUp / CutMix): torch's mean divides their weighted losses by the number of
             # examples, not by the examples' weights as for class indices, so switching mixing on would scale the loss

@@ -4,7 +4,7 @@ Options: a weight for positives (one, or one per label) and the decision thresho
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,41 +25,41 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
-from project.tasks.base import (
-    THRESHOLD,
-    Task,
-    TaskOption,
-    logit,
-    number_option,
-    per_class_rows,
-    positive_floats,
-    threshold_option,
-)
-
-POS_WEIGHT = "a positive float, or a list of positive floats (one per label)"
+from project.plain import PlainData
+from project.tasks.base import Task, checked_number, checked_threshold, logit, per_class_rows, positive_list
 
 
 class Multilabel(Task):
+    """Several independent yes/no labels: one output per label, binary cross-entropy on each logit.
+
+    Args:
+        pos_weight: the weight of positive examples in the loss (BCE-with-logits' ``pos_weight``): a positive float,
+            or a list of them, one per label.
+        threshold: the probability above which a label is decided present, in (0, 1).
+        metrics: extra metrics (:class:`~project.tasks.base.Task`).
+    """
+
     name = "multilabel"
     monitor = ("val/map", "max")
     summary = ("f1", "map")
     outputs_meaning = "one logit per label: sigmoid for each label's probability"
-    options: ClassVar[dict[str, TaskOption]] = {
-        **Task.options,
-        "pos_weight": TaskOption(
-            None, POS_WEIGHT, "the weight of positive examples in the loss (BCE-with-logits' pos_weight)"
-        ),
-        "threshold": THRESHOLD,
-    }
 
-    def configure(self, options: dict[str, Any]) -> None:
-        weight = options["pos_weight"]
-        if isinstance(weight, list):
-            weight = torch.tensor(positive_floats("pos_weight", weight, self.num_outputs, "label"))
-        elif weight is not None:
-            weight = torch.tensor(number_option("pos_weight", weight, POS_WEIGHT, lambda v: v > 0))
-        self.pos_weight: Tensor | None = weight
-        self.threshold = threshold_option(options["threshold"])
+    def __init__(
+        self,
+        pos_weight: float | list[float] | None = None,
+        threshold: float = 0.5,
+        metrics: dict[str, PlainData] | None = None,
+    ) -> None:
+        super().__init__(metrics)
+        if isinstance(pos_weight, int | float):
+            checked_number("pos_weight", pos_weight, "a positive float, or one per label", pos_weight > 0)
+        self.pos_weight = pos_weight
+        self.threshold = checked_threshold(threshold)
+        self.weight = torch.tensor(float(pos_weight)) if isinstance(pos_weight, int | float) else None
+
+    def check_outputs(self) -> None:
+        if isinstance(self.pos_weight, list):
+            self.weight = positive_list("pos_weight", self.pos_weight, self.num_outputs, "label")
 
     def metric_defaults(self) -> dict[str, Any]:
         return {"num_labels": self.num_outputs, "threshold": self.threshold}
@@ -77,7 +77,7 @@ class Multilabel(Task):
         return "one output per label"
 
     def example_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        weight = self.on_device_of(self.pos_weight, outputs)
+        weight = self.on_device_of(self.weight, outputs)
         losses = F.binary_cross_entropy_with_logits(outputs, targets.float(), pos_weight=weight, reduction="none")
         return losses.mean(dim=1)
 

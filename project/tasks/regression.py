@@ -14,6 +14,12 @@ from project.tasks.base import OneOutputTask
 
 
 class Regression(OneOutputTask):
+    """A number: one output, mean squared error.
+
+    Args:
+        metrics: extra metrics (:class:`~project.tasks.base.Task`).
+    """
+
     name = "regression"
     monitor = ("val/loss", "min")
     summary = ("mse", "mae")

@@ -5,7 +5,8 @@ Both are Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging`, whic
 the model when training ends, and saves it as the checkpoint's ``state_dict`` (the weights being trained go to
 ``current_model_state``, the average's counter to ``averaging_state``). So everything that reads ``state_dict``
 (validation, test after fit, ``validate``/``test --ckpt_path``, ``scripts/evaluate.py``, ``export.py``,
-``predict.py``, ``--model.pretrained``) uses the average, and only a resumed fit reads ``current_model_state``.
+``predict.py``, ``--model.finetuning.pretrained``) uses the average, and only a resumed fit reads
+``current_model_state``.
 
 What this module adds to Lightning's callback (:class:`AveragedWeights`):
 
@@ -226,7 +227,7 @@ class SWAWeights(AveragedWeights):
     The update follows the epoch's last optimizer step, before the validation at the epoch's end, which so sees the
     average with this epoch's weights in it (Lightning's epoch-end update comes after that validation).
 
-    SWA pays off when the learning rate stays high while it averages (``--model.lr_schedule none``): the one-cycle
+    SWA pays off when the learning rate stays high while it averages (``--model.lr_scheduler Constant``): the one-cycle
     plan anneals to almost nothing, and the weights it averages are then nearly one point.
 
     Args:

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from project.errors import TrainingDivergedError, UserInputError, first_line, some
 from project.files.atomic import TEMPORARY_SUFFIX, free_bytes, written_whole
-from project.moved import current_path
 from project.trusted import HOW_TO_TRUST, trust_declared
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -141,15 +140,13 @@ def import_path(cls: type) -> str:
 
 
 def named_class(class_path: str) -> object:
-    """What ``class_path`` names among the modules already imported (``None``: nothing), its module's old name
-    translated (:mod:`project.moved`); nothing is imported."""
-    module, _, name = current_path(class_path).rpartition(".")
+    """What ``class_path`` names among the modules already imported (``None``: nothing); nothing is imported."""
+    module, _, name = class_path.rpartition(".")
     return getattr(sys.modules.get(module), name, None)
 
 
 def names_class(class_path: str, cls: type) -> bool:
-    """Whether ``class_path`` is ``cls``'s import path, one an already imported module re-exports it under, or its
-    path before its module moved."""
+    """Whether ``class_path`` is ``cls``'s import path, or one an already imported module re-exports it under."""
     return class_path == import_path(cls) or named_class(class_path) is cls
 
 

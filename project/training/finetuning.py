@@ -1,64 +1,57 @@
-"""Fine-tuning: load a pretrained backbone, split the network into parameter groups, and freeze the backbone for its
-first epochs.
+"""Fine-tuning (:class:`FineTuning`): a pretrained backbone, a backbone frozen for the first epochs, and its own
+learning rate; and the optimizer over the network's parameter groups (:func:`build_optimizer`).
 
 Freezing is done with the learning rate, not with ``requires_grad``: the optimizer has two parameter groups from the
-first step (``backbone`` and ``head``), and while the backbone is frozen its group's learning rate is exactly 0, so
-its weights do not move (AdamW and SGD then add exactly zero). Nothing about the optimizer changes at the milestone,
-so a resumed run restores the same groups, and under DDP every process keeps the same set of trainable parameters
-(Lightning's ``BackboneFinetuning`` flips ``requires_grad``, which DDP does not see: Lightning issue #20340). The
-price is that the frozen backbone's gradients are still computed; for networks of this size that is cheap.
-
-The learning rate of each group at optimizer step ``s`` is ``base_lr * LRFactor(s)``
-(:mod:`project.training.schedules`, where the learning-rate plan lives; its names still import from here): the
-frozen phase is part of that plan, a function of the step count, which the scheduler's state in every checkpoint
-restores exactly. The optimizer itself is injected (LightningCLI's ``OptimizerCallable``: ``--model.optimizer SGD
---model.optimizer.lr 0.01``); the head's group takes its learning rate, the backbone's ``backbone_lr`` when given.
+first step (``backbone`` and ``head``), and while the backbone is frozen its group's learning rate is exactly 0 (the
+schedule holds it there: :class:`project.training.schedules.PlannedSchedule`), so its weights do not move (AdamW and
+SGD then add exactly zero). Nothing about the optimizer changes at the milestone, so a resumed run restores the same
+groups, and under DDP every process keeps the same set of trainable parameters (Lightning's ``BackboneFinetuning``
+flips ``requires_grad``, which DDP does not see: Lightning issue #20340). The price is that the frozen backbone's
+gradients are still computed; for networks of this size that is cheap.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
 from project.errors import UserInputError, first_line
 from project.files.weights import read_weights, state_dict_differences
-
-# The learning-rate plan lived here: its names still import from here.
-from project.training.lr_factor import LRFactor, one_cycle
-from project.training.schedules import (
-    LRPlan,
-    OptimizerFactory,
-    check_plan,
-    frozen_steps,
-    replan_on_resume,
-    scheduler_config,
-    training_batches,
-)
-
-__all__ = [
-    "LRFactor",
-    "LRPlan",
-    "OptimizerFactory",
-    "build_optimization",
-    "check_finetuning",
-    "check_optimization",
-    "check_optimizer",
-    "frozen_steps",
-    "load_pretrained_backbone",
-    "one_cycle",
-    "parameter_groups",
-    "replan_on_resume",
-    "strip_wrapper_prefixes",
-    "training_batches",
-]
+from project.training.schedules import PlannedSchedule, RunSteps
+from project.training.torch_schedulers import OptimizerFactory, SchedulerFactory, probe_scheduler
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
 """Prefixes that wrappers add to parameter names: torch.compile, DDP, this project's LightningModule, others."""
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """How a network starts from pretrained weights and how its backbone trains (``--model.finetuning.<name>``).
+
+    Args:
+        pretrained: a checkpoint, state dict or safetensors file whose backbone is loaded into the network before
+            training starts (the head stays new). Not the same as ``--ckpt_path``, which resumes a run.
+        freeze_backbone_epochs: keep the backbone's weights fixed for this many epochs, training only the head (a
+            learning-rate schedule of the project's holds its rate at 0 meanwhile).
+        backbone_lr: the backbone's learning rate once it trains (default: the optimizer's, as the head's).
+    """
+
+    pretrained: str | None = None
+    freeze_backbone_epochs: int = 0
+    backbone_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.freeze_backbone_epochs < 0:
+            raise UserInputError(
+                f"model.finetuning.freeze_backbone_epochs must be 0 or more, got {self.freeze_backbone_epochs}"
+            )
+        if self.backbone_lr is not None and not (math.isfinite(self.backbone_lr) and self.backbone_lr > 0):
+            raise UserInputError(f"model.finetuning.backbone_lr must be positive and finite, got {self.backbone_lr}")
 
 
 def parameter_groups(network: nn.Module, backbone_lr: float | None) -> list[dict[str, Any]]:
@@ -75,52 +68,39 @@ def parameter_groups(network: nn.Module, backbone_lr: float | None) -> list[dict
     ]
 
 
-def build_optimization(
-    network: nn.Module,
-    make_optimizer: OptimizerFactory,
-    trainer: L.Trainer,
-    plan: LRPlan,
-    freeze_backbone_epochs: int,
-    backbone_lr: float | None,
-    monitor: tuple[str, str],
-    lr_scale: float = 1.0,
-) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
-    """The optimizer over the network's parameter groups (their learning rates times ``lr_scale``), and Lightning's
-    configuration of the scheduler that carries out ``plan`` (:func:`~project.training.schedules.scheduler_config`:
-    the backbone frozen for its first epochs; ``monitor``, the model's metric, for ReduceLROnPlateau)."""
+def build_optimizer(
+    network: nn.Module, make_optimizer: OptimizerFactory, backbone_lr: float | None, lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """The optimizer over the network's parameter groups, their learning rates times ``lr_scale``."""
     optimizer = make_optimizer(parameter_groups(network, backbone_lr))
     for group in optimizer.param_groups:
         group["lr"] *= lr_scale
-    return optimizer, scheduler_config(optimizer, trainer, plan, freeze_backbone_epochs, monitor)
-
-
-def check_optimizer(make_optimizer: OptimizerFactory) -> None:
-    """Build the optimizer once on a stand-in parameter, so that a value it refuses stops the run before it starts."""
-    try:
-        probe = make_optimizer([torch.zeros(1, requires_grad=True)])
-    except (TypeError, ValueError) as error:
-        raise UserInputError(f"model.optimizer: {first_line(error)}") from None
-    lr = probe.defaults.get("lr")
-    if isinstance(lr, float | int) and not (math.isfinite(lr) and lr > 0):
-        raise UserInputError(f"model.optimizer.lr must be a positive finite number, got {lr}")
-
-
-def check_finetuning(freeze_backbone_epochs: int, backbone_lr: float | None) -> None:
-    """Refuse fine-tuning settings that cannot work, naming the value and what is allowed."""
-    if freeze_backbone_epochs < 0:
-        raise UserInputError(f"model.freeze_backbone_epochs must be 0 or more, got {freeze_backbone_epochs}")
-    if backbone_lr is not None and not (math.isfinite(backbone_lr) and backbone_lr > 0):
-        raise UserInputError(f"model.backbone_lr must be a positive finite number, got {backbone_lr}")
+    return optimizer
 
 
 def check_optimization(
-    make_optimizer: OptimizerFactory, plan: LRPlan, freeze_backbone_epochs: int, backbone_lr: float | None
+    make_optimizer: OptimizerFactory, make_scheduler: SchedulerFactory, tuning: FineTuning, run: RunSteps | None = None
 ) -> None:
-    """Refuse, before any work, an optimizer, fine-tuning settings or a learning-rate plan that cannot work (in that
-    order: the plan's check builds the optimizer)."""
-    check_optimizer(make_optimizer)
-    check_finetuning(freeze_backbone_epochs, backbone_lr)
-    check_plan(plan, make_optimizer, freeze_backbone_epochs)
+    """Refuse, before any work, an optimizer or schedule that cannot work, a frozen backbone a schedule cannot hold,
+    and a schedule that does not fit ``run`` (its warm-up longer than the run): both are built once, on stand-in
+    parameter groups (the backbone's and the head's), so that a value they refuse stops the run before it starts."""
+    groups = [{"name": name, "params": [torch.zeros(1, requires_grad=True)]} for name in ("backbone", "head")]
+    try:
+        optimizer = make_optimizer(groups)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"model.optimizer: {first_line(error)}") from None
+    lr = optimizer.defaults.get("lr")
+    if isinstance(lr, float | int) and not (math.isfinite(lr) and lr > 0):
+        raise UserInputError(f"model.optimizer.lr must be a positive finite number, got {lr}")
+    scheduler = probe_scheduler(make_scheduler, optimizer)
+    if tuning.freeze_backbone_epochs and not isinstance(scheduler, PlannedSchedule):
+        raise UserInputError(
+            f"model.finetuning.freeze_backbone_epochs needs one of the project's schedules, which hold the frozen "
+            f"backbone's rate at 0, not {type(scheduler).__name__}: use --model.lr_scheduler Constant, OneCycle, "
+            "Cosine, Linear or Steps"
+        )
+    if run is not None and isinstance(scheduler, PlannedSchedule):
+        scheduler.plan(run)
 
 
 def strip_wrapper_prefixes(name: str) -> str:
@@ -157,8 +137,8 @@ def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
             if found:
                 problems.append(f"{label}: {'; '.join('backbone.' + item for item in found)}")
         raise UserInputError(
-            f"model.pretrained {path}: its backbone does not match this network's (a different architecture?).\n  "
-            + "\n  ".join(problems)
+            f"model.finetuning.pretrained {path}: its backbone does not match this network's (a different "
+            "architecture?).\n  " + "\n  ".join(problems)
         )
     network.backbone.load_state_dict(source)
     skipped = sorted(set(weights) - {f"backbone.{name}" for name in source})

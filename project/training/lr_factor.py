@@ -1,6 +1,6 @@
-"""The multiplier of the learning rate at an optimizer step (:class:`LRFactor`): the shapes of ``--model.lr_schedule``
+"""The multiplier of the learning rate at an optimizer step (:class:`LRFactor`): the shapes of the project's schedules
 as pure functions of where a step is read on a cycle, and the cycle re-planned when a resumed run ends at another
-step. :mod:`project.training.schedules` makes one per parameter group from the model's options (docs/schedules.md).
+step. Each schedule of :mod:`project.training.schedules` holds one per parameter group (docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def half_cosine(progress: float) -> float:
     return (1 + math.cos(math.pi * progress)) / 2
 
 
-DEFAULT_GAMMA = 0.1
-"""``step``'s multiplier at each drop when ``lr_gamma`` is not given (torch's StepLR default)."""
 DEFAULT_WARMUP_FRACTION = 0.2
 """The warm-up of ``onecycle``, ``cosine`` and ``linear`` when none is given: a fifth of each cycle."""
 
@@ -87,7 +85,7 @@ class LRFactor:
     rate`` of a cycle of ``cycle_steps`` steps."""
     min_lr_fraction: float = 0.0
     """``cosine`` and ``linear`` end at this fraction of the learning rate."""
-    gamma: float = DEFAULT_GAMMA
+    gamma: float = 0.1
     step_every: int = 0
     """``step``: optimizer steps between drops (0: the drops are at ``milestones``)."""
     milestones: list[int] = field(default_factory=list)
@@ -155,7 +153,7 @@ class LRFactor:
         """A warm-up of ``warmup_steps`` must end before a resumed run does (its steps are not squeezed)."""
         if self.warmup_steps and warmup_end >= total_steps:
             raise UserInputError(
-                f"the warm-up of {self.warmup_steps} optimizer steps (model.warmup_epochs or warmup_steps) would end "
-                f"at step {warmup_end}, and the resumed run ends at step {total_steps}: resume with a longer run "
-                "(trainer.max_epochs or max_steps)"
+                f"the warm-up of {self.warmup_steps} optimizer steps (the schedule's warmup_epochs or warmup_steps) "
+                f"would end at step {warmup_end}, and the resumed run ends at step {total_steps}: resume with a "
+                "longer run (trainer.max_epochs or max_steps)"
             )

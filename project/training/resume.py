@@ -195,8 +195,8 @@ def load_metric_state(metric: Metric, state: dict[str, Any]) -> None:
 
 CHANGEABLE_ON_RESUME = (
     "model.optimizer.init_args.lr",
-    "model.backbone_lr",
-    "model.pretrained",
+    "model.finetuning.backbone_lr",
+    "model.finetuning.pretrained",
     "model.network.init_args.weights",
     "data.data_dir",
     "data.allow_paths_outside",
@@ -222,11 +222,11 @@ def plain_hparams(value: Any) -> Any:
     return plain(value, lambda item: plain_spec(item) if isinstance(item, nn.Module) else item)
 
 
-WHOLE_VALUES = ("data.label_sets", "model.task_options.metrics")
+WHOLE_VALUES = ("data.label_sets", "model.task.init_args.metrics")
 """Options compared as a whole, in order: their keys are the user's own names (a renamed label is another label,
 and the order of the labels is the order of the network's outputs; an extra metric added is one more state that a run
 resumed mid-epoch would lack)."""
-LINKED = {"model.task": "the data's task", "model.network.init_args.num_outputs": "the data's number of outputs"}
+LINKED = {"model.network.init_args.num_outputs": "the data's number of outputs"}
 """Options the data decides (``ProjectCLI.add_arguments_to_parser`` links them): named with what decides them."""
 
 
@@ -247,8 +247,7 @@ def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def same_class(key: str, stored: Any, current: Any) -> bool:
-    """Whether two class paths of an option name one class: ``project.networks.ConvNet`` and its module's path, or a
-    path from before its module moved."""
+    """Whether two class paths of an option name one class: ``project.networks.ConvNet`` and its module's path."""
     if not key.endswith("class_path") or not isinstance(stored, str) or not isinstance(current, str):
         return False
     return named_class(current) is not None and named_class(stored) is named_class(current)
@@ -314,6 +313,6 @@ def check_resume_settings(
         raise UserInputError(
             "these options cannot change on resume: " + "; ".join(differences) + ". They decide what is learned or "
             "in what order; resume with the values the run started with (its config.yaml), or start a new run. "
-            "What may change: model.optimizer.lr, model.backbone_lr, trainer options such as max_epochs, where the "
-            "data is."
+            "What may change: model.optimizer.lr, model.finetuning.backbone_lr, trainer options such as max_epochs, "
+            "where the data is."
         )

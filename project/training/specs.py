@@ -14,9 +14,13 @@ from torchmetrics import Metric
 
 from project.errors import UserInputError
 from project.networks import Network
-from project.tasks import TASK_NAMES, make_task
+from project.tasks import Task
 from project.training.checkpoints import allowed_class, import_path
 
+PROJECT_VERSION = "0.2"
+"""What a checkpoint records as ``project_version``: the layout of options its hyperparameters follow."""
+RELEASES = "0.1: git checkout 4b1d3c0"
+"""Where the releases that read older checkpoints are: the last commit of each."""
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 """What LightningCLI records as a model's ``_instantiator`` (never used here: the project builds the model itself)."""
 
@@ -30,9 +34,11 @@ def plain_spec(value: Any) -> dict[str, Any]:
         return {"class_path": import_path(value), "init_args": {}}
     if isinstance(value, Network):
         return {"class_path": import_path(type(value)), "init_args": dict(value.config)}
+    if isinstance(value, Task):
+        return {"class_path": import_path(type(value)), "init_args": value.options}
     raise UserInputError(
         f"a {type(value).__name__} cannot be recorded in a checkpoint: give a Network (its config holds its "
-        "arguments), a class, or functools.partial(class, **arguments)"
+        "arguments), a Task, a class, or functools.partial(class, **arguments)"
     )
 
 
@@ -47,7 +53,7 @@ def from_spec(spec: Any, base: type, what: str, source: str | Path, build: bool 
 
 
 def metric_class(class_path: str) -> type[Metric]:
-    """An extra metric's class (``--model.task_options.metrics``) from the allow-list: a torchmetrics ``Metric``
+    """An extra metric's class (``--model.task.metrics``) from the allow-list: a torchmetrics ``Metric``
     subclass already imported (the tasks import no training code, so they are handed this)."""
     return allowed_class(class_path, Metric, "metric")
 
@@ -58,6 +64,13 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
     mapping, a task or task options its task refuses, an instantiator that is not LightningCLI's. Every command that
     reads a checkpoint checks it so, whether it rebuilds the model from it (evaluate, export, predict) or not (fit,
     validate and test with ``--ckpt_path``)."""
+    version = checkpoint.get("project_version")
+    if version != PROJECT_VERSION:
+        writer = f"project {version}" if version else "project 0.1 (before the pieces of 0.2)"
+        raise UserInputError(
+            f"{source} was written by {writer}, whose options this one does not read: use the release that wrote it "
+            f"({RELEASES}), or train again"
+        )
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):
         raise UserInputError(f"{source} records no hyper_parameters mapping (it holds {type(hparams).__name__})")
@@ -74,11 +87,10 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
             raise UserInputError(f"{source} records model.{name} as {spec!r}, not a {{class_path, init_args}} mapping")
         if spec is not None:
             allowed_class(spec.get("class_path"), base, name)
-    task, outputs = hparams.get("task", "multiclass"), (network.get("init_args") or {}).get("num_outputs")
-    if task not in TASK_NAMES:
-        raise UserInputError(f"{source} records the task {task!r}; tasks are {', '.join(TASK_NAMES)}")
+    outputs = (network.get("init_args") or {}).get("num_outputs")
+    task = from_spec(hparams.get("task"), Task, "task", source)
     if isinstance(outputs, int):
         try:
-            make_task(task, outputs, hparams.get("task_options"), resolve=metric_class)
+            task.bind(outputs, metric_class)
         except UserInputError as error:
             raise UserInputError(f"{source}: {error}") from None

@@ -1,10 +1,9 @@
 """The LightningModule: how a network is trained and measured for a task (the "system" around the network).
 
-The network is a plain ``nn.Module`` passed in as ``network`` (see :mod:`project.networks`); what its outputs mean
-(the loss, the scores the metrics take, the metrics) is the task's (see :mod:`project.tasks`); the optimizer is
-injected, and the parameter groups come from :mod:`~project.training.finetuning`, the learning-rate plan from
-:mod:`~project.training.schedules`. What is left here is the textbook part: the steps, the logging, and what a
-checkpoint must hold.
+It is given its pieces, each chosen by class path in a config and checked by itself: the network (a plain
+``nn.Module``, :mod:`project.networks`), the task (what the outputs mean: loss, scores, metrics; :mod:`project.tasks`),
+the optimizer and the learning-rate schedule (:mod:`~project.training.schedules`), fine-tuning and LoRA. What is left
+here is the textbook part: the steps, the logging, and what a checkpoint must hold.
 """
 
 from __future__ import annotations
@@ -26,22 +25,29 @@ from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.networks import Network, check_image_shape  # the package imports every network: the allow-list
 from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_base, settings_from
-from project.plain import PlainData
-from project.tasks import make_task
+from project.tasks import TASKS, Task
 from project.training.checkpoints import MonitoredModule, read_checkpoint
 from project.training.divergence import DivergenceWatch
-from project.training.finetuning import build_optimization, check_optimization, load_pretrained_backbone
+from project.training.finetuning import FineTuning, build_optimizer, check_optimization, load_pretrained_backbone
 from project.training.resume import gather_to_every_rank, load_metric_state, metric_state
-from project.training.schedules import LRPlan, PlannedRun, Schedule, replan_on_resume, warmup_option
-from project.training.specs import check_recorded, from_spec, metric_class, plain_spec
+from project.training.schedules import (
+    Constant,
+    PlannedRun,
+    PlannedSchedule,
+    RunSteps,
+    replan_on_resume,
+    steps_per_epoch,
+)
+from project.training.specs import PROJECT_VERSION, check_recorded, from_spec, metric_class, plain_spec
+from project.training.speed import Speed
+from project.training.torch_schedulers import momentum_of, torch_scheduler_config
 
 Batch = tuple[Tensor, Tensor]
 STAGES = ("train", "val", "test")
 
 
 def check_arguments(network: Network, lr_batch_size: int | None) -> None:
-    """Refuse a network outside the contract and a learning-rate batch size that cannot work, naming what is allowed
-    (the other learning-rate options: :func:`~project.training.schedules.check_plan`)."""
+    """Refuse a network outside the contract and a learning-rate batch size that cannot work, naming what is allowed."""
     if not isinstance(network, Network):
         raise UserInputError(
             f"model.network must be a project.networks.Network, got a {type(network).__name__}: wrap a module "
@@ -60,122 +66,83 @@ def check_arguments(network: Network, lr_batch_size: int | None) -> None:
 
 
 class TaskModule(MonitoredModule):
-    """Trains ``network`` for ``task`` with an injected optimizer, a learning-rate schedule and fine-tuning.
+    """Trains ``network`` for ``task`` with an injected optimizer, learning-rate schedule and fine-tuning.
 
     Args:
         network: the network (a :class:`~project.networks.Network`); the command line sizes its output for the data.
-        task: ``multiclass``, ``binary``, ``multilabel`` or ``regression`` (:mod:`project.tasks`); the command line
-            takes it from the data module.
-        task_options: the task's options (each task's ``options`` says which it takes; an unknown one or a bad value
-            is refused): multiclass ``label_smoothing`` (in [0, 1)) and ``class_weights`` (one per class); binary and
-            multilabel ``pos_weight`` and ``threshold`` (in (0, 1), default 0.5: decisions, prediction rows and the
-            thresholded metrics); every task ``metrics``, extra metrics by name (``{acc_top3: {class_path:
-            torchmetrics.classification.MulticlassAccuracy, init_args: {top_k: 3}}}``: a torchmetrics ``Metric``
-            class already imported; ``num_classes`` or ``num_labels`` filled in; each tried on a stand-in batch of the
-            task, so that one that would fail mid-run is refused now). Recorded in checkpoints with every
-            option's value; fixed on resume. ``--model.task_options.label_smoothing 0.1`` adds to a preset's options;
-            the ``task_options`` of stacked ``--config`` files are merged (later keys win).
-        optimizer: called with the parameter groups; the command line builds it from ``--model.optimizer`` (a
-            ``torch.optim`` class and its arguments, e.g. ``--model.optimizer SGD --model.optimizer.lr 0.01``);
-            default ``torch.optim.AdamW`` with its own defaults.
-        lr_schedule: the learning rate over the run, as a function of the optimizer step (docs/schedules.md):
-            ``none`` (constant), ``onecycle`` (warm up to the optimizer's lr, then anneal), ``cosine`` or ``linear``
-            (linear warm-up, then a cosine or straight decay to ``min_lr_fraction`` of it), ``step`` (times
-            ``lr_gamma`` every ``lr_step_epochs`` epochs, or at each of a list of epochs). Resumed exactly; a
-            resumed run of another length stretches what is left of onecycle, cosine and linear.
-        warmup_fraction: with ``onecycle``, ``cosine`` and ``linear``, the fraction of all steps spent warming up
-            (default 0.2, when the warm-up is given no other way).
-        warmup_epochs: the warm-up in epochs instead, exact in optimizer steps (an epoch of N batches accumulated
-            A at a time is ceil(N / A) steps); it keeps its steps when a resumed run changes its length.
-        warmup_steps: the warm-up in optimizer steps instead. One of ``warmup_fraction``, ``warmup_epochs`` and
-            ``warmup_steps`` at a time; a warm-up that would not end before the run does is refused.
-        min_lr_fraction: with ``cosine`` and ``linear``, the fraction of the learning rate they end at (default 0).
-        lr_gamma: with ``step``, the multiplier at each drop (default 0.1).
-        lr_step_epochs: with ``step``, when it drops: every N epochs (``3``), or at each of these epochs (``[30, 60]``).
-        lr_scheduler: a ``torch.optim.lr_scheduler`` class and its arguments instead of ``lr_schedule`` (which must
-            then be ``none``; not with ``freeze_backbone_epochs``): ``--model.lr_scheduler StepLR
-            --model.lr_scheduler.step_size 2``. ReduceLROnPlateau follows the task's monitored metric. Resumed
-            exactly (its own state); not rescaled when a resumed run has another length.
-        lr_scheduler_interval: step ``lr_scheduler`` every ``epoch`` (torch's convention) or every optimizer ``step``.
-        pretrained: a checkpoint, state dict or safetensors file whose backbone is loaded into the network before
-            training starts (the head stays new). Not the same as ``--ckpt_path``, which resumes a run.
-        freeze_backbone_epochs: keep the backbone's weights fixed for this many epochs, training only the head.
-        backbone_lr: the backbone's learning rate once it trains (default: the optimizer's, as the head's).
+        task: what the outputs mean (:mod:`project.tasks`): ``--model.task Multiclass --model.task.label_smoothing
+            0.1``, or a class of your own. Default: the project's task for the data's targets. It is taken when the
+            model meets its data (:meth:`use_data`, at ``setup``), or by :meth:`use_task`.
+        optimizer: called with the parameter groups: ``--model.optimizer SGD --model.optimizer.lr 0.01`` (any
+            ``torch.optim`` class and its arguments); default ``torch.optim.AdamW``.
+        lr_scheduler: the learning rate over the run: one of the project's schedules (``--model.lr_scheduler
+            OneCycle``, ``Cosine``, ``Linear``, ``Steps``, ``Constant``: :mod:`~project.training.schedules`, exact
+            and rescaled on resume) or any ``torch.optim.lr_scheduler`` class; default :class:`Constant`.
+        finetuning: a pretrained backbone, frozen epochs, its learning rate (:class:`FineTuning`).
+        lora: train low-rank adapters on the backbone instead of its weights (:mod:`project.networks.lora`).
         lr_batch_size: the batch size the learning rates are meant for; with another ``data.batch_size`` they are
-            scaled linearly (``lr * batch_size / lr_batch_size``, the warm-up of the one-cycle plan softening the
-            start). Default: no scaling.
-        channels_last: hold weights and images in channels-last memory layout (faster convolutions on GPUs).
-        compile: compile the network with ``torch.compile`` (the first steps take longer).
-        lora: train low-rank adapters on the backbone instead of its weights (:mod:`project.networks.lora`;
-            ``--model.lora.rank 8``); the base is the network's weights after ``pretrained``.
+            scaled linearly (``lr * batch_size / lr_batch_size``). Default: no scaling.
+        speed: channels-last memory layout, ``torch.compile`` (:class:`~project.training.speed.Speed`).
     """
 
     def __init__(
         self,
         network: Network,
-        task: str = "multiclass",
-        task_options: dict[str, PlainData] | None = None,
+        task: Task | None = None,
         optimizer: OptimizerCallable | None = None,
-        lr_schedule: Schedule = "none",
-        warmup_fraction: float | None = None,
-        warmup_epochs: int | None = None,
-        warmup_steps: int | None = None,
-        min_lr_fraction: float = 0.0,
-        lr_gamma: float | None = None,
-        lr_step_epochs: int | list[int] | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
-        pretrained: str | None = None,
-        freeze_backbone_epochs: int = 0,
-        backbone_lr: float | None = None,
-        lr_batch_size: int | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
+        finetuning: FineTuning | None = None,
         lora: LoRA | None = None,
+        lr_batch_size: int | None = None,
+        speed: Speed | None = None,
     ) -> None:
         super().__init__()
         check_arguments(network, lr_batch_size)
-        self.task = make_task(task, network.num_outputs, task_options, resolve=metric_class)
-        self.make_optimizer, self.make_scheduler = optimizer or torch.optim.AdamW, lr_scheduler
-        adapters, warmups = settings_from(lora), (warmup_fraction, warmup_epochs, warmup_steps)
-        lora = asdict(adapters) if adapters else None  # saved below as plain values
-        with warnings.catch_warnings():
-            # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
-            warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
-            self.save_hyperparameters()
-        # What resume compares (the command line's too), as it acts: every task option, the warm-up's fraction or None
-        self.hparams.update(task_options=self.task.task_options, warmup_fraction=warmup_option(*warmups))
-        check_optimization(self.make_optimizer, self.lr_plan, freeze_backbone_epochs, backbone_lr)
-        self.network = network
-        self.pretrained_loaded, self.pretrained_summary = False, ""
+        self.network, self.task = network, task
+        self.make_optimizer, self.make_scheduler = optimizer or torch.optim.AdamW, lr_scheduler or Constant
+        self.tuning, self.speed, adapters = finetuning or FineTuning(), speed or Speed(), settings_from(lora)
+        self.record_hyperparameters(adapters)
+        check_optimization(self.make_optimizer, self.make_scheduler, self.tuning)
+        self.pretrained_summary: str | None = None
         if adapters is not None:  # the base takes its pretrained weights before the adapters go on
-            if pretrained:
-                self.load_pretrained()
+            self.load_pretrained()
             add_adapters(network, adapters)
         size = network.image_size
         self.example_input_array = torch.zeros(1, network.in_channels, size, size)  # lets TensorBoard draw the graph
-        metrics = self.task.metrics()
-        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{s}/") for s in STAGES)
-        # The epoch's mean training loss as a metric, so that its state goes into checkpoints with the others'.
-        self.train_loss = MeanMetric()
-        self.divergence, self.planned = DivergenceWatch(), PlannedRun()  # planned: what a resumed run re-plans to
-        self.epoch_state_to_restore: dict[str, Any] | None = None
+        self.train_loss = MeanMetric()  # the epoch's mean training loss, its state in checkpoints with the metrics'
+        self.divergence, self.planned, self.epoch_state_to_restore = DivergenceWatch(), PlannedRun(), None
 
-    @property
-    def lr_plan(self) -> LRPlan:
-        """The learning-rate options together (:mod:`~project.training.schedules`)."""
-        hp = self.hparams
-        return LRPlan(
-            hp.lr_schedule,
-            hp.warmup_fraction,
-            hp.min_lr_fraction,
-            hp.lr_gamma,
-            hp.lr_step_epochs,
-            self.make_scheduler,
-            hp.lr_scheduler_interval,
-            warmup_epochs=hp.warmup_epochs,
-            warmup_steps=hp.warmup_steps,
-        )
+    def record_hyperparameters(self, adapters: Any) -> None:
+        """Record the arguments (Lightning's ``hparams``), the pieces built in Python as plain values."""
+        with warnings.catch_warnings():
+            # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
+            warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
+            self.save_hyperparameters(frame=inspect.currentframe().f_back)  # __init__'s arguments
+        lora = asdict(adapters) if adapters else None
+        self.hparams.update(finetuning=asdict(self.tuning), speed=asdict(self.speed), lora=lora)
+
+    def use_task(self, task: Task) -> None:
+        """Take ``task``, bound to the network's outputs, and its metrics for each stage."""
+        self.task = task.bind(self.network.num_outputs, metric_class)
+        self.hparams["task"] = plain_spec(task)
+        metrics = task.metric_collection()
+        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{s}/") for s in STAGES)
+
+    def use_data(self, data: ImageDataModule) -> None:
+        """Take the task given, or the project's task for the data's targets, unless it is taken already; refuse a
+        task that takes other targets than the data's."""
+        task = self.task if self.task is not None else TASKS[data.task]()
+        if task.name != data.task:
+            raise UserInputError(
+                f"model.task {type(task).__name__} takes {task.name} targets, and the data gives {data.task} "
+                f"targets: name a task for them (the project's is {TASKS[data.task].__name__})"
+            )
+        if not task.num_outputs:  # not bound yet
+            self.use_task(task)
+
+    def check_run(self, run: RunSteps) -> None:
+        """Refuse a schedule that does not fit a run of ``run``'s steps (a warm-up longer than the run)."""
+        check_optimization(self.make_optimizer, self.make_scheduler, self.tuning, run)
 
     @property
     def monitored_metric(self) -> tuple[str, Literal["min", "max"]]:
@@ -189,18 +156,16 @@ class TaskModule(MonitoredModule):
             names |= set(metrics.keys())
         return names
 
-    def load_pretrained(self) -> str:
-        """Load the backbone of ``pretrained`` into the network (once); a summary of what was loaded."""
-        if not self.pretrained_loaded:
-            self.pretrained_summary = load_pretrained_backbone(self.network, self.hparams.pretrained)
-            self.pretrained_loaded = True
+    def load_pretrained(self) -> str | None:
+        """Load the backbone of the fine-tuning's ``pretrained`` file into the network (once); a summary of what was
+        loaded, ``None`` without one."""
+        if self.tuning.pretrained and self.pretrained_summary is None:
+            self.pretrained_summary = load_pretrained_backbone(self.network, self.tuning.pretrained)
         return self.pretrained_summary
 
     # -- steps -------------------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.network(images)
+        return self.network(self.speed.images(images))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
@@ -243,36 +208,44 @@ class TaskModule(MonitoredModule):
 
     # -- optimization ------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.hparams.channels_last:
-            self.network.to(memory_format=torch.channels_last)
-        if self.hparams.compile:
-            self.network.compile()  # compiles the call, keeps the module and its parameter names as they are
+        self.speed.apply(self.network)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
         data = self.trainer.datamodule
         batch_size = data.batch_size if isinstance(data, ImageDataModule) else None
-        if hp.lr_batch_size and not batch_size:
+        if self.hparams.lr_batch_size and not batch_size:
             raise UserInputError("model.lr_batch_size scales the learning rate by data.batch_size, which is unknown")
-        optimizer, scheduler = build_optimization(
-            self.network,
-            self.make_optimizer,
-            self.trainer,
-            self.lr_plan,
-            hp.freeze_backbone_epochs,
-            hp.backbone_lr,
-            self.monitored_metric,
-            lr_scale=batch_size / hp.lr_batch_size if hp.lr_batch_size else 1.0,
-        )
-        self.planned.lrs = [group["initial_lr"] for group in optimizer.param_groups]  # before a checkpoint restores
+        scale = batch_size / self.hparams.lr_batch_size if self.hparams.lr_batch_size else 1.0
+        optimizer = build_optimizer(self.network, self.make_optimizer, self.tuning.backbone_lr, scale)
         self.planned.steps = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        momentum = momentum_of(optimizer)  # before a scheduler that cycles it takes it over
+        scheduler = self.make_scheduler(optimizer)
+        if isinstance(scheduler, PlannedSchedule):
+            by_epochs = scheduler.counts_epochs() or self.tuning.freeze_backbone_epochs
+            per_epoch = steps_per_epoch(self.trainer) if by_epochs else 0
+            frozen = {"backbone": self.tuning.freeze_backbone_epochs * per_epoch}
+            scheduler.plan(RunSteps(self.planned.steps, per_epoch, frozen))
+            config = {"scheduler": scheduler, "interval": "step"}
+        else:
+            config, note = torch_scheduler_config(scheduler, self.make_scheduler, self.monitored_metric, momentum)
+            if note is not None:
+                rank_zero_info(note)
+        self.planned.lrs = [group["initial_lr"] for group in optimizer.param_groups]  # before a checkpoint restores
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
+        if isinstance(data, ImageDataModule):
+            self.use_data(data)
+        elif self.task is None:
+            raise UserInputError(
+                "model.task: without a data module of the project, name the task (TaskModule(network, task=...))"
+            )
+        elif not self.task.num_outputs:
+            self.use_task(self.task)
         check_image_shape(self.network, data.image_shape if isinstance(data, ImageDataModule) else None)
         # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
-        if stage == "fit" and self.hparams.pretrained and not self.trainer.ckpt_path and not self.pretrained_loaded:
+        if stage == "fit" and not self.trainer.ckpt_path and self.tuning.pretrained and self.pretrained_summary is None:
             rank_zero_info(self.load_pretrained())
 
     def on_train_start(self) -> None:
@@ -283,8 +256,7 @@ class TaskModule(MonitoredModule):
             load_metric_state(self.train_loss, saved["loss"])
         # The options given to a resumed run win over the checkpoint's learning-rate plan.
         optimizer, scheduler = self.trainer.optimizers[0], self.trainer.lr_scheduler_configs[0].scheduler
-        planned = self.planned
-        for note in replan_on_resume(optimizer, scheduler, planned.lrs, planned.steps, planned.checkpoint_steps):
+        for note in replan_on_resume(optimizer, scheduler, self.planned):
             rank_zero_info(f"Resumed with new settings: {note}")
 
     # -- checkpoints -------------------------------------------------------------------------------------------
@@ -293,9 +265,10 @@ class TaskModule(MonitoredModule):
         # Objects built in Python (not by the command line) are stored as plain values, so that the checkpoint loads
         # with torch.load(weights_only=True).
         hparams = checkpoint.get("hyper_parameters", {})
-        for name in ("network", "optimizer", "lr_scheduler"):
+        for name in ("network", "optimizer", "lr_scheduler", "task"):
             if hparams.get(name) is not None and not isinstance(hparams[name], dict):
                 hparams[name] = plain_spec(hparams[name])
+        checkpoint["project_version"] = PROJECT_VERSION
         overrides = self.network.checkpoint_overrides  # a library network: rebuilt without a download
         if self.hparams.lora:  # only what trains; the base is rebuilt from its weights
             leave_out_base(checkpoint, self)
@@ -354,18 +327,22 @@ class TaskModule(MonitoredModule):
         check_recorded(checkpoint, source)
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         hparams.update(overrides)
-        network, optimizer = hparams.pop("network", None), hparams.pop("optimizer", None)
-        lr_scheduler = hparams.pop("lr_scheduler", None)
+        network, task = hparams.pop("network", None), hparams.pop("task", None)
         if not isinstance(network, nn.Module):
             network = from_spec(network, Network, "network", source)
-        if isinstance(optimizer, dict):
-            optimizer = from_spec(optimizer, torch.optim.Optimizer, "optimizer", source, build=False)
-        if isinstance(lr_scheduler, dict):
-            lr_scheduler = from_spec(lr_scheduler, LRScheduler, "lr_scheduler", source, build=False)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "optimizer", "lr_scheduler"}
-        kept = {k: v for k, v in hparams.items() if k in accepted}
-        model = cls(network, optimizer=optimizer, lr_scheduler=lr_scheduler, **kept)
+        if isinstance(task, dict):
+            task = from_spec(task, Task, "task", source)
+        pieces = {"optimizer": torch.optim.Optimizer, "lr_scheduler": LRScheduler}
+        for name, base in pieces.items():
+            if isinstance(hparams.get(name), dict):
+                hparams[name] = from_spec(hparams[name], base, name, source, build=False)
+        for name, piece in (("finetuning", FineTuning), ("lora", LoRA), ("speed", Speed)):
+            if isinstance(hparams.get(name), dict):
+                hparams[name] = piece(**hparams[name])
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "network", "task"}
+        model = cls(network, task, **{k: v for k, v in hparams.items() if k in accepted})
+        model.use_task(task)
         restore_base(checkpoint, model, source)
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
-        model.pretrained_loaded = True  # the checkpoint's weights are the ones wanted, not the pretrained backbone
+        model.pretrained_summary = f"the weights of {source}"  # not the pretrained backbone: the checkpoint's
         return model

@@ -1,7 +1,8 @@
 """``--model.lr_scheduler``: a ``torch.optim.lr_scheduler`` class and its arguments (LightningCLI's
-``LRSchedulerCallable``), as :mod:`project.training.schedules` uses it: checked on stand-in parameter groups before a
-run starts (:func:`probe_scheduler`), built for the run (:func:`torch_scheduler_config`), and carried on when a run
-resumes (:func:`carry_on_torch_scheduler`). Its arguments are its own: nothing here rescales them.
+``LRSchedulerCallable``) other than the project's own (:mod:`project.training.schedules`): checked on stand-in
+parameter groups before a run starts (:func:`probe_scheduler`), built for the run (:func:`torch_scheduler_config`),
+and carried on when a run resumes (:func:`carry_on_torch_scheduler`). Its arguments are its own: nothing here rescales
+them.
 """
 
 from __future__ import annotations
@@ -36,23 +37,19 @@ STEP_ORDER_WARNING = r"Detected call of `lr_scheduler.step\(\)` before `optimize
 steps (its stand-in parameters have no gradients), on purpose."""
 
 
-def probe_scheduler(make_scheduler: SchedulerFactory, make_optimizer: OptimizerFactory, interval: str) -> None:
-    """Refuse a torch scheduler that cannot be used here. It is built once on stand-in parameter groups (the
-    backbone's and the head's) and stepped once, so that an argument it refuses, or one that makes it fail at its
-    first step (``CosineAnnealingLR`` with ``T_max: 0``), stops the run before it starts."""
-    groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in range(2)]
+def probe_scheduler(make_scheduler: SchedulerFactory, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """Refuse a scheduler that cannot be used here. It is built once on ``optimizer`` (one over stand-in parameter
+    groups) and stepped once, so that an argument it refuses, or one that makes it fail at its first step
+    (``CosineAnnealingLR`` with ``T_max: 0``), stops the run before it starts; the probe is returned."""
     try:
-        probe = make_scheduler(make_optimizer(groups))
+        probe = make_scheduler(optimizer)
+    except UserInputError:  # the project's own schedules check their options themselves
+        raise
     except FAILURES as error:
         raise UserInputError(f"model.lr_scheduler: {first_line(error)}") from None
     if not isinstance(probe, LRScheduler):
         raise UserInputError(
             f"model.lr_scheduler must build a torch.optim.lr_scheduler.LRScheduler, got a {type(probe).__name__}"
-        )
-    if isinstance(probe, ReduceLROnPlateau) and interval != "epoch":
-        raise UserInputError(
-            "model.lr_scheduler ReduceLROnPlateau follows a validation metric: it takes "
-            "model.lr_scheduler_interval epoch, not step"
         )
     check_arguments(probe)
     with warnings.catch_warnings():
@@ -67,6 +64,7 @@ def probe_scheduler(make_scheduler: SchedulerFactory, make_optimizer: OptimizerF
                 f"model.lr_scheduler {type(probe).__name__} fails at its first step with these arguments: "
                 f"{first_line(error)} ({type(error).__name__})"
             ) from None
+    return probe
 
 
 def check_arguments(scheduler: LRScheduler) -> None:
@@ -96,23 +94,24 @@ def check_arguments(scheduler: LRScheduler) -> None:
 
 
 def torch_scheduler_config(
-    optimizer: torch.optim.Optimizer, make_scheduler: SchedulerFactory, interval: str, monitor: tuple[str, str]
+    scheduler: LRScheduler, make_scheduler: SchedulerFactory, monitor: tuple[str, str], momentum: str
 ) -> tuple[dict[str, Any], str | None]:
-    """Lightning's configuration of the torch scheduler over ``optimizer``, stepped every ``interval``; a
-    ``ReduceLROnPlateau`` follows ``monitor`` (the model's metric and whether higher or lower is better: its
-    ``mode``). With it, a note to say when the scheduler takes over the optimizer's momentum (:func:`momentum_note`),
-    else ``None``."""
-    for group in optimizer.param_groups:  # what a resumed run compares its learning rates with
+    """Lightning's configuration of a torch scheduler, built by ``make_scheduler``: stepped every epoch (torch's
+    convention; ``OneCycleLR`` and ``CyclicLR``, which torch documents as stepped after every batch, every optimizer
+    step); a ``ReduceLROnPlateau`` follows ``monitor`` (the model's metric and whether higher or lower is better: its
+    ``mode``). With it, a note to say when the scheduler takes over the optimizer's ``momentum`` (:func:`momentum_of`,
+    read before the scheduler was built: :func:`momentum_note`), else ``None``."""
+    optimizer = scheduler.optimizer
+    for group in optimizer.param_groups:  # what a resumed run compares its learning rates with (ReduceLROnPlateau)
         group.setdefault("initial_lr", group["lr"])
-    own = momentum_of(optimizer)
-    scheduler = make_scheduler(optimizer)
+    interval = "step" if isinstance(scheduler, OneCycleLR | CyclicLR) else "epoch"
     config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
     if isinstance(scheduler, ReduceLROnPlateau):
         metric, mode = monitor
         if scheduler.mode != mode:  # the command line fills in mode's default, "min": wrong for val/acc
             scheduler = functools.partial(make_scheduler, mode=mode)(optimizer)
         config.update(scheduler=scheduler, monitor=metric)
-    return config, momentum_note(scheduler, optimizer, own)
+    return config, momentum_note(scheduler, optimizer, momentum)
 
 
 def momentum_of(optimizer: torch.optim.Optimizer) -> str:
@@ -161,6 +160,7 @@ def carry_on_torch_scheduler(
     if planned_steps is not None and planned_steps != total_steps:
         notes.append(
             f"the run now ends at step {total_steps} (planned: {planned_steps}), but model.lr_scheduler {kind} is "
-            "not rescaled: its arguments are its own (use --model.lr_schedule to have the plan follow the run's length)"
+            "not rescaled: its arguments are its own (the project's schedules, such as --model.lr_scheduler Cosine, "
+            "follow the run's length)"
         )
     return notes
