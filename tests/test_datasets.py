@@ -108,7 +108,8 @@ def test_the_dataset_example_trains_resumes_exports_and_evaluate_rebuilds_its_da
     assert json.loads((run_dir / "export" / "model.json").read_text())["preprocessing"]["mean"] == [0.5]
     # the dataset's arguments are the run's: a resumed run may not change them (they may be anything)
     moved = shutil.copytree(run_dir / "arrays", run_dir / "moved")
-    error = cli_error([*args, "--ckpt_path=last", f"--data.train_dataset.init_args.folder={moved}"], capsys)
+    resume = [*args, "--ckpt_path=last", "--trainer.max_epochs=3"]
+    error = cli_error([*resume, f"--data.train_dataset.init_args.folder={moved}"], capsys)
     assert f"data.train_dataset.init_args.folder '{moved}' (the run has '{run_dir / 'arrays'}')" in error
 
 

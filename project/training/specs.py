@@ -77,17 +77,18 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
     if hparams.get("_instantiator") not in (None, LIGHTNING_INSTANTIATOR):
         instantiator = hparams["_instantiator"]
         raise UserInputError(f"{source} names the instantiator {instantiator!r}; only LightningCLI's is read")
-    network = hparams.get("network")
-    if not isinstance(network, dict) or not isinstance(network.get("init_args") or {}, dict):
+    network = hparams.get("network")  # None: one built in Python that Lightning could not record (given on load)
+    if network is not None and not (isinstance(network, dict) and isinstance(network.get("init_args") or {}, dict)):
         raise UserInputError(f"{source} does not record its network as {{class_path, init_args}} (got {network!r})")
-    allowed_class(network.get("class_path"), Network, "network")
+    if network is not None:
+        allowed_class(network.get("class_path"), Network, "network")
     for name, base in (("optimizer", torch.optim.Optimizer), ("lr_scheduler", LRScheduler)):
         spec = hparams.get(name)
         if spec is not None and not (isinstance(spec, dict) and isinstance(spec.get("init_args") or {}, dict)):
             raise UserInputError(f"{source} records model.{name} as {spec!r}, not a {{class_path, init_args}} mapping")
         if spec is not None:
             allowed_class(spec.get("class_path"), base, name)
-    outputs = (network.get("init_args") or {}).get("num_outputs")
+    outputs = ((network or {}).get("init_args") or {}).get("num_outputs")
     task = from_spec(hparams.get("task"), Task, "task", source)
     if isinstance(outputs, int):
         try:
