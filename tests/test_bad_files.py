@@ -196,8 +196,9 @@ def test_a_resume_with_redefined_or_reordered_labels_is_refused_naming_label_set
 def test_a_resume_from_multiclass_to_labels_names_label_sets_and_what_decides_the_task(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     message = cli_error(["fit", *quick_args, *LABELS, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)
-    assert message.index("data.label_sets {'even'") < message.index("model.task 'multilabel'")
-    assert "model.task 'multilabel' (the run has 'multiclass'; set by the data's task)" in message
+    assert message.index("data.label_sets {'even'") < message.index("model.task.class_path")
+    expected = "model.task.class_path 'project.tasks.Multilabel' (the run has 'project.tasks.Multiclass'; set by"
+    assert expected in message
 
 
 @pytest.mark.slow

@@ -100,13 +100,13 @@ def test_a_missing_config_file(quick_args, run_dir, capsys):
 
 
 def test_a_misspelt_config_key_suggests_the_closest_name(quick_args, run_dir, capsys):
-    error = error_with_config("model:\n  warmup_fractoin: 0.1\n", quick_args, run_dir, capsys)
-    assert "model.warmup_fractoin" in error and "did you mean model.lr_scheduler.warmup_fraction" in error
+    error = error_with_config("model:\n  lr_batch_sise: 64\n", quick_args, run_dir, capsys)
+    assert "model.lr_batch_sise" in error and "did you mean model.lr_batch_size" in error
 
 
 def test_an_unknown_option_lists_what_is_allowed(quick_args, run_dir, capsys):
     error = cli_error(["fit", *quick_args, "--model.learning_rate=0.1"], capsys, root=run_dir)
-    assert "model.learning_rate" in error and "model.optimizer, model.finetuning.pretrained" in error
+    assert "model.learning_rate" in error and "model takes model.finetuning, model.lora, model.lr_batch_size" in error
 
 
 def test_an_option_that_moved_says_where_it_is(quick_args, run_dir, capsys):

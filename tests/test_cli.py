@@ -91,7 +91,7 @@ def test_every_checkpoint_written_loads_with_weights_only(quick_args, run_dir):
     for path in checkpoints:
         checkpoint = torch.load(path, weights_only=True)
         assert checkpoint["hyper_parameters"]["network"]["init_args"]["num_outputs"] == 10
-        assert checkpoint["hyper_parameters"]["task"] == "multiclass"
+        assert checkpoint["hyper_parameters"]["task"]["class_path"] == "project.tasks.Multiclass"
 
 
 def test_fit_tests_the_best_checkpoint_afterwards(quick_args, run_dir, capsys):

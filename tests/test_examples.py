@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import run_script
 
 from project.cli import run_cli
@@ -54,3 +55,38 @@ def test_a_config_example_trains_resumes_evaluates_and_exports(name, fake_data_d
     assert code == 0, err
     about = json.loads((run_dir / "export" / "model.json").read_text())
     assert about["task_options"].get("label_smoothing") == (0.1 if name == "label_smoothing" else 0.0)
+
+
+def test_a_loss_of_your_own_trains_resumes_evaluates_exports_predicts_and_sweeps(
+    fake_data_dir, run_dir, capsys, monkeypatch
+):
+    """examples/focal_loss: a task outside project/, named in a config and trusted, in every command."""
+    monkeypatch.syspath_prepend(str(EXAMPLES.parent))  # found from the clone, as --trust finds it there
+    trust = "--trust=examples.focal_loss.losses"
+    args = [trust, f"--config={EXAMPLES / 'focal_loss' / 'config.yaml'}", "--config=debug"]
+    args += [f"--data.data_dir={fake_data_dir}", "--data.val_size=100", "--test_after_fit=false"]
+    run_cli(["fit", *args, "--trainer.max_epochs=1"])
+    last = run_dir / "logs" / "focal_loss" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = run_cli(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert type(resumed.model.task).__name__ == "FocalLoss" and resumed.trainer.global_step == 20
+    task = torch.load(last, weights_only=True)["hyper_parameters"]["task"]
+    assert task == {
+        "class_path": "examples.focal_loss.losses.FocalLoss",
+        "init_args": {"gamma": 2.0, "label_smoothing": 0.0, "class_weights": None, "metrics": {}},
+    }
+    code, _, err = run_script("evaluate.py", [str(last), trust, "--out", str(run_dir / "report")], capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_script("export.py", [str(last), trust, "--out", str(run_dir / "export"), "--formats", "onnx"],
+                              capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    from project.inference.prediction import Predictor
+
+    assert type(Predictor.load(run_dir / "export" / "model.onnx").task).__name__ == "FocalLoss"
+    spec = {"configs": ["debug", str(EXAMPLES / "focal_loss" / "config.yaml")], "trials": 1,
+            "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+            "space": {"model.task.gamma": {"low": 0.5, "high": 2.0}}}  # fmt: skip
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    from project.sweeps import main as sweep_main
+
+    sweep_main(["spec.yaml", trust])
+    assert (run_dir / "logs" / "sweeps" / "spec" / "trials.csv").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_script
+from helpers import cli_error, run_script
 
 from project.cli import run_cli
 from project.errors import UserInputError
@@ -101,33 +101,27 @@ def test_a_pyproject_beside_a_downloaded_run_names_no_code_to_import(pretrained_
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_run_config_and_class_paths_from_before_the_package_took_folders_still_work(
-    fake_data_dir, run_dir, capsys, monkeypatch
+def test_a_config_or_a_checkpoint_of_project_0_1_is_refused_in_one_line_naming_the_release_that_reads_it(
+    quick_args, fake_data_dir, run_dir, capsys, monkeypatch
 ):
-    """The run config written by the code of 2026-12-01 (commit acc2819) names project.tensorboard_reports.RunLogger,
-    project.checkpoints.LastCheckpoint, project.resume.ExactResume ...: it trains, resumes and is evaluated; a
-    checkpoint naming a network by its old module (project.library_networks) finds the class."""
-    args = [f"--config={BEFORE_THE_MOVE / 'config.yaml'}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false"]
-    run_cli(["fit", *args])  # max_steps 2, as the old run had
-    (checkpoint,) = run_dir.glob("logs/*/version_0/checkpoints/last.ckpt")
-    resume = [f"--ckpt_path={checkpoint}", "--trainer.max_epochs=2", "--trainer.max_steps=4"]
-    cli = run_cli(["fit", *args, *resume])
-    assert cli.trainer.global_step == 4  # resumed at step 2
-    assert type(cli.trainer.logger).__module__ == "project.reports.tensorboard"
-    code, _, err = run_script("evaluate.py", [str(checkpoint), "--out", str(run_dir / "report")], capsys, monkeypatch)
-    assert code == 0, err
-
-    import project.task_module  # an old module name is the module's new home itself
-
-    from project.networks import LibraryNetwork
-    from project.training import TaskModule
-
-    assert project.task_module.TaskModule is TaskModule
-    assert allowed_class("project.library_networks.LibraryNetwork", Network, "network") is LibraryNetwork
+    """No code keeps the template's older names: a run config written by the code of 2026-12-01 (commit acc2819,
+    old module names and flat options) and a checkpoint without the option layout of 0.2 are one line each."""
+    old_config = [f"--config={BEFORE_THE_MOVE / 'config.yaml'}", f"--data.data_dir={fake_data_dir}"]
+    error = cli_error(["fit", *old_config], capsys)
+    assert error.startswith("error: ") and "Traceback" not in error
+    run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    (last,) = run_dir.glob("logs/*/version_0/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["project_version"]
+    torch.save(checkpoint, run_dir / "old.ckpt")
+    expected = "old.ckpt was written by project 0.1 (before the pieces of 0.2), whose options this one does not read"
+    assert expected in cli_error(["test", *quick_args, f"--ckpt_path={run_dir / 'old.ckpt'}"], capsys)
+    code, _, err = run_script("evaluate.py", [str(run_dir / "old.ckpt")], capsys, monkeypatch)
+    assert code == 2 and expected in err and "git checkout" in err
 
 
 def test_a_run_resumes_when_its_network_is_named_by_another_path_of_the_same_class(quick_args, run_dir):
-    """The module's own path, the package's re-export, a path from before the move: one class, one run."""
+    """The module's own path and the package's re-export: one class, one run."""
     short = ["--trainer.max_epochs=1", "--test_after_fit=false", "--model.network.init_args.width=4"]
     run_cli(["fit", *quick_args, "--model.network=project.networks.convnet.ConvNet", *short])
     cli = run_cli(["fit", *quick_args, *short[1:], "--trainer.max_epochs=2", "--ckpt_path=last"])

@@ -226,8 +226,12 @@ WHOLE_VALUES = ("data.label_sets", "model.task.init_args.metrics")
 """Options compared as a whole, in order: their keys are the user's own names (a renamed label is another label,
 and the order of the labels is the order of the network's outputs; an extra metric added is one more state that a run
 resumed mid-epoch would lack)."""
-LINKED = {"model.network.init_args.num_outputs": "the data's number of outputs"}
-"""Options the data decides (``ProjectCLI.add_arguments_to_parser`` links them): named with what decides them."""
+LINKED = {
+    "model.network.init_args.num_outputs": "the data's number of outputs",
+    "model.task.class_path": "the data's targets, unless model.task names it",
+}
+"""Options the data decides (the network's outputs: ``ProjectCLI.add_arguments_to_parser`` links them; the task:
+``TaskModule.use_data``): named with what decides them."""
 
 
 def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:

@@ -98,19 +98,24 @@ class TaskModule(MonitoredModule):
     ) -> None:
         super().__init__()
         check_arguments(network, lr_batch_size)
-        self.network, self.task = network, task
-        self.make_optimizer, self.make_scheduler = optimizer or torch.optim.AdamW, lr_scheduler or Constant
-        self.tuning, self.speed, adapters = finetuning or FineTuning(), speed or Speed(), settings_from(lora)
+        self.network = network
+        self.task = task
+        self.make_optimizer = optimizer or torch.optim.AdamW
+        self.make_scheduler = lr_scheduler or Constant
+        self.tuning = finetuning or FineTuning()
+        self.speed = speed or Speed()
+        adapters = settings_from(lora)
         self.record_hyperparameters(adapters)
         check_optimization(self.make_optimizer, self.make_scheduler, self.tuning)
         self.pretrained_summary: str | None = None
         if adapters is not None:  # the base takes its pretrained weights before the adapters go on
             self.load_pretrained()
             add_adapters(network, adapters)
-        size = network.image_size
-        self.example_input_array = torch.zeros(1, network.in_channels, size, size)  # lets TensorBoard draw the graph
+        self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
         self.train_loss = MeanMetric()  # the epoch's mean training loss, its state in checkpoints with the metrics'
-        self.divergence, self.planned, self.epoch_state_to_restore = DivergenceWatch(), PlannedRun(), None
+        self.divergence = DivergenceWatch()
+        self.planned = PlannedRun()  # what a resumed run re-plans its learning rate to
+        self.epoch_state_to_restore: dict[str, Any] | None = None
 
     def record_hyperparameters(self, adapters: Any) -> None:
         """Record the arguments (Lightning's ``hparams``), the pieces built in Python as plain values."""
