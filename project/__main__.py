@@ -1,20 +1,45 @@
-"""``python -m project fit|validate|test ...`` (predictions for new images: ``scripts/predict.py``), and
-``python -m project sweep SPEC ...`` (hyperparameter sweeps: :mod:`project.sweeps`); the ``project`` command is the
-same."""
+"""``python -m project SUBCOMMAND ...``, the ``project`` command and ``scripts/*.py``: one command, each subcommand
+handed to its home.
+
+    fit, validate, test          LightningCLI: train, and a checkpoint's metrics (project.cli.app)
+    evaluate, export, predict    reports, exports, predictions of new images (project.cli.commands)
+    sweep                        hyperparameter sweeps (project.sweeps)
+
+``python -m project --help`` lists them; ``python -m project SUBCOMMAND --help`` says each one's options. A
+subcommand imports what it runs only when it runs.
+"""
 
 import sys
 
+from project.cli.refusals import SUBCOMMANDS as TRAINING
 
-def main() -> None:
-    """Hand ``sweep`` to the sweeps, everything else to the training command line."""
-    if sys.argv[1:2] == ["sweep"]:
-        from project.sweeps import main as sweep_main
+HELP = ("-h", "--help")
 
-        sweep_main(sys.argv[2:])
-    else:
-        from project.cli import main as cli_main
 
-        cli_main()
+def main(args: list[str] | None = None, prog: str = "python -m project") -> None:
+    """Run the subcommand that ``args`` (default: the command line) start with."""
+    args = sys.argv[1:] if args is None else list(args)
+    name = args[0] if args else ""
+    if name in TRAINING or (name.startswith("-") and name not in HELP):  # (LightningCLI's -c CONFIG before fit)
+        from project.cli import main as lightning_cli
+
+        lightning_cli(args, prog)
+    elif name == "sweep":
+        from project.cli.commands import main as command
+
+        command(args, prog)  # its own options checked (and --help) before the sweep's imports, which take seconds
+        from project.sweeps import main as sweep
+
+        sweep(args[1:])
+    else:  # evaluate, export, predict; the command's --help, or a subcommand that does not exist
+        from project.cli.commands import main as command
+
+        command(args, prog)
+
+
+def script(subcommand: str) -> None:
+    """``scripts/<subcommand>.py ARGS``: ``python -m project <subcommand> ARGS``."""
+    main([subcommand, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ too; those are looked up among classes already imported (:func:`project.training
 
 Your own modules (outside ``project/``) are trusted because you name them:
 
-- ``--trust my_nets`` on ``python -m project`` (and ``scripts/evaluate.py``, ``export.py``, ``predict.py``), found
-  from the current folder; or :func:`trust` in a notebook;
+- ``--trust my_nets`` on every subcommand of ``python -m project`` (``fit``, ``evaluate``, ``export``, ``predict``,
+  ...), found from the current folder; or :func:`trust` in a notebook;
 - once for all, in the ``pyproject.toml`` of this project's own clone (the folder that holds ``project/``), found
   from that folder::
 
@@ -27,7 +27,6 @@ place of a library.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import inspect
@@ -49,8 +48,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("project", "torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "lightning_fabric")
 """The packages whose classes a config may name without trust (top-level import names)."""
 HOW_TO_TRUST = (
-    "to trust a module of your own, name it: --trust your.module (python -m project and scripts/evaluate.py, "
-    'export.py, predict.py), or trusted = ["your.module"] under [tool.project] in the pyproject.toml beside project/'
+    "to trust a module of your own, name it: --trust your.module (on every python -m project command), or "
+    'trusted = ["your.module"] under [tool.project] in the pyproject.toml beside project/'
 )
 """What a refusal of a class or function says: how to name its module."""
 TRUSTED: set[str] = set()
@@ -171,15 +170,3 @@ def refuse_untrusted_class(class_path: Any, where: str) -> None:
         )
     if found is not None and not isinstance(found, type):
         raise UserInputError(f"{where}: {class_path} is not a class ({type(found).__name__}); name a class")
-
-
-def add_trust_option(parser: argparse.ArgumentParser) -> None:
-    """``--trust MODULE`` (repeatable) on a script that loads checkpoints: :func:`trust` its values."""
-    parser.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import this module of your own (a network or data module class the checkpoint names; found from the "
-        "current folder) before loading: a checkpoint alone never names code to run",
-    )

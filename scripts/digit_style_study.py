@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What MNIST-style preprocessing changes for digits that do not look like MNIST's: a network trained on MNIST predicts
 MNIST test digits drawn as a user's photo or scan would show them, once resized only (the default) and once made to
-look like MNIST's first (``--mnist-style`` of ``scripts/predict.py``, ``data.mnist_style`` of the folder module).
+look like MNIST's first (``--mnist_style`` of ``python -m project predict``, ``data.mnist_style`` of the folder module).
 
 Each of ``--count`` MNIST test digits (the first ones) is drawn as dark ink on light, slightly noisy paper, scaled to
 a larger side of 30-90% of a 96x96 picture and placed anywhere in it (seeded). The pictures are written as PNG files and

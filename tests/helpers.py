@@ -115,12 +115,13 @@ class PoisonAtStep(L.Callback):
 
 
 def cli_error(args: list[str], capsys, code: int = 2, root: Path | None = None) -> str:
-    """Run the command line with ``args``; expect exit status ``code`` and one ``error:`` line (indented detail lines
-    may follow), no traceback and no usage dump. With ``root``, also expect that nothing was written under it: no
-    ``logs/`` folder and no checkpoint. Returns the message from its ``error:`` line on."""
+    """Run the command line (``python -m project ARGS``, any subcommand) with ``args``; expect exit status ``code``
+    and one ``error:`` line (indented detail lines may follow), no traceback and no usage dump. With ``root``, also
+    expect that nothing was written under it: no ``logs/`` folder and no checkpoint. Returns the message from its
+    ``error:`` line on."""
     import pytest
 
-    from project.cli import main
+    from project.__main__ import main
 
     checkpoints_before = set(root.rglob("*.ckpt")) if root is not None else set()
     with pytest.raises(SystemExit) as caught:
@@ -234,13 +235,13 @@ def script_function(script: str, name: str = "main"):
 
 def run_script(script: str, args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     """``python scripts/SCRIPT ARGS`` in this process: its exit status, stdout and stderr."""
+    import runpy
     import sys
 
-    main = script_function(script)
     monkeypatch.setattr(sys, "argv", [str(SCRIPTS / script), *args])
     capsys.readouterr()
     try:
-        main()
+        runpy.run_path(str(SCRIPTS / script), run_name="__main__")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

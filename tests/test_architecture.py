@@ -21,7 +21,8 @@ MAY_IMPORT = {
     "reports": {"errors", "tasks", "data", "reports"},
     "training": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "training"},
     "inference": {"errors", "files", "tasks", "networks", "data", "reports", "training", "inference"},
-    "cli": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "reports", "training", "cli"},
+    "cli": {"errors", "trusted", "plain", "files", "tasks", "networks", "data", "reports", "training", "inference"}
+    | {"cli"},
     "sweeps": {"errors", "files", "tasks", "data", "reports", "training", "cli", "sweeps"},
 }
 """Which parts (folders) of the package each part may import, bottom to top: networks, tasks and data import no

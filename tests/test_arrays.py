@@ -124,7 +124,7 @@ def test_evaluate_reports_a_checkpoint_trained_on_arrays_moved_elsewhere(array_r
     folder, _ = array_run
     moved = write_arrays(tmp_path / "moved")  # the same arrays, in another folder
     last = folder / "logs" / "arrays" / "version_0" / "checkpoints" / "last.ckpt"
-    args = [str(last), "--data-dir", str(moved), "--out", str(tmp_path / "report")]
+    args = [str(last), "--data.data_dir", str(moved), "--out", str(tmp_path / "report")]
     code, _, err = run_script("evaluate.py", args, capsys, monkeypatch)
     assert code == 0, err
     report = yaml.safe_load((tmp_path / "report" / "metrics.json").read_text())

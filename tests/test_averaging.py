@@ -183,20 +183,19 @@ def test_export_and_predict_use_the_average(ema_run, tmp_path):
     assert (predictor.run(images) - other).abs().max() > 1e-3
 
 
-def test_evaluate_reports_the_average(ema_run, tmp_path):
-    from helpers import script_function
+def test_evaluate_reports_the_average(ema_run, tmp_path, monkeypatch):
+    from project.inference import evaluation
 
     _, _, folder = ema_run
     path = folder / RUN / "last.ckpt"
-    evaluate = script_function("evaluate.py", "evaluate")
     seen = []
 
     def recorded(model, loader, task):
         seen.append(predict(model, loader, task))
         return seen[-1]
 
-    evaluate.__globals__["predict"] = recorded  # the scores the report is made of
-    evaluate(path, "test", None, tmp_path / "report")
+    monkeypatch.setattr(evaluation, "predict", recorded)  # the scores the report is made of
+    evaluation.evaluate_checkpoint(path, "test", None, tmp_path / "report")
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     checkpoint = read_checkpoint(path)
     data = data_module_from_checkpoint(checkpoint)

@@ -66,7 +66,7 @@ def test_a_corrupt_onnx_file_or_a_truncated_model_json_is_one_error_line(
     (truncated / "model.onnx").write_bytes((exported_folder / "model.onnx").read_bytes())
     (truncated / "model.json").write_text((exported_folder / "model.json").read_text()[:200])
     error = one_error_line("predict.py", [str(truncated / "model.onnx"), str(image_folder)], capsys, monkeypatch)
-    assert "model.json is not the model.json scripts/export.py writes (truncated or edited?)" in error
+    assert "model.json is not the model.json python -m project export writes (truncated or edited?)" in error
 
 
 def test_export_into_a_dangling_link_is_refused_and_writes_nothing(

@@ -109,9 +109,10 @@ def test_an_unknown_option_lists_what_is_allowed(quick_args, run_dir, capsys):
     assert "model.learning_rate" in error and "model takes model.finetuning, model.lora, model.lr_batch_size" in error
 
 
-def test_an_option_that_moved_says_where_it_is(quick_args, run_dir, capsys):
-    error = cli_error(["fit", *quick_args, "--model.lr=0.1"], capsys, root=run_dir)
-    assert "model.lr is not an option; it is model.optimizer.lr" in error
+def test_an_option_of_a_piece_given_before_its_class_says_to_name_the_class(quick_args, run_dir, capsys):
+    error = cli_error(["fit", *quick_args, "--model.task.label_smoothing=0.1"], capsys, root=run_dir)
+    assert "model.task.label_smoothing is not an option of model.task as it is given (none): name its class" in error
+    cli_error(["fit", *quick_args, "--model.task=Multiclass", "--model.task.label_smooth=0.1"], capsys)  # a typo: no
 
 
 def test_a_negative_max_epochs(quick_args, run_dir, capsys):

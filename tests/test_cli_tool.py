@@ -36,18 +36,12 @@ def test_help_names_the_command_and_says_what_ckpt_path_accepts(capsys, monkeypa
 
     usage = printed_help(lambda: main(["--help"]), capsys)
     assert usage.startswith("usage: python -m project ")
-    assert "scripts/predict.py" in usage and "{fit,validate,test}" in usage
+    assert "{fit,validate,test}" in usage and "python -m project --help." in " ".join(usage.split())  # the others
     fit = printed_help(lambda: main(["fit", "--help"]), capsys)
     ckpt_help = " ".join(fit.split("--ckpt_path CKPT_PATH\n", 1)[1].split("--test_after_fit")[0].split())
     assert "'auto'" in ckpt_help and "'last'" in ckpt_help and "'hpc'" in ckpt_help and "registry" not in ckpt_help
     monkeypatch.setattr(sys, "argv", ["scripts/train.py", "--help"])
     assert printed_help(train_main, capsys).startswith("usage: scripts/train.py [--config PRESET ...]")
-
-
-def test_predict_is_not_a_subcommand_and_says_what_predicts_new_images(quick_args, run_dir, capsys):
-    message = cli_error(["predict", *quick_args], capsys, root=run_dir)
-    assert "predict is not a subcommand: use one of fit, validate, test" in message
-    assert "scripts/predict.py CHECKPOINT IMAGES" in message
 
 
 def test_a_callback_given_plainly_is_refused_with_the_form_that_adds_it(quick_args, run_dir, capsys):
@@ -140,14 +134,12 @@ def test_a_progress_bar_of_the_users_own_is_kept(quick_args, run_dir):
 
 
 def test_the_divergence_message_names_the_learning_rate_option_the_command_line_takes():
-    from project.cli.refusals import RENAMED_OPTIONS
     from project.errors import TrainingDivergedError
 
     for last_checkpoint in (None, "", "logs/mnist/version_0/checkpoints/last.ckpt"):
         error = TrainingDivergedError("the training loss became nan at step 3")
         error.last_checkpoint = last_checkpoint
         assert "--model.optimizer.lr" in str(error) and "model.lr " not in str(error)
-    assert RENAMED_OPTIONS["model.lr"] == "model.optimizer.lr"  # what --model.lr is refused with
 
 
 def test_a_single_callback_or_plugin_given_without_a_list_is_taken(quick_args, run_dir, tmp_path):

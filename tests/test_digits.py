@@ -98,7 +98,7 @@ def test_mnist_style_for_a_network_of_rgb_images_is_one_error_line(tmp_path, exp
     (rgb / "model.json").write_text(json.dumps(about))
     Image.new("L", (30, 30)).save(tmp_path / "blank.png")
     command = [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), str(rgb / "model.onnx"),
-               str(tmp_path / "blank.png"), "--mnist-style", "--out", str(tmp_path / "p.csv")]  # fmt: skip
+               str(tmp_path / "blank.png"), "--mnist_style", "--out", str(tmp_path / "p.csv")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 2 and not (tmp_path / "p.csv").exists()
     assert result.stderr.strip().splitlines()[-1] == (  # the rule data.mnist_style follows too

@@ -1,4 +1,5 @@
-"""Export (scripts/export.py): ONNX, a torch.export program and safetensors, each as good as the checkpoint."""
+"""Export (python -m project export): ONNX, a torch.export program and safetensors, each as good as the
+checkpoint."""
 
 from __future__ import annotations
 
@@ -87,5 +88,5 @@ def test_the_export_script_reports_the_largest_difference(pretrained_checkpoint,
     torchscript = [*command[:4], str(tmp_path / "other"), "--formats", "torchscript"]
     bad = subprocess.run(torchscript, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: --formats: torchscript; choose from onnx, pt2, safetensors"
+        "error: formats: expected one of onnx, pt2, safetensors, got 'torchscript'"
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_error, script_function
+from helpers import cli_error
 from test_library_networks import library_args
 from test_security import CreatesFile
 
@@ -55,10 +55,10 @@ def test_a_received_lora_checkpoint_naming_the_librarys_weights_never_runs_a_pla
 ):
     """LoRA checkpoints rebuild their base from the network's ``weights``: a checkpoint naming ``library`` makes
     prediction, evaluation and export read the hub cache."""
+    from project.inference.evaluation import evaluate_checkpoint
     from project.inference.export import export_checkpoint
     from project.inference.prediction import Predictor
 
-    evaluate = script_function("evaluate.py", "evaluate")
     args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
     run_cli([*args, "--config=lora", "--model.lora.rank=4", "--test_after_fit=false", "--trainer.max_epochs=1"])
     last = run_dir / "logs" / "finetune_library" / "version_0" / "checkpoints" / "last.ckpt"
@@ -70,7 +70,7 @@ def test_a_received_lora_checkpoint_naming_the_librarys_weights_never_runs_a_pla
     plant_pickle(torch_home / "hub" / "checkpoints" / MOBILENET_FILE, marker)
     loads = {
         "predict": lambda: Predictor.load(received),
-        "evaluate": lambda: evaluate(received, "test", None, tmp_path / "report"),
+        "evaluate": lambda: evaluate_checkpoint(received, "test", None, tmp_path / "report"),
         "export": lambda: export_checkpoint(received, tmp_path / "exported"),
     }
     for name, load in loads.items():

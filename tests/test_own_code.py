@@ -95,7 +95,7 @@ def test_a_pyproject_beside_a_downloaded_run_names_no_code_to_import(pretrained_
     (download / "pyproject.toml").write_text('[tool.project]\ntrusted = ["evil"]\n')
     for folder in (download, download.parent):
         (folder / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
-    evaluated = python(str(REPO_ROOT / "scripts" / "evaluate.py"), "last.ckpt", "--data-dir", str(fake_data_dir),
+    evaluated = python(str(REPO_ROOT / "scripts" / "evaluate.py"), "last.ckpt", "--data.data_dir", str(fake_data_dir),
                        "--out", str(tmp_path / "report"), cwd=download)  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     assert not (tmp_path / "ran").exists()

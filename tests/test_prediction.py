@@ -1,4 +1,5 @@
-"""Prediction on new image files (scripts/predict.py): the preprocessing of training, a CSV, bad files named."""
+"""Prediction on new image files (python -m project predict): the preprocessing of training, a CSV, bad files
+named."""
 
 from __future__ import annotations
 
@@ -93,9 +94,9 @@ def test_nothing_readable_is_one_error_line_and_no_file(pretrained_checkpoint, t
                                                 str(out)], capsys, monkeypatch)  # fmt: skip
     assert code == 2 and not out.exists()
     assert stderr.strip().splitlines()[-1] == "error: none of the 1 files could be decoded: nothing to predict"
-    code, _, stderr = run_script("predict.py", [str(pretrained_checkpoint), str(tmp_path), "--batch-size", "0"],
+    code, _, stderr = run_script("predict.py", [str(pretrained_checkpoint), str(tmp_path), "--batch_size", "0"],
                                  capsys, monkeypatch)  # fmt: skip
-    assert code == 2 and stderr.strip() == "error: --batch-size must be a positive integer, got 0"
+    assert code == 2 and stderr.strip() == "error: batch_size: expected a positive integer, got 0"
     code, _, stderr = run_script("predict.py", [str(tmp_path / "nothing.ckpt"), str(tmp_path)], capsys, monkeypatch)
     assert code == 2 and stderr.startswith("error: ") and "Traceback" not in stderr
 

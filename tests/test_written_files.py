@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import cli_error, run_script, script_function
+from helpers import cli_error, run_script
 
 from project.cli import run_cli
 from project.errors import DiskFullError
@@ -45,7 +45,9 @@ def test_checkpoints_predictions_reports_and_exports_are_readable_by_others_unde
     rows, _ = Predictor.load(last).predict(image_paths([str(images)]))
     write_csv(rows, tmp_path / "predictions.csv")
     assert mode(tmp_path / "predictions.csv") == 0o644
-    written = script_function("evaluate.py", "evaluate")(last, "test", None, tmp_path / "report")
+    from project.inference.evaluation import evaluate_checkpoint
+
+    _, written = evaluate_checkpoint(last, "test", None, tmp_path / "report")
     assert len(written) == 3 and all(mode(path) == 0o644 for path in written)
     export_checkpoint(last, tmp_path / "exported", ("safetensors",))
     assert mode(tmp_path / "exported") == 0o755 and mode(tmp_path / "exported" / "model.safetensors") == 0o644

@@ -4,7 +4,7 @@ have, which makes its own tensors.
 
     python examples/arrays/make_arrays.py
     python -m project fit --config examples/arrays/dataset_config.yaml --trust examples.arrays.dataset
-    python scripts/evaluate.py logs/dataset/version_0/checkpoints/last.ckpt --trust examples.arrays.dataset
+    python -m project evaluate logs/dataset/version_0/checkpoints/last.ckpt --trust examples.arrays.dataset
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ options, the checkpoint and what may change on resume, the pretrained backbone, 
 input ends with one ``error:`` line and exit status 2, and leaves no log folder or checkpoint behind. ``fit`` trains
 into a run folder that it holds locked (:mod:`project.training.run_lock`); ``validate`` and ``test`` write no run
 folder.
-Predictions for new images come from ``scripts/predict.py`` (a CSV), reports from ``scripts/evaluate.py``.
+The command's other subcommands (``evaluate``, ``export``, ``predict``, ``sweep``): :mod:`project.cli.commands`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from project.cli.preflight import (
     set_up_data,
 )
 from project.cli.presets import DEFAULT_CONFIG, default_configs, run_name
-from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_parse_error, refuse_replaced_callbacks
+from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_cli_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.files.atomic import written_whole
@@ -73,8 +73,8 @@ DESCRIPTION = (
     "Train (fit), validate or test a model of this project; every subcommand starts from project/configs/base.yaml "
     "(and mnist.yaml unless it chooses its own data), "
     "--config stacks presets (python -m project fit --help lists every option); --trust MODULE lets configs name "
-    "classes of a module of your own (found from the current folder). Predictions for new images: "
-    "scripts/predict.py; reports of a checkpoint: scripts/evaluate.py; export: scripts/export.py."
+    "classes of a module of your own (found from the current folder). The command's other subcommands: "
+    "python -m project --help."
 )
 PRINT_CONFIG = "--print_config"
 CKPT_PATH_HELP = (
@@ -144,7 +144,7 @@ class ProjectCLI(LightningCLI):
         try:
             self.parse_checked(parser, args)
         except argparse.ArgumentError as error:
-            raise UserInputError(explain_parse_error(str(error), parser, args)) from None
+            raise UserInputError(explain_cli_error(error, parser, args)) from None
         self.run_name = run_name(args)
         # --ckpt_path is the project's: LightningCLI would read the file before any check and let the hyperparameters
         # stored in it override the command line (Lightning #20310, #20801). It is taken out of the config here,
@@ -171,7 +171,7 @@ class ProjectCLI(LightningCLI):
         if logger is not None and not logger.name:
             logger.name = self.run_name
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
-        if self.subcommand in EVALUATION:  # no run folder (scripts/evaluate.py writes reports), no fit-only callbacks
+        if self.subcommand in EVALUATION:  # no run folder (`evaluate` writes reports), no fit-only callbacks
             config.trainer.logger = False
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)

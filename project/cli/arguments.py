@@ -1,13 +1,16 @@
-"""What the command line does with its arguments before its parser reads them: the modules you trust are imported
-(``--trust``, and the clone's ``pyproject.toml``: :mod:`project.trusted`), ``--config`` names are resolved to files
-(:mod:`project.cli.presets`), and every YAML text the parser reads is bounded (:mod:`project.files.yaml_text`)."""
+"""What LightningCLI's subcommands do with their arguments before its parser reads them: the subcommand is checked to
+be one of them, the modules you trust are imported (``--trust``, and the clone's ``pyproject.toml``:
+:mod:`project.trusted`), ``--config`` names are resolved to files (:mod:`project.cli.presets`), and every YAML text
+the parser reads is bounded (:mod:`project.files.yaml_text`)."""
 
 from __future__ import annotations
 
 import yaml
 from jsonargparse import get_loader, set_loader
 
+from project.cli.commands import refuse_unknown_subcommand
 from project.cli.presets import resolve_config_args
+from project.cli.refusals import SUBCOMMANDS
 from project.files.yaml_text import bounded_loader
 from project.trusted import take_trust_options, trust, trust_declared
 
@@ -17,7 +20,8 @@ YAML_LOADER = get_loader("yaml")
 
 def prepared_arguments(args: list[str]) -> list[str]:
     """``args`` without ``--trust`` (its modules imported and trusted), their ``--config`` names resolved; the
-    parser's YAML loader bounded."""
+    parser's YAML loader bounded. A subcommand other than ``fit``, ``validate`` and ``test`` is refused."""
+    refuse_unknown_subcommand(args[0] if args else "", SUBCOMMANDS)
     modules, args = take_trust_options(args)
     trust_declared()
     trust(*modules)  # before parsing: the parser imports the classes a config names, to check them

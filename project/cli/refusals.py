@@ -3,6 +3,15 @@
 jsonargparse explains a refused value over many lines (every type of a union, every class it tried); this module
 keeps what a user needs: the option, what it takes, what was given, and for an unknown option the closest name or
 the list of names allowed there.
+
+What can be known before the parser runs is checked before it runs, by the code that knows it: the subcommand
+(:func:`project.cli.commands.refuse_unknown_subcommand`), ``--config`` files (:mod:`project.cli.presets`), the options
+of the subcommands whose options are fixed (:mod:`project.cli.commands`), and the value the user gave, which is read
+from the user's own arguments (:func:`given_value`). The regular expressions left read what only the parser knows,
+from its message: jsonargparse 4.53 reports every refusal as text alone (``jsonargparse._util.argument_error`` builds
+``ArgumentError(None, message)``: no option, no value, no type), and which options a class option takes is known only
+while it parses (``--model.network X`` brings X's); its union messages are an open issue upstream
+(https://github.com/omni-us/jsonargparse/issues/695). Each says which message of which library it reads.
 """
 
 from __future__ import annotations
@@ -11,38 +20,41 @@ import difflib
 import re
 import signal
 import sys
+from argparse import ArgumentError
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+from project.cli.presets import config_files, option_values
 from project.errors import ReportedError, causes, disk_full, first_line, install_command
+from project.files.yaml_text import read_yaml
 from project.trusted import HOW_TO_TRUST
 
 SUBCOMMANDS = ("fit", "validate", "test")
-"""The command line's subcommands. Lightning's ``predict`` is left out: predictions for new images are
-``scripts/predict.py``'s, written to a CSV."""
-RENAMED_OPTIONS = {
-    "model.lr": "model.optimizer.lr",
-    "model.weight_decay": "model.optimizer.weight_decay",
-    "model.momentum": "model.optimizer.momentum",
-    "model.nesterov": "model.optimizer.nesterov",
-}
-"""Options that now live elsewhere: the optimizer's own arguments are under ``model.optimizer``."""
+"""LightningCLI's subcommands, the Trainer's (:mod:`project.cli.app`); Lightning's ``predict`` is left out: new images
+are ``python -m project predict``'s, written to a CSV. The other subcommands: :data:`project.cli.commands.COMMANDS`."""
+PIECES = ("model.task", "model.optimizer", "model.lr_scheduler")
+"""Options that take a class: an option of theirs follows the class (``--model.task Multiclass`` before
+``--model.task.label_smoothing 0.1``)."""
 MODEL_SECTION_OPTIONS = ("optimizer", "lr_scheduler")
 """LightningCLI's own top-level ``--optimizer`` and ``--lr_scheduler``, off here (``auto_configure_optimizers=False``:
 the model configures its optimizer and schedule): they are ``--model.optimizer`` and ``--model.lr_scheduler``."""
 NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
-PREDICT_HINT = (
-    " (predictions for new images: python scripts/predict.py CHECKPOINT IMAGES... --out predictions.csv, which "
-    "writes a CSV with the preprocessing of training)"
-)
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
-def explain_parse_error(message: str, parser: Any, args: list[str] | None = None) -> str:
-    """The parser's error ``message`` as one line; ``parser`` and ``args`` let it list the options that exist."""
+def explain_cli_error(error: ArgumentError, parser: Any, args: list[str]) -> str:
+    """LightningCLI's parser's ``error`` as one line (:func:`explain_parse_error`, with the options of the subcommand
+    in ``args``)."""
+    return explain_parse_error(error, args, lambda: known_options(parser, args))
+
+
+def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[], list[str]]) -> str:
+    """The parser's ``error`` as one line; ``args`` are what the user gave, ``known`` lists the options that exist
+    (asked only for an unknown option)."""
+    message = str(error)
+    # jsonargparse: "Subcommand 'fit' does not accept option 'x'", "Option 'x' is not accepted" (ArgumentParser.
+    # validate), argparse: "unrecognized arguments: --x 1": the unknown option is named in the text only.
     unknown = (
         re.search(r"does not accept option '([^']+)'", message)
         or re.search(r"[Uu]nrecognized arguments: --?([^\s=]+)", message)
@@ -53,41 +65,41 @@ def explain_parse_error(message: str, parser: Any, args: list[str] | None = None
         keys = parser_keys(message)
         if "is not accepted" in unknown.group(0) and keys:
             name = f"{keys[0]}.{name}"
-        return unknown_option(name, known_options(parser, args))
-    choice = re.search(r"argument subcommand: invalid choice: '([^']*)' \(choose from ([^)]*)\)", message)
-    if choice:
-        named = ", ".join(re.findall(r"'([^']+)'", choice.group(2)))
-        hint = PREDICT_HINT if choice.group(1) == "predict" else ""
-        return f"{choice.group(1)} is not a subcommand: use one of {named}{hint}"
-    missing = re.search(r"File does not exist: '([^']+)'", message)
-    if missing:
-        return f"--config {missing.group(1)}: no such file"
+        return unknown_option(name, known())
     key = ".".join(parser_keys(message)) or "an option"
+    value = given_value(key, args)
     class_problem = class_argument_problem(message, key)
     if class_problem:
         return class_problem
-    value = given_value(message)
     expected = expected_type(message, value)
+    shown = repr(value) if value is not None else "its value"
     if expected and expected.startswith("dot import path"):
         return (
-            f"{key}: {value!r} is not a class that can be imported here; give its name or its full import path"
+            f"{key}: {shown} is not a class that can be imported here; give its name or its full import path"
             + known_classes(key)
         )
     if expected:
-        return f"{key}: expected {expected}, got {value!r}"
+        return f"{key}: expected {expected}" + (f", got {shown}" if value is not None else "")
+    # jsonargparse's adapt_typehints: a class path that imports, but not a subclass of the option's base.
     subclass = re.search(r"(Import path does not correspond to a subclass of \w+)", message)
     if subclass:
-        return f"{key}: {value} cannot be used here ({subclass.group(1)})"
+        return f"{key}: {value or 'the class'} cannot be used here ({subclass.group(1)})"
+    # jsonargparse's adapt_typehints: a class path whose import failed, and why (the error's first line).
     problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
     if problem:
-        own = f"; {HOW_TO_TRUST}" if "No module named" in problem.group(2) else ""
+        own = f"; {HOW_TO_TRUST}" if any(isinstance(cause, ModuleNotFoundError) for cause in causes(error)) else ""
         return f"{key}: {problem.group(1)} cannot be used here ({problem.group(2).strip()}){own}"
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return f"{key}: {lines[-1]}" if lines else message
+    if not lines or key == "an option":  # argparse's own, which names the option: "argument --x: expected one ..."
+        return lines[-1] if lines else message
+    return f"{key}: {lines[-1]}"
 
 
 def parser_keys(message: str) -> list[str]:
-    """The option named by each ``Parser key "..."`` level, outermost first (``data``, ``dataset``)."""
+    """The option named by each ``Parser key "..."`` level, outermost first (``data``, ``dataset``).
+
+    jsonargparse's ``TypeError(f'Parser key "{key}": ...')`` (``ActionTypeHint``, ``ArgumentParser``): which option
+    failed, among the many of a config file, is in the text only."""
     keys: list[str] = []
     for key in re.findall(r'Parser key "([^"]+)"', message):
         if not keys or keys[-1] != key:
@@ -95,17 +107,43 @@ def parser_keys(message: str) -> list[str]:
     return keys
 
 
-def given_value(message: str) -> str:
-    """The value the user gave, as plain text (not the parser's namespace around it)."""
-    found = re.findall(r"(?:Got|Given) value: (.*?)(?:\. Got value: .*)?$", message, flags=re.MULTILINE)
-    found += re.findall(r"NestedArg\(key='[^']*', val='([^']*)'\)", message)
-    plain = [value.strip() for value in found if not value.strip().startswith(("Namespace(", "NestedArg("))]
-    return plain[0] if plain else "?"
+def given_value(key: str, args: list[str]) -> str | None:
+    """What the user gave for the option ``key`` (``data.batch_size``), as text: the last ``--key VALUE`` of ``args``,
+    else the last ``--config`` file that sets it; ``None`` when neither does (a preset's own value). ``init_args``
+    levels may be given or left out on either side."""
+    wanted = plain_key(key)
+    given = [value for option, value in option_values(args) if plain_key(option.strip("-+")) == wanted]  # (+=)
+    if given:
+        return given[-1]
+    for path in reversed(config_files(args)):
+        content = read_yaml(Path(path).read_text(), path) if Path(path).is_file() else None
+        found = value_at(content, wanted.split("."))
+        if found is not None:
+            return str(found)
+    return None
+
+
+def plain_key(key: str) -> str:
+    return key.replace(".init_args.", ".").removesuffix(".init_args")
+
+
+def value_at(content: Any, keys: list[str]) -> Any:
+    """The value under ``keys`` in a config file's content (through ``init_args`` levels), or ``None``."""
+    for key in keys:
+        if isinstance(content, dict) and key not in content and isinstance(content.get("init_args"), dict):
+            content = content["init_args"]
+        if not isinstance(content, dict) or key not in content:
+            return None
+        content = content[key]
+    return None if isinstance(content, dict | list) else content
 
 
 def class_argument_problem(message: str, key: str) -> str | None:
     """A class named by a short name that more than one imported class has, or built without an argument it
-    requires (``--model.lr_scheduler StepLR`` without ``step_size``), in one line; ``None`` for other messages."""
+    requires (``--model.lr_scheduler StepLR`` without ``step_size``), in one line; ``None`` for other messages.
+
+    jsonargparse's ``resolve_class_path_by_name`` says which classes share the name, and the parser's check of
+    required arguments which ones a class lacks (with the class path it resolved), in their messages only."""
     ambiguous = re.search(
         r"Multiple subclasses with name (\w+)\. Give the full class path[^:]*: (.+?)\.?$", message, re.M
     )
@@ -137,8 +175,11 @@ def known_classes(key: str) -> str:
     return ""
 
 
-def expected_type(message: str, value: str) -> str | None:
-    """What the option takes, in words, from the innermost ``Expected a ...`` that is not ``None``."""
+def expected_type(message: str, value: str | None) -> str | None:
+    """What the option takes, in words, from the innermost ``Expected a ...`` that is not ``None``.
+
+    jsonargparse's ``raise_unexpected_value`` (``adapt_typehints``) names the type in the text only; which type a
+    class's argument has is known only to the parser, once it has chosen the class."""
     candidates = [
         found.strip().rstrip(".")
         for found in re.findall(r"Expected a (.+?)(?:\. Got value:.*)?$", message, flags=re.MULTILINE)
@@ -154,7 +195,7 @@ def expected_type(message: str, value: str) -> str | None:
     name = re.fullmatch(r"<class '(\w+)'>", text)
     if not name:
         return text
-    if name.group(1) == "float" and value.lower() in NON_FINITE:
+    if name.group(1) == "float" and str(value).lower() in NON_FINITE:
         return "a finite number"
     return TYPE_WORDS.get(name.group(1), name.group(1))
 
@@ -174,15 +215,14 @@ def unknown_option(name: str, known: list[str]) -> str:
         return "weights_only is not an option: checkpoints are always read with weights_only=True (plain data only)"
     if name.partition(".")[0] in MODEL_SECTION_OPTIONS:
         return f"{name} is not an option; it is model.{name} (the model configures its optimizer and schedule itself)"
-    if name in RENAMED_OPTIONS:
-        return (
-            f"{name} is not an option; it is {RENAMED_OPTIONS[name]} (the optimizer's own arguments are under "
-            "model.optimizer)"
-        )
     section, _, leaf = name.rpartition(".")
-    leaves = [
-        key[len(section) + 1 :] for key in known if key.startswith(f"{section}.") and "." not in key[len(section) + 1 :]
-    ]
+    if section in PIECES and not any(key.startswith(f"{section}.") for key in known):
+        return (
+            f"{name} is not an option of {section} as it is given (none): name its class first, then its options "
+            f"(--{section} CLASS --{name} VALUE, such as --model.task Multiclass --model.task.label_smoothing 0.1)"
+        )
+    prefix = f"{section}." if section else ""
+    leaves = [key[len(prefix) :] for key in known if key.startswith(prefix) and "." not in key[len(prefix) :]]
     close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.75)
     if close == [leaf]:  # the option exists, but on another entry of a list (several loggers, several callbacks)
         return (
@@ -190,12 +230,20 @@ def unknown_option(name: str, known: list[str]) -> str:
             f"give it right after the --config or +=CLASS that adds its entry, or in a --config file"
         )
     if close:
-        return f"{name} is not an option; did you mean {section}.{close[0]}?"
+        return f"{name} is not an option; did you mean {prefix}{close[0]}?"
+    elsewhere = [key for key in known if key.rpartition(".")[2] == leaf.replace("-", "_")]
+    if len(elsewhere) == 1:  # --data-dir, --batch-size, --data_dir: the name as the options spell it
+        return f"{name} is not an option; did you mean {elsewhere[0]}?"
     siblings = sorted(
         {f"{section}.{key[len(section) + 1 :].split('.')[0]}" for key in known if key.startswith(f"{section}.")}
     )
     if siblings:
         return f"{name} is not an option; {section} takes {', '.join(siblings)}"
+    keys = [key for key in known if not key.startswith("__")]  # (jsonargparse's __default_config__)
+    tops = [key.split(".")[0] for key in keys]
+    sections = sorted({top if tops.count(top) > 1 else key for top, key in zip(tops, keys, strict=True)})
+    if not section and sections:
+        return f"{name} is not an option; the options are {', '.join(sections)} (--help says each one)"
     return f"{name} is not an option (--help lists them all)"
 
 
@@ -227,6 +275,8 @@ def missing_package(error: BaseException) -> str | None:
     """
     for cause in causes(error):
         if isinstance(cause, ModuleNotFoundError):
+            # Lightning 2.6 raises ModuleNotFoundError(str(RequirementCache(...))) (lightning.pytorch.loggers.wandb,
+            # ...): no name attribute; the package and the version it needs are in the text only.
             required = re.search(r"Requirement '([A-Za-z0-9_.\-]+)([^']*)' not met", str(cause))
             package, version = required.groups() if required else ((cause.name or "").split(".")[0], "")
             if package and package != "project":
@@ -246,7 +296,8 @@ def explain(error: Exception) -> tuple[str, int] | None:
     missing = missing_package(error)
     if missing is not None:
         return missing, 2
-    if isinstance(error, MisconfigurationException):  # Lightning's word for a Trainer setting it cannot use
+    if isinstance(error, lightning_class("lightning.fabric.utilities.exceptions", "MisconfigurationException")):
+        # Lightning's word for a Trainer setting it cannot use
         return f"trainer: {first_line(error)}", 2
     full = disk_full(error)
     if full is not None:
@@ -260,7 +311,9 @@ def exit_on_refusal(command: Callable[[], Any], stopped: str) -> None:
     exits with 143, so that a scheduler does not take it for a finished job."""
     try:
         command()
-    except SIGTERMException:
+    except SystemExit as stop:
+        if not isinstance(stop, lightning_class("lightning.pytorch.utilities.exceptions", "SIGTERMException")):
+            raise
         print(stopped)
         raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as error:
@@ -270,3 +323,10 @@ def exit_on_refusal(command: Callable[[], Any], stopped: str) -> None:
         message, exit_code = explained
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(exit_code) from None
+
+
+def lightning_class(module: str, name: str) -> type | tuple[()]:
+    """Lightning's exception class ``module.name`` for ``isinstance``, or ``()`` (matching nothing) while Lightning is
+    not loaded, when nothing can have raised it: a subcommand that runs no Trainer answers ``--help`` and its
+    refusals without loading Lightning (seconds)."""
+    return getattr(sys.modules.get(module), name, ())

@@ -295,7 +295,7 @@ class ArrayDataModule(TensorDataModule):
         train_images, train_labels, test_images, test_labels: ``.npy`` files (see :mod:`project.data.arrays` for
             the shapes and dtypes they may hold).
         npz: one ``.npz`` file with the arrays instead.
-        data_dir: the folder relative file names are read from (``scripts/evaluate.py --data-dir`` moves it).
+        data_dir: the folder relative file names are read from (``evaluate --data.data_dir`` moves it).
         **kwargs: see :class:`TensorDataModule` (num_classes, class_names, mean, std, test_size) and
             :class:`~project.data.ImageDataModule` (batch sizes, val_size, few-shot, label rules, ...).
     """

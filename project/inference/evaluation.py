@@ -1,4 +1,5 @@
-"""Evaluation reports: every metric of a checkpoint on one data split, as JSON, Markdown and a confusion-matrix PNG.
+"""Evaluation reports: every metric of a checkpoint on one data split, as JSON, Markdown and a confusion-matrix PNG
+(``python -m project evaluate``: :func:`evaluate_checkpoint`).
 
 The numbers come from the model's task (:meth:`project.tasks.Task.report`, torchmetrics), computed once over all
 the predictions of the split (not averaged over batches).
@@ -21,7 +22,11 @@ from project.errors import UserInputError, first_line
 from project.files.atomic import written_folder
 from project.reports.figures import confusion_figure
 from project.tasks import Task
-from project.training.checkpoints import allowed_class
+from project.training.checkpoints import allowed_class, read_checkpoint
+from project.training.task_module import TaskModule
+
+SPLITS = {"train": "fit", "val": "validate", "test": "test"}
+"""The splits a report can be of, and the stage that sets each up (``python -m project evaluate --split``)."""
 
 
 @dataclass
@@ -84,6 +89,27 @@ def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path
         if "confusion_matrix" in report:
             confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(staging / names[2])
     return [folder / name for name in names]
+
+
+def evaluate_checkpoint(
+    checkpoint_path: Path, split: str = "test", data_dir: str | None = None, out: Path | None = None
+) -> tuple[str, list[Path]]:
+    """Report on ``checkpoint_path`` over ``split`` of the data module it was trained with (``data_dir`` points it
+    elsewhere): the files written (:func:`write_reports`) into ``out``, by default
+    ``<run folder>/evaluation/<split>-<checkpoint name>/``; returns the report as Markdown, and the files."""
+    if split not in SPLITS:
+        raise UserInputError(f"--split: {split!r}; choose from {', '.join(SPLITS)}")
+    checkpoint = read_checkpoint(checkpoint_path)
+    model = TaskModule.from_checkpoint(checkpoint, checkpoint_path)
+    data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
+    data.prepare_data()
+    data.setup(SPLITS[split])
+    batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
+    report = compute_report(predict(model, batches, model.task), model.task, data.class_names)
+    report["checkpoint"], report["split"] = str(checkpoint_path), split
+    folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
+    title = f"{checkpoint_path.name} on the {split} split of {type(data).__name__}"
+    return markdown_report(report, title), write_reports(report, folder, title)
 
 
 def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:

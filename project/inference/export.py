@@ -27,6 +27,12 @@ from project.training.averaging import averaged_weights
 from project.training.checkpoints import import_path, read_checkpoint
 
 FORMATS = ("onnx", "pt2", "safetensors")
+"""The files an export can hold (``python -m project export --formats``)."""
+
+
+def default_folder(checkpoint_path: Path) -> Path:
+    """Where a checkpoint's exports go unless told: ``<run folder>/export/<checkpoint name>/``."""
+    return Path(checkpoint_path).resolve().parent.parent / "export" / Path(checkpoint_path).stem
 
 
 def example_images(preprocessing: dict[str, Any], count: int = 4) -> Tensor:

@@ -1,4 +1,5 @@
-"""Prediction on new image files, from a checkpoint or an ONNX export, with exactly the preprocessing of training.
+"""Prediction on new image files, from a checkpoint or an ONNX export, with exactly the preprocessing of training
+(``python -m project predict``: :func:`predict_files`).
 
 The preprocessing (channels, size, mean and std per channel) and the names of the classes are read from the
 checkpoint, which every training run writes them into (``TaskModule.on_save_checkpoint``), or from the JSON file
@@ -12,6 +13,7 @@ import csv
 import glob
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -81,7 +83,7 @@ class Predictor:
     def from_onnx(cls, path: Path) -> Predictor:
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
-            raise UserInputError(f"{path}: {sidecar.name} is missing beside it (scripts/export.py writes both)")
+            raise UserInputError(f"{path}: {sidecar.name} is missing beside it (python -m project export writes both)")
         run = onnx_runner(path)
         try:
             about = json.loads(sidecar.read_text())
@@ -91,7 +93,8 @@ class Predictor:
             raise
         except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
             raise UserInputError(
-                f"{sidecar} is not the model.json scripts/export.py writes (truncated or edited?): {first_line(error)}"
+                f"{sidecar} is not the model.json python -m project export writes (truncated or edited?): "
+                f"{first_line(error)}"
             ) from None
 
     def image(self, path: Path) -> Tensor:
@@ -159,6 +162,29 @@ def image_paths(inputs: Iterable[str]) -> list[Path]:
     if not found:
         raise UserInputError(f"no image files in {', '.join(inputs)} (looked for {', '.join(IMG_EXTENSIONS)})")
     return list(dict.fromkeys(found))
+
+
+def predict_files(
+    model_path: Path,
+    inputs: list[str],
+    out: Path,
+    batch_size: int = 256,
+    mnist_style: bool = False,
+    skipping: Callable[[str], None] = lambda line: print(f"skipped {line}", file=sys.stderr),
+) -> tuple[int, list[str]]:
+    """Predict the image files ``inputs`` name (:func:`image_paths`) with a checkpoint or an ONNX export, and write
+    the rows to the CSV file ``out`` (:func:`write_csv`); ``skipping`` says each file that cannot be decoded.
+    Returns how many rows, and the files skipped."""
+    if batch_size < 1:
+        raise UserInputError(f"batch_size: expected a positive integer, got {batch_size}")
+    paths = image_paths(inputs)
+    rows, skipped = Predictor.load(model_path, mnist_style).predict(paths, batch_size)
+    for line in skipped:
+        skipping(line)
+    if not rows:
+        raise UserInputError(f"none of the {len(paths)} files could be decoded: nothing to predict")
+    write_csv(rows, out)
+    return len(rows), skipped
 
 
 def write_csv(rows: list[dict[str, Any]], out: Path) -> None:

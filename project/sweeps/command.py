@@ -1,7 +1,9 @@
 """``python -m project sweep SPEC [--trials N] [--workers N] [--storage URL] [--name NAME] [--interrupted retry|skip]
 [fit options...]``: check everything, then run the workers and write the results.
 
-Before any folder is made or trial run, the spec is read (:mod:`project.sweeps.spec`) and the command line's own
+Before any folder is made or trial run, the sweep's own options are parsed
+(:func:`project.cli.commands.sweep_arguments`: the command line's parser, its style and its refusals), the spec is
+read (:mod:`project.sweeps.spec`) and the command line's own
 parser reads each trial's ``fit`` arguments with values at the ends of every range and each of every list of
 choices (``fit --print_config``): an unknown option (with the closest name), a value an option does not take, a
 preset that does not exist, each is one ``error:`` line.
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 
 from project.cli import run_cli
+from project.cli.commands import sweep_arguments
 from project.cli.refusals import exit_on_refusal
 from project.errors import UserInputError
 from project.sweeps.spec import Objective, SweepSpec, load_spec, option_key, option_value
@@ -32,64 +35,6 @@ SWEEPS_DIR = Path("logs") / "sweeps"
 """Where sweeps live, relative to where the command runs: ``logs/sweeps/<name>/``."""
 WORKER_ENV = "PROJECT_SWEEP_WORKER"
 """``<index>/<count>``: set for the worker processes ``--workers N`` starts (their sampler seeds, their threads)."""
-INTERRUPTED = ("retry", "skip")
-USAGE = (
-    "usage: python -m project sweep SPEC [--trials N] [--workers N] [--storage URL] [--name NAME] "
-    "[--interrupted retry|skip] [fit options...]"
-)
-HELP = f"""{USAGE}
-
-Search hyperparameters with Optuna: each trial is a `python -m project fit` run in logs/sweeps/NAME/trials/.
-
-  SPEC                 a sweep spec (YAML), or the name of one in project/configs/sweeps/ (mnist)
-  --trials N           finished trials (complete or pruned) the study reaches (default: the spec's)
-  --workers N          worker processes on this machine, on the same study (default 1)
-  --storage URL        the study's database (default sqlite:///logs/sweeps/NAME/study.db), e.g. postgresql://...
-  --name NAME          the sweep's name and folder (default: the spec's file name); the same name continues it
-  --interrupted MODE   retry (default: resume an interrupted trial from its last.ckpt) or skip (leave it failed)
-  fit options          any option of `python -m project fit`, for every trial (--data.data_dir DIR, --config X)
-
-Results in logs/sweeps/NAME/: trials.csv, history.png, intermediate.png, importance.png, best.yaml (train it with
-python -m project fit --config logs/sweeps/NAME/best.yaml). See docs/sweeps.md."""
-
-
-def parse_sweep_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """The sweep's own options, and the rest: ``fit`` options for every trial."""
-    if not args or args[0].startswith("-"):
-        raise UserInputError(f"sweep: the first argument is the spec (a YAML file or a shipped name); {USAGE}")
-    options: dict[str, Any] = {"spec": args[0], "trials": None, "workers": 1, "storage": None, "name": None}
-    options["interrupted"] = "retry"
-    rest: list[str] = []
-    index = 1
-    while index < len(args):
-        arg = args[index]
-        name, equals, value = arg.partition("=")
-        key = name.removeprefix("--")
-        if name.startswith("--") and key in options and key != "spec":
-            if not equals:
-                if index + 1 >= len(args):
-                    raise UserInputError(f"sweep {name}: expected a value")
-                value = args[index + 1]
-                index += 1
-            options[key] = value
-        else:
-            rest.append(arg)
-        index += 1
-    for key in ("trials", "workers"):
-        if options[key] is not None:
-            try:
-                options[key] = int(options[key])
-            except ValueError:
-                raise UserInputError(f"sweep --{key}: expected a whole number, got {options[key]!r}") from None
-            if options[key] < 1:
-                raise UserInputError(f"sweep --{key}: expected 1 or more, got {options[key]}")
-    if options["interrupted"] not in INTERRUPTED:
-        raise UserInputError(f"sweep --interrupted: expected retry or skip, got {options['interrupted']!r}")
-    if options["name"] is not None and (
-        not options["name"] or "/" in options["name"] or options["name"] in (".", "..")
-    ):
-        raise UserInputError(f"sweep --name: {options['name']!r} is not a folder name (no '/')")
-    return options, rest
 
 
 def user_option_keys(args: list[str]) -> list[str]:
@@ -182,24 +127,24 @@ def default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
     return Objective(metric, "maximize" if mode == "max" else "minimize")
 
 
-def prepare(args: list[str]) -> tuple[Sweep, dict[str, Any]]:
+def prepare(args: list[str]) -> tuple[Sweep, Any]:
     """Everything checked and decided before any file is written."""
-    options, fit_args = parse_sweep_args(args)
-    spec = load_spec(options["spec"])
+    options, fit_args = sweep_arguments(args)
+    spec = load_spec(options.spec)
     resolved = check_fit_args(spec, fit_args)
     objective = default_objective(spec, resolved)
-    name = options["name"] or spec.path.stem
+    name = options.name or spec.path.stem
     folder = SWEEPS_DIR / name
-    storage = options["storage"] or f"sqlite:///{folder / 'study.db'}"
+    storage = options.storage or f"sqlite:///{folder / 'study.db'}"
     sweep = Sweep(
         spec=spec,
         name=name,
         folder=folder,
         storage_url=storage,
         objective=objective,
-        trials=options["trials"] or spec.trials,
+        trials=options.trials or spec.trials,
         fit_args=fit_args,
-        retry=options["interrupted"] == "retry",
+        retry=options.interrupted == "retry",
     )
     return sweep, options
 
@@ -213,14 +158,14 @@ def run_sweep(args: list[str]) -> Sweep:
     from project.sweeps.results import summary_table, write_results
 
     sweep, options = prepare(args)
-    workers = options["workers"]
+    workers = options.workers
     index, _, count = os.environ.get(WORKER_ENV, "").partition("/")
     if index:  # a worker started by --workers N
         sweep.worker, workers = int(index), 1
         threads_for(int(count))
     elif os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit():  # one worker of a SLURM array
         sweep.worker = int(os.environ["SLURM_ARRAY_TASK_ID"])
-    if options["storage"] is None:  # the SQLite file goes in the sweep folder; a --storage URL is opened first
+    if options.storage is None:  # the SQLite file goes in the sweep folder; a --storage URL is opened first
         sweep.folder.mkdir(parents=True, exist_ok=True)
     storage = storage_for(sweep)
     sweep.folder.mkdir(parents=True, exist_ok=True)
@@ -279,9 +224,6 @@ def threads_for(workers: int) -> None:
 def main(args: list[str] | None = None) -> None:
     """``python -m project sweep ...`` and ``scripts/sweep.py``: bad input is one ``error:`` line (exit status 2)."""
     args = sys.argv[1:] if args is None else args
-    if args and args[0] in ("-h", "--help"):
-        print(HELP)
-        return
     quiet_optuna()
     exit_on_refusal(
         lambda: run_sweep(args),

@@ -1,0 +1,281 @@
+"""``python -m project evaluate|export|predict|sweep``: the subcommands beside LightningCLI's ``fit``, ``validate`` and
+``test`` (:mod:`project.cli.app`), and the command's own ``--help``.
+
+    python -m project evaluate logs/mnist/version_0/checkpoints/last.ckpt --split val --data.data_dir ../shared/data
+    python -m project export CKPT --out exported/mnist --formats onnx safetensors
+    python -m project predict exported/mnist/model.onnx my_digits/ "scans/**/*.png" --out predictions.csv
+    python -m project sweep mnist --trials 20 --workers 2 --data.data_dir ../shared/data
+
+Each is parsed by jsonargparse, the library LightningCLI parses ``fit`` with, in the same style: an option is spelled
+as ``fit`` spells the same thing (``--data.data_dir``; words joined by ``_``), ``--trust MODULE`` and ``--help`` work
+on each, and every refusal is one ``error:`` line with exit status 2 (:func:`project.cli.refusals.exit_on_refusal`).
+Their options are fixed, so what can be checked before the parser runs is: an unknown option (named with the closest
+one), a missing checkpoint, model or spec. The sweep's runner is :mod:`project.sweeps`'s: it passes every option
+that is not its own on to its trials' ``fit`` (:func:`sweep_arguments`).
+
+Importing this module loads neither torch nor Lightning: ``--help`` and a refusal of the arguments come at once; a
+subcommand imports what it runs once its arguments are checked.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentError
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, get_args
+
+from jsonargparse import ArgumentParser, Namespace
+
+from project.cli.refusals import exit_on_refusal, explain_parse_error, unknown_option
+from project.errors import UserInputError
+from project.trusted import trust
+
+COMMANDS = {
+    "fit": "train a model, then test its best checkpoint (python -m project fit --help lists every option)",
+    "validate": "a checkpoint's metrics on the validation split (--ckpt_path; data as for fit)",
+    "test": "a checkpoint's metrics on the test split (--ckpt_path; data as for fit)",
+    "evaluate": "a checkpoint's report on a split: metrics.json, report.md, confusion_matrix.png",
+    "export": "a checkpoint's network as ONNX, torch.export and safetensors files, with model.json",
+    "predict": "new image files through a checkpoint or an exported model.onnx: a CSV row per image",
+    "sweep": "search hyperparameters with Optuna; each trial is a fit run",
+}
+"""Every subcommand of ``python -m project``, and what it does."""
+Split = Literal["train", "val", "test"]
+"""The splits ``evaluate`` reports on (:data:`project.inference.evaluation.SPLITS`)."""
+ExportFormat = Literal["onnx", "pt2", "safetensors"]
+"""The files ``export`` writes (:data:`project.inference.export.FORMATS`)."""
+SWEEP_OWN = ("trials", "workers", "storage", "name", "interrupted", "help")
+"""The sweep's own options; every other option is a ``fit`` option for its trials."""
+TRUST_HELP = (
+    "import this module of your own (a class the checkpoint or config names; found from the current folder) and "
+    "trust it; repeat it for several: a file alone never names code to run"
+)
+
+
+def refuse_unknown_subcommand(name: str, here: tuple[str, ...] = tuple(COMMANDS)) -> None:
+    """Refuse a first argument that is neither an option nor one of the subcommands ``here``."""
+    if name in here or name.startswith("-"):
+        return
+    if name in COMMANDS:  # a subcommand of the whole command, given to a part of it (run_cli)
+        raise UserInputError(f"{name} is not a subcommand here ({', '.join(here)}): run python -m project {name}")
+    given = f"{name} is not a subcommand" if name else "no subcommand given"
+    raise UserInputError(f"{given}: use one of {', '.join(COMMANDS)} (python -m project --help)")
+
+
+def new_parser(prog: str, usage: str, description: str) -> ArgumentParser:
+    """A parser as LightningCLI's: errors come back to be said in one line, options are never abbreviated."""
+    return ArgumentParser(
+        prog=prog, usage=f"{prog} {usage}", description=description, exit_on_error=False, allow_abbrev=False
+    )
+
+
+def add_common(parser: ArgumentParser, out_help: str, out_default: Path | None = None) -> None:
+    parser.add_argument("--out", type=Path | None, default=out_default, help=out_help)
+    parser.add_argument("--trust", type=str, action="append", default=[], metavar="MODULE", help=TRUST_HELP)
+
+
+def evaluate_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(
+        prog,
+        "CHECKPOINT [--split SPLIT] [--data.data_dir DIR] [--out FOLDER] [--trust MODULE]",
+        "Evaluate a checkpoint on a split of the data module it was trained with (its class and arguments are stored "
+        "in it): metrics.json, report.md (per-class precision, recall, F1, the confusion matrix) and "
+        "confusion_matrix.png, and the report on stdout.",
+    )
+    parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
+    parser.add_argument("--split", type=Split, default="test", help="the split to evaluate")
+    parser.add_argument(
+        "--data.data_dir", type=str | None, default=None, help="where the data is, if not where the run found it"
+    )
+    add_common(parser, "the folder for the files (default: <run folder>/evaluation/<split>-<checkpoint name>/)")
+    return parser
+
+
+def export_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(
+        prog,
+        "CHECKPOINT [--out FOLDER] [--formats FORMAT ...] [--trust MODULE]",
+        "Export a checkpoint's network: ONNX, a torch.export program (.pt2) and safetensors weights (what "
+        "--model.finetuning.pretrained takes), with model.json (the preprocessing, the class names, what the outputs "
+        "mean). Each takes a batch of any size of normalised images, and is checked against the checkpoint's network.",
+    )
+    parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
+    parser.add_argument("--formats", type=ExportFormat, nargs="+", default=list(get_args(ExportFormat)))
+    add_common(parser, "a new folder for the files (default: <run folder>/export/<checkpoint name>/)")
+    return parser
+
+
+def predict_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(
+        prog,
+        "MODEL IMAGES... [--out CSV] [--batch_size N] [--mnist_style] [--trust MODULE]",
+        "Predict new images with a checkpoint or an ONNX export, each through the preprocessing of training; write a "
+        "CSV row per image: path, predicted (the class, the labels present, or the value) and, for classification, "
+        "p_<name> per class or label. A file that cannot be decoded is named on stderr and skipped.",
+    )
+    parser.add_argument("model", type=Path | None, nargs="?", help="a checkpoint (.ckpt) or an exported model.onnx")
+    parser.add_argument("images", type=str, nargs="*", help="image files, folders or glob patterns (quoted)")
+    parser.add_argument("--batch_size", type=int, default=256, help="images per batch")
+    parser.add_argument(
+        "--mnist_style",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="make each image's digit look like MNIST's first (light ink on black, in 20x20, centred in 28x28)",
+    )
+    add_common(parser, "the CSV file to write", Path("predictions.csv"))
+    return parser
+
+
+def sweep_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(
+        prog,
+        "SPEC [--trials N] [--workers N] [--storage URL] [--name NAME] [--interrupted MODE] [fit options...]",
+        "Search hyperparameters with Optuna: each trial is a `python -m project fit` run in "
+        "logs/sweeps/NAME/trials/. Every other option (--data.data_dir DIR, --config X, --trust MODULE) is a fit "
+        "option, for every trial. Results in logs/sweeps/NAME/: trials.csv, history.png, intermediate.png, "
+        "importance.png, best.yaml (train it with python -m project fit --config logs/sweeps/NAME/best.yaml); "
+        "see docs/sweeps.md.",
+    )
+    parser.add_argument(
+        "spec", type=str | None, nargs="?", help="a sweep spec (YAML), or one in project/configs/sweeps/ (mnist)"
+    )
+    parser.add_argument("--trials", type=int | None, default=None, help="finished trials (default: the spec's)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine, on one study")
+    parser.add_argument(
+        "--storage", type=str | None, default=None, help="the study's database (default sqlite:///.../study.db)"
+    )
+    parser.add_argument("--name", type=str | None, default=None, help="the sweep's folder (default: the spec's name)")
+    parser.add_argument(
+        "--interrupted",
+        type=Literal["retry", "skip"],
+        default="retry",
+        help="retry: resume an interrupted trial from its last.ckpt; skip: leave it failed",
+    )
+    return parser
+
+
+PARSERS: dict[str, Callable[[str], ArgumentParser]] = {
+    "evaluate": evaluate_parser,
+    "export": export_parser,
+    "predict": predict_parser,
+    "sweep": sweep_parser,
+}
+POSITIONALS = {
+    "evaluate": ("checkpoint",),
+    "export": ("checkpoint",),
+    "predict": ("model", "images"),
+    "sweep": ("spec",),
+}
+"""Each subcommand's positional arguments, all required (each is checked, to say which one is missing)."""
+
+
+def parse_command(name: str, args: list[str], prog: str) -> Namespace:
+    """The arguments of subcommand ``name``, checked: an unknown option, a value its option does not take, a missing
+    positional argument are each one refusal (``UserInputError``)."""
+    parser = PARSERS[name](prog)
+    known = sorted(set(vars(parser.get_defaults().as_flat())) - set(POSITIONALS[name]))
+    for arg in args:
+        option = arg.partition("=")[0].removeprefix("--")
+        if arg.startswith("--") and option not in (*known, "help"):
+            raise UserInputError(unknown_option(option, known))
+    try:
+        options = parser.parse_args(args)
+    except ArgumentError as error:
+        raise UserInputError(explain_parse_error(error, args, lambda: known)) from None
+    missing = next((positional for positional in POSITIONALS[name] if not options[positional]), None)
+    if missing:
+        raise UserInputError(f"{name}: give the {missing} ({parser.format_usage().strip().removeprefix('usage: ')})")
+    return options
+
+
+def sweep_arguments(args: list[str], prog: str = "python -m project sweep") -> tuple[Namespace, list[str]]:
+    """The sweep's own options, checked, and the rest: ``fit`` options for every trial. The spec comes first."""
+    if args and not args[0].startswith("-"):
+        own, index = [args[0]], 1
+    else:
+        own, index = [], 0
+    fit_args: list[str] = []
+    while index < len(args):
+        arg = args[index]
+        name, equals, _ = arg.partition("=")
+        is_own = arg in ("-h", "--help") or (name.startswith("--") and name[2:] in SWEEP_OWN)
+        takes_value = is_own and not equals and arg not in ("-h", "--help") and index + 1 < len(args)
+        taken = args[index : index + 2] if takes_value else [arg]
+        (own if is_own else fit_args).extend(taken)
+        index += len(taken)
+    options = parse_command("sweep", own, prog)
+    for key in ("trials", "workers"):
+        if options[key] is not None and options[key] < 1:
+            raise UserInputError(f"{key}: expected 1 or more, got {options[key]}")
+    name = options.name
+    if name is not None and (not name or "/" in name or name in (".", "..")):
+        raise UserInputError(f"name: {name!r} is not a folder name (no '/')")
+    return options, fit_args
+
+
+def evaluate(options: Namespace) -> None:
+    """The report of ``evaluate``'s checkpoint, on stdout and in its files."""
+    from project.inference.evaluation import evaluate_checkpoint
+
+    markdown, written = evaluate_checkpoint(options.checkpoint, options.split, options.data.data_dir, options.out)
+    print(markdown)
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
+def export(options: Namespace) -> None:
+    """``export``'s files, and how far each is from the checkpoint's network."""
+    from project.inference.export import default_folder, export_checkpoint
+
+    out = options.out or default_folder(options.checkpoint)
+    about = export_checkpoint(options.checkpoint, out, tuple(options.formats))
+    differences = ", ".join(
+        f"{name} {value:.1e}" for name, value in about["largest_difference_from_the_checkpoint"].items()
+    )
+    print(f"wrote {', '.join(about['files'])} and model.json to {out}")
+    if differences:
+        print(f"largest difference from the checkpoint's network (relative to the outputs' scale): {differences}")
+
+
+def predict(options: Namespace) -> None:
+    """``predict``'s CSV (a file that cannot be decoded is named on stderr and skipped)."""
+    from project.inference.prediction import predict_files
+
+    count, skipped = predict_files(options.model, options.images, options.out, options.batch_size, options.mnist_style)
+    print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
+
+
+RUNNERS: dict[str, Callable[[Namespace], None]] = {"evaluate": evaluate, "export": export, "predict": predict}
+
+
+def run(name: str, args: list[str], prog: str) -> None:
+    """Subcommand ``name`` with ``args``: parsed, its ``--trust`` modules trusted, then run. ``sweep`` is only parsed
+    here (its ``--help``, its refusals), before the sweep's own imports, which take seconds: :mod:`project.sweeps`
+    runs it."""
+    refuse_unknown_subcommand(name, (*RUNNERS, "sweep"))
+    if name == "sweep":
+        sweep_arguments(args, prog)
+        return
+    options = parse_command(name, args, prog)
+    trust(*options.trust)
+    RUNNERS[name](options)
+
+
+def print_help(prog: str) -> None:
+    """``python -m project --help``: every subcommand and what it does; exits as ``--help`` does."""
+    parser = new_parser(prog, "SUBCOMMAND [--help] ...", "Train, evaluate and use models of this project.")
+    subcommands = parser.add_subcommands(required=True)
+    for name, summary in COMMANDS.items():
+        subcommands.add_subcommand(name, ArgumentParser(), help=summary)
+    parser.parse_args(["--help"])
+
+
+def main(args: list[str], prog: str = "python -m project") -> None:
+    """``evaluate``, ``export``, ``predict``, the command's ``--help``, the refusal of a subcommand that does not exist,
+    and the check of a sweep's own options (``fit``, ``validate``, ``test``: :func:`project.cli.app.main`; the sweep:
+    :func:`project.sweeps.main`)."""
+    name, rest = (args[0], args[1:]) if args else ("", [])
+    if name in ("-h", "--help"):
+        print_help(prog)
+    exit_on_refusal(lambda: run(name, rest, f"{prog} {name}"), f"{name}: stopped by SIGTERM (exit status 143)")
