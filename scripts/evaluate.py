@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from project.errors import ReportedError
+from project.errors import DataNotFoundError, ReportedError
 from project.inference.evaluation import (
     compute_report,
     data_module_from_checkpoint,
@@ -49,7 +49,13 @@ def evaluate(checkpoint_path: Path, split: str, data_dir: str | None, out: Path 
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path)
     data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
-    data.prepare_data()
+    try:
+        data.prepare_data()  # never a download (data_module_from_checkpoint): the data_dir is the checkpoint's
+    except DataNotFoundError as error:
+        raise DataNotFoundError(
+            f"{error}\n  (evaluate never downloads: give --data-dir DIR, or download the data once with the "
+            "python -m project fit run of this dataset)"
+        ) from None
     data.setup(SPLITS[split])
     batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
     report = compute_report(predict(model, batches, model.task), model.task, data.class_names)

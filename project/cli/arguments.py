@@ -14,7 +14,7 @@ from jsonargparse import get_loader, set_loader
 
 from project.cli.presets import resolve_config_args
 from project.files.yaml_text import bounded_loader, read_yaml
-from project.trusted import take_trust_options, trust, trust_declared
+from project.trusted import guard_parser_imports, take_trust_options, trust, trust_declared
 
 YAML_LOADER = get_loader("yaml")
 """jsonargparse's own YAML loader, which reads config files and option values, here within bounds."""
@@ -26,6 +26,7 @@ def prepared_arguments(args: list[str]) -> list[str]:
     modules, args = take_trust_options(args)
     trust_declared()
     trust(*modules)  # before parsing: the parser imports the classes a config names, to check them
+    guard_parser_imports()  # ... and only those of the libraries and of the modules trusted
     set_loader("yaml", bounded_loader(YAML_LOADER), (yaml.YAMLError,))
     return merged_task_options(resolve_config_args(args))
 

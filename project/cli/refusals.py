@@ -18,7 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.errors import ReportedError, causes, disk_full, first_line, install_command
-from project.trusted import HOW_TO_TRUST
+from project.trusted import HOW_TO_TRUST, untrusted_class, untrusted_code
 
 SUBCOMMANDS = ("fit", "validate", "test")
 """The command line's subcommands. Lightning's ``predict`` is left out: predictions for new images are
@@ -43,6 +43,10 @@ TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
 
 def explain_parse_error(message: str, parser: Any, args: list[str] | None = None) -> str:
     """The parser's error ``message`` as one line; ``parser`` and ``args`` let it list the options that exist."""
+    denied = re.search(r"^(.*)Importing '([^']+)' is not allowed, denied by", message, flags=re.MULTILINE)
+    if denied:  # code outside the libraries and the modules trusted (project.trusted.guard_parser_imports)
+        key, path = ".".join(parser_keys(message)) or "an option", denied.group(2)
+        return untrusted_code(key, path) if "expects a function" in denied.group(1) else untrusted_class(key, path)
     unknown = (
         re.search(r"does not accept option '([^']+)'", message)
         or re.search(r"[Uu]nrecognized arguments: --?([^\s=]+)", message)

@@ -86,6 +86,11 @@ def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path
     return [folder / name for name in names]
 
 
+FROM_THE_USER = ("cache_dir", "cache_shared")
+"""Data module arguments a checkpoint never sets when it is rebuilt: where decoded images are cached, and whether
+other users' cache files are opened, are the user's (their defaults: ``$PROJECT_CACHE_DIR``, your own files only)."""
+
+
 def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
     """Rebuild the data module a checkpoint was trained with (its class and arguments are recorded in it:
     :mod:`project.data.recording`); ``overrides`` replace recorded arguments (``data_dir``) or give those a checkpoint
@@ -94,7 +99,8 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
     a checkpoint cannot make this call a function of its choosing. Its arguments are plain values, and a dataset
     named in the config by class path is rebuilt from the allow-list of ``Dataset`` subclasses likewise
-    (:func:`built_argument`).
+    (:func:`built_argument`). Nothing is downloaded (``download=False`` where the class takes it: a received
+    checkpoint names a ``data_dir`` and would write there), and :data:`FROM_THE_USER` are left to their defaults.
     """
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
@@ -103,12 +109,14 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
             "the checkpoint does not record its data module (it was not written by `python -m project`)"
         )
     data_class = allowed_class(class_path, ImageDataModule, "data module")
-    arguments = {key: value for key, value in hparams.items() if not key.startswith("_")}
+    parameters = inspect.signature(data_class).parameters
+    arguments = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in FROM_THE_USER}
+    if takes_argument(data_class, "download"):
+        arguments["download"] = False
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     for name, base in data_class.class_arguments.items():
         if isinstance(arguments.get(name), dict):
             arguments[name] = built_argument(arguments[name], base, f"data.{name}")
-    parameters = inspect.signature(data_class).parameters
     missing = [name for name in data_class.unrecorded_arguments if name in parameters and name not in arguments]
     if any(parameters[name].default is inspect.Parameter.empty for name in missing):
         raise UserInputError(
@@ -123,8 +131,24 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
         raise UserInputError(f"the checkpoint's data module arguments do not fit {class_path}: {error}") from None
     stated = checkpoint.get("preprocessing")
     if data.awaiting_normalisation and stated:  # the backbone's, recorded when it trained
+        from project.inference.prediction import checked_preprocessing  # (it rebuilds data modules with this module)
+
+        stated = checked_preprocessing(stated, "the checkpoint")
         data.adopt_normalisation(stated["mean"], stated["std"])
     return data
+
+
+def takes_argument(cls: type, name: str) -> bool:
+    """Whether ``cls(name=...)`` is accepted: a parameter of its own, or of a base class its ``**kwargs`` go to."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters
+        if name in parameters:
+            return True
+        if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+            return False
+    return False
 
 
 def built_argument(spec: dict[str, Any], base: type, option: str) -> Any:
