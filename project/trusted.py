@@ -4,9 +4,11 @@ it. Everything else a file holds is data.
 Options that take a class (``--model.network``, ``--trainer.callbacks``, ``--data``, ...) name it by class path, and
 the command line builds it. :func:`refuse_untrusted_code` checks every class path and every function the parser read,
 from the command line, a ``--config`` file, a run's saved ``config.yaml``, a sweep's ``best.yaml`` or spec, before
-anything is built: a class must come from one of :data:`LIBRARIES` or from a module you trust, and a function (an
-option typed ``Callable``, such as ``LambdaCallback``'s hooks) from a module you trust. Checkpoints name their classes
-too; those are looked up among classes already imported (:func:`project.training.checkpoints.allowed_class`).
+anything is built: a class must come from one of :data:`LIBRARIES` or from a module you trust, and code (an option
+typed ``Callable``, such as ``LambdaCallback``'s hooks: a function or any callable object) from a module you trust.
+The parser imports a module a value names before that check, so :func:`guard_parser_imports` holds its imports to
+the same modules, and never a ``__main__`` module. Checkpoints name their classes too; those are looked up among
+classes already imported (:func:`project.training.checkpoints.allowed_class`).
 
 Your own modules (outside ``project/``) are trusted because you name them:
 
@@ -29,12 +31,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
+import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
+from jsonargparse import Path as ParsedPath
 
 from project.errors import UserInputError, first_line
 
@@ -55,6 +59,8 @@ HOW_TO_TRUST = (
 TRUSTED: set[str] = set()
 """The modules trusted in this process (:func:`trust`): named with ``--trust``, in the clone's ``pyproject.toml``, or
 by :func:`trust` in Python."""
+PARSER_ALLOWS: set[str] = set()
+"""The trusted modules the command line's parser may import now (:func:`guard_parser_imports`)."""
 
 
 def trust(*modules: str, root: Path | None = None) -> None:
@@ -77,6 +83,56 @@ def trust(*modules: str, root: Path | None = None) -> None:
             TRUSTED.add(name)
     finally:
         sys.path.remove(folder)
+    guard_parser_imports()
+
+
+def guard_parser_imports() -> None:
+    """Let the command line's parser import, for a class path or function a value names, only the modules of
+    :data:`LIBRARIES` and the trusted ones, and never a ``__main__`` module of theirs (a program: importing it runs it).
+
+    The parser (jsonargparse) imports what a value names before :func:`refuse_untrusted_code` sees the parsed config,
+    and importing a module runs its code. jsonargparse's own ``import_path_denylist`` and ``import_path_allowlist``
+    (``set_parsing_settings``: an entry decides for a dotted path and everything under it, the most specific entry
+    first) keep it to these; modules no longer trusted are denied again. Short names (``EarlyStopping``) resolve as
+    before, to a class of these modules."""
+    allowed = {name for name in TRUSTED if not own_part_of_library(name)}
+    revoked = sorted(PARSER_ALLOWS - allowed)
+    programs = [name for module in sorted(allowed) for name in main_modules(module)]
+    set_parsing_settings(
+        import_path_denylist=["*", *library_main_modules(), *programs, *revoked],
+        import_path_allowlist=[*LIBRARIES, *sorted(allowed)],
+    )
+    PARSER_ALLOWS.clear()
+    PARSER_ALLOWS.update(allowed)
+
+
+def own_part_of_library(name: str) -> bool:
+    """Whether a trusted ``name`` lies in one of :data:`LIBRARIES` already, or in jsonargparse (which the parser never
+    imports for a value: a value could change its settings)."""
+    return name.partition(".")[0] in (*LIBRARIES, "jsonargparse")
+
+
+def library_main_modules() -> tuple[str, ...]:
+    """The ``__main__`` modules inside :data:`LIBRARIES` (``torch.utils.model_dump.__main__``), found on disk."""
+    return tuple(name for library in LIBRARIES for name in main_modules(library))
+
+
+@functools.cache
+def main_modules(package: str) -> tuple[str, ...]:
+    """The ``__main__`` modules inside ``package`` (an imported or importable one), found on disk: none for a module
+    that is no package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # not importable (then not imported by the parser either), or no spec
+        return ()
+    found = []
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for folder, _, files in os.walk(root):
+            if any(file.startswith("__main__.") for file in files):
+                parts = [package, *Path(folder).relative_to(root).parts, "__main__"]
+                if all(part.isidentifier() for part in parts):
+                    found.append(".".join(parts))
+    return tuple(found)
 
 
 def declared_modules(root: Path = PROJECT_ROOT) -> list[str]:
@@ -107,8 +163,9 @@ def trusted(module: str) -> bool:
 
 
 def may_be_named(module: str) -> bool:
-    """Whether a config may name a class of ``module``: one of :data:`LIBRARIES`, or a trusted module."""
-    return module.partition(".")[0] in LIBRARIES or trusted(module)
+    """Whether a config may name a class of ``module``: one of :data:`LIBRARIES`, or a trusted module; never a
+    ``__main__`` module (a program)."""
+    return (module.partition(".")[0] in LIBRARIES or trusted(module)) and "__main__" not in module.split(".")
 
 
 def take_trust_options(args: list[str]) -> tuple[list[str], list[str]]:
@@ -131,9 +188,11 @@ def take_trust_options(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def refuse_untrusted_code(value: Any, where: str = "") -> None:
-    """Refuse, naming the option, a class path outside :func:`may_be_named` and a function outside a trusted module
+    """Refuse, naming the option, a class path outside :func:`may_be_named` and code outside a trusted module
     anywhere in ``value``: the command line's parsed config (jsonargparse's ``Namespace``), or plain dicts and lists
-    read from a file. Nothing is imported or built here."""
+    read from a file. Code is every callable value other than a class: a function, a ``functools.partial``, and a
+    callable object (``builtins.exit``, a numpy ufunc, an ``operator.itemgetter``, a ctypes function), judged by its
+    class's module where it names none of its own. Nothing is imported or built here."""
     if isinstance(value, Namespace | dict):
         items = value.items() if isinstance(value, dict) else vars(value).items()
         if "class_path" in value:
@@ -145,28 +204,41 @@ def refuse_untrusted_code(value: Any, where: str = "") -> None:
             refuse_untrusted_code(item, f"{where}[{index}]")
     elif isinstance(value, type):
         refuse_untrusted_class(f"{value.__module__}.{value.__qualname__}", where)
-    elif inspect.isroutine(value) or isinstance(value, functools.partial):
+    elif callable(value) and not isinstance(value, ParsedPath):  # a path the parser read is data (callable: its text)
         function = value.func if isinstance(value, functools.partial) else value
-        module, name = getattr(function, "__module__", None), getattr(function, "__qualname__", repr(function))
+        module = getattr(function, "__module__", None) or type(function).__module__
+        name = getattr(function, "__qualname__", None) or type(function).__qualname__
         if not trusted(str(module)):
-            raise UserInputError(
-                f"{where}: {module}.{name} is code, and a config names code only from modules you trust; {HOW_TO_TRUST}"
-            )
+            raise UserInputError(untrusted_code(where, f"{module}.{name}"))
+
+
+def untrusted_code(where: str, path: str) -> str:
+    """The refusal of code (a function, a callable object) at ``path`` that a config names at ``where``."""
+    return f"{where}: {path} is code, and a config names code only from modules you trust; {HOW_TO_TRUST}"
+
+
+def untrusted_class(where: str, class_path: str) -> str:
+    """The refusal of a class path outside :func:`may_be_named` that a config names at ``where``."""
+    if "__main__" in class_path.split("."):
+        return f"{where}: {class_path} is in a __main__ module (a program, run when imported): a config never names one"
+    return (
+        f"{where}: {class_path} is not a class a config may name (those of torch, torchvision, torchmetrics, "
+        f"lightning and this project, or of a module you trust); {HOW_TO_TRUST}"
+    )
 
 
 def refuse_untrusted_class(class_path: Any, where: str) -> None:
-    """Refuse a class path a config may not name (:func:`may_be_named`), or one that names something other than a
-    class. A short name (``RandomCrop``) is left to the option that looks it up among the classes it allows."""
+    """Refuse a class path a config may not name (:func:`may_be_named`), or one that names
+    something other than a class. A short name (``RandomCrop``) is left to the option that looks it up among the
+    classes it allows."""
     if not isinstance(class_path, str):
         raise UserInputError(f"{where}.class_path must be a class's import path, got {class_path!r}")
     module, _, name = class_path.rpartition(".")
     if not module:
         return
     found = getattr(sys.modules.get(module), name, None)
-    if not may_be_named(module) or (found is not None and not may_be_named(str(found.__module__))):
-        raise UserInputError(
-            f"{where}: {class_path} is not a class a config may name (those of torch, torchvision, torchmetrics, "
-            f"lightning and this project, or of a module you trust); {HOW_TO_TRUST}"
-        )
+    found_in = str(getattr(found, "__module__", None) or type(found).__module__)
+    if not may_be_named(module) or (found is not None and not may_be_named(found_in)):
+        raise UserInputError(untrusted_class(where, class_path))
     if found is not None and not isinstance(found, type):
         raise UserInputError(f"{where}: {class_path} is not a class ({type(found).__name__}); name a class")

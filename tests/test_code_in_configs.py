@@ -7,17 +7,25 @@ ends with one ``error:`` line and writes nothing. Negative controls show the sam
 
 from __future__ import annotations
 
+import builtins
+import operator
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from helpers import cli_error
+from jsonargparse import Namespace
+from jsonargparse import Path as ParsedPath
 
 from project.cli import run_cli
+from project.errors import UserInputError
 from project.sweeps.command import main as sweep_main
+from project.trusted import library_main_modules, refuse_untrusted_code
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -227,3 +235,132 @@ def test_a_yaml_bomb_in_a_config_an_option_or_a_spec_is_refused_in_bounded_memor
     assert message in capsys.readouterr().err
     (run_dir / "loop.yaml").write_text("a: &a [1, *a]\n")
     assert "contains itself" in cli_error(["fit", f"--data.data_dir={fake_data_dir}", "--config=loop.yaml"], capsys)
+
+
+def plant_module(folder: Path, name: str, marker: Path, body: str = "") -> None:
+    """``folder/name.py`` (or a package, for a dotted name) that creates ``marker`` when it is imported."""
+    *packages, module = name.split(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    for depth in range(len(packages)):
+        package = folder.joinpath(*packages[: depth + 1])
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").touch()
+    text = f"open({str(marker)!r}, 'a').write({name!r})\nimport lightning as L\nclass Evil(L.Callback):\n    pass\n"
+    folder.joinpath(*packages, f"{module}.py").write_text(text + body)
+
+
+def test_the_parser_imports_no_module_a_config_names_before_it_is_checked(quick_args, run_dir, capsys, monkeypatch):
+    """jsonargparse imports what a class path names to build it: a module's import-time code ran before the check
+    (a module on PYTHONPATH, a package's __main__, which runs its program: flask.__main__ imported ./app.py)."""
+    marker, modules = run_dir / "ran", run_dir / "modules"
+    plant_module(modules, "evilcb", marker)
+    plant_module(modules, "evilpkg.__main__", marker)
+    monkeypatch.syspath_prepend(str(modules))
+    error = cli_error(["fit", *quick_args, "--trainer.callbacks+=evilcb.Evil"], capsys, root=run_dir)
+    assert "evilcb.Evil is not a class a config may name" in error and "--trust your.module" in error
+    (run_dir / "main.yaml").write_text("trainer:\n  callbacks:\n    - class_path: evilpkg.__main__.Evil\n")
+    for trusting in ([], ["--trust=evilpkg"]):  # a trusted package's __main__ is a program all the same
+        error = cli_error(["fit", *quick_args, *trusting, "--config=main.yaml"], capsys, root=run_dir)
+        assert "evilpkg.__main__.Evil is in a __main__ module" in error
+    hook = ["--trainer.callbacks+=LambdaCallback", "--trainer.callbacks.on_fit_start=evilcb.Evil"]
+    assert "evilcb.Evil is code" in cli_error(["fit", *quick_args, *hook], capsys, root=run_dir)
+    assert not marker.exists(), marker.read_text()
+    assert "torch.utils.model_dump.__main__" in library_main_modules()  # torch's own programs: refused by name
+    error = cli_error(["fit", *quick_args, "--trainer.callbacks+=torch.utils.model_dump.__main__.X"], capsys)
+    assert "is in a __main__ module" in error
+
+
+def test_a_module_trusted_by_a_spec_is_refused_only_the_command_line_trusts(fake_data_dir, run_dir, capsys):
+    marker = run_dir / "ran"
+    plant_module(run_dir, "evilmod", marker)
+    base = {"configs": ["debug"], "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100}}
+    lr = {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}}
+    for spec in (
+        {**base, "options": {**base["options"], "trust": "evilmod"}, "space": lr},
+        {**base, "options": {**base["options"], "--trust": "evilmod"}, "space": lr},
+        {**base, "space": {**lr, "trust": {"choices": ["evilmod"]}}},
+    ):
+        (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+        with pytest.raises(SystemExit) as caught:
+            sweep_main(["spec.yaml"])
+        assert caught.value.code == 2 and "only the command line trusts a module" in capsys.readouterr().err
+    assert not marker.exists() and not (run_dir / "logs").exists()
+
+
+class CreatesMarker:
+    """A callable object (no function): calling it creates ``path``, as ``ctypes.pythonapi.fork`` would fork."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, *args: object) -> float:
+        self.path.touch()
+        return 1.0
+
+
+def test_a_callable_object_is_code_though_it_is_no_function(quick_args, run_dir, capsys):
+    marker = run_dir / "ran"
+    for value in (CreatesMarker(marker), operator.itemgetter(0), np.add, builtins.exit):
+        config = Namespace(model=Namespace(lr_scheduler=Namespace(init_args=Namespace(lr_lambda=value))))
+        with pytest.raises(UserInputError, match=r"model.lr_scheduler.init_args.lr_lambda: .* is code"):
+            refuse_untrusted_code(config)
+    refuse_untrusted_code(Namespace(data_dir=ParsedPath(str(run_dir), mode="dr")))  # a path the parser read is data
+    scheduler = ["--model.lr_schedule=none", "--model.lr_scheduler=torch.optim.lr_scheduler.LambdaLR"]
+    for function in ("builtins.exit", "torch.exp"):  # exit (a Quitter object) ended the run with status 0
+        error = cli_error(["fit", *quick_args, *scheduler, f"--model.lr_scheduler.lr_lambda={function}"], capsys)
+        assert "lr_lambda: " in error and "is code, and a config names code only from modules you trust" in error
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's (3.10 ignores it)")
+def test_interpreters_a_run_starts_never_import_from_the_current_folder(tmp_path):
+    """ddp_spawn's processes (and DataLoader workers with spawn) start with `python -c`, the current folder first."""
+    folder, marker = tmp_path / "received_run", tmp_path / "ran"
+    (folder / "multiprocessing").mkdir(parents=True)
+    (folder / "multiprocessing" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('child')\n")
+    child = (  # as `python -m project` imports the package (sys.argv[0] is "-m" then), and a spawned child
+        "import sys; sys.argv[0] = '-m'; import project; import multiprocessing, os\n"
+        "process = multiprocessing.get_context('spawn').Process(target=os.getpid); process.start(); process.join()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONSAFEPATH", None)
+    result = subprocess.run([sys.executable, "-c", child], cwd=folder, env=env, capture_output=True, timeout=120)
+    assert not marker.exists(), result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_yaml_aliases_that_stand_for_too_much_text_are_refused(fake_data_dir, run_dir, capsys):
+    """1,200 aliases of a 10 KB string: 13 KB of YAML standing for 12 MB of text, past the 10 M characters read."""
+    text = f'model: {{task_options: {{class_weights: [&a "{"x" * 10_000}"{", *a" * 1200}]}}}}\n'
+    (run_dir / "wide.yaml").write_text(text)
+    message = "aliases (*name) expand to more than 10,000,000 characters"
+    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", "--config=wide.yaml"], capsys)
+    inline = text.removeprefix("model: {task_options: ").strip().removesuffix("}")
+    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", f"--model.task_options={inline}"], capsys)
+    assert not (run_dir / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "sampler, pruner, message",
+    [
+        ({"name": "tpe", "n_startup_trials": 0, "gamma": "x"}, "median", "tpe's gamma takes a function"),
+        ({"name": "tpe", "n_ei_candidates": "x"}, "median", "tpe's n_ei_candidates must be int, got 'x'"),
+        ("tpe", {"name": "percentile", "percentile": "x"}, "percentile's percentile must be float, got 'x'"),
+    ],
+)
+def test_sampler_and_pruner_arguments_of_another_type_are_refused_before_any_folder(
+    sampler, pruner, message, fake_data_dir, run_dir, capsys
+):
+    spec = {
+        "configs": ["debug"],
+        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, "trainer.max_epochs": 1},
+        "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
+        "trials": 2,
+        "sampler": sampler,
+        "pruner": pruner,
+    }
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as caught:
+        sweep_main(["spec.yaml"])
+    assert caught.value.code == 2 and message in capsys.readouterr().err
+    assert not (run_dir / "logs").exists()

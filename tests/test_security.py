@@ -17,6 +17,7 @@ import torch
 from helpers import cli_error, run_script
 
 from project.cli import run_cli
+from project.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = REPO_ROOT / "scripts" / "evaluate.py"
@@ -216,3 +217,149 @@ def test_every_command_refuses_recorded_options_no_command_line_would_give(
         assert error.startswith(f"error: {evil}") and message in error
     code, _, err = run_script("evaluate.py", [str(evil), "--out", str(tmp_path / "report")], capsys, monkeypatch)
     assert code == 2 and message in err and not (tmp_path / "report").exists()
+
+
+def best_checkpoint_state(checkpoint: dict) -> dict:
+    return next(state for name, state in checkpoint["callbacks"].items() if name.startswith("BestCheckpoint"))
+
+
+def test_a_checkpoint_naming_a_file_outside_its_folder_deletes_nothing(trained_checkpoint, quick_args, run_dir, capsys):
+    """Lightning's ModelCheckpoint deletes the old best files its state names when it saves a better one, and checks
+    that they lie in its folder with Path.absolute(), which keeps `..`."""
+    victim = run_dir / "victim.txt"
+    victim.write_text("keep me")
+    escape = "logs/mnist/version_0/checkpoints/../../../../victim.txt"
+
+    def name_the_victim(checkpoint):
+        state = best_checkpoint_state(checkpoint)
+        state.update(best_model_path=escape, kth_best_model_path=escape, best_k_models={escape: torch.tensor(-1.0)})
+        state.update(best_model_score=torch.tensor(-1.0), kth_value=torch.tensor(-1.0))
+
+    (run_dir / "downloads").mkdir()
+    evil = with_changes(trained_checkpoint, run_dir / "downloads" / "evil.ckpt", name_the_victim)
+    resume = ["fit", *quick_args, "--trainer.max_epochs=2", "--test_after_fit=false"]
+    error = cli_error([*resume, f"--ckpt_path={evil}"], capsys)
+    assert "victim.txt, which leads out of its checkpoint folder" in error and victim.exists()
+    with_changes(trained_checkpoint, trained_checkpoint, name_the_victim)  # the same state in a run folder
+    assert "leads out of its checkpoint folder" in cli_error([*resume, "--ckpt_path=last"], capsys)
+    assert victim.read_text() == "keep me"
+
+
+def test_a_checkpoint_from_elsewhere_is_resumed_into_a_new_run_not_the_one_its_state_names(
+    trained_checkpoint, quick_args, run_dir
+):
+    run = trained_checkpoint.parents[1]
+    before = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
+    (run_dir / "downloads").mkdir()
+    received = with_changes(trained_checkpoint, run_dir / "downloads" / "last.ckpt", lambda checkpoint: None)
+    cli = run_cli(["fit", *quick_args, f"--ckpt_path={received}", "--trainer.max_epochs=2", "--test_after_fit=false"])
+    assert Path(cli.trainer.log_dir).name == "version_1" and cli.trainer.current_epoch == 2
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before
+
+
+def test_evaluate_never_downloads_nor_writes_where_a_checkpoint_names(
+    trained_checkpoint, tmp_path, capsys, monkeypatch
+):
+    elsewhere, cache = tmp_path / "elsewhere", tmp_path / "elsewhere_cache"
+
+    def point_elsewhere(checkpoint):
+        hparams = checkpoint["datamodule_hyper_parameters"]
+        hparams.update(data_dir=str(elsewhere), download=True, cache_dir=str(cache))
+
+    evil = with_changes(trained_checkpoint, tmp_path / "evil.ckpt", point_elsewhere)
+    code, _, err = run_script("evaluate.py", [str(evil), "--out", str(tmp_path / "report")], capsys, monkeypatch)
+    assert code == 2 and "evaluate never downloads: give --data-dir DIR" in err, err
+    assert not elsewhere.exists() and not cache.exists() and not (tmp_path / "report").exists()
+
+
+def test_a_library_network_rebuilt_from_a_checkpoint_never_reaches_the_hugging_face_hub(
+    pretrained_checkpoint, monkeypatch
+):
+    pytest.importorskip("transformers")
+    import socket
+
+    from project.training.task_module import TaskModule
+
+    checkpoint = torch.load(pretrained_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["network"] = {
+        "class_path": "project.networks.library.LibraryNetwork",
+        "init_args": {"library": "huggingface", "name": "someone/vit-tiny", "num_outputs": 10, "in_channels": 1},
+    }
+    reached = []
+
+    def record(*args, **kwargs):
+        reached.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", record)
+    monkeypatch.setattr(socket, "create_connection", record)
+    with pytest.raises(UserInputError, match="reads only the local cache"):
+        TaskModule.from_checkpoint(checkpoint, "received.ckpt")
+    assert reached == []
+
+
+def nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+STATES = {
+    "an augmentation generator of 3 bytes": (
+        lambda checkpoint: checkpoint["MNISTDataModule"].update(augment_generator=torch.zeros(3, dtype=torch.uint8)),
+        "augment_generator is not a generator state",
+    ),
+    "a python random state that is text": (
+        lambda checkpoint: checkpoint["callbacks"]["ExactResume"]["ranks"][0].update(python="x"),
+        "ExactResume's random state of process 0 is not one",
+    ),
+    "task options nested 3000 deep": (
+        lambda checkpoint: checkpoint["hyper_parameters"].update(task_options=nested(3000)),
+        "hyper_parameters nest deeper than 64 levels",
+    ),
+}
+
+
+@pytest.mark.parametrize("crafted", list(STATES))
+def test_states_a_resumed_run_puts_back_are_checked_before_it_starts(
+    crafted, trained_checkpoint, quick_args, tmp_path, capsys, monkeypatch
+):
+    change, message = STATES[crafted]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # pickling a deeply nested value recurses (torch.load reads it without)
+    try:
+        evil = with_changes(trained_checkpoint, tmp_path / "evil.ckpt", change)
+    finally:
+        sys.setrecursionlimit(limit)
+    error = cli_error(["fit", *quick_args, f"--ckpt_path={evil}", "--trainer.max_epochs=2"], capsys)
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    "preprocessing, message",
+    [("x", "is str, not a mapping"), ("image_size", "has image_size 1000000, not a whole number from 1 to 4096")],
+)
+def test_predict_refuses_a_preprocessing_record_training_never_writes(
+    preprocessing, message, pretrained_checkpoint, tmp_path, capsys, monkeypatch
+):
+    def craft(checkpoint):
+        if preprocessing == "x":
+            checkpoint["preprocessing"] = "x"
+        else:
+            checkpoint["preprocessing"]["image_size"] = 10**6
+
+    evil = with_changes(pretrained_checkpoint, tmp_path / "evil.ckpt", craft)
+    (tmp_path / "digit.png").write_bytes(b"")
+    out = tmp_path / "predictions.csv"
+    args = [str(evil), str(tmp_path / "digit.png"), "--out", str(out)]
+    code, _, err = run_script("predict.py", args, capsys, monkeypatch)
+    assert code == 2 and message in err and "Traceback" not in err and not out.exists(), err
+
+
+def test_a_csv_header_beyond_the_csv_modules_field_limit_is_one_line(run_dir, capsys):
+    data_dir = run_dir / "labels"
+    data_dir.mkdir()
+    (data_dir / "train.csv").write_text(f"image,{'c' * 140_000}\nx.png,1\n")
+    args = ["fit", "--data=project.data.CSVMultilabelDataModule", f"--data.data_dir={data_dir}"]
+    assert "train.csv line 1: not a CSV file this can read (field larger than field limit" in cli_error(args, capsys)

@@ -56,7 +56,7 @@ from project.reports import trackers
 from project.reports.tensorboard import RunLogger, TensorBoardReports
 from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
 from project.training.progress import NO_TIPS, ProgressLog, RunProgressBar, say
-from project.training.resume import ExactResume, check_resume_settings
+from project.training.resume import ExactResume, check_resume_settings, check_saved_states
 from project.training.run_lock import RunLock, first_process
 from project.training.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
 from project.training.specs import check_recorded
@@ -269,6 +269,7 @@ class ProjectCLI(LightningCLI):
                     trainer.accumulate_grad_batches,
                     trainer.world_size,
                 )
+                check_saved_states(self.checkpoint, str(self.chosen.path), type(data))
                 for stale in remove_stale_temporaries(self.chosen.path.parent):  # (the run is locked: none is live)
                     rank_zero_info(f"Removed {stale}, left by a save that was killed part-way")
             check_fits_network(self.checkpoint, model, str(self.chosen.path))

@@ -12,7 +12,7 @@ from project.cli.commands import refuse_unknown_subcommand
 from project.cli.presets import resolve_config_args
 from project.cli.refusals import SUBCOMMANDS
 from project.files.yaml_text import bounded_loader
-from project.trusted import take_trust_options, trust, trust_declared
+from project.trusted import guard_parser_imports, take_trust_options, trust, trust_declared
 
 YAML_LOADER = get_loader("yaml")
 """jsonargparse's own YAML loader, which reads config files and option values, here within bounds."""
@@ -25,5 +25,6 @@ def prepared_arguments(args: list[str]) -> list[str]:
     modules, args = take_trust_options(args)
     trust_declared()
     trust(*modules)  # before parsing: the parser imports the classes a config names, to check them
+    guard_parser_imports()  # ... and only those of the libraries and of the modules trusted
     set_loader("yaml", bounded_loader(YAML_LOADER), (yaml.YAMLError,))
     return resolve_config_args(args)

@@ -28,7 +28,7 @@ from typing import Any
 from project.cli.presets import config_files, option_values
 from project.errors import ReportedError, causes, disk_full, first_line, install_command
 from project.files.yaml_text import read_yaml
-from project.trusted import HOW_TO_TRUST
+from project.trusted import HOW_TO_TRUST, untrusted_class, untrusted_code
 
 SUBCOMMANDS = ("fit", "validate", "test")
 """LightningCLI's subcommands, the Trainer's (:mod:`project.cli.app`); Lightning's ``predict`` is left out: new images
@@ -53,6 +53,10 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
     """The parser's ``error`` as one line; ``args`` are what the user gave, ``known`` lists the options that exist
     (asked only for an unknown option)."""
     message = str(error)
+    denied = re.search(r"^(.*)Importing '([^']+)' is not allowed, denied by", message, flags=re.MULTILINE)
+    if denied:  # code outside the libraries and the modules trusted (project.trusted.guard_parser_imports)
+        key, path = ".".join(parser_keys(message)) or "an option", denied.group(2)
+        return untrusted_code(key, path) if "expects a function" in denied.group(1) else untrusted_class(key, path)
     # jsonargparse: "Subcommand 'fit' does not accept option 'x'", "Option 'x' is not accepted" (ArgumentParser.
     # validate), argparse: "unrecognized arguments: --x 1": the unknown option is named in the text only.
     unknown = (

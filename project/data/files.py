@@ -336,8 +336,11 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
         train_csv, _ = self.sources()
         if not train_csv.is_file():
             raise DataNotFoundError(f"CSVMultilabelDataModule: {train_csv.resolve()} does not exist (data.data_dir)")
-        with train_csv.open(newline="", encoding="utf-8-sig") as file:
-            header = text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
+        try:
+            with train_csv.open(newline="", encoding="utf-8-sig") as file:
+                header = text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
+        except csv.Error as error:  # a field beyond csv.field_size_limit(), ...: as read_csv says it
+            raise UserInputError(f"{train_csv} line 1: not a CSV file this can read ({error})") from None
         self.labels = [name.strip() for name in header if name.strip() != "image"]
         if not self.labels:
             raise UserInputError(f"{train_csv}: the first line must name the columns image,<label>,... (0/1 each)")

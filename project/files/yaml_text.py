@@ -2,8 +2,9 @@
 
 YAML's aliases let a 1 KB file stand for gigabytes once its values are copied (the "billion laughs"), and nesting
 without end exhausts the parser's stack. :func:`read_yaml` refuses both before anything is built from the text:
-at most :data:`MAX_CHARACTERS` characters and :data:`MAX_VALUES` values with every alias expanded, and no value that
-contains itself. :func:`bounded_loader` puts the same bounds in front of another YAML loader (the command line's).
+at most :data:`MAX_CHARACTERS` characters (of text, and of values with every alias expanded) and :data:`MAX_VALUES`
+values with every alias expanded, and no value that contains itself. :func:`bounded_loader` puts the same bounds in
+front of another YAML loader (the command line's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import yaml
 from project.errors import UserInputError, first_line
 
 MAX_CHARACTERS = 10_000_000
-"""The longest YAML text read (configs and specs are a few kilobytes)."""
+"""The longest YAML text read (configs and specs are a few kilobytes), and the most characters its values may hold
+once its aliases are expanded."""
 MAX_VALUES = 1_000_000
 """The most values (scalars, lists and mappings) a YAML text may stand for once its aliases are expanded."""
 SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -31,20 +33,22 @@ def check_yaml_bounds(text: str, source: str) -> None:
         return  # no alias and little nesting: nothing to expand
     try:
         node = yaml.compose(text, Loader=SafeLoader)
-        total = expanded_size(node, {}, set(), source)
+        values, characters = expanded_size(node, {}, set(), source)
     except yaml.YAMLError:
         return
     except RecursionError:
         raise UserInputError(f"{source}: YAML nested too deeply to read") from None
-    if total > MAX_VALUES:
+    if values > MAX_VALUES or characters > MAX_CHARACTERS:
+        amount = f"{MAX_VALUES:,} values" if values > MAX_VALUES else f"{MAX_CHARACTERS:,} characters"
         raise UserInputError(
-            f"{source}: its YAML aliases (*name) expand to more than {MAX_VALUES:,} values (a 'billion laughs' "
-            "file?); write the values out"
+            f"{source}: its YAML aliases (*name) expand to more than {amount} (a 'billion laughs' file?); write the "
+            "values out"
         )
 
 
-def expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
-    """How many values ``node`` stands for with its aliases expanded (``sizes``: the nodes counted already)."""
+def expanded_size(node: Any, sizes: dict[int, tuple[int, int]], open_nodes: set[int], source: str) -> tuple[int, int]:
+    """How many values ``node`` stands for with its aliases expanded, and how many characters their text holds
+    (``sizes``: the nodes counted already; each count stops just past its bound)."""
     key = id(node)
     if key in sizes:
         return sizes[key]
@@ -56,9 +60,12 @@ def expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int], source
         children = [part for pair in node.value for part in pair]
     elif isinstance(node, yaml.SequenceNode):
         children = node.value
-    total = 1 + sum(expanded_size(child, sizes, open_nodes, source) for child in children)
+    values, characters = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+    for child in children:
+        child_values, child_characters = expanded_size(child, sizes, open_nodes, source)
+        values, characters = values + child_values, characters + child_characters
     open_nodes.discard(key)
-    sizes[key] = min(total, MAX_VALUES + 1)
+    sizes[key] = (min(values, MAX_VALUES + 1), min(characters, MAX_CHARACTERS + 1))
     return sizes[key]
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from project.data import ImageDataModule
-from project.errors import UserInputError, first_line
+from project.errors import DataNotFoundError, UserInputError, first_line
 from project.files.atomic import written_folder
 from project.reports.figures import confusion_figure
 from project.tasks import Task
@@ -91,6 +91,11 @@ def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path
     return [folder / name for name in names]
 
 
+FROM_THE_USER = ("cache_dir", "cache_shared")
+"""Data module arguments a checkpoint never sets when it is rebuilt: where decoded images are cached, and whether
+other users' cache files are opened, are the user's (their defaults: ``$PROJECT_CACHE_DIR``, your own files only)."""
+
+
 def evaluate_checkpoint(
     checkpoint_path: Path, split: str = "test", data_dir: str | None = None, out: Path | None = None
 ) -> tuple[str, list[Path]]:
@@ -102,7 +107,13 @@ def evaluate_checkpoint(
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path)
     data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
-    data.prepare_data()
+    try:
+        data.prepare_data()  # never a download (data_module_from_checkpoint): the data_dir is the checkpoint's
+    except DataNotFoundError as error:
+        raise DataNotFoundError(
+            f"{error}\n  (evaluate never downloads: give --data.data_dir DIR, or download the data once with the "
+            "python -m project fit run of this dataset)"
+        ) from None
     data.setup(SPLITS[split])
     batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
     report = compute_report(predict(model, batches, model.task), model.task, data.class_names)
@@ -120,7 +131,8 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
     a checkpoint cannot make this call a function of its choosing. Its arguments are plain values, and a dataset
     named in the config by class path is rebuilt from the allow-list of ``Dataset`` subclasses likewise
-    (:func:`built_argument`).
+    (:func:`built_argument`). Nothing is downloaded (``download=False`` where the class takes it: a received
+    checkpoint names a ``data_dir`` and would write there), and :data:`FROM_THE_USER` are left to their defaults.
     """
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
@@ -129,12 +141,14 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
             "the checkpoint does not record its data module (it was not written by `python -m project`)"
         )
     data_class = allowed_class(class_path, ImageDataModule, "data module")
-    arguments = {key: value for key, value in hparams.items() if not key.startswith("_")}
+    parameters = inspect.signature(data_class).parameters
+    arguments = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in FROM_THE_USER}
+    if takes_argument(data_class, "download"):
+        arguments["download"] = False
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     for name, base in data_class.class_arguments.items():
         if isinstance(arguments.get(name), dict):
             arguments[name] = built_argument(arguments[name], base, f"data.{name}")
-    parameters = inspect.signature(data_class).parameters
     missing = [name for name in data_class.unrecorded_arguments if name in parameters and name not in arguments]
     if any(parameters[name].default is inspect.Parameter.empty for name in missing):
         raise UserInputError(
@@ -149,8 +163,24 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
         raise UserInputError(f"the checkpoint's data module arguments do not fit {class_path}: {error}") from None
     stated = checkpoint.get("preprocessing")
     if data.awaiting_normalisation and stated:  # the backbone's, recorded when it trained
+        from project.inference.prediction import checked_preprocessing  # (it rebuilds data modules with this module)
+
+        stated = checked_preprocessing(stated, "the checkpoint")
         data.adopt_normalisation(stated["mean"], stated["std"])
     return data
+
+
+def takes_argument(cls: type, name: str) -> bool:
+    """Whether ``cls(name=...)`` is accepted: a parameter of its own, or of a base class its ``**kwargs`` go to."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters
+        if name in parameters:
+            return True
+        if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+            return False
+    return False
 
 
 def built_argument(spec: dict[str, Any], base: type, option: str) -> Any:

@@ -33,12 +33,49 @@ from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
 from project.training.specs import metric_class
 
+MAX_IMAGE_SIZE = 4096
+"""The largest image side a preprocessing record may state (training sizes are 28 to a few hundred; a crafted
+checkpoint's 10**6 would ask for terabytes)."""
+
+
+def checked_preprocessing(record: Any, source: object) -> dict[str, Any]:
+    """``record`` (a checkpoint's or an export's preprocessing) when it holds what training writes: ``channels`` 1 or
+    3, an ``image_size`` from 1 to :data:`MAX_IMAGE_SIZE`, a finite ``mean`` and a positive finite ``std`` (one number
+    or one per channel), ``class_names`` a list of names, ``mnist_style`` true or false; one line naming ``source``
+    otherwise."""
+    problem = preprocessing_problem(record)
+    if problem:
+        raise UserInputError(f"{source}: its preprocessing record {problem}; it is not one that training writes")
+    return record
+
+
+def preprocessing_problem(record: Any) -> str | None:
+    """What is wrong with a preprocessing record (:func:`checked_preprocessing`), or ``None``."""
+    if not isinstance(record, dict):
+        return f"is {type(record).__name__}, not a mapping"
+    channels, size = record.get("channels"), record.get("image_size")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        return f"has channels {channels!r}, not 1 or 3"
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        return f"has image_size {size!r}, not a whole number from 1 to {MAX_IMAGE_SIZE}"
+    for key in ("mean", "std"):
+        values = record.get(key) if isinstance(record.get(key), list) else [record.get(key)]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e30 for v in values)
+        if len(values) not in (1, channels) or not numbers or (key == "std" and min(values) <= 0):
+            return f"has {key} {record.get(key)!r}, not {'a positive' if key == 'std' else 'a'} number per channel"
+    names = record.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(name, str | int | float) for name in names):
+        return f"has class_names {names!r}, not a list of names"
+    if not isinstance(record.get("mnist_style", False), bool):
+        return f"has mnist_style {record['mnist_style']!r}, not true or false"
+    return None
+
 
 def checkpoint_preprocessing(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
-    """How the checkpoint's training prepared an image (its data module recorded it)."""
-    if not isinstance(checkpoint.get("preprocessing"), dict):
+    """How the checkpoint's training prepared an image (its data module recorded it: :func:`checked_preprocessing`)."""
+    if "preprocessing" not in checkpoint:
         raise UserInputError(f"{source} records no preprocessing: it was trained without a data module of the project")
-    return checkpoint["preprocessing"]
+    return checked_preprocessing(checkpoint["preprocessing"], source)
 
 
 class Predictor:
@@ -88,7 +125,7 @@ class Predictor:
         try:
             about = json.loads(sidecar.read_text())
             task = onnx_task(about)
-            return cls(run, task, about["preprocessing"])
+            return cls(run, task, checked_preprocessing(about["preprocessing"], sidecar))
         except UserInputError:  # a task class outside the allow-list, an option its task refuses: said as such
             raise
         except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError

@@ -11,6 +11,8 @@ code.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +26,26 @@ from project.networks import Network
 LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "transformers"}
 """The allow-list: library name -> the module imported for it. torchvision is a dependency; ``pip install -e
 ".[timm]"``, ``".[hf]"`` for the others (``project.errors.EXTRAS``)."""
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """While it lasts, nothing is fetched from the Hugging Face Hub (Transformers' models and image processors, timm's
+    weights): only the local cache and local folders are read. A network rebuilt from a checkpoint (evaluate, export,
+    predict, ``TaskModule.load_from_checkpoint``) holds its weights, so a received checkpoint that names a hub id
+    reaches no server. This is huggingface_hub's documented offline mode (``HF_HUB_OFFLINE``), which its
+    ``is_offline_mode()`` reads from ``huggingface_hub.constants`` at each request, and Transformers with it."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no Hugging Face library installed: nothing can reach the Hub
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def import_library(library: str) -> Any:
@@ -90,8 +112,9 @@ class HuggingFaceFeatures(nn.Module):
                     f"never runs: use a model type that Transformers itself defines"
                 ) from None
             raise UserInputError(
-                f"Hugging Face model {name!r}: {first_line(error)} (a hub id needs the network; "
-                f"a local folder needs config.json, and model weights for weights: library)"
+                f"Hugging Face model {name!r}: {first_line(error)} (a hub id needs the network, and a network "
+                f"rebuilt from a checkpoint reads only the local cache; a local folder needs config.json, and model "
+                f"weights for weights: library)"
             ) from None
 
     def forward(self, images: Tensor) -> Tensor:

@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from project.cli import run_cli
 from project.cli.commands import sweep_arguments
 from project.cli.refusals import exit_on_refusal
 from project.errors import UserInputError
+from project.files.yaml_text import read_yaml
 from project.sweeps.spec import Objective, SweepSpec, load_spec, option_key, option_value
 from project.sweeps.storage import Sweep, open_study, quiet_optuna, shown_url, storage_for
 from project.sweeps.study import counts, finished, run_worker
@@ -35,6 +34,9 @@ SWEEPS_DIR = Path("logs") / "sweeps"
 """Where sweeps live, relative to where the command runs: ``logs/sweeps/<name>/``."""
 WORKER_ENV = "PROJECT_SWEEP_WORKER"
 """``<index>/<count>``: set for the worker processes ``--workers N`` starts (their sampler seeds, their threads)."""
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
+"""A worker's interpreter puts no folder of the current one on ``sys.path`` (``python -P``, Python 3.11+; before,
+``project/__init__.py`` takes it off for ``-m``)."""
 
 
 def user_option_keys(args: list[str]) -> list[str]:
@@ -66,7 +68,7 @@ def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
         except UserInputError as error:
             raise UserInputError(f"sweep {spec.path}: {error}") from None
         if index == 0:
-            resolved = yaml.safe_load(printed.getvalue()) or {}
+            resolved = read_yaml(printed.getvalue(), "sweep: the resolved fit config") or {}
     check_trial_folders(resolved)
     logger = (resolved.get("trainer") or {}).get("logger")
     if isinstance(logger, list):  # a tracker preset: the sweep names each trial's folder by the one logger's options
@@ -194,7 +196,8 @@ def run_workers(args: list[str], workers: int) -> None:
     """Start ``workers`` processes of this same command, each a worker of the study, and wait for them all."""
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "project", "sweep", *args], env={**os.environ, WORKER_ENV: f"{i}/{workers}"}
+            [sys.executable, *SAFE_PATH, "-m", "project", "sweep", *args],
+            env={**os.environ, WORKER_ENV: f"{i}/{workers}"},
         )
         for i in range(workers)
     ]

@@ -36,6 +36,15 @@ import yaml
 from project.cli.presets import CONFIG_DIR, checked_config
 from project.errors import UserInputError
 from project.files.yaml_text import read_yaml
+from project.sweeps.samplers import (
+    DEFAULT_SEED,
+    PRUNERS,
+    SAMPLERS,
+    build,
+    check_arguments,
+    optuna_class,
+    try_on_a_study,
+)
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 """The sweep specs shipped with the project: ``python -m project sweep NAME`` finds ``NAME.yaml`` here."""
@@ -56,17 +65,6 @@ a retried trial resumes, no test after fit; the presets are the spec's ``configs
 OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\+?")
 """An option of ``fit`` as a spec names it: ``trainer.max_epochs`` (``trainer.callbacks+`` appends)."""
 DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
-PRUNERS = {
-    "median": "MedianPruner",
-    "percentile": "PercentilePruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "hyperband": "HyperbandPruner",
-    "threshold": "ThresholdPruner",
-    "none": "NopPruner",
-}
-DEFAULT_SEED = 42
-"""The sampler's seed when the spec names none (each ask draws from a seed of its own derived from it)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +148,7 @@ class SweepSpec:
 
     @property
     def seed(self) -> int:
-        return int(self.sampler_args.get("seed", DEFAULT_SEED))
+        return self.sampler_args.get("seed", DEFAULT_SEED)
 
     def identity(self, objective: Objective) -> str:
         """What a study is: its space and objective, as text (a second sweep on the same study must search the same)."""
@@ -209,6 +207,8 @@ def load_spec(name: str) -> SweepSpec:
     spec.trials = read_trials(content.get("trials", spec.trials), f"{where}: trials")
     spec.sampler, spec.sampler_args = read_named(content.get("sampler", "tpe"), SAMPLERS, f"{where}: sampler")
     spec.pruner, spec.pruner_args = read_named(content.get("pruner", "median"), PRUNERS, f"{where}: pruner")
+    sampler, pruner = build(spec.sampler, spec.sampler_args, SAMPLERS), build(spec.pruner, spec.pruner_args, PRUNERS)
+    try_on_a_study(sampler, pruner, spec.space, where)
     spec.metric, spec.direction = read_objective(content.get("objective"), f"{where}: objective")
     spec.enqueue = read_enqueue(content.get("enqueue") or [], spec.space, f"{where}: enqueue")
     spec.heartbeat_interval, spec.grace_period = read_heartbeat(content.get("heartbeat") or {}, f"{where}: heartbeat")
@@ -242,6 +242,8 @@ def option_key(option: Any, where: str) -> str:
         raise UserInputError(
             f"{where}: {option!r} is not an option name (write it as fit takes it: trainer.max_epochs)"
         )
+    if isinstance(key, str) and key.rstrip("+") == "trust":  # a spec is data: it never names code to import
+        raise UserInputError(f"{where}: {option} is not taken in a spec: only the command line trusts a module")
     if key in RESERVED_OPTIONS:
         raise UserInputError(
             f"{where}: {key} is set by the sweep for each trial (its run folder, the checkpoint "
@@ -310,7 +312,6 @@ def read_trials(trials: Any, where: str) -> int:
 def read_named(value: Any, known: dict[str, str], where: str) -> tuple[str, dict[str, Any]]:
     """``name`` or ``{name: NAME, ARG: VALUE, ...}``: one of ``known`` and the keyword arguments of its Optuna class,
     checked by building it now."""
-    import optuna
 
     args: dict[str, Any] = {}
     if isinstance(value, dict):
@@ -321,33 +322,19 @@ def read_named(value: Any, known: dict[str, str], where: str) -> tuple[str, dict
             f"{where}: {value!r} is not one{close_match(str(value), known)} (use one of "
             f"{', '.join(known)}, or {{name: NAME, ...its arguments}})"
         )
-    module = optuna.samplers if known is SAMPLERS else optuna.pruners
-    cls = getattr(module, known[value])
-    accepted = [name for name in inspect.signature(cls).parameters if name not in ("self", "search_space")]
+    accepted = [name for name in inspect.signature(optuna_class(value, known)).parameters if name != "search_space"]
     for name in args:
         if name not in accepted:
             raise UserInputError(
                 f"{where}: {value} takes no {name!r}{close_match(name, accepted)} (it takes "
                 f"{', '.join(accepted) or 'nothing'})"
             )
+    check_arguments(value, args, known, where)
     try:
         build(value, args, known)
     except (TypeError, ValueError) as error:
         raise UserInputError(f"{where}: {value} {args}: {str(error).strip().splitlines()[0]}") from None
     return value, args
-
-
-def build(name: str, args: dict[str, Any], known: dict[str, str]) -> Any:
-    """The Optuna sampler or pruner ``name`` with ``args``; the sweep's defaults where the spec says nothing (TPE:
-    seeded, and ``constant_liar`` so that workers asking at once do not sample the same place)."""
-    import optuna
-
-    if known is SAMPLERS:
-        args = {"seed": DEFAULT_SEED, **args}
-        if name == "tpe":
-            args = {"constant_liar": True, **args}
-        return getattr(optuna.samplers, known[name])(**args)
-    return getattr(optuna.pruners, known[name])(**args)
 
 
 def read_objective(objective: Any, where: str) -> tuple[str | None, str | None]:

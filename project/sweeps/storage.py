@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from project.errors import UserInputError, causes, first_line
-from project.sweeps.spec import PRUNERS, SAMPLERS, Objective, SweepSpec, build
+from project.sweeps.samplers import PRUNERS, SAMPLERS, build
+from project.sweeps.spec import Objective, SweepSpec
 
 SPEC_ATTR = "sweep_spec"
 """The study's user attribute holding its space and objective (:meth:`SweepSpec.identity`)."""

@@ -174,6 +174,62 @@ class ExactResume(L.Callback, TrainingPosition):
             self.resumed_by_loop = complete is None
 
 
+def check_saved_states(checkpoint: Mapping[str, Any], source: str, data_class: type) -> None:
+    """Refuse, in one line naming ``source``, a checkpoint whose states that a resumed run puts back are not what a
+    run saves: :class:`ExactResume`'s (every process's python, numpy, torch and CUDA generator states; the epoch and
+    batches done), and the data module's augmentation generator. Each generator state is put into a generator of its
+    own kind here, which refuses one of another shape or type as it would mid-run."""
+    callbacks = checkpoint.get("callbacks")
+    exact = callbacks.get(ExactResume.__qualname__) if isinstance(callbacks, dict) else None
+    data_state = checkpoint.get(data_class.__qualname__)
+    problem = None
+    if exact is not None:
+        problem = exact_resume_problem(exact)
+    if problem is None and isinstance(data_state, dict) and "augment_generator" in data_state:
+        problem = generator_problem("augment_generator", data_state["augment_generator"])
+    if problem is not None:
+        raise UserInputError(f"{source}: {problem}; not a state a run saves (resume from another checkpoint)")
+
+
+def exact_resume_problem(state: Any) -> str | None:
+    """What is wrong with :class:`ExactResume`'s saved state, or ``None``."""
+    ranks = state.get("ranks") if isinstance(state, dict) else None
+    if not isinstance(ranks, list) or not ranks or not all(isinstance(rank, dict) for rank in ranks):
+        return "ExactResume's ranks are not a list of random states, one per process"
+    counts = [state.get("epoch", 0), state.get("batches_done", 0)]
+    if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts):
+        return f"ExactResume's epoch and batches_done are {counts}, not counts"
+    if state.get("epoch_complete") not in (None, True, False):
+        return f"ExactResume's epoch_complete is {state['epoch_complete']!r}, not true or false"
+    for index, rank in enumerate(ranks):
+        try:
+            random.Random().setstate(as_tuples(rank["python"]))
+            numpy = rank["numpy"]
+            keys = numpy["keys"].numpy().astype(np.uint32)
+            state_tuple = (numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gauss"])
+            np.random.RandomState().set_state(state_tuple)
+        except Exception as error:  # random's and numpy's own checks of a state (TypeError, ValueError, KeyError...)
+            return f"ExactResume's random state of process {index} is not one ({type(error).__name__}: {error})"
+        problem = generator_problem(f"ExactResume's torch state of process {index}", rank.get("torch"))
+        cuda = rank.get("cuda")
+        if problem is None and cuda is not None and not (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8):
+            problem = f"ExactResume's CUDA state of process {index} is not a tensor of bytes"
+        if problem is not None:
+            return problem
+    return None
+
+
+def generator_problem(what: str, state: Any) -> str | None:
+    """What is wrong with a torch CPU generator's saved ``state`` (``Generator.get_state()``), or ``None``."""
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
+        return f"{what} is {type(state).__name__}, not a generator state (a tensor of bytes)"
+    try:
+        torch.Generator().set_state(state)
+    except RuntimeError as error:  # torch's own check: the size of a CPU generator's state
+        return f"{what} is not a generator state ({str(error).splitlines()[0]})"
+    return None
+
+
 def metric_state(metric: Metric) -> dict[str, Any]:
     """The accumulated state of a torchmetrics metric (or collection), as plain tensors (or lists of them: metrics
     such as average precision keep every prediction)."""

@@ -151,14 +151,20 @@ def newest_to_resume(run_root: Path, root_dir: Path, skip: Collection[Path] = ()
     return max(found, key=lambda item: (item[1]["global_step"], item[0].stat().st_mtime_ns), default=None)
 
 
-def run_version(checkpoint: Path, content: dict[str, Any], run_root: Path) -> str | None:
-    """The ``version_N`` folder of ``run_root`` the checkpoint belongs to: where it lies, or for a checkpoint saved
-    elsewhere (``hpc_ckpt_<N>.ckpt``), where its checkpoint callbacks were writing."""
-    folders = [checkpoint.parent] + [
-        Path(state["dirpath"])
-        for state in content.get("callbacks", {}).values()
-        if isinstance(state, dict) and isinstance(state.get("dirpath"), str)
-    ]
+def run_version(checkpoint: Path, content: dict[str, Any], run_root: Path, requeued: bool = False) -> str | None:
+    """The ``version_N`` folder of ``run_root`` the checkpoint belongs to: where it lies, or for Lightning's SLURM
+    requeue checkpoint (``requeued``: an ``hpc_ckpt_<N>.ckpt`` that ``--ckpt_path hpc|auto`` found where Lightning
+    writes it, the one checkpoint saved outside its run), where its checkpoint callbacks were writing. A checkpoint
+    from elsewhere never chooses the run it is resumed into by what it records: it starts a new one."""
+    folders = [checkpoint.parent]
+    if requeued:
+        callbacks = content.get("callbacks")
+        states = callbacks.values() if isinstance(callbacks, dict) else []
+        folders += [
+            Path(state["dirpath"])
+            for state in states
+            if isinstance(state, dict) and isinstance(state.get("dirpath"), str)
+        ]
     return next((v for folder in folders if (v := version_of(folder / LAST_CHECKPOINT, run_root))), None)
 
 
@@ -237,7 +243,8 @@ def choose_checkpoint(
         return None
     path, checkpoint = found
     notes = [f"--ckpt_path {requested}: passed over {folder}, which {who} trains into" for folder, who in busy.items()]
-    version = run_version(path, checkpoint, run_root)
+    requeued = requested in ("hpc", "auto") and path.parent.resolve() == root_dir.resolve()
+    version = run_version(path, checkpoint, run_root, requeued and bool(_HPC_CHECKPOINT.fullmatch(path.name)))
     if subcommand == "fit" and requested == "best" and version is not None:
         notes.append(f"--ckpt_path best: an older state than {run_root / version}'s last.ckpt, resumed into a new run")
         version = None

@@ -5,7 +5,8 @@ how they are rebuilt from it, only ever as classes on an allow-list
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import itertools
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from torchmetrics import Metric
 
 from project.errors import UserInputError
 from project.networks import Network
+from project.networks.library import hub_offline
 from project.tasks import Task
 from project.training.checkpoints import allowed_class, import_path
 
@@ -44,12 +46,16 @@ def plain_spec(value: Any) -> dict[str, Any]:
 
 def from_spec(spec: Any, base: type, what: str, source: str | Path, build: bool = True) -> Any:
     """Rebuild a ``{"class_path", "init_args"}`` spec from a checkpoint: the class from the allow-list of ``base``'s
-    subclasses; built (``build``) or as a factory of its arguments."""
+    subclasses; built (``build``: with the Hugging Face Hub offline, :func:`~project.networks.library.hub_offline`)
+    or as a factory of its arguments."""
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise UserInputError(f"{source} does not record its {what} (hyper_parameters.{what})")
     cls = allowed_class(spec["class_path"], base, what)
     arguments = dict(spec.get("init_args") or {})
-    return cls(**arguments) if build else functools.partial(cls, **arguments)
+    if not build:
+        return functools.partial(cls, **arguments)
+    with hub_offline():  # a network from a checkpoint reaches no server (its weights are in the checkpoint)
+        return cls(**arguments)
 
 
 def metric_class(class_path: str) -> type[Metric]:
@@ -71,6 +77,9 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
             f"{source} was written by {writer}, whose options this one does not read: use the release that wrote it "
             f"({RELEASES}), or train again"
         )
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if nested_deeper(checkpoint.get(key), MAX_NESTING):
+            raise UserInputError(f"{source}: its {key} nest deeper than {MAX_NESTING} levels (a config never does)")
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):
         raise UserInputError(f"{source} records no hyper_parameters mapping (it holds {type(hparams).__name__})")
@@ -88,6 +97,7 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
             raise UserInputError(f"{source} records model.{name} as {spec!r}, not a {{class_path, init_args}} mapping")
         if spec is not None:
             allowed_class(spec.get("class_path"), base, name)
+    check_recorded_paths(checkpoint, source)
     outputs = ((network or {}).get("init_args") or {}).get("num_outputs")
     task = from_spec(hparams.get("task"), Task, "task", source)
     if isinstance(outputs, int):
@@ -95,3 +105,68 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
             task.bind(outputs, metric_class)
         except UserInputError as error:
             raise UserInputError(f"{source}: {error}") from None
+
+
+MAX_NESTING = 64
+"""The deepest a checkpoint's recorded options may nest (a config's are a few levels): deeper, the code that reads
+them recursively would exhaust Python's stack."""
+
+
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether mappings and lists in ``value`` nest more than ``limit`` levels deep (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+FILE_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+"""The files a ModelCheckpoint's state names (besides the keys of ``best_k_models``)."""
+
+
+def check_recorded_paths(checkpoint: dict[str, Any], source: str | Path) -> None:
+    """Refuse a checkpoint whose checkpoint callbacks' states (``ModelCheckpoint``, ``BestCheckpoint``) name a file
+    that leads out of the folder it records (``dirpath``): a ``..`` or a link inside it, a ``..`` after a folder's
+    name elsewhere, a remote file, or files and no folder.
+
+    Lightning's ``ModelCheckpoint``, resumed where its state says it wrote, deletes the files the state names as its
+    old best ones when it saves better ones, and ``best_model_path`` wherever it was; it checks that a file lies in
+    its folder with ``Path.absolute()``, which keeps ``..`` (``_should_remove_checkpoint``): a received ``last.ckpt``
+    naming ``checkpoints/../../../victim.txt`` would delete ``victim.txt``. A file elsewhere without ``..`` is never
+    deleted (an older run's best, after a resume into a new run folder)."""
+    callbacks = checkpoint.get("callbacks") or {}
+    if not isinstance(callbacks, dict):
+        raise UserInputError(f"{source} records its callbacks' states as {type(callbacks).__name__}, not a mapping")
+    for name, state in callbacks.items():
+        if not isinstance(state, dict):
+            continue
+        best_k = state.get("best_k_models") or {}
+        files = [state.get(key) for key in FILE_KEYS] + list(best_k if isinstance(best_k, dict) else [best_k])
+        files = [file for file in files if file not in (None, "")]
+        dirpath = state.get("dirpath") if files else ""
+        if not isinstance(dirpath, str) or not all(isinstance(file, str) for file in files):
+            raise UserInputError(f"{source}: the state of {name} records files {files!r}, not paths in its dirpath")
+        outside = next((file for file in files if leads_out(file, dirpath)), None)
+        if outside is not None:
+            raise UserInputError(
+                f"{source}: the state of {name} names {outside}, which leads out of its checkpoint folder {dirpath} "
+                "(Lightning would delete it as an old best checkpoint); not a checkpoint a run wrote"
+            )
+
+
+def leads_out(file: str, folder: str) -> bool:
+    """Whether ``file``, which a checkpoint callback's state names beside its ``folder``, leads out of that folder
+    where it lies inside it by its name (a ``..``, a link), or holds a ``..`` after a folder's name elsewhere, or is
+    remote (Lightning deletes those without looking where they are)."""
+    parts, base = PurePath(file).parts, PurePath(folder).parts
+    if parts[: len(base)] == base:
+        try:
+            return ".." in parts[len(base) :] or not Path(file).parent.resolve().is_relative_to(Path(folder).resolve())
+        except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte: no file a run writes
+            return True
+    named = list(itertools.dropwhile(lambda part: part in ("..", PurePath(file).anchor), parts))
+    return ".." in named or "://" in file  # a remote file (s3://...) is deleted wherever it is
