@@ -305,7 +305,7 @@ def test_a_callable_object_is_code_though_it_is_no_function(quick_args, run_dir,
         with pytest.raises(UserInputError, match=r"model.lr_scheduler.init_args.lr_lambda: .* is code"):
             refuse_untrusted_code(config)
     refuse_untrusted_code(Namespace(data_dir=ParsedPath(str(run_dir), mode="dr")))  # a path the parser read is data
-    scheduler = ["--model.lr_schedule=none", "--model.lr_scheduler=torch.optim.lr_scheduler.LambdaLR"]
+    scheduler = ["--model.lr_scheduler=torch.optim.lr_scheduler.LambdaLR"]
     for function in ("builtins.exit", "torch.exp"):  # exit (a Quitter object) ended the run with status 0
         error = cli_error(["fit", *quick_args, *scheduler, f"--model.lr_scheduler.lr_lambda={function}"], capsys)
         assert "lr_lambda: " in error and "is code, and a config names code only from modules you trust" in error
@@ -331,12 +331,13 @@ def test_interpreters_a_run_starts_never_import_from_the_current_folder(tmp_path
 
 def test_yaml_aliases_that_stand_for_too_much_text_are_refused(fake_data_dir, run_dir, capsys):
     """1,200 aliases of a 10 KB string: 13 KB of YAML standing for 12 MB of text, past the 10 M characters read."""
-    text = f'model: {{task_options: {{class_weights: [&a "{"x" * 10_000}"{", *a" * 1200}]}}}}\n'
+    weights = f'[&a "{"x" * 10_000}"{", *a" * 1200}]'
+    text = f"model: {{task: {{class_path: Multiclass, init_args: {{class_weights: {weights}}}}}}}\n"
     (run_dir / "wide.yaml").write_text(text)
     message = "aliases (*name) expand to more than 10,000,000 characters"
     assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", "--config=wide.yaml"], capsys)
-    inline = text.removeprefix("model: {task_options: ").strip().removesuffix("}")
-    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", f"--model.task_options={inline}"], capsys)
+    inline = ["--model.task=Multiclass", f"--model.task.class_weights={weights}"]
+    assert message in cli_error(["fit", f"--data.data_dir={fake_data_dir}", *inline], capsys)
     assert not (run_dir / "logs").exists()
 
 

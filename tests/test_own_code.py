@@ -1,6 +1,6 @@
-"""Your own code, trusted because you named it (project.trusted), and code written before the package took folders
-(project.moved): a network outside ``project/`` trains, resumes, fine-tunes, evaluates, exports and predicts; a
-checkpoint alone never makes it import."""
+"""Your own code, trusted because you named it (project.trusted): a network outside ``project/`` trains, resumes,
+fine-tunes, evaluates, exports and predicts; a checkpoint alone never makes it import. What an older release wrote is
+refused in one line."""
 
 from __future__ import annotations
 

@@ -268,7 +268,7 @@ def test_evaluate_never_downloads_nor_writes_where_a_checkpoint_names(
 
     evil = with_changes(trained_checkpoint, tmp_path / "evil.ckpt", point_elsewhere)
     code, _, err = run_script("evaluate.py", [str(evil), "--out", str(tmp_path / "report")], capsys, monkeypatch)
-    assert code == 2 and "evaluate never downloads: give --data-dir DIR" in err, err
+    assert code == 2 and "evaluate never downloads: give --data.data_dir DIR" in err, err
     assert not elsewhere.exists() and not cache.exists() and not (tmp_path / "report").exists()
 
 
@@ -315,7 +315,7 @@ STATES = {
         "ExactResume's random state of process 0 is not one",
     ),
     "task options nested 3000 deep": (
-        lambda checkpoint: checkpoint["hyper_parameters"].update(task_options=nested(3000)),
+        lambda checkpoint: checkpoint["hyper_parameters"]["task"]["init_args"].update(metrics=nested(3000)),
         "hyper_parameters nest deeper than 64 levels",
     ),
 }

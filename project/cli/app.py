@@ -361,7 +361,7 @@ def run_cli(
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
     # Lightning's tips for its cloud services, on every run: not this project's advice.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)  # the logger rank_zero_info uses
-    # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_schedule).
+    # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_scheduler).
     common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
     parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": DESCRIPTION}
     defaults = [str(path) for path in default_configs(args)]  # base.yaml, and mnist.yaml unless args choose data

@@ -3,8 +3,8 @@ tensors built in Python (:class:`TensorDataModule`).
 
 Images are ``(N, H, W)`` (greyscale), ``(N, C, H, W)`` or ``(N, H, W, C)`` with 1 or 3 channels, square; uint8
 (0..255, scaled by 1/255 as image files are) or floating point (taken as they are: scale them to [0, 1] for
-``scripts/predict.py`` to prepare new image files as they were). Labels are integers 0 .. num_classes - 1, one per
-image: a multiclass task (or binary and multilabel ones through ``positive_classes`` and ``label_sets``).
+``python -m project predict`` to prepare new image files as they were). Labels are integers 0 .. num_classes - 1, one
+per image: a multiclass task (or binary and multilabel ones through ``positive_classes`` and ``label_sets``).
 
 Everything is checked when the module is built, before any training: a bad file or array is one error naming it
 and what is allowed. Files are data, never code: they are read with ``numpy.load(allow_pickle=False)``, so an array

@@ -50,8 +50,8 @@ class ImageDataModule(L.LightningDataModule):
     The constructor records its arguments, and those of every subclass constructor that calls
     ``super().__init__(...)``, as the module's hyper-parameters (Lightning's ``save_hyperparameters``, here once for
     all, :mod:`project.data.recording`): checkpoints keep them, a resumed run is checked against them and
-    ``scripts/evaluate.py`` rebuilds the module from them. A subclass need not call it, and may pass its parent values
-    of its own (they are not recorded, since its class sets them); arguments that are Python objects, not plain
+    ``python -m project evaluate`` rebuilds the module from them. A subclass need not call it, and may pass its parent
+    values of its own (they are not recorded, since its class sets them); arguments that are Python objects, not plain
     values, are named in :attr:`unrecorded_arguments`, and those a config may give by class path in
     :attr:`class_arguments`.
 
@@ -153,7 +153,7 @@ class ImageDataModule(L.LightningDataModule):
     class_arguments: ClassVar[dict[str, type]] = {}
     """Of :attr:`unrecorded_arguments`, those a config may give by class path (``{class_path: ..., init_args: ...}``,
     built by the command line), with the class the named one must derive from: such an argument is recorded as its
-    class path and plain arguments, and ``scripts/evaluate.py`` rebuilds it from them (a class already imported:
+    class path and plain arguments, and ``python -m project evaluate`` rebuilds it from them (a class already imported:
     ``project.training.checkpoints.allowed_class``)."""
 
     def load_split(self, train: bool) -> Dataset:
@@ -327,7 +327,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def normalised_batches(self, split: str) -> Iterator[tuple[Tensor, Any]]:
         """The ``split``'s batches (``train``, ``val`` or ``test``) in order, unaugmented, normalised as the network
-        takes them: for code that reads them without a Trainer (``scripts/evaluate.py``, the notebooks)."""
+        takes them: for code that reads them without a Trainer (``python -m project evaluate``, the notebooks)."""
         dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         for batch in self.batches(split, dataset, self.eval_batch_size):
             yield self.on_after_batch_transfer(batch, 0)
@@ -358,7 +358,7 @@ class ImageDataModule(L.LightningDataModule):
         floats), in every stage; then augment a training batch, on its device, whichever path it came by (both hand
         over normalised batches). Called at each training step, not when the loop fetches a batch ahead, so the
         augmentation generator's state in a checkpoint is that of the step it was written at. Code that reads a
-        loader without a Trainer (``scripts/evaluate.py``) calls it too."""
+        loader without a Trainer (``python -m project evaluate``) calls it too."""
         if not isinstance(batch, list | tuple) or len(batch) != 2 or not isinstance(batch[0], Tensor):
             return batch  # not a batch of images: e.g. the example input TensorBoard traces the graph with
         images, targets = batch

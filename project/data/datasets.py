@@ -45,7 +45,7 @@ overshoot), before :func:`check_stated_normalisation` refuses it."""
 def check_stated_normalisation(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...], option: str) -> None:
     """Refuse ``mean`` and ``std`` when the dataset's first image, normalised with them as stated, does not come back
     to pixels on the 0..1 scale: new image files would be prepared otherwise than the training images
-    (``scripts/predict.py``, exports)."""
+    (``python -m project predict``, exports)."""
     shape = (-1, 1, 1)
     pixels = image.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
     low, high = pixels.min().item(), pixels.max().item()
@@ -71,7 +71,7 @@ class DatasetDataModule(ImageDataModule):
     ``std``) takes the in-memory path instead.
 
     In a config, the datasets are given by class path (a class of a module of one's own, trusted with ``--trust``):
-    they are recorded as their class paths and arguments, and ``scripts/evaluate.py`` rebuilds them from the
+    they are recorded as their class paths and arguments, and ``python -m project evaluate`` rebuilds them from the
     checkpoint (with the same ``--trust``). Built in Python, they are objects a checkpoint cannot hold.
 
     Args:
@@ -80,8 +80,8 @@ class DatasetDataModule(ImageDataModule):
         num_classes: the number of classes; labels are 0 .. num_classes - 1.
         mean, std: required: the normalisation the dataset's images went through from pixels on the 0..1 scale,
             ``(x - mean) / std`` (one number or one per channel; 0 and 1: none), which new image files go through to
-            be predicted (``scripts/predict.py``, exports). Checked on the first image: undone, it must give pixels
-            in 0..1. (The images' own statistics cannot say it: a normalised image's mean is 0 whatever it was.)
+            be predicted (``python -m project predict``, exports). Checked on the first image: undone, it must give
+            pixels in 0..1. (The images' own statistics cannot say it: a normalised image's mean is 0 whatever it was.)
         class_names: a name per class (reports, predictions); default ``0``, ``1``, ...
         test_size: without ``test_dataset``, the examples held out for testing: a count or a fraction below 1.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).

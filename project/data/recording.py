@@ -1,5 +1,5 @@
 """How a data module's constructor arguments become its hyper-parameters, which checkpoints keep, a resumed run is
-checked against and ``scripts/evaluate.py`` rebuilds the module from (:func:`record_arguments`).
+checked against and ``python -m project evaluate`` rebuilds the module from (:func:`record_arguments`).
 
 What is recorded is what rebuilds the module: the arguments its class was given, its parents' defaults, never a
 value a subclass passes its parent itself (``super().__init__(..., num_classes=10)``: given again on rebuilding, it

@@ -4,8 +4,8 @@ Both are Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging`, whic
 :class:`torch.optim.swa_utils.AveragedModel` beside the model, swaps the average in for each validation, copies it into
 the model when training ends, and saves it as the checkpoint's ``state_dict`` (the weights being trained go to
 ``current_model_state``, the average's counter to ``averaging_state``). So everything that reads ``state_dict``
-(validation, test after fit, ``validate``/``test --ckpt_path``, ``scripts/evaluate.py``, ``export.py``,
-``predict.py``, ``--model.finetuning.pretrained``) uses the average, and only a resumed fit reads
+(validation, test after fit, ``validate``/``test --ckpt_path``, ``python -m project evaluate``, ``export``,
+``predict``, ``--model.finetuning.pretrained``) uses the average, and only a resumed fit reads
 ``current_model_state``.
 
 What this module adds to Lightning's callback (:class:`AveragedWeights`):
