@@ -91,10 +91,8 @@ def guard_parser_imports() -> None:
     :data:`LIBRARIES` and the trusted ones, and never a ``__main__`` module of theirs (a program: importing it runs it).
 
     The parser (jsonargparse) imports what a value names before :func:`refuse_untrusted_code` sees the parsed config,
-    and importing a module runs its code. jsonargparse's own ``import_path_denylist`` and ``import_path_allowlist``
-    (``set_parsing_settings``: an entry decides for a dotted path and everything under it, the most specific entry
-    first) keep it to these; modules no longer trusted are denied again. Short names (``EarlyStopping``) resolve as
-    before, to a class of these modules."""
+    so its own ``import_path_denylist`` and ``import_path_allowlist`` hold it to these (docs/design_notes.md). Modules
+    no longer trusted are denied again; short names (``EarlyStopping``) still resolve to a class of these modules."""
     allowed = {name for name in TRUSTED if not own_part_of_library(name)}
     revoked = sorted(PARSER_ALLOWS - allowed)
     programs = [name for module in sorted(allowed) for name in main_modules(module)]

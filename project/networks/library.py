@@ -33,8 +33,8 @@ def hub_offline() -> Iterator[None]:
     """While it lasts, nothing is fetched from the Hugging Face Hub (Transformers' models and image processors, timm's
     weights): only the local cache and local folders are read. A network rebuilt from a checkpoint (evaluate, export,
     predict, ``TaskModule.load_from_checkpoint``) holds its weights, so a received checkpoint that names a hub id
-    reaches no server. This is huggingface_hub's documented offline mode (``HF_HUB_OFFLINE``), which its
-    ``is_offline_mode()`` reads from ``huggingface_hub.constants`` at each request, and Transformers with it."""
+    reaches no server. Sets huggingface_hub's documented offline mode, ``constants.HF_HUB_OFFLINE`` (read at each
+    request), and puts it back after."""
     try:
         from huggingface_hub import constants
     except ImportError:  # no Hugging Face library installed: nothing can reach the Hub

@@ -1,8 +1,8 @@
 """Figures: a confusion matrix and a grid of titled images.
 
 The reports and the notebook draw with matplotlib's object API (no display, no pyplot state); TensorBoard's images,
-drawn every validation epoch, are pictures made with PIL directly (:func:`grid_picture`, :func:`confusion_picture`),
-tens of times faster than a matplotlib figure with its layout.
+drawn every validation epoch, are pictures made with PIL directly (:func:`grid_picture`, :func:`confusion_picture`;
+why: docs/speed.md).
 """
 
 from __future__ import annotations

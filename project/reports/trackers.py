@@ -44,9 +44,9 @@ PACKAGES = {MLFlowLogger: "mlflow", WandbLogger: "wandb", CometLogger: "comet_ml
 RESUME_ARGUMENTS = {MLFlowLogger: "run_id", WandbLogger: "id", CometLogger: "experiment_key"}
 """The argument that makes each tracker continue a run it started before, given the id :data:`RECORD` holds."""
 LIGHTNING_PROJECT = "lightning_logs"
+"""Lightning's default MLflow experiment name: a preset that leaves it gets the run's name instead."""
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What a tracker's run id looks like (MLflow's and Comet's are hexadecimal, wandb's alphanumeric)."""
-"""Lightning's default MLflow experiment name: a preset that leaves it gets the run's name instead."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ SWEEPS_DIR = Path("logs") / "sweeps"
 WORKER_ENV = "PROJECT_SWEEP_WORKER"
 """``<index>/<count>``: set for the worker processes ``--workers N`` starts (their sampler seeds, their threads)."""
 SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
-"""A worker's interpreter puts no folder of the current one on ``sys.path`` (``python -P``, Python 3.11+; before,
+"""A worker's interpreter puts no folder of the current one on ``sys.path`` (``python -P``, Python 3.11+; on 3.10,
 ``project/__init__.py`` takes it off for ``-m``)."""
 
 

@@ -166,9 +166,7 @@ def open_study(sweep: Sweep, storage: Any) -> Any:
 
 def sampler_for(sweep: Sweep, existing: int) -> Any:
     """The spec's sampler for an ask when the study holds ``existing`` trials, seeded by that count and the worker:
-    each ask draws from its own seed, a restarted worker does not draw its first trials again (a count of its own
-    asks would start at 0 again, and TPE's first, random trials would repeat the earlier ones exactly), and two
-    workers never draw from the same seed."""
+    every ask, every worker and every restart of a worker draws from a seed of its own (docs/design_notes.md)."""
     seed = sweep.spec.seed + 1_000_003 * sweep.worker + existing
     return build(sweep.spec.sampler, {**sweep.spec.sampler_args, "seed": seed}, SAMPLERS)
 

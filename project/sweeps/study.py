@@ -1,22 +1,16 @@
-"""The study on its storage, and the worker loop that runs trials until the study has enough.
+"""The study on its storage, and the worker loop that runs trials until the study has enough (docs/sweeps.md,
+"Storage and workers" and "Killed and started again").
 
 Storage: an ``optuna.storages.RDBStorage`` (the sweep folder's ``study.db``, SQLite, by default; any database URL
-with ``--storage``) with heartbeats. While a trial trains, a thread records its heartbeat every
-``heartbeat.interval`` seconds; a trial whose worker died (``kill -9``, a lost node) stops beating, and the next
-worker to look (``optuna.storages.fail_stale_trials``, before every trial and while waiting) marks it FAIL once it
-has been silent for ``heartbeat.grace`` seconds. With ``--interrupted retry`` (the default) Optuna's
-``RetryHeartbeatStaleTrialCallback`` then puts a copy of it in the queue (same parameters, its reported values
-inherited), which the next ``ask`` takes: the sweep resumes it from its own run folder's ``last.ckpt``
-(``--ckpt_path``, exact resume, into the same folder), or starts it over when it has none. With
-``--interrupted skip`` it stays FAIL.
+with ``--storage``) with heartbeats: while a trial trains, its :class:`Heartbeat` beats every ``heartbeat.interval``
+seconds. A trial silent for ``heartbeat.grace`` seconds (its worker died) is marked FAIL by the next worker to look
+(:func:`look`) and, with ``--interrupted retry``, queued again; the retry resumes from its run folder's ``last.ckpt``,
+or starts over without one.
 
-No trial counted twice, none too many: a worker asks for a trial only while the study's complete, pruned and
-running trials are fewer than ``trials``; it waits while they are not (a running one may still fail and be
-retried) and stops once complete + pruned reach it. Two workers could both see one slot left and both ask: the
-check and the ask happen under an exclusive lock on ``ask.lock`` in the sweep folder (``fcntl.flock``; the sweep
-folder is on a filesystem every worker sees, as the run folders are). Where a filesystem ignores such locks, a
-trial asked past the limit (more trials numbered before it finished or running than the study needs) is told FAIL
-at once, unrun, with the reason in its ``not_run`` attribute: the count still stops at ``trials``.
+No trial counted twice, none too many: a worker asks for a trial only while the study's complete, pruned and running
+trials are fewer than ``trials``, waits while they are not, and stops once complete + pruned reach it. The count and
+the ask happen under an exclusive lock (:func:`ask_lock`); where a filesystem ignores it, a trial asked past the
+limit is told FAIL unrun, with the reason in its ``not_run`` attribute (:func:`excess`).
 """
 
 from __future__ import annotations
@@ -44,7 +38,8 @@ from project.training.progress import say
 
 @contextlib.contextmanager
 def ask_lock(folder: Path) -> Iterator[None]:
-    """Only one worker counts the study's trials and asks for one at a time (see the module's docstring)."""
+    """Only one worker counts the study's trials and asks for one at a time: ``fcntl.flock`` on ``ask.lock`` in the
+    sweep folder, which every worker sees (as it sees the run folders)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "ask.lock", "a") as file:
         fcntl.flock(file.fileno(), fcntl.LOCK_EX)

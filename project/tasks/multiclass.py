@@ -84,10 +84,8 @@ class Multiclass(Task):
     def cross_entropy(self, outputs: Tensor, targets: Tensor, reduction: str) -> Tensor:
         weight = self.on_device_of(self.weight, outputs)
         if weight is not None and reduction == "mean" and targets.is_floating_point():
-            # Class probabilities (MixUp / CutMix): torch's mean divides their weighted losses by the number of
-            # examples, not by the examples' weights as for class indices, so switching mixing on would scale the loss
-            # by the mean class weight. Divided as for class indices instead, each example weighing its targets'
-            # share of each class's weight: one-hot probabilities give the class-index loss exactly.
+            # Class probabilities (MixUp / CutMix): divided by the examples' weights, as torch does for class indices
+            # (not by their number), so one-hot probabilities give the class-index loss exactly (docs/design_notes.md).
             losses = self.cross_entropy(outputs, targets, "none")
             return losses.sum() / (targets.to(weight.dtype) @ weight).sum()
         return F.cross_entropy(

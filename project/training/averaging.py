@@ -1,24 +1,21 @@
 """Averaged weights: an exponential moving average (EMA) or a stochastic weight average (SWA) of the network.
 
-Both are Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging`, which keeps a
-:class:`torch.optim.swa_utils.AveragedModel` beside the model, swaps the average in for each validation, copies it into
-the model when training ends, and saves it as the checkpoint's ``state_dict`` (the weights being trained go to
-``current_model_state``, the average's counter to ``averaging_state``). So everything that reads ``state_dict``
-(validation, test after fit, ``validate``/``test --ckpt_path``, ``python -m project evaluate``, ``export``,
-``predict``, ``--model.finetuning.pretrained``) uses the average, and only a resumed fit reads
-``current_model_state``.
+Both are Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging`: the average (a
+:class:`torch.optim.swa_utils.AveragedModel`) is swapped in for each validation, copied into the model when training
+ends, and saved as the checkpoint's ``state_dict`` (the weights being trained go to ``current_model_state``, the
+average's counter to ``averaging_state``). So everything that reads ``state_dict`` (validation, test after fit,
+``validate``/``test --ckpt_path``, ``python -m project evaluate``, ``export``, ``predict``,
+``--model.finetuning.pretrained``) uses the average, and only a resumed fit reads ``current_model_state``.
 
-What this module adds to Lightning's callback (:class:`AveragedWeights`):
+What :class:`AveragedWeights` adds to Lightning's callback (why each: docs/design_notes.md):
 
-- Before the first update (SWA from a later epoch, EMA from a later step) nothing is swapped in, copied or saved as
-  the average: Lightning's callback would validate and checkpoint the untrained initial weights until then.
-- The checkpoint records which weights its ``state_dict`` holds (:data:`AVERAGED_WEIGHTS`: method, settings, number
-  of updates), which ``model.json`` and the resume checks read (:func:`averaged_weights`).
-- The average lives on the device the model trains on: Lightning builds it in ``setup``, before the strategy moves
-  the model, so on a GPU it would sit in host memory and be copied there at every update.
-- The test after fit uses the best checkpoint's average: Lightning's callback would load that checkpoint's trained
-  weights over it (it restores them whenever it still holds an average, test included).
-- A LoRA run's ``current_model_state`` leaves out the frozen base weights, as its ``state_dict`` does.
+- before the first update (SWA from a later epoch, EMA from a later step) nothing is swapped in, copied or saved as
+  the average;
+- the checkpoint records which weights its ``state_dict`` holds (:data:`AVERAGED_WEIGHTS`: method, settings, number
+  of updates), which ``model.json`` and the resume checks read (:func:`averaged_weights`);
+- the average lives on the device the model trains on, unless ``device`` names another;
+- the test after fit uses the best checkpoint's average;
+- a LoRA run's ``current_model_state`` leaves out the frozen base weights, as its ``state_dict`` does;
 - BatchNorm statistics are averaged with the weights (``use_buffers=True``, Lightning's default).
 """
 
@@ -117,8 +114,8 @@ class AveragedWeights(WeightAveraging):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.device is None:
-            # Lightning builds the average here, from the model as it is now: before the strategy moves the model to
-            # its device. Moved first, the average lives where the model trains.
+            # Lightning builds the average here, before the strategy moves the model: moved first, the average lives
+            # where the model trains.
             pl_module.to(trainer.strategy.root_device)
         with warnings.catch_warnings():
             # TaskModule.configure_model only sets the memory layout and compiles: it shards nothing, which is what
@@ -227,8 +224,8 @@ class SWAWeights(AveragedWeights):
     The update follows the epoch's last optimizer step, before the validation at the epoch's end, which so sees the
     average with this epoch's weights in it (Lightning's epoch-end update comes after that validation).
 
-    SWA pays off when the learning rate stays high while it averages (``--model.lr_scheduler Constant``): the one-cycle
-    plan anneals to almost nothing, and the weights it averages are then nearly one point.
+    It pays off with a learning rate that stays high while it averages (``--model.lr_scheduler Constant``:
+    docs/averaging.md).
 
     Args:
         start_epoch: the first epoch (zero-based) whose end weights go into the average.

@@ -1,10 +1,9 @@
 """Noticing that training diverged, without a host sync every step.
 
-Reading the loss on the host each step (``if not torch.isfinite(loss)``) makes the CPU wait for the GPU every step.
-:class:`DivergenceWatch` instead keeps, on the device, the first step whose loss was not finite (and whether that
-batch's own numbers were); the host looks only when it syncs anyway: every ``log_every_n_steps`` steps, at the end of
-an epoch, and before any checkpoint is written. So no non-finite state is ever saved, and the error still names the
-step where it began.
+:class:`DivergenceWatch` keeps, on the device, the first step whose loss was not finite (and whether that batch's own
+numbers were); the host looks only when it syncs anyway: every ``log_every_n_steps`` steps, at the end of an epoch,
+and before any checkpoint is written. So no non-finite state is ever saved, and the error still names the step where
+it began (docs/speed.md).
 """
 
 from __future__ import annotations

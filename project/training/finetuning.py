@@ -1,13 +1,11 @@
 """Fine-tuning (:class:`FineTuning`): a pretrained backbone, a backbone frozen for the first epochs, and its own
 learning rate; and the optimizer over the network's parameter groups (:func:`build_optimizer`).
 
-Freezing is done with the learning rate, not with ``requires_grad``: the optimizer has two parameter groups from the
-first step (``backbone`` and ``head``), and while the backbone is frozen its group's learning rate is exactly 0 (the
-schedule holds it there: :class:`project.training.schedules.PlannedSchedule`), so its weights do not move (AdamW and
-SGD then add exactly zero). Nothing about the optimizer changes at the milestone, so a resumed run restores the same
-groups, and under DDP every process keeps the same set of trainable parameters (Lightning's ``BackboneFinetuning``
-flips ``requires_grad``, which DDP does not see: Lightning issue #20340). The price is that the frozen backbone's
-gradients are still computed; for networks of this size that is cheap.
+The backbone is frozen with the learning rate, not with ``requires_grad``: the optimizer has its ``backbone`` and
+``head`` parameter groups from the first step, and while the backbone is frozen the schedule holds its group's rate at
+exactly 0 (:class:`project.training.schedules.PlannedSchedule`), so its weights do not move. (Lightning's
+``BackboneFinetuning`` flips ``requires_grad``, which DDP does not see: Lightning issue #20340. Why, and the price:
+docs/design_notes.md.)
 """
 
 from __future__ import annotations

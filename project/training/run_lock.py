@@ -1,12 +1,9 @@
-"""A run folder in use is locked: one process at a time trains into it.
+"""A run folder in use is locked: one process at a time trains into it (docs/reliability.md).
 
-Two processes training into one ``logs/<name>/version_<N>/`` (a second ``--ckpt_path last`` while the first still
-runs) would both write ``last.ckpt`` and the TensorBoard files, and the second would resume a checkpoint the first
-is about to replace. So the process that trains into a run folder (rank 0 of a multi-process run) holds
-``run.lock`` in it: an exclusive ``flock`` on the file, which the operating system releases when the process ends
-however it ends (SIGKILL included), and in the file who holds it (host, process id, start time, command) for the
-message that refuses a second start. A lock file left by a dead process holds no lock: the next run takes it over.
-The file is removed when the run ends.
+The process that trains into a run folder (rank 0 of a multi-process run) holds ``run.lock`` in it: an exclusive
+``flock`` on the file, which the operating system releases when the process ends however it ends (SIGKILL included),
+and in the file who holds it (host, process id, start time, command) for the message that refuses a second start. A
+lock file left by a dead process holds no lock: the next run takes it over. The file is removed when the run ends.
 
 On a filesystem without file locks (some cluster filesystems mounted without ``flock``), the file alone decides: a
 holder on this host whose process has ended, or an earlier start of the same SLURM job, is taken over; any other is

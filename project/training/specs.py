@@ -131,13 +131,9 @@ FILE_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 def check_recorded_paths(checkpoint: dict[str, Any], source: str | Path) -> None:
     """Refuse a checkpoint whose checkpoint callbacks' states (``ModelCheckpoint``, ``BestCheckpoint``) name a file
     that leads out of the folder it records (``dirpath``): a ``..`` or a link inside it, a ``..`` after a folder's
-    name elsewhere, a remote file, or files and no folder.
-
-    Lightning's ``ModelCheckpoint``, resumed where its state says it wrote, deletes the files the state names as its
-    old best ones when it saves better ones, and ``best_model_path`` wherever it was; it checks that a file lies in
-    its folder with ``Path.absolute()``, which keeps ``..`` (``_should_remove_checkpoint``): a received ``last.ckpt``
-    naming ``checkpoints/../../../victim.txt`` would delete ``victim.txt``. A file elsewhere without ``..`` is never
-    deleted (an older run's best, after a resume into a new run folder)."""
+    name elsewhere, a remote file, or files and no folder. A file elsewhere without ``..`` (an older run's best) is
+    accepted: Lightning never deletes it. Why: a resumed ``ModelCheckpoint`` deletes the old best files its state
+    names (docs/design_notes.md)."""
     callbacks = checkpoint.get("callbacks") or {}
     if not isinstance(callbacks, dict):
         raise UserInputError(f"{source} records its callbacks' states as {type(callbacks).__name__}, not a mapping")

@@ -2,8 +2,8 @@
 
 It is given its pieces, each chosen by class path in a config and checked by itself: the network (a plain
 ``nn.Module``, :mod:`project.networks`), the task (what the outputs mean: loss, scores, metrics; :mod:`project.tasks`),
-the optimizer and the learning-rate schedule (:mod:`~project.training.schedules`), fine-tuning and LoRA. What is left
-here is the textbook part: the steps, the logging, and what a checkpoint must hold.
+the optimizer and the learning-rate schedule (:mod:`~project.training.schedules`), fine-tuning and LoRA. This module
+holds the textbook part: the steps, the logging, and what a checkpoint must hold.
 """
 
 from __future__ import annotations
