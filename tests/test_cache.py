@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gc
 import logging
+import multiprocessing
 import os
 import sys
 import threading
@@ -229,6 +230,12 @@ def test_a_disk_that_fills_while_the_cache_is_written_leaves_no_file(tmp_path, m
     assert len(torch.cat([x for x, _ in data.train_dataloader()])) == len(data.train_set)
 
 
+def collect_as_outside_pytest() -> None:
+    sys.unraisablehook = sys.__unraisablehook__  # as outside pytest: "Exception ignored in" and a traceback
+    gc.collect()
+    sys.stderr.flush()
+
+
 def test_a_disk_that_fills_while_workers_decode_the_cache_is_one_note_and_no_traceback(
     tmp_path, monkeypatch, console, capfd
 ):
@@ -245,13 +252,12 @@ def test_a_disk_that_fills_while_workers_decode_the_cache_is_one_note_and_no_tra
     gc.disable()  # what the failed build left waits for a collection, which may come in a forked DataLoader worker
     try:
         data.setup("fit")  # the build stops at the first piece; the workers then decode the split again, without it
-        child = os.fork()
-        if child == 0:  # a worker forked now, collecting: it shuts the build's workers down, or tries to
-            sys.unraisablehook = sys.__unraisablehook__  # as outside pytest: "Exception ignored in" and a traceback
-            gc.collect()
-            sys.stderr.flush()
-            os._exit(0)
-        os.waitpid(child, 0)
+        # A worker forked now, as a DataLoader forks one (multiprocessing: it drops the parent's exit handlers, such
+        # as the removal of an earlier test's temporary folder), collecting: it shuts the build's workers down, or
+        # tries to.
+        worker = multiprocessing.get_context("fork").Process(target=collect_as_outside_pytest)
+        worker.start()
+        worker.join()
     finally:
         gc.enable()
     printed = "".join(capfd.readouterr())

@@ -322,7 +322,8 @@ def test_interpreters_a_run_starts_never_import_from_the_current_folder(tmp_path
         "import sys; sys.argv[0] = '-m'; import project; import multiprocessing, os\n"
         "process = multiprocessing.get_context('spawn').Process(target=os.getpid); process.start(); process.join()\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]  # "" is the cwd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     env.pop("PYTHONSAFEPATH", None)
     result = subprocess.run([sys.executable, "-c", child], cwd=folder, env=env, capture_output=True, timeout=120)
     assert not marker.exists(), result.stderr[-2000:]
