@@ -33,8 +33,8 @@ PAYLOAD_OPTIONS = [
     "--model.task_options.label_smoothing={payload}",
     "--model.task_options.class_weights={payload}",
     "--model.task_options={{metrics: {{a: {payload}}}}}",
-    "--data.augment=[{payload}]",
-    "--data.augment=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]",
+    "--data.augment.transforms=[{payload}]",
+    "--data.augment.transforms=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]",
 ]
 
 
@@ -61,7 +61,7 @@ def test_a_sweep_spec_choice_that_names_code_is_refused_before_any_trial(fake_da
     marker = run_dir / "ran"
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100},
         "space": {"model.task_options.label_smoothing": {"choices": [0.0, system_call(marker)]}},
         "trials": 2,
     }
@@ -146,7 +146,7 @@ def test_an_averaged_checkpoint_whose_trained_weights_are_integers_is_refused(qu
 def test_a_storage_url_that_cannot_be_opened_never_prints_its_password(url, fake_data_dir, run_dir, capsys):
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100},
         "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
     }
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -168,7 +168,7 @@ def test_a_storage_url_that_cannot_be_opened_never_prints_its_password(url, fake
 def test_a_sweep_option_that_writes_outside_the_trial_folder_is_refused(option, fake_data_dir, run_dir, capsys):
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, **option},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100, **option},
         "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
     }
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))

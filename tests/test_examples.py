@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def example_data(name: str, fake_data_dir: Path, run_dir: Path, monkeypatch) -> list[str]:
     """The data options of the example's run: the generated MNIST files, or the arrays its script writes."""
     if name != "arrays":
-        return [f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+        return [f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100"]
     monkeypatch.setattr(sys, "argv", ["make_arrays.py", str(run_dir / "arrays"), "--count", "300"])
     runpy.run_path(str(EXAMPLES / "arrays" / "make_arrays.py"), run_name="__main__")
     return [f"--data.data_dir={run_dir / 'arrays'}"]

@@ -47,7 +47,7 @@ def test_an_own_network_trains_resumes_and_fine_tunes_from_its_checkpoint(own_ne
     run_cli(["fit", *quick_args, config, *small, "--trainer.max_epochs=2", "--ckpt_path=last"])
     resumed = torch.load(own_network_run, weights_only=True)
     assert resumed["epoch"] == 1 and resumed["global_step"] > checkpoint["global_step"]
-    finetune = [*small, f"--model.pretrained={own_network_run}", "--data.positive_classes=[5,6,7,8,9]"]
+    finetune = [*small, f"--model.pretrained={own_network_run}", "--data.labels.positive_classes=[5,6,7,8,9]"]
     cli = run_cli(["fit", *quick_args, config, *finetune, "--trainer.max_epochs=1"])
     assert cli.model.task.name == "binary" and cli.model.pretrained_loaded
 
@@ -106,7 +106,8 @@ def test_a_run_config_and_class_paths_from_before_the_package_took_folders_still
 ):
     """The run config written by the code of 2026-12-01 (commit acc2819) names project.tensorboard_reports.RunLogger,
     project.checkpoints.LastCheckpoint, project.resume.ExactResume ...: it trains, resumes and is evaluated; a
-    checkpoint naming a network by its old module (project.library_networks) finds the class."""
+    checkpoint naming a network by its old module (project.library_networks) finds the class. (Its data options are
+    in today's spelling, ``data.split`` ...: options renamed since are not kept, only module paths.)"""
     args = [f"--config={BEFORE_THE_MOVE / 'config.yaml'}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false"]
     run_cli(["fit", *args])  # max_steps 2, as the old run had
     (checkpoint,) = run_dir.glob("logs/*/version_0/checkpoints/last.ckpt")

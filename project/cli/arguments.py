@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import get_loader, set_loader
+from lightning.pytorch.cli import LightningArgumentParser
 
 from project.cli.presets import resolve_config_args
 from project.files.yaml_text import bounded_loader, read_yaml
@@ -18,6 +19,15 @@ from project.trusted import take_trust_options, trust, trust_declared
 
 YAML_LOADER = get_loader("yaml")
 """jsonargparse's own YAML loader, which reads config files and option values, here within bounds."""
+
+
+class WholeOptionsParser(LightningArgumentParser):
+    """The command line's parser, which never takes an abbreviated option for a whole one (``--model.lr`` is not
+    ``--model.lr_schedule``); jsonargparse makes the parsers of the classes a config names of the same type, so an
+    option of a piece of such a class (``--data.split.val_siz``) is refused too, not taken for ``val_size``."""
+
+    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
 
 def prepared_arguments(args: list[str]) -> list[str]:

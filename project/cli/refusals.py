@@ -51,8 +51,8 @@ def explain_parse_error(message: str, parser: Any, args: list[str] | None = None
     if unknown:
         name = unknown.group(1)
         keys = parser_keys(message)
-        if "is not accepted" in unknown.group(0) and keys:
-            name = f"{keys[0]}.{name}"
+        if keys and ("is not accepted" in unknown.group(0) or "nrecognized" in unknown.group(0)):
+            name = f"{keys[0]}.{name}"  # an option of a class's piece: data.split.nope
         return unknown_option(name, known_options(parser, args))
     choice = re.search(r"argument subcommand: invalid choice: '([^']*)' \(choose from ([^)]*)\)", message)
     if choice:
