@@ -201,7 +201,7 @@ class Probe(L.Callback):
         self.test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loader = trainer.datamodule.test_dataloader()
+        loader = trainer.datamodule.normalised_batches("test")  # as the network takes them
         self.test_batches = [(i.to(pl_module.device), t.to(pl_module.device)) for i, t in loader]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

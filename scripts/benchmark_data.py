@@ -3,7 +3,7 @@
 
 (a) ``torchvision``: torchvision's ``ImageFolder`` with the usual transforms (decode and convert through PIL,
     ``Resize``, ``ToTensor``, ``Normalize``) and a shuffling DataLoader on the same number of workers as (b);
-(b) ``project-loader``: this project's DataLoader path (``--data.cache false``, images too large to hold: each
+(b) ``project-loader``: this project's DataLoader path (``--data.decoded.cache false``, images too large to hold: each
     image decoded again every epoch; workers chosen by the project, one per core);
 (c) ``project-cache``: this project's cache path (the default for data too large to hold: decoded once into a
     cache file on disk, then batches gathered from the memory-mapped file by index); epoch 1 includes building
@@ -50,7 +50,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from project.data import ImageFolderDataModule
+from project.data import DecodedImages, ImageFolderDataModule, Split
 from project.data.cache import HEADER_BYTES, SUFFIX, DecodedCache
 from project.data.cores import available_cores
 from project.data.decoding import MNIST_MEAN, MNIST_STD, ImageConversion
@@ -208,17 +208,19 @@ def torchvision_folder(root: Path, kind: Kind, workers: int, result: Result, epo
     timed_epochs(result, lambda: loader, epochs)
 
 
-def project_module(root: Path, kind: Kind, **options: object) -> ImageFolderDataModule:
+def project_module(root: Path, kind: Kind, cache_dir: Path | None) -> ImageFolderDataModule:
+    """The folder module on ``root``, its decoded images left on disk: in the cache in ``cache_dir``, or, without
+    one, decoded again each time they are read."""
     mean, std = kind.mean_std
-    return ImageFolderDataModule(
-        data_dir=str(root), channels=kind.channels, image_size=kind.size, mean=mean, std=std, batch_size=BATCH,
-        test_size=1, val_size=1, max_memory_mb=0, **options,
-    )  # fmt: skip
+    cached = {"cache": False} if cache_dir is None else {"cache_dir": str(cache_dir)}
+    decoded = DecodedImages(max_memory_mb=0, **cached)
+    return ImageFolderDataModule(data_dir=str(root), channels=kind.channels, image_size=kind.size, mean=mean, std=std,
+                                 batch_size=BATCH, split=Split(test_size=1, val_size=1), decoded=decoded)  # fmt: skip
 
 
 def project_path(root: Path, kind: Kind, cache_dir: Path | None, result: Result, epochs: int) -> int:
     """The project's DataLoader path (no cache) or cache path; the images it trains on (all but the two held out)."""
-    data = project_module(root, kind, cache=cache_dir is not None, cache_dir=str(cache_dir) if cache_dir else None)
+    data = project_module(root, kind, cache_dir)
     started = time.perf_counter()
     data.setup("fit")
     result.setup_seconds = time.perf_counter() - started

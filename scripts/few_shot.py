@@ -50,8 +50,9 @@ class Study:
 STUDIES = {
     "fashion": Study("few_shot", (), ("--config=finetune_fashion_mnist",), "Fashion-MNIST", (SCRATCH, FINE_TUNED),
                      ("10", "50", "100", "500", "all")),
-    "digits": Study("transfer_digits", ("--data.only_classes=[0,1,2,3,4]",), ("--data.only_classes=[5,6,7,8,9]",),
-                    "MNIST digits 5-9", (SCRATCH, PROBE, LORA, FINE_TUNED), ("1", "5", "10", "50", "all")),
+    "digits": Study("transfer_digits", ("--data.labels.only_classes=[0,1,2,3,4]",),
+                    ("--data.labels.only_classes=[5,6,7,8,9]",), "MNIST digits 5-9",
+                    (SCRATCH, PROBE, LORA, FINE_TUNED), ("1", "5", "10", "50", "all")),
 }  # fmt: skip
 
 
@@ -72,12 +73,12 @@ def run_args(
     """The command line of one run on the study's target data for ``steps`` steps by ``method``."""
     args = [
         "fit", *study.target, "--config=study", f"--data.data_dir={data_dir}",
-        "--data.download=false", f"--data.split_seed={seed}", f"--seed_everything={seed}",
+        "--data.download=false", f"--data.split.split_seed={seed}", f"--seed_everything={seed}",
         f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
         f"--model.optimizer.lr={lr}", "--model.finetuning.freeze_backbone_epochs=0",
     ]  # fmt: skip
     if size != "all":
-        args.append(f"--data.samples_per_class={size}")
+        args.append(f"--data.split.samples_per_class={size}")
     return [*args, *method_args(method, pretrained, lr)]
 
 

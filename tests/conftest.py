@@ -67,7 +67,7 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def quick_args(fake_data_dir: Path, run_dir: Path) -> list[str]:
     """The ``debug`` preset on the generated data: 2 epochs of 10 training steps, in seconds."""
-    return ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+    return ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100"]
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +79,7 @@ def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, fake_data_di
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        args = ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+        args = ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100"]
         run_cli(["fit", *args, "--trainer.max_epochs=1", "--test_after_fit=false", "--model.optimizer.lr=0.01"])
     finally:
         os.chdir(previous)

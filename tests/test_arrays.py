@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from project.cli import run_cli
 from project.cli.presets import BASE_CONFIG, DEFAULT_CONFIG, default_configs
-from project.data import ArrayDataModule, DatasetDataModule, TensorDataModule
+from project.data import ArrayDataModule, DatasetDataModule, Labels, Split, TensorDataModule
 from project.errors import UserInputError
 from project.inference.evaluation import data_module_from_checkpoint
 from project.networks import ConvNet
@@ -77,7 +77,7 @@ def array_run(tmp_path_factory) -> tuple[Path, Any]:
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        cli = run_cli(["fit", f"--config={write_recipe(folder)}", "--config=debug", "--data.val_size=20"])
+        cli = run_cli(["fit", f"--config={write_recipe(folder)}", "--config=debug", "--data.split.val_size=20"])
     finally:
         os.chdir(previous)
     return folder, cli
@@ -97,10 +97,10 @@ def test_a_run_that_chooses_its_data_starts_from_the_base_config_alone(arrays):
 def test_a_recipe_naming_array_data_does_not_inherit_mnists_val_size(arrays):
     data = print_config("--config", str(write_recipe(arrays)))["data"]
     assert data["class_path"] == "project.data.ArrayDataModule"
-    assert data["init_args"]["val_size"] == 0.1 and "dataset" not in data["init_args"]  # not mnist.yaml's 5000
+    assert data["init_args"]["split"]["val_size"] == 0.1 and "dataset" not in data["init_args"]  # not mnist's 5000
     on_the_command_line = print_config("--config=debug", "--data=project.data.ArrayDataModule")["data"]["init_args"]
-    assert (on_the_command_line["val_size"], on_the_command_line["batch_size"]) == (0.1, 50)  # debug's batch size
-    assert print_config("--config", "classic")["data"]["init_args"]["val_size"] == 5000  # MNIST by default
+    assert (on_the_command_line["split"]["val_size"], on_the_command_line["batch_size"]) == (0.1, 50)  # debug's batch
+    assert print_config("--config", "classic")["data"]["init_args"]["split"]["val_size"] == 5000  # MNIST by default
 
 
 # -- through the command line ----------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_arrays_train_through_the_command_line_on_the_in_memory_path(array_run):
     assert "test/acc" in cli.trainer.callback_metrics
     checkpoint = torch.load(folder / "logs" / "arrays" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     stored = checkpoint["datamodule_hyper_parameters"]
-    assert (stored["_class_path"], stored["train_images"], stored["val_size"]) == (
+    assert (stored["_class_path"], stored["train_images"], stored["split"]["val_size"]) == (
         "project.data.ArrayDataModule",
         "images.npy",
         20,
@@ -151,7 +151,7 @@ EXACT_RESUME_SETTINGS = {
 )
 def test_a_resumed_run_on_arrays_equals_an_uninterrupted_one(in_memory, arrays, tmp_path, monkeypatch):
     settings = EXACT_RESUME_SETTINGS
-    recipe = write_recipe(arrays, settings, batch_size=20, augment_shift=2, in_memory=in_memory)
+    recipe = write_recipe(arrays, settings, batch_size=20, augment={"shift": 2}, loading={"in_memory": in_memory})
     args = ["fit", f"--config={recipe}", "--test_after_fit=false"]  # 5 steps per epoch, 10 in all
     for name in ("straight", "resumed"):
         (tmp_path / name).mkdir()
@@ -188,10 +188,11 @@ class SquaresDataModule(TensorDataModule):
 
 def test_a_subclass_records_its_arguments_without_saving_them_itself(run_dir, capsys):
     recorded = SquaresDataModule(count=60, batch_size=7).hparams
-    assert (recorded["count"], recorded["batch_size"], recorded["val_size"]) == (60, 7, 0.1)
+    assert (recorded["count"], recorded["batch_size"], recorded["split"]["val_size"]) == (60, 7, 0.1)
     assert "train_images" not in recorded  # an array: kept out of checkpoints
-    args = ["fit", "--config=debug", "--data=test_arrays.SquaresDataModule", "--data.count=90", "--data.val_size=10",
-            *(f"--model.network.init_args.{name}={value}" for name, value in SMALL_NET.items())]  # fmt: skip
+    net = [f"--model.network.init_args.{name}={value}" for name, value in SMALL_NET.items()]
+    data = ["--data=test_arrays.SquaresDataModule", "--data.count=90", "--data.split.val_size=10"]
+    args = ["fit", "--config=debug", *data, *net]
     run_cli([*args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     last = run_dir / "logs" / "SquaresDataModule" / "version_0" / "checkpoints" / "last.ckpt"
     rebuilt = data_module_from_checkpoint(torch.load(last, weights_only=True))
@@ -224,14 +225,16 @@ def split_sizes(data) -> tuple[int, int, int]:
 
 def test_arrays_and_datasets_get_the_same_splits_and_few_shot_subsets():
     images, labels = squares()
-    arrays = TensorDataModule(images, labels, val_size=12, samples_per_class=5)
-    dataset = DatasetDataModule(OwnDataset(images, labels), num_classes=CLASSES, mean=0.5, std=0.5, val_size=12,
-                                samples_per_class=5)  # fmt: skip
+    arrays = TensorDataModule(images, labels, split=Split(val_size=12, samples_per_class=5))
+    dataset = DatasetDataModule(OwnDataset(images, labels), num_classes=CLASSES, mean=0.5, std=0.5,
+                                split=Split(val_size=12, samples_per_class=5))  # fmt: skip
     assert split_sizes(arrays) == split_sizes(dataset) == (15, 12, 24)  # 5 per class; 20% of 120 held out for test
     for split in ("train_set", "val_set", "test_set"):
         ours, theirs = getattr(arrays, split), getattr(dataset, split)
         assert arrays.split_labels(ours).tolist() == dataset.split_labels(theirs).tolist()
-    fraction = TensorDataModule(images, labels, images[:30], labels[:30], val_size=0.25, train_fraction=0.5)
+    fraction = TensorDataModule(
+        images, labels, images[:30], labels[:30], split=Split(val_size=0.25, train_fraction=0.5)
+    )
     assert split_sizes(fraction)[1:] == (30, 30)
     left = 40 - torch.bincount(fraction.split_labels(fraction.val_set))  # of each class, after validation's
     kept = torch.bincount(fraction.split_labels(fraction.train_set))
@@ -240,28 +243,33 @@ def test_arrays_and_datasets_get_the_same_splits_and_few_shot_subsets():
 
 def test_label_rules_apply_to_arrays():
     images, labels = squares()
-    binary = TensorDataModule(images, labels, positive_classes=[2], class_names=["a", "b", "c"])
+    binary = TensorDataModule(images, labels, labels=Labels(positive_classes=[2], class_names=["a", "b", "c"]))
     assert (binary.task, binary.num_outputs, binary.class_names) == ("binary", 1, ["other", "positive"])
-    some = TensorDataModule(images, labels, only_classes=[2, 0], class_names=["a", "b", "c"])
+    some = TensorDataModule(images, labels, labels=Labels(only_classes=[2, 0], class_names=["a", "b", "c"]))
     some.setup("fit")
     assert some.class_names == ["c", "a"] and set(some.memory["train"].targets.tolist()) == {0, 1}
 
 
 def test_channels_last_float_images_take_the_in_memory_path_as_the_dataloader_does():
     rgb = np.random.default_rng(1).random((40, 8, 8, 3), dtype=np.float32)  # (N, H, W, C) in [0, 1]
-    data = TensorDataModule(rgb[:30], np.arange(30) % 2, rgb[30:], np.arange(10) % 2, val_size=8)
+    data = TensorDataModule(rgb[:30], np.arange(30) % 2, rgb[30:], np.arange(10) % 2, split=Split(val_size=8))
     assert data.image_shape == (3, 8, 8)
     assert data.normalisation()[0] == pytest.approx(rgb[:30].mean(axis=(0, 1, 2)).tolist(), abs=1e-6)
     data.setup("fit")
     batch, _ = next(iter(data.batches("val", data.val_set, 8)))
     one_by_one = torch.stack([data.val_set[i][0] for i in range(8)])
-    assert torch.allclose(batch, one_by_one, atol=1e-6)
+    assert torch.equal(batch, one_by_one)  # pixels, as held: normalised once, by the data module
+    normalised, _ = data.network_batch((batch, None), augment=False)
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in data.normalisation())
+    assert torch.allclose(normalised, (one_by_one - mean) / std, atol=1e-6)
 
 
 def test_a_dataset_of_ones_own_trains_and_tests_in_python():
     images, labels = squares()
-    data = DatasetDataModule(OwnDataset(images[:90], labels[:90]), OwnDataset(images[90:], labels[90:]),
-                             num_classes=CLASSES, mean=0.5, std=0.5, batch_size=16, val_size=10)  # fmt: skip
+    train, test = OwnDataset(images[:90], labels[:90]), OwnDataset(images[90:], labels[90:])
+    data = DatasetDataModule(
+        train, test, num_classes=CLASSES, mean=0.5, std=0.5, batch_size=16, split=Split(val_size=10)
+    )
     module = TaskModule(ConvNet(num_outputs=data.num_outputs, **SMALL_NET))
     trainer = quiet_trainer(max_epochs=1)
     trainer.fit(module, datamodule=data)
@@ -322,7 +330,7 @@ def test_bad_arrays_are_refused_naming_the_file_and_what_is_allowed(tmp_path, im
 def test_an_npz_with_keras_names_loads_and_one_without_the_arrays_is_refused(tmp_path):
     images, labels = squares()
     np.savez(tmp_path / "keras.npz", x_train=images[:90], y_train=labels[:90], x_test=images[90:], y_test=labels[90:])
-    data = ArrayDataModule(npz=str(tmp_path / "keras.npz"), val_size=10)
+    data = ArrayDataModule(npz=str(tmp_path / "keras.npz"), split=Split(val_size=10))
     assert split_sizes(data) == (80, 10, 30)
     np.savez(tmp_path / "other.npz", pictures=images)
     with pytest.raises(UserInputError, match=re.escape("holds the arrays ['pictures']: it must hold train_images")):

@@ -92,7 +92,7 @@ def ema_run(tmp_path_factory, fake_data_dir):
     args = [
         "--config=debug",
         f"--data.data_dir={fake_data_dir}",
-        "--data.val_size=100",
+        "--data.split.val_size=100",
         *TINY,
         "--model.optimizer.lr=0.01",
     ]
@@ -201,7 +201,7 @@ def test_evaluate_reports_the_average(ema_run, tmp_path, monkeypatch):
     data = data_module_from_checkpoint(checkpoint)
     data.prepare_data()
     data.setup("test")
-    loader = data.batches("test", data.test_set, data.eval_batch_size)
+    loader = list(data.normalised_batches("test"))
 
     def scores(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
         model = TaskModule.from_checkpoint({**checkpoint, "state_dict": state_dict}, path)

@@ -102,8 +102,8 @@ def write_csv_rows(folder: Path, rows: list[str]) -> Path:
 
 
 def csv_args(folder: Path, *more: str) -> list[str]:
-    return ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={folder}", "--data.val_size=2",
-            "--config=debug", *more]  # fmt: skip
+    return ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={folder}",
+            "--data.split.val_size=2", "--config=debug", *more]  # fmt: skip
 
 
 def test_a_csv_with_a_field_beyond_the_csv_modules_limit_is_one_error_line(tmp_path, run_dir, capsys):
@@ -126,7 +126,13 @@ def test_a_nul_byte_in_a_csv_is_one_error_line_naming_the_file_and_its_line(
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "train.csv").write_text("".join(f"{line}\n" for line in lines))
-    args = ["fit", f"--data=project.data.{module}", f"--data.data_dir={folder}", "--data.val_size=1", "--config=debug"]
+    args = [
+        "fit",
+        f"--data=project.data.{module}",
+        f"--data.data_dir={folder}",
+        "--data.split.val_size=1",
+        "--config=debug",
+    ]
     message = cli_error(args, capsys, root=run_dir)
     assert f"train.csv {where}: not a CSV file this can read (a NUL byte in {cell})" in message
 
@@ -178,25 +184,25 @@ def test_mnist_style_for_rgb_images_is_refused_when_training_as_when_predicting(
     assert "MNIST-style preprocessing makes greyscale digits, as MNIST's are: it is for images of 1 channel" in message
 
 
-LABELS = ["--data.label_sets={even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}"]
+LABELS = ["--data.labels.label_sets={even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}"]
 
 
 @pytest.mark.slow
 def test_a_resume_with_redefined_or_reordered_labels_is_refused_naming_label_sets(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, *LABELS, "--trainer.max_epochs=1", "--test_after_fit=false"])
     for other in (
-        "--data.label_sets={even: [0, 2, 4, 6, 8], small: [0, 1, 2, 3, 4]}",  # renamed and redefined
-        "--data.label_sets={at_least_5: [5, 6, 7, 8, 9], even: [0, 2, 4, 6, 8]}",  # the outputs swapped
+        "--data.labels.label_sets={even: [0, 2, 4, 6, 8], small: [0, 1, 2, 3, 4]}",  # renamed and redefined
+        "--data.labels.label_sets={at_least_5: [5, 6, 7, 8, 9], even: [0, 2, 4, 6, 8]}",  # the outputs swapped
     ):
         message = cli_error(["fit", *quick_args, other, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)
-        assert "these options cannot change on resume: data.label_sets {" in message
+        assert "these options cannot change on resume: data.labels.label_sets {" in message
         assert "(the run has {'even': [0, 2, 4, 6, 8], 'at_least_5': [5, 6, 7, 8, 9]})" in message
 
 
 def test_a_resume_from_multiclass_to_labels_names_label_sets_and_what_decides_the_task(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     message = cli_error(["fit", *quick_args, *LABELS, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)
-    assert message.index("data.label_sets {'even'") < message.index("model.task.class_path")
+    assert message.index("data.labels.label_sets {'even'") < message.index("model.task.class_path")
     expected = "model.task.class_path 'project.tasks.Multilabel' (the run has 'project.tasks.Multiclass'; set by"
     assert expected in message
 

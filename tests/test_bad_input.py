@@ -18,6 +18,7 @@ from helpers import cli_error
 from PIL import Image
 
 from project.cli import main, run_cli
+from project.data import Split
 
 FOLDER_PRESET = "--config=finetune_folder.yaml"
 
@@ -115,6 +116,26 @@ def test_an_option_of_a_piece_given_before_its_class_says_to_name_the_class(quic
     cli_error(["fit", *quick_args, "--model.task=Multiclass", "--model.task.label_smooth=0.1"], capsys)  # a typo: no
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--data.split.val_size=-3"], "data.split.val_size must be a count of 1 or more, or a fraction in (0, 1), "
+         "got -3"),
+        (["--data.labels.positive_classes=[1]", "--data.labels.only_classes=[1,2]"], "data.labels.positive_classes "
+         "(binary), label_sets (multilabel) and only_classes (some classes) exclude each other"),
+        (["--data.augment.transforms=[os.system]"], "data.augment.transforms[0]: os.system is not allowed here"),
+        (["--data.loading.eval_batch_size=0"], "data.loading.eval_batch_size must be a positive integer, got 0"),
+        (["--data.split.val_siz=100"], "data.split.val_siz is not an option; did you mean data.split.val_size?"),
+        (["--data.val_size=100"], "data.val_size is not an option; data takes data.augment, data.batch_size"),
+    ],
+    ids=["a piece's bad value", "options of a piece that exclude each other", "a transform that is code",
+         "a loading option", "an abbreviated option of a piece", "an option outside its piece"],
+)  # fmt: skip
+def test_a_bad_option_of_a_piece_of_the_data_is_one_line_before_any_file(options, said, quick_args, run_dir, capsys):
+    error = cli_error(["fit", *quick_args, *options], capsys, root=run_dir)
+    assert said in error
+
+
 def test_a_negative_max_epochs(quick_args, run_dir, capsys):
     error = cli_error(["fit", *quick_args, "--trainer.max_epochs=-5"], capsys, root=run_dir)
     assert "max_epochs" in error and "-5" in error
@@ -152,14 +173,14 @@ def test_a_full_disk_is_one_line_that_names_the_folder_and_the_bytes(quick_args,
 def test_a_test_folder_with_a_class_the_training_folder_lacks(tmp_path, run_dir, capsys):
     write_image_folder(tmp_path / "data" / "train", {"a": 6, "b": 6})
     write_image_folder(tmp_path / "data" / "test", {"a": 2, "b": 2, "c": 2})
-    error = cli_error(folder_args(tmp_path / "data", "--data.val_size=2"), capsys, root=run_dir)
+    error = cli_error(folder_args(tmp_path / "data", "--data.split.val_size=2"), capsys, root=run_dir)
     assert "has classes ['a', 'b', 'c'], but the training folder has ['a', 'b']" in error
 
 
 def test_a_test_folder_missing_a_class(tmp_path, run_dir, capsys):
     write_image_folder(tmp_path / "data" / "train", {"a": 6, "b": 6, "c": 6})
     write_image_folder(tmp_path / "data" / "test", {"a": 2, "b": 2})
-    error = cli_error(folder_args(tmp_path / "data", "--data.val_size=2"), capsys, root=run_dir)
+    error = cli_error(folder_args(tmp_path / "data", "--data.split.val_size=2"), capsys, root=run_dir)
     assert "has classes ['a', 'b'], but the training folder has ['a', 'b', 'c']" in error
 
 
@@ -167,14 +188,14 @@ def test_a_corrupt_image_in_the_test_folder(tmp_path, run_dir, capsys):
     write_image_folder(tmp_path / "data" / "train", {"a": 6, "b": 6})
     write_image_folder(tmp_path / "data" / "test", {"a": 2, "b": 2})
     (tmp_path / "data" / "test" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    error = cli_error(folder_args(tmp_path / "data", "--data.val_size=2"), capsys, root=run_dir)
+    error = cli_error(folder_args(tmp_path / "data", "--data.split.val_size=2"), capsys, root=run_dir)
     assert "test/b/1.png" in error
 
 
 def test_a_bad_target_in_test_csv(tmp_path, run_dir, capsys):
     data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 10) for i in range(20)])
     write_regression_csv(data, "test.csv", ["0.1", "0.2", "tall"])
-    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=4"]
+    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.split.val_size=4"]
     error = cli_error(args, capsys, root=run_dir)
     assert "test.csv line 4" in error and "'tall'" in error
 
@@ -196,7 +217,7 @@ def test_every_image_that_cannot_be_decoded_is_named_before_training(tmp_path, r
 @pytest.mark.parametrize("target", ["nan", "inf", "-inf", "1e39"])
 def test_a_regression_target_that_is_not_a_finite_number(target, tmp_path, run_dir, capsys):
     data = write_regression_csv(tmp_path / "data", "train.csv", [*(str(i / 10) for i in range(10)), target])
-    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=2"]
+    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.split.val_size=2"]
     error = cli_error(args, capsys, root=run_dir)
     assert "train.csv line 12" in error and "finite" in error
 
@@ -206,7 +227,7 @@ def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
 
     data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 10) for i in range(20)], "utf-8-sig")
     assert (data / "train.csv").read_bytes().startswith(b"\xef\xbb\xbf")
-    module = CSVRegressionDataModule(data_dir=str(data), val_size=2, test_size=4)
+    module = CSVRegressionDataModule(data_dir=str(data), split=Split(val_size=2, test_size=4))
     module.setup("fit")
     assert len(module.train_set) + len(module.val_set) + len(module.test_set) == 20
 
@@ -217,7 +238,7 @@ def test_a_symlink_loop_in_an_image_folder_adds_no_image_twice(tmp_path):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
     os.symlink("..", images / "a" / "loop")  # a/loop/a/loop/... would repeat every image
     os.symlink("0.png", images / "b" / "same-as-0.png")  # one file under two names
-    module = ImageFolderDataModule(data_dir=str(images), val_size=2, test_size=4)
+    module = ImageFolderDataModule(data_dir=str(images), split=Split(val_size=2, test_size=4))
     module.setup("fit")
     assert len(module.train_set) + len(module.val_set) + len(module.test_set) == 20
 
@@ -306,7 +327,7 @@ def test_a_monitored_metric_that_the_task_does_not_log(tmp_path, run_dir, capsys
         "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
         "--trainer.callbacks.monitor=val/acc",
     ]
-    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.val_size=4"]
+    args = ["fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.split.val_size=4"]
     args += early_stopping
     error = cli_error(args, capsys, root=run_dir)
     assert "EarlyStopping monitors val/acc, which a regression task does not log" in error and "val/mse" in error

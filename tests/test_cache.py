@@ -25,7 +25,16 @@ from test_reliability import assert_same_training_state
 from torch.utils.data import DataLoader
 
 from project.cli import run_cli
-from project.data import CSVMultilabelDataModule, CSVRegressionDataModule, ImageFolderDataModule, file_images
+from project.data import (
+    CSVMultilabelDataModule,
+    CSVRegressionDataModule,
+    DecodedImages,
+    ImageFolderDataModule,
+    Labels,
+    Loading,
+    Split,
+    file_images,
+)
 from project.data import cache as cache_module
 from project.data.cache import HEADER_BYTES, MAGIC, SUFFIX, TEMPORARY_SUFFIX
 from project.data.cores import available_cores
@@ -80,16 +89,16 @@ def images_of(data, split: str) -> torch.Tensor:
 BUILDERS = {
     "folder, multiclass, few-shot": lambda root, **kw: ImageFolderDataModule(
         data_dir=str(write_image_folder(root, {"a": 20, "b": 20, "c": 20})), channels=3, image_size=24,
-        samples_per_class=12, **kw),
+        split=Split(samples_per_class=12), **kw),
     "folder, binary, train and test folders": lambda root, **kw: ImageFolderDataModule(
         data_dir=str(write_image_folder(root / "test", {"no": 8, "yes": 8}).parent
                      if write_image_folder(root / "train", {"no": 20, "yes": 20}) else root), **kw),
     "folder, only some classes": lambda root, **kw: ImageFolderDataModule(
-        data_dir=str(write_image_folder(root, {"a": 15, "b": 15, "c": 15})), only_classes=[2, 0], **kw),
+        data_dir=str(write_image_folder(root, {"a": 15, "b": 15, "c": 15})), labels=Labels(only_classes=[2, 0]), **kw),
     "csv regression": lambda root, **kw: CSVRegressionDataModule(
-        data_dir=str(write_csv(root, ["target"])), val_size=6, **kw),
+        data_dir=str(write_csv(root, ["target"])), split=Split(val_size=6), **kw),
     "csv multilabel, test csv": lambda root, **kw: CSVMultilabelDataModule(
-        data_dir=str(write_csv(root, ["one", "two"], test=True)), val_size=6, image_size=12, **kw),
+        data_dir=str(write_csv(root, ["one", "two"], test=True)), image_size=12, split=Split(val_size=6), **kw),
 }  # fmt: skip
 
 
@@ -97,9 +106,11 @@ BUILDERS = {
 def test_the_cached_path_gives_the_in_memory_and_per_image_paths_batches(name, tmp_path):
     build = BUILDERS[name]
     cache = tmp_path / "cache"
-    in_memory = build(tmp_path / "images", cache_dir=str(cache))
-    on_disk = build(tmp_path / "images", cache_dir=str(cache), max_memory_mb=0)
-    per_image = build(tmp_path / "images", cache=False, max_memory_mb=0, in_memory=False)
+    in_memory = build(tmp_path / "images", decoded=DecodedImages(cache_dir=str(cache)))
+    on_disk = build(tmp_path / "images", decoded=DecodedImages(cache_dir=str(cache), max_memory_mb=0))
+    per_image = build(
+        tmp_path / "images", decoded=DecodedImages(cache=False, max_memory_mb=0), loading=Loading(in_memory=False)
+    )
     for data in (in_memory, on_disk, per_image):
         data.setup("fit")
     assert {split.rows is None for split in in_memory.memory.values()} == {True}
@@ -117,7 +128,9 @@ def test_the_cached_path_gives_the_in_memory_and_per_image_paths_batches(name, t
 
 def test_a_later_run_opens_the_cache_without_decoding_a_file(tmp_path, monkeypatch, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    first = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    first = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    )
     first.setup("fit")
     assert "Decoding 20 images" in console.text and len(cache_files(tmp_path / "cache")) == 1
 
@@ -126,7 +139,9 @@ def test_a_later_run_opens_the_cache_without_decoding_a_file(tmp_path, monkeypat
 
     monkeypatch.setattr(ImageConversion, "decode", no_decoding)
     console.clear()
-    again = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    again = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    )
     again.setup("fit")
     assert "Decoding" not in console.text
     assert torch.equal(images_of(again, "train_dataloader"), images_of(first, "train_dataloader"))
@@ -134,7 +149,11 @@ def test_a_later_run_opens_the_cache_without_decoding_a_file(tmp_path, monkeypat
 
 def test_a_changed_file_rebuilds_the_cache_in_place(tmp_path, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    options = {"data_dir": str(images), "cache_dir": str(tmp_path / "cache"), "max_memory_mb": 0, "test_size": 4}
+    options = {
+        "data_dir": str(images),
+        "decoded": DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0),
+        "split": Split(test_size=4),
+    }
     ImageFolderDataModule(**options).setup("fit")
     (name,) = cache_files(tmp_path / "cache")
     changed = images / "a" / "3.png"
@@ -154,7 +173,7 @@ def test_a_changed_file_rebuilds_the_cache_in_place(tmp_path, console):
 
 def test_a_truncated_cache_is_detected_and_rebuilt(tmp_path, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    options = {"data_dir": str(images), "cache_dir": str(tmp_path / "cache"), "max_memory_mb": 0}
+    options = {"data_dir": str(images), "decoded": DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)}
     reference = ImageFolderDataModule(**options)
     reference.setup("fit")
     want = torch.cat([x for x, _ in reference.train_dataloader()])
@@ -174,7 +193,7 @@ def test_a_truncated_cache_is_detected_and_rebuilt(tmp_path, console):
 
 def test_a_cache_header_of_deeply_nested_arrays_is_rebuilt_as_damaged(tmp_path, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    options = {"data_dir": str(images), "cache_dir": str(tmp_path / "cache"), "max_memory_mb": 0}
+    options = {"data_dir": str(images), "decoded": DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)}
     ImageFolderDataModule(**options).setup("fit")
     (path,) = cache_files(tmp_path / "cache")
     size = path.stat().st_size
@@ -197,13 +216,13 @@ def test_a_cache_that_cannot_be_written_falls_back_to_decoding_with_one_line(whe
     else:
         (tmp_path / "file").write_text("")
         cache_dir = tmp_path / "file" / "cache"
-    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(cache_dir), max_memory_mb=0)
+    data = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache_dir=str(cache_dir), max_memory_mb=0))
     data.setup("fit")
     notes = [line for line in console.text.splitlines() if "cannot be written" in line]
     assert len(notes) == 1 and "the images are decoded without it" in notes[0], console.text
     assert not cache_dir.exists() and not data.memory  # decoded on access, through a DataLoader
     assert data.loader_workers(data.train_set) == available_cores()
-    plain = ImageFolderDataModule(data_dir=str(images), cache=False, max_memory_mb=0)
+    plain = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache=False, max_memory_mb=0))
     plain.setup("fit")
     assert torch.equal(images_of(data, "val_dataloader"), images_of(plain, "val_dataloader"))
 
@@ -211,7 +230,7 @@ def test_a_cache_that_cannot_be_written_falls_back_to_decoding_with_one_line(whe
 def test_a_disk_too_full_for_the_cache_writes_nothing_and_falls_back(tmp_path, monkeypatch, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
     monkeypatch.setattr(cache_module, "free_bytes", lambda folder: 1000)
-    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"))
+    data = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache")))
     data.setup("fit")
     assert "are free): the images are decoded without it" in console.text
     assert not written(tmp_path / "cache") and set(data.memory) == {"train", "val", "test"}  # held
@@ -224,7 +243,9 @@ def test_a_disk_that_fills_while_the_cache_is_written_leaves_no_file(tmp_path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache_module, "memoryview", full, raising=False)
-    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    data = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    )
     data.setup("fit")
     assert "No space left on device" in console.text and not written(tmp_path / "cache")
     assert len(torch.cat([x for x, _ in data.train_dataloader()])) == len(data.train_set)
@@ -247,7 +268,9 @@ def test_a_disk_that_fills_while_workers_decode_the_cache_is_one_note_and_no_tra
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache_module, "memoryview", full, raising=False)
-    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    data = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    )
     gc.collect()
     gc.disable()  # what the failed build left waits for a collection, which may come in a forked DataLoader worker
     try:
@@ -270,7 +293,7 @@ def test_a_disk_that_fills_while_workers_decode_the_cache_is_one_note_and_no_tra
 def test_images_that_cannot_be_decoded_are_refused_at_setup_and_leave_no_cache(tmp_path):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
     (images / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"))
+    data = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache")))
     with pytest.raises(UserInputError, match=r"1 images cannot be decoded: .*broken\.png"):
         data.setup("fit")
     assert not written(tmp_path / "cache")
@@ -278,23 +301,26 @@ def test_images_that_cannot_be_decoded_are_refused_at_setup_and_leave_no_cache(t
 
 def test_cached_batches_are_sharded_across_processes_like_the_sampler(tmp_path):
     images = write_image_folder(tmp_path / "images", {"a": 25, "b": 25})
-    on_disk = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
-    in_memory = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"))
+    on_disk = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    )
+    in_memory = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache")))
     for data in (on_disk, in_memory):
         data.setup("fit")
-    norm = on_disk.normalisation()
     for rank in (0, 1):
-        shards = [
-            torch.cat([x for x, _ in DeviceBatches(data.memory["train"], 4, *norm, torch.device("cpu"), sampler)])
-            for data in (on_disk, in_memory)
-            for sampler in [ResumableSampler(data.train_set, seed=3, num_replicas=2, rank=rank)]
-        ]
+        shards = []
+        for data in (on_disk, in_memory):
+            sampler = ResumableSampler(data.train_set, seed=3, num_replicas=2, rank=rank)
+            batches = DeviceBatches(data.memory["train"], 4, torch.device("cpu"), sampler)
+            shards.append(torch.cat([data.network_batch(batch, augment=False)[0] for batch in batches]))
         assert len(shards[0]) == 18 and torch.equal(shards[0], shards[1])
 
 
 def test_dataloader_workers_map_the_cache_themselves(tmp_path):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    data = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)
+    )
     data.setup("fit")
     dataset = data.read_sources[images]
     assert dataset.cache.mapped is not None and not dataset.decodes_on_access
@@ -302,7 +328,7 @@ def test_dataloader_workers_map_the_cache_themselves(tmp_path):
     loader = DataLoader(dataset, batch_size=7, num_workers=2)  # each worker is handed the path, not the pixels
     via_workers = torch.cat([images for images, _ in loader])  # uint8, through torch's default collation
     assert via_workers.dtype == torch.uint8 and torch.equal(via_workers, dataset.cache.pixels())
-    data.num_workers = 1  # given: always taken
+    data.loading = Loading(num_workers=1)  # given: always taken
     assert data.loader_workers(data.train_set) == 1
 
 
@@ -323,14 +349,17 @@ def test_torchvisions_decoder_gives_pils_pixels(mode, suffix, channels, tmp_path
 
 @pytest.mark.parametrize(
     "path",
-    [["--data.max_memory_mb=0"], ["--data.cache=false", "--data.max_memory_mb=0", "--data.num_workers=2"]],
+    [
+        ["--data.decoded.max_memory_mb=0"],
+        ["--data.decoded.cache=false", "--data.decoded.max_memory_mb=0", "--data.loading.num_workers=2"],
+    ],
     ids=["from the cache", "through DataLoader workers"],
 )
 def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(path, tmp_path, monkeypatch):
     images = write_image_folder(tmp_path / "images", {"a": 30, "b": 30, "c": 30})
     small = ["--model.network.init_args.width=8", "--model.network.init_args.hidden_size=16"]
-    data = ["--data=ImageFolderDataModule", f"--data.data_dir={images}", *path,
-            f"--data.cache_dir={tmp_path / 'cache'}", "--data.batch_size=12", "--data.augment_shift=2"]  # fmt: skip
+    data = ["--data=ImageFolderDataModule", f"--data.data_dir={images}", *path, "--data.batch_size=12",
+            f"--data.decoded.cache_dir={tmp_path / 'cache'}", "--data.augment.shift=2"]  # fmt: skip
     recipe = tmp_path / "settings.yaml"
     recipe.write_text(__import__("yaml").safe_dump(EXACT_RESUME_SETTINGS))
     args = ["fit", f"--config={recipe}", *data, *small, "--test_after_fit=false"]  # 6 steps per epoch, 12 in all
@@ -339,11 +368,11 @@ def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(path, tmp_path, mon
     monkeypatch.chdir(tmp_path / "straight")
     cli = run_cli(args)
     from_file = cli.datamodule.memory["train"].rows is not None if cli.datamodule.memory else False
-    assert from_file == (path == ["--data.max_memory_mb=0"])  # trained from the file, or through workers
+    assert from_file == (path == ["--data.decoded.max_memory_mb=0"])  # trained from the file, or through workers
     monkeypatch.chdir(tmp_path / "resumed")
     with pytest.raises(Interrupted):  # after step 9; last.ckpt holds step 8, 2 batches into the second epoch
         run_cli([*args, "--trainer.callbacks+=helpers.InterruptAtStep", "--trainer.callbacks.step=9"])
-    again = ["--data.max_memory_mb=4096"] if from_file else []  # held in memory now: the same batches
+    again = ["--data.decoded.max_memory_mb=4096"] if from_file else []  # held in memory now: the same batches
     run_cli([*args, "--ckpt_path=last", *again])  # through workers: they draw indices before the loop is restored
     last = Path("logs") / "settings" / "version_0" / "checkpoints" / "last.ckpt"
     assert_same_training_state(tmp_path / "straight" / last, tmp_path / "resumed" / last)
@@ -351,7 +380,7 @@ def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(path, tmp_path, mon
 
 def test_runs_that_start_together_decode_once_and_a_killed_builds_leftovers_go(tmp_path, console):
     images = write_image_folder(tmp_path / "images", {"a": 30, "b": 30})
-    options = {"data_dir": str(images), "cache_dir": str(tmp_path / "cache"), "max_memory_mb": 0}
+    options = {"data_dir": str(images), "decoded": DecodedImages(cache_dir=str(tmp_path / "cache"), max_memory_mb=0)}
     first = ImageFolderDataModule(**options)
     first.setup("fit")
     (path,) = cache_files(tmp_path / "cache")
@@ -375,7 +404,7 @@ def test_a_missing_image_is_named_before_any_is_decoded(tmp_path, monkeypatch):
     folder = write_csv(tmp_path / "csv", ["target"])
     (folder / "train_7.png").unlink()
     monkeypatch.setattr(ImageConversion, "decode", lambda self, path: pytest.fail(f"{path} decoded"))
-    data = CSVRegressionDataModule(data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    data = CSVRegressionDataModule(data_dir=str(folder), decoded=DecodedImages(cache_dir=str(tmp_path / "cache")))
     with pytest.raises(UserInputError, match=r"^1 images cannot be decoded: .*train_7\.png \(.*No such file"):
         data.setup("fit")
 
@@ -383,6 +412,8 @@ def test_a_missing_image_is_named_before_any_is_decoded(tmp_path, monkeypatch):
 def test_a_cache_folder_among_the_class_folders_is_not_taken_for_a_class(tmp_path, console):
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
     for _ in range(2):  # the second run finds the cache folder there
-        data = ImageFolderDataModule(data_dir=str(images), cache_dir=str(images / "cache"), max_memory_mb=0)
+        data = ImageFolderDataModule(
+            data_dir=str(images), decoded=DecodedImages(cache_dir=str(images / "cache"), max_memory_mb=0)
+        )
         data.setup("fit")
         assert data.classes == ["a", "b"] and len(cache_files(images / "cache")) == 1

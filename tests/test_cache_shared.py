@@ -1,7 +1,7 @@
 """The decoded-image cache in a folder that others can write into: the cache file and its lock file are opened as
 regular files only (a symbolic link is not followed, a FIFO not waited on), and a cache file is trusted only when no
 one else can have written it (yours, writable by you alone), unless the folder is named as shared
-(``data.cache_shared``): another user's is left alone and yours is kept in ``cache_dir/user-<uid>``."""
+(``data.decoded.cache_shared``): another user's is left alone and yours is kept in ``cache_dir/user-<uid>``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from conftest import write_image_folder
 from test_cache import cache_files, images_of
 
-from project.data import ImageFolderDataModule
+from project.data import DecodedImages, ImageFolderDataModule
 from project.data import cache as cache_module
 from project.data.cache import HEADER_BYTES
 
@@ -37,9 +37,10 @@ def images(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
 
 
-def module(images: Path, cache_dir: Path, **options) -> ImageFolderDataModule:
+def module(images: Path, cache_dir: Path, cache_shared: bool = False) -> ImageFolderDataModule:
     """A data module on ``images`` with its cache in ``cache_dir``, read from the file (not held in memory)."""
-    return ImageFolderDataModule(data_dir=str(images), cache_dir=str(cache_dir), max_memory_mb=0, **options)
+    decoded = DecodedImages(cache_dir=str(cache_dir), max_memory_mb=0, cache_shared=cache_shared)
+    return ImageFolderDataModule(data_dir=str(images), decoded=decoded)
 
 
 def built(images: Path, cache_dir: Path) -> Path:
@@ -51,7 +52,7 @@ def built(images: Path, cache_dir: Path) -> Path:
 
 def decoded(images: Path) -> torch.Tensor:
     """The training images as decoded without a cache: what every path must give."""
-    data = ImageFolderDataModule(data_dir=str(images), cache=False)
+    data = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache=False))
     data.setup("fit")
     return images_of(data, "train_dataloader")
 
@@ -163,7 +164,7 @@ def test_another_users_cache_file_is_left_alone_unless_the_folder_is_named_share
         own = cache_dir.resolve() / f"user-{os.geteuid()}"
         (note,) = notes(console)
         assert f"note: the decoded-image cache {path} belongs to another user (uid {STRANGER})" in note
-        assert f"yours is kept in {own} (--data.init_args.cache_shared true trusts" in note
+        assert f"yours is kept in {own} (--data.decoded.cache_shared true trusts" in note
         assert data.read_sources[images].cache.path == own / path.name
         assert torch.equal(images_of(data, "train_dataloader"), decoded(images))
     assert "Decoding" not in console.text
@@ -216,5 +217,5 @@ def test_a_lock_file_you_may_not_write_is_locked_through_a_read_only_descriptor(
 
 
 def test_cache_shared_without_a_cache_says_it_has_no_effect(images, console):
-    ImageFolderDataModule(data_dir=str(images), cache=False, cache_shared=True)
-    assert "note: data.cache_shared has no effect: data.cache is false" in console.text
+    ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(cache=False, cache_shared=True))
+    assert "note: data.decoded.cache_shared has no effect: data.decoded.cache is false" in console.text

@@ -21,7 +21,7 @@ from project.networks import ConvNet
 
 @pytest.mark.slow
 def test_fast_dev_run_of_fit_through_python_dash_m(fake_data_dir, run_dir):
-    command = [sys.executable, "-m", "project", "fit", "--trainer.fast_dev_run=true", "--data.val_size=100"]
+    command = [sys.executable, "-m", "project", "fit", "--trainer.fast_dev_run=true", "--data.split.val_size=100"]
     environment = {**os.environ, "PROJECT_DATA_DIR": str(fake_data_dir), "PYTHONPATH": str(Path.cwd())}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,8 +123,8 @@ def test_regression_data_through_the_command_line_keeps_the_lowest_validation_lo
     data = write_regression_csv(tmp_path / "data", "train.csv", [str(i / 30) for i in range(30)])
     cli = run_cli(
         [
-            "fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}",
-            "--data.val_size=4", "--data.batch_size=8", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+            "fit", "--data=project.data.CSVRegressionDataModule", f"--data.data_dir={data}", "--data.split.val_size=4",
+            "--data.batch_size=8", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
         ]
     )  # fmt: skip
     best = cli.trainer.checkpoint_callback

@@ -14,6 +14,7 @@ from helpers import cli_error, quiet_trainer
 from test_reliability import SUBPROCESS_ENV
 
 from project.cli import run_cli
+from project.data import Split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,7 @@ def test_the_progress_bar_counts_the_batches_left_when_max_steps_ends_the_run(fa
     record = RecordBarTotal()
     trainer = quiet_trainer(max_steps=13, limit_val_batches=0, enable_progress_bar=True,
                             callbacks=[RunProgressBar(), record])  # fmt: skip
-    data = MNISTDataModule(data_dir=str(fake_data_dir), batch_size=50, val_size=100)  # 10 batches an epoch
+    data = MNISTDataModule(data_dir=str(fake_data_dir), batch_size=50, split=Split(val_size=100))  # 10 batches an epoch
     trainer.fit(TaskModule(ConvNet(width=8, hidden_size=16)), datamodule=data)
     assert record.totals == [10, 3]  # the second epoch ends after 3 of its 10 batches: 13 steps in all
 
@@ -89,7 +90,7 @@ def test_the_progress_bar_counts_the_batches_left_when_max_steps_ends_the_run(fa
 @pytest.mark.slow
 def test_no_litlogger_or_litmodels_advertisement_is_printed(fake_data_dir, run_dir):
     command = [sys.executable, "-m", "project", "fit", "--config=debug", f"--data.data_dir={fake_data_dir}",
-               "--data.val_size=100", "--trainer.max_epochs=1"]  # fmt: skip
+               "--data.split.val_size=100", "--trainer.max_epochs=1"]  # fmt: skip
     result = run(command, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Tip" not in result.stdout + result.stderr and "litlogger" not in result.stdout + result.stderr
@@ -113,7 +114,7 @@ def test_under_two_processes_the_run_says_each_thing_once_and_resumes_into_its_l
 
     command = [sys.executable, "-m", "project", "fit", "--config=debug", "--config=ddp.yaml",
                "--trainer.accelerator=cpu", "--trainer.devices=2", f"--data.data_dir={fake_data_dir}",
-               "--data.val_size=100", "--trainer.max_epochs=1"]  # fmt: skip
+               "--data.split.val_size=100", "--trainer.max_epochs=1"]  # fmt: skip
     result = run(command, run_dir, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Testing the best checkpoint") == 1

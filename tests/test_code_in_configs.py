@@ -41,8 +41,8 @@ PAYLOAD_OPTIONS = {
     "--model.task.label_smoothing={payload}": "model.task.label_smoothing: expected",
     "--model.task.class_weights={payload}": "model.task.class_weights",
     "--model.task.metrics={{a: {payload}}}": "os.system is not a class a config may name",
-    "--data.augment=[{payload}]": "os.system is not a class a config may name",
-    "--data.augment=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]": "os.system is not a class a config",
+    "--data.augment.transforms=[{payload}]": "os.system is not a class a config may name",
+    "--data.augment.transforms=[{{class_path: RandomCrop, init_args: {{size: {payload}}}}}]": "os.system is not a",
 }
 
 
@@ -78,7 +78,7 @@ def test_a_sweep_spec_choice_that_names_code_is_refused_before_any_trial(fake_da
     marker = run_dir / "ran"
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, "model.task": "Multiclass"},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100, "model.task": "Multiclass"},
         "space": {"model.task.metrics": {"choices": ["{}", f"{{a: {system_call(marker)}}}"]}},
         "trials": 2,
     }
@@ -163,7 +163,7 @@ def test_an_averaged_checkpoint_whose_trained_weights_are_integers_is_refused(qu
 def test_a_storage_url_that_cannot_be_opened_never_prints_its_password(url, fake_data_dir, run_dir, capsys):
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100},
         "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
     }
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -185,7 +185,7 @@ def test_a_storage_url_that_cannot_be_opened_never_prints_its_password(url, fake
 def test_a_sweep_option_that_writes_outside_the_trial_folder_is_refused(option, fake_data_dir, run_dir, capsys):
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, **option},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100, **option},
         "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
     }
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -273,7 +273,7 @@ def test_the_parser_imports_no_module_a_config_names_before_it_is_checked(quick_
 def test_a_module_trusted_by_a_spec_is_refused_only_the_command_line_trusts(fake_data_dir, run_dir, capsys):
     marker = run_dir / "ran"
     plant_module(run_dir, "evilmod", marker)
-    base = {"configs": ["debug"], "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100}}
+    base = {"configs": ["debug"], "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100}}
     lr = {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}}
     for spec in (
         {**base, "options": {**base["options"], "trust": "evilmod"}, "space": lr},
@@ -355,7 +355,7 @@ def test_sampler_and_pruner_arguments_of_another_type_are_refused_before_any_fol
 ):
     spec = {
         "configs": ["debug"],
-        "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100, "trainer.max_epochs": 1},
+        "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100, "trainer.max_epochs": 1},
         "space": {"model.optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2}},
         "trials": 2,
         "sampler": sampler,

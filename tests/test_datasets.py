@@ -19,7 +19,7 @@ from test_arrays import CLASSES, SMALL_NET, squares
 from torch.utils.data import Dataset
 
 from project.cli import run_cli
-from project.data import DatasetDataModule
+from project.data import DatasetDataModule, Split
 from project.errors import UserInputError
 from project.inference.evaluation import data_module_from_checkpoint
 from project.trusted import trust
@@ -60,7 +60,7 @@ def write_config(folder: Path, **data: Any) -> Path:
         "num_classes": CLASSES,
         "mean": 0.5,
         "std": 0.5,
-        "val_size": 12,
+        "split": {"val_size": 12},
         **data,
     }
     config = {
@@ -141,13 +141,15 @@ def test_a_dataset_argument_that_names_a_class_itself_is_refused_on_rebuilding()
 def test_a_subclass_that_fixes_its_parents_arguments_is_rebuilt_from_what_it_was_given():
     data = FixedSquares(count=60, batch_size=7)
     recorded = dict(data.hparams)
-    assert (recorded["count"], recorded["batch_size"], recorded["val_size"]) == (60, 7, 0.1)  # the parent's default
+    assert (recorded["count"], recorded["batch_size"], recorded["split"]["val_size"]) == (60, 7, 0.1)  # a default
     assert not {"num_classes", "mean", "std", "train_dataset"} & set(recorded)  # its class sets them
     assert recorded["_class_path"] == f"{__name__}.FixedSquares"  # built in Python, named as the command line does
     rebuilt = data_module_from_checkpoint({"datamodule_hyper_parameters": recorded})
     assert type(rebuilt) is FixedSquares and (len(rebuilt.train_dataset), rebuilt.batch_size) == (60, 7)
-    plain = DatasetDataModule(SquaresDataset(), num_classes=CLASSES, mean=0.5, std=0.5, test_size=0.25).hparams
-    assert (plain["num_classes"], plain["mean"], plain["test_size"]) == (CLASSES, 0.5, 0.25)  # given: recorded
+    plain = DatasetDataModule(
+        SquaresDataset(), num_classes=CLASSES, mean=0.5, std=0.5, split=Split(test_size=0.25)
+    ).hparams
+    assert (plain["num_classes"], plain["mean"], plain["split"]["test_size"]) == (CLASSES, 0.5, 0.25)  # recorded
 
 
 def test_a_datasets_normalisation_must_be_stated_and_match_its_images(run_dir, capsys):

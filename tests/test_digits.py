@@ -16,6 +16,7 @@ from helpers import script_function
 from PIL import Image, ImageDraw
 from torchvision.transforms import functional as TF
 
+from project.data import Split
 from project.data.digits import mnist_like
 from project.data.files import ImageFolderDataModule
 from project.inference.prediction import Predictor
@@ -80,7 +81,7 @@ def test_the_folder_module_applies_it_and_checkpoints_record_it_for_prediction(t
         (folder / name).mkdir(parents=True)
         for index in range(3):
             photo_of_a_ring(100 + 10 * index).save(folder / name / f"{index}.png")
-    data = ImageFolderDataModule(data_dir=str(folder), mnist_style=True, val_size=1, test_size=1)
+    data = ImageFolderDataModule(data_dir=str(folder), mnist_style=True, split=Split(val_size=1, test_size=1))
     data.setup("fit")
     pixels = data.conversion.decode(folder / "zero" / "0.png")
     assert pixels.shape == (1, 28, 28) and pixels[0, 0].max() == 0  # as MNIST's: black around the digit

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_f1_score
 
 from project.cli import run_cli
-from project.data import MNISTDataModule
+from project.data import Loading, MNISTDataModule, Split
 from project.inference.evaluation import compute_report, predict
 from project.networks import ConvNet
 from project.training.task_module import TaskModule
@@ -47,12 +47,13 @@ def test_the_reports_accuracy_equals_an_independent_count_from_saved_predictions
     report = json.loads((trained_checkpoint.parent.parent / "evaluation" / "val-last" / "metrics.json").read_text())
     # Independently: the saved weights, the validation images in order, and a plain count of right answers.
     model = TaskModule.load_from_checkpoint(trained_checkpoint, map_location="cpu").eval()
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100))
     data.setup("fit")
     right = total = 0
+    (mean,), (std,) = data.normalisation()
     with torch.no_grad():
-        for images, labels in DataLoader(data.val_set, batch_size=7):
-            right += (model(images).argmax(dim=1) == labels).sum().item()
+        for pixels, labels in DataLoader(data.val_set, batch_size=7):  # uint8, as the loaders carry them
+            right += (model((pixels.float() / 255 - mean) / std).argmax(dim=1) == labels).sum().item()
             total += len(labels)
     assert report["overall"]["accuracy"] == pytest.approx(right / total, abs=1e-7)
     matrix = torch.tensor(report["confusion_matrix"])
@@ -77,7 +78,9 @@ def test_binary_reports_auroc_and_regression_reports_r2():
 def test_per_epoch_metrics_equal_the_whole_split_computed_at_once(real_data_dir, run_dir):
     """Macro F1 is not an average over batches: the epoch value must be computed from all the predictions."""
     torch.manual_seed(0)
-    data = MNISTDataModule(data_dir=str(real_data_dir), eval_batch_size=300)  # 17 uneven batches of 5,000
+    data = MNISTDataModule(
+        data_dir=str(real_data_dir), loading=Loading(eval_batch_size=300)
+    )  # 17 uneven batches of 5,000
     module = TaskModule(ConvNet(), optimizer=partial(torch.optim.AdamW, lr=0.003))
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=30, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -85,7 +88,7 @@ def test_per_epoch_metrics_equal_the_whole_split_computed_at_once(real_data_dir,
     )  # fmt: skip
     trainer.fit(module, data)
     logged = {name: value.item() for name, value in trainer.callback_metrics.items()}
-    whole = predict(module, DataLoader(data.val_set, batch_size=5000), module.task)
+    whole = predict(module, normalised(data, DataLoader(data.val_set, batch_size=5000)), module.task)
     report = compute_report(whole, module.task, data.class_names)
     print(f"\nval after 30 steps: per-epoch acc {logged['val/acc']:.6f} / F1 {logged['val/f1']:.6f}; "
           f"whole split acc {report['overall']['accuracy']:.6f} / F1 {report['overall']['f1']:.6f}")  # fmt: skip
@@ -93,6 +96,11 @@ def test_per_epoch_metrics_equal_the_whole_split_computed_at_once(real_data_dir,
     assert logged["val/f1"] == pytest.approx(report["overall"]["f1"], abs=1e-6)
     batch_mean = torch.stack([
         multiclass_f1_score(module(images).argmax(1), labels, 10, average="macro")
-        for images, labels in DataLoader(data.val_set, batch_size=300)
+        for images, labels in normalised(data, DataLoader(data.val_set, batch_size=300))
     ]).mean().item()  # fmt: skip
     assert batch_mean != pytest.approx(report["overall"]["f1"], abs=1e-6)  # the naive average would be wrong
+
+
+def normalised(data: MNISTDataModule, loader: DataLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A loader's batches of pixels, normalised as the network takes them."""
+    return [data.network_batch(batch, augment=False) for batch in loader]

@@ -21,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def example_data(name: str, fake_data_dir: Path, run_dir: Path, monkeypatch) -> list[str]:
     """The data options of the example's run: the generated MNIST files, or the arrays its script writes."""
     if name != "arrays":
-        return [f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+        return [f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100"]
     monkeypatch.setattr(sys, "argv", ["make_arrays.py", str(run_dir / "arrays"), "--count", "300"])
     runpy.run_path(str(EXAMPLES / "arrays" / "make_arrays.py"), run_name="__main__")
     return [f"--data.data_dir={run_dir / 'arrays'}"]
@@ -64,7 +64,7 @@ def test_a_loss_of_your_own_trains_resumes_evaluates_exports_predicts_and_sweeps
     monkeypatch.syspath_prepend(str(EXAMPLES.parent))  # found from the clone, as --trust finds it there
     trust = "--trust=examples.focal_loss.losses"
     args = [trust, f"--config={EXAMPLES / 'focal_loss' / 'config.yaml'}", "--config=debug"]
-    args += [f"--data.data_dir={fake_data_dir}", "--data.val_size=100", "--test_after_fit=false"]
+    args += [f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100", "--test_after_fit=false"]
     run_cli(["fit", *args, "--trainer.max_epochs=1"])
     last = run_dir / "logs" / "focal_loss" / "version_0" / "checkpoints" / "last.ckpt"
     resumed = run_cli(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last"])
@@ -83,7 +83,7 @@ def test_a_loss_of_your_own_trains_resumes_evaluates_exports_predicts_and_sweeps
 
     assert type(Predictor.load(run_dir / "export" / "model.onnx").task).__name__ == "FocalLoss"
     spec = {"configs": ["debug", str(EXAMPLES / "focal_loss" / "config.yaml")], "trials": 1,
-            "options": {"data.data_dir": str(fake_data_dir), "data.val_size": 100},
+            "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100},
             "space": {"model.task.gamma": {"low": 0.5, "high": 2.0}}}  # fmt: skip
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
     from project.sweeps import main as sweep_main

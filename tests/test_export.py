@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
+from project.data import Loading
 from project.errors import UserInputError
 from project.inference.export import export_checkpoint, run_export
 from project.training.task_module import TaskModule
@@ -42,9 +43,9 @@ def test_an_export_agrees_with_the_checkpoint_on_real_images_of_any_batch_size(
 ):
     from project.data import MNISTDataModule
 
-    data = MNISTDataModule(data_dir=str(real_data_dir), eval_batch_size=batch, download=False)
+    data = MNISTDataModule(data_dir=str(real_data_dir), download=False, loading=Loading(eval_batch_size=batch))
     data.setup("test")
-    images, _ = next(iter(data.test_dataloader()))
+    images, _ = next(data.normalised_batches("test"))
     network = TaskModule.load_from_checkpoint(pretrained_checkpoint, map_location="cpu").network.eval()
     with torch.no_grad():
         expected = network(images)

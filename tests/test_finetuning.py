@@ -16,7 +16,7 @@ from helpers import BackboneSnapshots, Interrupted, quiet_trainer
 from safetensors.torch import save_file
 
 from project.cli import run_cli
-from project.data import MNISTDataModule, RotationDataModule
+from project.data import Labels, Loading, MNISTDataModule, RotationDataModule, Split
 from project.errors import UserInputError
 from project.files.weights import read_weights
 from project.networks import ConvNet
@@ -123,7 +123,7 @@ def finetune(
         finetuning=FineTuning(str(pretrained), freeze_backbone_epochs=1, backbone_lr=backbone_lr),
     )
     trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=callbacks)
-    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50))
+    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), batch_size=50, split=Split(val_size=100)))
     return module
 
 
@@ -186,7 +186,7 @@ def test_cli_arguments_win_over_the_pretrained_checkpoints_hyperparameters(quick
             *args,
             "--data.dataset=emnist_letters",
             f"--data.data_dir={letters}",
-            "--data.val_size=50",
+            "--data.split.val_size=50",
             f"--model.finetuning.pretrained={pretrained_checkpoint}",
             "--model.optimizer=SGD",
             "--model.optimizer.lr=0.002",
@@ -209,7 +209,7 @@ def test_freezing_works_under_two_process_ddp(fake_data_dir, pretrained_checkpoi
         "project",
         "fit",
         f"--data.data_dir={fake_data_dir}",
-        "--data.val_size=100",
+        "--data.split.val_size=100",
         "--data.batch_size=25",
         "--trainer.accelerator=cpu",
         "--trainer.devices=2",
@@ -265,7 +265,11 @@ def mean(values: list[float]) -> float:
 
 @pytest.mark.slow
 def test_binary_digit_at_least_5_on_real_mnist_reduces_its_loss(real_data_dir, run_dir):
-    data = MNISTDataModule(data_dir=str(real_data_dir), positive_classes=[5, 6, 7, 8, 9], eval_batch_size=500)
+    data = MNISTDataModule(
+        data_dir=str(real_data_dir),
+        labels=Labels(positive_classes=[5, 6, 7, 8, 9]),
+        loading=Loading(eval_batch_size=500),
+    )
     _, trainer, losses = train_briefly(data, run_dir, steps=120)
     print(
         f"\nbinary (digit >= 5): BCE first 10 steps {mean(losses[:10]):.3f}, last 10 {mean(losses[-10:]):.3f}, "
@@ -277,7 +281,7 @@ def test_binary_digit_at_least_5_on_real_mnist_reduces_its_loss(real_data_dir, r
 
 @pytest.mark.slow
 def test_rotation_regression_on_real_mnist_reduces_its_loss(real_data_dir, run_dir):
-    data = RotationDataModule(data_dir=str(real_data_dir), max_angle=45.0, eval_batch_size=500)
+    data = RotationDataModule(data_dir=str(real_data_dir), max_angle=45.0, loading=Loading(eval_batch_size=500))
     _, trainer, losses = train_briefly(data, run_dir, steps=200, fc_dropout=0.0)
     val_mse = trainer.callback_metrics["val/mse"].item()
     print(

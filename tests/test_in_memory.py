@@ -14,10 +14,14 @@ from PIL import Image
 
 from project.data import (
     CSVRegressionDataModule,
+    DecodedImages,
     ImageDataModule,
     ImageFolderDataModule,
+    Labels,
+    Loading,
     MNISTDataModule,
     RotationDataModule,
+    Split,
 )
 from project.data.in_memory import DeviceBatches
 from project.data.sampler import ResumableSampler
@@ -35,18 +39,24 @@ def csv_folder(root: Path) -> Path:
 
 
 BUILDERS: dict[str, Callable[[Path, Path], ImageDataModule]] = {
-    "mnist": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), val_size=100, batch_size=64),
-    "binary rule": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), val_size=100, positive_classes=[5, 6]),
-    "multilabel rule": lambda fake, tmp: MNISTDataModule(
-        data_dir=str(fake), val_size=100, label_sets={"even": [0, 2, 4, 6, 8], "big": [7, 8, 9]}
+    "mnist": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), batch_size=64, split=Split(val_size=100)),
+    "binary rule": lambda fake, tmp: MNISTDataModule(
+        data_dir=str(fake), split=Split(val_size=100), labels=Labels(positive_classes=[5, 6])
     ),
-    "few-shot": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), val_size=100, samples_per_class=7),
-    "resized": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), val_size=100, image_size=20),
-    "rotation": lambda fake, tmp: RotationDataModule(data_dir=str(fake), val_size=100, max_angle=30.0),
+    "multilabel rule": lambda fake, tmp: MNISTDataModule(
+        data_dir=str(fake),
+        split=Split(val_size=100),
+        labels=Labels(label_sets={"even": [0, 2, 4, 6, 8], "big": [7, 8, 9]}),
+    ),
+    "few-shot": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), split=Split(val_size=100, samples_per_class=7)),
+    "resized": lambda fake, tmp: MNISTDataModule(data_dir=str(fake), image_size=20, split=Split(val_size=100)),
+    "rotation": lambda fake, tmp: RotationDataModule(data_dir=str(fake), max_angle=30.0, split=Split(val_size=100)),
     "image folder": lambda fake, tmp: ImageFolderDataModule(
         data_dir=str(write_image_folder(tmp / "images", {"a": 20, "b": 20, "c": 20})), channels=3, image_size=24
     ),
-    "csv regression": lambda fake, tmp: CSVRegressionDataModule(data_dir=str(csv_folder(tmp / "csv")), val_size=4),
+    "csv regression": lambda fake, tmp: CSVRegressionDataModule(
+        data_dir=str(csv_folder(tmp / "csv")), split=Split(val_size=4)
+    ),
 }
 
 
@@ -59,7 +69,7 @@ def batches(data: ImageDataModule, split: str) -> list[tuple[torch.Tensor, torch
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_in_memory_batches_are_the_per_image_paths(name, fake_data_dir, tmp_path):
     fast, slow = (BUILDERS[name](fake_data_dir, tmp_path) for _ in range(2))
-    slow.in_memory = False
+    slow.loading = Loading(in_memory=False)
     for data in (fast, slow):
         data.setup("fit")
     assert set(fast.memory) == {"train", "val", "test"} and not slow.memory
@@ -73,17 +83,16 @@ def test_in_memory_batches_are_the_per_image_paths(name, fake_data_dir, tmp_path
 
 
 def test_in_memory_batches_are_sharded_across_processes_like_the_sampler(fake_data_dir):
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=32)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), batch_size=32, split=Split(val_size=100))
     data.setup("fit")
-    norm = data.normalisation()
     seen = []
     for rank in (0, 1):
         sampler = ResumableSampler(data.train_set, seed=3, num_replicas=2, rank=rank)
-        loader = DeviceBatches(data.memory["train"], 32, *norm, torch.device("cpu"), sampler)
+        loader = DeviceBatches(data.memory["train"], 32, torch.device("cpu"), sampler)
         seen.append(torch.cat([images.flatten(1) for images, _ in loader]))
     assert len(seen[0]) == len(seen[1]) == 250
     everything = torch.cat(
-        [images.flatten(1) for images, _ in DeviceBatches(data.memory["train"], 500, *norm, torch.device("cpu"))]
+        [images.flatten(1) for images, _ in DeviceBatches(data.memory["train"], 500, torch.device("cpu"))]
     )
     assert sorted(map(tuple, torch.cat(seen).tolist())) == sorted(map(tuple, everything.tolist()))
 
@@ -92,12 +101,18 @@ def test_data_that_cannot_be_held_in_memory_is_refused_when_asked_for(tmp_path):
     from project.errors import UserInputError
 
     images = write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
-    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, in_memory=True, cache=False)
-    with pytest.raises(UserInputError, match=r"data\.in_memory: ImageFolderDataModule's data cannot be held in memory"):
+    data = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(max_memory_mb=0, cache=False), loading=Loading(in_memory=True)
+    )
+    with pytest.raises(
+        UserInputError, match=r"data\.loading\.in_memory: ImageFolderDataModule's data cannot be held in memory"
+    ):
         data.setup("fit")
-    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, cache=False)
+    data = ImageFolderDataModule(data_dir=str(images), decoded=DecodedImages(max_memory_mb=0, cache=False))
     data.setup("fit")
     assert not data.memory  # decoded again on each access, through a DataLoader
-    data = ImageFolderDataModule(data_dir=str(images), max_memory_mb=0, in_memory=True)
+    data = ImageFolderDataModule(
+        data_dir=str(images), decoded=DecodedImages(max_memory_mb=0), loading=Loading(in_memory=True)
+    )
     data.setup("fit")
     assert {split.rows is not None for split in data.memory.values()} == {True}  # drawn by index from its cache

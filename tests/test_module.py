@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers import module_with_task
 from torch.utils.data import DataLoader, TensorDataset
 
+from project.data import Split
 from project.errors import UserInputError
 from project.networks import ConvNet
 from project.tasks import Multiclass
@@ -112,7 +113,7 @@ def test_one_cycle_schedule_peaks_at_lr_and_ends_near_zero(fake_data_dir, run_di
 
     schedule = partial(OneCycle, warmup_fraction=0.5)
     module = TaskModule(ConvNet(), optimizer=partial(torch.optim.AdamW, lr=0.01), lr_scheduler=schedule)
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), batch_size=50, split=Split(val_size=100))
     seen: list[float] = []
 
     class RecordLR(L.Callback):
@@ -148,7 +149,7 @@ def test_checkpoint_of_a_network_built_in_python_loads_with_weights_only(fake_da
         limit_val_batches=1,
         default_root_dir=run_dir,
     )
-    trainer.fit(TaskModule(ConvNet(width=8)), MNISTDataModule(data_dir=str(fake_data_dir), val_size=100))
+    trainer.fit(TaskModule(ConvNet(width=8)), MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100)))
     path = run_dir / "model.ckpt"
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)
@@ -165,7 +166,7 @@ def test_lr_batch_size_scales_the_learning_rate_linearly_with_the_batch(fake_dat
 
     module = TaskModule(ConvNet(), optimizer=partial(torch.optim.SGD, lr=0.01), lr_batch_size=25)
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
-    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, batch_size=50))
+    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), batch_size=50, split=Split(val_size=100)))
     assert [group["initial_lr"] for group in trainer.optimizers[0].param_groups] == [pytest.approx(0.02)] * 2
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from project.data import Split
 from project.errors import UserInputError
 from project.networks import ConvNet
 
@@ -129,7 +130,7 @@ def test_an_adapted_network_fine_tunes_from_its_own_pretrained_backbone(tmp_path
     frozen = FineTuning(freeze_backbone_epochs=1)
     module = TaskModule(network, optimizer=partial(torch.optim.SGD, lr=0.1), finetuning=frozen)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, default_root_dir=run_dir)
-    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), val_size=100))
+    trainer.fit(module, MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100)))
     assert torch.equal(network.backbone.features[0].weight, source.backbone.features[0].weight)  # frozen
     trainer.save_checkpoint(run_dir / "adapted.ckpt")
     fresh = AdaptedNetwork(Grey(), final_layer="fc", num_outputs=10, in_channels=1, image_size=28)

@@ -47,7 +47,11 @@ def test_an_own_network_trains_resumes_and_fine_tunes_from_its_checkpoint(own_ne
     run_cli(["fit", *quick_args, config, *small, "--trainer.max_epochs=2", "--ckpt_path=last"])
     resumed = torch.load(own_network_run, weights_only=True)
     assert resumed["epoch"] == 1 and resumed["global_step"] > checkpoint["global_step"]
-    finetune = [*small, f"--model.finetuning.pretrained={own_network_run}", "--data.positive_classes=[5,6,7,8,9]"]
+    finetune = [
+        *small,
+        f"--model.finetuning.pretrained={own_network_run}",
+        "--data.labels.positive_classes=[5,6,7,8,9]",
+    ]
     cli = run_cli(["fit", *quick_args, config, *finetune, "--trainer.max_epochs=1"])
     assert cli.model.task.name == "binary" and cli.model.pretrained_summary.startswith("Loaded")
 

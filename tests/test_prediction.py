@@ -12,6 +12,7 @@ import torch
 from conftest import REPO_ROOT, write_test_images
 from helpers import bound_task, run_script
 
+from project.data import Loading, Split
 from project.errors import UserInputError
 from project.inference.prediction import Predictor, image_paths
 from project.training.task_module import TaskModule
@@ -31,9 +32,9 @@ def test_image_files_are_predicted_as_the_same_images_were_in_training(pretraine
     from project.data import MNISTDataModule
 
     paths = write_test_images(fake_data_dir, tmp_path / "digits", 20)
-    data = MNISTDataModule(data_dir=str(fake_data_dir), eval_batch_size=20, val_size=100)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), loading=Loading(eval_batch_size=20), split=Split(val_size=100))
     data.setup("test")
-    images, _ = next(iter(data.test_dataloader()))
+    images, _ = next(data.normalised_batches("test"))
     model = TaskModule.load_from_checkpoint(pretrained_checkpoint, map_location="cpu").eval()
     with torch.no_grad():
         expected = model(images).softmax(dim=1)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from project.cli import run_cli
+from project.data import Augmentation, Labels, Split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXACT_CONFIG = REPO_ROOT / "tests" / "configs_exact.yaml"
@@ -60,9 +62,14 @@ class Runs:
     def last_checkpoint(self, folder: Path) -> Path:
         return folder / EXACT_RUN / "checkpoints" / "last.ckpt"
 
-    def resume_copy(self, into: Path, extra: list[str] = ()) -> Path:
-        """Resume a copy of the killed run (in this process) to the end; return its final last.ckpt."""
+    def resume_copy(self, into: Path, extra: list[str] = (), edit: Callable[[dict], None] | None = None) -> Path:
+        """Resume a copy of the killed run (in this process) to the end, its last.ckpt changed by ``edit`` first;
+        return its final last.ckpt."""
         shutil.copytree(self.killed_dir, into)
+        if edit is not None:
+            checkpoint = torch.load(self.last_checkpoint(into), weights_only=True)
+            edit(checkpoint)
+            torch.save(checkpoint, self.last_checkpoint(into))
         previous = Path.cwd()
         os.chdir(into)
         try:
@@ -90,7 +97,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(killed_mi
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical_on_the_per_image_data_path_too(tmp_path, fake_data_dir):
-    runs = Runs(tmp_path, fake_data_dir, ["--data.in_memory=false"], kill_at_step=17)
+    runs = Runs(tmp_path, fake_data_dir, ["--data.loading.in_memory=false"], kill_at_step=17)
     resumed = runs.resume_copy(tmp_path / "resumed")
     assert_same_training_state(runs.last_checkpoint(runs.straight_dir), resumed)
 
@@ -120,8 +127,18 @@ def test_negative_control_without_restoring_the_random_state_differs(killed_mid_
         assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
 
+def test_the_data_module_records_where_the_training_order_stands(killed_mid_epoch):
+    checkpoint = torch.load(killed_mid_epoch.last_checkpoint(killed_mid_epoch.killed_dir), weights_only=True)
+    assert checkpoint["MNISTDataModule"]["position"] == {"epoch": 1, "batches": 6, "epoch_complete": False}
+    assert set(checkpoint["callbacks"]["ExactResume"]) == {"ranks"}  # the callback keeps the random states only
+
+
+def forget_position(checkpoint: dict) -> None:
+    checkpoint["MNISTDataModule"]["position"] = None
+
+
 def test_negative_control_without_the_sampler_position_differs(killed_mid_epoch, tmp_path):
-    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", ["--trainer.callbacks.restore_position=false"])
+    resumed = killed_mid_epoch.resume_copy(tmp_path / "resumed", edit=forget_position)  # the epoch from its start
     with pytest.raises(AssertionError, match="weights differ"):
         assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), resumed)
 
@@ -255,7 +272,6 @@ def test_sigusr1_from_slurm_is_a_preemption_notice_too(tmp_path, fake_data_dir):
 
 def each_option_with_a_bad_value():
     from project.data import MNISTDataModule, RotationDataModule
-    from project.data.base import seeded_split
     from project.data.decoding import ImageConversion
     from project.networks import ConvNet
     from project.training.finetuning import FineTuning
@@ -264,18 +280,27 @@ def each_option_with_a_bad_value():
 
     return {
         "augment_shift": (
-            lambda: MNISTDataModule(augment_shift=-1),
-            "data.augment_shift must be 0 or more pixels, got -1",
+            lambda: MNISTDataModule(augment=Augmentation(shift=-1)),
+            "data.augment.shift must be 0 or more pixels, got -1",
         ),
         "val_size": (
-            lambda: MNISTDataModule(val_size=1.5),
-            r"data.val_size must be a count of 1 or more, or a fraction",
+            lambda: MNISTDataModule(split=Split(val_size=1.5)),
+            r"data.split.val_size must be a count of 1 or more, or a fraction",
         ),
-        "train_fraction": (lambda: MNISTDataModule(train_fraction=0.0), r"data.train_fraction must lie in \(0, 1\]"),
-        "few-shot twice": (lambda: MNISTDataModule(samples_per_class=5, train_fraction=0.5), "exclude each other"),
+        "train_fraction": (
+            lambda: MNISTDataModule(split=Split(train_fraction=0.0)),
+            r"data.split.train_fraction must lie in \(0, 1\]",
+        ),
+        "few-shot twice": (
+            lambda: MNISTDataModule(split=Split(samples_per_class=5, train_fraction=0.5)),
+            "exclude each other",
+        ),
         "image_size": (lambda: MNISTDataModule(image_size=0), "data.image_size must be a positive integer, got 0"),
         "max_angle": (lambda: RotationDataModule(max_angle=0), r"data.max_angle must lie in \(0, 180\] degrees, got 0"),
-        "binary regression": (lambda: RotationDataModule(positive_classes=[1]), "RotationDataModule has no classes"),
+        "binary regression": (
+            lambda: RotationDataModule(labels=Labels(positive_classes=[1])),
+            "RotationDataModule has no classes",
+        ),
         "freeze epochs": (lambda: FineTuning(freeze_backbone_epochs=-1), "freeze_backbone_epochs must be 0"),
         "backbone_lr": (lambda: FineTuning(backbone_lr=0.0), "model.finetuning.backbone_lr must be positive and fin"),
         "warmup": (
@@ -284,8 +309,8 @@ def each_option_with_a_bad_value():
         ),
         "channels": (lambda: ImageConversion(2, 28, 0.0, 1.0), r"data.channels must be 1 \(greyscale\) or 3 \(RGB\)"),
         "test_size": (
-            lambda: seeded_split(10, 10, 0, "test_size"),
-            "data.test_size=10 leaves no images on one side: the split has 10 images",
+            lambda: Split(test_size=10).test_split(10),
+            "data.split.test_size=10 leaves no images on one side: the split has 10 images",
         ),
     }
 

@@ -137,7 +137,7 @@ def test_after_a_divergence_a_lower_learning_rate_on_resume_trains_to_the_end(in
     "option",
     [
         "--data.batch_size=25",
-        "--data.samples_per_class=5",
+        "--data.split.samples_per_class=5",
         "--model.network.init_args.hidden_size=64",
         "--model.optimizer=SGD",
         "--seed_everything=1",
@@ -150,6 +150,46 @@ def test_options_that_cannot_change_on_resume_are_refused_by_name(option, interr
     error = cli_error(["fit", *quick_args, "--ckpt_path=last", option], capsys)
     name = option.removeprefix("--").split("=")[0]
     assert name.split(".")[-1] in error and "cannot change on resume" in error
+
+
+@pytest.mark.parametrize("option", ["--data.augment.shift=1", "--data.labels.positive_classes=[5,6]"])
+def test_an_option_of_a_piece_of_the_data_cannot_change_on_resume(option, interrupted_run, quick_args, capsys):
+    error = cli_error(["fit", *quick_args, "--ckpt_path=last", option], capsys)
+    name, _, value = option.removeprefix("--").partition("=")
+    assert f"cannot change on resume: {name} {value.replace(',', ', ')} (the run has" in error
+
+
+def test_how_the_data_is_loaded_may_change_on_resume(interrupted_run, quick_args):
+    changed = ["--data.loading.eval_batch_size=40", "--data.loading.num_workers=1"]
+    cli = run_cli(["fit", *quick_args, "--ckpt_path=last", *changed, "--test_after_fit=false"])
+    assert cli.trainer.global_step == 20 and cli.datamodule.loading.eval_batch_size == 40
+
+
+OPTIONS_BEFORE_THE_PIECES = {"val_size": 100, "split_seed": 42, "eval_batch_size": 100, "num_workers": 0,
+                             "augment_shift": 0, "in_memory": None, "positive_classes": None}  # fmt: skip
+"""Data options as a checkpoint written before they were grouped into pieces (``data.split`` ...) records them."""
+
+
+def test_a_checkpoint_from_before_the_data_options_were_grouped_is_refused_in_one_line(
+    interrupted_run, quick_args, capsys
+):
+    from project.errors import UserInputError
+    from project.inference.evaluation import data_module_from_checkpoint
+
+    last = interrupted_run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    recorded = checkpoint["datamodule_hyper_parameters"]
+    old = {key: recorded[key] for key in ("_class_path", "dataset", "download", "image_size", "data_dir", "batch_size")}
+    checkpoint["datamodule_hyper_parameters"] = {**old, **OPTIONS_BEFORE_THE_PIECES}
+    del checkpoint["MNISTDataModule"]["position"]  # the callback kept it then
+    torch.save(checkpoint, last)
+    error = cli_error(["fit", *quick_args, "--ckpt_path=last"], capsys)
+    assert (
+        "cannot change on resume: the run's data options augment_shift, eval_batch_size, in_memory, num_workers, "
+        "positive_classes, split_seed, val_size, which this version of MNISTDataModule does not take" in error
+    )
+    with pytest.raises(UserInputError, match=r"^the checkpoint's data module arguments do not fit .*MNISTDataModule"):
+        data_module_from_checkpoint(checkpoint)
 
 
 def test_training_longer_than_planned_gives_the_extra_epochs_a_new_cycle(quick_args, run_dir):

@@ -35,7 +35,7 @@ LR = "model.optimizer.init_args.lr"
 TINY = {
     "model.network.init_args.width": 4,
     "model.network.init_args.hidden_size": 16,
-    "data.val_size": 100,
+    "data.split.val_size": 100,
     "trainer.limit_train_batches": 4,
     "trainer.logger.init_args.log_graph": False,
 }

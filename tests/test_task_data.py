@@ -10,7 +10,7 @@ from conftest import write_image_folder
 from idx import write_torchvision_dataset
 from PIL import Image
 
-from project.data import TORCHVISION_DATASETS, MNISTDataModule, RotationDataModule, few_shot_indices
+from project.data import TORCHVISION_DATASETS, Labels, MNISTDataModule, RotationDataModule, Split, few_shot_indices
 from project.data.files import CSVRegressionDataModule, ImageFolderDataModule
 from project.errors import DataNotFoundError, UserInputError
 
@@ -18,7 +18,7 @@ from project.errors import DataNotFoundError, UserInputError
 @pytest.mark.parametrize("name", sorted(TORCHVISION_DATASETS))
 def test_each_torchvision_dataset_loads_from_its_real_file_format(name, tmp_path):
     write_torchvision_dataset(tmp_path, name, train_count=300, test_count=100)
-    data = MNISTDataModule(dataset=name, data_dir=str(tmp_path), val_size=50, download=False)
+    data = MNISTDataModule(dataset=name, data_dir=str(tmp_path), download=False, split=Split(val_size=50))
     data.prepare_data()
     data.setup("fit")
     data.setup("test")
@@ -34,10 +34,11 @@ def test_emnist_images_are_turned_upright(tmp_path):
     write_torchvision_dataset(tmp_path, "emnist_letters")
     data = MNISTDataModule(dataset="emnist_letters", data_dir=str(tmp_path), download=False)
     data.setup("test")
-    stored = data.torchvision_dataset(train=False).data[0].float()
-    served, _ = data.test_set[0]
-    expected = (stored.T / 255 - data.mean_std[0]) / data.mean_std[1]
-    torch.testing.assert_close(served[0], expected)
+    stored = data.torchvision_dataset(train=False).data[0]
+    served, _ = data.test_set[0]  # uint8 pixels, as every path hands them over
+    assert torch.equal(served[0], stored.T)
+    images, _ = next(data.normalised_batches("test"))
+    torch.testing.assert_close(images[0, 0], (stored.T.float() / 255 - data.mean_std[0]) / data.mean_std[1])
 
 
 def test_missing_dataset_files_name_the_dataset_folder(tmp_path):
@@ -81,7 +82,7 @@ def test_train_fraction_keeps_that_share_of_every_class():
 
 
 def test_few_shot_applies_to_the_training_split_only(fake_data_dir):
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, samples_per_class=5)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100, samples_per_class=5))
     data.setup("fit")
     data.setup("test")
     train_labels = torch.tensor([label for _, label in data.train_set])
@@ -90,8 +91,10 @@ def test_few_shot_applies_to_the_training_split_only(fake_data_dir):
 
 
 def test_more_samples_per_class_than_a_class_has_is_refused(fake_data_dir):
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, samples_per_class=500)
-    with pytest.raises(UserInputError, match=r"data.samples_per_class=500, but class \d has only \d+ training images"):
+    data = MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100, samples_per_class=500))
+    with pytest.raises(
+        UserInputError, match=r"data.split.samples_per_class=500, but class \d has only \d+ training images"
+    ):
         data.setup("fit")
 
 
@@ -99,7 +102,9 @@ def test_more_samples_per_class_than_a_class_has_is_refused(fake_data_dir):
 
 
 def test_positive_classes_make_a_binary_task(fake_data_dir):
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, positive_classes=[5, 6, 7, 8, 9])
+    data = MNISTDataModule(
+        data_dir=str(fake_data_dir), split=Split(val_size=100), labels=Labels(positive_classes=[5, 6, 7, 8, 9])
+    )
     assert (data.task, data.num_outputs) == ("binary", 1)
     data.setup("test")
     original = MNISTDataModule(data_dir=str(fake_data_dir))
@@ -109,15 +114,15 @@ def test_positive_classes_make_a_binary_task(fake_data_dir):
 
 
 def test_positive_classes_outside_the_data_are_refused(fake_data_dir):
-    data = MNISTDataModule(data_dir=str(fake_data_dir), positive_classes=[3, 12])
+    data = MNISTDataModule(data_dir=str(fake_data_dir), labels=Labels(positive_classes=[3, 12]))
     with pytest.raises(
-        UserInputError, match=r"data.positive_classes \[12\] are not classes of this data: use values in 0..9"
+        UserInputError, match=r"data.labels.positive_classes \[12\] are not classes of this data: use values in 0..9"
     ):
         data.setup("fit")
 
 
 def test_rotation_regression_targets_are_the_applied_angle(fake_data_dir):
-    data = RotationDataModule(data_dir=str(fake_data_dir), val_size=100, max_angle=30.0)
+    data = RotationDataModule(data_dir=str(fake_data_dir), max_angle=30.0, split=Split(val_size=100))
     assert (data.task, data.num_outputs) == ("regression", 1)
     data.setup("test")
     plain = MNISTDataModule(data_dir=str(fake_data_dir))
@@ -132,7 +137,9 @@ def test_rotation_regression_targets_are_the_applied_angle(fake_data_dir):
 
 
 def test_image_folder_is_converted_to_the_backbone_input(image_folder):
-    data = ImageFolderDataModule(data_dir=str(image_folder), channels=1, image_size=28, val_size=0.1, test_size=0.2)
+    data = ImageFolderDataModule(
+        data_dir=str(image_folder), channels=1, image_size=28, split=Split(val_size=0.1, test_size=0.2)
+    )
     assert (data.classes, data.num_classes, data.task) == (["circle", "square", "triangle"], 3, "multiclass")
     data.setup("fit")
     data.setup("test")
@@ -144,7 +151,7 @@ def test_image_folder_is_converted_to_the_backbone_input(image_folder):
 def test_image_folder_with_train_and_test_subfolders(tmp_path):
     write_image_folder(tmp_path / "train", {"cat": 12, "dog": 12})
     write_image_folder(tmp_path / "test", {"cat": 4, "dog": 4})
-    data = ImageFolderDataModule(data_dir=str(tmp_path), channels=3, image_size=32, val_size=4)
+    data = ImageFolderDataModule(data_dir=str(tmp_path), channels=3, image_size=32, split=Split(val_size=4))
     assert (data.task, data.num_outputs) == ("binary", 1)  # two classes: binary, "dog" is the positive class
     data.setup("fit")
     data.setup("test")
@@ -169,7 +176,7 @@ def test_csv_regression_reads_paths_and_numeric_targets(tmp_path):
         writer = csv.DictWriter(file, fieldnames=["image", "target"])
         writer.writeheader()
         writer.writerows(rows)
-    data = CSVRegressionDataModule(data_dir=str(tmp_path), val_size=3, test_size=6)
+    data = CSVRegressionDataModule(data_dir=str(tmp_path), split=Split(val_size=3, test_size=6))
     assert (data.task, data.num_outputs) == ("regression", 1)
     data.setup("fit")
     data.setup("test")

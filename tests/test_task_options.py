@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from helpers import cli_error, scalar_steps
 from test_cli import print_config
-from torch.utils.data import DataLoader
 
 from project.cli import run_cli
-from project.data import MNISTDataModule
+from project.data import MNISTDataModule, Split
 from project.errors import UserInputError
 from project.inference.evaluation import compute_report, predict
 from project.inference.export import export_checkpoint
@@ -112,7 +111,7 @@ def top3_run(tmp_path_factory, fake_data_dir) -> tuple[Path, dict]:
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        args = ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100", f"--config={TOP3}"]
+        args = ["--config=debug", f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100", f"--config={TOP3}"]
         cli = run_cli(["fit", *args, "--model.task.label_smoothing=0.1", "--trainer.max_epochs=1"])
     finally:
         os.chdir(previous)
@@ -134,9 +133,9 @@ def test_the_options_survive_a_checkpoint_and_the_extra_metric_is_in_the_report(
     assert stored["metrics"]["acc_top3"]["init_args"]["top_k"] == 3
     model = TaskModule.load_from_checkpoint(last, map_location="cpu")
     assert model.task.options == stored and model.task.label_smoothing == 0.1
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100))
     data.setup("fit")
-    predictions = predict(model, DataLoader(data.val_set, batch_size=50), model.task)
+    predictions = predict(model, data.normalised_batches("val"), model.task)
     overall = compute_report(predictions, model.task, data.class_names)["overall"]
     assert overall["accuracy"] <= overall["acc_top3"] <= 1.0
 
@@ -158,7 +157,13 @@ def test_an_onnx_export_carries_the_options_to_prediction(top3_run, tmp_path):
 )
 def test_task_options_are_fixed_on_resume(option, named, top3_run, fake_data_dir, capsys, monkeypatch):
     monkeypatch.chdir(top3_run[0].parents[2])
-    args = ["fit", "--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100", f"--config={TOP3}"]
+    args = [
+        "fit",
+        "--config=debug",
+        f"--data.data_dir={fake_data_dir}",
+        "--data.split.val_size=100",
+        f"--config={TOP3}",
+    ]
     kept = "--model.task.label_smoothing=0.1"
     error = cli_error([*args, kept, option, "--trainer.max_epochs=2", "--ckpt_path=last"], capsys)
     assert "cannot change on resume" in error and named in error

@@ -15,7 +15,7 @@ from helpers import bound_task
 from PIL import Image
 
 from project.cli import run_cli
-from project.data import CSVMultilabelDataModule, MNISTDataModule
+from project.data import CSVMultilabelDataModule, Labels, MNISTDataModule, Split
 from project.errors import UserInputError
 from project.tasks import TASKS, Task
 
@@ -57,10 +57,10 @@ def test_multilabel_metrics_are_per_label_means_and_mean_average_precision():
 
 
 def test_label_sets_turn_digits_into_several_yes_no_labels(fake_data_dir):
-    data = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100, label_sets=LABEL_SETS)
+    data = MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100), labels=Labels(label_sets=LABEL_SETS))
     assert (data.task, data.num_outputs, data.class_names) == ("multilabel", 2, ["even", "at_least_5"])
     data.setup("fit")
-    plain = MNISTDataModule(data_dir=str(fake_data_dir), val_size=100)
+    plain = MNISTDataModule(data_dir=str(fake_data_dir), split=Split(val_size=100))
     plain.setup("fit")
     for index in range(20):
         digit = plain.val_set[index][1]
@@ -68,10 +68,10 @@ def test_label_sets_turn_digits_into_several_yes_no_labels(fake_data_dir):
 
 
 def test_label_rules_outside_the_classes_or_together_are_refused(fake_data_dir):
-    with pytest.raises(UserInputError, match=r"data.label_sets.big \[12\] are not classes of this data"):
-        MNISTDataModule(data_dir=str(fake_data_dir), label_sets={"big": [12]}).setup("fit")
-    with pytest.raises(UserInputError, match=r"data\.positive_classes \(binary\), data\.label_sets \(multilabel\) and"):
-        MNISTDataModule(positive_classes=[1], label_sets=LABEL_SETS)
+    with pytest.raises(UserInputError, match=r"data.labels.label_sets.big \[12\] are not classes of this data"):
+        MNISTDataModule(data_dir=str(fake_data_dir), labels=Labels(label_sets={"big": [12]})).setup("fit")
+    with pytest.raises(UserInputError, match=r"data\.labels\.positive_classes \(binary\), label_sets \(multilabel\)"):
+        MNISTDataModule(labels=Labels(positive_classes=[1], label_sets=LABEL_SETS))
 
 
 def write_label_csv(root: Path, rows: list[list[int]]) -> Path:
@@ -86,7 +86,7 @@ def write_label_csv(root: Path, rows: list[list[int]]) -> Path:
 
 def test_a_csv_of_label_columns_is_a_multilabel_task(tmp_path):
     data_dir = write_label_csv(tmp_path, [[i % 2, int(i % 3 == 0)] for i in range(30)])
-    data = CSVMultilabelDataModule(data_dir=str(data_dir), val_size=3, test_size=6)
+    data = CSVMultilabelDataModule(data_dir=str(data_dir), split=Split(val_size=3, test_size=6))
     assert (data.task, data.num_outputs, data.class_names) == ("multilabel", 2, ["cat", "dog"])
     data.setup("fit")
     image, target = data.train_set[0]
@@ -96,7 +96,7 @@ def test_a_csv_of_label_columns_is_a_multilabel_task(tmp_path):
 def test_a_label_that_is_not_zero_or_one_is_refused_with_its_line(tmp_path):
     data_dir = write_label_csv(tmp_path, [[0, 1], [1, 2], [1, 0]])
     with pytest.raises(UserInputError, match=r"train.csv line 3: every label column \(cat, dog\) must be 0 or 1"):
-        CSVMultilabelDataModule(data_dir=str(data_dir), val_size=1, test_size=1).setup("fit")
+        CSVMultilabelDataModule(data_dir=str(data_dir), split=Split(val_size=1, test_size=1)).setup("fit")
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_the_multilabel_preset_trains_evaluates_and_reports_to_tensorboard(quick
 def test_multilabel_on_real_mnist_learns_both_labels(real_data_dir, run_dir):
     args = ["fit", "--config=multilabel", "--config=debug", f"--data.data_dir={real_data_dir}"]
     args += ["--trainer.limit_train_batches=150", "--trainer.max_epochs=1", "--trainer.limit_val_batches=10"]
-    cli = run_cli([*args, "--data.batch_size=64", "--data.eval_batch_size=500", "--test_after_fit=false"])
+    cli = run_cli([*args, "--data.batch_size=64", "--data.loading.eval_batch_size=500", "--test_after_fit=false"])
     val_map, val_f1 = cli.trainer.callback_metrics["val/map"].item(), cli.trainer.callback_metrics["val/f1"].item()
     print(f"\nmultilabel (even, >= 5) after 150 steps: val mAP {val_map:.3f}, macro F1 {val_f1:.3f}")
     assert val_map > 0.95 and val_f1 > 0.85

@@ -27,7 +27,7 @@ def short_run(tmp_path_factory, fake_data_dir) -> Path:
     from helpers import Interrupted
 
     folder = tmp_path_factory.mktemp("tensorboard_run")
-    args = ["fit", "--config=debug", f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+    args = ["fit", "--config=debug", f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100"]
     previous = Path.cwd()
     os.chdir(folder)
     try:

@@ -28,7 +28,7 @@ def tracked_run(tmp_path_factory, fake_data_dir) -> tuple[Path, object]:
     another learning rate: the working folder and the resumed run's CLI."""
     folder = tmp_path_factory.mktemp("tracked_run")
     args = ["fit", "--config=debug", "--config=mlflow", "--config=csv", *TINY]
-    args += [f"--data.data_dir={fake_data_dir}", "--data.val_size=100"]
+    args += [f"--data.data_dir={fake_data_dir}", "--data.split.val_size=100"]
     previous = Path.cwd()
     os.chdir(folder)
     try:
@@ -124,7 +124,7 @@ def test_wandb_offline_writes_its_run_files_under_logs_without_network(fake_data
     env |= {"WANDB_DATA_DIR": str(settings), "WANDB_BASE_URL": "http://127.0.0.1:9", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("WANDB_MODE", None), env.pop("WANDB_API_KEY", None)
     args = ["fit", "--config=debug", "--config=wandb", *TINY, f"--data.data_dir={fake_data_dir}"]
-    args += ["--data.val_size=100", "--trainer.max_epochs=1", "--test_after_fit=false"]
+    args += ["--data.split.val_size=100", "--trainer.max_epochs=1", "--test_after_fit=false"]
     result = subprocess.run(
         [sys.executable, "-m", "project", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

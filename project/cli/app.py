@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from project.cli.arguments import prepared_arguments
+from project.cli.arguments import WholeOptionsParser, prepared_arguments
 from project.cli.preflight import (
     adopt_backbone_normalisation,
     check_averaging,
@@ -372,6 +372,7 @@ def run_cli(
         TaskModule,
         ImageDataModule,
         subclass_mode_data=True,
+        parser_class=WholeOptionsParser,
         auto_configure_optimizers=False,  # the optimizer is configured by model.optimizer and friends
         parser_kwargs=parser_kwargs,
         args=args,

@@ -5,8 +5,11 @@ the parser reads is bounded (:mod:`project.files.yaml_text`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 from jsonargparse import get_loader, set_loader
+from lightning.pytorch.cli import LightningArgumentParser
 
 from project.cli.commands import refuse_unknown_subcommand
 from project.cli.presets import resolve_config_args
@@ -16,6 +19,15 @@ from project.trusted import guard_parser_imports, take_trust_options, trust, tru
 
 YAML_LOADER = get_loader("yaml")
 """jsonargparse's own YAML loader, which reads config files and option values, here within bounds."""
+
+
+class WholeOptionsParser(LightningArgumentParser):
+    """The command line's parser, which never takes an abbreviated option for a whole one (``--model.task.label`` is not
+    ``--model.task.label_smoothing``); jsonargparse makes the parsers of the classes a config names of the same type,
+    so an option of a piece of such a class (``--data.split.val_siz``) is refused too, not taken for ``val_size``."""
+
+    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
 
 def prepared_arguments(args: list[str]) -> list[str]:

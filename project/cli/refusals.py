@@ -67,8 +67,8 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
     if unknown:
         name = unknown.group(1)
         keys = parser_keys(message)
-        if "is not accepted" in unknown.group(0) and keys:
-            name = f"{keys[0]}.{name}"
+        if keys and ("is not accepted" in unknown.group(0) or "nrecognized" in unknown.group(0)):
+            name = f"{keys[0]}.{name}"  # an option of a class's piece: data.split.nope
         return unknown_option(name, known())
     key = ".".join(parser_keys(message)) or "an option"
     value = given_value(key, args)

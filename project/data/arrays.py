@@ -4,7 +4,7 @@ tensors built in Python (:class:`TensorDataModule`).
 Images are ``(N, H, W)`` (greyscale), ``(N, C, H, W)`` or ``(N, H, W, C)`` with 1 or 3 channels, square; uint8
 (0..255, scaled by 1/255 as image files are) or floating point (taken as they are: scale them to [0, 1] for
 ``python -m project predict`` to prepare new image files as they were). Labels are integers 0 .. num_classes - 1, one
-per image: a multiclass task (or binary and multilabel ones through ``positive_classes`` and ``label_sets``).
+per image: a multiclass task (or binary and multilabel ones through ``data.labels``).
 
 Everything is checked when the module is built, before any training: a bad file or array is one error naming it
 and what is allowed. Files are data, never code: they are read with ``numpy.load(allow_pickle=False)``, so an array
@@ -23,8 +23,8 @@ from torch.utils.data import Dataset, Subset
 
 from project.data.base import ImageDataModule
 from project.data.decoding import per_channel_normalisation
-from project.data.in_memory import NormalisedTensors, SplitTensors, unit_scaled
-from project.data.splits import seeded_split, subset_labels
+from project.data.in_memory import PixelTensors, SplitTensors, unit_scaled
+from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
 ArrayLike = np.ndarray | Tensor
@@ -117,22 +117,21 @@ def channel_statistics(pixels: Tensor, where: str) -> tuple[list[float], list[fl
 class TensorDataModule(ImageDataModule):
     """Images and labels already in memory, as numpy arrays or torch tensors built in Python::
 
-        data = TensorDataModule(images, labels, batch_size=32, samples_per_class=10)
+        data = TensorDataModule(images, labels, batch_size=32, split=Split(samples_per_class=10))
 
-    ``test_images`` and ``test_labels`` give the test split; without them ``test_size`` images of the training
-    arrays are held out for testing (seeded with ``split_seed + 1``, not stratified), and never trained or validated
-    on. The validation split, few-shot subsets, label rules, exact resume and the in-memory path are those of every
-    data module (:class:`~project.data.ImageDataModule`).
+    ``test_images`` and ``test_labels`` give the test split; without them ``data.split.test_size`` images of the
+    training arrays are held out for testing (seeded with ``split_seed + 1``, not stratified), and never trained or
+    validated on. The validation split, few-shot subsets, label rules, exact resume and the in-memory path are those
+    of every data module (:class:`~project.data.ImageDataModule`).
 
     Args:
         train_images, train_labels: the training images and their class labels (see :mod:`project.data.arrays`).
         test_images, test_labels: the test split, both or neither.
         num_classes: the number of classes; default: the largest label plus one.
-        class_names: a name per class (reports, predictions); default ``0``, ``1``, ...
         mean, std: the normalisation, one number or one per channel; default: computed from the training images
             (the training arrays less the held-out test part), per channel.
-        test_size: without test arrays, the images held out for testing: a count or a fraction below 1.
-        **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, val_size, few-shot, label rules, ...).
+        **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, labels (class names among them),
+            augment, loading).
     """
 
     unrecorded_arguments = ("train_images", "train_labels", "test_images", "test_labels")
@@ -144,10 +143,8 @@ class TensorDataModule(ImageDataModule):
         test_images: ArrayLike | None = None,
         test_labels: ArrayLike | None = None,
         num_classes: int | None = None,
-        class_names: list[str] | None = None,
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
-        test_size: int | float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -162,15 +159,13 @@ class TensorDataModule(ImageDataModule):
                     f"the test images are {tuple(test.pixels.shape[1:])} and the training images "
                     f"{tuple(train.pixels.shape[1:])} (C, H, W): both splits must have the same shape"
                 )
-        self.held_out = (
-            None if test is not None else seeded_split(len(train.targets), test_size, self.split_seed + 1, "test_size")
-        )
+        self.held_out = None if test is not None else self.split.test_split(len(train.targets))
         self.num_classes = self.checked_num_classes(num_classes, train, test)
-        self.named_classes = self.checked_class_names(class_names)
+        self.labels.check_classes(self.num_classes)
         self.image_shape = tuple(train.pixels.shape[1:])
         self.mean, self.std = self.stated_or_computed(mean, std, train)
-        self.train_data = NormalisedTensors(train, self.mean, self.std)
-        self.test_data = NormalisedTensors(test, self.mean, self.std) if test is not None else None
+        self.train_data = PixelTensors(train)
+        self.test_data = PixelTensors(test) if test is not None else None
 
     def source(self, option: str) -> str:
         """What an error calls the array of ``option``: the option (the file, for :class:`ArrayDataModule`)."""
@@ -197,11 +192,6 @@ class TensorDataModule(ImageDataModule):
                     f"data.num_classes: give labels below it, or a larger num_classes"
                 )
         return given
-
-    def checked_class_names(self, names: list[str] | None) -> list[str] | None:
-        if names is not None and len(names) != self.num_classes:
-            raise UserInputError(f"data.class_names names {len(names)} classes, and the data has {self.num_classes}")
-        return None if names is None else [str(name) for name in names]
 
     def stated_or_computed(
         self, mean: float | list[float] | None, std: float | list[float] | None, train: SplitTensors
@@ -288,16 +278,17 @@ def archive_arrays(path: Path) -> dict[str, np.ndarray | None]:
 class ArrayDataModule(TensorDataModule):
     """Classify images stored as arrays: ``.npy`` files (``train_images``, ``train_labels``, and optionally
     ``test_images``, ``test_labels``) or one ``.npz`` holding arrays of those names (or Keras's ``x_train``,
-    ``y_train``, ``x_test``, ``y_test``). Without a test split, ``test_size`` of the training images are held out
-    (seeded) for testing. Relative file names are read from ``data_dir`` when it is given, else the current folder.
+    ``y_train``, ``x_test``, ``y_test``). Without a test split, ``data.split.test_size`` of the training images are
+    held out (seeded) for testing. Relative file names are read from ``data_dir`` when it is given, else the current
+    folder.
 
     Args:
         train_images, train_labels, test_images, test_labels: ``.npy`` files (see :mod:`project.data.arrays` for
             the shapes and dtypes they may hold).
         npz: one ``.npz`` file with the arrays instead.
         data_dir: the folder relative file names are read from (``evaluate --data.data_dir`` moves it).
-        **kwargs: see :class:`TensorDataModule` (num_classes, class_names, mean, std, test_size) and
-            :class:`~project.data.ImageDataModule` (batch sizes, val_size, few-shot, label rules, ...).
+        **kwargs: see :class:`TensorDataModule` (num_classes, mean, std) and :class:`~project.data.ImageDataModule`
+            (batch_size, split, labels, augment, loading).
     """
 
     unrecorded_arguments = ()  # file names: plain values

@@ -1,16 +1,16 @@
-"""Augmentation of training batches, on the device they are on: torchvision ``transforms.v2`` transforms named in the
-config (``data.augment``), each image with its own random parameters, then MixUp or CutMix on the whole batch
-(``data.mixup_alpha``, ``data.cutmix_alpha``); and the older ``data.augment_shift`` (random shifts).
+"""Augmentation of training batches, on the device they are on (``data.augment``: :class:`Augmentation`): random
+shifts (``shift``), then torchvision ``transforms.v2`` transforms named in the config (``transforms``), each image
+with its own random parameters, then MixUp or CutMix on the whole batch (``mixup_alpha``, ``cutmix_alpha``).
 
-Both data paths (in memory and DataLoader) hand the data module normalised batches, and the module augments them in
-one place (:meth:`project.data.ImageDataModule.on_after_batch_transfer`): the normalisation is undone, so that the
-transforms see float images on the 0..1 scale that ``transforms.v2`` takes for colour operations, then done again.
+Every data path (in memory, from the cache, a DataLoader) hands the data module batches of pixels, and the module
+augments them in one place (:meth:`project.data.ImageDataModule.on_after_batch_transfer`), on the 0..1 scale that
+``transforms.v2`` takes for colour operations, before it normalises them, once.
 
 Randomness: torchvision draws its parameters from torch's global generators, which the training loop owns (dropout,
 and :class:`project.training.resume.ExactResume` restores them on resume). So each batch is augmented under
-``torch.random.fork_rng`` with a seed of its own, drawn from the data module's ``augment_generator`` (saved in the
-checkpoint) and mixed with the process's rank: the loop's generators are untouched, a resumed run draws the seeds
-the uninterrupted one drew, and two DDP processes do not augment alike.
+``torch.random.fork_rng`` with a seed of its own, drawn from the augmentation's generator (in the data module's
+``state_dict``, saved in the checkpoint) and mixed with the process's rank: the loop's generators are untouched, a
+resumed run draws the seeds the uninterrupted one drew, and two DDP processes do not augment alike.
 
 Classes named in a config are code: only the public classes of ``torchvision.transforms.v2``, and subclasses of its
 ``Transform`` from modules the user trusted (:mod:`project.trusted`), already imported, are built.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,12 +29,13 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from project.errors import UserInputError, first_line
+from project.plain import PlainData
 from project.trusted import HOW_TO_TRUST, trust_declared
 
 V2 = "torchvision.transforms.v2"
 NOT_FOR_AUGMENT = {
-    "MixUp": "use data.mixup_alpha, which mixes whole batches",
-    "CutMix": "use data.cutmix_alpha, which mixes whole batches",
+    "MixUp": "use data.augment.mixup_alpha, which mixes whole batches",
+    "CutMix": "use data.augment.cutmix_alpha, which mixes whole batches",
     **dict.fromkeys(
         (
             "ToPILImage",
@@ -47,7 +49,7 @@ NOT_FOR_AUGMENT = {
         ),
         "the data module converts and normalises the images itself",
     ),
-    "JPEG": "it compresses uint8 images, and data.augment's transforms see float images on the 0..1 scale",
+    "JPEG": "it compresses uint8 images, and data.augment.transforms see float images on the 0..1 scale",
     "Lambda": "its function would be code, which a config never holds: write a v2.Transform subclass in a module "
     "you trust",
     **dict.fromkeys(
@@ -83,7 +85,7 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
 
 
 def transform_classes() -> dict[str, type]:
-    """The classes ``data.augment`` may name, by every name it may use: ``RandomHorizontalFlip`` and
+    """The classes ``data.augment.transforms`` may name, by every name it may use: ``RandomHorizontalFlip`` and
     ``torchvision.transforms.v2.RandomHorizontalFlip`` for torchvision's own, ``module.Class`` for an already imported
     subclass of ``v2.Transform`` from elsewhere (a module the user trusted, imported here first)."""
     trust_declared()
@@ -105,7 +107,7 @@ NESTING = ("Compose", "RandomApply", "RandomChoice", "RandomOrder")
 
 
 def built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Transform:
-    """One entry of ``data.augment`` built: a class name, or ``{class_path: ..., init_args: {...}}``."""
+    """One entry of ``data.augment.transforms`` built: a class name, or ``{class_path: ..., init_args: {...}}``."""
     spec = {"class_path": spec} if isinstance(spec, str) else spec
     keys = set(spec) if isinstance(spec, dict) else set()
     if "class_path" not in keys or not isinstance(spec["class_path"], str) or keys - {"class_path", "init_args"}:
@@ -113,7 +115,7 @@ def built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Trans
     class_path, init_args = spec["class_path"], spec.get("init_args") or {}
     name = class_path.removeprefix(f"{V2}.")
     if name in NOT_FOR_AUGMENT:
-        raise UserInputError(f"{where}: {class_path} is not for data.augment: {NOT_FOR_AUGMENT[name]}")
+        raise UserInputError(f"{where}: {class_path} is not for data.augment.transforms: {NOT_FOR_AUGMENT[name]}")
     if class_path not in allowed:
         raise UserInputError(
             f"{where}: {class_path} is not allowed here: use a class of {V2} (RandomResizedCrop, RandomHorizontalFlip, "
@@ -138,29 +140,66 @@ def built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Trans
         ) from None
 
 
-def check_alpha(name: str, alpha: float) -> None:
-    if not isinstance(alpha, int | float) or not alpha >= 0:
-        raise UserInputError(f"data.{name} must be 0 (off) or a positive number (Beta(alpha, alpha)), got {alpha!r}")
+WHERE = "data.augment.transforms"
+"""How errors name the list of transforms."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How training batches are augmented: ``--data.augment.shift 2`` (a piece of every data module's arguments,
+    checked, and its transforms built once to be checked, when it is built). Validation, test and predict batches are
+    never augmented.
+
+    Args:
+        transforms: torchvision ``transforms.v2`` transforms for training images, in order, each image its own random
+            draw: a class name or ``{class_path: ..., init_args: {...}}`` each, such as
+            ``[{class_path: RandomResizedCrop, init_args: {size: 28, scale: [0.8, 1.0]}}, RandomErasing]``. They see
+            float images on the 0..1 scale, before normalisation.
+        shift: random shifts of up to this many pixels along each axis, edges repeated (0: off), before
+            ``transforms``.
+        mixup_alpha: MixUp training batches, each with a share drawn from Beta(alpha, alpha) (0: off; 0.2 is usual);
+            the targets become class probabilities (multiclass tasks only).
+        cutmix_alpha: CutMix training batches likewise (0: off; 1.0 is usual); with both, each batch takes one of the
+            two at even odds.
+    """
+
+    transforms: list[str | dict[str, PlainData]] | None = None
+    shift: int = 0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.transforms is not None and not isinstance(self.transforms, list | tuple):
+            raise UserInputError(f"{WHERE} must be a list of transforms, got {self.transforms!r}")
+        if not isinstance(self.shift, int) or self.shift < 0:
+            raise UserInputError(f"data.augment.shift must be 0 or more pixels, got {self.shift!r}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            alpha = getattr(self, name)
+            if not isinstance(alpha, int | float) or not alpha >= 0:
+                raise UserInputError(
+                    f"data.augment.{name} must be 0 (off) or a positive number (Beta(alpha, alpha)), got {alpha!r}"
+                )
+        self.built()  # each entry checked now, before any work
+
+    def built(self) -> list[v2.Transform]:
+        """The transforms, built (and checked: :func:`built_transform`)."""
+        allowed = transform_classes() if self.transforms else {}
+        return [built_transform(spec, f"{WHERE}[{i}]", allowed) for i, spec in enumerate(self.transforms or [])]
 
 
 class BatchAugmentation:
-    """``data.augment``'s transforms, each image its own draw, then MixUp or CutMix on the whole batch.
+    """The augmentation of :class:`Augmentation` at work: its transforms built, MixUp or CutMix once the classes are
+    known (:meth:`mix_with`; with both alphas positive, each batch takes one of the two at even odds, timm's default
+    switch), and the generator its random draws come from, seeded with ``seed`` (its state is the data module's, in
+    checkpoints)."""
 
-    ``specs`` are checked and built here, before any work. MixUp and CutMix need the number of classes, known once
-    the data is set up: they are built by :meth:`mix_with`. With both alphas positive, each batch takes one of the
-    two, with even odds (timm's default switch).
-    """
-
-    def __init__(self, specs: list[Any] | None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
-        if specs is not None and not isinstance(specs, list | tuple):
-            raise UserInputError(f"data.augment must be a list of transforms, got {specs!r}")
-        check_alpha("mixup_alpha", mixup_alpha)
-        check_alpha("cutmix_alpha", cutmix_alpha)
-        allowed = transform_classes() if specs else {}
-        self.transforms = [built_transform(spec, f"data.augment[{i}]", allowed) for i, spec in enumerate(specs or [])]
+    def __init__(self, options: Augmentation, seed: int) -> None:
+        self.shift = options.shift
+        self.transforms = options.built()
         self.per_image = v2.Compose(self.transforms) if self.transforms else None
-        self.alphas = {"mixup_alpha": float(mixup_alpha), "cutmix_alpha": float(cutmix_alpha)}
+        self.alphas = {"mixup_alpha": float(options.mixup_alpha), "cutmix_alpha": float(options.cutmix_alpha)}
         self.mix: v2.Transform | None = None
+        self.generator = torch.Generator().manual_seed(seed)
 
     @property
     def mixes(self) -> bool:
@@ -169,7 +208,8 @@ class BatchAugmentation:
 
     @property
     def active(self) -> bool:
-        return self.per_image is not None or self.mixes
+        """Whether training batches are changed at all."""
+        return bool(self.shift) or self.per_image is not None or self.mixes
 
     def mix_with(self, task: str, num_classes: int) -> None:
         """Build MixUp / CutMix for ``num_classes`` classes; refused unless the task is multiclass (the mixed targets
@@ -177,7 +217,7 @@ class BatchAugmentation:
         if not self.mixes:
             return
         if task != "multiclass":
-            given = ", ".join(f"data.{name} {alpha:g}" for name, alpha in self.alphas.items() if alpha)
+            given = ", ".join(f"data.augment.{name} {alpha:g}" for name, alpha in self.alphas.items() if alpha)
             raise UserInputError(
                 f"{given}: MixUp and CutMix mix class labels, for multiclass tasks only (this is {task})"
             )
@@ -198,28 +238,38 @@ class BatchAugmentation:
         for index, transform in enumerate(self.transforms):
             for inner in nested(transform):
                 if (why := unfit_for(inner, shape)) is not None:
-                    raise UserInputError(f"data.augment[{index}]: {type(inner).__name__} {why}")
+                    raise UserInputError(f"{WHERE}[{index}]: {type(inner).__name__} {why}")
         sample = torch.rand(TRIAL_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
         with seeded(0, torch.device("cpu")):
             for image in sample:
                 for index, transform in enumerate(self.transforms):
-                    image = tried(transform, image, f"data.augment[{index}]", shape)
+                    image = tried(transform, image, f"{WHERE}[{index}]", shape)
                 if tuple(image.shape) != tuple(shape):
                     raise UserInputError(
-                        f"data.augment turns images of shape {tuple(shape)} (channels, height, width) into "
+                        f"{WHERE} turn images of shape {tuple(shape)} (channels, height, width) into "
                         f"{tuple(image.shape)}: the network takes one size, so give a transform that sets a size the "
                         f"images' own ({shape[1]})"
                     )
 
-    def __call__(self, images: Tensor, targets: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-        """``images`` (N, C, H, W, floats on the 0..1 scale) augmented one by one, then the batch mixed (targets then
-        become (N, classes) probabilities); all random draws seeded with ``seed``, the global generators untouched."""
-        with seeded(seed, images.device):
+    def __call__(self, units: Tensor, targets: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+        """A training batch augmented: ``units`` (N, C, H, W, float pixels on the 0..1 scale) shifted, then through
+        :meth:`seeded`, with draws from :attr:`generator` (mixed with the process's ``rank``): the shifts first, and
+        with the same draws as before the transforms existed."""
+        if self.shift:
+            units = random_shift(units, self.shift, self.generator)
+        if self.per_image is not None or self.mix is not None:
+            units, targets = self.seeded(units, targets, batch_seed(self.generator, rank))
+        return units, targets
+
+    def seeded(self, units: Tensor, targets: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+        """``units`` through the transforms one by one, then the batch mixed (targets then become (N, classes)
+        probabilities); all random draws seeded with ``seed``, the global generators untouched."""
+        with seeded(seed, units.device):
             if self.per_image is not None:
-                images = torch.stack([self.per_image(image) for image in images])
+                units = torch.stack([self.per_image(image) for image in units])
             if self.mix is not None:
-                images, targets = self.mix(images, targets)
-        return images, targets
+                units, targets = self.mix(units, targets)
+        return units, targets
 
 
 TRIAL_IMAGES = 4

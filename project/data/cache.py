@@ -19,9 +19,9 @@ process does not, and a batch is a gather of rows by index.
 A cache folder may be shared: the cache file and its lock are opened as regular files only, never through a
 symbolic link and never waiting on a FIFO (anything else there is said and replaced, or, for the lock, the cache is
 not used); and since the pixels are what a run trains on, a cache file is trusted only when no one else can have
-written it (yours, and writable by you alone), unless the folder is named as shared (``data.cache_shared``). A file
-that another user owns is left alone and the cache is kept in a folder of your own inside it (``user-<uid>``); one of
-yours that others may write is rebuilt.
+written it (yours, and writable by you alone), unless the folder is named as shared (``data.decoded.cache_shared``).
+A file that another user owns is left alone and the cache is kept in a folder of your own inside it (``user-<uid>``);
+one of yours that others may write is rebuilt.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from project.errors import DiskFullError, UserInputError, first_line
 from project.files.atomic import TEMPORARY_SUFFIX, free_bytes, written_whole
 
 CACHE_DIR_ENV = "PROJECT_CACHE_DIR"
-"""Environment variable naming the cache folder when ``--data.cache_dir`` is not given (else ``./cache``)."""
+"""Environment variable naming the cache folder when ``--data.decoded.cache_dir`` is not given (else ``./cache``)."""
 FORMAT = 1
 """The layout of a cache file; a file of another format is rebuilt."""
 HEADER_BYTES = 4096
@@ -330,14 +330,14 @@ def cached_images(
         except Untrusted as error:
             own = own_folder(path.parent)
             rank_zero_info(
-                f"note: {error}, who decides what it holds: yours is kept in {own} (--data.init_args.cache_shared "
+                f"note: {error}, who decides what it holds: yours is kept in {own} (--data.decoded.cache_shared "
                 f"true trusts the cache files others write in {cache_dir})"
             )
             cache = opened_or_built(DecodedCache(own / path.name, key, len(paths), shape), source, decode_chunks)
     except (CacheNotWritten, Untrusted) as error:
         rank_zero_info(
             f"note: the decoded-image cache cannot be written in {cache_dir} ({error}): the images are decoded "
-            f"without it (--data.init_args.cache_dir elsewhere, or --data.init_args.cache false to silence this)"
+            f"without it (--data.decoded.cache_dir elsewhere, or --data.decoded.cache false to silence this)"
         )
         return None
     cache.pixels()

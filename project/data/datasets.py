@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Subset
 
 from project.data.base import ImageDataModule
 from project.data.decoding import per_channel_normalisation
-from project.data.splits import seeded_split, subset_labels
+from project.data.splits import subset_labels
 from project.errors import UserInputError
 
 
@@ -61,6 +61,7 @@ class DatasetDataModule(ImageDataModule):
     """A ``torch.utils.data.Dataset`` of one's own, yielding ``(image tensor, int label)``::
 
         data = DatasetDataModule(MyDataset("train"), MyDataset("test"), num_classes=10, mean=0.5, std=0.5)
+        data = DatasetDataModule(MyDataset("train"), num_classes=2, mean=0.5, std=0.5, labels=Labels(["cat", "dog"]))
 
     The images come as the dataset makes them (its own transforms, normalisation included) through a DataLoader
     (``num_workers`` applies); the validation split, few-shot subsets, label rules and exact resume are those of
@@ -82,9 +83,8 @@ class DatasetDataModule(ImageDataModule):
             ``(x - mean) / std`` (one number or one per channel; 0 and 1: none), which new image files go through to
             be predicted (``python -m project predict``, exports). Checked on the first image: undone, it must give
             pixels in 0..1. (The images' own statistics cannot say it: a normalised image's mean is 0 whatever it was.)
-        class_names: a name per class (reports, predictions); default ``0``, ``1``, ...
-        test_size: without ``test_dataset``, the examples held out for testing: a count or a fraction below 1.
-        **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
+        **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, labels (class names among them),
+            augment, loading).
     """
 
     unrecorded_arguments = ("train_dataset", "test_dataset")
@@ -98,15 +98,12 @@ class DatasetDataModule(ImageDataModule):
         num_classes: int,
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
-        class_names: list[str] | None = None,
-        test_size: int | float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if num_classes < 2:
             raise UserInputError(f"data.num_classes must be 2 or more, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise UserInputError(f"data.class_names names {len(class_names)} classes, and num_classes is {num_classes}")
+        self.labels.check_classes(num_classes)
         if mean is None or std is None:
             raise UserInputError(
                 f"{type(self).__name__} needs data.mean and data.std: the normalisation (x - mean) / std the dataset's "
@@ -122,9 +119,7 @@ class DatasetDataModule(ImageDataModule):
         self.mean, self.std = (list(values) for values in stated)
         self.train_dataset, self.test_dataset = train_dataset, test_dataset
         self.num_classes = num_classes
-        self.named_classes = None if class_names is None else [str(name) for name in class_names]
-        self.test_size = test_size
-        self.labels: dict[int, Tensor] = {}
+        self.class_labels: dict[int, Tensor] = {}
 
     def prepare_data(self) -> None:
         """Nothing to fetch: the datasets are given."""
@@ -132,20 +127,34 @@ class DatasetDataModule(ImageDataModule):
     def load_split(self, train: bool) -> Dataset:
         if self.test_dataset is not None:
             return self.train_dataset if train else self.test_dataset
-        kept, held = seeded_split(len(self.train_dataset), self.test_size, self.split_seed + 1, "test_size")
+        kept, held = self.split.test_split(len(self.train_dataset))
         return Subset(self.train_dataset, (kept if train else held).tolist())
 
     def split_labels(self, dataset: Dataset) -> Tensor:
         base = dataset
         while isinstance(base, Subset):
             base = base.dataset
-        if id(base) not in self.labels:
+        if id(base) not in self.class_labels:
             option = "train_dataset" if base is self.train_dataset else "test_dataset"
-            self.labels[id(base)] = torch.tensor([label_of(base[i], option, i) for i in range(len(base))])
-        return subset_labels(dataset, self.labels[id(base)])
+            self.class_labels[id(base)] = torch.tensor([label_of(base[i], option, i) for i in range(len(base))])
+        return subset_labels(dataset, self.class_labels[id(base)])
 
     def normalisation(self) -> tuple[list[float], list[float]]:
         return list(self.mean), list(self.std)
+
+    @property
+    def arrives_normalised(self) -> bool:
+        """Through a DataLoader, the images come normalised by the datasets themselves; held in memory, as pixels."""
+        return not self.memory
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        held = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        if self.memory and self.memory.keys() != {name for name, split in held.items() if split is not None}:
+            raise UserInputError(
+                "data.train_dataset and data.test_dataset must both be TensorImages (held in memory) or neither: "
+                f"the {', '.join(sorted(self.memory))} split(s) can be held, the others not"
+            )
 
 
 def label_of(example: Any, option: str, index: int) -> int:

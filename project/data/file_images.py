@@ -1,20 +1,22 @@
 """Images from files, decoded once when the data is set up: every file that cannot be decoded is named before
 training starts, and later epochs decode nothing where they can help it.
 
-Where the decoded pixels go, by size (``data.max_memory_mb``) and ``data.cache``:
+Where the decoded pixels go, by size (``data.decoded.max_memory_mb``) and ``data.decoded.cache``
+(:class:`DecodedImages`):
 
 - **a cache on disk** (:mod:`project.data.cache`, the default): decoded into it at the first run (on every core),
   opened as it is by later runs. Data that fits in ``max_memory_mb`` is then read into memory (the in-memory path);
   larger data is gathered from the memory-mapped file by index, batch by batch;
 - **no cache** (``cache: false``, or a cache that cannot be written): decoded at setup, kept in memory when it fits;
-  larger data is decoded again, file by file, each time an image is read (a DataLoader, on ``data.num_workers``
-  processes, by default one per core).
+  larger data is decoded again, file by file, each time an image is read (a DataLoader, on
+  ``data.loading.num_workers`` processes, by default one per core).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,48 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from project.data.batches import ExampleBatch
-from project.data.cache import DecodedCache, cached_images
+from project.data.cache import DecodedCache, cached_images, resolve_cache_dir
 from project.data.cores import available_cores
 from project.data.decoding import ImageConversion, UndecodableImage, undecodable
 from project.data.in_memory import SplitTensors, TensorImages
+from project.errors import UserInputError
 
 CHUNK = 256
 """Images decoded per piece at setup: what one worker hands back at a time."""
 PARALLEL_FROM = 2048
 """Fewer images than this are decoded in the main process (starting workers costs more than it saves)."""
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """Where a folder's or a CSV's decoded images are kept: ``--data.decoded.max_memory_mb 0`` (a piece of the
+    arguments of the modules that read image files, checked when it is built). None of it changes the pixels, so a
+    resumed run may change any of it.
+
+    Args:
+        max_memory_mb: keep the decoded images of a split in memory up to this size (MiB); larger splits are read
+            from the cache on disk (or, without one, decoded again each time an image is read).
+        cache: keep the decoded images in a cache file on disk, reused by later epochs and later runs and rebuilt
+            when a file or the conversion changes (:mod:`project.data.cache`); ``false``: none is written.
+        cache_dir: the cache's folder; default ``$PROJECT_CACHE_DIR``, else ``./cache``.
+        cache_shared: the cache folder is shared with people you trust: open the cache files other users wrote in
+            it (their pixels are what you train on). Otherwise a cache file is used only when it is yours and no one
+            else may write it; another user's is left alone, and yours is kept in ``cache_dir/user-<uid>``.
+    """
+
+    max_memory_mb: int = 4096
+    cache: bool = True
+    cache_dir: str | None = None
+    cache_shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_memory_mb < 0:
+            raise UserInputError(f"data.decoded.max_memory_mb must be 0 or more, got {self.max_memory_mb}")
+
+    @property
+    def folder(self) -> Path | None:
+        """The cache's folder, or ``None``: no cache."""
+        return resolve_cache_dir(self.cache_dir) if self.cache else None
 
 
 class DecodedPieces(Dataset):

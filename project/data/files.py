@@ -7,9 +7,10 @@ The defaults (1 channel, 28x28, MNIST's mean and std) match a backbone pretraine
 
 Every image is decoded once, when the data is set up (before training starts; see :mod:`project.data.file_images`):
 a file that cannot be decoded is named then, with all the others, rather than hours into training. The decoded images
-go into a cache on disk (``cache_dir``), which later runs open instead of decoding; they are held in memory up to
-``max_memory_mb``, and read from the cache by index beyond it. Without a cache (``cache: false``, or a folder that
-cannot take one) images beyond ``max_memory_mb`` are decoded again on access.
+go into a cache on disk (``data.decoded``: :class:`~project.data.file_images.DecodedImages`), which later runs open
+instead of decoding; they are held in memory up to ``max_memory_mb``, and read from the cache by index beyond it.
+Without a cache (``cache: false``, or a folder that cannot take one) images beyond ``max_memory_mb`` are decoded again
+on access.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from project.data.base import ImageDataModule
 from project.data.batches import read_whole
-from project.data.cache import resolve_cache_dir
 from project.data.decoding import (
     MNIST_MEAN,
     MNIST_STD,
@@ -38,9 +38,10 @@ from project.data.decoding import (
     class_folders,
     image_files,
 )
-from project.data.file_images import FileImages
+from project.data.file_images import DecodedImages, FileImages
 from project.data.labels import RelabelledTargets
-from project.data.splits import seeded_split, subset_labels
+from project.data.recording import piece, record_piece
+from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError
 
 LARGEST_TARGET = 1e18
@@ -48,8 +49,8 @@ LARGEST_TARGET = 1e18
 
 
 class FileDataModule(ImageDataModule):
-    """Shared by the folder and CSV modules: the image conversion, and a test split from its own files or carved
-    from the training files.
+    """Shared by the folder and CSV modules: the image conversion, where the decoded images are kept, and a test split
+    from its own files or carved from the training files (``data.split.test_size``).
 
     Args:
         data_dir: the folder that holds the images (and the CSV files).
@@ -58,16 +59,9 @@ class FileDataModule(ImageDataModule):
             normalisation its weights were trained with; see :meth:`adopt_normalisation`).
         mnist_style: make each image's digit look like MNIST's first (:mod:`project.data.digits`: light ink on
             black, fitted in 20x20, centred by mass in 28x28), for photos or scans of digits and an MNIST backbone.
-        test_size: without separate test files, the images held out for testing: a count or a fraction below 1.
-        max_memory_mb: keep the decoded images of a split in memory up to this size (MiB); larger splits are read
-            from the cache on disk (or, without one, decoded again each time an image is read).
-        cache: keep the decoded images in a cache file on disk, reused by later epochs and later runs and rebuilt
-            when a file or the conversion changes (:mod:`project.data.cache`); ``false``: none is written.
-        cache_dir: the cache's folder; default ``$PROJECT_CACHE_DIR``, else ``./cache``.
-        cache_shared: the cache folder is shared with people you trust: open the cache files other users wrote in
-            it (their pixels are what you train on). Otherwise a cache file is used only when it is yours and no one
-            else may write it; another user's is left alone, and yours is kept in ``cache_dir/user-<uid>``.
-        **kwargs: see :class:`~project.data.ImageDataModule` (batch sizes, workers, val_size, few-shot, ...).
+        decoded: where the decoded images are kept (:class:`~project.data.file_images.DecodedImages`:
+            ``max_memory_mb``, ``cache``, ``cache_dir``, ``cache_shared``).
+        **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, labels, augment, loading).
     """
 
     def __init__(
@@ -78,11 +72,7 @@ class FileDataModule(ImageDataModule):
         mean: float | list[float] | None = MNIST_MEAN,
         std: float | list[float] | None = MNIST_STD,
         mnist_style: bool = False,
-        test_size: int | float = 0.2,
-        max_memory_mb: int = 4096,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        cache_shared: bool = False,
+        decoded: DecodedImages = DecodedImages(),
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
@@ -92,14 +82,11 @@ class FileDataModule(ImageDataModule):
         stated = (MNIST_MEAN, MNIST_STD) if self.awaiting_normalisation else (mean, std)  # replaced when adopted
         self.conversion = ImageConversion(channels, image_size, *stated, mnist_style=mnist_style)
         self.image_shape = (channels, image_size, image_size)
-        self.test_size = test_size
-        if max_memory_mb < 0:
-            raise UserInputError(f"data.max_memory_mb must be 0 or more, got {max_memory_mb}")
-        self.max_bytes = max_memory_mb * 2**20
-        self.cache_dir = resolve_cache_dir(cache_dir) if cache else None
-        self.cache_shared = cache_shared
-        if cache_shared and not cache:
-            rank_zero_info("note: data.cache_shared has no effect: data.cache is false (no cache is read or written)")
+        self.decoded = piece(DecodedImages, decoded, "data.decoded")
+        record_piece(self, "decoded", self.decoded)
+        self.cache_dir = self.decoded.folder
+        if self.decoded.cache_shared and not self.decoded.cache:
+            rank_zero_info("note: data.decoded.cache_shared has no effect: data.decoded.cache is false (no cache)")
         self.read_sources: dict[Path, FileImages] = {}
 
     def read(self, source: Path) -> FileImages:
@@ -107,8 +94,10 @@ class FileDataModule(ImageDataModule):
         if source not in self.read_sources:
             paths, targets = self.files(source)
             folder = source if source.is_dir() else source.parent  # a CSV's paths start from its folder
-            cache = (self.cache_dir, source, folder, self.cache_shared) if self.cache_dir is not None else None
-            self.read_sources[source] = FileImages(paths, targets, self.conversion, self.max_bytes, cache)
+            shared = self.decoded.cache_shared
+            cache = (self.cache_dir, source, folder, shared) if self.cache_dir is not None else None
+            max_bytes = self.decoded.max_memory_mb * 2**20
+            self.read_sources[source] = FileImages(paths, targets, self.conversion, max_bytes, cache)
         return self.read_sources[source]
 
     def files(self, source: Path) -> tuple[list[Path], Tensor]:
@@ -162,7 +151,7 @@ class FileDataModule(ImageDataModule):
         if test_source is not None:
             return self.read(train_source if train else test_source)
         full = self.read(train_source)
-        kept, held = seeded_split(len(full), self.test_size, self.split_seed + 1, "test_size")
+        kept, held = self.split.test_split(len(full))
         return Subset(full, (kept if train else held).tolist())
 
     def base_dataset(self, dataset: Dataset) -> FileImages:
@@ -175,8 +164,9 @@ class ImageFolderDataModule(FileDataModule):
     """Classify a user's images, sorted into one sub-folder per class (PNG, JPEG and the other formats PIL reads).
 
     Layout: ``data_dir/train/<class>/...`` and ``data_dir/test/<class>/...``, or ``data_dir/<class>/...`` alone, in
-    which case ``test_size`` images are held out (seeded) for testing. Class indices follow the sorted folder names.
-    With exactly two classes the task is binary (class index 1 is the positive class); with more, multiclass.
+    which case ``data.split.test_size`` images are held out (seeded) for testing. Class indices follow the sorted
+    folder names. With exactly two classes the task is binary (class index 1 is the positive class); with more,
+    multiclass.
     """
 
     def __init__(self, data_dir: str, **kwargs: Any) -> None:
@@ -196,7 +186,7 @@ class ImageFolderDataModule(FileDataModule):
 
     @property
     def task(self) -> str:
-        return "binary" if self.num_classes == 2 and not self.label_sets else super().task
+        return "binary" if self.num_classes == 2 and not self.labels.label_sets else super().task
 
     @property
     def named_classes(self) -> list[str]:
@@ -300,7 +290,7 @@ def csv_number(text: str | None, where: str, column: str) -> float:
 
 class CSVRegressionDataModule(FileDataModule):
     """Regression on a user's images: ``data_dir/train.csv`` (and optionally ``data_dir/test.csv``) with the columns
-    ``image,target``; without ``test.csv``, ``test_size`` rows are held out (seeded) for testing.
+    ``image,target``; without ``test.csv``, ``data.split.test_size`` rows are held out (seeded) for testing.
 
     Args:
         allow_paths_outside: read image paths that lead out of ``data_dir`` (absolute, ``..``, links out of it);
@@ -341,10 +331,10 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
                 header = text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
         except csv.Error as error:  # a field beyond csv.field_size_limit(), ...: as read_csv says it
             raise UserInputError(f"{train_csv} line 1: not a CSV file this can read ({error})") from None
-        self.labels = [name.strip() for name in header if name.strip() != "image"]
-        if not self.labels:
+        self.label_columns = [name.strip() for name in header if name.strip() != "image"]
+        if not self.label_columns:
             raise UserInputError(f"{train_csv}: the first line must name the columns image,<label>,... (0/1 each)")
-        self.num_classes = len(self.labels)
+        self.num_classes = len(self.label_columns)
 
     @property
     def task(self) -> str:
@@ -352,14 +342,14 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.labels)
+        return list(self.label_columns)
 
     @property
     def num_outputs(self) -> int:
-        return len(self.labels)
+        return len(self.label_columns)
 
     def files(self, source: Path) -> tuple[list[Path], Tensor]:
-        paths, columns, values = read_csv(source, self.labels, self.allow_paths_outside)
+        paths, columns, values = read_csv(source, self.label_columns, self.allow_paths_outside)
         flags = values.long()
         if not torch.equal(flags.float(), values) or flags.min() < 0 or flags.max() > 1:
             row = int(((flags.float() != values) | (flags < 0) | (flags > 1)).any(dim=1).nonzero()[0])

@@ -2,8 +2,10 @@
 
 A split that fits is decoded once into uint8 (or, for arrays, float) pixels ``(N, C, H, W)`` and its targets; both
 move to the training device once. Each batch is then a gather of rows by index (in the resumable sampler's order for
-training, in order for evaluation) and a normalisation, on the device: no per-image Python, no host-to-device copy
-per batch, no DataLoader workers. The order and the pixels are the same as the per-image path's.
+training, in order for evaluation), on the device: no per-image Python, no host-to-device copy per batch, no
+DataLoader workers. The order and the pixels are the same as the per-image path's, and so is what follows: the data
+module augments and normalises every path's batches of pixels in one place
+(:meth:`~project.data.ImageDataModule.on_after_batch_transfer`, with :func:`normalised`).
 
 Data too large to hold takes the same path from a cache on disk (:mod:`project.data.cache`): its pixels stay in the
 memory-mapped file, and each batch's rows are gathered there and copied to the device, one batch ahead.
@@ -43,19 +45,21 @@ class SplitTensors(NamedTuple):
         return SplitTensors(self.pixels[index], self.targets[index])
 
 
-def unit_scaled(pixels: Tensor) -> Tensor:
-    """Pixels as float32 on the scale the normalisation applies to: uint8 divided by 255, floating point as given
-    (a new tensor either way, which the caller may change in place)."""
+def unit_scaled(pixels: Tensor, copy: bool = True) -> Tensor:
+    """Pixels as float32 on the scale the normalisation applies to: uint8 divided by 255 (a new tensor), floating
+    point as given (a new tensor too, which the caller may change in place, unless ``copy=False``: then float32 pixels
+    are the tensor itself, for a caller that owns them)."""
     if pixels.dtype == torch.uint8:  # one new tensor, divided in place: fresh memory is costly on a CPU
         return pixels.to(torch.float32).div_(255)
-    return pixels.to(torch.float32, copy=True)
+    return pixels.to(torch.float32, copy=copy)
 
 
-def normalised(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+def normalised(pixels: Tensor, mean: Tensor, std: Tensor, copy: bool = True) -> Tensor:
     """Pixels as the network takes them, the one rule of every path (in memory, DataLoader, prediction, export's
     ``model.json``): :func:`unit_scaled`, minus ``mean``, over ``std``, per channel (shaped ``(C, 1, 1)`` or
-    ``(1, C, 1, 1)``), as torchvision's ``ToTensor`` and ``Normalize`` do."""
-    return unit_scaled(pixels).sub_(mean).div_(std)
+    ``(1, C, 1, 1)``), as torchvision's ``ToTensor`` and ``Normalize`` do. ``copy=False``: float32 pixels of the
+    caller's own (a batch) are normalised in place."""
+    return unit_scaled(pixels, copy).sub_(mean).div_(std)
 
 
 class TensorImages(Dataset):
@@ -70,45 +74,37 @@ class TensorImages(Dataset):
         raise NotImplementedError
 
 
-class NormalisedTensors(TensorImages):
-    """Images held as tensors (a :class:`SplitTensors`), each normalised with ``mean`` and ``std`` per channel when
-    read one at a time (the DataLoader path), as :class:`DeviceBatches` normalises whole batches."""
+class PixelTensors(TensorImages):
+    """Images held as tensors (a :class:`SplitTensors`): whole, for the in-memory path, or one example at a time, its
+    pixels as they are held (the DataLoader path), as every path hands them to the data module."""
 
-    def __init__(self, split: SplitTensors, mean: list[float], std: list[float]) -> None:
+    def __init__(self, split: SplitTensors) -> None:
         self.split = split
         self.targets = split.targets
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.split.targets)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         target = self.split.targets[index]
-        image = normalised(self.split.pixels[index], self.mean, self.std)
-        return image, target.item() if target.ndim == 0 else target
+        return self.split.pixels[index], target.item() if target.ndim == 0 else target
 
     def tensors(self) -> SplitTensors:
         return self.split
 
 
 class DeviceBatches:
-    """``(images, targets)`` batches from a :class:`SplitTensors` on ``device``, like a DataLoader's.
+    """``(pixels, targets)`` batches from a :class:`SplitTensors` on ``device``, like a DataLoader's: each a tensor of
+    its own, which the data module may change in place.
 
     With a ``sampler`` (training) the batches follow its order, which resumes part-way through an epoch; without
-    one they go through the split in order. Images are normalised with ``mean`` and ``std`` per channel. Pixels held
-    in memory move to the device once; pixels left on disk (``rows``) are gathered a batch at a time by a thread,
-    one batch ahead of the one being trained on, and copied to the device (through pinned memory on a GPU).
+    one they go through the split in order. Pixels held in memory move to the device once; pixels left on disk
+    (``rows``) are gathered a batch at a time by a thread, one batch ahead of the one being trained on, and copied to
+    the device (through pinned memory on a GPU).
     """
 
     def __init__(
-        self,
-        split: SplitTensors,
-        batch_size: int,
-        mean: list[float],
-        std: list[float],
-        device: torch.device,
-        sampler: ResumableSampler | None = None,
+        self, split: SplitTensors, batch_size: int, device: torch.device, sampler: ResumableSampler | None = None
     ) -> None:
         if split.rows is None:
             split = SplitTensors(split.pixels.to(device), split.targets.to(device))
@@ -116,8 +112,6 @@ class DeviceBatches:
         self.device = device
         self.batch_size = batch_size
         self.order = sampler  # not "sampler": Lightning would take this for a DataLoader
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
         count = len(self.order) if self.order is not None else len(self.split.targets)
@@ -134,12 +128,12 @@ class DeviceBatches:
             return
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield normalised(self.split.pixels[index], self.mean, self.std), self.split.targets[index]
+            yield self.split.pixels[index], self.split.targets[index]
 
     def gathered(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         """The batches of pixels left where they are, each gathered while the one before it is used, into one of two
         buffers in turn (fresh memory each batch cost more than the copy itself here: scripts/benchmark_data.py);
-        a buffer is gathered into again only once the batch made from it was normalised into a new tensor."""
+        a buffer is gathered into again only once the batch made from it was copied out of it (:meth:`gather`)."""
         buffers: list[Tensor | None] = [None, None]  # made by the gathering thread: not under inference mode
         batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         with ThreadPoolExecutor(max_workers=1) as gatherer:
@@ -148,17 +142,19 @@ class DeviceBatches:
                 pixels, targets = ahead.result()
                 if number + 1 < len(batches):
                     ahead = gatherer.submit(self.gather, batches[number + 1], buffers, (number + 1) % 2)
-                yield normalised(pixels, self.mean, self.std), targets
+                yield pixels, targets
 
     def gather(self, index: Tensor, buffers: list[Tensor | None], slot: int) -> tuple[Tensor, Tensor]:
         """One batch's pixels (gathered into the first rows of ``buffers[slot]``, made on first use) and targets, on
-        the device."""
+        the device, in a tensor of their own: on a GPU the copy to it, on the CPU the pixels on the 0..1 scale
+        (:func:`unit_scaled`, the conversion the batch goes through next anyway)."""
         if buffers[slot] is None:
             buffers[slot] = torch.empty((self.batch_size, *self.split.pixels.shape[1:]), dtype=self.split.pixels.dtype)
         pixels = torch.index_select(self.split.pixels, 0, self.split.rows[index], out=buffers[slot][: len(index)])
-        cuda = self.device.type == "cuda"
-        pixels = pixels.pin_memory() if cuda else pixels  # pin_memory copies: the buffer is free again at once
-        return pixels.to(self.device, non_blocking=cuda), self.split.targets[index].to(self.device)
+        targets = self.split.targets[index].to(self.device)
+        if self.device.type != "cuda":
+            return unit_scaled(pixels), targets
+        return pixels.pin_memory().to(self.device, non_blocking=True), targets  # pin_memory copies: the buffer is free
 
     def state_dict(self) -> dict[str, Any]:
         return {"shuffle_seed": self.order.seed} if self.order is not None else {}

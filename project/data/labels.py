@@ -1,9 +1,10 @@
-"""Label rules: binary and multilabel targets made from class labels (data.positive_classes, data.label_sets), and
-the renumbered labels of a subset of the classes (data.only_classes)."""
+"""Label rules: the classes' names, binary and multilabel targets made from class labels (``data.labels``:
+:class:`Labels`), and the renumbered labels of a subset of the classes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,7 +64,7 @@ class LabelRule:
 
 
 class ClassSubset:
-    """The labels of some of the classes, numbered 0..k-1 in the order given (``data.only_classes``)."""
+    """The labels of some of the classes, numbered 0..k-1 in the order given (``data.labels.only_classes``)."""
 
     def __init__(self, classes: Sequence[int]) -> None:
         self.classes = [int(c) for c in classes]
@@ -78,42 +79,92 @@ class ClassSubset:
         return table[labels]
 
 
-def check_label_options(
-    module: str,
-    task: str,
-    positive_classes: list[int] | None,
-    label_sets: dict[str, list[int]] | None,
-    only_classes: list[int] | None,
-) -> None:
-    """Refuse label rules that exclude each other, or that a data module without classes (its ``task`` is not
-    multiclass) cannot apply; the rules' classes are checked once the classes are known (:func:`check_label_rules`)."""
-    if sum(bool(option) for option in (positive_classes, label_sets, only_classes)) > 1:
-        raise UserInputError(
-            "data.positive_classes (binary), data.label_sets (multilabel) and data.only_classes (some classes) "
-            "exclude each other: give one"
-        )
-    if (positive_classes or label_sets or only_classes) and task != "multiclass":
-        raise UserInputError(
-            f"data.positive_classes, label_sets and only_classes work on classes; {module} has no classes (its task "
-            f"is {task})"
-        )
+@dataclass(frozen=True)
+class Labels:
+    """How a data module's class labels are named and turned into targets: ``--data.labels.positive_classes
+    [5,6,7,8,9]`` (a piece of every data module's arguments, checked when it is built; the classes they name are
+    checked once the data's classes are known, :meth:`check_classes`). They work on classes: data whose task is not
+    multiclass (regression, several labels per image) refuses them.
 
+    Args:
+        class_names: a name per class of the data, in label order (reports, predictions); default: the data's own
+            (a folder's class folders, torchvision's names), else ``0``, ``1``, ...
+        positive_classes: a binary task: target 1 for these classes, 0 for the rest (``[5, 6, 7, 8, 9]``: "digit
+            >= 5").
+        label_sets: a multilabel task: one yes/no label per entry, 1 when the class is in its list
+            (``{even: [0, 2, 4, 6, 8], at_least_5: [5, 6, 7, 8, 9]}``).
+        only_classes: keep only these classes, numbered 0..k-1 in this order (``[5, 6, 7, 8, 9]``: digits 5-9).
+    """
 
-def check_label_rules(
-    num_classes: int,
-    positive_classes: list[int] | None,
-    label_sets: dict[str, list[int]] | None,
-    only_classes: list[int] | None,
-) -> None:
-    """Refuse label options that name classes the data does not have, or that would leave a label empty."""
-    kept = only_classes
-    if kept and (len(set(kept)) != len(kept) or len(kept) < 2 or not set(kept) <= set(range(num_classes))):
-        raise UserInputError(f"data.only_classes {kept} must name 2 or more different classes of 0..{num_classes - 1}")
-    rules = {"positive": positive_classes} if positive_classes else dict(label_sets or {})
-    for name, classes in rules.items():
-        option = "data.positive_classes" if positive_classes else f"data.label_sets.{name}"
-        outside = [c for c in classes if not 0 <= c < num_classes]
-        if outside:
-            raise UserInputError(f"{option} {outside} are not classes of this data: use values in 0..{num_classes - 1}")
-        if not classes or len(set(classes)) == num_classes:
-            raise UserInputError(f"{option} names no class or every class: one of its two answers would be empty")
+    class_names: list[str] | None = None
+    positive_classes: list[int] | None = None
+    label_sets: dict[str, list[int]] | None = None
+    only_classes: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if sum(bool(rule) for rule in (self.positive_classes, self.label_sets, self.only_classes)) > 1:
+            raise UserInputError(
+                "data.labels.positive_classes (binary), label_sets (multilabel) and only_classes (some classes) "
+                "exclude each other: give one"
+            )
+
+    @property
+    def given(self) -> bool:
+        return any((self.class_names, self.positive_classes, self.label_sets, self.only_classes))
+
+    def task(self, default: str) -> str:
+        """The task the targets call for, on data whose own is ``default``."""
+        if self.positive_classes:
+            return "binary"
+        return "multilabel" if self.label_sets else default
+
+    def check_task(self, module: str, default: str) -> None:
+        """Refuse these options on data that has no classes (its ``default`` task is not multiclass)."""
+        if self.given and default != "multiclass":
+            raise UserInputError(
+                f"data.labels.class_names, positive_classes, label_sets and only_classes work on classes; {module} has "
+                f"no classes (its task is {default})"
+            )
+
+    def names(self, own: list[str] | None, num_classes: int) -> list[str]:
+        """Names of the classes (or labels) the task is about, of data with ``num_classes`` classes named ``own``."""
+        if self.positive_classes:
+            return ["other", "positive"]
+        if self.label_sets:
+            return list(self.label_sets)
+        names = self.class_names or own or [str(index) for index in range(num_classes)]
+        return [str(names[index]) for index in self.only_classes] if self.only_classes else [str(n) for n in names]
+
+    def count(self, num_classes: int) -> int:
+        """How many classes (or labels) the task is about."""
+        return len(self.label_sets or self.only_classes or range(num_classes))
+
+    def rule(self) -> LabelRule | ClassSubset | None:
+        """What turns a class label into a target, or ``None``: the label is the target."""
+        if self.only_classes:
+            return ClassSubset(self.only_classes)
+        if self.positive_classes:
+            return LabelRule({"positive": self.positive_classes}, binary=True)
+        return LabelRule(self.label_sets, binary=False) if self.label_sets else None
+
+    def check_classes(self, num_classes: int) -> None:
+        """Refuse options that name classes the data does not have, or that would leave a label empty."""
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise UserInputError(
+                f"data.labels.class_names names {len(self.class_names)} classes, and the data has {num_classes}"
+            )
+        kept = self.only_classes
+        if kept and (len(set(kept)) != len(kept) or len(kept) < 2 or not set(kept) <= set(range(num_classes))):
+            raise UserInputError(
+                f"data.labels.only_classes {kept} must name 2 or more different classes of 0..{num_classes - 1}"
+            )
+        rules = {"positive": self.positive_classes} if self.positive_classes else dict(self.label_sets or {})
+        for name, classes in rules.items():
+            option = "data.labels.positive_classes" if self.positive_classes else f"data.labels.label_sets.{name}"
+            outside = [c for c in classes if not 0 <= c < num_classes]
+            if outside:
+                raise UserInputError(
+                    f"{option} {outside} are not classes of this data: use values in 0..{num_classes - 1}"
+                )
+            if not classes or len(set(classes)) == num_classes:
+                raise UserInputError(f"{option} names no class or every class: one of its two answers would be empty")

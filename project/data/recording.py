@@ -1,20 +1,28 @@
 """How a data module's constructor arguments become its hyper-parameters, which checkpoints keep, a resumed run is
-checked against and ``python -m project evaluate`` rebuilds the module from (:func:`record_arguments`).
+checked against and ``python -m project evaluate`` rebuilds the module from (:func:`record_arguments`), and how the
+typed pieces it is given (:class:`~project.data.splits.Split`, :class:`~project.data.labels.Labels`, ...) come back from
+them (:func:`piece`).
 
 What is recorded is what rebuilds the module: the arguments its class was given, its parents' defaults, never a
 value a subclass passes its parent itself (``super().__init__(..., num_classes=10)``: given again on rebuilding, it
 would reach the parent twice); Python objects (datasets, arrays) are kept out, unless the command line built them from
-a class path in the config, which is then recorded.
+a class path in the config, which is then recorded. A piece (a dataclass) is recorded as the mapping of its fields,
+as the command line's config holds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from project.errors import UserInputError
 
 if TYPE_CHECKING:
     from project.data.base import ImageDataModule
+
+Piece = TypeVar("Piece")
 
 CLASS_PATH_KEY = "_class_path"
 """The key under which the module's class is recorded, as LightningCLI records a class it builds from a config
@@ -36,6 +44,34 @@ def record_arguments(module: ImageDataModule) -> None:
     elif module.class_arguments:  # LightningCLI hands the module its config's values (plain) as the hyper-parameters
         kept_out = [name for name in unrecorded if name not in module.class_arguments]
         module.save_hyperparameters(ignore=kept_out, frame=frames[0] if frames else None)
+    for name, value in module.hparams.items():  # built in Python: a piece as its fields, plain values
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            module.hparams[name] = dataclasses.asdict(value)
+
+
+def piece(kind: type[Piece], value: Piece | dict[str, Any] | None, option: str, default: Piece | None = None) -> Piece:
+    """A piece of a data module's arguments (a dataclass such as :class:`~project.data.splits.Split`) from what the
+    constructor was given: the piece itself (the command line builds it from the config), the mapping of some of its
+    fields (a checkpoint's record, a caller's shorthand: the others are ``default``'s, else the class's), or ``None``
+    for ``default``. An unknown field is refused in one line naming the fields there are."""
+    base = default if default is not None else kind()
+    if value is None:
+        return base
+    if isinstance(value, kind):
+        return value
+    fields = [field.name for field in dataclasses.fields(kind)]
+    if not isinstance(value, dict):
+        raise UserInputError(f"{option} must be a {kind.__name__} or a mapping of {', '.join(fields)}; got {value!r}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise UserInputError(f"{option} has no option {unknown[0]!r}: its options are {', '.join(fields)}")
+    return dataclasses.replace(base, **value)
+
+
+def record_piece(module: ImageDataModule, name: str, value: Any) -> None:
+    """Record the piece ``name`` as it was resolved (:func:`piece`), all its fields, where the module records it."""
+    if name in module.hparams:
+        module.hparams[name] = dataclasses.asdict(value)
 
 
 def constructor_frames(module: object) -> list[FrameType]:

@@ -19,7 +19,8 @@ from project.errors import UserInputError
 class RotatedImages(TensorImages):
     """Each image rotated by an angle drawn once per index from a seeded uniform distribution; target = angle / max.
 
-    ``dataset`` yields PIL images; each is rotated (counter-clockwise, black corners), then passed to ``transform``.
+    ``dataset`` yields PIL images; each is rotated (counter-clockwise, black corners), then passed to ``transform``
+    (to uint8 pixels).
     The angles depend only on ``seed``, so every epoch and every run sees the same ones.
     """
 
@@ -62,9 +63,9 @@ class RotationDataModule(MNISTDataModule):
     def __init__(self, max_angle: float = 45.0, angle_seed: int = 0, **kwargs: Any) -> None:
         if not 0 < max_angle <= 180:
             raise UserInputError(f"data.max_angle must lie in (0, 180] degrees, got {max_angle}")
-        if kwargs.get("samples_per_class"):
-            raise UserInputError("RotationDataModule is a regression task: samples_per_class does not apply")
         super().__init__(**kwargs)
+        if self.split.samples_per_class:
+            raise UserInputError("RotationDataModule is a regression task: data.split.samples_per_class does not apply")
         self.max_angle = max_angle
         self.angle_seed = angle_seed
 

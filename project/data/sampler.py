@@ -1,9 +1,11 @@
 """The training order: a seeded shuffle that can start an epoch part-way through (exact resume), on one process or
-many, and the loader over it."""
+many, the loader over it, and where a run stands in it (:class:`Position`), which the data module keeps in its
+``state_dict`` (checkpoints hold it) and hands back to its sampler on resume."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -11,8 +13,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from project.errors import UserInputError
 
-Position = tuple[int, int]
-"""(epoch, number of this process's samples of that epoch already trained on)."""
+
+@dataclass(frozen=True)
+class Position:
+    """Where the training order stands: an epoch, and the samples of it this process already trained on."""
+
+    epoch: int
+    samples: int = 0
 
 
 class ResumableSampler(DistributedSampler):
@@ -20,7 +27,8 @@ class ResumableSampler(DistributedSampler):
 
     The order of epoch ``e`` is the permutation seeded with ``seed + e`` (split across processes as
     :class:`DistributedSampler` splits it). ``position`` is asked at the start of each iteration for the epoch and
-    the number of samples to skip; without it, the epoch comes from :meth:`set_epoch` and nothing is skipped.
+    the samples to skip (the data module's :meth:`~project.data.ImageDataModule.training_position`); without it, the
+    epoch comes from :meth:`set_epoch` and nothing is skipped.
     """
 
     def __init__(
@@ -37,29 +45,38 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         skip = 0
         if self.position is not None:
-            epoch, skip = self.position()
-            self.set_epoch(epoch)
+            now = self.position()
+            self.set_epoch(now.epoch)
+            skip = now.samples
         indices = list(super().__iter__())
         return iter(indices[skip:])
 
 
-class TrainingPosition:
-    """What the sampler asks of the run: where the training loop stands when an epoch's batches are drawn.
+def recorded_position(trainer: L.Trainer | None) -> dict[str, Any] | None:
+    """Where the training loop stands as a checkpoint records it, read from the trainer's public loop state when
+    Lightning asks the data module for its ``state_dict``: the epoch, the batches of it trained (those of this
+    process: every process trains as many) and whether that was all of them; ``None`` without a trainer."""
+    if trainer is None:
+        return None
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    complete = batches >= trainer.num_training_batches
+    return {"epoch": trainer.current_epoch, "batches": batches, "epoch_complete": complete}
 
-    A callback with this base (:class:`project.training.resume.ExactResume`) is asked; without one, every epoch
-    starts at its first batch.
-    """
 
-    def position(self, trainer: L.Trainer, batch_size: int) -> Position:
-        """The epoch, and the samples of it this process already trained on (non-zero only for the epoch a run
-        resumed in)."""
-        return trainer.current_epoch, 0
+def resumed_position(recorded: dict[str, Any] | None, batch_size: int) -> Position | None:
+    """Where a run resumed from a checkpoint that recorded ``recorded`` (:func:`recorded_position`) starts: the next
+    epoch's first batch once an epoch was complete, else the first batch it had not trained."""
+    if recorded is None:
+        return None
+    if recorded["epoch_complete"]:
+        return Position(recorded["epoch"] + 1)
+    return Position(recorded["epoch"], recorded["batches"] * batch_size)
 
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`ResumableSampler`. Lightning asks loaders for ``state_dict`` to tell whether they
-    can resume mid-epoch; the position itself is :class:`ExactResume`'s, so the state only records the shuffle seed,
-    and a resumed run with another seed is refused (its order could not continue the old one)."""
+    can resume mid-epoch; the position itself is the data module's, so the state only records the shuffle seed, and a
+    resumed run with another seed is refused (its order could not continue the old one)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"shuffle_seed": self.sampler.seed}
@@ -75,7 +92,7 @@ def shuffle_seed_difference(stored: int | None, current: int) -> str | None:
         return None
     return (
         f"the shuffle seed {current} (the run has {stored}: resume with --seed_everything {stored}, or "
-        f"--data.shuffle_seed {stored})"
+        f"--data.split.shuffle_seed {stored})"
     )
 
 

@@ -3,6 +3,8 @@ subsets, and the labels of a subset."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
@@ -40,7 +42,7 @@ def few_shot_indices(
         members = members[torch.randperm(len(members), generator=generator)]
         if samples_per_class is not None and samples_per_class > len(members):
             raise UserInputError(
-                f"data.samples_per_class={samples_per_class}, but class {label} has only {len(members)} "
+                f"data.split.samples_per_class={samples_per_class}, but class {label} has only {len(members)} "
                 f"training images; use at most {len(members)} or train_fraction"
             )
         count = samples_per_class if samples_per_class is not None else max(1, round(train_fraction * len(members)))
@@ -55,25 +57,45 @@ def subset_labels(dataset: Dataset, labels_of_base: Tensor) -> Tensor:
     return labels_of_base
 
 
-def check_split_options(
-    batch_size: int,
-    eval_batch_size: int,
-    num_workers: int | None,
-    val_size: int | float,
-    samples_per_class: int | None,
-    train_fraction: float | None,
-) -> None:
-    """Refuse data options that cannot work, naming the value and what is allowed."""
-    for name, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
-        if value < 1:
-            raise UserInputError(f"data.{name} must be a positive integer, got {value}")
-    if num_workers is not None and num_workers < 0:
-        raise UserInputError(f"data.num_workers must be 0 or more, got {num_workers}")
-    if not (val_size >= 1 if isinstance(val_size, int) else 0 < val_size < 1):
-        raise UserInputError(f"data.val_size must be a count of 1 or more, or a fraction in (0, 1), got {val_size}")
-    if samples_per_class is not None and train_fraction is not None:
-        raise UserInputError("data.samples_per_class and data.train_fraction exclude each other: set one")
-    if samples_per_class is not None and samples_per_class < 1:
-        raise UserInputError(f"data.samples_per_class must be a positive integer, got {samples_per_class}")
-    if train_fraction is not None and not 0 < train_fraction <= 1:
-        raise UserInputError(f"data.train_fraction must lie in (0, 1], got {train_fraction}")
+@dataclass(frozen=True)
+class Split:
+    """How a data module's examples are split and sampled: ``--data.split.val_size 5000`` (a piece of every data
+    module's arguments, checked when it is built).
+
+    Args:
+        val_size: images held out of the training split for validation: a count, or a fraction below 1.
+        test_size: for data without a test split of its own (a folder without ``test/``, a CSV without
+            ``test.csv``, arrays or a dataset without test ones), the images held out of it for testing (seeded with
+            ``split_seed + 1``): a count, or a fraction below 1; data with a test split ignores it.
+        split_seed: seed of the train/validation (and train/test) split and of the few-shot subset.
+        samples_per_class: keep only this many training images per class (stratified, seeded).
+        train_fraction: keep only this fraction of the training images of each class (stratified, seeded).
+        shuffle_seed: seed of the training order and of the augmentation; default: the run's ``seed_everything``.
+    """
+
+    val_size: int | float = 0.1
+    test_size: int | float = 0.2
+    split_seed: int = 42
+    samples_per_class: int | None = None
+    train_fraction: float | None = None
+    shuffle_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("val_size", "test_size"):
+            size = getattr(self, name)
+            if not (size >= 1 if isinstance(size, int) else isinstance(size, float) and 0 < size < 1):
+                raise UserInputError(
+                    f"data.split.{name} must be a count of 1 or more, or a fraction in (0, 1), got {size!r}"
+                )
+        if self.samples_per_class is not None and self.train_fraction is not None:
+            raise UserInputError("data.split.samples_per_class and train_fraction exclude each other: set one")
+        if self.samples_per_class is not None and self.samples_per_class < 1:
+            raise UserInputError(
+                f"data.split.samples_per_class must be a positive integer, got {self.samples_per_class}"
+            )
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise UserInputError(f"data.split.train_fraction must lie in (0, 1], got {self.train_fraction}")
+
+    def test_split(self, count: int) -> tuple[Tensor, Tensor]:
+        """Positions ``(kept, held out for testing)`` of data with ``count`` examples and no test split of its own."""
+        return seeded_split(count, self.test_size, self.split_seed + 1, "split.test_size")

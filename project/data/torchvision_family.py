@@ -20,7 +20,8 @@ from torchvision.transforms import functional as TF
 
 from project.data.base import DATA_DIR_ENV, ImageDataModule
 from project.data.in_memory import SplitTensors, unit_scaled
-from project.data.splits import subset_labels
+from project.data.recording import piece
+from project.data.splits import Split, subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
 
@@ -74,6 +75,8 @@ TORCHVISION_DATASETS: dict[str, TorchvisionDataset] = {
     "usps": TorchvisionDataset(datasets.USPS, "USPS", ("usps.bz2", "usps.t.bz2"), 10, root_is_folder=True, side=16),
 }
 DatasetName = Literal[tuple(TORCHVISION_DATASETS)]  # the names are the registry's keys
+MNIST_SPLIT = Split(val_size=5000)
+"""How the MNIST family is split by default: 5,000 of the training images (of MNIST's 60,000) for validation."""
 
 
 def raw_pixels(dataset: Dataset) -> Tensor:
@@ -109,15 +112,16 @@ class MNISTDataModule(ImageDataModule):
 
     ``dataset`` is one of ``mnist`` (digits), ``fashion_mnist`` (clothing), ``kmnist`` (Japanese cursive),
     ``emnist_letters`` (26 letters), ``emnist_balanced`` (47 digits and letters), ``qmnist`` (MNIST's 60,000 test
-    images reconstructed) or ``usps`` (16x16 digits, resized to 28x28 bilinearly). Images are scaled to [0, 1] and
-    normalised with the mean and standard deviation of that dataset's training images, computed when it is loaded.
+    images reconstructed) or ``usps`` (16x16 digits, resized to 28x28 bilinearly). Images are normalised with the mean
+    and standard deviation of that dataset's training images (on the 0..1 scale), computed when it is loaded.
 
     Args:
         dataset: which dataset.
         download: download the files when they are missing (needs network access).
         image_size: side length the images are resized to (28 keeps the MNIST family as it is).
-        val_size: validation images held out of the training split (5,000 of MNIST's 60,000 by default).
-        **kwargs: see :class:`~project.data.ImageDataModule` (data_dir, batch sizes, workers, few-shot, label rules).
+        split: as every data module's (:class:`~project.data.splits.Split`), with 5,000 of the training images held
+            out for validation by default.
+        **kwargs: see :class:`~project.data.ImageDataModule` (data_dir, batch_size, labels, augment, loading).
     """
 
     def __init__(
@@ -125,14 +129,14 @@ class MNISTDataModule(ImageDataModule):
         dataset: DatasetName = "mnist",
         download: bool = True,
         image_size: int = 28,
-        val_size: int | float = 5000,
+        split: Split = MNIST_SPLIT,
         **kwargs: Any,
     ) -> None:
         if dataset not in TORCHVISION_DATASETS:
             raise UserInputError(f"data.dataset {dataset!r} is not known: use one of {', '.join(TORCHVISION_DATASETS)}")
         if image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {image_size}")
-        super().__init__(val_size=val_size, **kwargs)
+        super().__init__(split=piece(Split, split, "data.split", MNIST_SPLIT), **kwargs)
         self.dataset = dataset
         self.spec = TORCHVISION_DATASETS[dataset]
         self.download = download
@@ -145,13 +149,14 @@ class MNISTDataModule(ImageDataModule):
         return (1, self.image_size, self.image_size)
 
     @property
-    def class_names(self) -> list[str]:
-        names = getattr(self.spec.dataset_class, "classes", None)
+    def named_classes(self) -> list[str] | None:
+        """torchvision's names of the classes (Fashion-MNIST's clothes, EMNIST's letters), ``None`` for digits."""
         if self.spec.options.get("split"):
-            names = [name for name in datasets.EMNIST.classes_split_dict[self.spec.options["split"]] if name != "N/A"]
-        if self.task != "multiclass" or self.spec.dataset_class in (datasets.MNIST, datasets.QMNIST) or not names:
-            return super().class_names
-        return [list(names)[c] for c in self.only_classes] if self.only_classes else list(names)
+            return [name for name in datasets.EMNIST.classes_split_dict[self.spec.options["split"]] if name != "N/A"]
+        if self.spec.dataset_class in (datasets.MNIST, datasets.QMNIST):
+            return None
+        names = getattr(self.spec.dataset_class, "classes", None)
+        return list(names) if names else None
 
     @property
     def raw_folder(self) -> Path:
@@ -217,8 +222,8 @@ class MNISTDataModule(ImageDataModule):
         return steps
 
     def transform(self) -> Callable[[Image.Image], Tensor]:
-        normalise = transforms.Normalize((self.mean_std[0],), (self.mean_std[1],))
-        return transforms.Compose([*self.image_steps(), TF.to_tensor, normalise])
+        """A stored image as this module's uint8 pixels, one at a time (the DataLoader path)."""
+        return transforms.Compose([*self.image_steps(), TF.pil_to_tensor])
 
     def normalisation(self) -> tuple[list[float], list[float]]:
         return [self.mean_std[0]], [self.mean_std[1]]

@@ -89,4 +89,5 @@ def bounded_loader(load: Callable[[str], Any]) -> Callable[[str], Any]:
     def bounded(text: str) -> Any:
         check_yaml_bounds(text, "a YAML value")
         return load(text)
+
     return bounded

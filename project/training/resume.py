@@ -2,13 +2,12 @@
 and what a resumed run may change.
 
 Lightning's checkpoint holds the weights, the optimizer, the schedulers and the loop counters, but not the random
-number generators, and a plain shuffling DataLoader starts a resumed epoch from its first batch again.
-:class:`ExactResume` (a callback) closes both gaps with public hooks only:
-
-- it saves the python, numpy, torch CPU and CUDA generator states of every process in the checkpoint, and puts them
-  back right before the first training step of the resumed run;
-- it counts the batches trained in the current epoch and saves the count; a :class:`ResumableSampler` shuffles each
-  epoch with a permutation that depends only on its seed and the epoch, and skips the batches already trained on.
+number generators, and a plain shuffling DataLoader starts a resumed epoch from its first batch again. The data
+module closes the second gap itself: its ``state_dict`` records where the training order stands, and on resume its
+sampler (:class:`~project.data.sampler.ResumableSampler`, a permutation of its seed and the epoch) skips the batches
+already trained on. :class:`ExactResume` (a callback, public hooks only) closes the first: it saves the python,
+numpy, torch CPU and CUDA generator states of every process in the checkpoint, and puts them back right before the
+first training step of the resumed run.
 
 Every other source of randomness in a training step uses a generator of its own whose state is in the checkpoint
 (the data module's augmentation generator), so nothing draws from the global generators between the moment a
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from project.data.sampler import Position, TrainingPosition, shuffle_seed_difference
+from project.data.sampler import shuffle_seed_difference
 from project.errors import UserInputError
 from project.plain import plain
 from project.training.checkpoints import import_path, named_class, names_class
@@ -80,25 +79,18 @@ def gather_to_every_rank(trainer: L.Trainer, value: Any) -> list[Any]:
     return gathered
 
 
-class ExactResume(L.Callback, TrainingPosition):
-    """Saves what exact resume needs beyond Lightning's checkpoint, and restores it.
+class ExactResume(L.Callback):
+    """Saves the random generator states of every process in the checkpoint, and puts them back before the first
+    resumed training step: what exact resume needs beyond Lightning's checkpoint and the data module's state (where
+    the training order stands, :meth:`project.data.ImageDataModule.state_dict`).
 
-    - the random generator states of every process, put back before the first resumed training step;
-    - the number of batches trained in the current epoch, so the resumed epoch skips them (see
-      :meth:`position`, which the data module's sampler asks).
-
-    ``restore_random_state=False`` or ``restore_position=False`` save but do not restore: the negative controls of
-    the exact-resume test.
+    ``restore_random_state=False`` saves but does not restore: the negative control of the exact-resume test.
     """
 
-    def __init__(self, restore_random_state: bool = True, restore_position: bool = True) -> None:
+    def __init__(self, restore_random_state: bool = True) -> None:
         self.restore_random_state = restore_random_state
-        self.restore_position = restore_position
-        self.batches_done = 0
         self.trainer: L.Trainer | None = None
         self.random_states: list[Any] | None = None
-        self.resumed_at: Position | None = None
-        self.resumed_by_loop = False
         self.resumed_at_epoch_end = False
         """Whether the checkpoint being resumed was written once its epoch's training had finished."""
         self.max_steps_held: int | None = None
@@ -124,9 +116,6 @@ class ExactResume(L.Callback, TrainingPosition):
         if self.max_steps_held is not None:  # the loop is restored: the run stops at max_steps again
             trainer.fit_loop.epoch_loop.max_steps, self.max_steps_held = self.max_steps_held, None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.batches_done = 0  # not called for an epoch resumed part-way, which keeps the restored count
-
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         states, self.random_states = self.random_states, None
         if states is None or not self.restore_random_state:
@@ -137,47 +126,19 @@ class ExactResume(L.Callback, TrainingPosition):
             )
         set_rng_state(states[trainer.global_rank])
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self.batches_done += 1
-        self.resumed_at = None  # the resumed position is taken: from here on, the loop's own epoch counts
-
-    def position(self, trainer: L.Trainer, batch_size: int) -> Position:
-        """Where the training loop stands when an epoch's batches are drawn: its epoch, and the samples of it this
-        process already trained on (non-zero only for the epoch a run resumed in).
-
-        Until the resumed run trains its first batch, the answer comes from the checkpoint alone, however often and
-        early it is asked: a DataLoader with workers draws its first indices when Lightning sets the loop up, before
-        the loop's epoch counter is restored. (A checkpoint from before ``epoch_complete`` was saved resumes as it
-        did: by the loop's epoch.)"""
-        if self.resumed_at is None:
-            return trainer.current_epoch, 0
-        epoch, batches = self.resumed_at
-        if self.resumed_by_loop and epoch != trainer.current_epoch:
-            return trainer.current_epoch, 0
-        return epoch, batches * batch_size
-
     def state_dict(self) -> dict[str, Any]:
         # Called on every process when a checkpoint is written; rank 0 writes the file, so gather to it.
-        trainer = self.trainer
         local = rng_state()
-        ranks = gather_to_every_rank(trainer, local) if trainer is not None else [local]
-        epoch = trainer.current_epoch if trainer is not None else 0
-        complete = trainer is not None and self.batches_done >= trainer.num_training_batches
-        return {"ranks": ranks, "epoch": epoch, "batches_done": self.batches_done, "epoch_complete": complete}
+        return {"ranks": gather_to_every_rank(self.trainer, local) if self.trainer is not None else [local]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.random_states = state_dict["ranks"]
-        self.batches_done = state_dict.get("batches_done", 0)
-        if self.restore_position:
-            epoch, complete = state_dict.get("epoch", 0), state_dict.get("epoch_complete")
-            self.resumed_at = (epoch + 1, 0) if complete else (epoch, self.batches_done)
-            self.resumed_by_loop = complete is None
 
 
 def check_saved_states(checkpoint: Mapping[str, Any], source: str, data_class: type) -> None:
     """Refuse, in one line naming ``source``, a checkpoint whose states that a resumed run puts back are not what a
-    run saves: :class:`ExactResume`'s (every process's python, numpy, torch and CUDA generator states; the epoch and
-    batches done), and the data module's augmentation generator. Each generator state is put into a generator of its
+    run saves: :class:`ExactResume`'s (every process's python, numpy, torch and CUDA generator states), and the data
+    module's augmentation generator and training position. Each generator state is put into a generator of its
     own kind here, which refuses one of another shape or type as it would mid-run."""
     callbacks = checkpoint.get("callbacks")
     exact = callbacks.get(ExactResume.__qualname__) if isinstance(callbacks, dict) else None
@@ -187,6 +148,8 @@ def check_saved_states(checkpoint: Mapping[str, Any], source: str, data_class: t
         problem = exact_resume_problem(exact)
     if problem is None and isinstance(data_state, dict) and "augment_generator" in data_state:
         problem = generator_problem("augment_generator", data_state["augment_generator"])
+    if problem is None and isinstance(data_state, dict) and data_state.get("position") is not None:
+        problem = position_problem(data_state["position"])
     if problem is not None:
         raise UserInputError(f"{source}: {problem}; not a state a run saves (resume from another checkpoint)")
 
@@ -196,11 +159,6 @@ def exact_resume_problem(state: Any) -> str | None:
     ranks = state.get("ranks") if isinstance(state, dict) else None
     if not isinstance(ranks, list) or not ranks or not all(isinstance(rank, dict) for rank in ranks):
         return "ExactResume's ranks are not a list of random states, one per process"
-    counts = [state.get("epoch", 0), state.get("batches_done", 0)]
-    if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts):
-        return f"ExactResume's epoch and batches_done are {counts}, not counts"
-    if state.get("epoch_complete") not in (None, True, False):
-        return f"ExactResume's epoch_complete is {state['epoch_complete']!r}, not true or false"
     for index, rank in enumerate(ranks):
         try:
             random.Random().setstate(as_tuples(rank["python"]))
@@ -216,6 +174,17 @@ def exact_resume_problem(state: Any) -> str | None:
             problem = f"ExactResume's CUDA state of process {index} is not a tensor of bytes"
         if problem is not None:
             return problem
+    return None
+
+
+def position_problem(position: Any) -> str | None:
+    """What is wrong with the training position a data module saved (its epoch, the batches of it trained, whether
+    that was all of them), or ``None``."""
+    counts = [position.get("epoch"), position.get("batches")] if isinstance(position, dict) else []
+    if len(counts) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return f"the data module's position is {position!r}, not an epoch and a count of batches"
+    if not isinstance(position.get("epoch_complete"), bool):
+        return f"the data module's position has epoch_complete {position.get('epoch_complete')!r}, not true or false"
     return None
 
 
@@ -257,18 +226,16 @@ CHANGEABLE_ON_RESUME = (
     "data.data_dir",
     "data.allow_paths_outside",
     "data.download",
-    "data.num_workers",
-    "data.cache",
-    "data.cache_dir",
-    "data.max_memory_mb",
-    "data.eval_batch_size",
-    "data.shuffle_seed",
+    "data.loading.num_workers",
+    "data.loading.eval_batch_size",
+    "data.decoded",
+    "data.split.shuffle_seed",
 )
 """Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
 resumed step on), where and how the data is read, and ``pretrained`` and a library network's ``weights`` (ignored: the
 weights come from the checkpoint).
-Where the decoded images are kept (``cache``, ``cache_dir``, ``max_memory_mb``) changes nothing of the batches.
-The shuffle seed is compared as it takes effect (``data.shuffle_seed``, else ``seed_everything``).
+Where the decoded images are kept (``data.decoded``: the cache, its folder, ``max_memory_mb``) changes nothing of the
+batches. The shuffle seed is compared as it takes effect (``data.split.shuffle_seed``, else ``seed_everything``).
 Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored in the checkpoint and may change
 too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""
 
@@ -278,7 +245,7 @@ def plain_hparams(value: Any) -> Any:
     return plain(value, lambda item: plain_spec(item) if isinstance(item, nn.Module) else item)
 
 
-WHOLE_VALUES = ("data.label_sets", "model.task.init_args.metrics")
+WHOLE_VALUES = ("data.labels.label_sets", "model.task.init_args.metrics")
 """Options compared as a whole, in order: their keys are the user's own names (a renamed label is another label,
 and the order of the labels is the order of the network's outputs; an extra metric added is one more state that a run
 resumed mid-epoch would lack)."""
@@ -359,9 +326,15 @@ def check_resume_settings(
                 decided = f"; set by {LINKED[key]}" if key in LINKED else ""
                 differences.append(f"{key} {shown(current[key])} (the run has {shown(stored[key])}{decided})")
         differences += given_or_dropped(stored, current)
-    stored_class = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
+    stored_data = checkpoint.get("datamodule_hyper_parameters") or {}
+    stored_class = stored_data.get("_class_path")
     if stored_class and not names_class(stored_class, data_class):
         differences.append(f"data.class_path {import_path(data_class)} (the run has {stored_class})")
+    elif untaken := sorted(key for key in stored_data if not key.startswith("_") and key not in data_hparams):
+        differences.append(
+            f"the run's data options {', '.join(untaken)}, which this version of {data_class.__name__} does not take "
+            f"(the checkpoint was written before they were renamed)"
+        )
     layout = checkpoint.get("run_layout", {})
     for name, value in (("accumulate_grad_batches", accumulate_grad_batches), ("world_size", world_size)):
         if name in layout and layout[name] != value:
