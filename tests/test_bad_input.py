@@ -126,7 +126,7 @@ def test_an_option_of_a_piece_given_before_its_class_says_to_name_the_class(quic
         (["--data.augment.transforms=[os.system]"], "data.augment.transforms[0]: os.system is not allowed here"),
         (["--data.loading.eval_batch_size=0"], "data.loading.eval_batch_size must be a positive integer, got 0"),
         (["--data.split.val_siz=100"], "data.split.val_siz is not an option; did you mean data.split.val_size?"),
-        (["--data.val_size=100"], "data.val_size is not an option; data takes data.augment, data.batch_size"),
+        (["--data.val_size=100"], "data.val_size is not an option; did you mean data.split.val_size?"),
     ],
     ids=["a piece's bad value", "options of a piece that exclude each other", "a transform that is code",
          "a loading option", "an abbreviated option of a piece", "an option outside its piece"],
