@@ -48,7 +48,7 @@ def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
     """Read each trial's ``fit`` arguments with the command line's parser, at the ends of every range and each
     choice in turn; return the config the first of them resolves to."""
     for key in user_option_keys(fit_args):
-        if key == "config":  # presets stack after the spec's
+        if key in ("config", "trust"):  # presets stack after the spec's; the command line may trust a module
             continue
         option_key(key, "sweep: fit options")  # refuses the sweep's own (the logger, ckpt_path, test_after_fit)
         searched = next((param for param in spec.space if param.option == key), None)
