@@ -82,7 +82,7 @@ def peak_of_process_mb() -> float:
 def measure(data_dir: str, method: str, pretrained: Path, labels: str, steps: int, seed: int, lr: float) -> dict:
     StepTimer.seconds = []
     args = run_args(data_dir, STUDIES["digits"], labels, seed, method, pretrained, steps, lr)
-    cli = run_cli([*args, "--trainer.callbacks+=__main__.StepTimer"])  # the digits study's run, timed
+    cli = run_cli(args, callbacks=[StepTimer()])  # the digits study's run, timed (a config never names __main__)
     return {
         "method": method,
         "seed": seed,

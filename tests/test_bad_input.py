@@ -294,8 +294,8 @@ def test_a_file_that_is_not_a_checkpoint(quick_args, run_dir, capsys):
 def test_max_epochs_below_the_resumed_checkpoints_epoch(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, "--test_after_fit=false", "--trainer.max_epochs=3"])
     error = cli_error(["fit", *quick_args, "--ckpt_path=last", "--trainer.max_epochs=2"], capsys)
-    assert "error: --trainer.max_epochs=2 is below the checkpoint's epoch" in error
-    assert "resume with max_epochs of at least 3" in error
+    assert "error: --trainer.max_epochs=2 is reached already" in error
+    assert "raise --trainer.max_epochs to at least 4" in error
 
 
 def test_an_image_folder_with_an_empty_class(tmp_path, run_dir, capsys):
