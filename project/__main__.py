@@ -13,14 +13,14 @@ import sys
 
 from project.cli.refusals import SUBCOMMANDS as TRAINING
 
-HELP = ("-h", "--help")
+_HELP = ("-h", "--help")
 
 
 def main(args: list[str] | None = None, prog: str = "python -m project") -> None:
     """Run the subcommand that ``args`` (default: the command line) start with."""
     args = sys.argv[1:] if args is None else list(args)
     name = args[0] if args else ""
-    if name in TRAINING or (name.startswith("-") and name not in HELP):  # (LightningCLI's -c CONFIG before fit)
+    if name in TRAINING or (name.startswith("-") and name not in _HELP):  # (LightningCLI's -c CONFIG before fit)
         from project.cli import main as lightning_cli
 
         lightning_cli(args, prog)

@@ -34,35 +34,35 @@ class PlainData:
     class up in its own allow-list (extra metrics: torchmetrics; augmentation: torchvision's transforms)."""
 
 
-MAX_PLAIN_VALUES = 1_000_000
+_MAX_PLAIN_VALUES = 1_000_000
 """The most values (scalars, lists and mappings) one :class:`PlainData` option holds."""
 
 
-def plain_data(value: Any) -> Any:
+def _plain_data(value: Any) -> Any:
     """``value`` itself when it is plain data (:class:`PlainData`): text on the command line read as YAML, as for any
-    option; ``ValueError`` otherwise, and beyond :data:`MAX_PLAIN_VALUES` values (YAML aliases expanded)."""
+    option; ``ValueError`` otherwise, and beyond :data:`_MAX_PLAIN_VALUES` values (YAML aliases expanded)."""
     if isinstance(value, str):
         try:
             value = get_loader("yaml")(value)
         except yaml.YAMLError:
             return value
-    return copied_plain(value, [MAX_PLAIN_VALUES])
+    return _copied_plain(value, [_MAX_PLAIN_VALUES])
 
 
-def copied_plain(value: Any, budget: list[int]) -> Any:
+def _copied_plain(value: Any, budget: list[int]) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
-        raise ValueError(f"more than {MAX_PLAIN_VALUES:,} values (YAML aliases expanded)")
+        raise ValueError(f"more than {_MAX_PLAIN_VALUES:,} values (YAML aliases expanded)")
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list):
-        return [copied_plain(item, budget) for item in value]
+        return [_copied_plain(item, budget) for item in value]
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {key: copied_plain(item, budget) for key, item in value.items()}
+        return {key: _copied_plain(item, budget) for key, item in value.items()}
     raise ValueError(f"expected text, a number, true/false, null, or a list or mapping of them, got {value!r}")
 
 
-register_type(PlainData, serializer=lambda value: value, deserializer=plain_data)
+register_type(PlainData, serializer=lambda value: value, deserializer=_plain_data)
 # A value looking like {class_path: ..., init_args: ...} given to an option that takes anything (a library's option
 # typed Any) is kept as such, not built: jsonargparse 5 will do so by default.
 set_parsing_settings(instantiate_subclass_spec_in_any=False)

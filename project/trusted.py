@@ -47,7 +47,7 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The clone's folder, beside ``project/``: where its ``pyproject.toml`` is (absent for a non-editable install)."""
 LIBRARIES = ("project", "torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "lightning_fabric")
 """The packages whose classes a config may name without trust (top-level import names)."""
@@ -59,7 +59,7 @@ HOW_TO_TRUST = (
 TRUSTED: set[str] = set()
 """The modules trusted in this process (:func:`trust`): named with ``--trust``, in the clone's ``pyproject.toml``, or
 by :func:`trust` in Python."""
-PARSER_ALLOWS: set[str] = set()
+_PARSER_ALLOWS: set[str] = set()
 """The trusted modules the command line's parser may import now (:func:`guard_parser_imports`)."""
 
 
@@ -93,18 +93,18 @@ def guard_parser_imports() -> None:
     The parser (jsonargparse) imports what a value names before :func:`refuse_untrusted_code` sees the parsed config,
     so its own ``import_path_denylist`` and ``import_path_allowlist`` hold it to these (docs/design_notes.md). Modules
     no longer trusted are denied again; short names (``EarlyStopping``) still resolve to a class of these modules."""
-    allowed = {name for name in TRUSTED if not own_part_of_library(name)}
-    revoked = sorted(PARSER_ALLOWS - allowed)
-    programs = [name for module in sorted(allowed) for name in main_modules(module)]
+    allowed = {name for name in TRUSTED if not _own_part_of_library(name)}
+    revoked = sorted(_PARSER_ALLOWS - allowed)
+    programs = [name for module in sorted(allowed) for name in _main_modules(module)]
     set_parsing_settings(
         import_path_denylist=["*", *library_main_modules(), *programs, *revoked],
         import_path_allowlist=[*LIBRARIES, *sorted(allowed)],
     )
-    PARSER_ALLOWS.clear()
-    PARSER_ALLOWS.update(allowed)
+    _PARSER_ALLOWS.clear()
+    _PARSER_ALLOWS.update(allowed)
 
 
-def own_part_of_library(name: str) -> bool:
+def _own_part_of_library(name: str) -> bool:
     """Whether a trusted ``name`` lies in one of :data:`LIBRARIES` already, or in jsonargparse (which the parser never
     imports for a value: a value could change its settings)."""
     return name.partition(".")[0] in (*LIBRARIES, "jsonargparse")
@@ -112,11 +112,11 @@ def own_part_of_library(name: str) -> bool:
 
 def library_main_modules() -> tuple[str, ...]:
     """The ``__main__`` modules inside :data:`LIBRARIES` (``torch.utils.model_dump.__main__``), found on disk."""
-    return tuple(name for library in LIBRARIES for name in main_modules(library))
+    return tuple(name for library in LIBRARIES for name in _main_modules(library))
 
 
 @functools.cache
-def main_modules(package: str) -> tuple[str, ...]:
+def _main_modules(package: str) -> tuple[str, ...]:
     """The ``__main__`` modules inside ``package`` (an imported or importable one), found on disk: none for a module
     that is no package."""
     try:
@@ -133,7 +133,7 @@ def main_modules(package: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def declared_modules(root: Path = PROJECT_ROOT) -> list[str]:
+def _declared_modules(root: Path = _PROJECT_ROOT) -> list[str]:
     """The modules ``[tool.project] trusted`` of ``root``'s ``pyproject.toml`` lists (none without that file)."""
     path = root / "pyproject.toml"
     if not path.is_file():
@@ -148,9 +148,9 @@ def declared_modules(root: Path = PROJECT_ROOT) -> list[str]:
     return modules
 
 
-def trust_declared(root: Path = PROJECT_ROOT) -> list[str]:
+def trust_declared(root: Path = _PROJECT_ROOT) -> list[str]:
     """Trust the modules the clone's ``pyproject.toml`` lists; their names (an imported module costs a lookup)."""
-    modules = declared_modules(root)
+    modules = _declared_modules(root)
     trust(*modules, root=root)
     return modules
 
@@ -160,7 +160,7 @@ def trusted(module: str) -> bool:
     return any(module == name or module.startswith(f"{name}.") for name in TRUSTED)
 
 
-def may_be_named(module: str) -> bool:
+def _may_be_named(module: str) -> bool:
     """Whether a config may name a class of ``module``: one of :data:`LIBRARIES`, or a trusted module; never a
     ``__main__`` module (a program)."""
     return (module.partition(".")[0] in LIBRARIES or trusted(module)) and "__main__" not in module.split(".")
@@ -186,7 +186,7 @@ def take_trust_options(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def refuse_untrusted_code(value: Any, where: str = "") -> None:
-    """Refuse, naming the option, a class path outside :func:`may_be_named` and code outside a trusted module
+    """Refuse, naming the option, a class path outside :func:`_may_be_named` and code outside a trusted module
     anywhere in ``value``: the command line's parsed config (jsonargparse's ``Namespace``), or plain dicts and lists
     read from a file. Code is every callable value other than a class: a function, a ``functools.partial``, and a
     callable object (``builtins.exit``, a numpy ufunc, an ``operator.itemgetter``, a ctypes function), judged by its
@@ -194,14 +194,14 @@ def refuse_untrusted_code(value: Any, where: str = "") -> None:
     if isinstance(value, Namespace | dict):
         items = value.items() if isinstance(value, dict) else vars(value).items()
         if "class_path" in value:
-            refuse_untrusted_class(value["class_path"], where)
+            _refuse_untrusted_class(value["class_path"], where)
         for key, item in items:
             refuse_untrusted_code(item, f"{where}.{key}" if where else str(key))
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             refuse_untrusted_code(item, f"{where}[{index}]")
     elif isinstance(value, type):
-        refuse_untrusted_class(f"{value.__module__}.{value.__qualname__}", where)
+        _refuse_untrusted_class(f"{value.__module__}.{value.__qualname__}", where)
     elif callable(value) and not isinstance(value, ParsedPath):  # a path the parser read is data (callable: its text)
         function = value.func if isinstance(value, functools.partial) else value
         module = getattr(function, "__module__", None) or type(function).__module__
@@ -216,7 +216,7 @@ def untrusted_code(where: str, path: str) -> str:
 
 
 def untrusted_class(where: str, class_path: str) -> str:
-    """The refusal of a class path outside :func:`may_be_named` that a config names at ``where``."""
+    """The refusal of a class path outside :func:`_may_be_named` that a config names at ``where``."""
     if "__main__" in class_path.split("."):
         return f"{where}: {class_path} is in a __main__ module (a program, run when imported): a config never names one"
     return (
@@ -225,8 +225,8 @@ def untrusted_class(where: str, class_path: str) -> str:
     )
 
 
-def refuse_untrusted_class(class_path: Any, where: str) -> None:
-    """Refuse a class path a config may not name (:func:`may_be_named`), or one that names
+def _refuse_untrusted_class(class_path: Any, where: str) -> None:
+    """Refuse a class path a config may not name (:func:`_may_be_named`), or one that names
     something other than a class. A short name (``RandomCrop``) is left to the option that looks it up among the
     classes it allows."""
     if not isinstance(class_path, str):
@@ -236,7 +236,7 @@ def refuse_untrusted_class(class_path: Any, where: str) -> None:
         return
     found = getattr(sys.modules.get(module), name, None)
     found_in = str(getattr(found, "__module__", None) or type(found).__module__)
-    if not may_be_named(module) or (found is not None and not may_be_named(found_in)):
+    if not _may_be_named(module) or (found is not None and not _may_be_named(found_in)):
         raise UserInputError(untrusted_class(where, class_path))
     if found is not None and not isinstance(found, type):
         raise UserInputError(f"{where}: {class_path} is not a class ({type(found).__name__}); name a class")

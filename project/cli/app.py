@@ -63,21 +63,21 @@ from project.training.specs import check_recorded
 from project.training.task_module import TaskModule
 from project.trusted import refuse_untrusted_code
 
-EVALUATION = ("validate", "test")
-CHOSEN_CHECKPOINT_ENV = "PROJECT_CHOSEN_CHECKPOINT"
+_EVALUATION = ("validate", "test")
+_CHOSEN_CHECKPOINT_ENV = "PROJECT_CHOSEN_CHECKPOINT"
 """``<pid>:<path>``: the checkpoint the first process chose (no path: none), for the processes Lightning's launcher
 starts from it later (their parent is that pid): they take it as it is, rather than choosing again when another run
 may have written a newer one meanwhile."""
-FIT_ONLY_CALLBACKS = (Checkpoint, LearningRateMonitor, ExactResume, TensorBoardReports, ProgressLog)
-DESCRIPTION = (
+_FIT_ONLY_CALLBACKS = (Checkpoint, LearningRateMonitor, ExactResume, TensorBoardReports, ProgressLog)
+_DESCRIPTION = (
     "Train (fit), validate or test a model of this project; every subcommand starts from project/configs/base.yaml "
     "(and mnist.yaml unless it chooses its own data), "
     "--config stacks presets (python -m project fit --help lists every option); --trust MODULE lets configs name "
     "classes of a module of your own (found from the current folder). The command's other subcommands: "
     "python -m project --help."
 )
-PRINT_CONFIG = "--print_config"
-CKPT_PATH_HELP = (
+_PRINT_CONFIG = "--print_config"
+_CKPT_PATH_HELP = (
     "the checkpoint to resume (fit) or evaluate: 'last' (the newest run of this recipe, logs/<name>/version_*; fit "
     "refuses it while another process trains into it, validate and test pass over runs still training), 'best' "
     "(that run's best checkpoint), 'hpc' (the newest hpc_ckpt_<N>.ckpt of Lightning's SLURM requeue), 'auto' "
@@ -125,7 +125,7 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the task and the size of the network's output, so neither is typed twice.
         parser.link_arguments("data.num_outputs", "model.network.init_args.num_outputs", apply_on="instantiate")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help=CKPT_PATH_HELP)
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help=_CKPT_PATH_HELP)
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -137,7 +137,7 @@ class ProjectCLI(LightningCLI):
         replaced = refuse_replaced_callbacks(list(args or []))
         if replaced:
             raise UserInputError(replaced)
-        printing = [arg for arg in args or [] if arg.partition("=")[0] == PRINT_CONFIG]
+        printing = [arg for arg in args or [] if arg.partition("=")[0] == _PRINT_CONFIG]
         if printing:  # jsonargparse prints the config and exits while it parses: check the code it names first
             with contextlib.suppress(argparse.ArgumentError):  # (what it prints need not be complete)
                 self.parse_checked(parser, [arg for arg in args if arg not in printing])
@@ -167,24 +167,24 @@ class ProjectCLI(LightningCLI):
         self.tracker_configs = trackers.take_trackers_out(config.trainer)  # (validate and test use no logger)
         if self.subcommand == "fit":
             trackers.check_trackers([str(tracker.class_path) for tracker in self.tracker_configs])
-        logger = tensorboard_logger_args(config.trainer.logger)
+        logger = _tensorboard_logger_args(config.trainer.logger)
         if logger is not None and not logger.name:
             logger.name = self.run_name
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
-        if self.subcommand in EVALUATION:  # no run folder (`evaluate` writes reports), no fit-only callbacks
+        if self.subcommand in _EVALUATION:  # no run folder (`evaluate` writes reports), no fit-only callbacks
             config.trainer.logger = False
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)
         if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
             self.save_config_callback = None
         requested = self.requested_ckpt_path
-        parent, _, chosen_there = os.environ.get(CHOSEN_CHECKPOINT_ENV, "").partition(":")
+        parent, _, chosen_there = os.environ.get(_CHOSEN_CHECKPOINT_ENV, "").partition(":")
         if not first_process() and parent == str(os.getppid()):  # started by the first process (Lightning's launcher)
             requested = chosen_there or None
         if requested:
             self.choose(requested, config, logger, run_root)
         if first_process():
-            os.environ[CHOSEN_CHECKPOINT_ENV] = f"{os.getpid()}:{self.chosen.path if self.chosen else ''}"
+            os.environ[_CHOSEN_CHECKPOINT_ENV] = f"{os.getpid()}:{self.chosen.path if self.chosen else ''}"
 
     def choose(self, requested: str, config: Any, logger: Any, run_root: Path) -> None:
         """Resolve ``--ckpt_path`` (:func:`project.training.runs.choose_checkpoint`); a resumed run writes into its
@@ -221,7 +221,7 @@ class ProjectCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Every checkpoint is written atomically and read with the checks, whatever the preset's plugins are.
         trainer = self.config_init[self.subcommand]["trainer"]
-        plugins = as_list(trainer.get("plugins"))
+        plugins = _as_list(trainer.get("plugins"))
         others = [p for p in plugins if isinstance(p, CheckpointIO) and not isinstance(p, AtomicCheckpointIO)]
         if others:
             raise UserInputError(
@@ -230,9 +230,9 @@ class ProjectCLI(LightningCLI):
             )
         if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        callbacks = as_list(trainer.get("callbacks"))
-        if self.subcommand in EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
-            callbacks = [c for c in callbacks if not isinstance(c, FIT_ONLY_CALLBACKS)]
+        callbacks = _as_list(trainer.get("callbacks"))
+        if self.subcommand in _EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
+            callbacks = [c for c in callbacks if not isinstance(c, _FIT_ONLY_CALLBACKS)]
         callbacks.extend(self.extra_callbacks)
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(RunProgressBar())  # Rich's, its epoch ending where max_steps ends the run
@@ -329,14 +329,14 @@ class ProjectCLI(LightningCLI):
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def as_list(value: Any) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     """A Trainer option that takes one object or a list of them (``plugins``, ``callbacks``), as a new list."""
     if value is None:
         return []
     return list(value) if isinstance(value, list) else [value]
 
 
-def tensorboard_logger_args(logger_config: object) -> Any:
+def _tensorboard_logger_args(logger_config: object) -> Any:
     """The ``init_args`` of the configured run-folder logger (``project.reports.trackers.RUN_FOLDER_LOGGERS``), or
     ``None`` when another logger or none is configured (``logger_config`` is then a bool, another class or ``None``;
     trackers listed beside it were taken out: ``take_trackers_out``)."""
@@ -363,7 +363,7 @@ def run_cli(
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)  # the logger rank_zero_info uses
     # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_scheduler).
     common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
-    parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": DESCRIPTION}
+    parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": _DESCRIPTION}
     defaults = [str(path) for path in default_configs(args)]  # base.yaml, and mnist.yaml unless args choose data
     parser_kwargs.update({name: {**common, "default_config_files": defaults} for name in SUBCOMMANDS})
     if fit_only:  # scripts/train.py, project-train: their users type no subcommand

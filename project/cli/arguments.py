@@ -17,7 +17,7 @@ from project.cli.refusals import SUBCOMMANDS
 from project.files.yaml_text import bounded_loader
 from project.trusted import guard_parser_imports, take_trust_options, trust, trust_declared
 
-YAML_LOADER = get_loader("yaml")
+_YAML_LOADER = get_loader("yaml")
 """jsonargparse's own YAML loader, which reads config files and option values, here within bounds."""
 
 
@@ -38,5 +38,5 @@ def prepared_arguments(args: list[str]) -> list[str]:
     trust_declared()
     trust(*modules)  # before parsing: the parser imports the classes a config names, to check them
     guard_parser_imports()  # ... and only those of the libraries and of the modules trusted
-    set_loader("yaml", bounded_loader(YAML_LOADER), (yaml.YAMLError,))
+    set_loader("yaml", bounded_loader(_YAML_LOADER), (yaml.YAMLError,))
     return resolve_config_args(args)

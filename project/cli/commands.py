@@ -44,9 +44,9 @@ Split = Literal["train", "val", "test"]
 """The splits ``evaluate`` reports on (:data:`project.inference.evaluation.SPLITS`)."""
 ExportFormat = Literal["onnx", "pt2", "safetensors"]
 """The files ``export`` writes (:data:`project.inference.export.FORMATS`)."""
-SWEEP_OWN = ("trials", "workers", "storage", "name", "interrupted", "help")
+_SWEEP_OWN = ("trials", "workers", "storage", "name", "interrupted", "help")
 """The sweep's own options; every other option is a ``fit`` option for its trials."""
-TRUST_HELP = (
+_TRUST_HELP = (
     "import this module of your own (a class the checkpoint or config names; found from the current folder) and "
     "trust it; repeat it for several: a file alone never names code to run"
 )
@@ -62,20 +62,20 @@ def refuse_unknown_subcommand(name: str, here: tuple[str, ...] = tuple(COMMANDS)
     raise UserInputError(f"{given}: use one of {', '.join(COMMANDS)} (python -m project --help)")
 
 
-def new_parser(prog: str, usage: str, description: str) -> ArgumentParser:
+def _new_parser(prog: str, usage: str, description: str) -> ArgumentParser:
     """A parser as LightningCLI's: errors come back to be said in one line, options are never abbreviated."""
     return ArgumentParser(
         prog=prog, usage=f"{prog} {usage}", description=description, exit_on_error=False, allow_abbrev=False
     )
 
 
-def add_common(parser: ArgumentParser, out_help: str, out_default: Path | None = None) -> None:
+def _add_common(parser: ArgumentParser, out_help: str, out_default: Path | None = None) -> None:
     parser.add_argument("--out", type=Path | None, default=out_default, help=out_help)
-    parser.add_argument("--trust", type=str, action="append", default=[], metavar="MODULE", help=TRUST_HELP)
+    parser.add_argument("--trust", type=str, action="append", default=[], metavar="MODULE", help=_TRUST_HELP)
 
 
-def evaluate_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(
+def _evaluate_parser(prog: str) -> ArgumentParser:
+    parser = _new_parser(
         prog,
         "CHECKPOINT [--split SPLIT] [--data.data_dir DIR] [--out FOLDER] [--trust MODULE]",
         "Evaluate a checkpoint on a split of the data module it was trained with (its class and arguments are stored "
@@ -87,12 +87,12 @@ def evaluate_parser(prog: str) -> ArgumentParser:
     parser.add_argument(
         "--data.data_dir", type=str | None, default=None, help="where the data is, if not where the run found it"
     )
-    add_common(parser, "the folder for the files (default: <run folder>/evaluation/<split>-<checkpoint name>/)")
+    _add_common(parser, "the folder for the files (default: <run folder>/evaluation/<split>-<checkpoint name>/)")
     return parser
 
 
-def export_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(
+def _export_parser(prog: str) -> ArgumentParser:
+    parser = _new_parser(
         prog,
         "CHECKPOINT [--out FOLDER] [--formats FORMAT ...] [--trust MODULE]",
         "Export a checkpoint's network: ONNX, a torch.export program (.pt2) and safetensors weights (what "
@@ -101,12 +101,12 @@ def export_parser(prog: str) -> ArgumentParser:
     )
     parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
     parser.add_argument("--formats", type=ExportFormat, nargs="+", default=list(get_args(ExportFormat)))
-    add_common(parser, "a new folder for the files (default: <run folder>/export/<checkpoint name>/)")
+    _add_common(parser, "a new folder for the files (default: <run folder>/export/<checkpoint name>/)")
     return parser
 
 
-def predict_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(
+def _predict_parser(prog: str) -> ArgumentParser:
+    parser = _new_parser(
         prog,
         "MODEL IMAGES... [--out CSV] [--batch_size N] [--mnist_style] [--trust MODULE]",
         "Predict new images with a checkpoint or an ONNX export, each through the preprocessing of training; write a "
@@ -124,12 +124,12 @@ def predict_parser(prog: str) -> ArgumentParser:
         default=False,
         help="make each image's digit look like MNIST's first (light ink on black, in 20x20, centred in 28x28)",
     )
-    add_common(parser, "the CSV file to write", Path("predictions.csv"))
+    _add_common(parser, "the CSV file to write", Path("predictions.csv"))
     return parser
 
 
-def sweep_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(
+def _sweep_parser(prog: str) -> ArgumentParser:
+    parser = _new_parser(
         prog,
         "SPEC [--trials N] [--workers N] [--storage URL] [--name NAME] [--interrupted MODE] [fit options...]",
         "Search hyperparameters with Optuna: each trial is a `python -m project fit` run in "
@@ -156,13 +156,13 @@ def sweep_parser(prog: str) -> ArgumentParser:
     return parser
 
 
-PARSERS: dict[str, Callable[[str], ArgumentParser]] = {
-    "evaluate": evaluate_parser,
-    "export": export_parser,
-    "predict": predict_parser,
-    "sweep": sweep_parser,
+_PARSERS: dict[str, Callable[[str], ArgumentParser]] = {
+    "evaluate": _evaluate_parser,
+    "export": _export_parser,
+    "predict": _predict_parser,
+    "sweep": _sweep_parser,
 }
-POSITIONALS = {
+_POSITIONALS = {
     "evaluate": ("checkpoint",),
     "export": ("checkpoint",),
     "predict": ("model", "images"),
@@ -171,11 +171,11 @@ POSITIONALS = {
 """Each subcommand's positional arguments, all required (each is checked, to say which one is missing)."""
 
 
-def parse_command(name: str, args: list[str], prog: str) -> Namespace:
+def _parse_command(name: str, args: list[str], prog: str) -> Namespace:
     """The arguments of subcommand ``name``, checked: an unknown option, a value its option does not take, a missing
     positional argument are each one refusal (``UserInputError``)."""
-    parser = PARSERS[name](prog)
-    known = sorted(set(vars(parser.get_defaults().as_flat())) - set(POSITIONALS[name]))
+    parser = _PARSERS[name](prog)
+    known = sorted(set(vars(parser.get_defaults().as_flat())) - set(_POSITIONALS[name]))
     for arg in args:
         option = arg.partition("=")[0].removeprefix("--")
         if arg.startswith("--") and option not in (*known, "help"):
@@ -184,7 +184,7 @@ def parse_command(name: str, args: list[str], prog: str) -> Namespace:
         options = parser.parse_args(args)
     except ArgumentError as error:
         raise UserInputError(explain_parse_error(error, args, lambda: known)) from None
-    missing = next((positional for positional in POSITIONALS[name] if not options[positional]), None)
+    missing = next((positional for positional in _POSITIONALS[name] if not options[positional]), None)
     if missing:
         raise UserInputError(f"{name}: give the {missing} ({parser.format_usage().strip().removeprefix('usage: ')})")
     return options
@@ -200,12 +200,12 @@ def sweep_arguments(args: list[str], prog: str = "python -m project sweep") -> t
     while index < len(args):
         arg = args[index]
         name, equals, _ = arg.partition("=")
-        is_own = arg in ("-h", "--help") or (name.startswith("--") and name[2:] in SWEEP_OWN)
+        is_own = arg in ("-h", "--help") or (name.startswith("--") and name[2:] in _SWEEP_OWN)
         takes_value = is_own and not equals and arg not in ("-h", "--help") and index + 1 < len(args)
         taken = args[index : index + 2] if takes_value else [arg]
         (own if is_own else fit_args).extend(taken)
         index += len(taken)
-    options = parse_command("sweep", own, prog)
+    options = _parse_command("sweep", own, prog)
     for key in ("trials", "workers"):
         if options[key] is not None and options[key] < 1:
             raise UserInputError(f"{key}: expected 1 or more, got {options[key]}")
@@ -246,25 +246,25 @@ def predict(options: Namespace) -> None:
     print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
 
 
-RUNNERS: dict[str, Callable[[Namespace], None]] = {"evaluate": evaluate, "export": export, "predict": predict}
+_RUNNERS: dict[str, Callable[[Namespace], None]] = {"evaluate": evaluate, "export": export, "predict": predict}
 
 
 def run(name: str, args: list[str], prog: str) -> None:
     """Subcommand ``name`` with ``args``: parsed, its ``--trust`` modules trusted, then run. ``sweep`` is only parsed
     here (its ``--help``, its refusals), before the sweep's own imports, which take seconds: :mod:`project.sweeps`
     runs it."""
-    refuse_unknown_subcommand(name, (*RUNNERS, "sweep"))
+    refuse_unknown_subcommand(name, (*_RUNNERS, "sweep"))
     if name == "sweep":
         sweep_arguments(args, prog)
         return
-    options = parse_command(name, args, prog)
+    options = _parse_command(name, args, prog)
     trust(*options.trust)
-    RUNNERS[name](options)
+    _RUNNERS[name](options)
 
 
-def print_help(prog: str) -> None:
+def _print_help(prog: str) -> None:
     """``python -m project --help``: every subcommand and what it does; exits as ``--help`` does."""
-    parser = new_parser(prog, "SUBCOMMAND [--help] ...", "Train, evaluate and use models of this project.")
+    parser = _new_parser(prog, "SUBCOMMAND [--help] ...", "Train, evaluate and use models of this project.")
     subcommands = parser.add_subcommands(required=True)
     for name, summary in COMMANDS.items():
         subcommands.add_subcommand(name, ArgumentParser(), help=summary)
@@ -277,5 +277,5 @@ def main(args: list[str], prog: str = "python -m project") -> None:
     :func:`project.sweeps.main`)."""
     name, rest = (args[0], args[1:]) if args else ("", [])
     if name in ("-h", "--help"):
-        print_help(prog)
+        _print_help(prog)
     exit_on_refusal(lambda: run(name, rest, f"{prog} {name}"), f"{name}: stopped by SIGTERM (exit status 143)")

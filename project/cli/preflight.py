@@ -71,7 +71,7 @@ def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str)
     loads into the network."""
     restore_base(checkpoint, model, path)
     target = model.state_dict()
-    problems = fit_problems(target, checkpoint["state_dict"])
+    problems = _fit_problems(target, checkpoint["state_dict"])
     if CURRENT_WEIGHTS in checkpoint:
         current = checkpoint[CURRENT_WEIGHTS]
         if not isinstance(current, dict) or not all(isinstance(value, Tensor) for value in current.values()):
@@ -79,7 +79,7 @@ def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str)
         else:
             if model.hparams.lora:  # left out of it as of the state_dict; the averaging callback puts them back
                 current = {**{name: tensor.detach() for name, tensor in base_weights(model).items()}, **current}
-            problems += [f"{CURRENT_WEIGHTS}: {problem}" for problem in fit_problems(target, current)]
+            problems += [f"{CURRENT_WEIGHTS}: {problem}" for problem in _fit_problems(target, current)]
         state = checkpoint.get(AVERAGING_STATE)
         count = state.get("n_averaged") if isinstance(state, dict) else None
         if not (isinstance(count, Tensor) and count.numel() == 1 and not count.is_floating_point() and count >= 0):
@@ -91,7 +91,7 @@ def check_fits_network(checkpoint: dict[str, Any], model: TaskModule, path: str)
         )
 
 
-def fit_problems(target: dict[str, Tensor], source: dict[str, Tensor]) -> list[str]:
+def _fit_problems(target: dict[str, Tensor], source: dict[str, Tensor]) -> list[str]:
     """How the weights ``source`` fail to fit a module whose state dict is ``target``, one phrase each."""
     found = state_dict_differences(target, source)
     problems = [f"{name} missing" for name in found.missing]

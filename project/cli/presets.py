@@ -19,35 +19,35 @@ from project.errors import UserInputError
 from project.files.yaml_text import read_yaml
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
-MODIFIER_DIR = CONFIG_DIR / "modifiers"
+_MODIFIER_DIR = CONFIG_DIR / "modifiers"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
 """The default recipe: its data, for a run that chooses none; its name, for a run that names no recipe."""
-DATA_CLASS_OPTIONS = ("--data", "--data.class_path")
+_DATA_CLASS_OPTIONS = ("--data", "--data.class_path")
 
 
 def default_configs(args: list[str]) -> list[Path]:
     """The files every run of ``args`` starts from, before its ``--config`` files: ``base.yaml``, and the default
-    recipe unless ``args`` choose a data class (:func:`chooses_data_class`)."""
-    return [BASE_CONFIG] if chooses_data_class(args) else [BASE_CONFIG, DEFAULT_CONFIG]
+    recipe unless ``args`` choose a data class (:func:`_chooses_data_class`)."""
+    return [BASE_CONFIG] if _chooses_data_class(args) else [BASE_CONFIG, DEFAULT_CONFIG]
 
 
-def chooses_data_class(args: list[str]) -> bool:
+def _chooses_data_class(args: list[str]) -> bool:
     """Whether ``args`` (with their ``--config`` names resolved) choose a data class: ``--data X``,
     ``--data.class_path X``, or a config file with a ``data`` class (``data: X`` or ``data: {class_path: X}``, at the
     top or in a subcommand's section)."""
     for arg in args:
-        if arg in DATA_CLASS_OPTIONS or arg.partition("=")[0] in DATA_CLASS_OPTIONS:
+        if arg in _DATA_CLASS_OPTIONS or arg.partition("=")[0] in _DATA_CLASS_OPTIONS:
             return True
     for config in config_files(args):
         content = read_yaml(Path(config).read_text(), config) if Path(config).is_file() else None
         sections = [content, *content.values()] if isinstance(content, dict) else []
-        if any(isinstance(section, dict) and names_data_class(section.get("data")) for section in sections):
+        if any(isinstance(section, dict) and _names_data_class(section.get("data")) for section in sections):
             return True
     return False
 
 
-def names_data_class(data: object) -> bool:
+def _names_data_class(data: object) -> bool:
     return isinstance(data, str) or (isinstance(data, dict) and "class_path" in data)
 
 
@@ -74,11 +74,11 @@ def resolve_config_args(args: list[str]) -> list[str]:
 
 def checked_config(name: str) -> str:
     candidates = [Path(name)] + [
-        folder / file for folder in (CONFIG_DIR, MODIFIER_DIR) for file in (name, f"{name}.yaml")
+        folder / file for folder in (CONFIG_DIR, _MODIFIER_DIR) for file in (name, f"{name}.yaml")
     ]
     path = next((candidate for candidate in candidates if candidate.is_file()), None)
     if path is None:
-        presets = ", ".join(sorted(p.stem for p in [*CONFIG_DIR.glob("*.yaml"), *MODIFIER_DIR.glob("*.yaml")]))
+        presets = ", ".join(sorted(p.stem for p in [*CONFIG_DIR.glob("*.yaml"), *_MODIFIER_DIR.glob("*.yaml")]))
         raise UserInputError(f"--config {name}: no such file, and no preset of that name ({presets})")
     read_yaml(path.read_text(), f"--config {path}")
     return str(path)
@@ -91,11 +91,11 @@ def run_name(args: list[str]) -> str:
     recipes = [
         Path(config)
         for config in config_files(args)
-        if Path(config).resolve().parent != MODIFIER_DIR.resolve() and Path(config).resolve() != BASE_CONFIG.resolve()
+        if Path(config).resolve().parent != _MODIFIER_DIR.resolve() and Path(config).resolve() != BASE_CONFIG.resolve()
     ]
     if recipes:
         return recipes[-1].stem
-    data_classes = [value for option, value in option_values(args) if option in DATA_CLASS_OPTIONS]
+    data_classes = [value for option, value in option_values(args) if option in _DATA_CLASS_OPTIONS]
     return data_classes[-1].rpartition(".")[2] if data_classes else DEFAULT_CONFIG.stem
 
 

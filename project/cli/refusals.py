@@ -7,7 +7,7 @@ the list of names allowed there.
 What can be known before the parser runs is checked before it runs, by the code that knows it: the subcommand
 (:func:`project.cli.commands.refuse_unknown_subcommand`), ``--config`` files (:mod:`project.cli.presets`), the options
 of the subcommands whose options are fixed (:mod:`project.cli.commands`), and the value the user gave, which is read
-from the user's own arguments (:func:`given_value`). The regular expressions left read what only the parser knows,
+from the user's own arguments (:func:`_given_value`). The regular expressions left read what only the parser knows,
 from its message: jsonargparse 4.53 reports every refusal as text alone (``jsonargparse._util.argument_error`` builds
 ``ArgumentError(None, message)``: no option, no value, no type), and which options a class option takes is known only
 while it parses (``--model.network X`` brings X's); its union messages are an open issue upstream
@@ -33,20 +33,20 @@ from project.trusted import HOW_TO_TRUST, untrusted_class, untrusted_code
 SUBCOMMANDS = ("fit", "validate", "test")
 """LightningCLI's subcommands, the Trainer's (:mod:`project.cli.app`); Lightning's ``predict`` is left out: new images
 are ``python -m project predict``'s, written to a CSV. The other subcommands: :data:`project.cli.commands.COMMANDS`."""
-PIECES = ("model.task", "model.optimizer", "model.lr_scheduler")
+_PIECES = ("model.task", "model.optimizer", "model.lr_scheduler")
 """Options that take a class: an option of theirs follows the class (``--model.task Multiclass`` before
 ``--model.task.label_smoothing 0.1``)."""
-MODEL_SECTION_OPTIONS = ("optimizer", "lr_scheduler")
+_MODEL_SECTION_OPTIONS = ("optimizer", "lr_scheduler")
 """LightningCLI's own top-level ``--optimizer`` and ``--lr_scheduler``, off here (``auto_configure_optimizers=False``:
 the model configures its optimizer and schedule): they are ``--model.optimizer`` and ``--model.lr_scheduler``."""
-NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
-TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+_NON_FINITE = {"nan", "inf", "-inf", "+inf", ".nan", ".inf", "-.inf", "infinity", "-infinity"}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
 def explain_cli_error(error: ArgumentError, parser: Any, args: list[str]) -> str:
     """LightningCLI's parser's ``error`` as one line (:func:`explain_parse_error`, with the options of the subcommand
     in ``args``)."""
-    return explain_parse_error(error, args, lambda: known_options(parser, args))
+    return explain_parse_error(error, args, lambda: _known_options(parser, args))
 
 
 def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[], list[str]]) -> str:
@@ -55,7 +55,7 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
     message = str(error)
     denied = re.search(r"^(.*)Importing '([^']+)' is not allowed, denied by", message, flags=re.MULTILINE)
     if denied:  # code outside the libraries and the modules trusted (project.trusted.guard_parser_imports)
-        key, path = ".".join(parser_keys(message)) or "an option", denied.group(2)
+        key, path = ".".join(_parser_keys(message)) or "an option", denied.group(2)
         return untrusted_code(key, path) if "expects a function" in denied.group(1) else untrusted_class(key, path)
     # jsonargparse: "Subcommand 'fit' does not accept option 'x'", "Option 'x' is not accepted" (ArgumentParser.
     # validate), argparse: "unrecognized arguments: --x 1": the unknown option is named in the text only.
@@ -66,21 +66,21 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
     )
     if unknown:
         name = unknown.group(1)
-        keys = parser_keys(message)
+        keys = _parser_keys(message)
         if keys and ("is not accepted" in unknown.group(0) or "nrecognized" in unknown.group(0)):
             name = f"{keys[0]}.{name}"  # an option of a class's piece: data.split.nope
         return unknown_option(name, known())
-    key = ".".join(parser_keys(message)) or "an option"
-    value = given_value(key, args)
-    class_problem = class_argument_problem(message, key)
+    key = ".".join(_parser_keys(message)) or "an option"
+    value = _given_value(key, args)
+    class_problem = _class_argument_problem(message, key)
     if class_problem:
         return class_problem
-    expected = expected_type(message, value)
+    expected = _expected_type(message, value)
     shown = repr(value) if value is not None else "its value"
     if expected and expected.startswith("dot import path"):
         return (
             f"{key}: {shown} is not a class that can be imported here; give its name or its full import path"
-            + known_classes(key)
+            + _known_classes(key)
         )
     if expected:
         return f"{key}: expected {expected}" + (f", got {shown}" if value is not None else "")
@@ -99,7 +99,7 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
     return f"{key}: {lines[-1]}"
 
 
-def parser_keys(message: str) -> list[str]:
+def _parser_keys(message: str) -> list[str]:
     """The option named by each ``Parser key "..."`` level, outermost first (``data``, ``dataset``).
 
     jsonargparse's ``TypeError(f'Parser key "{key}": ...')`` (``ActionTypeHint``, ``ArgumentParser``): which option
@@ -111,27 +111,27 @@ def parser_keys(message: str) -> list[str]:
     return keys
 
 
-def given_value(key: str, args: list[str]) -> str | None:
+def _given_value(key: str, args: list[str]) -> str | None:
     """What the user gave for the option ``key`` (``data.batch_size``), as text: the last ``--key VALUE`` of ``args``,
     else the last ``--config`` file that sets it; ``None`` when neither does (a preset's own value). ``init_args``
     levels may be given or left out on either side."""
-    wanted = plain_key(key)
-    given = [value for option, value in option_values(args) if plain_key(option.strip("-+")) == wanted]  # (+=)
+    wanted = _plain_key(key)
+    given = [value for option, value in option_values(args) if _plain_key(option.strip("-+")) == wanted]  # (+=)
     if given:
         return given[-1]
     for path in reversed(config_files(args)):
         content = read_yaml(Path(path).read_text(), path) if Path(path).is_file() else None
-        found = value_at(content, wanted.split("."))
+        found = _value_at(content, wanted.split("."))
         if found is not None:
             return str(found)
     return None
 
 
-def plain_key(key: str) -> str:
+def _plain_key(key: str) -> str:
     return key.replace(".init_args.", ".").removesuffix(".init_args")
 
 
-def value_at(content: Any, keys: list[str]) -> Any:
+def _value_at(content: Any, keys: list[str]) -> Any:
     """The value under ``keys`` in a config file's content (through ``init_args`` levels), or ``None``."""
     for key in keys:
         if isinstance(content, dict) and key not in content and isinstance(content.get("init_args"), dict):
@@ -142,7 +142,7 @@ def value_at(content: Any, keys: list[str]) -> Any:
     return None if isinstance(content, dict | list) else content
 
 
-def class_argument_problem(message: str, key: str) -> str | None:
+def _class_argument_problem(message: str, key: str) -> str | None:
     """A class named by a short name that more than one imported class has, or built without an argument it
     requires (``--model.lr_scheduler StepLR`` without ``step_size``), in one line; ``None`` for other messages.
 
@@ -161,7 +161,7 @@ def class_argument_problem(message: str, key: str) -> str | None:
     return None
 
 
-def known_classes(key: str) -> str:
+def _known_classes(key: str) -> str:
     """For an optimizer or learning-rate scheduler option, `` (torch.optim has ...)``: the names it takes."""
     import torch
 
@@ -179,7 +179,7 @@ def known_classes(key: str) -> str:
     return ""
 
 
-def expected_type(message: str, value: str | None) -> str | None:
+def _expected_type(message: str, value: str | None) -> str | None:
     """What the option takes, in words, from the innermost ``Expected a ...`` that is not ``None``.
 
     jsonargparse's ``raise_unexpected_value`` (``adapt_typehints``) names the type in the text only; which type a
@@ -199,12 +199,12 @@ def expected_type(message: str, value: str | None) -> str | None:
     name = re.fullmatch(r"<class '(\w+)'>", text)
     if not name:
         return text
-    if name.group(1) == "float" and str(value).lower() in NON_FINITE:
+    if name.group(1) == "float" and str(value).lower() in _NON_FINITE:
         return "a finite number"
-    return TYPE_WORDS.get(name.group(1), name.group(1))
+    return _TYPE_WORDS.get(name.group(1), name.group(1))
 
 
-def known_options(parser: Any, args: list[str] | None) -> list[str]:
+def _known_options(parser: Any, args: list[str] | None) -> list[str]:
     """Every option of the subcommand in ``args`` as a user types it (``data.batch_size``, ``model.lr``)."""
     subcommand = next((arg for arg in args or [] if arg in SUBCOMMANDS), "fit")
     try:
@@ -217,10 +217,10 @@ def known_options(parser: Any, args: list[str] | None) -> list[str]:
 def unknown_option(name: str, known: list[str]) -> str:
     if name == "weights_only":
         return "weights_only is not an option: checkpoints are always read with weights_only=True (plain data only)"
-    if name.partition(".")[0] in MODEL_SECTION_OPTIONS:
+    if name.partition(".")[0] in _MODEL_SECTION_OPTIONS:
         return f"{name} is not an option; it is model.{name} (the model configures its optimizer and schedule itself)"
     section, _, leaf = name.rpartition(".")
-    if section in PIECES and not any(key.startswith(f"{section}.") for key in known):
+    if section in _PIECES and not any(key.startswith(f"{section}.") for key in known):
         return (
             f"{name} is not an option of {section} as it is given (none): name its class first, then its options "
             f"(--{section} CLASS --{name} VALUE, such as --model.task Multiclass --model.task.label_smoothing 0.1)"
@@ -270,7 +270,7 @@ def refuse_replaced_callbacks(args: list[str]) -> str | None:
     return None
 
 
-def missing_package(error: BaseException) -> str | None:
+def _missing_package(error: BaseException) -> str | None:
     """One line for a logger, callback or other class whose package is not installed, or ``None``.
 
     Lightning says ``Requirement 'wandb>=0.12.10' not met`` (a ModuleNotFoundError without a module name); Python says
@@ -297,10 +297,10 @@ def explain(error: Exception) -> tuple[str, int] | None:
     reported = next((cause for cause in causes(error) if isinstance(cause, ReportedError)), None)
     if reported is not None:
         return str(reported), reported.exit_code
-    missing = missing_package(error)
+    missing = _missing_package(error)
     if missing is not None:
         return missing, 2
-    if isinstance(error, lightning_class("lightning.fabric.utilities.exceptions", "MisconfigurationException")):
+    if isinstance(error, _lightning_class("lightning.fabric.utilities.exceptions", "MisconfigurationException")):
         # Lightning's word for a Trainer setting it cannot use
         return f"trainer: {first_line(error)}", 2
     full = disk_full(error)
@@ -316,7 +316,7 @@ def exit_on_refusal(command: Callable[[], Any], stopped: str) -> None:
     try:
         command()
     except SystemExit as stop:
-        if not isinstance(stop, lightning_class("lightning.pytorch.utilities.exceptions", "SIGTERMException")):
+        if not isinstance(stop, _lightning_class("lightning.pytorch.utilities.exceptions", "SIGTERMException")):
             raise
         print(stopped)
         raise SystemExit(128 + signal.SIGTERM) from None
@@ -329,7 +329,7 @@ def exit_on_refusal(command: Callable[[], Any], stopped: str) -> None:
         raise SystemExit(exit_code) from None
 
 
-def lightning_class(module: str, name: str) -> type | tuple[()]:
+def _lightning_class(module: str, name: str) -> type | tuple[()]:
     """Lightning's exception class ``module.name`` for ``isinstance``, or ``()`` (matching nothing) while Lightning is
     not loaded, when nothing can have raised it: a subcommand that runs no Trainer answers ``--help`` and its
     refusals without loading Lightning (seconds)."""

@@ -27,8 +27,8 @@ from project.data.in_memory import PixelTensors, SplitTensors, unit_scaled
 from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
-ArrayLike = np.ndarray | Tensor
-NPZ_KEYS = (("train_images", "train_labels", "test_images", "test_labels"), ("x_train", "y_train", "x_test", "y_test"))
+_ArrayLike = np.ndarray | Tensor
+_NPZ_KEYS = (("train_images", "train_labels", "test_images", "test_labels"), ("x_train", "y_train", "x_test", "y_test"))
 """The names an ``.npz`` may give its arrays: this module's option names, or Keras's (``mnist.npz``)."""
 
 
@@ -36,7 +36,7 @@ def as_tensor(values: Any, where: str, kinds: str, allowed: str) -> Tensor:
     """``values`` (a numpy array or a tensor) as a tensor, refused unless its dtype is of one of numpy's ``kinds``
     (``u`` unsigned, ``i`` signed integers, ``f`` floating point); ``allowed`` says what is, in the error."""
     if isinstance(values, Tensor):
-        kind, dtype = tensor_kind(values.dtype), str(values.dtype).removeprefix("torch.")
+        kind, dtype = _tensor_kind(values.dtype), str(values.dtype).removeprefix("torch.")
     elif isinstance(values, np.ndarray):
         kind, dtype = values.dtype.kind, str(values.dtype)
     else:
@@ -48,7 +48,7 @@ def as_tensor(values: Any, where: str, kinds: str, allowed: str) -> Tensor:
     return values.detach().cpu()
 
 
-def tensor_kind(dtype: torch.dtype) -> str:
+def _tensor_kind(dtype: torch.dtype) -> str:
     """The kind numpy would give a dtype of torch's: ``b`` bool, ``f`` floating, ``c`` complex, ``u`` or ``i``."""
     if dtype == torch.bool:
         return "b"
@@ -57,7 +57,7 @@ def tensor_kind(dtype: torch.dtype) -> str:
     return "u" if str(dtype).startswith("torch.uint") else "i"
 
 
-def image_tensor(values: ArrayLike, where: str) -> Tensor:
+def _image_tensor(values: _ArrayLike, where: str) -> Tensor:
     """Images as ``(N, C, H, W)``, uint8 or float32, after the checks of what images may be (see the module)."""
     allowed = "uint8 pixels (0..255) or floating-point ones (scaled to [0, 1])"
     images = as_tensor(values, where, "uf", allowed)
@@ -81,7 +81,7 @@ def image_tensor(values: ArrayLike, where: str) -> Tensor:
     return images
 
 
-def label_tensor(values: ArrayLike, count: int, where: str, images: str) -> Tensor:
+def _label_tensor(values: _ArrayLike, count: int, where: str, images: str) -> Tensor:
     """Class labels as a long tensor of ``count`` values, refused unless they are integers of 0 or more."""
     labels = as_tensor(values, where, "ui", "integer class labels (0, 1, ...), e.g. .astype(numpy.int64)").long()
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -96,7 +96,7 @@ def label_tensor(values: ArrayLike, count: int, where: str, images: str) -> Tens
     return labels
 
 
-def channel_statistics(pixels: Tensor, where: str) -> tuple[list[float], list[float]]:
+def _channel_statistics(pixels: Tensor, where: str) -> tuple[list[float], list[float]]:
     """Mean and standard deviation of each channel of ``(N, C, H, W)`` pixels on the scale the network sees them
     (:func:`~project.data.in_memory.unit_scaled`), summed in float64 a chunk of images at a time."""
     channels = pixels.shape[1]
@@ -138,10 +138,10 @@ class TensorDataModule(ImageDataModule):
 
     def __init__(
         self,
-        train_images: ArrayLike,
-        train_labels: ArrayLike,
-        test_images: ArrayLike | None = None,
-        test_labels: ArrayLike | None = None,
+        train_images: _ArrayLike,
+        train_labels: _ArrayLike,
+        test_images: _ArrayLike | None = None,
+        test_labels: _ArrayLike | None = None,
         num_classes: int | None = None,
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
@@ -171,9 +171,9 @@ class TensorDataModule(ImageDataModule):
         """What an error calls the array of ``option``: the option (the file, for :class:`ArrayDataModule`)."""
         return f"data.{option}"
 
-    def split_of(self, images: ArrayLike, labels: ArrayLike, images_option: str, labels_option: str) -> SplitTensors:
-        pixels = image_tensor(images, self.source(images_option))
-        targets = label_tensor(labels, len(pixels), self.source(labels_option), self.source(images_option))
+    def split_of(self, images: _ArrayLike, labels: _ArrayLike, images_option: str, labels_option: str) -> SplitTensors:
+        pixels = _image_tensor(images, self.source(images_option))
+        targets = _label_tensor(labels, len(pixels), self.source(labels_option), self.source(images_option))
         return SplitTensors(pixels, targets)
 
     def checked_num_classes(self, given: int | None, train: SplitTensors, test: SplitTensors | None) -> int:
@@ -201,7 +201,7 @@ class TensorDataModule(ImageDataModule):
         channels = train.pixels.shape[1]
         if mean is None:
             kept = train.pixels if self.held_out is None else train.pixels[self.held_out[0]]
-            return channel_statistics(kept, self.source("train_images"))
+            return _channel_statistics(kept, self.source("train_images"))
         stated_mean, stated_std = per_channel_normalisation(mean, std, channels)
         return list(stated_mean), list(stated_std)
 
@@ -224,7 +224,7 @@ class TensorDataModule(ImageDataModule):
         return list(self.mean), list(self.std)
 
 
-def read_array(path: Path, option: str, archive: bool = False) -> Any:
+def _read_array(path: Path, option: str, archive: bool = False) -> Any:
     """The array of a ``.npy`` file (or, ``archive``: the open ``.npz``), read without unpickling anything."""
     if not path.is_file():
         raise DataNotFoundError(
@@ -252,12 +252,12 @@ def read_array(path: Path, option: str, archive: bool = False) -> Any:
     return loaded
 
 
-def archive_arrays(path: Path) -> dict[str, np.ndarray | None]:
+def _archive_arrays(path: Path) -> dict[str, np.ndarray | None]:
     """The arrays of an ``.npz`` under this module's names (``train_images``, ...), from either naming of
-    :data:`NPZ_KEYS`; an object array (a pickle) is refused when read."""
-    with read_array(path, "npz", archive=True) as archive:
+    :data:`_NPZ_KEYS`; an object array (a pickle) is refused when read."""
+    with _read_array(path, "npz", archive=True) as archive:
         keys = set(archive.files)
-        names = next((names for names in NPZ_KEYS if set(names[:2]) <= keys), None)
+        names = next((names for names in _NPZ_KEYS if set(names[:2]) <= keys), None)
         if names is None:
             raise UserInputError(
                 f"{path} (data.npz) holds the arrays {sorted(keys)}: it must hold train_images and train_labels (and "
@@ -266,7 +266,7 @@ def archive_arrays(path: Path) -> dict[str, np.ndarray | None]:
         try:
             return {
                 ours: archive[theirs] if theirs in keys else None
-                for ours, theirs in zip(NPZ_KEYS[0], names, strict=True)
+                for ours, theirs in zip(_NPZ_KEYS[0], names, strict=True)
             }
         except ValueError:
             raise UserInputError(
@@ -323,9 +323,9 @@ class ArrayDataModule(TensorDataModule):
             else {option: folder / name for option, name in named.items() if name}
         )
         arrays = (
-            archive_arrays(folder / npz)
+            _archive_arrays(folder / npz)
             if npz
-            else {option: read_array(path, option) for option, path in self.files.items()}
+            else {option: _read_array(path, option) for option, path in self.files.items()}
         )
         super().__init__(**{**named, **arrays}, data_dir=data_dir, **kwargs)
         self.data_dir = folder  # where relative names are read from

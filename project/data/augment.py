@@ -32,8 +32,8 @@ from project.errors import UserInputError, first_line
 from project.plain import PlainData
 from project.trusted import HOW_TO_TRUST, trust_declared
 
-V2 = "torchvision.transforms.v2"
-NOT_FOR_AUGMENT = {
+_V2 = "torchvision.transforms.v2"
+_NOT_FOR_AUGMENT = {
     "MixUp": "use data.augment.mixup_alpha, which mixes whole batches",
     "CutMix": "use data.augment.cutmix_alpha, which mixes whole batches",
     **dict.fromkeys(
@@ -68,8 +68,8 @@ NOT_FOR_AUGMENT = {
 }
 """Classes of ``transforms.v2`` that are not per-image augmentations of a training image (float pixels on the 0..1
 scale, a class label), with why or what to do instead."""
-SEED_RANKS = 2**16
-"""A batch's seed is ``draw * SEED_RANKS + rank``: distinct for every draw and every rank below this."""
+_SEED_RANKS = 2**16
+"""A batch's seed is ``draw * _SEED_RANKS + rank``: distinct for every draw and every rank below this."""
 
 
 def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -98,39 +98,40 @@ def transform_classes() -> dict[str, type]:
             allowed[f"{cls.__module__}.{cls.__qualname__}"] = cls
     for name, value in vars(v2).items():
         if isinstance(value, type) and issubclass(value, v2.Transform) and not name.startswith("_"):
-            allowed[name] = allowed[f"{V2}.{name}"] = value
+            allowed[name] = allowed[f"{_V2}.{name}"] = value
     return allowed
 
 
-NESTING = ("Compose", "RandomApply", "RandomChoice", "RandomOrder")
+_NESTING = ("Compose", "RandomApply", "RandomChoice", "RandomOrder")
 """Transforms whose ``transforms`` argument is a list of transforms, given in the config as entries of their own."""
 
 
-def built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Transform:
+def _built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Transform:
     """One entry of ``data.augment.transforms`` built: a class name, or ``{class_path: ..., init_args: {...}}``."""
     spec = {"class_path": spec} if isinstance(spec, str) else spec
     keys = set(spec) if isinstance(spec, dict) else set()
     if "class_path" not in keys or not isinstance(spec["class_path"], str) or keys - {"class_path", "init_args"}:
         raise UserInputError(f"{where} is {spec!r}: give a class name or {{class_path: ..., init_args: {{...}}}}")
     class_path, init_args = spec["class_path"], spec.get("init_args") or {}
-    name = class_path.removeprefix(f"{V2}.")
-    if name in NOT_FOR_AUGMENT:
-        raise UserInputError(f"{where}: {class_path} is not for data.augment.transforms: {NOT_FOR_AUGMENT[name]}")
+    name = class_path.removeprefix(f"{_V2}.")
+    if name in _NOT_FOR_AUGMENT:
+        raise UserInputError(f"{where}: {class_path} is not for data.augment.transforms: {_NOT_FOR_AUGMENT[name]}")
     if class_path not in allowed:
         raise UserInputError(
-            f"{where}: {class_path} is not allowed here: use a class of {V2} (RandomResizedCrop, RandomHorizontalFlip, "
-            f"RandomRotation, RandAugment, TrivialAugmentWide, RandomErasing, ...); {HOW_TO_TRUST}"
+            f"{where}: {class_path} is not allowed here: use a class of {_V2} (RandomResizedCrop, "
+            "RandomHorizontalFlip, RandomRotation, RandAugment, TrivialAugmentWide, RandomErasing, ...); "
+            f"{HOW_TO_TRUST}"
         )
     if not isinstance(init_args, dict):
         raise UserInputError(f"{where}.init_args must be a mapping of argument names to values, got {init_args!r}")
-    if name in NESTING and "transforms" in init_args:  # transforms of transforms, each checked
+    if name in _NESTING and "transforms" in init_args:  # transforms of transforms, each checked
         given = init_args["transforms"]
         if not isinstance(given, list):  # (a string is a sequence too: Compose would take its letters)
             raise UserInputError(
                 f"{where}: {class_path}'s transforms must be a list of transforms (class names or {{class_path: ..., "
                 f"init_args: {{...}}}}), got {given!r}"
             )
-        inner = [built_transform(one, f"{where}.transforms[{i}]", allowed) for i, one in enumerate(given)]
+        inner = [_built_transform(one, f"{where}.transforms[{i}]", allowed) for i, one in enumerate(given)]
         init_args = {**init_args, "transforms": inner}
     try:
         return allowed[class_path](**init_args)
@@ -140,7 +141,7 @@ def built_transform(spec: Any, where: str, allowed: dict[str, type]) -> v2.Trans
         ) from None
 
 
-WHERE = "data.augment.transforms"
+_WHERE = "data.augment.transforms"
 """How errors name the list of transforms."""
 
 
@@ -170,7 +171,7 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         if self.transforms is not None and not isinstance(self.transforms, list | tuple):
-            raise UserInputError(f"{WHERE} must be a list of transforms, got {self.transforms!r}")
+            raise UserInputError(f"{_WHERE} must be a list of transforms, got {self.transforms!r}")
         if not isinstance(self.shift, int) or self.shift < 0:
             raise UserInputError(f"data.augment.shift must be 0 or more pixels, got {self.shift!r}")
         for name in ("mixup_alpha", "cutmix_alpha"):
@@ -182,9 +183,9 @@ class Augmentation:
         self.built()  # each entry checked now, before any work
 
     def built(self) -> list[v2.Transform]:
-        """The transforms, built (and checked: :func:`built_transform`)."""
+        """The transforms, built (and checked: :func:`_built_transform`)."""
         allowed = transform_classes() if self.transforms else {}
-        return [built_transform(spec, f"{WHERE}[{i}]", allowed) for i, spec in enumerate(self.transforms or [])]
+        return [_built_transform(spec, f"{_WHERE}[{i}]", allowed) for i, spec in enumerate(self.transforms or [])]
 
 
 class BatchAugmentation:
@@ -232,21 +233,21 @@ class BatchAugmentation:
         """Try the transforms once, when the data is set up, on a few random images of ``shape`` ``(C, H, W)``: float
         pixels on the 0..1 scale, as :meth:`__call__` takes them, under a generator of their own. Refused in one line,
         naming the entry: a transform that fails on them, gives back something other than an image, or would be
-        meaningless on them (:func:`unfit_for`); and a list that changes the images' size (the network takes one)."""
+        meaningless on them (:func:`_unfit_for`); and a list that changes the images' size (the network takes one)."""
         if self.per_image is None:
             return
         for index, transform in enumerate(self.transforms):
             for inner in nested(transform):
-                if (why := unfit_for(inner, shape)) is not None:
-                    raise UserInputError(f"{WHERE}[{index}]: {type(inner).__name__} {why}")
-        sample = torch.rand(TRIAL_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
+                if (why := _unfit_for(inner, shape)) is not None:
+                    raise UserInputError(f"{_WHERE}[{index}]: {type(inner).__name__} {why}")
+        sample = torch.rand(_TRIAL_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
         with seeded(0, torch.device("cpu")):
             for image in sample:
                 for index, transform in enumerate(self.transforms):
-                    image = tried(transform, image, f"{WHERE}[{index}]", shape)
+                    image = tried(transform, image, f"{_WHERE}[{index}]", shape)
                 if tuple(image.shape) != tuple(shape):
                     raise UserInputError(
-                        f"{WHERE} turn images of shape {tuple(shape)} (channels, height, width) into "
+                        f"{_WHERE} turn images of shape {tuple(shape)} (channels, height, width) into "
                         f"{tuple(image.shape)}: the network takes one size, so give a transform that sets a size the "
                         f"images' own ({shape[1]})"
                     )
@@ -272,7 +273,7 @@ class BatchAugmentation:
         return units, targets
 
 
-TRIAL_IMAGES = 4
+_TRIAL_IMAGES = 4
 """How many random images :meth:`BatchAugmentation.try_on` passes through the transforms (a random draw may take a
 path the first image does not, such as a crop that falls outside)."""
 
@@ -285,13 +286,14 @@ def nested(transform: v2.Transform) -> Iterator[v2.Transform]:
             yield from nested(inner)
 
 
-def unfit_for(transform: v2.Transform, shape: tuple[int, int, int]) -> str | None:
+def _unfit_for(transform: v2.Transform, shape: tuple[int, int, int]) -> str | None:
     """Why ``transform`` would run on images of ``shape`` and mean nothing there, or ``None``. A Gaussian blur whose
     kernel is larger than the image: every pixel's kernel reaches past the image's edges, into the mirror image that
     torchvision pads it with (``F.gaussian_blur`` pads by reflection, and fails once the padding is the image's size
     or more); the kernel size was meant for larger images. (The colour operations that torchvision defines on float
     images, such as ``RandomPosterize``, ``RandomSolarize`` with a threshold on the 0..1 scale, ``RandomEqualize`` and
-    ``RandomAutocontrast``, are meaningful on them; ``JPEG``, which is not, is refused by name: ``NOT_FOR_AUGMENT``.)"""
+    ``RandomAutocontrast``, are meaningful on them; ``JPEG``, which is not, is refused by name:
+    ``_NOT_FOR_AUGMENT``.)"""
     if isinstance(transform, v2.GaussianBlur) and max(transform.kernel_size) > min(shape[1:]):
         return (
             f"has a kernel of {list(transform.kernel_size)} pixels, larger than the images ({shape[1]}x{shape[2]}): "
@@ -333,4 +335,4 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def batch_seed(generator: torch.Generator, rank: int) -> int:
     """The next batch's seed: one draw from the data module's generator (saved in checkpoints), mixed with the rank."""
     draw = int(torch.randint(0, 2**46, (), generator=generator))
-    return draw * SEED_RANKS + rank % SEED_RANKS
+    return draw * _SEED_RANKS + rank % _SEED_RANKS

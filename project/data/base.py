@@ -334,7 +334,7 @@ class ImageDataModule(L.LightningDataModule):
         that of the step it was written at; the first training batch also marks the resumed position as taken (its
         indices were drawn)."""
         training = self.trainer is not None and self.trainer.training
-        if training and image_batch(batch):
+        if training and _image_batch(batch):
             self.resumed_at = None  # from here on, the loop's own epoch counts
         return self.network_batch(batch, augment=training)
 
@@ -342,7 +342,7 @@ class ImageDataModule(L.LightningDataModule):
         """A batch of pixels augmented (``augment``: on the 0..1 scale the transforms take) and then normalised, once,
         on its device: the one way of every path (in memory, from the cache, a DataLoader). Batches that arrive
         normalised (:attr:`arrives_normalised`) are taken as they are, unless augmented."""
-        if not image_batch(batch):
+        if not _image_batch(batch):
             return batch  # e.g. the example input that the model summary and TensorBoard's graph run through
         images, targets = batch
         augment = augment and self.augmentation.active
@@ -375,6 +375,6 @@ class ImageDataModule(L.LightningDataModule):
         self.resumed_at = resumed_position(state_dict.get("position"), self.batch_size)
 
 
-def image_batch(batch: Any) -> bool:
+def _image_batch(batch: Any) -> bool:
     """Whether ``batch`` is ``(images, targets)``, as the loaders give, rather than an example input of the model."""
     return isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[0], Tensor)

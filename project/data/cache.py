@@ -59,12 +59,12 @@ HEADER_BYTES = 4096
 """The header's size: one page, so the pixels start page-aligned."""
 MAGIC = b"project decoded images\n"
 SUFFIX = ".decoded"
-SPARE_BYTES = 2**26
+_SPARE_BYTES = 2**26
 """Space a cache leaves free on its disk (64 MiB): a cache that would fill the disk is not written."""
-MAX_BRACKETS = 8
+_MAX_BRACKETS = 8
 """The most ``[`` and ``{`` a header may hold (it has two): :func:`json.loads` recurses once per level of nesting, so
 a header of nested arrays would be a ``RecursionError``, not a damaged header."""
-OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 """The mode bits that let someone other than a file's owner change it: a cache file is written without them."""
 KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device"}
 """What the types of file other than a regular one are called (any other: "something else")."""
@@ -82,7 +82,7 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def cache_path(cache_dir: Path, source: Path, conversion: str) -> Path:
+def _cache_path(cache_dir: Path, source: Path, conversion: str) -> Path:
     """Where the cache of ``source``'s images under ``conversion`` (its description) lives (an absolute path: a
     process that changes folders finds the same file)."""
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.stem)[:40] or "images"
@@ -111,15 +111,15 @@ def cache_key(paths: list[Path], folder: Path, conversion: str) -> str:
     return digest(versions, conversion, files.hexdigest())
 
 
-class NotAFile(OSError):
+class _NotAFile(OSError):
     """Something other than a regular file where a cache or its lock file should be; its text says what."""
 
 
-class Untrusted(Exception):
+class _Untrusted(Exception):
     """A cache file that another user owns, in a folder not named as shared: they decide what it holds."""
 
 
-ERRNO_KINDS = {
+_ERRNO_KINDS = {
     errno.ELOOP: "a symbolic link, not followed",  # open(2): O_NOFOLLOW, and the last part of the path is a link
     errno.EISDIR: "a folder, not a regular file",
     errno.ENXIO: "not a regular file",  # open(2): a socket
@@ -130,27 +130,27 @@ def open_file(path: Path, flags: int) -> int:
     """A descriptor of the regular file at ``path`` (made where missing when ``flags`` holds ``O_CREAT``), opened
     without following a symbolic link (``O_NOFOLLOW``: one planted in a shared folder would write, or be read, where
     its owner points) and without waiting on a FIFO (``O_NONBLOCK``: opening one waits for a writer, for ever);
-    :class:`NotAFile` saying what is there instead."""
+    :class:`_NotAFile` saying what is there instead."""
     try:
         descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as error:
-        if error.errno in ERRNO_KINDS:
-            raise NotAFile(ERRNO_KINDS[error.errno]) from None
+        if error.errno in _ERRNO_KINDS:
+            raise _NotAFile(_ERRNO_KINDS[error.errno]) from None
         raise
     kind = stat.S_IFMT(os.fstat(descriptor).st_mode)
     if kind != stat.S_IFREG:
         os.close(descriptor)
-        raise NotAFile(f"{KINDS.get(kind, 'something else')}, not a regular file")
+        raise _NotAFile(f"{KINDS.get(kind, 'something else')}, not a regular file")
     return descriptor
 
 
 def distrusted(path: Path, status: os.stat_result) -> str | None:
     """Whether someone else may have chosen the pixels of the cache file at ``path`` (``status``, from its open
-    descriptor): :class:`Untrusted` where another user owns it; why it is rebuilt where others may write it;
+    descriptor): :class:`_Untrusted` where another user owns it; why it is rebuilt where others may write it;
     ``None`` where it is yours alone."""
     if status.st_uid != os.geteuid():
-        raise Untrusted(f"the decoded-image cache {path} belongs to another user (uid {status.st_uid})")
-    if status.st_mode & OTHERS_WRITE:
+        raise _Untrusted(f"the decoded-image cache {path} belongs to another user (uid {status.st_uid})")
+    if status.st_mode & _OTHERS_WRITE:
         return f"others may write it ({stat.filemode(status.st_mode)})"
     return None
 
@@ -171,7 +171,7 @@ class DecodedCache:
 
     def open(self) -> str | None:
         """Check the file and map it; ``None``, or why it cannot serve (missing, not a regular file, others may write
-        it, another format or key, damaged); :class:`Untrusted` where another user owns it (not ``shared``)."""
+        it, another format or key, damaged); :class:`_Untrusted` where another user owns it (not ``shared``)."""
         try:
             with os.fdopen(open_file(self.path, os.O_RDONLY), "rb") as file:  # the mapping outlives the descriptor
                 status = os.fstat(file.fileno())
@@ -180,7 +180,7 @@ class DecodedCache:
                 region = None if wrong else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             return "there is none yet"
-        except NotAFile as error:
+        except _NotAFile as error:
             return f"it is {error}"
         except OSError as error:
             return f"it cannot be read ({first_line(error)})"
@@ -196,7 +196,7 @@ class DecodedCache:
         if self.mapped is None:
             try:
                 wrong = self.open()
-            except Untrusted as error:
+            except _Untrusted as error:
                 wrong = str(error)
             if wrong is not None:
                 raise UserInputError(f"the decoded-image cache {self.path} cannot be read any more: {wrong}")
@@ -220,7 +220,7 @@ def what_is_wrong(start: bytes, size: int, cache: DecodedCache) -> str | None:
     if not start.startswith(MAGIC):
         return "it is not a cache file of this project"
     text = start[len(MAGIC) :].split(b"\n", 1)[0]
-    if text.count(b"[") + text.count(b"{") > MAX_BRACKETS:
+    if text.count(b"[") + text.count(b"{") > _MAX_BRACKETS:
         return "its header is damaged (nested too deep)"
     try:
         stated = json.loads(text)
@@ -235,14 +235,14 @@ def what_is_wrong(start: bytes, size: int, cache: DecodedCache) -> str | None:
     return None
 
 
-class CacheNotWritten(Exception):
+class _CacheNotWritten(Exception):
     """The cache could not be written (a read-only or full disk): the data is decoded without it."""
 
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold ``path``'s lock file (beside it) while the block runs: one process at a time checks and builds a cache;
-    :class:`CacheNotWritten` where the folder cannot take the lock file or something other than a regular file is
+    :class:`_CacheNotWritten` where the folder cannot take the lock file or something other than a regular file is
     there (a link is not followed, a FIFO not waited on). Where the file system has no locks, the block runs unlocked
     (two builds then write the same file, each whole)."""
     lock = path.with_name(path.name + ".lock")
@@ -254,10 +254,10 @@ def locked(path: Path) -> Iterator[None]:
             if not os.path.lexists(lock):
                 raise
             descriptor = open_file(lock, os.O_RDONLY)
-    except NotAFile as error:
-        raise CacheNotWritten(f"its lock file {lock} is {error}") from None
+    except _NotAFile as error:
+        raise _CacheNotWritten(f"its lock file {lock} is {error}") from None
     except OSError as error:
-        raise CacheNotWritten(first_line(error)) from None
+        raise _CacheNotWritten(first_line(error)) from None
     try:
         with suppress(OSError):
             fcntl.flock(descriptor, fcntl.LOCK_EX)
@@ -266,23 +266,23 @@ def locked(path: Path) -> Iterator[None]:
         os.close(descriptor)  # and with it the lock
 
 
-def own_folder(folder: Path) -> Path:
+def _own_folder(folder: Path) -> Path:
     """The sub-folder of ``folder`` that holds this user's caches (``user-<uid>``), made when missing;
-    :class:`CacheNotWritten` unless it is a folder (not a link) of this user's that no one else may write."""
+    :class:`_CacheNotWritten` unless it is a folder (not a link) of this user's that no one else may write."""
     own = folder / f"user-{os.geteuid()}"
     try:
         own.mkdir(mode=0o700, exist_ok=True)
         status = own.lstat()
     except OSError as error:
-        raise CacheNotWritten(first_line(error)) from None
-    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & OTHERS_WRITE:
-        raise CacheNotWritten(f"{own} is not a folder that you alone may write")
+        raise _CacheNotWritten(first_line(error)) from None
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & _OTHERS_WRITE:
+        raise _CacheNotWritten(f"{own} is not a folder that you alone may write")
     return own
 
 
 def build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
     """Write the images that ``chunks`` yields (uint8, ``(n, *shape)`` each) into a new cache file; the old one, if
-    any, is replaced whole. :class:`CacheNotWritten` when the disk refuses (nothing is left behind); the images' own
+    any, is replaced whole. :class:`_CacheNotWritten` when the disk refuses (nothing is left behind); the images' own
     errors (:class:`~project.data.decoding.UndecodableImages`) as they are."""
     folder = cache.path.parent
     for stale in folder.glob(f".{cache.path.name}.*{TEMPORARY_SUFFIX}"):  # a killed build's (we hold the lock)
@@ -290,15 +290,15 @@ def build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
-        raise CacheNotWritten(first_line(error)) from None
+        raise _CacheNotWritten(first_line(error)) from None
     needed = HEADER_BYTES + cache.nbytes
-    if free_bytes(folder) < needed + SPARE_BYTES:
-        raise CacheNotWritten(f"it needs {needed:,} bytes and {free_bytes(folder):,} are free")
+    if free_bytes(folder) < needed + _SPARE_BYTES:
+        raise _CacheNotWritten(f"it needs {needed:,} bytes and {free_bytes(folder):,} are free")
     try:
         with written_whole(
             cache.path,
             full_message=lambda: f"No space left on device while it was written; {free_bytes(folder):,} bytes free",
-            permissions=0o666 & ~OTHERS_WRITE,  # no one else may change the pixels a run trains on
+            permissions=0o666 & ~_OTHERS_WRITE,  # no one else may change the pixels a run trains on
         ) as file:
             file.write(header(cache.key, cache.count, cache.shape))
             for chunk in chunks:
@@ -306,7 +306,7 @@ def build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
     except UndecodableImages:
         raise
     except (DiskFullError, UserInputError, OSError) as error:  # full, or the rename refused
-        raise CacheNotWritten(first_line(error)) from None
+        raise _CacheNotWritten(first_line(error)) from None
 
 
 def cached_images(
@@ -320,21 +320,21 @@ def cached_images(
     ``decode_chunks()``; ``None`` when it cannot be written (said in one line). ``place`` is the cache folder, the
     source (folder or CSV file) the images come from, the folder their paths start from, and the conversion's
     description. A cache file that another user owns is left alone unless the folder is ``shared``: the cache is
-    then kept in a folder of your own inside it (:func:`own_folder`), and a line says so."""
+    then kept in a folder of your own inside it (:func:`_own_folder`), and a line says so."""
     cache_dir, source, folder, conversion = place
     key = cache_key(paths, folder, conversion)
-    path = cache_path(cache_dir, source, conversion)
+    path = _cache_path(cache_dir, source, conversion)
     try:
         try:
-            cache = opened_or_built(DecodedCache(path, key, len(paths), shape, shared), source, decode_chunks)
-        except Untrusted as error:
-            own = own_folder(path.parent)
+            cache = _opened_or_built(DecodedCache(path, key, len(paths), shape, shared), source, decode_chunks)
+        except _Untrusted as error:
+            own = _own_folder(path.parent)
             rank_zero_info(
                 f"note: {error}, who decides what it holds: yours is kept in {own} (--data.decoded.cache_shared "
                 f"true trusts the cache files others write in {cache_dir})"
             )
-            cache = opened_or_built(DecodedCache(own / path.name, key, len(paths), shape), source, decode_chunks)
-    except (CacheNotWritten, Untrusted) as error:
+            cache = _opened_or_built(DecodedCache(own / path.name, key, len(paths), shape), source, decode_chunks)
+    except (_CacheNotWritten, _Untrusted) as error:
         rank_zero_info(
             f"note: the decoded-image cache cannot be written in {cache_dir} ({error}): the images are decoded "
             f"without it (--data.decoded.cache_dir elsewhere, or --data.decoded.cache false to silence this)"
@@ -344,7 +344,7 @@ def cached_images(
     return cache
 
 
-def opened_or_built(
+def _opened_or_built(
     cache: DecodedCache, source: Path, decode_chunks: Callable[[], Generator[Tensor, None, None]]
 ) -> DecodedCache:
     """``cache``, checked, or built from ``decode_chunks()`` when it is not right (its lock held throughout)."""

@@ -15,7 +15,7 @@ from project.data.splits import subset_labels
 from project.errors import UserInputError
 
 
-def first_image(dataset: Dataset, option: str) -> Tensor:
+def _first_image(dataset: Dataset, option: str) -> Tensor:
     """The first example's image, refused unless the dataset has examples and the example is ``(image tensor,
     label)``, the image ``(C, H, W)`` floats with C = 1 or 3, square."""
     try:
@@ -37,19 +37,19 @@ def first_image(dataset: Dataset, option: str) -> Tensor:
     return image
 
 
-PIXEL_SLACK = 0.01
+_PIXEL_SLACK = 0.01
 """How far outside 0..1 a pixel of the first image may come out, its stated normalisation undone (rounding, a resize's
-overshoot), before :func:`check_stated_normalisation` refuses it."""
+overshoot), before :func:`_check_stated_normalisation` refuses it."""
 
 
-def check_stated_normalisation(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...], option: str) -> None:
+def _check_stated_normalisation(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...], option: str) -> None:
     """Refuse ``mean`` and ``std`` when the dataset's first image, normalised with them as stated, does not come back
     to pixels on the 0..1 scale: new image files would be prepared otherwise than the training images
     (``python -m project predict``, exports)."""
     shape = (-1, 1, 1)
     pixels = image.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
     low, high = pixels.min().item(), pixels.max().item()
-    if low < -PIXEL_SLACK or high > 1 + PIXEL_SLACK:
+    if low < -_PIXEL_SLACK or high > 1 + _PIXEL_SLACK:
         raise UserInputError(
             f"data.{option}[0]'s image is not pixels on the 0..1 scale normalised with data.mean {list(mean)} and "
             f"data.std {list(std)}: undone, they run from {low:.3g} to {high:.3g}; give the (x - mean) / std the "
@@ -110,12 +110,12 @@ class DatasetDataModule(ImageDataModule):
                 "images went through from pixels on the 0..1 scale (mean 0 and std 1 if none), which new images go "
                 "through to be predicted"
             )
-        image = first_image(train_dataset, "train_dataset")
+        image = _first_image(train_dataset, "train_dataset")
         self.image_shape = tuple(image.shape)
-        if test_dataset is not None and tuple(first_image(test_dataset, "test_dataset").shape) != self.image_shape:
+        if test_dataset is not None and tuple(_first_image(test_dataset, "test_dataset").shape) != self.image_shape:
             raise UserInputError(f"data.test_dataset's images are not {self.image_shape} (C, H, W), as training ones")
         stated = per_channel_normalisation(mean, std, self.image_shape[0])
-        check_stated_normalisation(image, *stated, "train_dataset")
+        _check_stated_normalisation(image, *stated, "train_dataset")
         self.mean, self.std = (list(values) for values in stated)
         self.train_dataset, self.test_dataset = train_dataset, test_dataset
         self.num_classes = num_classes
@@ -136,7 +136,7 @@ class DatasetDataModule(ImageDataModule):
             base = base.dataset
         if id(base) not in self.class_labels:
             option = "train_dataset" if base is self.train_dataset else "test_dataset"
-            self.class_labels[id(base)] = torch.tensor([label_of(base[i], option, i) for i in range(len(base))])
+            self.class_labels[id(base)] = torch.tensor([_label_of(base[i], option, i) for i in range(len(base))])
         return subset_labels(dataset, self.class_labels[id(base)])
 
     def normalisation(self) -> tuple[list[float], list[float]]:
@@ -157,7 +157,7 @@ class DatasetDataModule(ImageDataModule):
             )
 
 
-def label_of(example: Any, option: str, index: int) -> int:
+def _label_of(example: Any, option: str, index: int) -> int:
     """The class label of ``example`` (``(image, label)``) as an int, refused unless it is an integer."""
     label = example[1]
     try:

@@ -30,7 +30,7 @@ DECODER_VERSION = 2
 version is rebuilt (2: torchvision's decoder for PNG and JPEG files that need no conversion)."""
 
 
-def per_channel(value: float | list[float] | tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
+def _per_channel(value: float | list[float] | tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
     """One number for every channel, or one per channel, as a tuple of ``channels`` numbers."""
     values = (value,) if isinstance(value, int | float) else tuple(value)
     if len(values) == 1:
@@ -44,7 +44,7 @@ def per_channel_normalisation(
     mean: float | list[float] | tuple[float, ...], std: float | list[float] | tuple[float, ...], channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``data.mean`` and ``data.std`` (one number, or one per channel) as ``channels`` numbers each; ``std`` > 0."""
-    mean, std = per_channel(mean, channels, "mean"), per_channel(std, channels, "std")
+    mean, std = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
     if not all(value > 0 for value in std):
         raise UserInputError(f"data.std must be positive, got {list(std)}")
     return mean, std

@@ -15,9 +15,9 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 BOX, FRAME = 20, 28
-INK_THRESHOLD = 0.25
+_INK_THRESHOLD = 0.25
 """A pixel is ink where it is brighter than this fraction of the brightest pixel (after the paper is removed)..."""
-NOISE_SIGMAS = 3
+_NOISE_SIGMAS = 3
 """...and brighter than the paper by this many standard deviations of the paper's noise (measured on the border)."""
 
 
@@ -31,7 +31,7 @@ def mnist_like(image: Image.Image) -> Image.Image:
     paper = border.median()
     noise = 1.4826 * (border - paper).abs().median()  # its standard deviation, from medians: ink may touch the border
     ink = (grey - paper).clamp(min=0)
-    ink[ink <= max(INK_THRESHOLD * ink.max(), NOISE_SIGMAS * noise)] = 0  # black background, ink keeps its greys
+    ink[ink <= max(_INK_THRESHOLD * ink.max(), _NOISE_SIGMAS * noise)] = 0  # black background, ink keeps its greys
     rows, columns = torch.nonzero(ink, as_tuple=True)
     if len(rows) == 0:
         return Image.new("L", (FRAME, FRAME))

@@ -70,7 +70,7 @@ class DecodedImages:
         return resolve_cache_dir(self.cache_dir) if self.cache else None
 
 
-class DecodedPieces(Dataset):
+class _DecodedPieces(Dataset):
     """The work the processes share while a split is decoded: piece ``k`` is files ``k * CHUNK`` to
     ``(k + 1) * CHUNK``, decoded into one tensor (one transfer from a worker, not one per image), with the reasons
     of those that could not be decoded (and no tensor when there are any)."""
@@ -91,20 +91,20 @@ class DecodedPieces(Dataset):
         return (None if broken else torch.stack(decoded)), broken
 
 
-def as_is(piece: Any) -> Any:
+def _as_is(piece: Any) -> Any:
     return piece
 
 
-def decoded_chunks(paths: list[Path], conversion: ImageConversion) -> Generator[Tensor, None, None]:
+def _decoded_chunks(paths: list[Path], conversion: ImageConversion) -> Generator[Tensor, None, None]:
     """Every file decoded, in order, :data:`CHUNK` images at a time, on every core for a large split; after the
     last, one :class:`UserInputError` names every file that cannot be decoded (and no chunk is given after the
     first such file)."""
     workers = available_cores() if len(paths) >= PARALLEL_FROM else 0
     loader = DataLoader(
-        DecodedPieces(paths, conversion),
+        _DecodedPieces(paths, conversion),
         batch_size=None,  # each item is a piece already
         num_workers=workers,
-        collate_fn=as_is,
+        collate_fn=_as_is,
         generator=torch.Generator(),  # its seed drawn from here: the run's generators are left as they were
     )
     broken: list[str] = []
@@ -143,12 +143,12 @@ class FileImages(TensorImages):
         if cache is not None:
             cache_dir, source, folder, shared = cache
             place = (cache_dir, source, folder, conversion.description)
-            decode = partial(decoded_chunks, paths, conversion)
+            decode = partial(_decoded_chunks, paths, conversion)
             self.cache = cached_images(paths, conversion.shape, place, decode, shared)
         if self.cache is not None:
             self.held = self.cache.load() if fits else None
         else:
-            chunks = [chunk if fits else None for chunk in decoded_chunks(paths, conversion)]  # all decoded: checked
+            chunks = [chunk if fits else None for chunk in _decoded_chunks(paths, conversion)]  # all decoded: checked
             self.held = torch.cat(chunks) if fits else None
 
     @property
@@ -172,7 +172,7 @@ class FileImages(TensorImages):
         """Many examples at once, as a DataLoader asks for them: their images gathered into one tensor
         (:class:`~project.data.batches.ExampleBatch`), their targets as the default collation would make them."""
         images, targets = self.pixels_of(indices), self.targets[indices]
-        examples = [(image, plain_target(target)) for image, target in zip(images, targets, strict=True)]
+        examples = [(image, _plain_target(target)) for image, target in zip(images, targets, strict=True)]
         if targets.ndim == 1:  # numbers, which the default collation makes int64 or float64
             targets = targets.to(torch.float64 if targets.is_floating_point() else torch.int64)
         return ExampleBatch(examples, images, targets)
@@ -189,9 +189,9 @@ class FileImages(TensorImages):
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         """An image's uint8 pixels and its target: a DataLoader carries uint8 (a quarter of the bytes of floats),
         and the data module normalises whole batches on the training device (``on_after_batch_transfer``)."""
-        return self.pixels_of([index])[0], plain_target(self.targets[index])
+        return self.pixels_of([index])[0], _plain_target(self.targets[index])
 
 
-def plain_target(target: Tensor) -> Any:
+def _plain_target(target: Tensor) -> Any:
     """An example's target as the dataset gives it: a number, or a tensor of labels."""
     return target.item() if target.ndim == 0 else target

@@ -44,7 +44,7 @@ from project.data.recording import piece, record_piece
 from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError
 
-LARGEST_TARGET = 1e18
+_LARGEST_TARGET = 1e18
 """Regression targets beyond this are refused: their squared error would overflow float32 (the MSE would be inf)."""
 
 
@@ -236,7 +236,7 @@ def read_csv(
     with csv_path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         try:
-            header = text_cells([name.strip() for name in reader.fieldnames or []], f"{csv_path} line 1")
+            header = _text_cells([name.strip() for name in reader.fieldnames or []], f"{csv_path} line 1")
             wanted = columns or [name for name in header if name != "image"]
             if "image" not in header or not wanted or not set(wanted) <= set(header):
                 raise UserInputError(
@@ -245,8 +245,8 @@ def read_csv(
             for row in reader:
                 row = {key.strip(): value for key, value in row.items() if key is not None}
                 where = f"{csv_path} line {reader.line_num}"
-                text_cells([row[name] or "" for name in ["image", *wanted]], where)
-                rows.append([csv_number(row[name], where, name) for name in wanted])
+                _text_cells([row[name] or "" for name in ["image", *wanted]], where)
+                rows.append([_csv_number(row[name], where, name) for name in wanted])
                 paths.append(inside(csv_path.parent / (row["image"] or ""), folder, allow_outside, where))
         except csv.Error as error:  # a field beyond csv.field_size_limit(), a NUL byte, ...
             where = f"{csv_path} near line {reader.line_num + 1}"  # the reader counts the lines it has finished
@@ -256,7 +256,7 @@ def read_csv(
     return paths, wanted, torch.tensor(rows, dtype=torch.float32)
 
 
-def text_cells(cells: list[str], where: str) -> list[str]:
+def _text_cells(cells: list[str], where: str) -> list[str]:
     """``cells``, refused when one holds a NUL byte: Python's csv module reads it as any other character (since 3.11),
     and a path holding one cannot be opened (``ValueError: embedded null byte``)."""
     for cell in cells:
@@ -275,14 +275,14 @@ def inside(path: Path, folder: Path, allow_outside: bool, where: str) -> Path:
     return path
 
 
-def csv_number(text: str | None, where: str, column: str) -> float:
+def _csv_number(text: str | None, where: str, column: str) -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
         raise UserInputError(f"{where}: {column} {text!r} is not a number") from None
-    if not math.isfinite(value) or abs(value) > LARGEST_TARGET:
+    if not math.isfinite(value) or abs(value) > _LARGEST_TARGET:
         raise UserInputError(
-            f"{where}: {column} {text!r} is not a finite number of at most {LARGEST_TARGET:g} in size (its squared "
+            f"{where}: {column} {text!r} is not a finite number of at most {_LARGEST_TARGET:g} in size (its squared "
             f"error must fit in float32); rescale the targets"
         )
     return value
@@ -328,7 +328,7 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
             raise DataNotFoundError(f"CSVMultilabelDataModule: {train_csv.resolve()} does not exist (data.data_dir)")
         try:
             with train_csv.open(newline="", encoding="utf-8-sig") as file:
-                header = text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
+                header = _text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
         except csv.Error as error:  # a field beyond csv.field_size_limit(), ...: as read_csv says it
             raise UserInputError(f"{train_csv} line 1: not a CSV file this can read ({error})") from None
         self.label_columns = [name.strip() for name in header if name.strip() != "image"]

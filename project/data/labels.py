@@ -16,9 +16,9 @@ from project.errors import UserInputError
 
 
 class RelabelledTargets(Dataset):
-    """A dataset whose class targets pass through a label rule (see :class:`LabelRule`)."""
+    """A dataset whose class targets pass through a label rule (see :class:`_LabelRule`)."""
 
-    def __init__(self, dataset: Dataset, rule: LabelRule | ClassSubset) -> None:
+    def __init__(self, dataset: Dataset, rule: _LabelRule | _ClassSubset) -> None:
         self.dataset = dataset
         self.rule = rule
 
@@ -42,7 +42,7 @@ class RelabelledTargets(Dataset):
         return examples
 
 
-class LabelRule:
+class _LabelRule:
     """Targets from class labels: for each named label, 1 if the class is one of its classes, else 0.
 
     One label (``positive_classes``) makes a binary target, an int; several (``label_sets``) a multilabel target, a
@@ -63,7 +63,7 @@ class LabelRule:
         return flags[0] if self.binary else torch.stack(flags, dim=1)
 
 
-class ClassSubset:
+class _ClassSubset:
     """The labels of some of the classes, numbered 0..k-1 in the order given (``data.labels.only_classes``)."""
 
     def __init__(self, classes: Sequence[int]) -> None:
@@ -139,13 +139,13 @@ class Labels:
         """How many classes (or labels) the task is about."""
         return len(self.label_sets or self.only_classes or range(num_classes))
 
-    def rule(self) -> LabelRule | ClassSubset | None:
+    def rule(self) -> _LabelRule | _ClassSubset | None:
         """What turns a class label into a target, or ``None``: the label is the target."""
         if self.only_classes:
-            return ClassSubset(self.only_classes)
+            return _ClassSubset(self.only_classes)
         if self.positive_classes:
-            return LabelRule({"positive": self.positive_classes}, binary=True)
-        return LabelRule(self.label_sets, binary=False) if self.label_sets else None
+            return _LabelRule({"positive": self.positive_classes}, binary=True)
+        return _LabelRule(self.label_sets, binary=False) if self.label_sets else None
 
     def check_classes(self, num_classes: int) -> None:
         """Refuse options that name classes the data does not have, or that would leave a label empty."""

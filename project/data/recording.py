@@ -22,9 +22,9 @@ from project.errors import UserInputError
 if TYPE_CHECKING:
     from project.data.base import ImageDataModule
 
-Piece = TypeVar("Piece")
+_Piece = TypeVar("Piece")
 
-CLASS_PATH_KEY = "_class_path"
+_CLASS_PATH_KEY = "_class_path"
 """The key under which the module's class is recorded, as LightningCLI records a class it builds from a config
 (``lightning.pytorch.cli.LightningCLI``: "the class_path in a special key ``_class_path``")."""
 
@@ -32,15 +32,15 @@ CLASS_PATH_KEY = "_class_path"
 def record_arguments(module: ImageDataModule) -> None:
     """Record ``module``'s constructor arguments as its hyper-parameters (Lightning's ``save_hyperparameters``),
     called from :class:`~project.data.ImageDataModule`'s constructor, less :attr:`unrecorded_arguments` and the
-    values a subclass fixes (:func:`fixed_by_subclasses`). Built by the command line, the values are the config's (a
+    values a subclass fixes (:func:`_fixed_by_subclasses`). Built by the command line, the values are the config's (a
     class path of :attr:`class_arguments` included); built in Python, ``_class_path`` names the class, as the command
     line's does."""
-    frames = constructor_frames(module)
-    fixed = fixed_by_subclasses(frames, module.unrecorded_arguments)
+    frames = _constructor_frames(module)
+    fixed = _fixed_by_subclasses(frames, module.unrecorded_arguments)
     unrecorded = [*module.unrecorded_arguments, *fixed]
     module.save_hyperparameters(ignore=unrecorded, frame=frames[0] if frames else None)
-    if CLASS_PATH_KEY not in module.hparams:  # built in Python
-        module.hparams[CLASS_PATH_KEY] = f"{type(module).__module__}.{type(module).__qualname__}"
+    if _CLASS_PATH_KEY not in module.hparams:  # built in Python
+        module.hparams[_CLASS_PATH_KEY] = f"{type(module).__module__}.{type(module).__qualname__}"
     elif module.class_arguments:  # LightningCLI hands the module its config's values (plain) as the hyper-parameters
         kept_out = [name for name in unrecorded if name not in module.class_arguments]
         module.save_hyperparameters(ignore=kept_out, frame=frames[0] if frames else None)
@@ -49,7 +49,9 @@ def record_arguments(module: ImageDataModule) -> None:
             module.hparams[name] = dataclasses.asdict(value)
 
 
-def piece(kind: type[Piece], value: Piece | dict[str, Any] | None, option: str, default: Piece | None = None) -> Piece:
+def piece(
+    kind: type[_Piece], value: _Piece | dict[str, Any] | None, option: str, default: _Piece | None = None
+) -> _Piece:
     """A piece of a data module's arguments (a dataclass such as :class:`~project.data.splits.Split`) from what the
     constructor was given: the piece itself (the command line builds it from the config), the mapping of some of its
     fields (a checkpoint's record, a caller's shorthand: the others are ``default``'s, else the class's), or ``None``
@@ -74,7 +76,7 @@ def record_piece(module: ImageDataModule, name: str, value: Any) -> None:
         module.hparams[name] = dataclasses.asdict(value)
 
 
-def constructor_frames(module: object) -> list[FrameType]:
+def _constructor_frames(module: object) -> list[FrameType]:
     """The frames of the ``__init__`` methods now building ``module``, its base's first and its own class's last: the
     levels Lightning's ``save_hyperparameters`` merges the arguments of (an ``__init__`` that calls ``super()``, whose
     first argument is the module: ``lightning.pytorch.utilities.parsing.collect_init_args``)."""
@@ -91,33 +93,33 @@ def constructor_frames(module: object) -> list[FrameType]:
     return frames
 
 
-def fixed_by_subclasses(frames: list[FrameType], objects: tuple[str, ...]) -> set[str]:
+def _fixed_by_subclasses(frames: list[FrameType], objects: tuple[str, ...]) -> set[str]:
     """The arguments of a parent's constructor that a subclass's passes with a value of its own rather than its
     caller's: neither the outermost constructor's own parameters nor what its ``**kwargs`` took, and not the
     parameter's default. ``objects`` (Python objects, never recorded) are not compared."""
     if len(frames) < 2:
         return set()
-    given = arguments_of(frames[-1])
+    given = _arguments_of(frames[-1])
     fixed = set()
     for frame in frames[:-1]:
-        for name, parameter in parameters_of(frame).items():
+        for name, parameter in _parameters_of(frame).items():
             if name in given or name in objects:
                 continue
-            if parameter.default is parameter.empty or not same_value(frame.f_locals[name], parameter.default):
+            if parameter.default is parameter.empty or not _same_value(frame.f_locals[name], parameter.default):
                 fixed.add(name)
     return fixed
 
 
-def parameters_of(frame: FrameType) -> dict[str, inspect.Parameter]:
+def _parameters_of(frame: FrameType) -> dict[str, inspect.Parameter]:
     """The named parameters (not ``self``, ``*args``, ``**kwargs``) of the ``__init__`` running in ``frame``."""
     parameters = list(inspect.signature(frame.f_locals["__class__"].__init__).parameters.values())[1:]
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {parameter.name: parameter for parameter in parameters if parameter.kind not in variadic}
 
 
-def arguments_of(frame: FrameType) -> set[str]:
+def _arguments_of(frame: FrameType) -> set[str]:
     """The names of the arguments the ``__init__`` running in ``frame`` took: its parameters and its ``**kwargs``."""
-    names = set(parameters_of(frame))
+    names = set(_parameters_of(frame))
     keywords = [
         parameter.name
         for parameter in inspect.signature(frame.f_locals["__class__"].__init__).parameters.values()
@@ -128,7 +130,7 @@ def arguments_of(frame: FrameType) -> set[str]:
     return names
 
 
-def same_value(value: Any, default: Any) -> bool:
+def _same_value(value: Any, default: Any) -> bool:
     """Whether an argument is its parameter's default (plain values: ``==``)."""
     try:
         return bool(value == default)

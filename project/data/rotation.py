@@ -16,7 +16,7 @@ from project.data.torchvision_family import MNISTDataModule, apply, raw_pixels
 from project.errors import UserInputError
 
 
-class RotatedImages(TensorImages):
+class _RotatedImages(TensorImages):
     """Each image rotated by an angle drawn once per index from a seeded uniform distribution; target = angle / max.
 
     ``dataset`` yields PIL images; each is rotated (counter-clockwise, black corners), then passed to ``transform``
@@ -73,9 +73,9 @@ class RotationDataModule(MNISTDataModule):
         dataset = super().load_split(train)
         transform, dataset.transform = dataset.transform, None  # rotate the PIL image first, then convert it
         seed = self.angle_seed + (0 if train else 1)
-        return RotatedImages(dataset, self.max_angle, seed, transform, self.image_steps())
+        return _RotatedImages(dataset, self.max_angle, seed, transform, self.image_steps())
 
-    def leaf_tensors(self, dataset: RotatedImages) -> SplitTensors:
+    def leaf_tensors(self, dataset: _RotatedImages) -> SplitTensors:
         return dataset.tensors()
 
     def split_labels(self, dataset: Dataset) -> None:

@@ -25,13 +25,13 @@ from project.data.splits import Split, subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
 
-def transpose_image(image: Image.Image) -> Image.Image:
+def _transpose_image(image: Image.Image) -> Image.Image:
     """EMNIST stores its images transposed relative to MNIST; this puts them upright."""
     return image.transpose(Image.Transpose.TRANSPOSE)
 
 
 @dataclass(frozen=True)
-class TorchvisionDataset:
+class _TorchvisionDataset:
     """How to load one torchvision dataset of 28x28-ish grey images, and where its files lie."""
 
     dataset_class: type[Dataset]
@@ -55,11 +55,11 @@ def _idx_files(prefix: str = "", labels: str = "labels-idx1-ubyte") -> tuple[str
     return tuple(f"{split}-{kind}" for split in (train, test) for kind in ("images-idx3-ubyte", labels))
 
 
-TORCHVISION_DATASETS: dict[str, TorchvisionDataset] = {
-    "mnist": TorchvisionDataset(datasets.MNIST, "MNIST/raw", _idx_files(), 10),
-    "fashion_mnist": TorchvisionDataset(datasets.FashionMNIST, "FashionMNIST/raw", _idx_files(), 10),
-    "kmnist": TorchvisionDataset(datasets.KMNIST, "KMNIST/raw", _idx_files(), 10),
-    "emnist_letters": TorchvisionDataset(
+TORCHVISION_DATASETS: dict[str, _TorchvisionDataset] = {
+    "mnist": _TorchvisionDataset(datasets.MNIST, "MNIST/raw", _idx_files(), 10),
+    "fashion_mnist": _TorchvisionDataset(datasets.FashionMNIST, "FashionMNIST/raw", _idx_files(), 10),
+    "kmnist": _TorchvisionDataset(datasets.KMNIST, "KMNIST/raw", _idx_files(), 10),
+    "emnist_letters": _TorchvisionDataset(
         datasets.EMNIST,
         "EMNIST/raw",
         _idx_files("emnist-letters"),
@@ -68,14 +68,14 @@ TORCHVISION_DATASETS: dict[str, TorchvisionDataset] = {
         label_offset=-1,
         transposed=True,
     ),
-    "emnist_balanced": TorchvisionDataset(
+    "emnist_balanced": _TorchvisionDataset(
         datasets.EMNIST, "EMNIST/raw", _idx_files("emnist-balanced"), 47, options={"split": "balanced"}, transposed=True
     ),
-    "qmnist": TorchvisionDataset(datasets.QMNIST, "QMNIST/raw", _idx_files("qmnist", "labels-idx2-int"), 10),
-    "usps": TorchvisionDataset(datasets.USPS, "USPS", ("usps.bz2", "usps.t.bz2"), 10, root_is_folder=True, side=16),
+    "qmnist": _TorchvisionDataset(datasets.QMNIST, "QMNIST/raw", _idx_files("qmnist", "labels-idx2-int"), 10),
+    "usps": _TorchvisionDataset(datasets.USPS, "USPS", ("usps.bz2", "usps.t.bz2"), 10, root_is_folder=True, side=16),
 }
-DatasetName = Literal[tuple(TORCHVISION_DATASETS)]  # the names are the registry's keys
-MNIST_SPLIT = Split(val_size=5000)
+_DatasetName = Literal[tuple(TORCHVISION_DATASETS)]  # the names are the registry's keys
+_MNIST_SPLIT = Split(val_size=5000)
 """How the MNIST family is split by default: 5,000 of the training images (of MNIST's 60,000) for validation."""
 
 
@@ -85,7 +85,7 @@ def raw_pixels(dataset: Dataset) -> Tensor:
     return data if isinstance(data, Tensor) else torch.as_tensor(data)
 
 
-def raw_labels(dataset: Dataset) -> Tensor:
+def _raw_labels(dataset: Dataset) -> Tensor:
     """The class labels a torchvision dataset holds in memory (QMNIST: the first column, its class)."""
     targets = torch.as_tensor(dataset.targets)
     return targets[:, 0] if targets.ndim == 2 else targets
@@ -97,7 +97,7 @@ def apply(steps: list[Callable[[Image.Image], Image.Image]], image: Image.Image)
     return image
 
 
-class ShiftLabel:
+class _ShiftLabel:
     """Adds ``offset`` to a label (picklable, for DataLoader workers)."""
 
     def __init__(self, offset: int) -> None:
@@ -126,17 +126,17 @@ class MNISTDataModule(ImageDataModule):
 
     def __init__(
         self,
-        dataset: DatasetName = "mnist",
+        dataset: _DatasetName = "mnist",
         download: bool = True,
         image_size: int = 28,
-        split: Split = MNIST_SPLIT,
+        split: Split = _MNIST_SPLIT,
         **kwargs: Any,
     ) -> None:
         if dataset not in TORCHVISION_DATASETS:
             raise UserInputError(f"data.dataset {dataset!r} is not known: use one of {', '.join(TORCHVISION_DATASETS)}")
         if image_size < 1:
             raise UserInputError(f"data.image_size must be a positive integer, got {image_size}")
-        super().__init__(split=piece(Split, split, "data.split", MNIST_SPLIT), **kwargs)
+        super().__init__(split=piece(Split, split, "data.split", _MNIST_SPLIT), **kwargs)
         self.dataset = dataset
         self.spec = TORCHVISION_DATASETS[dataset]
         self.download = download
@@ -209,14 +209,14 @@ class MNISTDataModule(ImageDataModule):
         dataset = self.torchvision_dataset(train)
         dataset.transform = self.transform()
         if self.spec.label_offset:
-            dataset.target_transform = ShiftLabel(self.spec.label_offset)
+            dataset.target_transform = _ShiftLabel(self.spec.label_offset)
         return dataset
 
     def image_steps(self) -> list[Callable[[Image.Image], Image.Image]]:
         """What turns a stored image into one of this module's images: upright, at ``image_size``."""
         steps: list[Callable] = []
         if self.spec.transposed:
-            steps.append(transpose_image)
+            steps.append(_transpose_image)
         if self.image_size != self.spec.side:
             steps.append(transforms.Resize((self.image_size, self.image_size), antialias=True))
         return steps
@@ -237,10 +237,10 @@ class MNISTDataModule(ImageDataModule):
             )
         else:
             pixels = raw_pixels(dataset).unsqueeze(1)
-        return SplitTensors(pixels, raw_labels(dataset) + self.spec.label_offset)
+        return SplitTensors(pixels, _raw_labels(dataset) + self.spec.label_offset)
 
     def split_labels(self, dataset: Dataset) -> Tensor:
         base = dataset
         while hasattr(base, "dataset"):  # a Subset, or a wrapper such as the rotation's
             base = base.dataset
-        return subset_labels(dataset, raw_labels(base) + self.spec.label_offset)
+        return subset_labels(dataset, _raw_labels(base) + self.spec.label_offset)

@@ -38,7 +38,7 @@ def umask() -> int:
     return previous
 
 
-def umask_mode(full: int = 0o666) -> int:
+def _umask_mode(full: int = 0o666) -> int:
     """``full`` with the bits the process's umask removes removed: the mode a newly created file gets."""
     return full & ~umask()
 
@@ -50,7 +50,7 @@ def free_bytes(folder: Path) -> int:
         return 0
 
 
-def failed_write(error: BaseException, path: Path, full_message: Callable[[], str] | None = None) -> Exception | None:
+def _failed_write(error: BaseException, path: Path, full_message: Callable[[], str] | None = None) -> Exception | None:
     """What a write of ``path`` that failed with ``error`` is said as: :class:`DiskFullError` for a full disk or
     quota, :class:`UserInputError` for a path that cannot be written (permissions, a file where a folder should be);
     ``None``: not the user's to fix, let it stand."""
@@ -76,7 +76,7 @@ def written_whole(
     **open_args: Any,
 ) -> Iterator[IO]:
     """A file to write ``path`` through: renamed over ``path`` when the block ends without an error, removed when it
-    does not (:func:`failed_write` says why in one line; ``full_message()`` for a full disk). The file's mode is
+    does not (:func:`_failed_write` says why in one line; ``full_message()`` for a full disk). The file's mode is
     ``permissions`` less what the umask removes."""
     path, temporary = Path(path), None
     try:
@@ -86,31 +86,31 @@ def written_whole(
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, umask_mode(permissions))
+        os.chmod(temporary, _umask_mode(permissions))
         os.replace(temporary, path)
     except BaseException as error:
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
-        said = failed_write(error, path, full_message)
+        said = _failed_write(error, path, full_message)
         if said is not None:
             raise said from None
         raise
-    fsync_folder(path.parent)  # make the rename itself durable
+    _fsync_folder(path.parent)  # make the rename itself durable
 
 
 @contextmanager
 def written_folder(out: Path) -> Iterator[Path]:
     """A folder to write ``out``'s files into: when the block ends without an error they become ``out`` (renamed to
     it, or, when ``out`` is a folder already, each moved into it over the file of its name: renames, which a full
-    disk does not stop); when it does not, none of them is left (:func:`failed_write` says why in one line)."""
+    disk does not stop); when it does not, none of them is left (:func:`_failed_write` says why in one line)."""
     out, staging = Path(out), None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         yield staging
-        staging.chmod(umask_mode(0o777))  # not the private mode of a temporary folder
+        staging.chmod(_umask_mode(0o777))  # not the private mode of a temporary folder
         for path in staging.iterdir():
-            path.chmod(umask_mode())
+            path.chmod(_umask_mode())
         if out.is_dir():
             for path in staging.iterdir():
                 os.replace(path, out / path.name)
@@ -120,14 +120,14 @@ def written_folder(out: Path) -> Iterator[Path]:
     except BaseException as error:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-        said = failed_write(error, out)
+        said = _failed_write(error, out)
         if said is not None:
             raise said from None
         raise
-    fsync_folder(out)
+    _fsync_folder(out)
 
 
-def fsync_folder(folder: Path) -> None:
+def _fsync_folder(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)

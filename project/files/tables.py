@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
 
 
@@ -10,4 +10,4 @@ def spreadsheet_safe(text: str) -> str:
     """``text`` with a single quote in front when it starts like a formula (a file named ``=HYPERLINK(...).png``, a
     class folder named ``@SUM(...)``, an error message or a categorical choice of a sweep): the spreadsheet shows it
     as text, and runs nothing."""
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text

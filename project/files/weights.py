@@ -27,10 +27,10 @@ from torch import Tensor
 
 from project.errors import UserInputError, first_line
 
-FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 """torch's documented switches ("Miscellaneous Environment Variables"), read by every ``torch.load`` call."""
-HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 """``mobilenet_v3_small-047dcff4.pth``: the first hex digits of the file's SHA-256 (torch.hub's naming rule)."""
 
 
@@ -38,9 +38,9 @@ HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 def weights_only_loads() -> Iterator[None]:
     """Within this block, ``torch.load`` reads plain data only (``weights_only=True``) even where a library passes
     ``weights_only=False``: a pickle in a file it loads for us is refused instead of run."""
-    saved = {name: os.environ.get(name) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
-    os.environ[FORCE_WEIGHTS_ONLY] = "1"
-    os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)  # torch refuses to load when both are set
+    saved = {name: os.environ.get(name) for name in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)  # torch refuses to load when both are set
     try:
         yield
     finally:
@@ -51,7 +51,7 @@ def weights_only_loads() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def sha256_of(path: Path) -> str:
+def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -63,7 +63,7 @@ def hub_file(url: str) -> Path:
     """The library weight file ``url`` in torch's hub cache (``$TORCH_HOME/hub/checkpoints``): downloaded when it is
     not there (torch.hub checks the hash its name carries), checked against that hash when it is."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-    named = HASH_IN_NAME.search(path.name)
+    named = _HASH_IN_NAME.search(path.name)
     expected = named.group(1) if named else None
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def hub_file(url: str) -> Path:
                 f"the library's weights {url} could not be downloaded ({first_line(error)}); without a network, put "
                 f"the file at {path}"
             ) from None
-    if expected and not sha256_of(path).startswith(expected):
+    if expected and not _sha256_of(path).startswith(expected):
         raise UserInputError(
             f"{path} is not the library's weight file: its SHA-256 does not start with {expected}, as its name says "
             f"(a corrupt or planted file); delete it, and it is downloaded again"
@@ -122,7 +122,7 @@ def kind(tensor: Tensor) -> str:
 
 
 @dataclass
-class Differences:
+class _Differences:
     """How a state dict fails to fit a module: the names it lacks, the names the module lacks, the shared names whose
     shapes differ, and those whose values are of another kind (``int64`` tensors for ``float32`` weights would load
     as whole numbers: zeros for small weights). Each entry names the tensor; false when it fits exactly."""
@@ -136,10 +136,10 @@ class Differences:
         return bool(self.missing or self.unexpected or self.shapes or self.kinds)
 
 
-def state_dict_differences(target: dict[str, Tensor], source: dict[str, Tensor]) -> Differences:
-    """How ``source`` fails to fit a module whose state dict is ``target`` (see :class:`Differences`)."""
+def state_dict_differences(target: dict[str, Tensor], source: dict[str, Tensor]) -> _Differences:
+    """How ``source`` fails to fit a module whose state dict is ``target`` (see :class:`_Differences`)."""
     shared = sorted(set(source) & set(target))
-    return Differences(
+    return _Differences(
         missing=sorted(set(target) - set(source)),
         unexpected=sorted(set(source) - set(target)),
         shapes=[

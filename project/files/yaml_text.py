@@ -2,7 +2,7 @@
 
 YAML's aliases let a 1 KB file stand for gigabytes once its values are copied (the "billion laughs"), and nesting
 without end exhausts the parser's stack. :func:`read_yaml` refuses both before anything is built from the text:
-at most :data:`MAX_CHARACTERS` characters (of text, and of values with every alias expanded) and :data:`MAX_VALUES`
+at most :data:`_MAX_CHARACTERS` characters (of text, and of values with every alias expanded) and :data:`_MAX_VALUES`
 values with every alias expanded, and no value that contains itself. :func:`bounded_loader` puts the same bounds in
 front of another YAML loader (the command line's).
 """
@@ -16,37 +16,37 @@ import yaml
 
 from project.errors import UserInputError, first_line
 
-MAX_CHARACTERS = 10_000_000
+_MAX_CHARACTERS = 10_000_000
 """The longest YAML text read (configs and specs are a few kilobytes), and the most characters its values may hold
 once its aliases are expanded."""
-MAX_VALUES = 1_000_000
+_MAX_VALUES = 1_000_000
 """The most values (scalars, lists and mappings) a YAML text may stand for once its aliases are expanded."""
-SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def check_yaml_bounds(text: str, source: str) -> None:
-    """Refuse ``text`` beyond the bounds (:data:`MAX_CHARACTERS`, :data:`MAX_VALUES`, a value inside itself);
+def _check_yaml_bounds(text: str, source: str) -> None:
+    """Refuse ``text`` beyond the bounds (:data:`_MAX_CHARACTERS`, :data:`_MAX_VALUES`, a value inside itself);
     YAML syntax errors are left to the loader that reads it."""
-    if len(text) > MAX_CHARACTERS:
-        raise UserInputError(f"{source}: {len(text):,} characters of YAML; at most {MAX_CHARACTERS:,} are read")
+    if len(text) > _MAX_CHARACTERS:
+        raise UserInputError(f"{source}: {len(text):,} characters of YAML; at most {_MAX_CHARACTERS:,} are read")
     if "*" not in text and text.count("[") + text.count("{") < 1000:
         return  # no alias and little nesting: nothing to expand
     try:
-        node = yaml.compose(text, Loader=SafeLoader)
-        values, characters = expanded_size(node, {}, set(), source)
+        node = yaml.compose(text, Loader=_SafeLoader)
+        values, characters = _expanded_size(node, {}, set(), source)
     except yaml.YAMLError:
         return
     except RecursionError:
         raise UserInputError(f"{source}: YAML nested too deeply to read") from None
-    if values > MAX_VALUES or characters > MAX_CHARACTERS:
-        amount = f"{MAX_VALUES:,} values" if values > MAX_VALUES else f"{MAX_CHARACTERS:,} characters"
+    if values > _MAX_VALUES or characters > _MAX_CHARACTERS:
+        amount = f"{_MAX_VALUES:,} values" if values > _MAX_VALUES else f"{_MAX_CHARACTERS:,} characters"
         raise UserInputError(
             f"{source}: its YAML aliases (*name) expand to more than {amount} (a 'billion laughs' file?); write the "
             "values out"
         )
 
 
-def expanded_size(node: Any, sizes: dict[int, tuple[int, int]], open_nodes: set[int], source: str) -> tuple[int, int]:
+def _expanded_size(node: Any, sizes: dict[int, tuple[int, int]], open_nodes: set[int], source: str) -> tuple[int, int]:
     """How many values ``node`` stands for with its aliases expanded, and how many characters their text holds
     (``sizes``: the nodes counted already; each count stops just past its bound)."""
     key = id(node)
@@ -62,19 +62,19 @@ def expanded_size(node: Any, sizes: dict[int, tuple[int, int]], open_nodes: set[
         children = node.value
     values, characters = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
     for child in children:
-        child_values, child_characters = expanded_size(child, sizes, open_nodes, source)
+        child_values, child_characters = _expanded_size(child, sizes, open_nodes, source)
         values, characters = values + child_values, characters + child_characters
     open_nodes.discard(key)
-    sizes[key] = (min(values, MAX_VALUES + 1), min(characters, MAX_CHARACTERS + 1))
+    sizes[key] = (min(values, _MAX_VALUES + 1), min(characters, _MAX_CHARACTERS + 1))
     return sizes[key]
 
 
 def read_yaml(text: str, source: str) -> Any:
     """``text`` as plain data (``yaml.safe_load``); refused beyond the bounds, and where it is not valid YAML, naming
     ``source`` and the line."""
-    check_yaml_bounds(text, source)
+    _check_yaml_bounds(text, source)
     try:
-        return yaml.load(text, Loader=SafeLoader)
+        return yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as error:
         marked = isinstance(error, yaml.MarkedYAMLError)  # a syntax error: where it is, and what
         mark = error.problem_mark if marked else None
@@ -84,10 +84,10 @@ def read_yaml(text: str, source: str) -> Any:
 
 
 def bounded_loader(load: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``load`` (a function of YAML text) with :func:`check_yaml_bounds` in front of it."""
+    """``load`` (a function of YAML text) with :func:`_check_yaml_bounds` in front of it."""
 
     def bounded(text: str) -> Any:
-        check_yaml_bounds(text, "a YAML value")
+        _check_yaml_bounds(text, "a YAML value")
         return load(text)
 
     return bounded

@@ -58,7 +58,7 @@ def compute_report(predictions: Predictions, task: Task, class_names: list[str])
     return report
 
 
-def markdown_report(report: dict[str, Any], title: str) -> str:
+def _markdown_report(report: dict[str, Any], title: str) -> str:
     lines = [f"# {title}", "", f"{report['count']} examples, task: {report['task']}", ""]
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in report["overall"].items()]
@@ -79,19 +79,19 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path]:
+def _write_reports(report: dict[str, Any], folder: Path, title: str) -> list[Path]:
     """``metrics.json``, ``report.md`` and (where there is one) ``confusion_matrix.png`` in ``folder``: all of them or
     none (:func:`~project.files.atomic.written_folder`), never a new report beside an old one's figure."""
     names = ["metrics.json", "report.md"] + (["confusion_matrix.png"] if "confusion_matrix" in report else [])
     with written_folder(folder) as staging:
         (staging / names[0]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (staging / names[1]).write_text(markdown_report(report, title), encoding="utf-8")
+        (staging / names[1]).write_text(_markdown_report(report, title), encoding="utf-8")
         if "confusion_matrix" in report:
             confusion_figure(report["confusion_matrix"], report["class_names"], title).savefig(staging / names[2])
     return [folder / name for name in names]
 
 
-FROM_THE_USER = ("cache_dir", "cache_shared")
+_FROM_THE_USER = ("cache_dir", "cache_shared")
 """Data module arguments a checkpoint never sets when it is rebuilt: where decoded images are cached, and whether
 other users' cache files are opened, are the user's (their defaults: ``$PROJECT_CACHE_DIR``, your own files only)."""
 
@@ -100,7 +100,7 @@ def evaluate_checkpoint(
     checkpoint_path: Path, split: str = "test", data_dir: str | None = None, out: Path | None = None
 ) -> tuple[str, list[Path]]:
     """Report on ``checkpoint_path`` over ``split`` of the data module it was trained with (``data_dir`` points it
-    elsewhere): the files written (:func:`write_reports`) into ``out``, by default
+    elsewhere): the files written (:func:`_write_reports`) into ``out``, by default
     ``<run folder>/evaluation/<split>-<checkpoint name>/``; returns the report as Markdown, and the files."""
     if split not in SPLITS:
         raise UserInputError(f"--split: {split!r}; choose from {', '.join(SPLITS)}")
@@ -120,7 +120,7 @@ def evaluate_checkpoint(
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
     title = f"{checkpoint_path.name} on the {split} split of {type(data).__name__}"
-    return markdown_report(report, title), write_reports(report, folder, title)
+    return _markdown_report(report, title), _write_reports(report, folder, title)
 
 
 def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
@@ -131,8 +131,8 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
     a checkpoint cannot make this call a function of its choosing. Its arguments are plain values, and a dataset
     named in the config by class path is rebuilt from the allow-list of ``Dataset`` subclasses likewise
-    (:func:`built_argument`). Nothing is downloaded (``download=False`` where the class takes it: a received
-    checkpoint names a ``data_dir`` and would write there), and :data:`FROM_THE_USER` are left to their defaults.
+    (:func:`_built_argument`). Nothing is downloaded (``download=False`` where the class takes it: a received
+    checkpoint names a ``data_dir`` and would write there), and :data:`_FROM_THE_USER` are left to their defaults.
     """
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
@@ -142,13 +142,13 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
         )
     data_class = allowed_class(class_path, ImageDataModule, "data module")
     parameters = inspect.signature(data_class).parameters
-    arguments = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in FROM_THE_USER}
-    if takes_argument(data_class, "download"):
+    arguments = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in _FROM_THE_USER}
+    if _takes_argument(data_class, "download"):
         arguments["download"] = False
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     for name, base in data_class.class_arguments.items():
         if isinstance(arguments.get(name), dict):
-            arguments[name] = built_argument(arguments[name], base, f"data.{name}")
+            arguments[name] = _built_argument(arguments[name], base, f"data.{name}")
     missing = [name for name in data_class.unrecorded_arguments if name in parameters and name not in arguments]
     if any(parameters[name].default is inspect.Parameter.empty for name in missing):
         raise UserInputError(
@@ -170,7 +170,7 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     return data
 
 
-def takes_argument(cls: type, name: str) -> bool:
+def _takes_argument(cls: type, name: str) -> bool:
     """Whether ``cls(name=...)`` is accepted: a parameter of its own, or of a base class its ``**kwargs`` go to."""
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
@@ -183,7 +183,7 @@ def takes_argument(cls: type, name: str) -> bool:
     return False
 
 
-def built_argument(spec: dict[str, Any], base: type, option: str) -> Any:
+def _built_argument(spec: dict[str, Any], base: type, option: str) -> Any:
     """An argument of the data module that the config gave by class path (a dataset), rebuilt from the checkpoint's
     ``{class_path, init_args}``: the class from the allow-list of ``base``'s subclasses already imported (a trusted
     module's: ``--trust``), its arguments plain values; one that names a class itself is refused, since only the

@@ -35,37 +35,37 @@ def default_folder(checkpoint_path: Path) -> Path:
     return Path(checkpoint_path).resolve().parent.parent / "export" / Path(checkpoint_path).stem
 
 
-def example_images(preprocessing: dict[str, Any], count: int = 4) -> Tensor:
+def _example_images(preprocessing: dict[str, Any], count: int = 4) -> Tensor:
     """A batch of normalised noise shaped like the network's images (for tracing and parity checks)."""
     generator = torch.Generator().manual_seed(0)
     size = preprocessing["image_size"]
     return torch.randn(count, preprocessing["channels"], size, size, generator=generator)
 
 
-def batch_dimension() -> dict[int, Any]:
+def _batch_dimension() -> dict[int, Any]:
     return {0: torch.export.Dim("batch", min=1, max=65536)}
 
 
-def export_onnx(network: nn.Module, images: Tensor, path: Path) -> None:
+def _export_onnx(network: nn.Module, images: Tensor, path: Path) -> None:
     torch.onnx.export(
         network,
         (images,),
         str(path),
         input_names=["images"],
         output_names=["outputs"],
-        dynamic_shapes=(batch_dimension(),),
+        dynamic_shapes=(_batch_dimension(),),
         dynamo=True,
         external_data=False,
         verbose=False,
     )
 
 
-def export_program(network: nn.Module, images: Tensor, path: Path) -> None:
-    program = torch.export.export(network, (images,), dynamic_shapes=(batch_dimension(),))
+def _export_program(network: nn.Module, images: Tensor, path: Path) -> None:
+    program = torch.export.export(network, (images,), dynamic_shapes=(_batch_dimension(),))
     torch.export.save(program, str(path))
 
 
-def export_safetensors(network: nn.Module, path: Path) -> None:
+def _export_safetensors(network: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({name: tensor.contiguous() for name, tensor in network.state_dict().items()}, str(path))
@@ -79,7 +79,7 @@ def run_export(path: Path, images: Tensor) -> Tensor:
         return torch.export.load(str(path)).module()(images)
 
 
-def largest_differences(folder: Path, network: nn.Module, images: Tensor) -> dict[str, float]:
+def _largest_differences(folder: Path, network: nn.Module, images: Tensor) -> dict[str, float]:
     """The largest difference between each executable export's outputs and the eager network's, relative to the
     outputs' scale (their largest magnitude, or 1 when smaller): float32 rounding, not the logits' size."""
     with torch.no_grad():
@@ -92,7 +92,7 @@ def largest_differences(folder: Path, network: nn.Module, images: Tensor) -> dic
     return found
 
 
-def merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, float]:
+def _merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, float]:
     """Merge a LoRA network's adapters into its weights (:func:`project.networks.lora.merge_adapters`); how far the
     merged network's outputs are from the adapters' (relative to the outputs' scale). Empty for other networks."""
     if not has_adapters(network):
@@ -104,14 +104,14 @@ def merged_adapters_difference(network: nn.Module, images: Tensor) -> dict[str, 
     return {"merged adapters": (after - before).abs().max().item() / max(before.abs().max().item(), 1.0)}
 
 
-def checked_differences(
+def _checked_differences(
     folder: Path, network: nn.Module, preprocessing: dict[str, Any], tolerance: float
 ) -> dict[str, float]:
-    """:func:`largest_differences` over batches of other sizes than the one traced (the batch dimension is
+    """:func:`_largest_differences` over batches of other sizes than the one traced (the batch dimension is
     dynamic); refused above ``tolerance``."""
     differences: dict[str, float] = {}
     for count in (1, 7):
-        for name, value in largest_differences(folder, network, example_images(preprocessing, count)).items():
+        for name, value in _largest_differences(folder, network, _example_images(preprocessing, count)).items():
             differences[name] = max(value, differences.get(name, 0.0))
     failed = {name: value for name, value in differences.items() if not value <= tolerance}
     if failed:
@@ -135,17 +135,17 @@ def export_checkpoint(
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
     network = model.network.eval()
     preprocessing = checkpoint_preprocessing(checkpoint, checkpoint_path)
-    images = example_images(preprocessing)
-    merging = merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
+    images = _example_images(preprocessing)
+    merging = _merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
     with written_folder(out) as staging:  # the files appear together, or not at all
         writers = {
-            "onnx": lambda: export_onnx(network, images, staging / "model.onnx"),
-            "pt2": lambda: export_program(network, images, staging / "model.pt2"),
-            "safetensors": lambda: export_safetensors(network, staging / "model.safetensors"),
+            "onnx": lambda: _export_onnx(network, images, staging / "model.onnx"),
+            "pt2": lambda: _export_program(network, images, staging / "model.pt2"),
+            "safetensors": lambda: _export_safetensors(network, staging / "model.safetensors"),
         }
         for name in formats:
             writers[name]()
-        differences = {**merging, **checked_differences(staging, network, preprocessing, tolerance)}
+        differences = {**merging, **_checked_differences(staging, network, preprocessing, tolerance)}
         about = {
             "checkpoint": str(checkpoint_path),
             "task": model.task.name,

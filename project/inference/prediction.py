@@ -33,31 +33,31 @@ from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
 from project.training.specs import metric_class
 
-MAX_IMAGE_SIZE = 4096
+_MAX_IMAGE_SIZE = 4096
 """The largest image side a preprocessing record may state (training sizes are 28 to a few hundred; a crafted
 checkpoint's 10**6 would ask for terabytes)."""
 
 
 def checked_preprocessing(record: Any, source: object) -> dict[str, Any]:
     """``record`` (a checkpoint's or an export's preprocessing) when it holds what training writes: ``channels`` 1 or
-    3, an ``image_size`` from 1 to :data:`MAX_IMAGE_SIZE`, a finite ``mean`` and a positive finite ``std`` (one number
+    3, an ``image_size`` from 1 to :data:`_MAX_IMAGE_SIZE`, a finite ``mean`` and a positive finite ``std`` (one number
     or one per channel), ``class_names`` a list of names, ``mnist_style`` true or false; one line naming ``source``
     otherwise."""
-    problem = preprocessing_problem(record)
+    problem = _preprocessing_problem(record)
     if problem:
         raise UserInputError(f"{source}: its preprocessing record {problem}; it is not one that training writes")
     return record
 
 
-def preprocessing_problem(record: Any) -> str | None:
+def _preprocessing_problem(record: Any) -> str | None:
     """What is wrong with a preprocessing record (:func:`checked_preprocessing`), or ``None``."""
     if not isinstance(record, dict):
         return f"is {type(record).__name__}, not a mapping"
     channels, size = record.get("channels"), record.get("image_size")
     if channels not in (1, 3) or isinstance(channels, bool):
         return f"has channels {channels!r}, not 1 or 3"
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
-        return f"has image_size {size!r}, not a whole number from 1 to {MAX_IMAGE_SIZE}"
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= _MAX_IMAGE_SIZE:
+        return f"has image_size {size!r}, not a whole number from 1 to {_MAX_IMAGE_SIZE}"
     for key in ("mean", "std"):
         values = record.get(key) if isinstance(record.get(key), list) else [record.get(key)]
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e30 for v in values)
@@ -124,7 +124,7 @@ class Predictor:
         run = onnx_runner(path)
         try:
             about = json.loads(sidecar.read_text())
-            task = onnx_task(about)
+            task = _onnx_task(about)
             return cls(run, task, checked_preprocessing(about["preprocessing"], sidecar))
         except UserInputError:  # a task class outside the allow-list, an option its task refuses: said as such
             raise
@@ -158,7 +158,7 @@ class Predictor:
         return rows, skipped
 
 
-def onnx_task(about: dict[str, Any]) -> Task:
+def _onnx_task(about: dict[str, Any]) -> Task:
     """The task an export's ``model.json`` records (its class from the allow-list, its options but its extra metrics:
     prediction computes none), bound to the network's outputs."""
     cls = allowed_class(about["task_class"], Task, "task")

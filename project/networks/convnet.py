@@ -10,13 +10,13 @@ from project.errors import UserInputError
 from project.networks.base import Network
 
 
-def conv_output_size(size: int, kernel_size: int, padding: int, pool: int) -> int:
+def _conv_output_size(size: int, kernel_size: int, padding: int, pool: int) -> int:
     """Side length after two ``kernel_size`` convolutions and a ``pool``x``pool`` max-pool (one conv block)."""
     after_convs = size - 2 * (kernel_size - 1) + 4 * padding
     return after_convs // pool
 
 
-def check_convnet_config(config: dict[str, Any]) -> None:
+def _check_convnet_config(config: dict[str, Any]) -> None:
     """Refuse ConvNet arguments that cannot build a network, naming the value and what is allowed."""
     for name in ("num_outputs", "in_channels", "image_size", "width", "depth", "hidden_size"):
         if config[name] < 1:
@@ -28,14 +28,14 @@ def check_convnet_config(config: dict[str, Any]) -> None:
         raise UserInputError(f"ConvNet: padding must be 0 or 1 (3x3 kernels), got {config['padding']}")
 
 
-def conv_blocks(
+def _conv_blocks(
     in_channels: int, image_size: int, width: int, depth: int, padding: int, dropout: float
 ) -> tuple[list[nn.Module], int, int]:
     """The layers of ``depth`` conv blocks, and the channels and side length of their output."""
     layers: list[nn.Module] = []
     channels, side = in_channels, image_size
     for block in range(depth):
-        next_side = conv_output_size(side, kernel_size=3, padding=padding, pool=2)
+        next_side = _conv_output_size(side, kernel_size=3, padding=padding, pool=2)
         if next_side < 1:
             raise UserInputError(
                 f"ConvNet: a {image_size}x{image_size} image shrinks to nothing in conv block {block + 1} of "
@@ -91,9 +91,9 @@ class ConvNet(Network):
             "fc_dropout": fc_dropout,
             "padding": padding,
         }
-        check_convnet_config(self.config)
+        _check_convnet_config(self.config)
         self.num_outputs, self.in_channels, self.image_size = num_outputs, in_channels, image_size
-        blocks, channels, side = conv_blocks(in_channels, image_size, width, depth, padding, conv_dropout)
+        blocks, channels, side = _conv_blocks(in_channels, image_size, width, depth, padding, conv_dropout)
         fully_connected = [
             nn.Flatten(),
             nn.Linear(channels * side * side, hidden_size),

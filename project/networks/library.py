@@ -48,7 +48,7 @@ def hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
-def import_library(library: str) -> Any:
+def _import_library(library: str) -> Any:
     if library not in LIBRARIES:
         raise UserInputError(f"model.network.init_args.library must be one of {', '.join(LIBRARIES)}, got {library!r}")
     module = LIBRARIES[library]  # only modules named on the allow-list are imported
@@ -58,13 +58,13 @@ def import_library(library: str) -> Any:
         raise UserInputError(f"the {library} library is not installed: {install_command(module)}") from None
 
 
-def build_library_model(library: str, name: str, download: bool) -> nn.Module:
+def _build_library_model(library: str, name: str, download: bool) -> nn.Module:
     """The library's classification model ``name``, with the library's pretrained weights when ``download``.
 
     Whatever file the library reads its weights from is read as plain data (:func:`weights_only_loads`); torchvision's
     file in the hub cache is also checked against the hash in its name first (:func:`hub_file`).
     """
-    module = import_library(library)
+    module = _import_library(library)
     if library == "torchvision":
         known = module.models.list_models(module=module.models)
         if name not in known:
@@ -76,7 +76,7 @@ def build_library_model(library: str, name: str, download: bool) -> nn.Module:
         with weights_only_loads():
             return module.models.get_model(name, weights=weights)
     if library == "huggingface":
-        return HuggingFaceFeatures(module, name, download)
+        return _HuggingFaceFeatures(module, name, download)
     if not module.is_model(name):
         raise UserInputError(f"timm has no model {name!r} (timm.list_models() lists them)")
     try:
@@ -89,7 +89,7 @@ def build_library_model(library: str, name: str, download: bool) -> nn.Module:
         ) from None
 
 
-class HuggingFaceFeatures(nn.Module):
+class _HuggingFaceFeatures(nn.Module):
     """A Hugging Face vision model without a head (``AutoModel``), from a hub id or a local folder made with
     ``save_pretrained``: images in, one feature vector per image out (the pooled output, else the first token's).
     Only model types that Transformers itself defines are built (no ``trust_remote_code``)."""
@@ -123,10 +123,10 @@ class HuggingFaceFeatures(nn.Module):
         return pooled.flatten(1) if pooled is not None else output.last_hidden_state[:, 0]
 
 
-def stated_normalisation(library: str, name: str, model: nn.Module) -> dict[str, Any] | None:
+def _stated_normalisation(library: str, name: str, model: nn.Module) -> dict[str, Any] | None:
     """The mean, std and image size the library states for the model's weights (torchvision: its default weights'
     transforms; timm: its data config; Hugging Face: the image processor saved with the model), or ``None``."""
-    module = import_library(library)
+    module = _import_library(library)
     try:
         if library == "torchvision":
             preset = module.models.get_model_weights(name).DEFAULT.transforms()
@@ -148,7 +148,7 @@ def stated_normalisation(library: str, name: str, model: nn.Module) -> dict[str,
     }
 
 
-def split_off_classifier(library: str, model: nn.Module) -> int:
+def _split_off_classifier(library: str, model: nn.Module) -> int:
     """Remove the model's classifier in place (its output becomes the features); return the feature size."""
     if library == "timm":
         model.reset_classifier(0)
@@ -199,11 +199,11 @@ class LibraryNetwork(Network):
         super().__init__()
         if in_channels not in (1, 3):
             raise UserInputError(f"LibraryNetwork: in_channels must be 1 (repeated to 3) or 3, got {in_channels}")
-        model = build_library_model(library, name, download=weights == "library")
-        self.normalisation = stated_normalisation(library, name, model)  # what data.mean/std null take
+        model = _build_library_model(library, name, download=weights == "library")
+        self.normalisation = _stated_normalisation(library, name, model)  # what data.mean/std null take
         if weights not in (None, "library"):
-            load_library_weights(model, Path(weights))
-        self.head = nn.Linear(split_off_classifier(library, model), num_outputs)
+            _load_library_weights(model, Path(weights))
+        self.head = nn.Linear(_split_off_classifier(library, model), num_outputs)
         self.backbone = model
         self.num_outputs, self.in_channels, self.image_size = num_outputs, in_channels, image_size
         self.config = {
@@ -221,7 +221,7 @@ class LibraryNetwork(Network):
         return self.head(self.backbone(images))
 
 
-def load_library_weights(model: nn.Module, path: Path) -> None:
+def _load_library_weights(model: nn.Module, path: Path) -> None:
     """The library model's own state dict from ``path``; refused, naming the keys, if it does not fit exactly."""
     weights = read_weights(path, "model.network.init_args.weights")
     found = state_dict_differences(model.state_dict(), weights)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from project.errors import UserInputError, install_command
 from project.networks.base import Network
 
-ADAPTED_LAYERS = (nn.Linear, nn.Conv2d)
+_ADAPTED_LAYERS = (nn.Linear, nn.Conv2d)
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,18 @@ def settings_from(value: LoRA | dict[str, Any] | None) -> LoRA | None:
     return settings
 
 
-def adaptable_layers(backbone: nn.Module) -> list[str]:
+def _adaptable_layers(backbone: nn.Module) -> list[str]:
     """The dotted paths of the layers LoRA can adapt (grouped convolutions, such as depthwise ones, it cannot)."""
     return [
         path
         for path, layer in backbone.named_modules()
-        if isinstance(layer, ADAPTED_LAYERS) and getattr(layer, "groups", 1) == 1
+        if isinstance(layer, _ADAPTED_LAYERS) and getattr(layer, "groups", 1) == 1
     ]
 
 
-def chosen_targets(backbone: nn.Module, targets: list[str] | None) -> list[str]:
+def _chosen_targets(backbone: nn.Module, targets: list[str] | None) -> list[str]:
     """The targeted layers' paths; a name that matches no adaptable layer is refused, naming some that exist."""
-    adaptable = adaptable_layers(backbone)
+    adaptable = _adaptable_layers(backbone)
     if not adaptable:
         raise UserInputError(f"LoRA: {type(backbone).__name__} has no nn.Linear or nn.Conv2d layer to adapt")
     if targets is None:
@@ -94,7 +94,7 @@ def add_adapters(network: Network, settings: LoRA) -> None:
     config = peft.LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha or 2 * settings.rank,
-        target_modules=chosen_targets(network.backbone, settings.targets),
+        target_modules=_chosen_targets(network.backbone, settings.targets),
         lora_dropout=settings.dropout,
     )
     network.backbone = peft.LoraModel(network.backbone, config, "default")

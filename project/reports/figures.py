@@ -17,7 +17,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-CELL = 84
+_CELL = 84
 """Side of one image in a picture grid, in pixels."""
 
 
@@ -64,7 +64,7 @@ def image_grid(images: Tensor, titles: list[str], columns: int = 8) -> Figure:
     return figure
 
 
-def to_uint8(image: Tensor) -> np.ndarray:
+def _to_uint8(image: Tensor) -> np.ndarray:
     """An image (C, H, W) of any range as uint8 H x W x 3, scaled to its own range."""
     picture = image.float()
     picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
@@ -77,12 +77,12 @@ def grid_picture(images: Tensor, titles: list[str], columns: int = 8) -> np.ndar
     font = ImageFont.load_default()
     title_height = 12 * max((title.count("\n") + 1 for title in titles), default=1) + 4
     rows = max(1, -(-len(images) // columns))
-    canvas = Image.new("RGB", (columns * CELL, rows * (CELL + title_height)), "white")
+    canvas = Image.new("RGB", (columns * _CELL, rows * (_CELL + title_height)), "white")
     draw = ImageDraw.Draw(canvas)
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
-        left, top = (index % columns) * CELL, (index // columns) * (CELL + title_height)
+        left, top = (index % columns) * _CELL, (index // columns) * (_CELL + title_height)
         draw.multiline_text((left + 3, top + 2), title, fill="black", font=font, spacing=1)
-        tile = Image.fromarray(to_uint8(image)).resize((CELL - 6, CELL - 6), Image.Resampling.NEAREST)
+        tile = Image.fromarray(_to_uint8(image)).resize((_CELL - 6, _CELL - 6), Image.Resampling.NEAREST)
         canvas.paste(tile, (left + 3, top + title_height))
     return np.asarray(canvas)
 

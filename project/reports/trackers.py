@@ -4,7 +4,7 @@ one run in every tracker.
 TensorBoard's logger owns the run folder, ``logs/<name>/version_N``: the command line names it after the recipe,
 resumes into it and locks it. Every other logger of the run (a tracker) is built only once that folder is taken and
 all checks have passed, since some write as soon as they are built (MLflow's client creates its database), and it is
-built for that folder (:func:`tracker_arguments`): where the preset leaves Lightning's default, its files go under
+built for that folder (:func:`_tracker_arguments`): where the preset leaves Lightning's default, its files go under
 the run's ``save_dir`` and its run is named ``<name>/version_N``. The id of each tracker's run is recorded in the
 run folder (:data:`RECORD`); a resumed run hands it back to the tracker, which continues the same run.
 
@@ -43,9 +43,9 @@ PACKAGES = {MLFlowLogger: "mlflow", WandbLogger: "wandb", CometLogger: "comet_ml
 """The package each tracker needs (its import name): checked before any work, so a missing one is one line."""
 RESUME_ARGUMENTS = {MLFlowLogger: "run_id", WandbLogger: "id", CometLogger: "experiment_key"}
 """The argument that makes each tracker continue a run it started before, given the id :data:`RECORD` holds."""
-LIGHTNING_PROJECT = "lightning_logs"
+_LIGHTNING_PROJECT = "lightning_logs"
 """Lightning's default MLflow experiment name: a preset that leaves it gets the run's name instead."""
-RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What a tracker's run id looks like (MLflow's and Comet's are hexadecimal, wandb's alphanumeric)."""
 
 
@@ -100,21 +100,21 @@ def take_trackers_out(trainer_config: Namespace) -> list[Namespace]:
 
 
 def build(configs: list[Namespace], run: RunFolder, run_ids: dict[str, str]) -> list[Logger]:
-    """The trackers of ``configs``, built for ``run`` (:func:`tracker_arguments`; ``run_ids``: their runs of an
+    """The trackers of ``configs``, built for ``run`` (:func:`_tracker_arguments`; ``run_ids``: their runs of an
     earlier start, by class name); each config gets the arguments it was built with, so that the run's config.yaml
     says what ran."""
     built = []
     for config in configs:
         class_path = str(config.class_path)
         init_args = dict(config.get("init_args") or {})
-        init_args = tracker_arguments(class_path, init_args, run, run_ids.get(class_path.rpartition(".")[2]))
+        init_args = _tracker_arguments(class_path, init_args, run, run_ids.get(class_path.rpartition(".")[2]))
         config.init_args = Namespace(**init_args)
         # A copy: MLflow's logger adds its run-name tag to the tags it is given, which would stay in config.yaml.
         built.append(instantiate_class((), {"class_path": class_path, "init_args": copy.deepcopy(init_args)}))
     return built
 
 
-def tracker_class(class_path: str) -> type[Logger]:
+def _tracker_class(class_path: str) -> type[Logger]:
     """The logger class that ``class_path`` names (jsonargparse has resolved it to a full import path)."""
     module, _, name = class_path.rpartition(".")
     found = vars(importlib.import_module(module)).get(name)
@@ -126,7 +126,7 @@ def tracker_class(class_path: str) -> type[Logger]:
 def check_trackers(class_paths: list[str]) -> None:
     """Refuse, before any work, a tracker given twice and one whose package is not installed (the import error is
     said by the command line in one line, with the install command)."""
-    classes = [tracker_class(path) for path in class_paths]
+    classes = [_tracker_class(path) for path in class_paths]
     twice = sorted({cls.__name__ for cls in classes if classes.count(cls) > 1})
     if twice:
         raise UserInputError(
@@ -138,16 +138,18 @@ def check_trackers(class_paths: list[str]) -> None:
             importlib.import_module(package)  # ModuleNotFoundError names it: the command line says how to install
 
 
-def tracker_arguments(class_path: str, init_args: dict[str, Any], run: RunFolder, run_id: str | None) -> dict[str, Any]:
+def _tracker_arguments(
+    class_path: str, init_args: dict[str, Any], run: RunFolder, run_id: str | None
+) -> dict[str, Any]:
     """``init_args`` for a tracker that follows ``run``: what the preset left at Lightning's default filled in, and
     ``run_id`` (its run of an earlier start, from :data:`RECORD`) as the argument that continues it."""
-    cls, args = tracker_class(class_path), dict(init_args)
+    cls, args = _tracker_class(class_path), dict(init_args)
     if issubclass(cls, CSVLogger):  # always in the run folder: metrics.csv beside TensorBoard's event files
         args.update(save_dir=str(run.save_dir), name=run.name, version=run.version)
         if issubclass(cls, RunCSVLogger):
             args["purge_step"] = run.resume_step
     elif issubclass(cls, MLFlowLogger):
-        if args.get("experiment_name") in (None, LIGHTNING_PROJECT):
+        if args.get("experiment_name") in (None, _LIGHTNING_PROJECT):
             args["experiment_name"] = run.name
         args["run_name"] = args.get("run_name") or run.title
         if not args.get("tracking_uri"):  # no server named (nor MLFLOW_TRACKING_URI): SQLite, MLflow's default store
@@ -179,7 +181,7 @@ def recorded_run_ids(record: Path) -> dict[str, str]:
             f"{record} is not a mapping of tracker names to run ids (JSON); remove it and the trackers start new runs"
         )
     for name, run_id in ids.items():
-        if not RUN_ID.fullmatch(run_id):
+        if not _RUN_ID.fullmatch(run_id):
             raise UserInputError(
                 f"{record}: {name}'s run id {run_id!r} is not an id (letters, digits, - and _); remove the entry and "
                 f"the tracker starts a new run"
@@ -252,7 +254,7 @@ class RunCSVLogger(CSVLogger):
         # start was writing may hold part of them only.
         earlier = metrics.with_name("metrics-before-resume.csv")
         self.source = earlier if earlier.is_file() else metrics
-        self.kept = kept_rows(self.source, purge_step) if purge_step is not None else []
+        self.kept = _kept_rows(self.source, purge_step) if purge_step is not None else []
         """The earlier start's rows to keep, read (and checked) when the logger is built: before any work."""
 
     @property
@@ -274,7 +276,7 @@ class RunCSVLogger(CSVLogger):
         return experiment
 
 
-def kept_rows(metrics: Path, purge_step: int) -> list[dict[str, float]]:
+def _kept_rows(metrics: Path, purge_step: int) -> list[dict[str, float]]:
     """The rows of ``metrics`` (a CSVLogger's file) logged before ``purge_step``, their empty cells left out; one
     error line for a file that is not such a table."""
     if not metrics.is_file():

@@ -30,16 +30,16 @@ from project.sweeps.storage import Sweep, open_study, quiet_optuna, shown_url, s
 from project.sweeps.study import counts, finished, run_worker
 from project.training.progress import say
 
-SWEEPS_DIR = Path("logs") / "sweeps"
+_SWEEPS_DIR = Path("logs") / "sweeps"
 """Where sweeps live, relative to where the command runs: ``logs/sweeps/<name>/``."""
-WORKER_ENV = "PROJECT_SWEEP_WORKER"
+_WORKER_ENV = "PROJECT_SWEEP_WORKER"
 """``<index>/<count>``: set for the worker processes ``--workers N`` starts (their sampler seeds, their threads)."""
 SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 """A worker's interpreter puts no folder of the current one on ``sys.path`` (``python -P``, Python 3.11+; on 3.10,
 ``project/__init__.py`` takes it off for ``-m``)."""
 
 
-def user_option_keys(args: list[str]) -> list[str]:
+def _user_option_keys(args: list[str]) -> list[str]:
     """The option names in the user's ``fit`` arguments (``--data.data_dir DIR``: ``data.data_dir``)."""
     return [arg.partition("=")[0].removeprefix("--") for arg in args if arg.startswith("--")]
 
@@ -47,7 +47,7 @@ def user_option_keys(args: list[str]) -> list[str]:
 def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
     """Read each trial's ``fit`` arguments with the command line's parser, at the ends of every range and each
     choice in turn; return the config the first of them resolves to."""
-    for key in user_option_keys(fit_args):
+    for key in _user_option_keys(fit_args):
         if key in ("config", "trust"):  # presets stack after the spec's; the command line may trust a module
             continue
         option_key(key, "sweep: fit options")  # refuses the sweep's own (the logger, ckpt_path, test_after_fit)
@@ -69,7 +69,7 @@ def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
             raise UserInputError(f"sweep {spec.path}: {error}") from None
         if index == 0:
             resolved = read_yaml(printed.getvalue(), "sweep: the resolved fit config") or {}
-    check_trial_folders(resolved)
+    _check_trial_folders(resolved)
     logger = (resolved.get("trainer") or {}).get("logger")
     if isinstance(logger, list):  # a tracker preset: the sweep names each trial's folder by the one logger's options
         raise UserInputError(
@@ -85,7 +85,7 @@ def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
     return resolved
 
 
-def check_trial_folders(resolved: dict[str, Any]) -> None:
+def _check_trial_folders(resolved: dict[str, Any]) -> None:
     """Refuse options that would write a trial's files outside its own folder (``logs/sweeps/NAME/trials/``), which
     the sweep chooses: ``trainer.default_root_dir``, a callback's ``dirpath``, a logger ``sub_dir`` that leaves the
     run folder."""
@@ -109,7 +109,7 @@ def check_trial_folders(resolved: dict[str, Any]) -> None:
         )
 
 
-def default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
+def _default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
     """The spec's objective, or the task's monitored metric and direction, which the data decides (the model's
     ``monitored_metric``: ``val/acc`` to maximise, ``val/loss`` to minimise for regression, ...)."""
     if spec.metric is not None:
@@ -134,9 +134,9 @@ def prepare(args: list[str]) -> tuple[Sweep, Any]:
     options, fit_args = sweep_arguments(args)
     spec = load_spec(options.spec)
     resolved = check_fit_args(spec, fit_args)
-    objective = default_objective(spec, resolved)
+    objective = _default_objective(spec, resolved)
     name = options.name or spec.path.stem
-    folder = SWEEPS_DIR / name
+    folder = _SWEEPS_DIR / name
     storage = options.storage or f"sqlite:///{folder / 'study.db'}"
     sweep = Sweep(
         spec=spec,
@@ -161,10 +161,10 @@ def run_sweep(args: list[str]) -> Sweep:
 
     sweep, options = prepare(args)
     workers = options.workers
-    index, _, count = os.environ.get(WORKER_ENV, "").partition("/")
+    index, _, count = os.environ.get(_WORKER_ENV, "").partition("/")
     if index:  # a worker started by --workers N
         sweep.worker, workers = int(index), 1
-        threads_for(int(count))
+        _threads_for(int(count))
     elif os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit():  # one worker of a SLURM array
         sweep.worker = int(os.environ["SLURM_ARRAY_TASK_ID"])
     if options.storage is None:  # the SQLite file goes in the sweep folder; a --storage URL is opened first
@@ -181,7 +181,7 @@ def run_sweep(args: list[str]) -> Sweep:
     if workers == 1:
         run_worker(sweep, after_trial=lambda study: write_results(sweep, study))
     else:
-        run_workers(args, workers)
+        _run_workers(args, workers)
     if index:
         return sweep
     study = open_study(sweep, storage)
@@ -192,12 +192,12 @@ def run_sweep(args: list[str]) -> Sweep:
     return sweep
 
 
-def run_workers(args: list[str], workers: int) -> None:
+def _run_workers(args: list[str], workers: int) -> None:
     """Start ``workers`` processes of this same command, each a worker of the study, and wait for them all."""
     children = [
         subprocess.Popen(
             [sys.executable, *SAFE_PATH, "-m", "project", "sweep", *args],
-            env={**os.environ, WORKER_ENV: f"{i}/{workers}"},
+            env={**os.environ, _WORKER_ENV: f"{i}/{workers}"},
         )
         for i in range(workers)
     ]
@@ -216,7 +216,7 @@ def run_workers(args: list[str], workers: int) -> None:
         raise UserInputError(f"sweep: worker(s) stopped with exit status {codes} (their error above)")
 
 
-def threads_for(workers: int) -> None:
+def _threads_for(workers: int) -> None:
     """This worker's share of the CPU's threads, when ``workers`` share the machine."""
     import torch
 

@@ -24,16 +24,16 @@ from project.files.yaml_text import read_yaml
 from project.sweeps.storage import Sweep
 from project.training.progress import say
 
-RUN_ENTRIES = ("ckpt_path", "test_after_fit")
+_RUN_ENTRIES = ("ckpt_path", "test_after_fit")
 """Top-level entries of a trial's config that belong to its run, not to its recipe."""
-LOGGER_RUN_ENTRIES = ("save_dir", "name", "version", "purge_step")
+_LOGGER_RUN_ENTRIES = ("save_dir", "name", "version", "purge_step")
 
 
 def write_results(sweep: Sweep, study: Any) -> list[str]:
     """Write every results file of ``study`` into the sweep folder; return the notes on what was skipped."""
     trials = study.get_trials(deepcopy=False)
-    write_table(sweep, trials)
-    notes = write_plots(sweep, study, trials)
+    _write_table(sweep, trials)
+    notes = _write_plots(sweep, study, trials)
     best = best_trial(trials, sweep)
     if best is not None:
         write_best(sweep, best)
@@ -64,7 +64,7 @@ def rows(sweep: Sweep, trials: list[Any]) -> list[dict[str, Any]]:
     return table
 
 
-def write_table(sweep: Sweep, trials: list[Any]) -> None:
+def _write_table(sweep: Sweep, trials: list[Any]) -> None:
     columns = ["number", "state", "objective", *(p.option for p in sweep.spec.space)]
     columns += ["run_folder", "duration_s", "worker", "retry_of", "error"]
     text = io.StringIO()
@@ -84,7 +84,7 @@ def cell(value: Any) -> Any:
     return spreadsheet_safe(value) if isinstance(value, str) else value
 
 
-def write_plots(sweep: Sweep, study: Any, trials: list[Any]) -> list[str]:
+def _write_plots(sweep: Sweep, study: Any, trials: list[Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (and no display on a cluster node)
@@ -136,12 +136,12 @@ def best_trial(trials: list[Any], sweep: Sweep) -> Any:
     return max(complete, key=lambda trial: (sign * trial.value, -trial.number))  # the first of equal ones
 
 
-def best_config(config: dict[str, Any]) -> dict[str, Any]:
+def _best_config(config: dict[str, Any]) -> dict[str, Any]:
     """A trial's saved config without what belongs to its run, so that training from it makes a new run."""
-    config = {key: value for key, value in config.items() if key not in RUN_ENTRIES}
+    config = {key: value for key, value in config.items() if key not in _RUN_ENTRIES}
     logger = (config.get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
-        logger["init_args"] = {k: v for k, v in logger["init_args"].items() if k not in LOGGER_RUN_ENTRIES}
+        logger["init_args"] = {k: v for k, v in logger["init_args"].items() if k not in _LOGGER_RUN_ENTRIES}
     return config
 
 
@@ -152,7 +152,7 @@ def write_best(sweep: Sweep, trial: Any) -> None:
         where = folder if folder is not None else f"a run folder under {sweep.trials_dir}"
         say(f"sweep {sweep.name}: best.yaml not written: trial {trial.number} has no config.yaml in {where}")
         return
-    config = best_config(read_yaml(saved.read_text(), str(saved)))
+    config = _best_config(read_yaml(saved.read_text(), str(saved)))
     header = (
         f"# The best trial of sweep {sweep.name}: trial {trial.number}, {sweep.objective.metric} = {trial.value:.6g}"
         f" ({folder}).\n# Train it again (a new run, then tested): python -m project fit --config "
@@ -165,7 +165,7 @@ def write_best(sweep: Sweep, trial: Any) -> None:
 def summary_table(sweep: Sweep, study: Any, limit: int = 30) -> str:
     """The trials as a short text table (the best first), with the study's counts."""
     table = rows(sweep, study.get_trials(deepcopy=False))
-    names = short_names([param.option for param in sweep.spec.space])
+    names = _short_names([param.option for param in sweep.spec.space])
     sign = -1 if sweep.objective.direction == "maximize" else 1
     table.sort(key=lambda row: (row["objective"] is None, sign * (row["objective"] or 0), row["number"]))
     header = ["trial", "state", sweep.objective.metric, *names.values(), "run folder"]
@@ -187,7 +187,7 @@ def format_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def short_names(options: list[str]) -> dict[str, str]:
+def _short_names(options: list[str]) -> dict[str, str]:
     """Each option by its last part (``lr``), or more of it where two would read the same."""
     names = {}
     for option in options:

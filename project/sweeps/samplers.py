@@ -26,7 +26,7 @@ PRUNERS = {
 }
 DEFAULT_SEED = 42
 """The sampler's seed when the spec names none (each ask draws from a seed of its own derived from it)."""
-PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
     "bool": (bool,),
@@ -34,7 +34,7 @@ PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "None": (type(None),),
 }
 """The declared types a spec's argument is checked against (an ``int`` is a ``float`` too, a bool no number)."""
-TRIED_TRIALS = 3
+_TRIED_TRIALS = 3
 """How many trials :func:`try_on_a_study` asks for (the later ones see the earlier ones, as TPE's model does)."""
 
 
@@ -69,15 +69,15 @@ def check_arguments(name: str, args: dict[str, Any], known: dict[str, str], wher
         parts = [part.strip() for part in text.split("|")]
         if key == "seed":
             parts = ["int"]  # each ask draws from a seed derived from it (project.sweeps.storage.sampler_for)
-        if not all(part in PLAIN_TYPES for part in parts):
+        if not all(part in _PLAIN_TYPES for part in parts):
             continue
-        allowed = tuple(kind for part in parts for kind in PLAIN_TYPES[part])
+        allowed = tuple(kind for part in parts for kind in _PLAIN_TYPES[part])
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise UserInputError(f"{where}: {name}'s {key} must be {' or '.join(parts)}, got {value!r}")
 
 
 def try_on_a_study(sampler: Any, pruner: Any, space: list[Any], where: str) -> None:
-    """Ask for :data:`TRIED_TRIALS` trials of ``space`` (the spec's ``Param`` list) with ``sampler`` (and no
+    """Ask for :data:`_TRIED_TRIALS` trials of ``space`` (the spec's ``Param`` list) with ``sampler`` (and no
     pruning), then as many with ``pruner`` (and random samples), reporting two steps and telling a value for each, on
     a study in memory: whatever either raises with its arguments is one line, before the sweep makes a folder."""
     import optuna
@@ -90,7 +90,7 @@ def try_on_a_study(sampler: Any, pruner: Any, space: list[Any], where: str) -> N
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Optuna's deprecation and experimental warnings: said when used
-                    ask_and_tell(optuna.create_study(sampler=pair[0], pruner=pair[1]), space)
+                    _ask_and_tell(optuna.create_study(sampler=pair[0], pruner=pair[1]), space)
             except Exception as error:  # Optuna's own checks, or its use of an argument of the wrong kind
                 raise UserInputError(
                     f"{where}: the {role} fails on a first few trials ({type(error).__name__}: {first_line(error)})"
@@ -99,9 +99,9 @@ def try_on_a_study(sampler: Any, pruner: Any, space: list[Any], where: str) -> N
         optuna.logging.set_verbosity(verbosity)
 
 
-def ask_and_tell(study: Any, space: list[Any]) -> None:
-    """:data:`TRIED_TRIALS` trials on ``study``: each samples ``space``, reports two steps and is told a value."""
-    for index in range(TRIED_TRIALS):
+def _ask_and_tell(study: Any, space: list[Any]) -> None:
+    """:data:`_TRIED_TRIALS` trials on ``study``: each samples ``space``, reports two steps and is told a value."""
+    for index in range(_TRIED_TRIALS):
         trial = study.ask()
         for param in space:
             param.suggest(trial)

@@ -46,10 +46,10 @@ from project.sweeps.samplers import (
     try_on_a_study,
 )
 
-SWEEP_DIR = CONFIG_DIR / "sweeps"
+_SWEEP_DIR = CONFIG_DIR / "sweeps"
 """The sweep specs shipped with the project: ``python -m project sweep NAME`` finds ``NAME.yaml`` here."""
-SPEC_KEYS = ("configs", "options", "space", "trials", "sampler", "pruner", "objective", "enqueue", "heartbeat")
-RESERVED_OPTIONS = (
+_SPEC_KEYS = ("configs", "options", "space", "trials", "sampler", "pruner", "objective", "enqueue", "heartbeat")
+_RESERVED_OPTIONS = (
     *(f"trainer.logger{part}" for part in ("", ".class_path", ".init_args")),
     *(
         f"trainer.logger{init_args}.{name}"
@@ -62,9 +62,9 @@ RESERVED_OPTIONS = (
 )
 """Options the sweep sets itself for each trial: its run folder (the logger's other options are free), the checkpoint
 a retried trial resumes, no test after fit; the presets are the spec's ``configs``."""
-OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\+?")
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\+?")
 """An option of ``fit`` as a spec names it: ``trainer.max_epochs`` (``trainer.callbacks+`` appends)."""
-DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
+_DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
 
 
 @dataclass(frozen=True)
@@ -168,59 +168,59 @@ def option_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n").removesuffix("\n...")
 
 
-def spec_path(name: str) -> Path:
+def _spec_path(name: str) -> Path:
     """A spec file: ``name`` itself, or ``name`` (with or without ``.yaml``) in ``project/configs/sweeps/``."""
-    candidates = [Path(name), SWEEP_DIR / name, SWEEP_DIR / f"{name}.yaml"]
+    candidates = [Path(name), _SWEEP_DIR / name, _SWEEP_DIR / f"{name}.yaml"]
     found = next((path for path in candidates if path.is_file()), None)
     if found is None:
-        shipped = ", ".join(sorted(path.stem for path in SWEEP_DIR.glob("*.yaml"))) or "none"
+        shipped = ", ".join(sorted(path.stem for path in _SWEEP_DIR.glob("*.yaml"))) or "none"
         raise UserInputError(f"sweep spec {name}: no such file, and no shipped spec of that name ({shipped})")
     return found
 
 
 def load_spec(name: str) -> SweepSpec:
-    """Read the spec ``name`` (:func:`spec_path`) and check everything that can be checked without the command
+    """Read the spec ``name`` (:func:`_spec_path`) and check everything that can be checked without the command
     line's parser; each problem is one :class:`UserInputError` line."""
-    path = spec_path(name)
+    path = _spec_path(name)
     content = read_yaml(path.read_text(), f"sweep spec {path}")
     if not isinstance(content, dict):
-        raise UserInputError(f"sweep spec {path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+        raise UserInputError(f"sweep spec {path}: expected a mapping with keys {', '.join(_SPEC_KEYS)}")
     where = f"sweep spec {path}"
     for key in content:
-        if key not in SPEC_KEYS:
+        if key not in _SPEC_KEYS:
             raise UserInputError(
-                f"{where}: {key!r} is not a key{close_match(str(key), SPEC_KEYS)} (keys: {', '.join(SPEC_KEYS)})"
+                f"{where}: {key!r} is not a key{_close_match(str(key), _SPEC_KEYS)} (keys: {', '.join(_SPEC_KEYS)})"
             )
     spec = SweepSpec(path=path)
-    spec.configs = read_configs(content.get("configs", []), path)
-    spec.options = read_options(content.get("options") or {}, f"{where}: options")
+    spec.configs = _read_configs(content.get("configs", []), path)
+    spec.options = _read_options(content.get("options") or {}, f"{where}: options")
     space = content.get("space")
     if not isinstance(space, dict) or not space:
         raise UserInputError(
             f"{where}: space must map at least one option to a distribution, e.g. "
             "model.optimizer.init_args.lr: {low: 1.0e-4, high: 1.0e-2, log: true}"
         )
-    spec.space = [read_param(option, spec_, f"{where}: space") for option, spec_ in space.items()]
+    spec.space = [_read_param(option, spec_, f"{where}: space") for option, spec_ in space.items()]
     for param in spec.space:
         if param.option in spec.options:
             raise UserInputError(f"{where}: {param.option} is both fixed in options and searched in space")
-    spec.trials = read_trials(content.get("trials", spec.trials), f"{where}: trials")
-    spec.sampler, spec.sampler_args = read_named(content.get("sampler", "tpe"), SAMPLERS, f"{where}: sampler")
-    spec.pruner, spec.pruner_args = read_named(content.get("pruner", "median"), PRUNERS, f"{where}: pruner")
+    spec.trials = _read_trials(content.get("trials", spec.trials), f"{where}: trials")
+    spec.sampler, spec.sampler_args = _read_named(content.get("sampler", "tpe"), SAMPLERS, f"{where}: sampler")
+    spec.pruner, spec.pruner_args = _read_named(content.get("pruner", "median"), PRUNERS, f"{where}: pruner")
     sampler, pruner = build(spec.sampler, spec.sampler_args, SAMPLERS), build(spec.pruner, spec.pruner_args, PRUNERS)
     try_on_a_study(sampler, pruner, spec.space, where)
-    spec.metric, spec.direction = read_objective(content.get("objective"), f"{where}: objective")
-    spec.enqueue = read_enqueue(content.get("enqueue") or [], spec.space, f"{where}: enqueue")
-    spec.heartbeat_interval, spec.grace_period = read_heartbeat(content.get("heartbeat") or {}, f"{where}: heartbeat")
+    spec.metric, spec.direction = _read_objective(content.get("objective"), f"{where}: objective")
+    spec.enqueue = _read_enqueue(content.get("enqueue") or [], spec.space, f"{where}: enqueue")
+    spec.heartbeat_interval, spec.grace_period = _read_heartbeat(content.get("heartbeat") or {}, f"{where}: heartbeat")
     return spec
 
 
-def close_match(name: str, known: Any) -> str:
+def _close_match(name: str, known: Any) -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def read_configs(configs: Any, spec: Path) -> list[str]:
+def _read_configs(configs: Any, spec: Path) -> list[str]:
     """The presets every trial stacks: names of presets, files where the command runs, or files beside the spec."""
     if isinstance(configs, str):
         configs = [configs]
@@ -238,13 +238,13 @@ def option_key(option: Any, where: str) -> str:
     key = option.removeprefix("--") if isinstance(option, str) else option
     if isinstance(option, str) and option.lstrip("-") in ("c", "config"):
         raise UserInputError(f"{where}: {option} is not taken here: presets go in the spec's configs: [...] list")
-    if not isinstance(key, str) or not OPTION_NAME.fullmatch(key):
+    if not isinstance(key, str) or not _OPTION_NAME.fullmatch(key):
         raise UserInputError(
             f"{where}: {option!r} is not an option name (write it as fit takes it: trainer.max_epochs)"
         )
     if isinstance(key, str) and key.rstrip("+") == "trust":  # a spec is data: it never names code to import
         raise UserInputError(f"{where}: {option} is not taken in a spec: only the command line trusts a module")
-    if key in RESERVED_OPTIONS:
+    if key in _RESERVED_OPTIONS:
         raise UserInputError(
             f"{where}: {key} is set by the sweep for each trial (its run folder, the checkpoint "
             "a retried trial resumes, no test after fit); leave it out"
@@ -252,17 +252,17 @@ def option_key(option: Any, where: str) -> str:
     return key
 
 
-def read_options(options: Any, where: str) -> dict[str, Any]:
+def _read_options(options: Any, where: str) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise UserInputError(f"{where}: expected a mapping of fit options to values, e.g. {{trainer.max_epochs: 1}}")
     return {option_key(option, where): value for option, value in options.items()}
 
 
-def is_number(value: Any) -> bool:
+def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_param(option: Any, spec: Any, where: str) -> Param:
+def _read_param(option: Any, spec: Any, where: str) -> Param:
     key = option_key(option, where)
     what = f"{where}: {key}"
     ranges = "{low: 1.0e-4, high: 1.0e-2, log: true}, {low: 32, high: 256, step: 32} or {choices: [16, 32, 64]}"
@@ -273,7 +273,7 @@ def read_param(option: Any, spec: Any, where: str) -> Param:
         if name not in allowed:
             kind = "a list of choices takes only choices" if "choices" in spec else "a range takes low, high, log, step"
             raise UserInputError(
-                f"{what}: {name!r} is not a distribution key{close_match(str(name), allowed)} ({kind})"
+                f"{what}: {name!r} is not a distribution key{_close_match(str(name), allowed)} ({kind})"
             )
     if "choices" in spec:
         choices = spec["choices"]
@@ -287,13 +287,13 @@ def read_param(option: Any, spec: Any, where: str) -> Param:
                 )
         return Param(key, "categorical", choices=tuple(choices))
     low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
-    if not is_number(low) or not is_number(high):
+    if not _is_number(low) or not _is_number(high):
         raise UserInputError(f"{what}: a range needs numbers low and high, got low={low!r}, high={high!r}")
     if low > high:
         raise UserInputError(f"{what}: low ({low}) is above high ({high})")
     if not isinstance(log, bool):
         raise UserInputError(f"{what}: log must be true or false, got {log!r}")
-    if step is not None and (not is_number(step) or step <= 0):
+    if step is not None and (not _is_number(step) or step <= 0):
         raise UserInputError(f"{what}: step must be a number above 0, got {step!r}")
     if log and low <= 0:
         raise UserInputError(f"{what}: a log range needs low above 0, got {low}")
@@ -303,13 +303,13 @@ def read_param(option: Any, spec: Any, where: str) -> Param:
     return Param(key, "int" if integer else "float", low=low, high=high, log=log, step=step)
 
 
-def read_trials(trials: Any, where: str) -> int:
+def _read_trials(trials: Any, where: str) -> int:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise UserInputError(f"{where}: expected a whole number of trials, 1 or more, got {trials!r}")
     return trials
 
 
-def read_named(value: Any, known: dict[str, str], where: str) -> tuple[str, dict[str, Any]]:
+def _read_named(value: Any, known: dict[str, str], where: str) -> tuple[str, dict[str, Any]]:
     """``name`` or ``{name: NAME, ARG: VALUE, ...}``: one of ``known`` and the keyword arguments of its Optuna class,
     checked by building it now."""
 
@@ -319,14 +319,14 @@ def read_named(value: Any, known: dict[str, str], where: str) -> tuple[str, dict
         value = args.pop("name", None)
     if not isinstance(value, str) or value not in known:
         raise UserInputError(
-            f"{where}: {value!r} is not one{close_match(str(value), known)} (use one of "
+            f"{where}: {value!r} is not one{_close_match(str(value), known)} (use one of "
             f"{', '.join(known)}, or {{name: NAME, ...its arguments}})"
         )
     accepted = [name for name in inspect.signature(optuna_class(value, known)).parameters if name != "search_space"]
     for name in args:
         if name not in accepted:
             raise UserInputError(
-                f"{where}: {value} takes no {name!r}{close_match(name, accepted)} (it takes "
+                f"{where}: {value} takes no {name!r}{_close_match(name, accepted)} (it takes "
                 f"{', '.join(accepted) or 'nothing'})"
             )
     check_arguments(value, args, known, where)
@@ -337,7 +337,7 @@ def read_named(value: Any, known: dict[str, str], where: str) -> tuple[str, dict
     return value, args
 
 
-def read_objective(objective: Any, where: str) -> tuple[str | None, str | None]:
+def _read_objective(objective: Any, where: str) -> tuple[str | None, str | None]:
     if objective is None or objective == "default":
         return None, None
     if not isinstance(objective, dict) or set(objective) - {"metric", "direction"}:
@@ -350,12 +350,12 @@ def read_objective(objective: Any, where: str) -> tuple[str | None, str | None]:
         raise UserInputError(
             f"{where}: metric must be a validation metric, val/NAME (the sweep picks by validation), got {metric!r}"
         )
-    if direction not in DIRECTIONS:
+    if direction not in _DIRECTIONS:
         raise UserInputError(f"{where}: direction must be maximize or minimize, got {direction!r}")
-    return metric, DIRECTIONS[direction]
+    return metric, _DIRECTIONS[direction]
 
 
-def read_enqueue(enqueue: Any, space: list[Param], where: str) -> list[dict[str, Any]]:
+def _read_enqueue(enqueue: Any, space: list[Param], where: str) -> list[dict[str, Any]]:
     options = {param.option: param for param in space}
     if not isinstance(enqueue, list) or not all(isinstance(entry, dict) for entry in enqueue):
         raise UserInputError(f"{where}: expected a list of {{option: value}} mappings, the first trials to run")
@@ -363,18 +363,18 @@ def read_enqueue(enqueue: Any, space: list[Param], where: str) -> list[dict[str,
         for option, value in entry.items():
             param = options.get(option)
             if param is None:
-                raise UserInputError(f"{where}: {option} is not in the space{close_match(str(option), options)}")
+                raise UserInputError(f"{where}: {option} is not in the space{_close_match(str(option), options)}")
             inside = (
                 value in param.choices
                 if param.kind == "categorical"
-                else (is_number(value) and param.low <= value <= param.high)
+                else (_is_number(value) and param.low <= value <= param.high)
             )
             if not inside:
                 raise UserInputError(f"{where}: {option}={value!r} is outside its distribution {param.describe()}")
     return enqueue
 
 
-def read_heartbeat(heartbeat: Any, where: str) -> tuple[int, int]:
+def _read_heartbeat(heartbeat: Any, where: str) -> tuple[int, int]:
     if not isinstance(heartbeat, dict) or set(heartbeat) - {"interval", "grace"}:
         raise UserInputError(f"{where}: expected {{interval: SECONDS, grace: SECONDS}}")
     interval, grace = heartbeat.get("interval", 10), heartbeat.get("grace")

@@ -14,7 +14,7 @@ from project.errors import UserInputError, causes, first_line
 from project.sweeps.samplers import PRUNERS, SAMPLERS, build
 from project.sweeps.spec import Objective, SweepSpec
 
-SPEC_ATTR = "sweep_spec"
+_SPEC_ATTR = "sweep_spec"
 """The study's user attribute holding its space and objective (:meth:`SweepSpec.identity`)."""
 MAX_RETRY = 3
 """How many times an interrupted trial is retried: a trial that kills its worker each time (out of memory) stops."""
@@ -64,7 +64,7 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def check_optuna_version() -> None:
+def _check_optuna_version() -> None:
     """Optuna 4.9 names the heartbeat's callbacks as this module uses them (``heartbeat_stale_trial_callback``)."""
     import optuna
 
@@ -93,7 +93,7 @@ def storage_for(sweep: Sweep) -> Any:
     import sqlalchemy.exc
 
     quiet_optuna()
-    check_optuna_version()
+    _check_optuna_version()
     engine_kwargs = {"connect_args": {"timeout": 60}} if sweep.storage_url.startswith("sqlite") else {}
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
     try:
@@ -107,9 +107,8 @@ def storage_for(sweep: Sweep) -> Any:
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         cause = next((e for e in causes(error) if isinstance(e, sqlalchemy.exc.DBAPIError)), error)
         message = first_line(cause.orig if isinstance(cause, sqlalchemy.exc.DBAPIError) else cause)
-        raise UserInputError(
-            f"--storage {shown_url(sweep.storage_url)}: cannot open it ({without_password(message, sweep.storage_url)})"
-        ) from None
+        message = _without_password(message, sweep.storage_url)
+        raise UserInputError(f"--storage {shown_url(sweep.storage_url)}: cannot open it ({message})") from None
 
 
 def shown_url(url: str) -> str:
@@ -122,7 +121,7 @@ def shown_url(url: str) -> str:
         return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-def without_password(message: str, url: str) -> str:
+def _without_password(message: str, url: str) -> str:
     """``message`` (a driver's error) with the password of ``url`` masked, should the driver repeat it."""
     from sqlalchemy.engine import make_url
 
@@ -143,13 +142,13 @@ def open_study(sweep: Sweep, storage: Any) -> Any:
         study = optuna.create_study(
             study_name=sweep.name, storage=storage, direction=sweep.objective.direction, load_if_exists=False
         )
-        study.set_user_attr(SPEC_ATTR, identity)
+        study.set_user_attr(_SPEC_ATTR, identity)
         for params in sweep.spec.enqueue:
             study.enqueue_trial(params)
         return study
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=sweep.name, storage=storage)
-    stored = study.user_attrs.get(SPEC_ATTR)
+    stored = study.user_attrs.get(_SPEC_ATTR)
     if stored is not None and stored != identity:
         raise UserInputError(
             f"sweep {sweep.name}: its study ({shown_url(sweep.storage_url)}) searches another space or objective "

@@ -9,8 +9,8 @@ or starts over without one.
 
 No trial counted twice, none too many: a worker asks for a trial only while the study's complete, pruned and running
 trials are fewer than ``trials``, waits while they are not, and stops once complete + pruned reach it. The count and
-the ask happen under an exclusive lock (:func:`ask_lock`); where a filesystem ignores it, a trial asked past the
-limit is told FAIL unrun, with the reason in its ``not_run`` attribute (:func:`excess`).
+the ask happen under an exclusive lock (:func:`_ask_lock`); where a filesystem ignores it, a trial asked past the
+limit is told FAIL unrun, with the reason in its ``not_run`` attribute (:func:`_excess`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from project.training.progress import say
 
 
 @contextlib.contextmanager
-def ask_lock(folder: Path) -> Iterator[None]:
+def _ask_lock(folder: Path) -> Iterator[None]:
     """Only one worker counts the study's trials and asks for one at a time: ``fcntl.flock`` on ``ask.lock`` in the
     sweep folder, which every worker sees (as it sees the run folders)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def run_worker(sweep: Sweep, after_trial: Any = None) -> int:
     study = open_study(sweep, storage)
     done, waited_for = 0, None
     while True:
-        with ask_lock(sweep.folder):
+        with _ask_lock(sweep.folder):
             found = look(sweep, study)
             if finished(found) >= sweep.trials:
                 return done
@@ -103,7 +103,7 @@ def run_worker(sweep: Sweep, after_trial: Any = None) -> int:
             continue
         waited_for = None
         try:
-            if excess(study, trial.number, sweep.trials):
+            if _excess(study, trial.number, sweep.trials):
                 trial.set_user_attr("not_run", "asked past the limit: the study had enough trials finished or running")
                 study.tell(trial, state=TrialState.FAIL)
                 continue
@@ -153,7 +153,7 @@ def wait(sweep: Sweep, running: int, waited_for: int | None) -> int:
     return running
 
 
-def excess(study: Any, number: int, limit: int) -> bool:
+def _excess(study: Any, number: int, limit: int) -> bool:
     """Whether trials numbered before ``number`` already make ``limit``, finished or running (see the module's
     docstring: a second worker that asked at the same moment)."""
     from optuna.trial import TrialState
@@ -166,7 +166,7 @@ def frozen(study: Any, number: int) -> Any:
     return next(trial for trial in study.get_trials(deepcopy=False) if trial.number == number)
 
 
-def trial_args(sweep: Sweep, sampled: dict[str, Any], folder_name: str) -> list[str]:
+def _trial_args(sweep: Sweep, sampled: dict[str, Any], folder_name: str) -> list[str]:
     """The ``fit`` command line of one trial: the spec's presets and options, the user's, the sampled values, its
     run folder under the sweep's ``trials/``, and no test (the sweep picks by validation)."""
     return [
@@ -195,7 +195,7 @@ def run_trial(sweep: Sweep, study: Any, trial: Any) -> int:
     first = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(record)
     folder_number = first if first is not None else trial.number
     sampled = {param.option: param.suggest(trial) for param in sweep.spec.space}
-    args = trial_args(sweep, sampled, f"trial_{folder_number:04d}")
+    args = _trial_args(sweep, sampled, f"trial_{folder_number:04d}")
     resumed = ""
     if first is not None:
         last = last_checkpoint(sweep, record)

@@ -19,7 +19,7 @@ from project.errors import UserInputError
 from project.reports.tensorboard import TensorBoardReports, flatten, logging_step
 from project.sweeps.spec import Objective
 
-OBJECTIVE_TAG = "sweep/objective"
+_OBJECTIVE_TAG = "sweep/objective"
 """The scalar of the best value so far, each validation; a column of the HParams tab."""
 
 
@@ -78,7 +78,7 @@ class TrialCallback(L.Callback):
         params.update({f"sweep/{option}": value for option, value in self.sampled.items()})
         params["sweep/trial"] = self.folder_number
         reports.extra_hparams = {key: (value if value is not None else "None") for key, value in params.items()}
-        reports.extra_metrics = tuple(dict.fromkeys((self.objective.metric, OBJECTIVE_TAG)))
+        reports.extra_metrics = tuple(dict.fromkeys((self.objective.metric, _OBJECTIVE_TAG)))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.run_folder is not None and trainer.is_global_zero:  # where a retry of this trial resumes from
@@ -101,7 +101,7 @@ class TrialCallback(L.Callback):
         step = self.validations
         self.validations += 1
         for logger in trainer.loggers:
-            logger.log_metrics({OBJECTIVE_TAG: self.best}, step=logging_step(trainer))
+            logger.log_metrics({_OBJECTIVE_TAG: self.best}, step=logging_step(trainer))
         if step not in self.reported:
             self.trial.report(value, step)
             self.reported.add(step)

@@ -56,7 +56,7 @@ class Task:
             name
             for cls in type(self).__mro__
             if issubclass(cls, Task) and "__init__" in vars(cls)
-            for name in argument_names(cls.__init__)
+            for name in _argument_names(cls.__init__)
         ]
         missing = [name for name in names if name not in vars(self)]
         if missing:
@@ -195,7 +195,7 @@ class OneOutputTask(Task):
         return "exactly 1 output"
 
 
-def argument_names(function: Any) -> list[str]:
+def _argument_names(function: Any) -> list[str]:
     """The named arguments of ``function`` (not ``self``, ``*args``, ``**kwargs``)."""
     parameters = inspect.signature(function).parameters.values()
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)

@@ -20,8 +20,8 @@ MetricResolver = Callable[[str], type]
 allow-list: a :class:`torchmetrics.Metric` subclass already imported); the tasks import no training code."""
 MetricSpec = tuple[type, dict[str, Any]]
 """A metric's class and the arguments it is built with."""
-ALLOWED = "a mapping {name: {class_path: a torchmetrics Metric class, init_args: {...}}}"
-METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_ALLOWED = "a mapping {name: {class_path: a torchmetrics Metric class, init_args: {...}}}"
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def metric_specs(
@@ -34,11 +34,11 @@ def metric_specs(
     """The ``metrics`` option checked: each name new (not in ``taken``), each class allowed (``resolve``), its
     arguments completed by ``defaults`` where it takes them, each built once and tried (``trial``)."""
     if not isinstance(given, dict):
-        raise UserInputError(f"model.task.metrics must be {ALLOWED}, got {given!r}")
+        raise UserInputError(f"model.task.metrics must be {_ALLOWED}, got {given!r}")
     specs = {}
     for key, spec in given.items():
         where = f"model.task.metrics.{key}"
-        if not METRIC_NAME.fullmatch(key) or key in taken:
+        if not _METRIC_NAME.fullmatch(key) or key in taken:
             raise UserInputError(
                 f"{where}: choose another name (letters, digits and _, starting with a letter; not one of the task's "
                 f"own metrics {', '.join(sorted(taken))})"
@@ -46,11 +46,11 @@ def metric_specs(
         init_args = (spec.get("init_args") or {}) if isinstance(spec, dict) else None
         if not isinstance(init_args, dict) or not isinstance(spec.get("class_path"), str):
             raise UserInputError(f"{where} must be {{class_path: a torchmetrics Metric class, init_args: {{...}}}}")
-        specs[key] = metric_spec(where, spec["class_path"], init_args, defaults, resolve, trial)
+        specs[key] = _metric_spec(where, spec["class_path"], init_args, defaults, resolve, trial)
     return specs
 
 
-def metric_spec(
+def _metric_spec(
     where: str,
     class_path: str,
     init_args: dict[str, Any],

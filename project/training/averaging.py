@@ -59,7 +59,9 @@ def averaging_method(callback: WeightAveraging) -> str:
     return callback.method if isinstance(callback, AveragedWeights) else type(callback).__name__
 
 
-def ema_update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor, decay: float, warmup: bool) -> None:
+def _ema_update(
+    averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor, decay: float, warmup: bool
+) -> None:
     """One EMA step over lists of tensors of one device and dtype (``AveragedModel``'s ``multi_avg_fn``):
     ``average += (1 - d) * (weights - average)``. With ``warmup``, ``d = min(decay, (1 + n) / (10 + n))`` after ``n``
     updates (TensorFlow's ``ExponentialMovingAverage(num_updates=...)``), so a short run's average is not still mostly
@@ -148,7 +150,7 @@ class AveragedWeights(WeightAveraging):
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         if CURRENT_WEIGHTS not in checkpoint:  # saved outside fit: Lightning saved no average
             return
-        if lora_run(pl_module):  # as TaskModule.on_save_checkpoint leaves them out of the state_dict
+        if _lora_run(pl_module):  # as TaskModule.on_save_checkpoint leaves them out of the state_dict
             for name in base_weights(pl_module):
                 checkpoint[CURRENT_WEIGHTS].pop(name, None)
         checkpoint[AVERAGED_WEIGHTS] = {"method": self.method, **self.settings(), "updates": self.updates}
@@ -163,13 +165,13 @@ class AveragedWeights(WeightAveraging):
             # has them already, and the first update starts the average from the weights of that step.
             rank_zero_info(f"{self.method.upper()}: the checkpoint holds no average; it starts at the next update")
             return
-        if lora_run(pl_module):  # the frozen base, as TaskModule.on_load_checkpoint put back into the state_dict
+        if _lora_run(pl_module):  # the frozen base, as TaskModule.on_load_checkpoint put back into the state_dict
             for name, tensor in base_weights(pl_module).items():
                 checkpoint[CURRENT_WEIGHTS].setdefault(name, tensor.detach())
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
-def lora_run(pl_module: L.LightningModule) -> bool:
+def _lora_run(pl_module: L.LightningModule) -> bool:
     """Whether the module trains LoRA adapters, whose checkpoints leave the frozen base out."""
     return isinstance(pl_module, TaskModule) and bool(pl_module.hparams.lora)
 
@@ -205,7 +207,7 @@ class EMAWeights(AveragedWeights):
                 f"EMAWeights.start_step must be 0 or more and every_n_steps 1 or more, got {start_step} and "
                 f"{every_n_steps}"
             )
-        update = functools.partial(ema_update, decay=decay, warmup=warmup)
+        update = functools.partial(_ema_update, decay=decay, warmup=warmup)
         super().__init__(device=device, multi_avg_fn=update)
         self.decay, self.warmup, self.start_step, self.every_n_steps = decay, warmup, start_step, every_n_steps
 

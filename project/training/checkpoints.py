@@ -33,7 +33,7 @@ from project.files.atomic import TEMPORARY_SUFFIX, free_bytes, written_whole
 from project.trusted import HOW_TO_TRUST, trust_declared
 
 LAST_CHECKPOINT = "last.ckpt"
-TEMPORARY_PATTERN = f".*.ckpt.*{TEMPORARY_SUFFIX}"
+_TEMPORARY_PATTERN = f".*.ckpt.*{TEMPORARY_SUFFIX}"
 """Name pattern of the temporary files :class:`AtomicCheckpointIO` writes before renaming them."""
 
 
@@ -49,8 +49,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
     ) -> None:
         path = Path(path)
-        refuse_non_finite(checkpoint, path)
-        with written_whole(path, "wb", full_message=lambda: disk_full_message(checkpoint, path)) as file:
+        _refuse_non_finite(checkpoint, path)
+        with written_whole(path, "wb", full_message=lambda: _disk_full_message(checkpoint, path)) as file:
             torch.save(checkpoint, file)
 
     def load_checkpoint(
@@ -59,8 +59,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(Path(path))
 
 
-def disk_full_message(checkpoint: dict[str, Any], path: Path) -> str:
-    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(checkpoint))
+def _disk_full_message(checkpoint: dict[str, Any], path: Path) -> str:
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in _tensors_in(checkpoint))
     free = free_bytes(path.parent)
     kept = f"{path} is unchanged" if path.exists() else "no earlier checkpoint was there"
     return (
@@ -70,19 +70,19 @@ def disk_full_message(checkpoint: dict[str, Any], path: Path) -> str:
     )
 
 
-def tensors_in(value: Any) -> Iterator[Tensor]:
+def _tensors_in(value: Any) -> Iterator[Tensor]:
     """Every tensor inside nested dicts, lists and tuples."""
     if isinstance(value, Tensor):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from tensors_in(item)
+            yield from _tensors_in(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from tensors_in(item)
+            yield from _tensors_in(item)
 
 
-def refuse_non_finite(checkpoint: dict[str, Any], path: Path) -> None:
+def _refuse_non_finite(checkpoint: dict[str, Any], path: Path) -> None:
     """Raise :class:`TrainingDivergedError` if a weight or an optimizer state tensor holds inf or nan."""
     step = checkpoint.get("global_step", "?")
     for name, tensor in checkpoint.get("state_dict", {}).items():
@@ -102,7 +102,7 @@ def refuse_non_finite(checkpoint: dict[str, Any], path: Path) -> None:
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that a save killed part-way left in ``folder``; return what was removed."""
-    stale = sorted(folder.glob(TEMPORARY_PATTERN)) if folder.is_dir() else []
+    stale = sorted(folder.glob(_TEMPORARY_PATTERN)) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

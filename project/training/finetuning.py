@@ -23,7 +23,7 @@ from project.files.weights import read_weights, state_dict_differences
 from project.training.schedules import PlannedSchedule, RunSteps
 from project.training.torch_schedulers import OptimizerFactory, SchedulerFactory, probe_scheduler
 
-WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "network.", "model.")
 """Prefixes that wrappers add to parameter names: torch.compile, DDP, this project's LightningModule, others."""
 
 
@@ -52,7 +52,7 @@ class FineTuning:
             raise UserInputError(f"model.finetuning.backbone_lr must be positive and finite, got {self.backbone_lr}")
 
 
-def parameter_groups(network: nn.Module, backbone_lr: float | None) -> list[dict[str, Any]]:
+def _parameter_groups(network: nn.Module, backbone_lr: float | None) -> list[dict[str, Any]]:
     """``backbone`` and ``head`` parameter groups of the parameters that train (with LoRA, the backbone's are its
     adapters); the backbone's has its own learning rate when one is given."""
 
@@ -70,7 +70,7 @@ def build_optimizer(
     network: nn.Module, make_optimizer: OptimizerFactory, backbone_lr: float | None, lr_scale: float = 1.0
 ) -> torch.optim.Optimizer:
     """The optimizer over the network's parameter groups, their learning rates times ``lr_scale``."""
-    optimizer = make_optimizer(parameter_groups(network, backbone_lr))
+    optimizer = make_optimizer(_parameter_groups(network, backbone_lr))
     for group in optimizer.param_groups:
         group["lr"] *= lr_scale
     return optimizer
@@ -101,12 +101,12 @@ def check_optimization(
         scheduler.plan(run)
 
 
-def strip_wrapper_prefixes(name: str) -> str:
+def _strip_wrapper_prefixes(name: str) -> str:
     """``_orig_mod.network.backbone.0.weight`` -> ``backbone.0.weight``."""
     stripped = True
     while stripped:
         stripped = False
-        for prefix in WRAPPER_PREFIXES:
+        for prefix in _WRAPPER_PREFIXES:
             if name.startswith(prefix):
                 name, stripped = name[len(prefix) :], True
     return name
@@ -118,7 +118,7 @@ def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
     The backbone must match exactly (same names and shapes), otherwise nothing is loaded and the error lists the
     offending keys. The head is never loaded: the network keeps its freshly initialised head, sized for the new task.
     """
-    weights = {strip_wrapper_prefixes(name): tensor for name, tensor in read_weights(path).items()}
+    weights = {_strip_wrapper_prefixes(name): tensor for name, tensor in read_weights(path).items()}
     source = {name.removeprefix("backbone."): t for name, t in weights.items() if name.startswith("backbone.")}
     differences = state_dict_differences(network.backbone.state_dict(), source)
     if not source or differences:

@@ -25,7 +25,7 @@ def one_cycle(position: float, cycle_steps: int, warmup_steps: int) -> float:
     return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def warmup_then_decay(
+def _warmup_then_decay(
     position: float, cycle_steps: int, warmup: int, min_fraction: float, decay: Callable[[float], float]
 ) -> float:
     """A linear warm-up from 0 to 1 over the first ``warmup`` steps, then ``decay`` of the progress (1 at 0, 0 at 1)
@@ -46,8 +46,8 @@ def stepped(step: int, gamma: float, every: int, milestones: list[int]) -> float
 
 SHAPES: dict[str, Callable[[float, int, int, float], float]] = {
     "onecycle": lambda at, cycle, warmup, floor: one_cycle(at, cycle, warmup),
-    "cosine": lambda at, cycle, warmup, floor: warmup_then_decay(at, cycle, warmup, floor, half_cosine),
-    "linear": lambda at, cycle, warmup, floor: warmup_then_decay(
+    "cosine": lambda at, cycle, warmup, floor: _warmup_then_decay(at, cycle, warmup, floor, _half_cosine),
+    "linear": lambda at, cycle, warmup, floor: _warmup_then_decay(
         at, cycle, warmup, floor, lambda progress: 1 - progress
     ),
 }
@@ -55,7 +55,7 @@ SHAPES: dict[str, Callable[[float, int, int, float], float]] = {
 position of a cycle of some steps, given the warm-up's steps and the floor."""
 
 
-def half_cosine(progress: float) -> float:
+def _half_cosine(progress: float) -> float:
     """1 at 0, down a half cosine to 0 at 1."""
     return (1 + math.cos(math.pi * progress)) / 2
 

@@ -31,14 +31,14 @@ def say(text: str) -> None:
         print(text, flush=True)
 
 
-class NoTips(logging.Filter):
+class _NoTips(logging.Filter):
     """Drops Lightning's "💡 Tip" lines (advertisements for its cloud services: litlogger, litmodels)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")
 
 
-NO_TIPS = NoTips()
+NO_TIPS = _NoTips()
 
 
 class ProgressLog(L.Callback):

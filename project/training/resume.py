@@ -36,7 +36,7 @@ from project.training.checkpoints import import_path, named_class, names_class
 from project.training.specs import plain_spec
 
 
-def rng_state() -> dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     """The generator states of this process, as tensors and plain values (loadable with ``weights_only=True``)."""
     kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
     state = {
@@ -55,8 +55,8 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(as_tuples(state["python"]))
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
     numpy = state["numpy"]
     keys = numpy["keys"].numpy().astype(np.uint32)
     np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gauss"]))
@@ -65,9 +65,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def as_tuples(value: Any) -> Any:
+def _as_tuples(value: Any) -> Any:
     """``random.setstate`` wants the nested tuples that ``getstate`` gave; a checkpoint may hand back lists."""
-    return tuple(as_tuples(item) for item in value) if isinstance(value, list | tuple) else value
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, list | tuple) else value
 
 
 def gather_to_every_rank(trainer: L.Trainer, value: Any) -> list[Any]:
@@ -124,11 +124,11 @@ class ExactResume(L.Callback):
             raise UserInputError(
                 f"the checkpoint holds the random states of {len(states)} processes, this run has {trainer.world_size}"
             )
-        set_rng_state(states[trainer.global_rank])
+        _set_rng_state(states[trainer.global_rank])
 
     def state_dict(self) -> dict[str, Any]:
         # Called on every process when a checkpoint is written; rank 0 writes the file, so gather to it.
-        local = rng_state()
+        local = _rng_state()
         return {"ranks": gather_to_every_rank(self.trainer, local) if self.trainer is not None else [local]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -145,30 +145,30 @@ def check_saved_states(checkpoint: Mapping[str, Any], source: str, data_class: t
     data_state = checkpoint.get(data_class.__qualname__)
     problem = None
     if exact is not None:
-        problem = exact_resume_problem(exact)
+        problem = _exact_resume_problem(exact)
     if problem is None and isinstance(data_state, dict) and "augment_generator" in data_state:
-        problem = generator_problem("augment_generator", data_state["augment_generator"])
+        problem = _generator_problem("augment_generator", data_state["augment_generator"])
     if problem is None and isinstance(data_state, dict) and data_state.get("position") is not None:
-        problem = position_problem(data_state["position"])
+        problem = _position_problem(data_state["position"])
     if problem is not None:
         raise UserInputError(f"{source}: {problem}; not a state a run saves (resume from another checkpoint)")
 
 
-def exact_resume_problem(state: Any) -> str | None:
+def _exact_resume_problem(state: Any) -> str | None:
     """What is wrong with :class:`ExactResume`'s saved state, or ``None``."""
     ranks = state.get("ranks") if isinstance(state, dict) else None
     if not isinstance(ranks, list) or not ranks or not all(isinstance(rank, dict) for rank in ranks):
         return "ExactResume's ranks are not a list of random states, one per process"
     for index, rank in enumerate(ranks):
         try:
-            random.Random().setstate(as_tuples(rank["python"]))
+            random.Random().setstate(_as_tuples(rank["python"]))
             numpy = rank["numpy"]
             keys = numpy["keys"].numpy().astype(np.uint32)
             state_tuple = (numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gauss"])
             np.random.RandomState().set_state(state_tuple)
         except Exception as error:  # random's and numpy's own checks of a state (TypeError, ValueError, KeyError...)
             return f"ExactResume's random state of process {index} is not one ({type(error).__name__}: {error})"
-        problem = generator_problem(f"ExactResume's torch state of process {index}", rank.get("torch"))
+        problem = _generator_problem(f"ExactResume's torch state of process {index}", rank.get("torch"))
         cuda = rank.get("cuda")
         if problem is None and cuda is not None and not (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8):
             problem = f"ExactResume's CUDA state of process {index} is not a tensor of bytes"
@@ -177,7 +177,7 @@ def exact_resume_problem(state: Any) -> str | None:
     return None
 
 
-def position_problem(position: Any) -> str | None:
+def _position_problem(position: Any) -> str | None:
     """What is wrong with the training position a data module saved (its epoch, the batches of it trained, whether
     that was all of them), or ``None``."""
     counts = [position.get("epoch"), position.get("batches")] if isinstance(position, dict) else []
@@ -188,7 +188,7 @@ def position_problem(position: Any) -> str | None:
     return None
 
 
-def generator_problem(what: str, state: Any) -> str | None:
+def _generator_problem(what: str, state: Any) -> str | None:
     """What is wrong with a torch CPU generator's saved ``state`` (``Generator.get_state()``), or ``None``."""
     if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
         return f"{what} is {type(state).__name__}, not a generator state (a tensor of bytes)"
@@ -203,13 +203,13 @@ def metric_state(metric: Metric) -> dict[str, Any]:
     """The accumulated state of a torchmetrics metric (or collection), as plain tensors (or lists of them: metrics
     such as average precision keep every prediction)."""
     metric.persistent(True)
-    state = {key: detached(value) for key, value in metric.state_dict().items()}
+    state = {key: _detached(value) for key, value in metric.state_dict().items()}
     metric.persistent(False)
     return state
 
 
-def detached(value: Any) -> Any:
-    return [detached(item) for item in value] if isinstance(value, list) else value.detach().cpu()
+def _detached(value: Any) -> Any:
+    return [_detached(item) for item in value] if isinstance(value, list) else value.detach().cpu()
 
 
 def load_metric_state(metric: Metric, state: dict[str, Any]) -> None:
@@ -218,7 +218,7 @@ def load_metric_state(metric: Metric, state: dict[str, Any]) -> None:
     metric.persistent(False)
 
 
-CHANGEABLE_ON_RESUME = (
+_CHANGEABLE_ON_RESUME = (
     "model.optimizer.init_args.lr",
     "model.finetuning.backbone_lr",
     "model.finetuning.pretrained",
@@ -240,16 +240,16 @@ Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored 
 too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""
 
 
-def plain_hparams(value: Any) -> Any:
+def _plain_hparams(value: Any) -> Any:
     """Hyperparameters as plain values, a network object as its class path and arguments (as a checkpoint has it)."""
     return plain(value, lambda item: plain_spec(item) if isinstance(item, nn.Module) else item)
 
 
-WHOLE_VALUES = ("data.labels.label_sets", "model.task.init_args.metrics")
+_WHOLE_VALUES = ("data.labels.label_sets", "model.task.init_args.metrics")
 """Options compared as a whole, in order: their keys are the user's own names (a renamed label is another label,
 and the order of the labels is the order of the network's outputs; an extra metric added is one more state that a run
 resumed mid-epoch would lack)."""
-LINKED = {
+_LINKED = {
     "model.network.init_args.num_outputs": "the data's number of outputs",
     "model.task.class_path": "the data's targets, unless model.task names it",
 }
@@ -259,12 +259,12 @@ LINKED = {
 
 def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """``{"network": {"init_args": {"width": 32}}}`` -> ``{"model.network.init_args.width": 32}``; the options in
-    :data:`WHOLE_VALUES` stay whole (as a list of their items)."""
+    :data:`_WHOLE_VALUES` stay whole (as a list of their items)."""
     result: dict[str, Any] = {}
     for key, value in values.items():
         if key.startswith("_"):
             continue
-        if f"{prefix}{key}" in WHOLE_VALUES:
+        if f"{prefix}{key}" in _WHOLE_VALUES:
             result[f"{prefix}{key}"] = list(value.items()) if isinstance(value, Mapping) else value
         elif isinstance(value, Mapping):
             result.update(flat(value, f"{prefix}{key}."))
@@ -273,7 +273,7 @@ def flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return result
 
 
-def same_class(key: str, stored: Any, current: Any) -> bool:
+def _same_class(key: str, stored: Any, current: Any) -> bool:
     """Whether two class paths of an option name one class: ``project.networks.ConvNet`` and its module's path."""
     if not key.endswith("class_path") or not isinstance(stored, str) or not isinstance(current, str):
         return False
@@ -287,14 +287,14 @@ def shown(value: Any) -> str:
     return repr(value)
 
 
-def given_or_dropped(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def _given_or_dropped(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Options set on one side and ``None`` on the other (a ``model.lr_scheduler`` or ``model.lora`` given or left
     out): their flat keys differ, so the key-by-key comparison does not meet them."""
     differences = []
     for one, other, now_none in ((current, stored, True), (stored, current, False)):
         for key in sorted(name for name, value in one.items() if value is None):
             parts = {name[len(key) + 1 :]: value for name, value in other.items() if name.startswith(f"{key}.")}
-            if parts and not key.startswith(CHANGEABLE_ON_RESUME):
+            if parts and not key.startswith(_CHANGEABLE_ON_RESUME):
                 now, had = (None, parts) if now_none else (parts, None)
                 differences.append(f"{key} {shown(now)} (the run has {shown(had)})")
     return differences
@@ -317,15 +317,15 @@ def check_resume_settings(
         ("model", checkpoint.get("hyper_parameters") or {}, model_hparams),
     )
     for section, stored, current in sections:
-        stored, current = flat(plain_hparams(stored), f"{section}."), flat(plain_hparams(current), f"{section}.")
+        stored, current = flat(_plain_hparams(stored), f"{section}."), flat(_plain_hparams(current), f"{section}.")
         fixed = sorted(set(stored) & set(current))
         for key in fixed:
-            if key.startswith(CHANGEABLE_ON_RESUME):
+            if key.startswith(_CHANGEABLE_ON_RESUME):
                 continue
-            if stored[key] != current[key] and not same_class(key, stored[key], current[key]):
-                decided = f"; set by {LINKED[key]}" if key in LINKED else ""
+            if stored[key] != current[key] and not _same_class(key, stored[key], current[key]):
+                decided = f"; set by {_LINKED[key]}" if key in _LINKED else ""
                 differences.append(f"{key} {shown(current[key])} (the run has {shown(stored[key])}{decided})")
-        differences += given_or_dropped(stored, current)
+        differences += _given_or_dropped(stored, current)
     stored_data = checkpoint.get("datamodule_hyper_parameters") or {}
     stored_class = stored_data.get("_class_path")
     if stored_class and not names_class(stored_class, data_class):

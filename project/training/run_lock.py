@@ -33,7 +33,7 @@ except ImportError:  # Windows: no flock; the lock file alone decides
     fcntl = None
 
 LOCK_FILE = "run.lock"
-NO_LOCKS = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+_NO_LOCKS = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 """What ``flock`` fails with on a filesystem that does not support it."""
 
 
@@ -48,7 +48,7 @@ def first_process() -> bool:
     return rank_zero_only.rank == 0 and all(os.environ.get(name, "0") == "0" for name in ("NODE_RANK", "GROUP_RANK"))
 
 
-def in_use_message(folder: Path, holder: str) -> str:
+def _in_use_message(folder: Path, holder: str) -> str:
     return (
         f"{folder} is in use: {holder} trains into it. Two runs in one folder would overwrite each other's last.ckpt "
         f"and TensorBoard files: wait for it to end, or stop it and resume then (if it has ended already, remove "
@@ -74,12 +74,12 @@ def describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "another process (its lock file cannot be read)"
     who = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')}: {info.get('command')})"
-    if info.get("host") == socket.gethostname() and not process_alive(info.get("pid")):
+    if info.get("host") == socket.gethostname() and not _process_alive(info.get("pid")):
         who += ", which has ended while its data-loading workers still hold the lock for a moment: try again"
     return who
 
 
-def read_info(path: Path) -> dict[str, Any] | None:
+def _read_info(path: Path) -> dict[str, Any] | None:
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -87,7 +87,7 @@ def read_info(path: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def process_alive(pid: object) -> bool:
+def _process_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -99,12 +99,12 @@ def process_alive(pid: object) -> bool:
     return True
 
 
-def held_without_flock(info: dict[str, Any] | None) -> bool:
+def _held_without_flock(info: dict[str, Any] | None) -> bool:
     """Whether a lock file's holder may still be running, judged from the file (no flock on this filesystem)."""
     if info is None:
         return True
     if info.get("host") == socket.gethostname():
-        return info.get("pid") != os.getpid() and process_alive(info.get("pid"))
+        return info.get("pid") != os.getpid() and _process_alive(info.get("pid"))
     job = os.environ.get("SLURM_JOB_ID")
     return not (job and info.get("slurm_job_id") == job)  # an earlier start of this very job has ended
 
@@ -119,13 +119,13 @@ def try_flock(descriptor: int, exclusive: bool) -> bool | None:
     except BlockingIOError:
         return False
     except OSError as error:
-        if error.errno in NO_LOCKS:
+        if error.errno in _NO_LOCKS:
             return None
         raise
     return True
 
 
-def open_lock_file(path: Path, flags: int) -> int:
+def _open_lock_file(path: Path, flags: int) -> int:
     """The lock file, opened without following a link (a link named ``run.lock`` could point at any file the user
     may write); :class:`UserInputError` when it is not a plain file or cannot be opened."""
     try:
@@ -144,15 +144,15 @@ def live_holder(folder: Path) -> str | None:
     """Who trains into ``folder`` now (in words), or ``None`` when no live process does."""
     path = folder / LOCK_FILE
     try:
-        descriptor = open_lock_file(path, os.O_RDONLY)
+        descriptor = _open_lock_file(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     except UserInputError:  # another user's, unreadable: taken as held
         return describe(None)
     try:
         taken = try_flock(descriptor, exclusive=False)
-        info = read_info(path)
-        held = (not taken) if taken is not None else held_without_flock(info)
+        info = _read_info(path)
+        held = (not taken) if taken is not None else _held_without_flock(info)
     finally:
         os.close(descriptor)  # also drops the shared lock just taken
     return describe(info) if held else None
@@ -170,13 +170,13 @@ class RunLock:
         """Take the lock, or raise :class:`RunInUseError` naming the live process that holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         while self.descriptor is None:
-            descriptor = open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
+            descriptor = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
             taken = try_flock(descriptor, exclusive=True)
             if taken is None:
-                taken = not held_without_flock(read_info(self.path)) if os.fstat(descriptor).st_size else True
+                taken = not _held_without_flock(_read_info(self.path)) if os.fstat(descriptor).st_size else True
             if not taken:
                 os.close(descriptor)
-                raise RunInUseError(in_use_message(self.folder, describe(read_info(self.path))))
+                raise RunInUseError(_in_use_message(self.folder, describe(_read_info(self.path))))
             if self.still_at_path(descriptor):  # not a file that the previous holder removed meanwhile
                 os.ftruncate(descriptor, 0)
                 os.write(descriptor, (json.dumps(holder_info()) + "\n").encode())

@@ -12,7 +12,7 @@ Each run writes into one TensorBoard version folder and keeps its checkpoints in
 
 Lightning alone resolves ``--ckpt_path last`` against the checkpoint folder of the *new* run it is starting (which
 is empty) and logs a resumed run into a new version folder (Lightning issues #5403, #2735); it also reads the files
-that ``best`` and ``hpc`` name without this project's checks. :func:`resolve_checkpoint` gives every name one
+that ``best`` and ``hpc`` name without this project's checks. :func:`_resolve_checkpoint` gives every name one
 meaning here, and every file it returns has been read with :func:`~project.training.checkpoints.read_checkpoint`;
 :func:`choose_checkpoint` says what each name means for each subcommand, and which run it took.
 """
@@ -46,7 +46,7 @@ def find_last_checkpoint(run_root: Path, skip: Collection[Path] = ()) -> Path | 
     return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 
-def live_runs(run_root: Path) -> dict[Path, str]:
+def _live_runs(run_root: Path) -> dict[Path, str]:
     """The run folders under ``run_root`` that a live process trains into now, and who
     (:mod:`~project.training.run_lock`)."""
     folders = sorted(path for path in run_root.glob("version_*") if _VERSION_FOLDER.fullmatch(path.name))
@@ -67,7 +67,7 @@ def claim_new_run(run_root: Path) -> int:
             number += 1
 
 
-def version_of(checkpoint: Path, run_root: Path) -> str | None:
+def _version_of(checkpoint: Path, run_root: Path) -> str | None:
     """``version_N`` if ``checkpoint`` lies in ``run_root/version_N/checkpoints/``, else ``None``."""
     folder = checkpoint.resolve().parent
     if folder.name != "checkpoints" or folder.parent.parent != run_root.resolve():
@@ -76,7 +76,7 @@ def version_of(checkpoint: Path, run_root: Path) -> str | None:
     return version if _VERSION_FOLDER.fullmatch(version) else None
 
 
-def find_hpc_checkpoint(root: Path) -> Path | None:
+def _find_hpc_checkpoint(root: Path) -> Path | None:
     """The ``hpc_ckpt_<N>.ckpt`` with the highest N in ``root`` (where Lightning's SLURM requeue writes them)."""
     numbered = {}
     for path in root.glob("hpc_ckpt_*.ckpt"):
@@ -85,7 +85,7 @@ def find_hpc_checkpoint(root: Path) -> Path | None:
     return numbered[max(numbered)] if numbered else None
 
 
-def best_checkpoint_of(last: Path, last_content: dict[str, Any]) -> Path | None:
+def _best_checkpoint_of(last: Path, last_content: dict[str, Any]) -> Path | None:
     """The best checkpoint recorded in ``last``'s ModelCheckpoint state, looked up beside ``last``."""
     for state in last_content.get("callbacks", {}).values():
         best = state.get("best_model_path") if isinstance(state, dict) else None
@@ -94,16 +94,16 @@ def best_checkpoint_of(last: Path, last_content: dict[str, Any]) -> Path | None:
     return None
 
 
-def resolve_checkpoint(
+def _resolve_checkpoint(
     ckpt_path: str, run_root: Path, root_dir: Path = Path("."), skip: Collection[Path] = ()
 ) -> tuple[Path, dict[str, Any]]:
     """The checkpoint that ``--ckpt_path`` names, read and checked.
 
     - ``last``: the newest ``last.ckpt`` under ``run_root``, of a run folder not in ``skip`` (or, when it is
-      unreadable, the newest readable checkpoint beside it: :func:`readable_last`);
+      unreadable, the newest readable checkpoint beside it: :func:`_readable_last`);
     - ``best``: the best checkpoint of that same run (as its ``last.ckpt`` records it);
     - ``hpc``: the newest ``hpc_ckpt_<N>.ckpt`` in ``root_dir`` (Lightning's SLURM requeue);
-    - ``auto`` is :func:`newest_to_resume`, which may find nothing;
+    - ``auto`` is :func:`_newest_to_resume`, which may find nothing;
     - anything else: a file path. Lightning's model registry is refused: it downloads files, unchecked.
     """
     if ckpt_path == "registry" or ckpt_path.startswith("registry:"):
@@ -112,7 +112,7 @@ def resolve_checkpoint(
             f"and skips this project's checks); download the file yourself and pass the path of a checkpoint file"
         )
     if ckpt_path == "hpc":
-        found = find_hpc_checkpoint(root_dir)
+        found = _find_hpc_checkpoint(root_dir)
         if found is None:
             raise CheckpointNotFoundError(f"--ckpt_path hpc: no hpc_ckpt_<N>.ckpt in {root_dir.resolve()}")
         return found, read_checkpoint(found)
@@ -132,20 +132,22 @@ def resolve_checkpoint(
             f"is no run to take. Start a new run without --ckpt_path, or pass the path of a checkpoint file."
         )
     if ckpt_path == "best":
-        best = best_checkpoint_of(found, read_checkpoint(found))
+        best = _best_checkpoint_of(found, read_checkpoint(found))
         if best is None:
             raise CheckpointNotFoundError(f"--ckpt_path best: {found} records no best checkpoint beside it")
         return best, read_checkpoint(best)
-    return readable_last(found)
+    return _readable_last(found)
 
 
-def newest_to_resume(run_root: Path, root_dir: Path, skip: Collection[Path] = ()) -> tuple[Path, dict[str, Any]] | None:
+def _newest_to_resume(
+    run_root: Path, root_dir: Path, skip: Collection[Path] = ()
+) -> tuple[Path, dict[str, Any]] | None:
     """``--ckpt_path auto``: the run's ``last.ckpt`` or the newest ``hpc_ckpt_<N>.ckpt`` (Lightning's SLURM requeue),
     whichever holds more optimizer steps; ``None`` when there is neither (a job's first start: train from scratch)."""
     found = []
     if find_last_checkpoint(run_root, skip) is not None:
-        found.append(resolve_checkpoint("last", run_root, root_dir, skip))
-    hpc = find_hpc_checkpoint(root_dir)
+        found.append(_resolve_checkpoint("last", run_root, root_dir, skip))
+    hpc = _find_hpc_checkpoint(root_dir)
     if hpc is not None:
         found.append((hpc, read_checkpoint(hpc)))
     return max(found, key=lambda item: (item[1]["global_step"], item[0].stat().st_mtime_ns), default=None)
@@ -165,10 +167,10 @@ def run_version(checkpoint: Path, content: dict[str, Any], run_root: Path, reque
             for state in states
             if isinstance(state, dict) and isinstance(state.get("dirpath"), str)
         ]
-    return next((v for folder in folders if (v := version_of(folder / LAST_CHECKPOINT, run_root))), None)
+    return next((v for folder in folders if (v := _version_of(folder / LAST_CHECKPOINT, run_root))), None)
 
 
-def readable_last(found: Path) -> tuple[Path, dict[str, Any]]:
+def _readable_last(found: Path) -> tuple[Path, dict[str, Any]]:
     """``found`` read and checked; when it is unreadable (a crash while it was written by a tool without atomic
     saves, a full disk), the newest readable checkpoint beside it, with a warning naming the bad file."""
     try:
@@ -232,13 +234,13 @@ def choose_checkpoint(
     ``best`` it resumes into a new run folder, so that the run's newer ``last.ckpt`` stays as it is. ``validate`` and
     ``test`` pass over runs still training, whose ``last.ckpt`` changes under them, and take the newest other one.
     """
-    busy = live_runs(run_root) if subcommand != "fit" and requested in ("last", "best", "auto") else {}
+    busy = _live_runs(run_root) if subcommand != "fit" and requested in ("last", "best", "auto") else {}
     if requested == "auto":
-        found = newest_to_resume(run_root, root_dir, skip=busy)
+        found = _newest_to_resume(run_root, root_dir, skip=busy)
         if found is None and subcommand != "fit":
             raise CheckpointNotFoundError(f"--ckpt_path auto: no checkpoint under {run_root} or in {root_dir}")
     else:
-        found = resolve_checkpoint(requested, run_root, root_dir, skip=busy)
+        found = _resolve_checkpoint(requested, run_root, root_dir, skip=busy)
     if found is None:
         return None
     path, checkpoint = found
@@ -248,11 +250,11 @@ def choose_checkpoint(
     if subcommand == "fit" and requested == "best" and version is not None:
         notes.append(f"--ckpt_path best: an older state than {run_root / version}'s last.ckpt, resumed into a new run")
         version = None
-    chosen = Chosen(path, checkpoint["epoch"], checkpoint["global_step"], version, notes, epochs_done(checkpoint))
+    chosen = Chosen(path, checkpoint["epoch"], checkpoint["global_step"], version, notes, _epochs_done(checkpoint))
     return chosen, checkpoint
 
 
-def epochs_done(checkpoint: dict[str, Any]) -> int:
+def _epochs_done(checkpoint: dict[str, Any]) -> int:
     """The epochs a checkpoint has finished training: ``processed`` of its fit loop's epoch progress (a plain count
     Lightning saves), or its epoch index where it has none."""
     loops = checkpoint.get("loops")

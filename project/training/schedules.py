@@ -109,7 +109,7 @@ class Constant(PlannedSchedule):
     """The optimizer's learning rate throughout (a frozen backbone's held at 0 for its epochs)."""
 
 
-class WarmupSchedule(PlannedSchedule):
+class _WarmupSchedule(PlannedSchedule):
     """A schedule that warms up: over a fraction of each cycle (a resumed run of another length stretches it), or
     over a number of epochs or optimizer steps (exact, and kept on resume). One of the three at a time; none given:
     :data:`~project.training.lr_factor.DEFAULT_WARMUP_FRACTION` of the run.
@@ -153,19 +153,19 @@ class WarmupSchedule(PlannedSchedule):
         return {"warmup_fraction": self.warmup_fraction or 0.0}
 
 
-class OneCycle(WarmupSchedule):
+class OneCycle(_WarmupSchedule):
     """torch's OneCycleLR shape over the run: a cosine warm-up from lr/25 to the optimizer's lr, then a cosine anneal
-    to lr/250,000 (Smith's super-convergence schedule). Args: see :class:`WarmupSchedule`."""
+    to lr/250,000 (Smith's super-convergence schedule). Args: see :class:`_WarmupSchedule`."""
 
     shape = "onecycle"
 
 
-class DecaySchedule(WarmupSchedule):
+class _DecaySchedule(_WarmupSchedule):
     """A linear warm-up from 0, then a decay to ``min_lr_fraction`` of the learning rate at the run's end.
 
     Args:
         min_lr_fraction: where the decay ends, in [0, 1).
-        warmup_fraction, warmup_epochs, warmup_steps: see :class:`WarmupSchedule`.
+        warmup_fraction, warmup_epochs, warmup_steps: see :class:`_WarmupSchedule`.
     """
 
     def __init__(
@@ -185,13 +185,13 @@ class DecaySchedule(WarmupSchedule):
         return {**super().settings(per_epoch), "min_lr_fraction": self.min_lr_fraction}
 
 
-class Cosine(DecaySchedule):
+class Cosine(_DecaySchedule):
     """A linear warm-up, then a cosine decay (Hugging Face's ``get_cosine_schedule_with_warmup``, with a floor)."""
 
     shape = "cosine"
 
 
-class Linear(DecaySchedule):
+class Linear(_DecaySchedule):
     """A linear warm-up, then a straight decay (Hugging Face's ``get_linear_schedule_with_warmup``, with a floor)."""
 
     shape = "linear"
@@ -242,7 +242,7 @@ class Steps(PlannedSchedule):
 # -- the run's steps -------------------------------------------------------------------------------------------------
 
 
-def training_batches(trainer: L.Trainer) -> int:
+def _training_batches(trainer: L.Trainer) -> int:
     """Training batches per epoch on this process. With ``max_steps``, Lightning has not counted them when the
     optimizers are configured: they are counted here from the loader, with ``limit_train_batches`` applied as
     Lightning applies it (a fraction of them, or at most that many)."""
@@ -259,7 +259,7 @@ def limited(batches: int, limit: int | float) -> int:
 
 def steps_per_epoch(trainer: L.Trainer) -> int:
     """Optimizer steps in one epoch (known once the training data is)."""
-    return math.ceil(training_batches(trainer) / trainer.accumulate_grad_batches)
+    return math.ceil(_training_batches(trainer) / trainer.accumulate_grad_batches)
 
 
 def steps_before_fit(trainer: L.Trainer, data: L.LightningDataModule) -> RunSteps:

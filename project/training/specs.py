@@ -21,9 +21,9 @@ from project.training.checkpoints import allowed_class, import_path
 
 PROJECT_VERSION = "0.2"
 """What a checkpoint records as ``project_version``: the layout of options its hyperparameters follow."""
-RELEASES = "0.1: git checkout 4b1d3c0"
+_RELEASES = "0.1: git checkout 4b1d3c0"
 """Where the releases that read older checkpoints are: the last commit of each."""
-LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+_LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 """What LightningCLI records as a model's ``_instantiator`` (never used here: the project builds the model itself)."""
 
 
@@ -75,15 +75,15 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
         writer = f"project {version}" if version else "project 0.1 (before the pieces of 0.2)"
         raise UserInputError(
             f"{source} was written by {writer}, whose options this one does not read: use the release that wrote it "
-            f"({RELEASES}), or train again"
+            f"({_RELEASES}), or train again"
         )
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
-        if nested_deeper(checkpoint.get(key), MAX_NESTING):
-            raise UserInputError(f"{source}: its {key} nest deeper than {MAX_NESTING} levels (a config never does)")
+        if _nested_deeper(checkpoint.get(key), _MAX_NESTING):
+            raise UserInputError(f"{source}: its {key} nest deeper than {_MAX_NESTING} levels (a config never does)")
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):
         raise UserInputError(f"{source} records no hyper_parameters mapping (it holds {type(hparams).__name__})")
-    if hparams.get("_instantiator") not in (None, LIGHTNING_INSTANTIATOR):
+    if hparams.get("_instantiator") not in (None, _LIGHTNING_INSTANTIATOR):
         instantiator = hparams["_instantiator"]
         raise UserInputError(f"{source} names the instantiator {instantiator!r}; only LightningCLI's is read")
     network = hparams.get("network")  # None: one built in Python that Lightning could not record (given on load)
@@ -107,12 +107,12 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
             raise UserInputError(f"{source}: {error}") from None
 
 
-MAX_NESTING = 64
+_MAX_NESTING = 64
 """The deepest a checkpoint's recorded options may nest (a config's are a few levels): deeper, the code that reads
 them recursively would exhaust Python's stack."""
 
 
-def nested_deeper(value: Any, limit: int) -> bool:
+def _nested_deeper(value: Any, limit: int) -> bool:
     """Whether mappings and lists in ``value`` nest more than ``limit`` levels deep (walked without recursion)."""
     stack = [(value, 0)]
     while stack:
@@ -124,7 +124,7 @@ def nested_deeper(value: Any, limit: int) -> bool:
     return False
 
 
-FILE_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+_FILE_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 """The files a ModelCheckpoint's state names (besides the keys of ``best_k_models``)."""
 
 
@@ -141,12 +141,12 @@ def check_recorded_paths(checkpoint: dict[str, Any], source: str | Path) -> None
         if not isinstance(state, dict):
             continue
         best_k = state.get("best_k_models") or {}
-        files = [state.get(key) for key in FILE_KEYS] + list(best_k if isinstance(best_k, dict) else [best_k])
+        files = [state.get(key) for key in _FILE_KEYS] + list(best_k if isinstance(best_k, dict) else [best_k])
         files = [file for file in files if file not in (None, "")]
         dirpath = state.get("dirpath") if files else ""
         if not isinstance(dirpath, str) or not all(isinstance(file, str) for file in files):
             raise UserInputError(f"{source}: the state of {name} records files {files!r}, not paths in its dirpath")
-        outside = next((file for file in files if leads_out(file, dirpath)), None)
+        outside = next((file for file in files if _leads_out(file, dirpath)), None)
         if outside is not None:
             raise UserInputError(
                 f"{source}: the state of {name} names {outside}, which leads out of its checkpoint folder {dirpath} "
@@ -154,7 +154,7 @@ def check_recorded_paths(checkpoint: dict[str, Any], source: str | Path) -> None
             )
 
 
-def leads_out(file: str, folder: str) -> bool:
+def _leads_out(file: str, folder: str) -> bool:
     """Whether ``file``, which a checkpoint callback's state names beside its ``folder``, leads out of that folder
     where it lies inside it by its name (a ``..``, a link), or holds a ``..`` after a folder's name elsewhere, or is
     remote (Lightning deletes those without looking where they are)."""

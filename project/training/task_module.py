@@ -42,8 +42,8 @@ from project.training.specs import PROJECT_VERSION, check_recorded, from_spec, m
 from project.training.speed import Speed
 from project.training.torch_schedulers import momentum_of, torch_scheduler_config
 
-Batch = tuple[Tensor, Tensor]
-STAGES = ("train", "val", "test")
+_Batch = tuple[Tensor, Tensor]
+_STAGES = ("train", "val", "test")
 
 
 def check_arguments(network: Network, lr_batch_size: int | None) -> None:
@@ -131,7 +131,7 @@ class TaskModule(MonitoredModule):
         self.task = task.bind(self.network.num_outputs, metric_class)
         self.hparams["task"] = plain_spec(task)
         metrics = task.metric_collection()
-        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{s}/") for s in STAGES)
+        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{s}/") for s in _STAGES)
 
     def use_data(self, data: ImageDataModule) -> None:
         """Take the task given, or the project's task for the data's targets, unless it is taken already; refuse a
@@ -172,7 +172,7 @@ class TaskModule(MonitoredModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.network(self.speed.images(images))
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: _Batch, batch_idx: int) -> Tensor:
         images, targets = batch
         outputs = self(images)
         loss = self.task.loss(outputs, targets)
@@ -184,7 +184,7 @@ class TaskModule(MonitoredModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
-    def evaluation_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> tuple[Tensor, Tensor]:
+    def evaluation_step(self, batch: _Batch, stage: str, metrics: MetricCollection) -> tuple[Tensor, Tensor]:
         images, targets = batch
         outputs = self(images)
         loss = self.task.loss(outputs, targets)
@@ -193,18 +193,18 @@ class TaskModule(MonitoredModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss, outputs
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+    def validation_step(self, batch: _Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, outputs = self.evaluation_step(batch, "val", self.val_metrics)
         return {"loss": loss, "outputs": outputs.detach()}  # for project.reports.tensorboard.TensorBoardReports
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: _Batch, batch_idx: int) -> None:
         self.evaluation_step(batch, "test", self.test_metrics)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def predict_step(self, batch: _Batch, batch_idx: int) -> Tensor:
         """The task's decisions: class indices, 0/1, 0/1 vectors of labels, or values."""
         return self.task.decisions(self(batch[0]))
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: _Batch, batch_idx: int) -> None:
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:  # the host syncs here anyway
             self.divergence.check()
 

@@ -30,9 +30,9 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], LRScheduler]
 """What LightningCLI's ``LRSchedulerCallable`` is: an optimizer in, a scheduler out."""
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 """What LightningCLI's ``OptimizerCallable`` is: parameter groups in, an optimizer out."""
-FAILURES = (ArithmeticError, LookupError, RuntimeError, TypeError, ValueError)
+_FAILURES = (ArithmeticError, LookupError, RuntimeError, TypeError, ValueError)
 """What a scheduler raises for arguments it cannot work with, when it is built or stepped."""
-STEP_ORDER_WARNING = r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
+_STEP_ORDER_WARNING = r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
 """torch warns when a scheduler steps before its optimizer has: the probe steps a scheduler whose optimizer never
 steps (its stand-in parameters have no gradients), on purpose."""
 
@@ -45,7 +45,7 @@ def probe_scheduler(make_scheduler: SchedulerFactory, optimizer: torch.optim.Opt
         probe = make_scheduler(optimizer)
     except UserInputError:  # the project's own schedules check their options themselves
         raise
-    except FAILURES as error:
+    except _FAILURES as error:
         raise UserInputError(f"model.lr_scheduler: {first_line(error)}") from None
     if not isinstance(probe, LRScheduler):
         raise UserInputError(
@@ -53,13 +53,13 @@ def probe_scheduler(make_scheduler: SchedulerFactory, optimizer: torch.optim.Opt
         )
     check_arguments(probe)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=STEP_ORDER_WARNING)
+        warnings.filterwarnings("ignore", message=_STEP_ORDER_WARNING)
         try:
             if isinstance(probe, ReduceLROnPlateau):
                 probe.step(0.0)  # (the metric it follows)
             else:
                 probe.step()
-        except FAILURES as error:
+        except _FAILURES as error:
             raise UserInputError(
                 f"model.lr_scheduler {type(probe).__name__} fails at its first step with these arguments: "
                 f"{first_line(error)} ({type(error).__name__})"
@@ -100,7 +100,7 @@ def torch_scheduler_config(
     convention; ``OneCycleLR`` and ``CyclicLR``, which torch documents as stepped after every batch, every optimizer
     step); a ``ReduceLROnPlateau`` follows ``monitor`` (the model's metric and whether higher or lower is better: its
     ``mode``). With it, a note to say when the scheduler takes over the optimizer's ``momentum`` (:func:`momentum_of`,
-    read before the scheduler was built: :func:`momentum_note`), else ``None``."""
+    read before the scheduler was built: :func:`_momentum_note`), else ``None``."""
     optimizer = scheduler.optimizer
     for group in optimizer.param_groups:  # what a resumed run compares its learning rates with (ReduceLROnPlateau)
         group.setdefault("initial_lr", group["lr"])
@@ -111,7 +111,7 @@ def torch_scheduler_config(
         if scheduler.mode != mode:  # the command line fills in mode's default, "min": wrong for val/acc
             scheduler = functools.partial(make_scheduler, mode=mode)(optimizer)
         config.update(scheduler=scheduler, monitor=metric)
-    return config, momentum_note(scheduler, optimizer, momentum)
+    return config, _momentum_note(scheduler, optimizer, momentum)
 
 
 def momentum_of(optimizer: torch.optim.Optimizer) -> str:
@@ -122,7 +122,7 @@ def momentum_of(optimizer: torch.optim.Optimizer) -> str:
     return f"momentum {group['momentum']:g}" if "momentum" in group else "no momentum"
 
 
-def momentum_note(scheduler: LRScheduler, optimizer: torch.optim.Optimizer, own: str) -> str | None:
+def _momentum_note(scheduler: LRScheduler, optimizer: torch.optim.Optimizer, own: str) -> str | None:
     """What ``cycle_momentum`` (torch's default for ``CyclicLR`` and ``OneCycleLR``) does to the optimizer, in one
     line: torch replaces its momentum (SGD, RMSprop; one of 0 is switched on) or its beta1 (Adam, AdamW) by a cycle
     of the scheduler's own ``base_momentum`` and ``max_momentum``; ``None`` for any other scheduler. (An optimizer
