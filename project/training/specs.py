@@ -21,7 +21,7 @@ from project.training.checkpoints import allowed_class, import_path
 
 PROJECT_VERSION = "0.2"
 """What a checkpoint records as ``project_version``: the layout of options its hyperparameters follow."""
-_RELEASES = "0.1: git checkout 4b1d3c0"
+_RELEASES = "0.1: git checkout 435af47"
 """Where the releases that read older checkpoints are: the last commit of each."""
 _LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 """What LightningCLI records as a model's ``_instantiator`` (never used here: the project builds the model itself)."""
