@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,7 @@ if os.environ.get(DATA_DIR_ENV):  # relative to where pytest started (tests chan
     os.environ[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
 if not os.environ.get(CACHE_DIR_ENV):  # decoded-image caches in a folder of this session's, not in ./cache
     os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="project-test-cache-")
+    atexit.register(shutil.rmtree, os.environ[CACHE_DIR_ENV], ignore_errors=True)  # removed when the session ends
 # Tests name callbacks of their own in configs (--trainer.callbacks+=helpers.KillAtStep): trusted, as a user's module.
 trust("helpers", root=Path(__file__).parent)
 MNIST_FILES = (
