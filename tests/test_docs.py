@@ -1,6 +1,5 @@
 """The documentation keeps to the code: README.md, ARCHITECTURE.md and docs/*.md name only modules and objects that
-import (under their current names, not the old ones of ``project.moved``), presets that exist, and files that exist;
-links to a heading find it; the README stays a newcomer's page."""
+import, presets that exist, and files that exist; links to a heading find it; the README stays a newcomer's page."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from project.moved import MOVED
 
 from project.cli.presets import checked_config
 from project.errors import UserInputError
@@ -77,12 +75,6 @@ def resolves(dotted: str) -> str | None:
     return "no such module"
 
 
-def old_name(dotted: str) -> str | None:
-    """The moved module (an old name, before the package had folders) that ``dotted`` goes through, if any."""
-    parts = dotted.split(".")
-    return next((".".join(parts[:i]) for i in range(len(parts), 1, -1) if ".".join(parts[:i]) in MOVED), None)
-
-
 def github_anchors(text: str) -> set[str]:
     """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens, repeats
     numbered."""
@@ -108,19 +100,6 @@ def test_dotted_names_import(page: Path) -> None:
     names = sorted(set(DOTTED.findall(without_urls(text_of(page)))))
     broken = [f"{name}: {why}" for name in names if (why := resolves(name))]
     assert not broken, f"{page.name} names what does not import:\n" + "\n".join(broken)
-
-
-def current_name_text(text: str) -> str:
-    """``text`` without the paragraphs that speak of the old names as such (they cite ``project/moved.py``)."""
-    paragraphs = re.split(r"\n\s*\n", text)
-    return "\n\n".join(p for p in paragraphs if "moved.py" not in p and "project.moved" not in p)
-
-
-@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
-def test_dotted_names_are_current(page: Path) -> None:
-    names = sorted(set(DOTTED.findall(without_urls(current_name_text(text_of(page))))))
-    old = [f"{name} (old name {moved}: now {MOVED[moved]})" for name in names if (moved := old_name(name))]
-    assert not old, f"{page.name} uses module names from before the move:\n" + "\n".join(old)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
@@ -165,9 +144,6 @@ def test_checks_catch_drift() -> None:
     assert resolves("project.training.task_module.TaskModule.load_from_checkpoint") is None
     assert resolves("project.training.NoSuchThing") is not None
     assert resolves("project.no_such_module") is not None
-    assert old_name("project.task_module.TaskModule") == "project.task_module"
-    assert old_name("project.networks.ConvNet") is None
-    assert current_name_text("`project.task_module` still imports (`project/moved.py`).\n\nNew.") == "New."
     assert DOTTED.findall(without_urls("see https://x.org/project.nothing and `project.data.`.")) == ["project.data"]
     assert DOTTED.findall("pyproject.toml, project/configs/mnist.yaml") == []
     assert config_names("`--config lora.yaml`, --config=debug, (`--config` alone)") == {"lora.yaml", "debug"}
