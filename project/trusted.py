@@ -4,7 +4,7 @@ it. Everything else a file holds is data.
 Options that take a class (``--model.network``, ``--trainer.callbacks``, ``--data``, ...) name it by class path, and
 the command line builds it. :func:`refuse_untrusted_code` checks every class path and every function the parser read,
 from the command line, a ``--config`` file, a run's saved ``config.yaml``, a sweep's ``best.yaml`` or spec, before
-anything is built: a class must come from one of :data:`LIBRARIES` or from a module you trust, and code (an option
+anything is built: a class must come from one of :data:`_LIBRARIES` or from a module you trust, and code (an option
 typed ``Callable``, such as ``LambdaCallback``'s hooks: a function or any callable object) from a module you trust.
 The parser imports a module a value names before that check, so :func:`guard_parser_imports` holds its imports to
 the same modules, and never a ``__main__`` module. Checkpoints name their classes too; those are looked up among
@@ -49,7 +49,7 @@ else:  # the same parser, before it joined the standard library
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The clone's folder, beside ``project/``: where its ``pyproject.toml`` is (absent for a non-editable install)."""
-LIBRARIES = ("project", "torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "lightning_fabric")
+_LIBRARIES = ("project", "torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "lightning_fabric")
 """The packages whose classes a config may name without trust (top-level import names)."""
 HOW_TO_TRUST = (
     "to trust a module of your own, name it: --trust your.module (on every python -m project command), or "
@@ -88,7 +88,8 @@ def trust(*modules: str, root: Path | None = None) -> None:
 
 def guard_parser_imports() -> None:
     """Let the command line's parser import, for a class path or function a value names, only the modules of
-    :data:`LIBRARIES` and the trusted ones, and never a ``__main__`` module of theirs (a program: importing it runs it).
+    :data:`_LIBRARIES` and the trusted ones, and never a ``__main__`` module of theirs (a program: importing it runs
+    it).
 
     The parser (jsonargparse) imports what a value names before :func:`refuse_untrusted_code` sees the parsed config,
     so its own ``import_path_denylist`` and ``import_path_allowlist`` hold it to these (docs/design_notes.md). Modules
@@ -98,21 +99,21 @@ def guard_parser_imports() -> None:
     programs = [name for module in sorted(allowed) for name in _main_modules(module)]
     set_parsing_settings(
         import_path_denylist=["*", *library_main_modules(), *programs, *revoked],
-        import_path_allowlist=[*LIBRARIES, *sorted(allowed)],
+        import_path_allowlist=[*_LIBRARIES, *sorted(allowed)],
     )
     _PARSER_ALLOWS.clear()
     _PARSER_ALLOWS.update(allowed)
 
 
 def _own_part_of_library(name: str) -> bool:
-    """Whether a trusted ``name`` lies in one of :data:`LIBRARIES` already, or in jsonargparse (which the parser never
+    """Whether a trusted ``name`` lies in one of :data:`_LIBRARIES` already, or in jsonargparse (which the parser never
     imports for a value: a value could change its settings)."""
-    return name.partition(".")[0] in (*LIBRARIES, "jsonargparse")
+    return name.partition(".")[0] in (*_LIBRARIES, "jsonargparse")
 
 
 def library_main_modules() -> tuple[str, ...]:
-    """The ``__main__`` modules inside :data:`LIBRARIES` (``torch.utils.model_dump.__main__``), found on disk."""
-    return tuple(name for library in LIBRARIES for name in _main_modules(library))
+    """The ``__main__`` modules inside :data:`_LIBRARIES` (``torch.utils.model_dump.__main__``), found on disk."""
+    return tuple(name for library in _LIBRARIES for name in _main_modules(library))
 
 
 @functools.cache
@@ -161,9 +162,9 @@ def trusted(module: str) -> bool:
 
 
 def _may_be_named(module: str) -> bool:
-    """Whether a config may name a class of ``module``: one of :data:`LIBRARIES`, or a trusted module; never a
+    """Whether a config may name a class of ``module``: one of :data:`_LIBRARIES`, or a trusted module; never a
     ``__main__`` module (a program)."""
-    return (module.partition(".")[0] in LIBRARIES or trusted(module)) and "__main__" not in module.split(".")
+    return (module.partition(".")[0] in _LIBRARIES or trusted(module)) and "__main__" not in module.split(".")
 
 
 def take_trust_options(args: list[str]) -> tuple[list[str], list[str]]:

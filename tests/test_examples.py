@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import run_script
+from conftest import write_image_folder
+from helpers import directory_scalars, run_script
 
 from project.cli import run_cli
 
@@ -82,6 +83,14 @@ def test_a_loss_of_your_own_trains_resumes_evaluates_exports_predicts_and_sweeps
     from project.inference.prediction import Predictor
 
     assert type(Predictor.load(run_dir / "export" / "model.onnx").task).__name__ == "FocalLoss"
+    write_image_folder(run_dir / "new", {"digits": 3}, mode="L", size=28)
+    for model in (last, run_dir / "export" / "model.onnx"):
+        out = run_dir / f"{model.suffix[1:]}.csv"
+        code, _, err = run_script("predict.py", [str(model), str(run_dir / "new"), trust, "--out", str(out)], capsys,
+                                  monkeypatch)  # fmt: skip
+        assert code == 0 and len(out.read_text().splitlines()) == 1 + 3, err  # a header and a row per image
+    scalars = directory_scalars(last.parents[1])
+    assert {"train/loss_step", "val/loss", "val/acc"} <= set(scalars)  # in TensorBoard, as any task's
     spec = {"configs": ["debug", str(EXAMPLES / "focal_loss" / "config.yaml")], "trials": 1,
             "options": {"data.data_dir": str(fake_data_dir), "data.split.val_size": 100},
             "space": {"model.task.gamma": {"low": 0.5, "high": 2.0}}}  # fmt: skip

@@ -123,7 +123,7 @@ class ProjectCLI(LightningCLI):
         return {name: subcommands[name] | {"weights_only", "ckpt_path"} for name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The data decides the task and the size of the network's output, so neither is typed twice.
+        # The data decides the size of the network's output, so it is never typed twice (the task: TaskModule.setup).
         parser.link_arguments("data.num_outputs", "model.network.init_args.num_outputs", apply_on="instantiate")
         parser.add_argument("--ckpt_path", type=str | None, default=None, help=_CKPT_PATH_HELP)
         parser.add_argument(
@@ -173,6 +173,7 @@ class ProjectCLI(LightningCLI):
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
         if self.subcommand in _EVALUATION:  # no run folder (`evaluate` writes reports), no fit-only callbacks
             config.trainer.logger = False
+            # Lightning's advice to give again the callbacks that wrote the checkpoint: these are left out on purpose.
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         check_sharding_has_gpus(config.trainer.strategy, config.trainer.accelerator)
         if config.trainer.logger is False:  # no run folder to keep the config in (and nothing in the cwd to clobber)
@@ -215,6 +216,7 @@ class ProjectCLI(LightningCLI):
             logger.purge_step = chosen.global_step
         # Keep the config of every earlier start of this run: config.yaml, config-resume1.yaml, ...
         self.save_config_kwargs["config_filename"] = next_free_name(run_root / chosen.version, "config", ".yaml")
+        # ModelCheckpoint's warning about a folder that holds checkpoints: a resumed run writes on in its own folder.
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         say(f"Resuming {chosen.summary()} into {run_root / chosen.version}")
 
@@ -361,7 +363,7 @@ def run_cli(
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
     # Lightning's tips for its cloud services, on every run: not this project's advice.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)  # the logger rank_zero_info uses
-    # Errors come back to be said in one line; options are never abbreviated (--model.lr is not --model.lr_scheduler).
+    # Errors come back to be said in one line; options are never abbreviated (--data.split.val is not val_size).
     common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
     parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": _DESCRIPTION}
     defaults = [str(path) for path in default_configs(args)]  # base.yaml, and mnist.yaml unless args choose data

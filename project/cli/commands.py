@@ -215,7 +215,7 @@ def sweep_arguments(args: list[str], prog: str = "python -m project sweep") -> t
     return options, fit_args
 
 
-def evaluate(options: Namespace) -> None:
+def _evaluate(options: Namespace) -> None:
     """The report of ``evaluate``'s checkpoint, on stdout and in its files."""
     from project.inference.evaluation import evaluate_checkpoint
 
@@ -224,7 +224,7 @@ def evaluate(options: Namespace) -> None:
     print("wrote " + ", ".join(str(path) for path in written))
 
 
-def export(options: Namespace) -> None:
+def _export(options: Namespace) -> None:
     """``export``'s files, and how far each is from the checkpoint's network."""
     from project.inference.export import default_folder, export_checkpoint
 
@@ -238,7 +238,7 @@ def export(options: Namespace) -> None:
         print(f"largest difference from the checkpoint's network (relative to the outputs' scale): {differences}")
 
 
-def predict(options: Namespace) -> None:
+def _predict(options: Namespace) -> None:
     """``predict``'s CSV (a file that cannot be decoded is named on stderr and skipped)."""
     from project.inference.prediction import predict_files
 
@@ -246,7 +246,7 @@ def predict(options: Namespace) -> None:
     print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
 
 
-_RUNNERS: dict[str, Callable[[Namespace], None]] = {"evaluate": evaluate, "export": export, "predict": predict}
+_RUNNERS: dict[str, Callable[[Namespace], None]] = {"evaluate": _evaluate, "export": _export, "predict": _predict}
 
 
 def run(name: str, args: list[str], prog: str) -> None:

@@ -75,6 +75,17 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
     class_problem = _class_argument_problem(message, key)
     if class_problem:
         return class_problem
+    # Before the types of a union (a logger option is a class or a bool): jsonargparse's adapt_typehints, a class
+    # path that imports, but is not a subclass of the option's base.
+    subclass = re.search(r"(Import path does not correspond to a subclass of \w+)", message)
+    if subclass:
+        return f"{key}: {value or 'the class'} cannot be used here ({subclass.group(1)})"
+    # jsonargparse's adapt_typehints: a class path that failed, and why (the error's first line); where that is an
+    # option of the class ("Parser key ..."), the option's own problem is said below.
+    problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
+    if problem and not problem.group(2).lstrip().startswith("Parser key"):
+        own = f"; {HOW_TO_TRUST}" if any(isinstance(cause, ModuleNotFoundError) for cause in causes(error)) else ""
+        return f"{key}: {problem.group(1)} cannot be used here ({problem.group(2).strip()}){own}"
     expected = _expected_type(message, value)
     shown = repr(value) if value is not None else "its value"
     if expected and expected.startswith("dot import path"):
@@ -84,15 +95,6 @@ def explain_parse_error(error: ArgumentError, args: list[str], known: Callable[[
         )
     if expected:
         return f"{key}: expected {expected}" + (f", got {shown}" if value is not None else "")
-    # jsonargparse's adapt_typehints: a class path that imports, but not a subclass of the option's base.
-    subclass = re.search(r"(Import path does not correspond to a subclass of \w+)", message)
-    if subclass:
-        return f"{key}: {value or 'the class'} cannot be used here ({subclass.group(1)})"
-    # jsonargparse's adapt_typehints: a class path whose import failed, and why (the error's first line).
-    problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
-    if problem:
-        own = f"; {HOW_TO_TRUST}" if any(isinstance(cause, ModuleNotFoundError) for cause in causes(error)) else ""
-        return f"{key}: {problem.group(1)} cannot be used here ({problem.group(2).strip()}){own}"
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines or key == "an option":  # argparse's own, which names the option: "argument --x: expected one ..."
         return lines[-1] if lines else message
@@ -205,7 +207,7 @@ def _expected_type(message: str, value: str | None) -> str | None:
 
 
 def _known_options(parser: Any, args: list[str] | None) -> list[str]:
-    """Every option of the subcommand in ``args`` as a user types it (``data.batch_size``, ``model.lr``)."""
+    """Every option of the subcommand in ``args`` as a user types it (``data.batch_size``, ``model.optimizer.lr``)."""
     subcommand = next((arg for arg in args or [] if arg in SUBCOMMANDS), "fit")
     try:
         defaults = parser.parse_args([subcommand])[subcommand]

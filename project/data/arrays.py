@@ -22,8 +22,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from project.data.base import ImageDataModule
-from project.data.decoding import per_channel_normalisation
+from project.data.decoding import check_square, per_channel_normalisation
 from project.data.in_memory import PixelTensors, SplitTensors, unit_scaled
+from project.data.labels import check_class_count
 from project.data.splits import subset_labels
 from project.errors import DataNotFoundError, UserInputError, first_line
 
@@ -72,8 +73,7 @@ def _image_tensor(values: _ArrayLike, where: str) -> Tensor:
             f"{where} has shape {tuple(values.shape)}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with "
             f"N >= 1 and C = 1 (greyscale) or 3 (RGB)"
         )
-    if images.shape[2] != images.shape[3]:
-        raise UserInputError(f"{where}: images of {images.shape[2]}x{images.shape[3]} pixels; they must be square")
+    check_square(images.shape[2], images.shape[3], where)
     if images.is_floating_point():
         images = images.float()
         if not torch.isfinite(images).all():
@@ -180,8 +180,8 @@ class TensorDataModule(ImageDataModule):
         found = {"train_labels": train.targets.max().item()}
         if test is not None:
             found["test_labels"] = test.targets.max().item()
-        if given is not None and given < 2:
-            raise UserInputError(f"data.num_classes must be 2 or more, got {given}")
+        if given is not None:
+            check_class_count(given)
         if given is None and max(found.values()) < 1:
             raise UserInputError(f"{self.source('train_labels')} holds one class (0): a task needs two or more")
         given = max(found.values()) + 1 if given is None else given

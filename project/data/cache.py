@@ -280,7 +280,7 @@ def _own_folder(folder: Path) -> Path:
     return own
 
 
-def build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
+def _build(cache: DecodedCache, chunks: Iterator[Tensor]) -> None:
     """Write the images that ``chunks`` yields (uint8, ``(n, *shape)`` each) into a new cache file; the old one, if
     any, is replaced whole. :class:`_CacheNotWritten` when the disk refuses (nothing is left behind); the images' own
     errors (:class:`~project.data.decoding.UndecodableImages`) as they are."""
@@ -357,5 +357,5 @@ def _opened_or_built(
             # prints "AssertionError: can only test a child process" (torch.utils.data.dataloader,
             # _MultiProcessingDataLoaderIter.__del__ -> _shutdown_workers) beside the one-line note.
             with closing(decode_chunks()) as chunks:
-                build(cache, chunks)
+                _build(cache, chunks)
     return cache

@@ -10,7 +10,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from project.data.base import ImageDataModule
-from project.data.decoding import per_channel_normalisation
+from project.data.decoding import check_square, per_channel_normalisation
+from project.data.labels import check_class_count
 from project.data.splits import subset_labels
 from project.errors import UserInputError
 
@@ -32,8 +33,7 @@ def _first_image(dataset: Dataset, option: str) -> Tensor:
             f"data.{option}[0] is {type(example).__name__}: each example must be (image, label), the image a float "
             f"tensor of shape (C, H, W) with C = 1 or 3, normalised as the network should see it"
         )
-    if image.shape[1] != image.shape[2]:
-        raise UserInputError(f"data.{option}: images of {image.shape[1]}x{image.shape[2]} pixels; they must be square")
+    check_square(image.shape[1], image.shape[2], f"data.{option}")
     return image
 
 
@@ -101,8 +101,7 @@ class DatasetDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_classes < 2:
-            raise UserInputError(f"data.num_classes must be 2 or more, got {num_classes}")
+        check_class_count(num_classes)
         self.labels.check_classes(num_classes)
         if mean is None or std is None:
             raise UserInputError(

@@ -40,6 +40,18 @@ def _per_channel(value: float | list[float] | tuple[float, ...], channels: int, 
     return tuple(float(v) for v in values)
 
 
+def check_image_size(image_size: int) -> None:
+    """Refuse an ``image_size`` (the side of the square images the network takes) below 1."""
+    if image_size < 1:
+        raise UserInputError(f"data.image_size must be a positive integer, got {image_size}")
+
+
+def check_square(height: int, width: int, where: str) -> None:
+    """Refuse images that are not square (the networks take ``image_size`` x ``image_size``)."""
+    if height != width:
+        raise UserInputError(f"{where}: images of {height}x{width} pixels; they must be square")
+
+
 def per_channel_normalisation(
     mean: float | list[float] | tuple[float, ...], std: float | list[float] | tuple[float, ...], channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -76,8 +88,7 @@ class ImageConversion:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise UserInputError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
-        if self.image_size < 1:
-            raise UserInputError(f"data.image_size must be a positive integer, got {self.image_size}")
+        check_image_size(self.image_size)
         mean, std = per_channel_normalisation(self.mean, self.std, self.channels)
         object.__setattr__(self, "mean", mean)  # frozen: set once, here
         object.__setattr__(self, "std", std)

@@ -79,6 +79,12 @@ class _ClassSubset:
         return table[labels]
 
 
+def check_class_count(num_classes: int) -> None:
+    """Refuse a ``data.num_classes`` below 2: a classification needs two classes or more."""
+    if num_classes < 2:
+        raise UserInputError(f"data.num_classes must be 2 or more, got {num_classes}")
+
+
 @dataclass(frozen=True)
 class Labels:
     """How a data module's class labels are named and turned into targets: ``--data.labels.positive_classes

@@ -19,6 +19,7 @@ from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
 from project.data.base import DATA_DIR_ENV, ImageDataModule
+from project.data.decoding import check_image_size
 from project.data.in_memory import SplitTensors, unit_scaled
 from project.data.recording import piece
 from project.data.splits import Split, subset_labels
@@ -134,8 +135,7 @@ class MNISTDataModule(ImageDataModule):
     ) -> None:
         if dataset not in TORCHVISION_DATASETS:
             raise UserInputError(f"data.dataset {dataset!r} is not known: use one of {', '.join(TORCHVISION_DATASETS)}")
-        if image_size < 1:
-            raise UserInputError(f"data.image_size must be a positive integer, got {image_size}")
+        check_image_size(image_size)
         super().__init__(split=piece(Split, split, "data.split", _MNIST_SPLIT), **kwargs)
         self.dataset = dataset
         self.spec = TORCHVISION_DATASETS[dataset]

@@ -210,10 +210,13 @@ def predict_files(
     skipping: Callable[[str], None] = lambda line: print(f"skipped {line}", file=sys.stderr),
 ) -> tuple[int, list[str]]:
     """Predict the image files ``inputs`` name (:func:`image_paths`) with a checkpoint or an ONNX export, and write
-    the rows to the CSV file ``out`` (:func:`write_csv`); ``skipping`` says each file that cannot be decoded.
+    the rows to the CSV file ``out``, which must not exist yet (:func:`write_csv`); ``skipping`` says each file that
+    cannot be decoded.
     Returns how many rows, and the files skipped."""
     if batch_size < 1:
         raise UserInputError(f"batch_size: expected a positive integer, got {batch_size}")
+    if out.exists() or out.is_symlink():  # a result is never overwritten
+        raise UserInputError(f"--out {out} exists already: name another file (or remove it)")
     paths = image_paths(inputs)
     rows, skipped = Predictor.load(model_path, mnist_style).predict(paths, batch_size)
     for line in skipped:
@@ -230,10 +233,10 @@ def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
     with written_whole(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({k: format_value(v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: _format_value(v) for k, v in row.items()} for row in rows)
 
 
-def format_value(value: Any) -> Any:
+def _format_value(value: Any) -> Any:
     """Numbers with 6 significant digits; text made spreadsheet-safe."""
     if isinstance(value, float | np.floating):
         return f"{value:.6g}"

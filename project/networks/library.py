@@ -23,7 +23,7 @@ from project.errors import UserInputError, first_line, install_command
 from project.files.weights import hub_file, read_weights, state_dict_differences, weights_only_loads
 from project.networks import Network
 
-LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "transformers"}
+_LIBRARIES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "transformers"}
 """The allow-list: library name -> the module imported for it. torchvision is a dependency; ``pip install -e
 ".[timm]"``, ``".[hf]"`` for the others (``project.errors.EXTRAS``)."""
 
@@ -49,9 +49,9 @@ def hub_offline() -> Iterator[None]:
 
 
 def _import_library(library: str) -> Any:
-    if library not in LIBRARIES:
-        raise UserInputError(f"model.network.init_args.library must be one of {', '.join(LIBRARIES)}, got {library!r}")
-    module = LIBRARIES[library]  # only modules named on the allow-list are imported
+    if library not in _LIBRARIES:
+        raise UserInputError(f"model.network.init_args.library must be one of {', '.join(_LIBRARIES)}, got {library!r}")
+    module = _LIBRARIES[library]  # only modules named on the allow-list are imported
     try:
         return importlib.import_module(module)
     except ImportError:

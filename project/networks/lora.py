@@ -44,19 +44,13 @@ class LoRA:
     targets: list[str] | None = None
     dropout: float = 0.0
 
-
-def settings_from(value: LoRA | dict[str, Any] | None) -> LoRA | None:
-    """The settings from the command line (a :class:`LoRA`) or a checkpoint (its plain values), checked."""
-    if value is None:
-        return None
-    settings = value if isinstance(value, LoRA) else LoRA(**value)
-    if settings.rank < 1:
-        raise UserInputError(f"model.lora.rank must be a positive integer, got {settings.rank}")
-    if settings.alpha is not None and not settings.alpha > 0:
-        raise UserInputError(f"model.lora.alpha must be a positive number, got {settings.alpha}")
-    if not 0.0 <= settings.dropout < 1.0:
-        raise UserInputError(f"model.lora.dropout must lie in [0, 1), got {settings.dropout}")
-    return settings
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise UserInputError(f"model.lora.rank must be a positive integer, got {self.rank}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise UserInputError(f"model.lora.alpha must be a positive number, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"model.lora.dropout must lie in [0, 1), got {self.dropout}")
 
 
 def _adaptable_layers(backbone: nn.Module) -> list[str]:

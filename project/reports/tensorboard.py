@@ -72,10 +72,9 @@ class RunLogger(TensorBoardLogger):
         return self.claimed_version if self.claimed_version is not None else super().version
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
-        # Lightning asks at the start of fit and again for the test after fit: once is enough. The graph is traced
-        # with torch.jit, which cannot trace a compiled network.
-        compiled = bool(model.hparams.get("compile"))
-        if not self.graph_drawn and not compiled:
+        # Lightning asks at the start of fit and again for the test after fit: once is enough. A model without an
+        # example input (a compiled network, which torch.jit cannot trace) has no graph drawn.
+        if not self.graph_drawn and (input_array is not None or model.example_input_array is not None):
             super().log_graph(model, input_array)
         self.graph_drawn = True
 

@@ -110,7 +110,7 @@ def _check_trial_folders(resolved: dict[str, Any]) -> None:
 
 
 def _default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
-    """The spec's objective, or the task's monitored metric and direction, which the data decides (the model's
+    """The spec's objective, or the task's monitored metric and direction (the model's
     ``monitored_metric``: ``val/acc`` to maximise, ``val/loss`` to minimise for regression, ...)."""
     if spec.metric is not None:
         return Objective(spec.metric, spec.direction or "maximize")

@@ -172,7 +172,7 @@ def summary_table(sweep: Sweep, study: Any, limit: int = 30) -> str:
     lines = [header]
     for row in table[:limit]:
         objective = "" if row["objective"] is None else f"{row['objective']:.6g}"
-        values = [format_value(row[option]) for option in names]
+        values = [_format_value(row[option]) for option in names]
         lines.append([str(row["number"]), row["state"], objective, *values, row["run_folder"]])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
@@ -181,7 +181,7 @@ def summary_table(sweep: Sweep, study: Any, limit: int = 30) -> str:
     return "\n".join(text)
 
 
-def format_value(value: Any) -> str:
+def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)

@@ -312,7 +312,7 @@ def check_resume_settings(
 ) -> None:
     """Refuse, naming each, the options of a resumed run that differ from the checkpoint's and cannot change."""
     differences = []
-    sections = (  # the data first: it decides the task and the number of outputs
+    sections = (  # the data first: it decides the number of outputs
         ("data", checkpoint.get("datamodule_hyper_parameters") or {}, data_hparams),
         ("model", checkpoint.get("hyper_parameters") or {}, model_hparams),
     )
@@ -333,7 +333,7 @@ def check_resume_settings(
     elif untaken := sorted(key for key in stored_data if not key.startswith("_") and key not in data_hparams):
         differences.append(
             f"the run's data options {', '.join(untaken)}, which this version of {data_class.__name__} does not take "
-            f"(the checkpoint was written before they were renamed)"
+            "(its arguments changed since the run was written)"
         )
     layout = checkpoint.get("run_layout", {})
     for name, value in (("accumulate_grad_batches", accumulate_grad_batches), ("world_size", world_size)):

@@ -120,8 +120,8 @@ def _resolve_checkpoint(
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
             raise CheckpointNotFoundError(
-                f"--ckpt_path {ckpt_path}: no such checkpoint file. Pass 'last' to resume the newest run under "
-                f"{run_root}, or the path of a .ckpt file."
+                f"--ckpt_path {ckpt_path}: no such checkpoint file. Pass 'last' for the newest run's last.ckpt "
+                f"under {run_root}, or the path of a .ckpt file."
             )
         return path, read_checkpoint(path)
     found = find_last_checkpoint(run_root, skip)

@@ -21,7 +21,7 @@ from project.training.checkpoints import allowed_class, import_path
 
 PROJECT_VERSION = "0.2"
 """What a checkpoint records as ``project_version``: the layout of options its hyperparameters follow."""
-_RELEASES = "0.1: git checkout 435af47"
+_RELEASES = {"0.1": "git checkout 435af47"}
 """Where the releases that read older checkpoints are: the last commit of each."""
 _LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 """What LightningCLI records as a model's ``_instantiator`` (never used here: the project builds the model itself)."""
@@ -73,9 +73,12 @@ def check_recorded(checkpoint: dict[str, Any], source: str | Path) -> None:
     version = checkpoint.get("project_version")
     if version != PROJECT_VERSION:
         writer = f"project {version}" if version else "project 0.1 (before the pieces of 0.2)"
+        written = version or "0.1"
+        release = _RELEASES.get(written)
+        where = f"{written}: {release}" if release else f"{written}, which this one ({PROJECT_VERSION}) predates"
         raise UserInputError(
             f"{source} was written by {writer}, whose options this one does not read: use the release that wrote it "
-            f"({_RELEASES}), or train again"
+            f"({where}), or train again"
         )
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         if _nested_deeper(checkpoint.get(key), _MAX_NESTING):

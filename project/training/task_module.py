@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.networks import Network, check_image_shape  # the package imports every network: the allow-list
-from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_base, settings_from
+from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_base
 from project.tasks import TASKS, Task
 from project.training.checkpoints import MonitoredModule, read_checkpoint
 from project.training.divergence import DivergenceWatch
@@ -46,7 +46,7 @@ _Batch = tuple[Tensor, Tensor]
 _STAGES = ("train", "val", "test")
 
 
-def check_arguments(network: Network, lr_batch_size: int | None) -> None:
+def _check_arguments(network: Network, lr_batch_size: int | None) -> None:
     """Refuse a network outside the contract and a learning-rate batch size that cannot work, naming what is allowed."""
     if not isinstance(network, Network):
         raise UserInputError(
@@ -97,34 +97,34 @@ class TaskModule(MonitoredModule):
         speed: Speed | None = None,
     ) -> None:
         super().__init__()
-        check_arguments(network, lr_batch_size)
+        _check_arguments(network, lr_batch_size)
         self.network = network
         self.task = task
         self.make_optimizer = optimizer or torch.optim.AdamW
         self.make_scheduler = lr_scheduler or Constant
         self.tuning = finetuning or FineTuning()
         self.speed = speed or Speed()
-        adapters = settings_from(lora)
-        self.record_hyperparameters(adapters)
+        self.record_hyperparameters(lora)
         check_optimization(self.make_optimizer, self.make_scheduler, self.tuning)
         self.pretrained_summary: str | None = None
-        if adapters is not None:  # the base takes its pretrained weights before the adapters go on
+        if lora is not None:  # the base takes its pretrained weights before the adapters go on
             self.load_pretrained()
-            add_adapters(network, adapters)
-        self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
+            add_adapters(network, lora)
+        if not self.speed.compile:  # what TensorBoard's graph is traced with (torch.jit cannot trace a compiled one)
+            self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
         self.train_loss = MeanMetric()  # the epoch's mean training loss, its state in checkpoints with the metrics'
         self.divergence = DivergenceWatch()
         self.planned = PlannedRun()  # what a resumed run re-plans its learning rate to
         self.epoch_state_to_restore: dict[str, Any] | None = None
 
-    def record_hyperparameters(self, adapters: Any) -> None:
+    def record_hyperparameters(self, lora: LoRA | None) -> None:
         """Record the arguments (Lightning's ``hparams``), the pieces built in Python as plain values."""
         with warnings.catch_warnings():
             # A network built in Python (not by the CLI) is stored as plain values by on_save_checkpoint.
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
             self.save_hyperparameters(frame=inspect.currentframe().f_back)  # __init__'s arguments
-        lora = asdict(adapters) if adapters else None
-        self.hparams.update(finetuning=asdict(self.tuning), speed=asdict(self.speed), lora=lora)
+        adapters = asdict(lora) if lora else None
+        self.hparams.update(finetuning=asdict(self.tuning), speed=asdict(self.speed), lora=adapters)
 
     def use_task(self, task: Task) -> None:
         """Take ``task``, bound to the network's outputs, and its metrics for each stage."""

@@ -51,7 +51,7 @@ def probe_scheduler(make_scheduler: SchedulerFactory, optimizer: torch.optim.Opt
         raise UserInputError(
             f"model.lr_scheduler must build a torch.optim.lr_scheduler.LRScheduler, got a {type(probe).__name__}"
         )
-    check_arguments(probe)
+    _check_arguments(probe)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_STEP_ORDER_WARNING)
         try:
@@ -67,7 +67,7 @@ def probe_scheduler(make_scheduler: SchedulerFactory, optimizer: torch.optim.Opt
     return probe
 
 
-def check_arguments(scheduler: LRScheduler) -> None:
+def _check_arguments(scheduler: LRScheduler) -> None:
     """Refuse arguments torch accepts that cannot work: a multiplier of the learning rate at or below 0 (a negative
     ``gamma`` flips its sign, making every step climb the loss), a period below 1."""
     multiplier = None
