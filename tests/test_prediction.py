@@ -77,6 +77,10 @@ def test_the_script_writes_one_row_per_image_and_names_the_files_it_skips(
         "b/001.png",
     ]
     assert all(abs(sum(float(row[f"p_{d}"]) for d in range(10)) - 1) < 1e-4 for row in rows)
+    before = out.read_bytes()
+    again = predict_script(str(pretrained_checkpoint), str(tmp_path / "digits" / "a"), "--out", str(out))
+    assert again.returncode == 2 and f"error: --out {out} exists already" in again.stderr
+    assert out.read_bytes() == before  # the first result is kept
 
 
 def test_glob_patterns_and_files_are_inputs_too(fake_data_dir, tmp_path):
