@@ -250,15 +250,14 @@ def project(name: str, presets: list[str]) -> Callable[[str, torch.device, int, 
         with tempfile.TemporaryDirectory() as logs:
             args = ["fit", *presets, f"--data.data_dir={data_dir}", "--data.download=false", "--test_after_fit=false",
                     f"--trainer.max_epochs={epochs}", f"--trainer.accelerator={device.type}", "--trainer.devices=1",
-                    "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={logs}",
-                    "--trainer.callbacks+=__main__.Probe"]  # fmt: skip
+                    "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={logs}"]  # fmt: skip
             if quick:
                 args += [
                     "--trainer.limit_train_batches=50",
                     "--trainer.limit_val_batches=2",
                     "--trainer.limit_test_batches=2",
                 ]
-            run_cli(args)
+            run_cli(args, callbacks=[Probe()])  # in Python: a config never names a __main__ module
         return Probe.run
 
     return trainer_run

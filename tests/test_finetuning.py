@@ -243,9 +243,7 @@ def train_briefly(data, run_dir, steps: int, **network_args) -> tuple[TaskModule
     # Seeded here: otherwise the weights and the order come from whatever the tests before left in the global
     # generators, and the result moves with the test order (val MSE 0.17 alone, 0.21 after the other slow tests).
     L.seed_everything(0, verbose=False)
-    module = TaskModule(
-        ConvNet(num_outputs=1, **network_args), task=data.task, optimizer=partial(torch.optim.AdamW, lr=0.001)
-    )
+    module = TaskModule(ConvNet(num_outputs=1, **network_args), optimizer=partial(torch.optim.AdamW, lr=0.001))
     losses: list[float] = []
 
     class RecordLoss(L.Callback):

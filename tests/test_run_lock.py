@@ -26,7 +26,7 @@ def start_waiting_run(folder: Path, args: list[str], step: int) -> tuple[subproc
     """``python -m project fit ARGS`` in another process, stopped after ``step`` optimizer steps until the test
     creates the file it returns (a run that is still training)."""
     ready, go = folder / f"ready-{step}", folder / f"go-{step}"
-    wait = ["--trainer.callbacks+=helpers.WaitAtStep", f"--trainer.callbacks.step={step}",
+    wait = ["--trust=helpers", "--trainer.callbacks+=helpers.WaitAtStep", f"--trainer.callbacks.step={step}",
             f"--trainer.callbacks.ready={ready}", f"--trainer.callbacks.go={go}"]  # fmt: skip
     command = [sys.executable, "-m", "project", "fit", *args, *wait, "--test_after_fit=false"]
     process = subprocess.Popen(
