@@ -62,6 +62,7 @@ def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_an
     assert about["largest_difference_from_the_checkpoint"]["model.onnx"] <= 1e-5
 
 
+@pytest.mark.slow
 def test_a_timm_backbone_fine_tunes_on_greyscale_digits(quick_args, run_dir):
     pytest.importorskip("timm")
     args = ["--model.network=project.networks.library.LibraryNetwork", "--model.network.init_args.library=timm",

@@ -50,6 +50,7 @@ def test_a_run_interrupted_and_resumed_ends_as_an_uninterrupted_one(lora_args, r
     )
 
 
+@pytest.mark.slow
 def test_adapters_on_another_base_are_refused_before_any_step(lora_args, run_dir, capsys):
     run_cli(["fit", *lora_args])
     base = next(arg for arg in lora_args if arg.startswith("--model.finetuning.pretrained=")).split("=", 1)[1]
@@ -60,6 +61,7 @@ def test_adapters_on_another_base_are_refused_before_any_step(lora_args, run_dir
     assert "LoRA adapters trained on other base weights" in message and "model.finetuning.pretrained" in message
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_lora_settings(lora_args, run_dir, capsys):
     run_cli(["fit", *lora_args])
     resume = ["--ckpt_path=last", "--trainer.max_epochs=3"]  # (a run that has reached max_epochs is refused first)

@@ -128,6 +128,7 @@ def test_a_config_of_0_1_is_one_line_and_a_checkpoint_of_another_version_names_t
     assert "written by project 9.9, whose options this one does not read" in error and "(9.9, which this one" in error
 
 
+@pytest.mark.slow
 def test_a_run_resumes_when_its_network_is_named_by_another_path_of_the_same_class(quick_args, run_dir):
     """The module's own path and the package's re-export: one class, one run."""
     short = ["--trainer.max_epochs=1", "--test_after_fit=false", "--model.network.init_args.width=4"]

@@ -253,6 +253,7 @@ def assert_strictly_increasing_steps(run_folder) -> None:
         assert steps == sorted(set(steps)), f"{tag}: {steps}"
 
 
+@pytest.mark.slow
 def test_a_crash_after_the_checkpoint_leaves_no_repeated_steps_in_tensorboard(quick_args, run_dir):
     from helpers import directory_scalars
 
@@ -269,6 +270,7 @@ def test_a_crash_after_the_checkpoint_leaves_no_repeated_steps_in_tensorboard(qu
         assert [step for step, _ in resumed[tag]] == [step for step, _ in straight[tag]], tag
 
 
+@pytest.mark.slow
 def test_the_fallback_from_a_truncated_last_checkpoint_rewinds_tensorboard_too(fake_data_dir, run_dir):
     from test_reliability import EXACT_CONFIG
 

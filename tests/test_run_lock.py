@@ -181,6 +181,7 @@ def test_a_run_lock_never_writes_through_a_link(tmp_path):
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_fit_from_best_resumes_into_a_new_run_and_leaves_the_newer_last_checkpoint(quick_args, run_dir, capsys):
     run_cli(["fit", *quick_args, "--test_after_fit=false"])
     last = Path("logs") / "mnist" / "version_0" / "checkpoints" / "last.ckpt"

@@ -121,6 +121,7 @@ def assert_two_workers_ran_one_study(name: str, storage: str | None = None) -> N
         assert (sweep / name_).is_file(), name_
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_each_trial_in_its_own_run_folder(fake_data_dir, run_dir, capsys):
     spec = write_spec(run_dir, fake_data_dir)
     main([str(spec), "--workers", "2", "--name", "pair"])
