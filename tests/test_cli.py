@@ -71,6 +71,32 @@ def test_a_run_that_chooses_its_data_class_on_the_command_line_is_named_after_it
     assert run_name(["fit", "--config=classic.yaml", "--data", "my_data.MyData"]) == "classic"  # a recipe names it
 
 
+def test_print_config_skip_default_prints_what_the_presets_and_the_command_line_set():
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        run_cli(["fit", "--trainer.max_epochs=3", "--print_config=skip_default"])
+    config = yaml.safe_load(printed.getvalue())
+    assert config["trainer"]["max_epochs"] == 3  # the command line's
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.003  # base.yaml's (AdamW's own default is 0.001)
+    assert config["data"]["class_path"] == "project.data.MNISTDataModule"  # mnist.yaml's
+    assert "strategy" not in config["trainer"]  # the Trainer's own default: skipped
+    assert print_config()["trainer"]["strategy"] == "auto"  # negative control: printed in full without skip_default
+
+
+def test_a_run_named_with_run_trains_into_its_own_folder_and_resumes_only_from_there(quick_args, run_dir, capsys):
+    run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false", "--run", "baseline"])
+    run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false", "--run", "wider"])
+    assert sorted(path.name for path in (run_dir / "logs").iterdir()) == ["baseline", "wider"]
+    assert yaml.safe_load((run_dir / "logs/baseline/version_0/config.yaml").read_text())["run"] == "baseline"
+    capsys.readouterr()
+    resume = ["--trainer.max_epochs=2", "--test_after_fit=false", "--run=baseline", "--ckpt_path=last"]
+    run_cli(["fit", *quick_args, *resume])
+    assert f"into {Path('logs') / 'baseline' / 'version_0'}" in capsys.readouterr().out
+    assert sorted(path.name for path in (run_dir / "logs" / "baseline").iterdir()) == ["version_0"]
+    assert "not a folder name" in cli_error(["fit", *quick_args, "--run", "../elsewhere"], capsys)
+    assert not (run_dir / "elsewhere").exists()
+
+
 def test_command_line_options_override_the_presets():
     config = print_config("--config", "classic", "--model.optimizer.lr=0.05", "--data.batch_size=128")
     lr = config["model"]["optimizer"]["init_args"]["lr"]

@@ -125,13 +125,38 @@ def test_a_slurm_job_saves_before_its_time_limit_requeues_itself_and_resumes_exa
     assert first.returncode == 0, first.stderr[-3000:]
     assert "requeueing job 4242" in first.stdout
     assert (requeued / "scontrol.log").read_text() == "requeue 4242\n"
-    last = requeued / EXACT_RUN / "checkpoints" / "last.ckpt"
+    job_run = Path("logs") / "project-train-4242" / "version_0"  # the job's own run (EXACT_RUN's folder, renamed)
+    last = requeued / job_run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 13
     second = sbatch(requeued, slurm_environment(requeued), *args)  # what SLURM starts after the requeue
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"Resuming {Path('logs') / 'configs_exact' / 'version_0' / 'checkpoints' / 'last.ckpt'}" in second.stdout
-    assert sorted(path.name for path in (requeued / "logs" / "configs_exact").iterdir()) == ["version_0"]
-    assert_same_training_state(straight / EXACT_RUN / "checkpoints" / "last.ckpt", last)
+    assert f"Resuming {job_run / 'checkpoints' / 'last.ckpt'}" in second.stdout
+    assert sorted(path.name for path in (requeued / "logs" / "project-train-4242").iterdir()) == ["version_0"]
+    assert_same_training_state(straight / job_run / "checkpoints" / "last.ckpt", last)
+
+
+def fit_arguments_of_a_job(tmp_path: Path, job_id: str, *args: str) -> list[str]:
+    """What train.sbatch passes to ``python -m project fit`` in job ``job_id`` (a stand-in interpreter records it)."""
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/arguments\n')
+    recorder.chmod(0o755)
+    environment = {**slurm_environment(tmp_path), "SLURM_JOB_ID": job_id, "PROJECT_PYTHON": str(recorder)}
+    assert sbatch(tmp_path, environment, *args).returncode == 0
+    return (tmp_path / "arguments").read_text().splitlines()
+
+
+def run_option(arguments: list[str]) -> str:
+    """The value of the last ``--run`` in ``arguments`` (as the parser takes it: the last one wins)."""
+    return [arguments[i + 1] for i, arg in enumerate(arguments) if arg == "--run"][-1]
+
+
+def test_a_slurm_job_trains_its_own_run_so_a_new_job_never_resumes_another_experiment(tmp_path):
+    first = fit_arguments_of_a_job(tmp_path, "101")
+    assert run_option(first) == "project-train-101" and "auto" in first
+    assert run_option(fit_arguments_of_a_job(tmp_path, "102")) == "project-train-102"  # a new job: a new run
+    assert run_option(fit_arguments_of_a_job(tmp_path, "102", "--run", "mine")) == "mine"  # named on purpose
+    log_line = next(line for line in SBATCH.read_text().splitlines() if line.startswith("#SBATCH --output="))
+    assert "/" not in log_line, "SLURM cannot open a log in a folder a fresh clone lacks (logs/)"
 
 
 def test_ckpt_path_auto_resumes_lightnings_hpc_checkpoint_into_its_run(tmp_path, fake_data_dir, monkeypatch):

@@ -21,6 +21,14 @@ def execute(name: str, folder: Path) -> list[dict]:
     return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
 
 
+def notebooks_folder(root: Path) -> Path:
+    """``root`` laid out as a clone (a ``pyproject.toml``, a ``notebooks/`` folder): the folder Jupyter starts a
+    notebook in when a user opens it from there."""
+    (root / "pyproject.toml").touch()
+    (root / "notebooks").mkdir(exist_ok=True)
+    return root / "notebooks"
+
+
 def text_of(outputs: list[dict]) -> str:
     return "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
 
@@ -43,7 +51,7 @@ def test_notebooks_are_committed_without_outputs(name):
 def test_quickstart_pretrains_fine_tunes_evaluates_and_shows_its_pictures(fake_data_dir, run_dir, monkeypatch):
     monkeypatch.setenv("PROJECT_DATA_DIR", str(fake_data_dir))
     monkeypatch.setenv("QUICKSTART_STEPS", "5")
-    outputs = execute("quickstart.ipynb", run_dir)
+    outputs = execute("quickstart.ipynb", notebooks_folder(run_dir))  # opened from notebooks/, as a user would
     text = text_of(outputs)
     assert "local: using the installed project" in text and "pretrained: logs/mnist/version_0/checkpoints" in text
     assert "test accuracy:" in text and "on 200 images" in text
@@ -56,6 +64,9 @@ def test_quickstart_pretrains_fine_tunes_evaluates_and_shows_its_pictures(fake_d
 def test_inspect_model_notebook_reports_the_newest_checkpoint(quick_args, fake_data_dir, run_dir, monkeypatch):
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1", "--test_after_fit=false"])
     monkeypatch.setenv("PROJECT_DATA_DIR", str(fake_data_dir))
-    outputs = execute("inspect_model.ipynb", run_dir)
+    outputs = execute("inspect_model.ipynb", notebooks_folder(run_dir))  # opened from notebooks/, as a user would
     text = text_of(outputs)
     assert "test accuracy:" in text and "on 200 images" in text
+    assert pictures(outputs) == 1  # the confusion matrix, drawn (not printed as "<Figure size 650x650>")
+    figures_as_text = [o for o in outputs if "<Figure" in str(o.get("data", {}).get("text/plain", ""))]
+    assert all("image/png" in output["data"] for output in figures_as_text)

@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from project.cli.arguments import WholeOptionsParser, prepared_arguments
+from project.cli.arguments import WholeOptionsParser, add_project_options, prepared_arguments, preset_defaults
 from project.cli.preflight import (
     adopt_backbone_normalisation,
     check_averaging,
@@ -46,7 +46,7 @@ from project.cli.preflight import (
     check_sharding_has_gpus,
     set_up_data,
 )
-from project.cli.presets import DEFAULT_CONFIG, default_configs, run_name
+from project.cli.presets import DEFAULT_CONFIG, checked_run_name, run_name
 from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_cli_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -77,12 +77,6 @@ _DESCRIPTION = (
     "python -m project --help."
 )
 _PRINT_CONFIG = "--print_config"
-_CKPT_PATH_HELP = (
-    "the checkpoint to resume (fit) or evaluate: 'last' (the newest run of this recipe, logs/<name>/version_*; fit "
-    "refuses it while another process trains into it, validate and test pass over runs still training), 'best' "
-    "(that run's best checkpoint), 'hpc' (the newest hpc_ckpt_<N>.ckpt of Lightning's SLURM requeue), 'auto' "
-    "(fit: the newer of last and hpc, or a new run when there is neither), or the path of a .ckpt file"
-)
 
 
 class ProjectCLI(LightningCLI):
@@ -94,7 +88,9 @@ class ProjectCLI(LightningCLI):
         """Callbacks built in Python and added to the configured ones (a sweep's pruning callback): not in the run's
         config, since a config holds plain values only."""
         self.run_name = DEFAULT_CONFIG.stem
-        """The run's name: its last recipe preset's (``project.cli.presets.run_name``)."""
+        """The run's name: ``--run``'s, else its last recipe preset's (``project.cli.presets.run_name``)."""
+        self.named_run: str | None = None
+        """The name ``--run`` gives, if any: it names the run folder whatever the logger's name says."""
         self.requested_ckpt_path: str | None = None
         """What ``--ckpt_path`` says (``last``, ``best``, ``hpc``, ``auto`` or a path)."""
         self.chosen: Chosen | None = None
@@ -125,13 +121,7 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the size of the network's output, so it is never typed twice (the task: TaskModule.setup).
         parser.link_arguments("data.num_outputs", "model.network.init_args.num_outputs", apply_on="instantiate")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help=_CKPT_PATH_HELP)
-        parser.add_argument(
-            "--test_after_fit",
-            type=bool,
-            default=True,
-            help="fit only: after training, test the best checkpoint (by the monitored metric) on the test split",
-        )
+        add_project_options(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         replaced = refuse_replaced_callbacks(list(args or []))
@@ -145,12 +135,13 @@ class ProjectCLI(LightningCLI):
             self.parse_checked(parser, args)
         except argparse.ArgumentError as error:
             raise UserInputError(explain_cli_error(error, parser, args)) from None
-        self.run_name = run_name(args)
+        subcommand = self.config.get("subcommand")
+        self.named_run = checked_run_name(self.config[subcommand].get("run")) if subcommand else None
+        self.run_name = self.named_run or run_name(args)
         # --ckpt_path is the project's: LightningCLI would read the file before any check and let the hyperparameters
         # stored in it override the command line (Lightning #20310, #20801). It is taken out of the config here,
         # resolved and checked before the classes are built, and handed to the Trainer (trainer.ckpt_path) once
         # everything else is checked.
-        subcommand = self.config.get("subcommand")
         if subcommand:
             self.requested_ckpt_path = self.config[subcommand].get("ckpt_path")
             self.config[subcommand].ckpt_path = None
@@ -168,7 +159,7 @@ class ProjectCLI(LightningCLI):
         if self.subcommand == "fit":
             trackers.check_trackers([str(tracker.class_path) for tracker in self.tracker_configs])
         logger = _tensorboard_logger_args(config.trainer.logger)
-        if logger is not None and not logger.name:
+        if logger is not None and (self.named_run or not logger.name):  # --run, else the logger's own name
             logger.name = self.run_name
         run_root = Path(logger.save_dir) / logger.name if logger else Path(config.trainer.default_root_dir or ".")
         if self.subcommand in _EVALUATION:  # no run folder (`evaluate` writes reports), no fit-only callbacks
@@ -366,7 +357,7 @@ def run_cli(
     # Errors come back to be said in one line; options are never abbreviated (--data.split.val is not val_size).
     common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
     parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": _DESCRIPTION}
-    defaults = [str(path) for path in default_configs(args)]  # base.yaml, and mnist.yaml unless args choose data
+    args, defaults = preset_defaults(args)  # base.yaml, and mnist.yaml unless args choose data
     parser_kwargs.update({name: {**common, "default_config_files": defaults} for name in SUBCOMMANDS})
     if fit_only:  # scripts/train.py, project-train: their users type no subcommand
         parser_kwargs["fit"]["usage"] = f"{prog} [--config PRESET ...] [--OPTION VALUE ...]"

@@ -99,6 +99,13 @@ def run_name(args: list[str]) -> str:
     return data_classes[-1].rpartition(".")[2] if data_classes else DEFAULT_CONFIG.stem
 
 
+def checked_run_name(name: str | None) -> str | None:
+    """``--run NAME`` when it can name a folder of ``logs/`` (no ``/``, not ``.`` or ``..``, not empty)."""
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+        raise UserInputError(f"--run {name!r}: not a folder name; give a name without '/' (e.g. --run lr-3e-3)")
+    return name
+
+
 def option_values(args: list[str]) -> list[tuple[str, str]]:
     """``(option, value)`` of each ``--option value`` or ``--option=value`` in ``args``."""
     pairs = []

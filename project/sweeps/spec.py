@@ -56,12 +56,13 @@ _RESERVED_OPTIONS = (
         for init_args in ("", ".init_args")
         for name in ("save_dir", "name", "version")
     ),
+    "run",
     "ckpt_path",
     "test_after_fit",
     "print_config",
 )
-"""Options the sweep sets itself for each trial: its run folder (the logger's other options are free), the checkpoint
-a retried trial resumes, no test after fit; the presets are the spec's ``configs``."""
+"""Options the sweep sets itself for each trial: its run folder and name (the logger's other options are free), the
+checkpoint a retried trial resumes, no test after fit; the presets are the spec's ``configs``."""
 _OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\+?")
 """An option of ``fit`` as a spec names it: ``trainer.max_epochs`` (``trainer.callbacks+`` appends)."""
 _DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
