@@ -103,7 +103,11 @@ def _export_parser(prog: str) -> ArgumentParser:
     )
     parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
     parser.add_argument(
-        "--formats", type=ExportFormat, nargs="+", default=["onnx", "safetensors"], help="the files (pt2: asked for)"
+        "--formats",
+        type=ExportFormat,
+        nargs="+",
+        default=["onnx", "safetensors"],
+        help="the files beside config.json and README.md (pt2, a torch.export program: when asked for)",
     )
     parser.add_argument(
         "--push_to_hub",

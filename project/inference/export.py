@@ -127,6 +127,15 @@ def _checked_differences(
     return differences
 
 
+def _name(checkpoint_path: Path, out: Path) -> str:
+    """The model's name in its card: the folder's, or for the default folder the run's and the checkpoint's
+    (``mnist-version_0-last``)."""
+    if Path(out).resolve() != default_folder(checkpoint_path):
+        return Path(out).resolve().name
+    run = Path(checkpoint_path).resolve().parent.parent
+    return f"{run.parent.name}-{run.name}-{Path(checkpoint_path).stem}"
+
+
 def _dataset(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """What the checkpoint records of its data: the data module's class, the dataset's name, how it was split."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
@@ -188,5 +197,7 @@ def export_checkpoint(
         config["files"] = [f"model.{name}" for name in formats]
         config["largest_difference_from_the_checkpoint"] = differences
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (staging / CARD).write_text(card_text(config, checkpoint, checkpoint_path, Path(out).name), encoding="utf-8")
+        (staging / CARD).write_text(
+            card_text(config, checkpoint, checkpoint_path, _name(checkpoint_path, out)), "utf-8"
+        )
     return config
