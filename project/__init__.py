@@ -13,3 +13,30 @@ if sys.argv[:1] == ["-m"]:
         del sys.path[0]
 
 __version__ = "0.2.0"
+
+
+def load(folder: str | os.PathLike, onnx: bool = False):  # -> project.inference.Predictor (imported when called)
+    """A model folder (``python -m project export``'s) ready to predict, in one call, with no pickle read.
+
+    Returns a :class:`project.inference.Predictor`: ``.predict(paths)`` takes image files through the preprocessing
+    of training and returns a row per image (the predicted class and the probabilities) and the files skipped;
+    ``.network`` is the PyTorch network (built from ``config.json``'s class, checked against the allow-list, with the
+    weights of ``model.safetensors`` loaded strictly; in eval mode) for a normalised float32 batch;
+    ``.preprocessing`` says the channels, size, mean, std and class names. ``onnx=True`` runs ``model.onnx`` through
+    onnxruntime instead (then ``.network`` is ``None``)::
+
+        import project
+        model = project.load("exported/mnist")
+        rows, skipped = model.predict(["digit.png"])
+
+    Importing ``project`` stays cheap: torch and the rest are imported by this call.
+    """
+    from pathlib import Path
+
+    from project.errors import UserInputError
+    from project.inference.prediction import Predictor
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserInputError(f"{path}: not a folder (project.load takes the folder python -m project export writes)")
+    return Predictor.from_folder(path, onnx=onnx)

@@ -81,6 +81,8 @@ EXTRAS = {
     "comet_ml": "comet",
     "optuna": "sweep",
     "psycopg2": "sweep",
+    "huggingface_hub": "hub",
+    "huggingface-hub": "hub",
 }
 """Packages that an extra in ``pyproject.toml`` installs (``pip install -e ".[wandb]"``), by their import or
 distribution name."""

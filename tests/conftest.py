@@ -110,11 +110,12 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_folder(tmp_path_factory: pytest.TempPathFactory, pretrained_checkpoint: Path) -> Path:
-    """``scripts/export.py``'s files (ONNX, .pt2, safetensors, model.json) for ``pretrained_checkpoint``."""
-    from project.inference.export import export_checkpoint
+    """The model folder of ``pretrained_checkpoint`` with every format (ONNX, .pt2, safetensors), config.json and
+    README.md."""
+    from project.inference.export import FORMATS, export_checkpoint
 
     out = tmp_path_factory.mktemp("export") / "model"
-    export_checkpoint(pretrained_checkpoint, out)
+    export_checkpoint(pretrained_checkpoint, out, FORMATS)
     return out
 
 

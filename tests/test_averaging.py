@@ -168,7 +168,7 @@ def test_export_and_predict_use_the_average(ema_run, tmp_path):
     # (The ONNX and .pt2 files are checked against the same eager network by export itself: project.inference.export.)
     about = export_checkpoint(path, tmp_path / "model", formats=("safetensors",))
     assert about["averaged_weights"]["method"] == "ema"
-    assert json.loads((tmp_path / "model" / "model.json").read_text())["averaged_weights"]["updates"] == 20
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["averaged_weights"]["updates"] == 20
     exported = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert_close(exported, network_weights(checkpoint["state_dict"]))
     assert far_apart(exported, network_weights(checkpoint["current_model_state"]))

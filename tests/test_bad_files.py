@@ -1,5 +1,5 @@
 """Files that are data, refused or skipped in one line: a picture that declares too many pixels, a corrupt ONNX file
-or model.json, an export into a dangling link, CSVs with a huge field or a NUL byte, thousands of missing images or
+or config.json, an export into a dangling link, CSVs with a huge field or a NUL byte, thousands of missing images or
 paths out of their folder, cells a spreadsheet would run, weights of the wrong kind, MNIST style for RGB images, and a
 resume that redefines its labels."""
 
@@ -58,15 +58,15 @@ def test_a_corrupt_onnx_file_or_a_truncated_model_json_is_one_error_line(
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.onnx").write_bytes((exported_folder / "model.onnx").read_bytes()[:300])
-    (corrupt / "model.json").write_text((exported_folder / "model.json").read_text())
+    (corrupt / "config.json").write_text((exported_folder / "config.json").read_text())
     error = one_error_line("predict.py", [str(corrupt / "model.onnx"), str(image_folder)], capsys, monkeypatch)
     assert "model.onnx is not a readable ONNX model (truncated?)" in error
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     (truncated / "model.onnx").write_bytes((exported_folder / "model.onnx").read_bytes())
-    (truncated / "model.json").write_text((exported_folder / "model.json").read_text()[:200])
+    (truncated / "config.json").write_text((exported_folder / "config.json").read_text()[:200])
     error = one_error_line("predict.py", [str(truncated / "model.onnx"), str(image_folder)], capsys, monkeypatch)
-    assert "model.json is not the model.json python -m project export writes (truncated or edited?)" in error
+    assert "config.json is not the config.json python -m project export writes (truncated or edited?)" in error
 
 
 def test_export_into_a_dangling_link_is_refused_and_writes_nothing(

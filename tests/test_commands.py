@@ -142,7 +142,9 @@ def test_evaluate_export_and_predict_run_as_subcommands(pretrained_checkpoint, i
     main(["evaluate", str(pretrained_checkpoint), "--split", "val", "--out", str(tmp_path / "report")])
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["split"] == "val"
     main(["export", str(pretrained_checkpoint), "--out", str(tmp_path / "exported"), "--formats", "safetensors"])
-    assert sorted(path.name for path in (tmp_path / "exported").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(path.name for path in (tmp_path / "exported").iterdir()) == [
+        "README.md", "config.json", "model.safetensors"
+    ]  # fmt: skip
     out = tmp_path / "predictions.csv"
     main(["predict", str(pretrained_checkpoint), str(image_folder), "--out", str(out), "--mnist_style"])
     assert out.read_text().startswith("path,predicted,p_")

@@ -105,7 +105,7 @@ def test_the_dataset_example_trains_resumes_exports_and_evaluate_rebuilds_its_da
     export = [str(last), "--trust", "examples.arrays.dataset", "--out", str(run_dir / "export"), "--formats", "onnx"]
     code, _, err = run_script("export.py", export, capsys, monkeypatch)
     assert code == 0, err
-    assert json.loads((run_dir / "export" / "model.json").read_text())["preprocessing"]["mean"] == [0.5]
+    assert json.loads((run_dir / "export" / "config.json").read_text())["preprocessing"]["mean"] == [0.5]
     # the dataset's arguments are the run's: a resumed run may not change them (they may be anything)
     moved = shutil.copytree(run_dir / "arrays", run_dir / "moved")
     resume = [*args, "--ckpt_path=last", "--trainer.max_epochs=3"]

@@ -94,9 +94,9 @@ def test_the_folder_module_applies_it_and_checkpoints_record_it_for_prediction(t
 def test_mnist_style_for_a_network_of_rgb_images_is_one_error_line(tmp_path, exported_folder):
     rgb = tmp_path / "rgb"
     shutil.copytree(exported_folder, rgb)
-    about = json.loads((rgb / "model.json").read_text())
+    about = json.loads((rgb / "config.json").read_text())
     about["preprocessing"].update(channels=3, mean=[0.5] * 3, std=[0.25] * 3)  # as an RGB network's export says
-    (rgb / "model.json").write_text(json.dumps(about))
+    (rgb / "config.json").write_text(json.dumps(about))
     Image.new("L", (30, 30)).save(tmp_path / "blank.png")
     command = [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), str(rgb / "model.onnx"),
                str(tmp_path / "blank.png"), "--mnist_style", "--out", str(tmp_path / "p.csv")]  # fmt: skip

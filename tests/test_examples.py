@@ -54,7 +54,7 @@ def test_a_config_example_trains_resumes_evaluates_and_exports(name, fake_data_d
     code, _, err = run_script("export.py", [str(last), "--out", str(run_dir / "export"), "--formats", "onnx"],
                               capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
-    about = json.loads((run_dir / "export" / "model.json").read_text())
+    about = json.loads((run_dir / "export" / "config.json").read_text())
     assert about["task_options"].get("label_smoothing") == (0.1 if name == "label_smoothing" else 0.0)
 
 

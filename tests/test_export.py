@@ -24,9 +24,9 @@ def test_every_checkpoint_stores_the_preprocessing_of_its_images(pretrained_chec
 
 def test_export_writes_every_format_and_what_they_expect(exported_folder):
     assert sorted(path.name for path in exported_folder.iterdir()) == [
-        "model.json", "model.onnx", "model.pt2", "model.safetensors"
+        "README.md", "config.json", "model.onnx", "model.pt2", "model.safetensors"
     ]  # fmt: skip
-    about = json.loads((exported_folder / "model.json").read_text())
+    about = json.loads((exported_folder / "config.json").read_text())
     assert about["task"] == "multiclass" and about["num_outputs"] == 10
     preprocessing = about["preprocessing"]
     assert preprocessing["channels"] == 1 and preprocessing["image_size"] == 28
@@ -63,6 +63,13 @@ def test_the_safetensors_export_is_a_pretrained_backbone_to_fine_tune_from(expor
     assert cli.model.pretrained_summary.startswith("Loaded")
 
 
+def test_the_default_formats_are_onnx_and_safetensors():
+    from project.cli.commands import _export_parser
+    from project.inference.export import DEFAULT_FORMATS
+
+    assert _export_parser("export").get_defaults().formats == list(DEFAULT_FORMATS) == ["onnx", "safetensors"]
+
+
 def test_an_export_never_overwrites_an_existing_folder(pretrained_checkpoint, tmp_path):
     out = tmp_path / "model"
     out.mkdir()
@@ -80,7 +87,7 @@ def test_the_export_script_reports_the_largest_difference(pretrained_checkpoint,
                "--formats", "safetensors", "pt2"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "wrote model.safetensors, model.pt2 and model.json" in result.stdout
+    assert "wrote model.safetensors, model.pt2, config.json and README.md (the model card)" in result.stdout
     assert "network (relative to the outputs' scale): model.pt2 0.0e+00" in result.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [

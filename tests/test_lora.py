@@ -83,6 +83,13 @@ def test_the_export_is_the_merged_plain_network_that_fine_tuning_takes(lora_args
     assert about["lora_merged"]["rank"] == 8
     weights = load_file(run_dir / "out/model.safetensors")
     assert "backbone.0.weight" in weights and not any("lora" in name for name in weights)
+    import project  # the model folder loads as the plain network its config.json names, as ONNX computes it
+    from project.inference.prediction import onnx_runner
+
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outputs = project.load(run_dir / "out").network(images)
+    torch.testing.assert_close(outputs, onnx_runner(run_dir / "out/model.onnx")(images), atol=1e-4, rtol=1e-4)
     weights = f"--model.finetuning.pretrained={run_dir / 'out/model.safetensors'}"
     run_cli(["fit", *quick_args, weights, "--trainer.max_epochs=1", "--test_after_fit=false"])
 

@@ -68,7 +68,7 @@ def test_scripts_take_an_own_network_that_the_user_names_and_refuse_it_otherwise
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["count"] == 200
     exported = python("scripts/export.py", str(own_network_run), *trust, "--out", str(tmp_path / "c"), cwd=REPO_ROOT)
     assert exported.returncode == 0, exported.stderr
-    assert (tmp_path / "c" / "model.json").is_file()
+    assert (tmp_path / "c" / "config.json").is_file()
 
 
 def test_a_module_listed_in_the_clones_pyproject_is_trusted_and_a_broken_one_is_one_error(tmp_path):

@@ -2,8 +2,8 @@
 ``test`` (:mod:`project.cli.app`), and the command's own ``--help``.
 
     python -m project evaluate logs/mnist/version_0/checkpoints/last.ckpt --split val --data.data_dir ../shared/data
-    python -m project export CKPT --out exported/mnist --formats onnx safetensors
-    python -m project predict exported/mnist/model.onnx my_digits/ "scans/**/*.png" --out predictions.csv
+    python -m project export CKPT --out exported/mnist --push_to_hub your-name/mnist-convnet
+    python -m project predict exported/mnist my_digits/ "scans/**/*.png" --out predictions.csv
     python -m project sweep mnist --trials 20 --workers 2 --data.data_dir ../shared/data
 
 Each is parsed by jsonargparse, the library LightningCLI parses ``fit`` with, in the same style: an option is spelled
@@ -22,7 +22,7 @@ from __future__ import annotations
 from argparse import ArgumentError
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
@@ -35,8 +35,8 @@ COMMANDS = {
     "validate": "a checkpoint's metrics on the validation split (--ckpt_path; data as for fit)",
     "test": "a checkpoint's metrics on the test split (--ckpt_path; data as for fit)",
     "evaluate": "a checkpoint's report on a split: metrics.json, report.md, confusion_matrix.png",
-    "export": "a checkpoint's network as ONNX, torch.export and safetensors files, with model.json",
-    "predict": "new image files through a checkpoint or an exported model.onnx: a CSV row per image",
+    "export": "a checkpoint's model folder: safetensors, ONNX, config.json and a model card (README.md)",
+    "predict": "new image files through a model folder, a checkpoint or a model.onnx: a CSV row per image",
     "sweep": "search hyperparameters with Optuna; each trial is a fit run",
 }
 """Every subcommand of ``python -m project``, and what it does."""
@@ -94,13 +94,29 @@ def _evaluate_parser(prog: str) -> ArgumentParser:
 def _export_parser(prog: str) -> ArgumentParser:
     parser = _new_parser(
         prog,
-        "CHECKPOINT [--out FOLDER] [--formats FORMAT ...] [--trust MODULE]",
-        "Export a checkpoint's network: ONNX, a torch.export program (.pt2) and safetensors weights (what "
-        "--model.finetuning.pretrained takes), with model.json (the preprocessing, the class names, what the outputs "
-        "mean). Each takes a batch of any size of normalised images, and is checked against the checkpoint's network.",
+        "CHECKPOINT [--out FOLDER] [--formats FORMAT ...] [--push_to_hub REPO] [--trust MODULE]",
+        "Export a checkpoint's model folder: safetensors weights (what project.load and "
+        "--model.finetuning.pretrained take), ONNX (and, asked for, a torch.export program, .pt2), config.json (the "
+        "network's class and arguments, the preprocessing, the class names, what the outputs mean, the metrics the "
+        "run measured) and README.md, a model card. Each executable file takes a batch of any size of normalised "
+        "images, and is checked against the checkpoint's network. See docs/inference.md.",
     )
     parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
-    parser.add_argument("--formats", type=ExportFormat, nargs="+", default=list(get_args(ExportFormat)))
+    parser.add_argument(
+        "--formats",
+        type=ExportFormat,
+        nargs="+",
+        default=["onnx", "safetensors"],
+        help="the files beside config.json and README.md (pt2, a torch.export program: when asked for)",
+    )
+    parser.add_argument(
+        "--push_to_hub",
+        type=str | None,
+        default=None,
+        metavar="REPO",
+        help="then upload the folder to this Hugging Face Hub repository (user/name; created if missing; the token "
+        "of HF_TOKEN or hf auth login)",
+    )
     _add_common(parser, "a new folder for the files (default: <run folder>/export/<checkpoint name>/)")
     return parser
 
@@ -109,11 +125,14 @@ def _predict_parser(prog: str) -> ArgumentParser:
     parser = _new_parser(
         prog,
         "MODEL IMAGES... [--out CSV] [--batch_size N] [--mnist_style] [--trust MODULE]",
-        "Predict new images with a checkpoint or an ONNX export, each through the preprocessing of training; write a "
+        "Predict new images with a model folder (python -m project export's), a checkpoint or a model.onnx, each "
+        "through the preprocessing of training; write a "
         "CSV row per image: path, predicted (the class, the labels present, or the value) and, for classification, "
         "p_<name> per class or label. A file that cannot be decoded is named on stderr and skipped.",
     )
-    parser.add_argument("model", type=Path | None, nargs="?", help="a checkpoint (.ckpt) or an exported model.onnx")
+    parser.add_argument(
+        "model", type=Path | None, nargs="?", help="a model folder, a checkpoint (.ckpt) or an exported model.onnx"
+    )
     parser.add_argument("images", type=str, nargs="*", help="image files, folders or glob patterns (quoted)")
     parser.add_argument("--batch_size", type=int, default=256, help="images per batch")
     parser.add_argument(
@@ -225,17 +244,28 @@ def _evaluate(options: Namespace) -> None:
 
 
 def _export(options: Namespace) -> None:
-    """``export``'s files, and how far each is from the checkpoint's network."""
+    """``export``'s model folder, how far each file is from the checkpoint's network, and its upload if asked."""
     from project.inference.export import default_folder, export_checkpoint
 
+    repo = options.push_to_hub
+    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
+        raise UserInputError(f"push_to_hub: {repo!r} is not a Hub repository id (user-or-organisation/name)")
+    if repo is not None:
+        from project.inference.model_folder import check_hub_installed
+
+        check_hub_installed()  # before the export's work
     out = options.out or default_folder(options.checkpoint)
     about = export_checkpoint(options.checkpoint, out, tuple(options.formats))
     differences = ", ".join(
         f"{name} {value:.1e}" for name, value in about["largest_difference_from_the_checkpoint"].items()
     )
-    print(f"wrote {', '.join(about['files'])} and model.json to {out}")
+    print(f"wrote {', '.join(about['files'])}, config.json and README.md (the model card) to {out}")
     if differences:
         print(f"largest difference from the checkpoint's network (relative to the outputs' scale): {differences}")
+    if repo is not None:
+        from project.inference.model_folder import push_folder
+
+        print(f"pushed {out} to {push_folder(out, repo)}")
 
 
 def _predict(options: Namespace) -> None:

@@ -56,7 +56,7 @@ def unit_scaled(pixels: Tensor, copy: bool = True) -> Tensor:
 
 def normalised(pixels: Tensor, mean: Tensor, std: Tensor, copy: bool = True) -> Tensor:
     """Pixels as the network takes them, the one rule of every path (in memory, DataLoader, prediction, export's
-    ``model.json``): :func:`unit_scaled`, minus ``mean``, over ``std``, per channel (shaped ``(C, 1, 1)`` or
+    ``config.json``): :func:`unit_scaled`, minus ``mean``, over ``std``, per channel (shaped ``(C, 1, 1)`` or
     ``(1, C, 1, 1)``), as torchvision's ``ToTensor`` and ``Normalize`` do. ``copy=False``: float32 pixels of the
     caller's own (a batch) are normalised in place."""
     return unit_scaled(pixels, copy).sub_(mean).div_(std)

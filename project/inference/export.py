@@ -1,10 +1,13 @@
-"""Export a trained network for use outside this project: ONNX, a ``torch.export`` program and safetensors weights.
+"""Export a trained network as a model folder (:mod:`project.inference.model_folder`): safetensors weights, ONNX
+(and, asked for, a ``torch.export`` program), ``config.json`` and a ``README.md`` model card.
 
-Each export takes a batch of any size (the batch dimension is dynamic) and returns the network's raw outputs
-(logits, or values for regression). Beside them, ``model.json`` says what the files expect: the preprocessing
-(channels, size, mean and std per channel), the class names, the task and its options (the decision threshold, ...),
-and how to read the outputs. After writing, the exports are run on the same images as the eager network and their
-largest difference (relative to the outputs' scale) is reported and checked. A network fine-tuned with LoRA is
+Each executable export takes a batch of any size (the batch dimension is dynamic) and returns the network's raw outputs
+(logits, or values for regression). ``config.json`` says what the files expect and hold: the network's class path and
+init arguments (as the checkpoint records them), the preprocessing (channels, size, mean and std per channel), the
+class names, the task and its options (the decision threshold, ...), how to read the outputs, the metrics the run
+measured and the exports' largest differences from the checkpoint; ``README.md`` says it for people
+(:mod:`project.inference.model_card`). After writing, the exports are run on the same images as the eager network and
+their largest difference (relative to the outputs' scale) is reported and checked. A network fine-tuned with LoRA is
 exported with its adapters merged into its weights: a plain network, which ``--model.finetuning.pretrained`` takes as
 any other. TorchScript is not offered: it is deprecated in current PyTorch.
 """
@@ -21,13 +24,18 @@ from torch import Tensor, nn
 
 from project.errors import UserInputError
 from project.files.atomic import written_folder
+from project.inference.model_card import card_text, measured_metrics
+from project.inference.model_folder import CARD, CONFIG
 from project.inference.prediction import checkpoint_preprocessing, onnx_runner
 from project.networks.lora import has_adapters, merge_adapters
 from project.training.averaging import averaged_weights
 from project.training.checkpoints import import_path, read_checkpoint
+from project.training.specs import PROJECT_VERSION
 
 FORMATS = ("onnx", "pt2", "safetensors")
 """The files an export can hold (``python -m project export --formats``)."""
+DEFAULT_FORMATS = ("onnx", "safetensors")
+"""The files of a model folder unless told (``torch.export``'s ``.pt2`` is asked for by name)."""
 
 
 def default_folder(checkpoint_path: Path) -> Path:
@@ -119,11 +127,50 @@ def _checked_differences(
     return differences
 
 
-def export_checkpoint(
-    checkpoint_path: Path, out: Path, formats: tuple[str, ...] = FORMATS, tolerance: float = 1e-5
+def _name(checkpoint_path: Path, out: Path) -> str:
+    """The model's name in its card: the folder's, or for the default folder the run's and the checkpoint's
+    (``mnist-version_0-last``)."""
+    if Path(out).resolve() != default_folder(checkpoint_path):
+        return Path(out).resolve().name
+    run = Path(checkpoint_path).resolve().parent.parent
+    return f"{run.parent.name}-{run.name}-{Path(checkpoint_path).stem}"
+
+
+def _dataset(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoint records of its data: the data module's class, the dataset's name, how it was split."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return {"class_path": data.get("_class_path"), "name": data.get("dataset"), "split": data.get("split")}
+
+
+def _config(
+    checkpoint_path: Path, checkpoint: dict[str, Any], model: Any, preprocessing: dict[str, Any]
 ) -> dict[str, Any]:
-    """Write the exports of a checkpoint's network and ``model.json`` into ``out`` (a new folder), check them
-    against the eager network on images of two batch sizes, and return what ``model.json`` holds."""
+    """``config.json`` but the files and differences: what the files expect, what the run recorded and measured."""
+    return {
+        "format": "a model folder of python -m project export",
+        "project_version": PROJECT_VERSION,
+        "checkpoint": str(checkpoint_path),
+        "network": checkpoint["hyper_parameters"]["network"],  # {class_path, init_args}: built from the allow-list
+        "num_outputs": model.task.num_outputs,
+        "outputs": model.task.outputs_meaning,
+        "task": model.task.name,
+        "task_class": import_path(type(model.task)),
+        "task_options": model.task.options,  # the threshold of decisions, ...: prediction reads them
+        "input": "float32 (batch, channels, size, size): pixels / 255, minus mean, over std, per channel",
+        "preprocessing": preprocessing,  # with the class names
+        "dataset": _dataset(checkpoint),
+        "lora_merged": checkpoint["hyper_parameters"].get("lora"),
+        "averaged_weights": averaged_weights(checkpoint),  # EMA or SWA: the files hold the average (else null)
+        "metrics": measured_metrics(checkpoint_path, checkpoint),
+    }
+
+
+def export_checkpoint(
+    checkpoint_path: Path, out: Path, formats: tuple[str, ...] = DEFAULT_FORMATS, tolerance: float = 1e-5
+) -> dict[str, Any]:
+    """Write a checkpoint's model folder into ``out`` (a new folder; whole or not at all): the exports in
+    ``formats``, ``config.json`` and the ``README.md`` model card; check the exports against the eager network on
+    images of two batch sizes, and return what ``config.json`` holds."""
     from project.training.task_module import TaskModule
 
     unknown = sorted(set(formats) - set(FORMATS))
@@ -137,6 +184,7 @@ def export_checkpoint(
     preprocessing = checkpoint_preprocessing(checkpoint, checkpoint_path)
     images = _example_images(preprocessing)
     merging = _merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
+    config = _config(checkpoint_path, checkpoint, model, preprocessing)
     with written_folder(out) as staging:  # the files appear together, or not at all
         writers = {
             "onnx": lambda: _export_onnx(network, images, staging / "model.onnx"),
@@ -146,20 +194,10 @@ def export_checkpoint(
         for name in formats:
             writers[name]()
         differences = {**merging, **_checked_differences(staging, network, preprocessing, tolerance)}
-        about = {
-            "checkpoint": str(checkpoint_path),
-            "task": model.task.name,
-            "task_class": import_path(type(model.task)),
-            "num_outputs": model.task.num_outputs,
-            "task_options": model.task.options,  # the threshold of decisions, ...: prediction reads them
-            "outputs": model.task.outputs_meaning,
-            "input": "float32 (batch, channels, size, size): pixels / 255, minus mean, over std, per channel",
-            "preprocessing": preprocessing,
-            "network": checkpoint["hyper_parameters"]["network"],
-            "lora_merged": checkpoint["hyper_parameters"].get("lora"),
-            "averaged_weights": averaged_weights(checkpoint),  # EMA or SWA: the files hold the average (else null)
-            "files": [f"model.{name}" for name in formats],
-            "largest_difference_from_the_checkpoint": differences,
-        }
-        (staging / "model.json").write_text(json.dumps(about, indent=2) + "\n")
-    return about
+        config["files"] = [f"model.{name}" for name in formats]
+        config["largest_difference_from_the_checkpoint"] = differences
+        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (staging / CARD).write_text(
+            card_text(config, checkpoint, checkpoint_path, _name(checkpoint_path, out)), "utf-8"
+        )
+    return config

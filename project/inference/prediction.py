@@ -2,8 +2,9 @@
 (``python -m project predict``: :func:`predict_files`).
 
 The preprocessing (channels, size, mean and std per channel) and the names of the classes are read from the
-checkpoint, which every training run writes them into (``TaskModule.on_save_checkpoint``), or from the JSON file
-beside an export (:mod:`project.inference.export`); nothing is configured twice. Inputs are files, folders (searched
+checkpoint, which every training run writes them into (``TaskModule.on_save_checkpoint``), or from the ``config.json``
+of a model folder (:mod:`project.inference.export`, :mod:`project.inference.model_folder`); nothing is configured
+twice. Inputs are files, folders (searched
 recursively) and glob patterns; a file that cannot be decoded is named and skipped.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -79,12 +80,23 @@ def checkpoint_preprocessing(checkpoint: dict[str, Any], source: Path) -> dict[s
 
 
 class Predictor:
-    """Images in, the network's outputs out: a checkpoint's network, or an ONNX export run by onnxruntime."""
+    """Images in, the network's outputs out: a checkpoint's network, a model folder's, or an ONNX export run by
+    onnxruntime. ``network`` is the PyTorch network (in eval mode) where one runs, ``None`` for ONNX; ``runs`` says
+    which file runs (``model.onnx (onnxruntime)``, ``model.safetensors``, the checkpoint)."""
 
-    def __init__(self, run: Callable[[Tensor], Tensor], task: Task, preprocessing: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run: Callable[[Tensor], Tensor],
+        task: Task,
+        preprocessing: dict[str, Any],
+        network: torch.nn.Module | None = None,
+        runs: str = "",
+    ) -> None:
         self.run = run
         self.task = task
         self.preprocessing = preprocessing
+        self.network = network
+        self.runs = runs
         style = preprocessing.get("mnist_style", False)  # the training images' own, or asked for (mnist_style)
         self.conversion = ImageConversion(preprocessing["channels"], preprocessing["image_size"], mnist_style=style)
         self.mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(-1, 1, 1)
@@ -92,12 +104,17 @@ class Predictor:
 
     @classmethod
     def load(cls, model_path: str | Path, mnist_style: bool = False) -> Predictor:
-        """A checkpoint's or an ONNX export's predictor; ``mnist_style`` makes each image's digit look like MNIST's
-        first (:mod:`project.data.digits`), for photos of digits and a network trained on MNIST."""
+        """The predictor of a model folder (:meth:`from_folder`: its ``model.onnx`` through onnxruntime when both are
+        there, else its ``model.safetensors`` network), a checkpoint (``.ckpt``) or an ONNX file with ``config.json``
+        beside it; ``mnist_style`` makes each image's digit look like MNIST's first (:mod:`project.data.digits`), for
+        photos of digits and a network trained on MNIST."""
         path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise UserInputError(f"{path}: no such file (give a checkpoint .ckpt or an exported .onnx)")
-        predictor = cls.from_onnx(path) if path.suffix == ".onnx" else cls.from_checkpoint(path)
+        if path.is_dir():
+            predictor = cls.from_folder(path)
+        elif not path.is_file():
+            raise UserInputError(f"{path}: no such file or folder (give a model folder, a checkpoint .ckpt or a .onnx)")
+        else:
+            predictor = cls.from_onnx(path) if path.suffix == ".onnx" else cls.from_checkpoint(path)
         if mnist_style:  # refused for a network of RGB images, as data.mnist_style is
             check_mnist_style(predictor.conversion.channels)
             predictor.conversion = replace(predictor.conversion, mnist_style=True)
@@ -114,25 +131,37 @@ class Predictor:
         def run(images: Tensor) -> Tensor:
             return model(images)
 
-        return cls(run, model.task, checkpoint_preprocessing(checkpoint, path))
+        return cls(run, model.task, checkpoint_preprocessing(checkpoint, path), model.network, str(path))
+
+    @classmethod
+    def from_folder(cls, folder: Path, onnx: bool | None = None) -> Predictor:
+        """A model folder's predictor (``python -m project export``'s folder). ``onnx``: ``True`` runs
+        ``model.onnx`` (onnxruntime), ``False`` the network built from ``config.json`` and ``model.safetensors``
+        (:func:`~project.inference.model_folder.load_network`); ``None`` prefers ONNX when the folder has it and
+        onnxruntime is installed."""
+        from project.inference.model_folder import WEIGHTS, load_network, read_config
+
+        config = read_config(folder)
+        preprocessing = checked_preprocessing(config["preprocessing"], Path(folder) / "config.json")
+        task = _config_task(config, Path(folder) / "config.json")
+        if onnx is None:
+            onnx = (Path(folder) / "model.onnx").is_file() and importlib.util.find_spec("onnxruntime") is not None
+        if onnx:
+            return cls(onnx_runner(Path(folder) / "model.onnx"), task, preprocessing, None, "model.onnx (onnxruntime)")
+        network = load_network(folder, config)
+        return cls(torch.no_grad()(network), task, preprocessing, network, WEIGHTS)
 
     @classmethod
     def from_onnx(cls, path: Path) -> Predictor:
-        sidecar = path.with_suffix(".json")
-        if not sidecar.is_file():
-            raise UserInputError(f"{path}: {sidecar.name} is missing beside it (python -m project export writes both)")
-        run = onnx_runner(path)
-        try:
-            about = json.loads(sidecar.read_text())
-            task = _onnx_task(about)
-            return cls(run, task, checked_preprocessing(about["preprocessing"], sidecar))
-        except UserInputError:  # a task class outside the allow-list, an option its task refuses: said as such
-            raise
-        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
-            raise UserInputError(
-                f"{sidecar} is not the model.json python -m project export writes (truncated or edited?): "
-                f"{first_line(error)}"
-            ) from None
+        """An ONNX file's predictor, with the ``config.json`` of its model folder beside it."""
+        from project.inference.model_folder import read_config
+
+        if not (path.parent / "config.json").is_file():
+            raise UserInputError(f"{path}: config.json is missing beside it (python -m project export writes both)")
+        config = read_config(path.parent)
+        task = _config_task(config, path.parent / "config.json")
+        preprocessing = checked_preprocessing(config["preprocessing"], path.parent / "config.json")
+        return cls(onnx_runner(path), task, preprocessing, None, f"{path.name} (onnxruntime)")
 
     def image(self, path: Path) -> Tensor:
         """The file as the network saw its training images: converted, resized and normalised."""
@@ -158,12 +187,20 @@ class Predictor:
         return rows, skipped
 
 
-def _onnx_task(about: dict[str, Any]) -> Task:
-    """The task an export's ``model.json`` records (its class from the allow-list, its options but its extra metrics:
-    prediction computes none), bound to the network's outputs."""
-    cls = allowed_class(about["task_class"], Task, "task")
-    options = {key: value for key, value in about["task_options"].items() if key != "metrics"}
-    return cls(**options).bind(about["num_outputs"], metric_class)
+def _config_task(config: dict[str, Any], source: Path) -> Task:
+    """The task a model folder's ``config.json`` records (its class from the allow-list, its options but its extra
+    metrics: prediction computes none), bound to the network's outputs."""
+    try:
+        cls = allowed_class(config["task_class"], Task, "task", holder=str(source))
+        options = {key: value for key, value in config["task_options"].items() if key != "metrics"}
+        return cls(**options).bind(config["num_outputs"], metric_class)
+    except UserInputError:  # a task class outside the allow-list, an option its task refuses: said as such
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserInputError(
+            f"{source} is not the config.json python -m project export writes (truncated or edited?): "
+            f"{first_line(error)}"
+        ) from None
 
 
 def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
@@ -209,7 +246,8 @@ def predict_files(
     mnist_style: bool = False,
     skipping: Callable[[str], None] = lambda line: print(f"skipped {line}", file=sys.stderr),
 ) -> tuple[int, list[str]]:
-    """Predict the image files ``inputs`` name (:func:`image_paths`) with a checkpoint or an ONNX export, and write
+    """Predict the image files ``inputs`` name (:func:`image_paths`) with a model folder, a checkpoint or an ONNX
+    export (:meth:`Predictor.load`), and write
     the rows to the CSV file ``out``, which must not exist yet (:func:`write_csv`); ``skipping`` says each file that
     cannot be decoded.
     Returns how many rows, and the files skipped."""

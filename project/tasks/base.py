@@ -39,7 +39,7 @@ class Task:
     summary: ClassVar[tuple[str, ...]]
     """The metrics the HParams tab shows as columns, besides the loss."""
     outputs_meaning: ClassVar[str] = "the network's outputs"
-    """What the network's outputs are, in words (an export's ``model.json`` says it)."""
+    """What the network's outputs are, in words (an export's ``config.json`` says it)."""
 
     def __init__(self, metrics: dict[str, PlainData] | None = None) -> None:
         self.metrics = dict(metrics or {})

@@ -12,7 +12,7 @@ What :class:`AveragedWeights` adds to Lightning's callback (why each: docs/desig
 - before the first update (SWA from a later epoch, EMA from a later step) nothing is swapped in, copied or saved as
   the average;
 - the checkpoint records which weights its ``state_dict`` holds (:data:`AVERAGED_WEIGHTS`: method, settings, number
-  of updates), which ``model.json`` and the resume checks read (:func:`averaged_weights`);
+  of updates), which ``config.json`` of an export and the resume checks read (:func:`averaged_weights`);
 - the average lives on the device the model trains on, unless ``device`` names another;
 - the test after fit uses the best checkpoint's average;
 - a LoRA run's ``current_model_state`` leaves out the frozen base weights, as its ``state_dict`` does;

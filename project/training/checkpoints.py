@@ -150,13 +150,14 @@ def names_class(class_path: str, cls: type) -> bool:
     return class_path == import_path(cls) or named_class(class_path) is cls
 
 
-def allowed_class(class_path: object, base: type, what: str) -> type:
+def allowed_class(class_path: object, base: type, what: str, holder: str = "the checkpoint") -> type:
     """The subclass of ``base`` that ``class_path`` names, among those already imported: the allow-list.
 
     ``class_path`` is the class's own import path or one its (already imported) package re-exports it under, such as
     ``torch.optim.AdamW`` for ``torch.optim.adamw.AdamW``. Nothing the file names is imported here, so a file cannot
     make Python import (and run) a module of its choosing; the modules the user trusts are imported first
-    (:mod:`project.trusted`: the ``[tool.project] trusted`` list of ``pyproject.toml``).
+    (:mod:`project.trusted`: the ``[tool.project] trusted`` list of ``pyproject.toml``). ``holder`` names the file in
+    the refusal (a model folder's ``config.json``, ...).
     """
     trust_declared()
     allowed: dict[str, type] = {}
@@ -171,7 +172,7 @@ def allowed_class(class_path: object, base: type, what: str) -> type:
             return alias
     if not isinstance(class_path, str) or class_path not in allowed:
         raise UserInputError(
-            f"the checkpoint names the {what} {class_path}, which is not allowed here: use one of the imported "
+            f"{holder} names the {what} {class_path}, which is not allowed here: use one of the imported "
             f"subclasses of {base.__name__} ({some(sorted(allowed), 8).replace('; ', ', ')}); {HOW_TO_TRUST}"
         )
     return allowed[class_path]
