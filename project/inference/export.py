@@ -149,7 +149,9 @@ def _config(
     return {
         "format": "a model folder of python -m project export",
         "project_version": PROJECT_VERSION,
-        "checkpoint": str(checkpoint_path),
+        # The run it came from (<run>/version_N/checkpoints/<name>.ckpt), without this machine's folders: it may be
+        # published (--push_to_hub).
+        "checkpoint": "/".join(Path(checkpoint_path).resolve().parts[-4:]),
         "network": checkpoint["hyper_parameters"]["network"],  # {class_path, init_args}: built from the allow-list
         "num_outputs": model.task.num_outputs,
         "outputs": model.task.outputs_meaning,
