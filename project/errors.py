@@ -81,6 +81,9 @@ EXTRAS = {
     "comet_ml": "comet",
     "optuna": "sweep",
     "psycopg2": "sweep",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "starlette": "serve",
 }
 """Packages that an extra in ``pyproject.toml`` installs (``pip install -e ".[wandb]"``), by their import or
 distribution name."""
