@@ -284,3 +284,19 @@ def test_an_array_stands_for_the_png_file_of_its_pixels():
     pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     decoded = np.array(Image.open(io.BytesIO(png_bytes(pixels))))
     assert decoded.tolist() == pixels.tolist() and json.loads(json.dumps(decoded.tolist())) == pixels.tolist()
+
+
+@pytest.mark.slow
+def test_the_load_test_prints_requests_per_second_and_latencies_against_the_unbatched_baseline(
+    exported_folder, tmp_path
+):
+    out = tmp_path / "load.json"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_serve.py"), str(exported_folder)]
+    command += ["--requests", "40", "--concurrency", "1", "4", "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [(row["max_batch_size"], row["concurrency"]) for row in rows] == [(1, 1), (1, 4), (32, 1), (32, 4)]
+    assert all(row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] for row in rows)
+    assert max(row["largest_batch"] for row in rows[:2]) == 1  # the baseline never batches
+    assert "| 1 | 4 |" in run.stdout and "| 1.00x | 1.00x |" in run.stdout and "| 32 | 4 |" in run.stdout

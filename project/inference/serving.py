@@ -151,7 +151,7 @@ class _Batcher:
         return self.predictor.task.prediction_rows(outputs, self.predictor.preprocessing["class_names"])
 
 
-def model_description(predictor: Predictor) -> dict[str, Any]:
+def _model_description(predictor: Predictor) -> dict[str, Any]:
     """What ``/health`` says of the model: its task, classes and the images it takes."""
     preprocessing = predictor.preprocessing
     return {
@@ -182,7 +182,7 @@ def create_app(predictor: Predictor, settings: ServeSettings, on_start: Callable
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", **model_description(predictor), "limits": limits, "served": dict(batcher.served)}
+        return {"status": "ok", **_model_description(predictor), "limits": limits, "served": dict(batcher.served)}
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -229,13 +229,23 @@ async def _body(request: Request, max_bytes: int) -> bytes:
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port``, or one line saying why it cannot be (before the model is loaded)."""
+    """A socket bound to ``host:port``, or one line saying why it cannot be (before the model is loaded).
+
+    Made with the protocol number TCP, as asyncio makes its own: asyncio turns Nagle's algorithm off only on the
+    connections of such a socket (``_set_nodelay`` checks ``sock.proto``), and with it on, every answer but the first
+    on a kept-alive connection waited 40 ms for the client's delayed acknowledgement."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
         raise UserInputError(f"host: {host!r} is not a name or address of this machine") from None
+    listening = socket.socket(family, kind, protocol or socket.IPPROTO_TCP)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own: a restart finds it free
+        listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listening.bind(address)
+        listening.listen(2048)
     except OSError as error:
+        listening.close()
         reasons = {
             errno.EADDRINUSE: f"port: {port} is in use on {host} (another server?): choose another --port, or stop it",
             errno.EACCES: f"port: {port} needs privileges here (ports below 1024): choose one from 1024 to 65535",
@@ -243,6 +253,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
             f"0.0.0.0: every network)",
         }
         raise UserInputError(reasons.get(error.errno, f"cannot listen on {host}:{port}: {first_line(error)}")) from None
+    return listening
 
 
 def serve(model: Path, settings: ServeSettings) -> None:
@@ -256,7 +267,7 @@ def serve(model: Path, settings: ServeSettings) -> None:
         predictor = _predictor(model)
         host, port = listening.getsockname()[:2]
         address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-        about, size = model_description(predictor), predictor.preprocessing["image_size"]
+        about, size = _model_description(predictor), predictor.preprocessing["image_size"]
         started = (
             f"serving {model} ({about['task']}, {len(about['classes'])} classes, {about['input']['channels']}x{size}x"
             f"{size} images) on {address}: POST {address}/predict, GET {address}/health; Ctrl-C stops it"

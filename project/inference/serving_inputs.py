@@ -29,7 +29,7 @@ from torch import Tensor
 from project.data.decoding import UndecodableImage
 from project.errors import first_line
 
-MEDIA_TYPES = ("multipart/form-data", "application/json")
+_MEDIA_TYPES = ("multipart/form-data", "application/json")
 """The Content-Types ``/predict`` takes."""
 MAX_PIXELS = 40_000_000
 """The most pixels an uploaded image may declare (a 7,000 x 5,700 photo): a PNG of a few kilobytes can declare a
@@ -50,7 +50,7 @@ class BadRequest(Exception):
 def media_type(content_type: str) -> str:
     """The media type of a ``Content-Type`` header, if ``/predict`` takes it; a 415 otherwise."""
     media = content_type.partition(";")[0].strip().lower()
-    if media not in MEDIA_TYPES:
+    if media not in _MEDIA_TYPES:
         given = f"Content-Type {media}" if media else "no Content-Type"
         raise BadRequest(
             415,
