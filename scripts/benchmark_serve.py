@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""A load test of the prediction server (``python -m project serve``): requests per second and p50/p99 latency at
-several concurrencies, for each ``--max_batch_size`` (1: no batching, the baseline), with each row's ratio to the
-baseline at the same concurrency, measured in the same run.
+"""A load test of the prediction server (``python -m project serve``): requests per second, p50/p99 latency and
+images per network call at several concurrencies, for each ``--max_batch_size`` (1: no batching, the baseline), with
+each row's ratio to the baseline at the same concurrency, measured in the same run.
 
     python scripts/benchmark_serve.py exported/mnist
     python scripts/benchmark_serve.py exported/mnist --requests 2000 --concurrency 1 8 32 --batch_sizes 1 32
 
-For each batch size a server of the model is started in its own process (``--port 0``), warmed up, then loaded by
+For each batch size a server of the model is started in its own process (``--port 0``) and warmed up; then at each
+concurrency each server in turn (a row beside its baseline, under the same load of the machine) is loaded by
 ``--concurrency`` clients at a time (asyncio and httpx, keep-alive connections), each posting one image per request as
 ``multipart/form-data`` (a PNG of random pixels of the size the model takes, as ``/health`` says) until
-``--requests`` have been answered; then the server is stopped with SIGTERM. The clients run on the same machine as
+``--requests`` have been answered; then the servers are stopped with SIGTERM. The clients run on the same machine as
 the server and share its cores: on a small machine they take a large part of them, so the numbers are the system's.
 Prints a Markdown table; ``--out`` writes the results as JSON.
 """
@@ -87,22 +88,31 @@ async def load(url: str, image: bytes, concurrency: int, requests: int) -> dict[
     return {"requests_per_s": requests / seconds, "p50_ms": 1000 * quantiles[49], "p99_ms": 1000 * quantiles[98]}
 
 
-def measure(folder: Path, batch_size: int, options: argparse.Namespace) -> list[dict[str, float]]:
-    """Every concurrency against one server of ``batch_size``, after a warm-up."""
-    process, url = start_server(folder, batch_size, options.batch_timeout_ms)
+def measure(folder: Path, options: argparse.Namespace) -> list[dict[str, float]]:
+    """Every concurrency against a server of each batch size, all started (and warmed up) first, then measured in
+    turn at each concurrency: a row and its baseline are measured one after the other, under the same load."""
+    servers = {size: start_server(folder, size, options.batch_timeout_ms) for size in options.batch_sizes}
     try:
-        image = test_image(url)
-        asyncio.run(load(url, image, max(options.concurrency), max(options.concurrency) * 4))  # warm-up
+        image = test_image(next(iter(servers.values()))[1])
+        for _, url in servers.values():
+            asyncio.run(load(url, image, max(options.concurrency), max(options.concurrency) * 4))  # warm-up
         rows = []
         for concurrency in options.concurrency:
-            result = asyncio.run(load(url, image, concurrency, options.requests))
-            served = httpx.get(f"{url}/health", timeout=60).json()["served"]
-            rows.append({"max_batch_size": batch_size, "concurrency": concurrency, **result, **served})
-            print(f"max_batch_size {batch_size}, concurrency {concurrency}: {result}", file=sys.stderr, flush=True)
-        return rows
+            for size, (_, url) in servers.items():
+                before = httpx.get(f"{url}/health", timeout=60).json()["served"]
+                result = asyncio.run(load(url, image, concurrency, options.requests))
+                after = httpx.get(f"{url}/health", timeout=60).json()["served"]
+                result["images_per_call"] = (after["images"] - before["images"]) / (
+                    after["network_calls"] - before["network_calls"]
+                )
+                rows.append({"max_batch_size": size, "concurrency": concurrency, **result})
+                print(f"max_batch_size {size}, concurrency {concurrency}: {result}", file=sys.stderr, flush=True)
+        return sorted(rows, key=lambda row: (row["max_batch_size"], row["concurrency"]))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        for process, _ in servers.values():
+            process.send_signal(signal.SIGTERM)
+        for process, _ in servers.values():
+            process.wait(timeout=120)
 
 
 def table(rows: list[dict[str, float]]) -> str:
@@ -110,15 +120,16 @@ def table(rows: list[dict[str, float]]) -> str:
     least = min(row["max_batch_size"] for row in rows)
     baseline = {row["concurrency"]: row for row in rows if row["max_batch_size"] == least}
     lines = [
-        "| max_batch_size | concurrency | requests/s | p50 ms | p99 ms | requests/s vs baseline | p99 vs baseline |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| max_batch_size | concurrency | requests/s | p50 ms | p99 ms | images per call | requests/s vs baseline "
+        "| p99 vs baseline |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         base = baseline[row["concurrency"]]
         lines.append(
             f"| {row['max_batch_size']} | {row['concurrency']} | {row['requests_per_s']:.0f} | {row['p50_ms']:.1f} | "
-            f"{row['p99_ms']:.1f} | {row['requests_per_s'] / base['requests_per_s']:.2f}x | "
-            f"{row['p99_ms'] / base['p99_ms']:.2f}x |"
+            f"{row['p99_ms']:.1f} | {row['images_per_call']:.1f} | "
+            f"{row['requests_per_s'] / base['requests_per_s']:.2f}x | {row['p99_ms'] / base['p99_ms']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -134,7 +145,7 @@ def main() -> None:
     parser.add_argument("--batch_timeout_ms", type=float, default=5.0, help="the servers' --batch_timeout_ms")
     parser.add_argument("--out", type=Path, help="the results as JSON")
     options = parser.parse_args()
-    rows = [row for batch_size in options.batch_sizes for row in measure(options.folder, batch_size, options)]
+    rows = measure(options.folder, options)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(f"{options.requests} requests per row, one PNG image per request; {machine}\n")
     print(table(rows))

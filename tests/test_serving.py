@@ -298,5 +298,5 @@ def test_the_load_test_prints_requests_per_second_and_latencies_against_the_unba
     rows = json.loads(out.read_text())["results"]
     assert [(row["max_batch_size"], row["concurrency"]) for row in rows] == [(1, 1), (1, 4), (32, 1), (32, 4)]
     assert all(row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] for row in rows)
-    assert max(row["largest_batch"] for row in rows[:2]) == 1  # the baseline never batches
-    assert "| 1 | 4 |" in run.stdout and "| 1.00x | 1.00x |" in run.stdout and "| 32 | 4 |" in run.stdout
+    assert [row["images_per_call"] for row in rows[:2]] == [1, 1]  # the baseline never batches
+    assert "| 1 | 4 |" in run.stdout and "| 1.0 | 1.00x | 1.00x |" in run.stdout and "| 32 | 4 |" in run.stdout
