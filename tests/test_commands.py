@@ -95,7 +95,7 @@ def test_bad_input_on_every_subcommand_is_one_error_line_and_writes_nothing(args
 
 
 def test_trust_is_taken_by_every_subcommand_that_loads_a_file(run_dir, capsys):
-    for args in (["evaluate", "x.ckpt"], ["export", "x.ckpt"], ["predict", "x.ckpt", "a.png"]):
+    for args in (["evaluate", "x.ckpt"], ["export", "x.ckpt"], ["predict", "x.ckpt", "a.png"], ["serve", "x"]):
         message = cli_error([*args, "--trust", "no_such_module_of_yours"], capsys, root=run_dir)
         assert message.startswith("error: cannot import the trusted module 'no_such_module_of_yours'"), args
     options, fit_args = sweep_arguments(["mnist", "--trust", "mine", "--trials", "3", "--data.data_dir=d", "--name=x"])

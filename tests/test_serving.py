@@ -211,6 +211,16 @@ def test_bad_input_is_a_4xx_with_one_line_of_json(server, case):
     assert message in answer.json()["error"]
 
 
+def test_answers_on_a_kept_alive_connection_do_not_wait_for_the_clients_acknowledgement(server):
+    with httpx.Client(timeout=60) as client:  # one connection, kept alive
+        seconds = []
+        for _ in range(21):
+            start = time.perf_counter()
+            client.get(f"{server.url}/health").raise_for_status()
+            seconds.append(time.perf_counter() - start)
+    assert sorted(seconds)[10] < 0.035  # with Nagle's algorithm on, each but the first took 40 ms or more
+
+
 def test_a_path_or_method_that_does_not_exist_is_one_line_of_json_too(server):
     assert httpx.get(f"{server.url}/nowhere", timeout=60).json() == {"error": "Not Found"}
     assert httpx.get(f"{server.url}/predict", timeout=60).status_code == 405

@@ -237,7 +237,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
     Made with the protocol number TCP, as asyncio makes its own: asyncio turns Nagle's algorithm off only on the
     connections of such a socket (``_set_nodelay`` checks ``sock.proto``), and with it on, every answer but the first
-    on a kept-alive connection waited 40 ms for the client's delayed acknowledgement."""
+    on a kept-alive connection waited 40 ms for the client's delayed acknowledgement (the same check leaves macOS's
+    accepted sockets without it: https://github.com/python/cpython/issues/148783, hence the option on the listening
+    socket too, which Linux passes on to the sockets it accepts)."""
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
