@@ -3,6 +3,7 @@ handed to its home.
 
     fit, validate, test          LightningCLI: train, and a checkpoint's metrics (project.cli.app)
     evaluate, export, predict    reports, exports, predictions of new images (project.cli.commands)
+    serve                        an HTTP server of an exported model (project.cli.commands, project.inference.serving)
     sweep                        hyperparameter sweeps (project.sweeps)
 
 ``python -m project --help`` lists them; ``python -m project SUBCOMMAND --help`` says each one's options. A
@@ -31,7 +32,7 @@ def main(args: list[str] | None = None, prog: str = "python -m project") -> None
         from project.sweeps import main as sweep
 
         sweep(args[1:])
-    else:  # evaluate, export, predict; the command's --help, or a subcommand that does not exist
+    else:  # evaluate, export, predict, serve; the command's --help, or a subcommand that does not exist
         from project.cli.commands import main as command
 
         command(args, prog)

@@ -83,6 +83,9 @@ EXTRAS = {
     "psycopg2": "sweep",
     "huggingface_hub": "hub",
     "huggingface-hub": "hub",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "starlette": "serve",
 }
 """Packages that an extra in ``pyproject.toml`` installs (``pip install -e ".[wandb]"``), by their import or
 distribution name."""

@@ -19,7 +19,7 @@ from project.__main__ import main
 from project.cli.commands import COMMANDS, ExportFormat, Split, sweep_arguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OWN_SUBCOMMANDS = ("evaluate", "export", "predict", "sweep")
+OWN_SUBCOMMANDS = ("evaluate", "export", "predict", "sweep", "serve")
 
 
 def printed_help(args: list[str], capsys) -> str:
@@ -33,7 +33,7 @@ def printed_help(args: list[str], capsys) -> str:
 def test_the_commands_help_lists_every_subcommand(capsys):
     usage = printed_help(["--help"], capsys)
     assert usage.startswith("usage: python -m project SUBCOMMAND")
-    for name in ("fit", "validate", "test", "evaluate", "export", "predict", "sweep"):
+    for name in ("fit", "validate", "test", "evaluate", "export", "predict", "sweep", "serve"):
         assert f"    {name} " in usage, name
 
 
@@ -48,7 +48,8 @@ def test_help_and_a_refused_option_answer_without_loading_lightning_or_torch():
     code = (
         "import sys\n"
         "from project.__main__ import main\n"
-        "for args in (['evaluate', '--help'], ['predict', 'm.ckpt', 'x.png', '--batch-size', '2'], ['sweep', '-h']):\n"
+        "for args in (['evaluate', '--help'], ['predict', 'm.ckpt', 'x.png', '--batch-size', '2'], ['sweep', '-h'],\n"
+        "             ['serve', '--help'], ['serve', 'folder', '--port', 'http']):\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit:\n"
@@ -76,6 +77,8 @@ def test_help_and_a_refused_option_answer_without_loading_lightning_or_torch():
         (["predict", "last.ckpt", "a.png", "--batch_size", "x"], "batch_size: expected an integer, got 'x'"),
         (["predict", "last.ckpt", "a.png", "--mnist-style"], "mnist-style is not an option; did you mean mnist_style?"),
         (["predict", "last.ckpt"], "predict: give the images"),
+        (["serve", "exported", "--port", "http"], "port: expected an integer, got 'http'"),
+        (["serve", "exported", "--max-batch-size", "8"], "max-batch-size is not an option; did you mean max_batch_si"),
         (["sweep", "mnist", "--workers", "two"], "workers: expected an integer, got 'two'"),
         (["sweep", "mnist", "--trials", "0"], "trials: expected 1 or more, got 0"),
         (["sweep", "mnist", "--interrupted", "later"], "interrupted: expected one of retry, skip, got 'later'"),
@@ -92,7 +95,7 @@ def test_bad_input_on_every_subcommand_is_one_error_line_and_writes_nothing(args
 
 
 def test_trust_is_taken_by_every_subcommand_that_loads_a_file(run_dir, capsys):
-    for args in (["evaluate", "x.ckpt"], ["export", "x.ckpt"], ["predict", "x.ckpt", "a.png"]):
+    for args in (["evaluate", "x.ckpt"], ["export", "x.ckpt"], ["predict", "x.ckpt", "a.png"], ["serve", "x"]):
         message = cli_error([*args, "--trust", "no_such_module_of_yours"], capsys, root=run_dir)
         assert message.startswith("error: cannot import the trusted module 'no_such_module_of_yours'"), args
     options, fit_args = sweep_arguments(["mnist", "--trust", "mine", "--trials", "3", "--data.data_dir=d", "--name=x"])
@@ -115,10 +118,10 @@ def test_the_parsers_choices_are_the_pieces_own():
     from project.inference.export import FORMATS
 
     assert get_args(Split) == tuple(SPLITS) and get_args(ExportFormat) == FORMATS
-    assert set(COMMANDS) == {"fit", "validate", "test", "evaluate", "export", "predict", "sweep"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "evaluate", "export", "predict", "sweep", "serve"}
 
 
-@pytest.mark.parametrize("script", ["evaluate.py", "export.py", "predict.py", "sweep.py", "train.py"])
+@pytest.mark.parametrize("script", ["evaluate.py", "export.py", "predict.py", "sweep.py", "serve.py", "train.py"])
 def test_each_script_is_an_import_and_a_call(script):
     body = ast.parse((SCRIPTS / script).read_text()).body
     statements = [node for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]

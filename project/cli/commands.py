@@ -1,10 +1,11 @@
-"""``python -m project evaluate|export|predict|sweep``: the subcommands beside LightningCLI's ``fit``, ``validate`` and
-``test`` (:mod:`project.cli.app`), and the command's own ``--help``.
+"""``python -m project evaluate|export|predict|sweep|serve``: the subcommands beside LightningCLI's ``fit``,
+``validate`` and ``test`` (:mod:`project.cli.app`), and the command's own ``--help``.
 
     python -m project evaluate logs/mnist/version_0/checkpoints/last.ckpt --split val --data.data_dir ../shared/data
     python -m project export CKPT --out exported/mnist --push_to_hub your-name/mnist-convnet
     python -m project predict exported/mnist my_digits/ "scans/**/*.png" --out predictions.csv
     python -m project sweep mnist --trials 20 --workers 2 --data.data_dir ../shared/data
+    python -m project serve exported/mnist --port 8000
 
 Each is parsed by jsonargparse, the library LightningCLI parses ``fit`` with, in the same style: an option is spelled
 as ``fit`` spells the same thing (``--data.data_dir``; words joined by ``_``), ``--trust MODULE`` and ``--help`` work
@@ -38,6 +39,7 @@ COMMANDS = {
     "export": "a checkpoint's model folder: safetensors, ONNX, config.json and a model card (README.md)",
     "predict": "new image files through a model folder, a checkpoint or a model.onnx: a CSV row per image",
     "sweep": "search hyperparameters with Optuna; each trial is a fit run",
+    "serve": "an HTTP server that predicts images with an exported model: POST /predict, GET /health",
 }
 """Every subcommand of ``python -m project``, and what it does."""
 Split = Literal["train", "val", "test"]
@@ -175,17 +177,45 @@ def _sweep_parser(prog: str) -> ArgumentParser:
     return parser
 
 
+def _serve_parser(prog: str) -> ArgumentParser:
+    parser = _new_parser(
+        prog,
+        "FOLDER [--host HOST] [--port N] [--max_batch_size N] [--batch_timeout_ms MS] [--max_bytes N] [--trust MODULE]",
+        "Serve an export folder's model over HTTP (FastAPI on uvicorn): POST /predict takes image files "
+        "(multipart/form-data, field 'files') or pixel arrays (JSON {\"inputs\": [...]}) and answers the rows predict "
+        "writes; GET /health says what the model is. Concurrent requests share network calls. Ctrl-C or SIGTERM stops "
+        "it; see docs/serving.md.",
+    )
+    parser.add_argument(
+        "folder", type=Path | None, nargs="?", help="an export folder (python -m project export), or a .onnx or .ckpt"
+    )
+    parser.add_argument("--host", type=str, default="127.0.0.1", help="where to listen (0.0.0.0: every network)")
+    parser.add_argument("--port", type=int, default=8000, help="the port (0: any free one, said at start)")
+    parser.add_argument("--max_batch_size", type=int, default=32, help="the most images in one network call")
+    parser.add_argument(
+        "--batch_timeout_ms",
+        type=float,
+        default=5.0,
+        help="how long a network call waits for more images while other requests are on their way",
+    )
+    parser.add_argument("--max_bytes", type=int, default=10_000_000, help="the largest request body (413 above)")
+    parser.add_argument("--trust", type=str, action="append", default=[], metavar="MODULE", help=_TRUST_HELP)
+    return parser
+
+
 _PARSERS: dict[str, Callable[[str], ArgumentParser]] = {
     "evaluate": _evaluate_parser,
     "export": _export_parser,
     "predict": _predict_parser,
     "sweep": _sweep_parser,
+    "serve": _serve_parser,
 }
 _POSITIONALS = {
     "evaluate": ("checkpoint",),
     "export": ("checkpoint",),
     "predict": ("model", "images"),
     "sweep": ("spec",),
+    "serve": ("folder",),
 }
 """Each subcommand's positional arguments, all required (each is checked, to say which one is missing)."""
 
@@ -276,7 +306,21 @@ def _predict(options: Namespace) -> None:
     print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
 
 
-_RUNNERS: dict[str, Callable[[Namespace], None]] = {"evaluate": _evaluate, "export": _export, "predict": _predict}
+def _serve(options: Namespace) -> None:
+    """``serve``'s server, until Ctrl-C or SIGTERM (FastAPI and uvicorn are the ``serve`` extra: a missing one is named
+    with its install command)."""
+    from project.inference.serving import ServeSettings, serve
+
+    settings = {key: options[key] for key in ("host", "port", "max_batch_size", "batch_timeout_ms", "max_bytes")}
+    serve(options.folder, ServeSettings(**settings))
+
+
+_RUNNERS: dict[str, Callable[[Namespace], None]] = {
+    "evaluate": _evaluate,
+    "export": _export,
+    "predict": _predict,
+    "serve": _serve,
+}
 
 
 def run(name: str, args: list[str], prog: str) -> None:
@@ -302,9 +346,9 @@ def _print_help(prog: str) -> None:
 
 
 def main(args: list[str], prog: str = "python -m project") -> None:
-    """``evaluate``, ``export``, ``predict``, the command's ``--help``, the refusal of a subcommand that does not exist,
-    and the check of a sweep's own options (``fit``, ``validate``, ``test``: :func:`project.cli.app.main`; the sweep:
-    :func:`project.sweeps.main`)."""
+    """``evaluate``, ``export``, ``predict``, ``serve``, the command's ``--help``, the refusal of a subcommand that does
+    not exist, and the check of a sweep's own options (``fit``, ``validate``, ``test``: :func:`project.cli.app.main`;
+    the sweep: :func:`project.sweeps.main`)."""
     name, rest = (args[0], args[1:]) if args else ("", [])
     if name in ("-h", "--help"):
         _print_help(prog)

@@ -8,6 +8,7 @@ What happens to the decoded pixels (held in memory, cached on disk, or decoded a
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -93,14 +94,15 @@ class ImageConversion:
         object.__setattr__(self, "mean", mean)  # frozen: set once, here
         object.__setattr__(self, "std", std)
 
-    def decode(self, path: Path) -> Tensor:
+    def decode(self, path: Path | bytes) -> Tensor:
         """The file's pixels as uint8, converted and resized (bilinear, antialiased); :class:`UndecodableImage` names
         a file that cannot be decoded (whatever PIL raises: OSError, SyntaxError, ValueError, DecompressionBombError
-        for a picture that declares more pixels than PIL's limit, ...)."""
+        for a picture that declares more pixels than PIL's limit, ...). ``path`` may be a file's bytes (an upload to
+        the prediction server), decoded exactly as the file would be."""
         try:
             return self.converted(path)
         except Exception as error:
-            raise UndecodableImage(path, first_line(error)) from None
+            raise UndecodableImage(path if isinstance(path, Path) else Path("the image"), first_line(error)) from None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -113,8 +115,8 @@ class ImageConversion:
         applied after."""
         return f"{self.channels}x{self.image_size}x{self.image_size} mnist_style={self.mnist_style}"
 
-    def converted(self, path: Path) -> Tensor:
-        with Image.open(path) as image:  # reads the header only
+    def converted(self, path: Path | bytes) -> Tensor:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:  # reads the header only
             if not self.mnist_style and (image.format, image.mode, image.size) in self.direct_formats():
                 direct = decoded_directly(path)
                 if direct is not None and direct.dtype == torch.uint8 and tuple(direct.shape) == self.shape:
@@ -136,11 +138,12 @@ class ImageConversion:
         return normalised(pixels, torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1))
 
 
-def decoded_directly(path: Path) -> Tensor | None:
-    """The file's pixels through torchvision's decoder (libpng, libjpeg-turbo), as stored; ``None`` when it refuses
-    them (PIL then decodes the file, and names it if it cannot)."""
+def decoded_directly(path: Path | bytes) -> Tensor | None:
+    """The file's pixels (or those of a file's bytes) through torchvision's decoder (libpng, libjpeg-turbo), as
+    stored; ``None`` when it refuses them (PIL then decodes the file, and names it if it cannot)."""
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+        data = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) else read_file(str(path))
+        return decode_image(data, mode=ImageReadMode.UNCHANGED)
     except (RuntimeError, ValueError):
         return None
 
