@@ -133,6 +133,7 @@ def refusal(args: list[str], capsys) -> str:
         (["--folds", "1"], "folds: expected 2 or more, got 1"),
         (["--workers", "0"], "workers: expected 1 or more, got 0"),
         (["--name", "a/b"], "name: 'a/b' is not a folder name"),
+        (["--data.split.split_seed=x"], "crossval: data.split.split_seed: expected an integer, got 'x'"),
     ],
 )
 def test_a_crossval_refused_says_why_in_one_line_and_makes_no_folder(args, expected, fake_data_dir, run_dir, capsys):

@@ -55,9 +55,9 @@ _COLUMNS = ("mean", "std", "min", "max", "folds")
 
 def _in_crossval_words(message: str) -> str:
     """A refusal of the sweep's checks, as the cross-validation's."""
-    for prefix in ("sweep spec crossval: ", "sweep: ", "sweep spec crossval", "sweep "):
+    for prefix in ("sweep crossval: ", "sweep: "):
         if message.startswith(prefix):
-            return "crossval: " + message.removeprefix(prefix).removeprefix(": ")
+            return "crossval: " + message.removeprefix(prefix)
     return message
 
 
