@@ -5,6 +5,7 @@ handed to its home.
     evaluate, export, predict    reports, exports, predictions of new images (project.cli.commands)
     serve                        an HTTP server of an exported model (project.cli.commands, project.inference.serving)
     sweep                        hyperparameter sweeps (project.sweeps)
+    crossval                     K-fold cross-validation, its folds run as a sweep's trials (project.sweeps.crossval)
 
 ``python -m project --help`` lists them; ``python -m project SUBCOMMAND --help`` says each one's options. A
 subcommand imports what it runs only when it runs.
@@ -32,6 +33,13 @@ def main(args: list[str] | None = None, prog: str = "python -m project") -> None
         from project.sweeps import main as sweep
 
         sweep(args[1:])
+    elif name == "crossval":
+        from project.cli.commands import main as command
+
+        command(args, prog)  # its own options checked (and --help) before the sweep's imports
+        from project.sweeps.crossval import main as crossval
+
+        crossval(args[1:])
     else:  # evaluate, export, predict, serve; the command's --help, or a subcommand that does not exist
         from project.cli.commands import main as command
 

@@ -19,7 +19,7 @@ from project.__main__ import main
 from project.cli.commands import COMMANDS, ExportFormat, Split, sweep_arguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OWN_SUBCOMMANDS = ("evaluate", "export", "predict", "sweep", "serve")
+OWN_SUBCOMMANDS = ("evaluate", "export", "predict", "sweep", "crossval", "serve")
 
 
 def printed_help(args: list[str], capsys) -> str:
@@ -33,7 +33,7 @@ def printed_help(args: list[str], capsys) -> str:
 def test_the_commands_help_lists_every_subcommand(capsys):
     usage = printed_help(["--help"], capsys)
     assert usage.startswith("usage: python -m project SUBCOMMAND")
-    for name in ("fit", "validate", "test", "evaluate", "export", "predict", "sweep", "serve"):
+    for name in ("fit", "validate", "test", "evaluate", "export", "predict", "sweep", "crossval", "serve"):
         assert f"    {name} " in usage, name
 
 
@@ -49,6 +49,7 @@ def test_help_and_a_refused_option_answer_without_loading_lightning_or_torch():
         "import sys\n"
         "from project.__main__ import main\n"
         "for args in (['evaluate', '--help'], ['predict', 'm.ckpt', 'x.png', '--batch-size', '2'], ['sweep', '-h'],\n"
+        "             ['crossval', '-h'],\n"
         "             ['serve', '--help'], ['serve', 'folder', '--port', 'http']):\n"
         "    try:\n"
         "        main(args)\n"
@@ -84,6 +85,8 @@ def test_help_and_a_refused_option_answer_without_loading_lightning_or_torch():
         (["sweep", "mnist", "--interrupted", "later"], "interrupted: expected one of retry, skip, got 'later'"),
         (["sweep", "mnist", "--name", "a/b"], "name: 'a/b' is not a folder name"),
         (["sweep", "--trials", "3"], "sweep: give the spec"),
+        (["crossval", "--folds", "1"], "folds: expected 2 or more, got 1"),
+        (["crossval", "--workers", "two"], "workers: expected an integer, got 'two'"),
         (["fit", "--data_dir=d"], "data_dir is not an option; did you mean data.data_dir?"),
         (["predicts", "last.ckpt"], "predicts is not a subcommand: use one of fit, validate, test, evaluate, export, "),
         ([], "no subcommand given: use one of fit, validate, test, evaluate, export, predict, sweep"),
@@ -118,10 +121,12 @@ def test_the_parsers_choices_are_the_pieces_own():
     from project.inference.export import FORMATS
 
     assert get_args(Split) == tuple(SPLITS) and get_args(ExportFormat) == FORMATS
-    assert set(COMMANDS) == {"fit", "validate", "test", "evaluate", "export", "predict", "sweep", "serve"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "evaluate", "export", "predict", "sweep", "crossval", "serve"}
 
 
-@pytest.mark.parametrize("script", ["evaluate.py", "export.py", "predict.py", "sweep.py", "serve.py", "train.py"])
+@pytest.mark.parametrize(
+    "script", ["evaluate.py", "export.py", "predict.py", "sweep.py", "crossval.py", "serve.py", "train.py"]
+)
 def test_each_script_is_an_import_and_a_call(script):
     body = ast.parse((SCRIPTS / script).read_text()).body
     statements = [node for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]

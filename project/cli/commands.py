@@ -1,18 +1,20 @@
-"""``python -m project evaluate|export|predict|sweep|serve``: the subcommands beside LightningCLI's ``fit``,
+"""``python -m project evaluate|export|predict|sweep|crossval|serve``: the subcommands beside LightningCLI's ``fit``,
 ``validate`` and ``test`` (:mod:`project.cli.app`), and the command's own ``--help``.
 
     python -m project evaluate logs/mnist/version_0/checkpoints/last.ckpt --split val --data.data_dir ../shared/data
     python -m project export CKPT --out exported/mnist --push_to_hub your-name/mnist-convnet
     python -m project predict exported/mnist my_digits/ "scans/**/*.png" --out predictions.csv
     python -m project sweep mnist --trials 20 --workers 2 --data.data_dir ../shared/data
+    python -m project crossval --folds 5 --config mnist --data.data_dir ../shared/data
     python -m project serve exported/mnist --port 8000
 
 Each is parsed by jsonargparse, the library LightningCLI parses ``fit`` with, in the same style: an option is spelled
 as ``fit`` spells the same thing (``--data.data_dir``; words joined by ``_``), ``--trust MODULE`` and ``--help`` work
 on each, and every refusal is one ``error:`` line with exit status 2 (:func:`project.cli.refusals.exit_on_refusal`).
 Their options are fixed, so what can be checked before the parser runs is: an unknown option (named with the closest
-one), a missing checkpoint, model or spec. The sweep's runner is :mod:`project.sweeps`'s: it passes every option
-that is not its own on to its trials' ``fit`` (:func:`sweep_arguments`).
+one), a missing checkpoint, model or spec. The sweep's and the cross-validation's runners are :mod:`project.sweeps`'s:
+they pass every option that is not their own on to their trials' ``fit`` (:func:`sweep_arguments`,
+:func:`crossval_arguments`).
 
 Importing this module loads neither torch nor Lightning: ``--help`` and a refusal of the arguments come at once; a
 subcommand imports what it runs once its arguments are checked.
@@ -40,6 +42,7 @@ COMMANDS = {
     "predict": "new image files through a model folder, a checkpoint or a model.onnx: a CSV row per image",
     "sweep": "search hyperparameters with Optuna; each trial is a fit run",
     "serve": "an HTTP server that predicts images with an exported model: POST /predict, GET /health",
+    "crossval": "K-fold cross-validation: each fold a fit run, the mean and spread of every metric",
 }
 """Every subcommand of ``python -m project``, and what it does."""
 Split = Literal["train", "val", "test"]
@@ -48,6 +51,8 @@ ExportFormat = Literal["onnx", "pt2", "safetensors"]
 """The files ``export`` writes (:data:`project.inference.export.FORMATS`)."""
 _SWEEP_OWN = ("trials", "workers", "storage", "name", "interrupted", "help")
 """The sweep's own options; every other option is a ``fit`` option for its trials."""
+_CROSSVAL_OWN = ("folds", "workers", "name", "help")
+"""The cross-validation's own options; every other option is a ``fit`` option for its folds."""
 _TRUST_HELP = (
     "import this module of your own (a class the checkpoint or config names; found from the current folder) and "
     "trust it; repeat it for several: a file alone never names code to run"
@@ -200,6 +205,25 @@ def _serve_parser(prog: str) -> ArgumentParser:
     )
     parser.add_argument("--max_bytes", type=int, default=10_000_000, help="the largest request body (413 above)")
     parser.add_argument("--trust", type=str, action="append", default=[], metavar="MODULE", help=_TRUST_HELP)
+
+
+def _crossval_parser(prog: str) -> ArgumentParser:
+    parser = _new_parser(
+        prog,
+        "[--folds K] [--workers N] [--name NAME] [fit options...]",
+        "K-fold cross-validation: the training pool is divided into K folds (stratified by class, seeded by "
+        "--data.split.split_seed) and each fold, the validation set of one `python -m project fit` run in "
+        "logs/crossval/NAME/trials/, is trained after the others, or by N workers at once; each run then tests its "
+        "best checkpoint. Every other option (--config X, --data.data_dir DIR, --trust MODULE) is a fit option, for "
+        "every fold. Running the same command again skips finished folds and resumes an interrupted one. Results in "
+        "logs/crossval/NAME/: folds.csv, summary.md (the mean, std, min and max of every metric); see "
+        "docs/crossval.md.",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="the number of folds, K (2 or more)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine, on one study")
+    parser.add_argument(
+        "--name", type=str | None, default=None, help="the folder (default: the first --config's name, else crossval)"
+    )
     return parser
 
 
@@ -209,6 +233,7 @@ _PARSERS: dict[str, Callable[[str], ArgumentParser]] = {
     "predict": _predict_parser,
     "sweep": _sweep_parser,
     "serve": _serve_parser,
+    "crossval": _crossval_parser,
 }
 _POSITIONALS = {
     "evaluate": ("checkpoint",),
@@ -216,6 +241,7 @@ _POSITIONALS = {
     "predict": ("model", "images"),
     "sweep": ("spec",),
     "serve": ("folder",),
+    "crossval": (),
 }
 """Each subcommand's positional arguments, all required (each is checked, to say which one is missing)."""
 
@@ -239,28 +265,47 @@ def _parse_command(name: str, args: list[str], prog: str) -> Namespace:
     return options
 
 
-def sweep_arguments(args: list[str], prog: str = "python -m project sweep") -> tuple[Namespace, list[str]]:
-    """The sweep's own options, checked, and the rest: ``fit`` options for every trial. The spec comes first."""
-    if args and not args[0].startswith("-"):
-        own, index = [args[0]], 1
-    else:
-        own, index = [], 0
+def _own_and_fit(args: list[str], own_names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``args`` parted into a command's own options (``own_names``, with their values) and the rest, its ``fit``
+    options."""
+    own: list[str] = []
     fit_args: list[str] = []
+    index = 0
     while index < len(args):
         arg = args[index]
         name, equals, _ = arg.partition("=")
-        is_own = arg in ("-h", "--help") or (name.startswith("--") and name[2:] in _SWEEP_OWN)
+        is_own = arg in ("-h", "--help") or (name.startswith("--") and name[2:] in own_names)
         takes_value = is_own and not equals and arg not in ("-h", "--help") and index + 1 < len(args)
         taken = args[index : index + 2] if takes_value else [arg]
         (own if is_own else fit_args).extend(taken)
         index += len(taken)
-    options = _parse_command("sweep", own, prog)
-    for key in ("trials", "workers"):
-        if options[key] is not None and options[key] < 1:
-            raise UserInputError(f"{key}: expected 1 or more, got {options[key]}")
+    return own, fit_args
+
+
+def _checked_counts_and_name(options: Namespace, counts: tuple[str, ...], least: int = 1) -> None:
+    for key in counts:
+        if options[key] is not None and options[key] < least:
+            raise UserInputError(f"{key}: expected {least} or more, got {options[key]}")
     name = options.name
     if name is not None and (not name or "/" in name or name in (".", "..")):
         raise UserInputError(f"name: {name!r} is not a folder name (no '/')")
+
+
+def sweep_arguments(args: list[str], prog: str = "python -m project sweep") -> tuple[Namespace, list[str]]:
+    """The sweep's own options, checked, and the rest: ``fit`` options for every trial. The spec comes first."""
+    spec, rest = (args[:1], args[1:]) if args and not args[0].startswith("-") else ([], args)
+    own, fit_args = _own_and_fit(rest, _SWEEP_OWN)
+    options = _parse_command("sweep", spec + own, prog)
+    _checked_counts_and_name(options, ("trials", "workers"))
+    return options, fit_args
+
+
+def crossval_arguments(args: list[str], prog: str = "python -m project crossval") -> tuple[Namespace, list[str]]:
+    """The cross-validation's own options, checked, and the rest: ``fit`` options for every fold."""
+    own, fit_args = _own_and_fit(args, _CROSSVAL_OWN)
+    options = _parse_command("crossval", own, prog)
+    _checked_counts_and_name(options, ("workers",))
+    _checked_counts_and_name(options, ("folds",), least=2)
     return options, fit_args
 
 
@@ -324,12 +369,15 @@ _RUNNERS: dict[str, Callable[[Namespace], None]] = {
 
 
 def run(name: str, args: list[str], prog: str) -> None:
-    """Subcommand ``name`` with ``args``: parsed, its ``--trust`` modules trusted, then run. ``sweep`` is only parsed
-    here (its ``--help``, its refusals), before the sweep's own imports, which take seconds: :mod:`project.sweeps`
-    runs it."""
-    refuse_unknown_subcommand(name, (*_RUNNERS, "sweep"))
+    """Subcommand ``name`` with ``args``: parsed, its ``--trust`` modules trusted, then run. ``sweep`` and ``crossval``
+    are only parsed here (their ``--help``, their refusals), before the sweep's own imports, which take seconds:
+    :mod:`project.sweeps` runs them."""
+    refuse_unknown_subcommand(name, (*_RUNNERS, "sweep", "crossval"))
     if name == "sweep":
         sweep_arguments(args, prog)
+        return
+    if name == "crossval":
+        crossval_arguments(args, prog)
         return
     options = _parse_command(name, args, prog)
     trust(*options.trust)

@@ -22,7 +22,7 @@ from project.data.labels import Labels, RelabelledTargets
 from project.data.loading import Loading, data_loader
 from project.data.recording import piece, record_arguments, record_piece
 from project.data.sampler import Position, ResumableSampler, recorded_position, resumed_position
-from project.data.splits import Split, few_shot_indices, seeded_split
+from project.data.splits import Split, few_shot_indices, fold_split, seeded_split
 from project.errors import UserInputError
 from project.tasks import TASKS
 
@@ -64,7 +64,8 @@ class ImageDataModule(L.LightningDataModule):
         data_dir: the data directory; default ``$PROJECT_DATA_DIR``, else ``./data``.
         batch_size: training batch size.
         split: how the examples are split and sampled (:class:`~project.data.splits.Split`: ``val_size``,
-            ``test_size``, ``split_seed``, ``samples_per_class``, ``train_fraction``, ``shuffle_seed``).
+            ``test_size``, ``split_seed``, ``samples_per_class``, ``train_fraction``, ``shuffle_seed``, ``folds``,
+            ``fold``).
         labels: how class labels are named and become targets (:class:`~project.data.labels.Labels`:
             ``class_names``, ``positive_classes``, ``label_sets``, ``only_classes``).
         augment: how training batches are augmented (:class:`~project.data.augment.Augmentation`: ``transforms``,
@@ -230,12 +231,18 @@ class ImageDataModule(L.LightningDataModule):
         return dataset
 
     def split_train(self, full_train: Dataset) -> tuple[Dataset, Dataset]:
-        """The seeded train/validation split, then the few-shot subset of the training part."""
+        """The seeded train/validation split (or fold ``split.fold`` of ``split.folds`` as the validation set), then
+        the few-shot subset of the training part."""
         split = self.split
         pool = self.kept(full_train)
-        train_indices, val_indices = seeded_split(len(pool), split.val_size, split.split_seed, "split.val_size")
-        train_indices, val_indices = pool[train_indices], pool[val_indices]
         labels = self.split_labels(full_train)
+        if split.folds is not None:
+            classes = labels[pool] if labels is not None and labels.ndim == 1 else None
+            classes = None if classes is None or classes.is_floating_point() else classes  # regression: plain folds
+            train_indices, val_indices = fold_split(classes, len(pool), split.folds, split.fold, split.split_seed)
+        else:
+            train_indices, val_indices = seeded_split(len(pool), split.val_size, split.split_seed, "split.val_size")
+        train_indices, val_indices = pool[train_indices], pool[val_indices]
         if labels is None and split.samples_per_class is not None:
             raise UserInputError("data.split.samples_per_class needs class labels; use data.split.train_fraction")
         subset_labels = labels[train_indices] if labels is not None else torch.zeros(len(train_indices))

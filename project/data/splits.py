@@ -1,5 +1,5 @@
-"""Seeded splits and subsets, written once: the train/validation and train/test splits, stratified few-shot
-subsets, and the labels of a subset."""
+"""Seeded splits and subsets, written once: the train/validation and train/test splits, K folds of the training
+pool (cross-validation), stratified few-shot subsets, and the labels of a subset."""
 
 from __future__ import annotations
 
@@ -23,6 +23,32 @@ def seeded_split(count: int, held_out: int | float, seed: int, option: str) -> t
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     return order[held:].sort().values, order[:held].sort().values
+
+
+def fold_split(labels: Tensor | None, count: int, folds: int, fold: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Sorted positions ``(train, validation)`` of ``range(count)`` for fold ``fold`` of ``folds``: the validation
+    set is that fold, the training set the other folds.
+
+    With class ``labels`` (one integer a position), the folds are stratified: each class's positions, shuffled with
+    ``seed``, are dealt in turn to the folds, the classes one after the other, so a class's count differs by at most
+    one between folds and so do the folds' sizes. Without (regression, multilabel), the shuffled positions are dealt
+    in turn. The same ``seed`` and data make the same folds.
+    """
+    if folds > count:
+        raise UserInputError(f"data.split.folds={folds}, but the training pool has only {count} images")
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        dealt = torch.randperm(count, generator=generator)
+    else:
+        dealt = torch.cat(
+            [
+                members[torch.randperm(len(members), generator=generator)]
+                for members in ((labels == label).nonzero().flatten() for label in labels.unique(sorted=True))
+            ]
+        )
+    in_fold = torch.empty(count, dtype=torch.long)
+    in_fold[dealt] = torch.arange(count) % folds
+    return (in_fold != fold).nonzero().flatten(), (in_fold == fold).nonzero().flatten()
 
 
 def few_shot_indices(
@@ -63,7 +89,9 @@ class Split:
     module's arguments, checked when it is built).
 
     Args:
-        val_size: images held out of the training split for validation: a count, or a fraction below 1.
+        val_size: images held out of the training split for validation: a count, or a fraction below 1; not used
+            with ``folds`` (the validation set is the fold; a preset's value is left alone, and ``crossval``
+            refuses one on its command line).
         test_size: for data without a test split of its own (a folder without ``test/``, a CSV without
             ``test.csv``, arrays or a dataset without test ones), the images held out of it for testing (seeded with
             ``split_seed + 1``): a count, or a fraction below 1; data with a test split ignores it.
@@ -71,6 +99,12 @@ class Split:
         samples_per_class: keep only this many training images per class (stratified, seeded).
         train_fraction: keep only this fraction of the training images of each class (stratified, seeded).
         shuffle_seed: seed of the training order and of the augmentation; default: the run's ``seed_everything``.
+        folds: cross-validation: divide the training pool (the training split before the validation split) into
+            this many folds, seeded with ``split_seed``, stratified by class where the data has class labels
+            (:func:`fold_split`); fold ``fold`` is the validation set, the others are trained on (the few-shot
+            subset, if any, is taken from them). The test split is unchanged. ``python -m project crossval`` trains
+            every fold (docs/crossval.md).
+        fold: which of the ``folds`` is the validation set, from 0 to ``folds - 1``.
     """
 
     val_size: int | float = 0.1
@@ -79,6 +113,8 @@ class Split:
     samples_per_class: int | None = None
     train_fraction: float | None = None
     shuffle_seed: int | None = None
+    folds: int | None = None
+    fold: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("val_size", "test_size"):
@@ -95,6 +131,25 @@ class Split:
             )
         if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
             raise UserInputError(f"data.split.train_fraction must lie in (0, 1], got {self.train_fraction}")
+        self._check_folds()
+
+    def _check_folds(self) -> None:
+        if self.folds is None:
+            if self.fold is not None:
+                raise UserInputError(f"data.split.fold={self.fold} needs data.split.folds (the number of folds)")
+            return
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise UserInputError(f"data.split.folds must be a whole number of 2 or more, got {self.folds!r}")
+        if self.fold is None:
+            raise UserInputError(
+                f"data.split.folds={self.folds} needs data.split.fold, the fold that validates (0 to "
+                f"{self.folds - 1}); python -m project crossval trains them all"
+            )
+        if isinstance(self.fold, bool) or not isinstance(self.fold, int) or not 0 <= self.fold < self.folds:
+            raise UserInputError(
+                f"data.split.fold must be a whole number from 0 to {self.folds - 1} with data.split.folds="
+                f"{self.folds}, got {self.fold!r}"
+            )
 
     def test_split(self, count: int) -> tuple[Tensor, Tensor]:
         """Positions ``(kept, held out for testing)`` of data with ``count`` examples and no test split of its own."""

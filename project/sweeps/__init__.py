@@ -5,6 +5,9 @@ A spec (:mod:`project.sweeps.spec`) says what every trial trains and what it sea
 (:mod:`project.sweeps.trial`); workers on one machine or many share the study through its storage, survive being
 killed and retry what was interrupted (:mod:`project.sweeps.study`); the results are rewritten after every trial
 (:mod:`project.sweeps.results`). See docs/sweeps.md.
+
+K-fold cross-validation (``python -m project crossval``, :mod:`project.sweeps.crossval`) runs on the same machinery:
+a study whose trials are the folds, and the mean and spread of their metrics. See docs/crossval.md.
 """
 
 from project.sweeps.command import main, run_sweep

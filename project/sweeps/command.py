@@ -32,14 +32,14 @@ from project.training.progress import say
 
 _SWEEPS_DIR = Path("logs") / "sweeps"
 """Where sweeps live, relative to where the command runs: ``logs/sweeps/<name>/``."""
-_WORKER_ENV = "PROJECT_SWEEP_WORKER"
+WORKER_ENV = "PROJECT_SWEEP_WORKER"
 """``<index>/<count>``: set for the worker processes ``--workers N`` starts (their sampler seeds, their threads)."""
 SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 """A worker's interpreter puts no folder of the current one on ``sys.path`` (``python -P``, Python 3.11+; on 3.10,
 ``project/__init__.py`` takes it off for ``-m``)."""
 
 
-def _user_option_keys(args: list[str]) -> list[str]:
+def user_option_keys(args: list[str]) -> list[str]:
     """The option names in the user's ``fit`` arguments (``--data.data_dir DIR``: ``data.data_dir``)."""
     return [arg.partition("=")[0].removeprefix("--") for arg in args if arg.startswith("--")]
 
@@ -47,7 +47,7 @@ def _user_option_keys(args: list[str]) -> list[str]:
 def check_fit_args(spec: SweepSpec, fit_args: list[str]) -> dict[str, Any]:
     """Read each trial's ``fit`` arguments with the command line's parser, at the ends of every range and each
     choice in turn; return the config the first of them resolves to."""
-    for key in _user_option_keys(fit_args):
+    for key in user_option_keys(fit_args):
         if key in ("config", "trust"):  # presets stack after the spec's; the command line may trust a module
             continue
         option_key(key, "sweep: fit options")  # refuses the sweep's own (the logger, ckpt_path, test_after_fit)
@@ -109,7 +109,7 @@ def _check_trial_folders(resolved: dict[str, Any]) -> None:
         )
 
 
-def _default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
+def default_objective(spec: SweepSpec, resolved: dict[str, Any]) -> Objective:
     """The spec's objective, or the task's monitored metric and direction (the model's
     ``monitored_metric``: ``val/acc`` to maximise, ``val/loss`` to minimise for regression, ...)."""
     if spec.metric is not None:
@@ -134,7 +134,7 @@ def prepare(args: list[str]) -> tuple[Sweep, Any]:
     options, fit_args = sweep_arguments(args)
     spec = load_spec(options.spec)
     resolved = check_fit_args(spec, fit_args)
-    objective = _default_objective(spec, resolved)
+    objective = default_objective(spec, resolved)
     name = options.name or spec.path.stem
     folder = _SWEEPS_DIR / name
     storage = options.storage or f"sqlite:///{folder / 'study.db'}"
@@ -161,10 +161,10 @@ def run_sweep(args: list[str]) -> Sweep:
 
     sweep, options = prepare(args)
     workers = options.workers
-    index, _, count = os.environ.get(_WORKER_ENV, "").partition("/")
+    index, _, count = os.environ.get(WORKER_ENV, "").partition("/")
     if index:  # a worker started by --workers N
         sweep.worker, workers = int(index), 1
-        _threads_for(int(count))
+        threads_for(int(count))
     elif os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit():  # one worker of a SLURM array
         sweep.worker = int(os.environ["SLURM_ARRAY_TASK_ID"])
     if options.storage is None:  # the SQLite file goes in the sweep folder; a --storage URL is opened first
@@ -181,7 +181,7 @@ def run_sweep(args: list[str]) -> Sweep:
     if workers == 1:
         run_worker(sweep, after_trial=lambda study: write_results(sweep, study))
     else:
-        _run_workers(args, workers)
+        run_workers(args, workers)
     if index:
         return sweep
     study = open_study(sweep, storage)
@@ -192,12 +192,13 @@ def run_sweep(args: list[str]) -> Sweep:
     return sweep
 
 
-def _run_workers(args: list[str], workers: int) -> None:
-    """Start ``workers`` processes of this same command, each a worker of the study, and wait for them all."""
+def run_workers(args: list[str], workers: int, command: str = "sweep") -> None:
+    """Start ``workers`` processes of this same ``command`` (``sweep``, ``crossval``), each a worker of the study, and
+    wait for them all."""
     children = [
         subprocess.Popen(
-            [sys.executable, *SAFE_PATH, "-m", "project", "sweep", *args],
-            env={**os.environ, _WORKER_ENV: f"{i}/{workers}"},
+            [sys.executable, *SAFE_PATH, "-m", "project", command, *args],
+            env={**os.environ, WORKER_ENV: f"{i}/{workers}"},
         )
         for i in range(workers)
     ]
@@ -213,10 +214,10 @@ def _run_workers(args: list[str], workers: int) -> None:
     if 128 + signal.SIGTERM in codes:  # stopped, not failed: the same command continues the study
         raise SystemExit(128 + signal.SIGTERM)
     if any(codes):
-        raise UserInputError(f"sweep: worker(s) stopped with exit status {codes} (their error above)")
+        raise UserInputError(f"{command}: worker(s) stopped with exit status {codes} (their error above)")
 
 
-def _threads_for(workers: int) -> None:
+def threads_for(workers: int) -> None:
     """This worker's share of the CPU's threads, when ``workers`` share the machine."""
     import torch
 

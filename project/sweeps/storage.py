@@ -35,6 +35,9 @@ class Sweep:
     retry: bool = True
     worker: int = 0
     """This worker's index (seeds its sampler: two workers never draw from the same seed)."""
+    test_after_fit: bool = False
+    """Whether each trial tests its best checkpoint after fit (a cross-validation's folds do; a sweep picks by
+    validation alone)."""
 
     @property
     def trials_dir(self) -> Path:

@@ -168,7 +168,8 @@ def frozen(study: Any, number: int) -> Any:
 
 def _trial_args(sweep: Sweep, sampled: dict[str, Any], folder_name: str) -> list[str]:
     """The ``fit`` command line of one trial: the spec's presets and options, the user's, the sampled values, its
-    run folder under the sweep's ``trials/``, and no test (the sweep picks by validation)."""
+    run folder under the sweep's ``trials/``, and no test (the sweep picks by validation; a cross-validation's folds
+    test their best checkpoint: ``Sweep.test_after_fit``)."""
     return [
         "fit",
         *sweep.spec.fit_args(),
@@ -176,7 +177,7 @@ def _trial_args(sweep: Sweep, sampled: dict[str, Any], folder_name: str) -> list
         *(f"--{option}={option_value(value)}" for option, value in sampled.items()),
         f"--trainer.logger.init_args.save_dir={sweep.trials_dir}",
         f"--trainer.logger.init_args.name={folder_name}",
-        "--test_after_fit=false",
+        f"--test_after_fit={'true' if sweep.test_after_fit else 'false'}",
     ]
 
 
@@ -263,6 +264,7 @@ def told(sweep: Sweep, study: Any, trial: Any, callback: TrialCallback) -> int:
         trial.set_user_attr("error", "the run ended without a validation: nothing to take its objective from")
         study.tell(trial, state=TrialState.FAIL)
         return 0
+    trial.set_user_attr("metrics", callback.metrics)
     study.tell(trial, callback.best)
     say(f"sweep {sweep.name}: trial {trial.number} {sweep.objective.metric} {callback.best:.6g}")
     return 1

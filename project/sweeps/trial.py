@@ -56,13 +56,17 @@ class TrialCallback(L.Callback):
         """How many validations the run has done (the step each is reported at)."""
         self.pruned = False
         self.run_folder: Path | None = None
+        self.metrics: dict[str, float] = {}
+        """Every ``val/`` metric of the best validation (the one its best checkpoint is chosen by), and every
+        ``test/`` metric of the test after fit, if one ran (a cross-validation's folds: ``project.sweeps.crossval``)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "validations": self.validations}
+        return {"best": self.best, "validations": self.validations, "metrics": dict(self.metrics)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
         self.validations = int(state_dict.get("validations", 0))
+        self.metrics = dict(state_dict.get("metrics") or {})
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.run_folder = Path(trainer.log_dir) if trainer.log_dir else None
@@ -98,6 +102,7 @@ class TrialCallback(L.Callback):
         value = float(value)
         if self.objective.better(value, self.best):
             self.best = value
+            self.metrics = _logged(trainer, "val/")
         step = self.validations
         self.validations += 1
         for logger in trainer.loggers:
@@ -108,3 +113,15 @@ class TrialCallback(L.Callback):
         if self.trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.metrics.update(_logged(trainer, "test/"))
+
+
+def _logged(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """The scalar metrics the run has logged whose names start with ``prefix``, as floats."""
+    return {
+        name: float(value)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith(prefix) and value.numel() == 1
+    }
