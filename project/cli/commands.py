@@ -205,6 +205,7 @@ def _serve_parser(prog: str) -> ArgumentParser:
     )
     parser.add_argument("--max_bytes", type=int, default=10_000_000, help="the largest request body (413 above)")
     parser.add_argument("--trust", type=str, action="append", default=[], metavar="MODULE", help=_TRUST_HELP)
+    return parser
 
 
 def _crossval_parser(prog: str) -> ArgumentParser:
