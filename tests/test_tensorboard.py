@@ -111,6 +111,7 @@ def test_the_hparams_tab_leads_with_the_options_that_differ_from_their_defaults(
     assert written[: len(marked)] == marked  # in the file: the changed ones first
     assert tensorboards_column_order(experiment)[: len(marked)] == sorted(marked)
     assert not any(name.startswith("speed/") for name in written)  # channels_last, compile: at their defaults, left out
+    assert "finetuning/backbone_lr" not in written and "lora" not in written  # None, as by default: features not used
     assert written[-1] == "optimizer/init_args/foreach"  # speed only, set by base.yaml: last, not among the changed
 
 

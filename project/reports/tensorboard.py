@@ -9,7 +9,7 @@ matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` write
 
 - once per fit, to the run's TensorBoardLogger: the hyperparameters (flattened) with the validation metrics as the
   HParams tab's columns, led by what differs between runs (:func:`hparams_order`);
-- each validation epoch, to every logger that takes images (TensorBoard, and the MLflow and wandb trackers beside
+- at each validation, to every logger that takes images (TensorBoard, and the MLflow and wandb trackers beside
   it: :mod:`project.reports.images`): ``val/confusion_matrix`` (classification), ``val/samples`` (the first images
   with their true and predicted labels) and ``val/worst`` (the images with the highest loss).
 """
@@ -162,7 +162,9 @@ def hparams_order(
     """The HParams row of a run in the order to read it, and the names to mark as differing between runs.
 
     The order: the ``leading`` options (a sweep's sampled ones), then those that differ from their ``defaults``,
-    then the rest, then the options that change only the speed (:data:`_SPEED_ONLY`), left out at their defaults.
+    then the rest, then the options that change only the speed (:data:`_SPEED_ONLY`). Left out: the speed options
+    at their defaults, and the options whose default, and value, is ``None`` (a feature not used: no LoRA, no
+    learning rate of the backbone's own).
     TensorBoard (2.21) shows the columns marked as differing first, then the others, each group sorted by name: the
     marked ones are the leading options where there are any (a sweep: the other options are the same in every
     trial), else those that differ from their defaults.
@@ -173,7 +175,8 @@ def hparams_order(
         for name in params
         if name not in first and name in defaults and params[name] != defaults[name] and not _speed_only(name)
     ]
-    rest = [name for name in params if name not in first and name not in changed and not _speed_only(name)]
+    unused = {name for name in params if params[name] == "None" and defaults.get(name) == "None"}  # LoRA: none
+    rest = [name for name in params if name not in {*first, *changed, *unused} and not _speed_only(name)]
     speed = [name for name in params if _speed_only(name) and name not in first and params[name] != defaults.get(name)]
     ordered = {name: params[name] for name in (*first, *changed, *rest, *speed)}
     return ordered, set(first or changed)
@@ -196,7 +199,7 @@ def write_hparams(
 
 
 class TensorBoardReports(L.Callback):
-    """HParams with the real metrics, and confusion matrix, sample and worst-example images every validation epoch.
+    """HParams with the real metrics, and confusion matrix, sample and worst-example images at every validation.
 
     What a prediction and a loss are comes from the model's task (``pl_module.task``). Everything is kept on the
     model's device until the epoch ends: the worst examples by a running top-k, the confusion matrix as a metric.
