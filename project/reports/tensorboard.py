@@ -108,6 +108,10 @@ _SPEED_ONLY = ("speed/", "/foreach", "/fused", "/capturable", "/differentiable")
 compilation, the optimizer's implementation): last in the HParams tab, and left out while at their defaults."""
 
 
+_UNUSED = ("None", False, 0)
+"""Default values that mean "not used" (``0.0 == 0``): an option at such a default is left out of the HParams tab."""
+
+
 def _speed_only(name: str) -> bool:
     return any(name.startswith(piece) if piece.endswith("/") else name.endswith(piece) for piece in _SPEED_ONLY)
 
@@ -163,8 +167,8 @@ def hparams_order(
 
     The order: the ``leading`` options (a sweep's sampled ones), then those that differ from their ``defaults``,
     then the rest, then the options that change only the speed (:data:`_SPEED_ONLY`). Left out: the speed options
-    at their defaults, and the options whose default, and value, is ``None`` (a feature not used: no LoRA, no
-    learning rate of the backbone's own).
+    at their defaults, and the options at a default of :data:`_UNUSED` (a feature not used: no LoRA, no label
+    smoothing, no frozen epochs).
     TensorBoard (2.21) shows the columns marked as differing first, then the others, each group sorted by name: the
     marked ones are the leading options where there are any (a sweep: the other options are the same in every
     trial), else those that differ from their defaults.
@@ -175,7 +179,9 @@ def hparams_order(
         for name in params
         if name not in first and name in defaults and params[name] != defaults[name] and not _speed_only(name)
     ]
-    unused = {name for name in params if params[name] == "None" and defaults.get(name) == "None"}  # LoRA: none
+    unused = {
+        name for name in params if name in defaults and params[name] == defaults[name] and params[name] in _UNUSED
+    }
     rest = [name for name in params if name not in {*first, *changed, *unused} and not _speed_only(name)]
     speed = [name for name in params if _speed_only(name) and name not in first and params[name] != defaults.get(name)]
     ordered = {name: params[name] for name in (*first, *changed, *rest, *speed)}
