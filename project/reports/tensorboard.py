@@ -138,7 +138,7 @@ def _default_hparams(params: Mapping[str, Any], cls: type) -> dict[str, Any]:
     try:
         parameters = inspect.signature(cls).parameters
         hints = typing.get_type_hints(cls.__init__)
-    except (TypeError, ValueError, NameError):
+    except (TypeError, ValueError, NameError, AttributeError):  # a signature or annotation Python cannot read
         return {}
     defaults: dict[str, Any] = {}
     for key, value in params.items():
