@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from helpers import bound_task
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_f1_score
 
@@ -39,6 +40,9 @@ def test_evaluate_writes_json_markdown_and_png_into_the_run_folder(trained_check
     report = json.loads((folder / "metrics.json").read_text())
     assert report["count"] == 200 and sum(row["support"] for row in report["per_class"]) == 200
     assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(folder / "confusion_matrix.png").size[0] >= 900  # readable as it opens
+    title = (folder / "report.md").read_text().splitlines()[0]
+    assert title == "# MNIST: last.ckpt on the test split"  # the dataset's name, not the data module class's
 
 
 @pytest.mark.slow

@@ -118,6 +118,13 @@ class ImageDataModule(L.LightningDataModule):
     named_classes: list[str] | None = None
     """The classes' own names in label order (a folder's class folders, torchvision's); ``None``: numbered (unless
     ``data.labels.class_names`` names them)."""
+
+    @property
+    def dataset_name(self) -> str:
+        """The data's name as people know it, for titles (an evaluation report's): ``"Fashion-MNIST"``, the images
+        of a folder by the folder's name; by default the class's name less ``DataModule`` (``"Tensor"``)."""
+        return type(self).__name__.removesuffix("DataModule") or type(self).__name__
+
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""

@@ -192,6 +192,10 @@ class ImageFolderDataModule(FileDataModule):
     def named_classes(self) -> list[str]:
         return self.classes  # the class folders' names, in label order
 
+    @property
+    def dataset_name(self) -> str:
+        return f"the images in {self.data_dir.resolve().name}/"
+
     def sources(self) -> tuple[Path, Path | None]:
         if (self.data_dir / "train").is_dir():
             test = self.data_dir / "test"

@@ -69,6 +69,10 @@ class RotationDataModule(MNISTDataModule):
         self.max_angle = max_angle
         self.angle_seed = angle_seed
 
+    @property
+    def dataset_name(self) -> str:
+        return f"{super().dataset_name}, rotated"
+
     def load_split(self, train: bool) -> Dataset:
         dataset = super().load_split(train)
         transform, dataset.transform = dataset.transform, None  # rotate the PIL image first, then convert it

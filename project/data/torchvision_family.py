@@ -49,6 +49,8 @@ class _TorchvisionDataset:
     """EMNIST images are stored transposed."""
     side: int = 28
     """Side length of the images as stored."""
+    title: str = ""
+    """The dataset's name as its authors write it ("Fashion-MNIST"), for report titles."""
 
 
 def _idx_files(prefix: str = "", labels: str = "labels-idx1-ubyte") -> tuple[str, ...]:
@@ -57,9 +59,11 @@ def _idx_files(prefix: str = "", labels: str = "labels-idx1-ubyte") -> tuple[str
 
 
 TORCHVISION_DATASETS: dict[str, _TorchvisionDataset] = {
-    "mnist": _TorchvisionDataset(datasets.MNIST, "MNIST/raw", _idx_files(), 10),
-    "fashion_mnist": _TorchvisionDataset(datasets.FashionMNIST, "FashionMNIST/raw", _idx_files(), 10),
-    "kmnist": _TorchvisionDataset(datasets.KMNIST, "KMNIST/raw", _idx_files(), 10),
+    "mnist": _TorchvisionDataset(datasets.MNIST, "MNIST/raw", _idx_files(), 10, title="MNIST"),
+    "fashion_mnist": _TorchvisionDataset(
+        datasets.FashionMNIST, "FashionMNIST/raw", _idx_files(), 10, title="Fashion-MNIST"
+    ),
+    "kmnist": _TorchvisionDataset(datasets.KMNIST, "KMNIST/raw", _idx_files(), 10, title="Kuzushiji-MNIST"),
     "emnist_letters": _TorchvisionDataset(
         datasets.EMNIST,
         "EMNIST/raw",
@@ -68,12 +72,23 @@ TORCHVISION_DATASETS: dict[str, _TorchvisionDataset] = {
         options={"split": "letters"},
         label_offset=-1,
         transposed=True,
+        title="EMNIST Letters",
     ),
     "emnist_balanced": _TorchvisionDataset(
-        datasets.EMNIST, "EMNIST/raw", _idx_files("emnist-balanced"), 47, options={"split": "balanced"}, transposed=True
+        datasets.EMNIST,
+        "EMNIST/raw",
+        _idx_files("emnist-balanced"),
+        47,
+        options={"split": "balanced"},
+        transposed=True,
+        title="EMNIST Balanced",
     ),
-    "qmnist": _TorchvisionDataset(datasets.QMNIST, "QMNIST/raw", _idx_files("qmnist", "labels-idx2-int"), 10),
-    "usps": _TorchvisionDataset(datasets.USPS, "USPS", ("usps.bz2", "usps.t.bz2"), 10, root_is_folder=True, side=16),
+    "qmnist": _TorchvisionDataset(
+        datasets.QMNIST, "QMNIST/raw", _idx_files("qmnist", "labels-idx2-int"), 10, title="QMNIST"
+    ),
+    "usps": _TorchvisionDataset(
+        datasets.USPS, "USPS", ("usps.bz2", "usps.t.bz2"), 10, root_is_folder=True, side=16, title="USPS"
+    ),
 }
 _DatasetName = Literal[tuple(TORCHVISION_DATASETS)]  # the names are the registry's keys
 _MNIST_SPLIT = Split(val_size=5000)
@@ -157,6 +172,10 @@ class MNISTDataModule(ImageDataModule):
             return None
         names = getattr(self.spec.dataset_class, "classes", None)
         return list(names) if names else None
+
+    @property
+    def dataset_name(self) -> str:
+        return self.spec.title
 
     @property
     def raw_folder(self) -> Path:

@@ -119,7 +119,7 @@ def evaluate_checkpoint(
     report = compute_report(predict(model, batches, model.task), model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
-    title = f"{checkpoint_path.name} on the {split} split of {type(data).__name__}"
+    title = f"{data.dataset_name}: {checkpoint_path.name} on the {split} split"
     return _markdown_report(report, title), _write_reports(report, folder, title)
 
 

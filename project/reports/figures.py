@@ -1,113 +1,129 @@
-"""Figures: a confusion matrix and a grid of titled images.
+"""Figures: a confusion matrix and a grid of titled images, drawn with matplotlib to be read at normal zoom.
 
-The reports and the notebook draw with matplotlib's object API (no display, no pyplot state); TensorBoard's images,
-drawn every validation epoch, are pictures made with PIL directly (:func:`grid_picture`, :func:`confusion_picture`;
-why: docs/speed.md).
+Each figure is a matplotlib ``Figure`` made with the object API (no display, no pyplot state): the notebooks show
+it, ``python -m project evaluate`` saves the confusion matrix as ``confusion_matrix.png``, and TensorBoard gets it
+as a picture (:func:`picture`: the figure drawn to an array, :func:`confusion_picture`, :func:`grid_picture`). The
+sizes are chosen for a screen: about :data:`_WIDTH` pixels wide, text of at least
+:data:`SMALLEST_TEXT` points, class names in full (the column names slanted, long ones wrapped), nothing
+overlapping (constrained layout). Drawing is kept cheap, since TensorBoard's pictures are drawn at every validation:
+one axes per figure (the image grid is one mosaic with a title over each tile), no layout pass where the positions
+are known.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-_CELL = 84
-"""Side of one image in a picture grid, in pixels."""
+DPI = 100
+"""Dots per inch of every figure: a figure's inches times this is its size in pixels, in TensorBoard and PNG."""
+_WIDTH = 960
+"""The width of a figure in pixels, for a handful of classes or a grid of images: a screen's half, readable as is."""
+SMALLEST_TEXT = 10.0
+"""The smallest font size, in points, of any text in a figure."""
+_PICTURE_DPI = 150
+"""Dots per inch of TensorBoard's pictures: the same :data:`_WIDTH` pixels on fewer inches, so that the text is
+larger next to the picture, and still readable when TensorBoard shrinks the picture to its card (about 350 pixels
+wide, unless "Show actual image size" is ticked)."""
+_NAME_WIDTH = 14
+"""Class names longer than this many characters are wrapped onto more lines."""
 
 
-def confusion_figure(confusion: list[list[int]] | Tensor, class_names: list[str], title: str = "") -> Figure:
-    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted class)."""
+def _wrapped(name: str, width: int = _NAME_WIDTH) -> str:
+    """``name`` on lines of at most ``width`` characters, broken at spaces, slashes or hyphens where it can be."""
+    if len(name) <= width:
+        return name
+    return "\n".join(textwrap.wrap(name.replace("/", "/ "), width, break_on_hyphens=True)).replace("/ ", "/")
+
+
+def confusion_figure(
+    confusion: list[list[int]] | Tensor, class_names: list[str], title: str = "", width: float = _WIDTH / DPI
+) -> Figure:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted class), the classes
+    named in full: the columns' names slanted, long names wrapped. ``width`` inches wide (:data:`_WIDTH` pixels at
+    :data:`DPI`) for up to 10 classes, wider with more (a cell stays readable); counts are written in the cells for
+    up to 20 classes."""
     from matplotlib.figure import Figure
 
-    matrix = torch.as_tensor(confusion)
-    size = max(4.0, 0.45 * len(class_names) + 2)
-    figure = Figure(figsize=(size, size), dpi=100)
-    axes = figure.subplots()
-    axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(class_names)), class_names, rotation=90 if len(class_names) > 10 else 0)
-    axes.set_yticks(range(len(class_names)), class_names)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    if title:
-        axes.set_title(title)
-    if len(class_names) <= 20:
-        threshold = matrix.max().item() / 2
-        cells = torch.cartesian_prod(*map(torch.arange, matrix.shape)).tolist()
-        for (row, column), count in zip(cells, matrix.flatten().tolist(), strict=True):
-            color = "white" if count > threshold else "black"
-            axes.text(column, row, str(count), ha="center", va="center", fontsize=8, color=color)
-    figure.tight_layout()
-    return figure
-
-
-def image_grid(images: Tensor, titles: list[str], columns: int = 8) -> Figure:
-    """Grey or colour images (N, C, H, W) in a grid, each with its title; each image is scaled to its own range."""
-    from matplotlib.figure import Figure
-
-    rows = max(1, -(-len(images) // columns))
-    figure = Figure(figsize=(1.6 * columns, 1.9 * rows), dpi=80)
-    axes_grid = figure.subplots(rows, columns, squeeze=False)
-    for index, axes in enumerate(axes_grid.flat):
-        axes.axis("off")
-        if index < len(images):
-            image = images[index]
-            picture = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-            axes.imshow((picture - picture.min()) / (picture.max() - picture.min() + 1e-8), cmap="gray")
-            axes.set_title(titles[index], fontsize=9)
-    figure.tight_layout()
-    return figure
-
-
-def _to_uint8(image: Tensor) -> np.ndarray:
-    """An image (C, H, W) of any range as uint8 H x W x 3, scaled to its own range."""
-    picture = image.float()
-    picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
-    picture = (picture * 255).round().byte().permute(1, 2, 0)
-    return picture.expand(-1, -1, 3).numpy() if picture.shape[2] == 1 else picture.numpy()
-
-
-def grid_picture(images: Tensor, titles: list[str], columns: int = 8) -> np.ndarray:
-    """Images (N, C, H, W) in a grid, each with its (multi-line) title above it, as an H x W x 3 uint8 array."""
-    font = ImageFont.load_default()
-    title_height = 12 * max((title.count("\n") + 1 for title in titles), default=1) + 4
-    rows = max(1, -(-len(images) // columns))
-    canvas = Image.new("RGB", (columns * _CELL, rows * (_CELL + title_height)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for index, (image, title) in enumerate(zip(images, titles, strict=True)):
-        left, top = (index % columns) * _CELL, (index // columns) * (_CELL + title_height)
-        draw.multiline_text((left + 3, top + 2), title, fill="black", font=font, spacing=1)
-        tile = Image.fromarray(_to_uint8(image)).resize((_CELL - 6, _CELL - 6), Image.Resampling.NEAREST)
-        canvas.paste(tile, (left + 3, top + title_height))
-    return np.asarray(canvas)
-
-
-def confusion_picture(confusion: Tensor, class_names: list[str]) -> np.ndarray:
-    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted class), as an array."""
     matrix = torch.as_tensor(confusion).long()
-    size, cell, margin = len(class_names), 36, 70
-    canvas = Image.new("RGB", (margin + size * cell + 4, margin + size * cell + 4), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    draw.text((4, 4), "rows: true class, columns: predicted class", fill="black", font=font)
-    peak = max(int(matrix.max()), 1)
-    for row in range(size):
-        draw.text((4, margin + row * cell + 12), class_names[row][:10], fill="black", font=font)
-        draw.text((margin + row * cell + 2, margin - 16), class_names[row][:5], fill="black", font=font)
-        for column in range(size):
-            count = int(matrix[row, column])
-            shade = round(255 * (1 - 0.85 * count / peak))
-            box = (
-                margin + column * cell,
-                margin + row * cell,
-                margin + (column + 1) * cell - 1,
-                margin + (row + 1) * cell - 1,
-            )
-            draw.rectangle(box, fill=(shade, shade, 255))
-            draw.text((box[0] + 4, box[1] + 12), str(count), fill="white" if shade < 100 else "black", font=font)
-    return np.asarray(canvas)
+    count = len(class_names)
+    names = [_wrapped(name) for name in class_names]
+    side = width * max(1.0, (0.55 * count + 3.5) / 9.0)
+    figure = Figure(figsize=(side, side * 0.92), dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    axes.imshow(matrix, cmap="Blues", aspect="auto")
+    tick_size = 12 if count <= 12 else SMALLEST_TEXT
+    axes.set_xticks(range(count), names, rotation=40, ha="right", rotation_mode="anchor", fontsize=tick_size)
+    axes.set_yticks(range(count), names, fontsize=tick_size)
+    axes.set_xlabel("predicted class", fontsize=13)
+    axes.set_ylabel("true class", fontsize=13)
+    if title:
+        axes.set_title(title, fontsize=14, wrap=True)
+    if count <= 20:
+        threshold = matrix.max().item() / 2
+        count_size = 12 if count <= 12 else SMALLEST_TEXT
+        cells = torch.cartesian_prod(*map(torch.arange, matrix.shape)).tolist()
+        for (row, column), value in zip(cells, matrix.flatten().tolist(), strict=True):
+            color = "white" if value > threshold else "black"
+            axes.text(column, row, str(value), ha="center", va="center", fontsize=count_size, color=color)
+    return figure
+
+
+def image_grid(images: Tensor, titles: list[str], columns: int = 4, tile: float = 1.6) -> Figure:
+    """Grey or colour images (N, C, H, W) in a grid, each with its (multi-line) title above it, each scaled to its own
+    range, all in one axes; each image ``tile`` inches wide (room for a title of 16 characters)."""
+    from matplotlib.figure import Figure
+
+    count = len(images)
+    columns = max(1, min(columns, count))
+    rows = max(1, -(-count // columns))
+    lines = max((title.count("\n") + 1 for title in titles), default=1)
+    tile, gap = tile * 72, 6 + 14 * lines  # in points: an image, and the title's band above it
+    width, height = columns * tile, rows * (tile + gap)
+    figure = Figure(figsize=(width / 72, height / 72), dpi=DPI)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_axis_off()
+    for index, image in enumerate(images):  # each image stretched over its tile by the drawing (nearest neighbour)
+        top, left = (index // columns) * (tile + gap) + gap, (index % columns) * tile
+        extent = (left + 3, left + tile - 3, top + tile - 3, top + 3)
+        axes.imshow(_scaled(image), interpolation="nearest", extent=extent, vmin=0, vmax=1)
+        axes.text(left + tile / 2, top - 3, titles[index], ha="center", va="bottom", fontsize=11, linespacing=1.1)
+    axes.set_xlim(0, width)
+    axes.set_ylim(height, 0)
+    return figure
+
+
+def _scaled(image: Tensor) -> np.ndarray:
+    """An image (C, H, W) of any range as an H x W x 3 float array in 0..1, scaled to its own range."""
+    picture = image.detach().float().cpu()
+    picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
+    picture = picture.expand(3, -1, -1) if picture.shape[0] == 1 else picture[:3]
+    return picture.permute(1, 2, 0).numpy()
+
+
+def picture(figure: Figure, dpi: float = DPI) -> np.ndarray:
+    """``figure`` drawn as pixels at ``dpi``: an H x W x 3 uint8 array (what TensorBoard and the trackers take)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def grid_picture(images: Tensor, titles: list[str], columns: int = 4) -> np.ndarray:
+    """:func:`image_grid` as pixels (H x W x 3 uint8) for TensorBoard: :data:`_WIDTH` pixels wide for 4 columns."""
+    return picture(image_grid(images, titles, columns), _PICTURE_DPI)
+
+
+def confusion_picture(confusion: Tensor, class_names: list[str], title: str = "") -> np.ndarray:
+    """:func:`confusion_figure` as pixels (H x W x 3 uint8) for TensorBoard: :data:`_WIDTH` pixels wide for up to 10
+    classes."""
+    return picture(confusion_figure(confusion, class_names, title, _WIDTH / _PICTURE_DPI), _PICTURE_DPI)

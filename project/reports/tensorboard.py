@@ -8,14 +8,18 @@ Lightning's TensorBoardLogger fills the HParams tab only with ``hp_metric`` (Lig
 matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` writes:
 
 - once per fit, to the run's TensorBoardLogger: the hyperparameters (flattened) with the validation metrics as the
-  HParams tab's columns;
-- each validation epoch, to every logger that takes images (TensorBoard, and the MLflow and wandb trackers beside
+  HParams tab's columns, led by what differs between runs (:func:`hparams_order`);
+- at each validation, to every logger that takes images (TensorBoard, and the MLflow and wandb trackers beside
   it: :mod:`project.reports.images`): ``val/confusion_matrix`` (classification), ``val/samples`` (the first images
   with their true and predicted labels) and ``val/worst`` (the images with the highest loss).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import sys
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import Tensor
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -93,12 +98,114 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}/"))
         elif not key.startswith("_"):
-            flat[name] = value if isinstance(value, bool | int | float | str) else str(value)
+            plain = list(value) if isinstance(value, tuple) else value  # a default tuple reads as the config's list
+            flat[name] = plain if isinstance(plain, bool | int | float | str) else str(plain)
     return flat
 
 
+_SPEED_ONLY = ("speed/", "/foreach", "/fused", "/capturable", "/differentiable")
+"""Options (their names begin or end so) that change how fast a run goes, not what it learns (channels-last,
+compilation, the optimizer's implementation): last in the HParams tab, and left out while at their defaults."""
+
+
+_UNUSED = ("None", False, 0)
+"""Default values that mean "not used" (``0.0 == 0``): an option at such a default is left out of the HParams tab."""
+
+
+def _speed_only(name: str) -> bool:
+    return any(name.startswith(piece) if piece.endswith("/") else name.endswith(piece) for piece in _SPEED_ONLY)
+
+
+def _imported_class(class_path: Any) -> type | None:
+    """The class ``class_path`` names, if its module is imported already (nothing is imported for it)."""
+    if not isinstance(class_path, str):
+        return None
+    module, _, name = class_path.rpartition(".")
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    """The dataclass an argument's annotation names (``Speed | None`` -> ``Speed``), if any."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    return next((c for c in candidates if isinstance(c, type) and dataclasses.is_dataclass(c)), None)
+
+
+def _default_hparams(params: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """The default values of ``params`` (``cls``'s arguments, as recorded) where they are known, flattened as
+    :func:`flatten` names them: each argument's default, a dataclass argument's fields' defaults, and the defaults of
+    the arguments of a class named by ``{class_path, init_args}`` (an imported class's). Unknown: left out."""
+    try:
+        parameters = inspect.signature(cls).parameters
+        hints = typing.get_type_hints(cls.__init__)
+    except (TypeError, ValueError, NameError, AttributeError):  # a signature or annotation Python cannot read
+        return {}
+    defaults: dict[str, Any] = {}
+    for key, value in params.items():
+        parameter = parameters.get(key)
+        if isinstance(value, Mapping) and "class_path" in value:
+            named = _imported_class(value["class_path"])
+            if named is not None:
+                inner = _default_hparams(value.get("init_args") or {}, named)
+                defaults.update({f"{key}/init_args/{name}": default for name, default in inner.items()})
+        elif isinstance(value, Mapping):
+            kind = _dataclass_of(hints.get(key))
+            try:
+                fields = dataclasses.asdict(kind()) if kind is not None else {}
+            except TypeError:  # a dataclass with required fields
+                fields = {}
+            defaults.update(flatten(fields, f"{key}/"))
+        elif parameter is not None and parameter.default is not inspect.Parameter.empty:
+            defaults.update(flatten({key: parameter.default}))
+    return defaults
+
+
+def hparams_order(
+    params: Mapping[str, Any], defaults: Mapping[str, Any], leading: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], set[str]]:
+    """The HParams row of a run in the order to read it, and the names to mark as differing between runs.
+
+    The order: the ``leading`` options (a sweep's sampled ones), then those that differ from their ``defaults``,
+    then the rest, then the options that change only the speed (:data:`_SPEED_ONLY`). Left out: the speed options
+    at their defaults, and the options at a default of :data:`_UNUSED` (a feature not used: no LoRA, no label
+    smoothing, no frozen epochs).
+    TensorBoard (2.21) shows the columns marked as differing first, then the others, each group sorted by name: the
+    marked ones are the leading options where there are any (a sweep: the other options are the same in every
+    trial), else those that differ from their defaults.
+    """
+    first = [name for name in params if name in leading]
+    changed = [
+        name
+        for name in params
+        if name not in first and name in defaults and params[name] != defaults[name] and not _speed_only(name)
+    ]
+    unused = {
+        name for name in params if name in defaults and params[name] == defaults[name] and params[name] in _UNUSED
+    }
+    rest = [name for name in params if name not in {*first, *changed, *unused} and not _speed_only(name)]
+    speed = [name for name in params if _speed_only(name) and name not in first and params[name] != defaults.get(name)]
+    ordered = {name: params[name] for name in (*first, *changed, *rest, *speed)}
+    return ordered, set(first or changed)
+
+
+def write_hparams(
+    logger: TensorBoardLogger, params: Mapping[str, Any], metrics: Mapping[str, float], differs: set[str]
+) -> None:
+    """Write the HParams summaries (experiment, session start and end) of ``params`` in their order, with the metric
+    columns ``metrics`` (their values unused) and the names in ``differs`` marked as differing between runs."""
+    experiment, start, end = hparams_summary(dict(params), dict(metrics))
+    value = experiment.value[0]
+    content = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in differs
+    value.metadata.plugin_data.content = content.SerializeToString()
+    writer = logger.experiment.file_writer
+    for summary in (experiment, start, end):
+        writer.add_summary(summary)
+
+
 class TensorBoardReports(L.Callback):
-    """HParams with the real metrics, and confusion matrix, sample and worst-example images every validation epoch.
+    """HParams with the real metrics, and confusion matrix, sample and worst-example images at every validation.
 
     What a prediction and a loss are comes from the model's task (``pl_module.task``). Everything is kept on the
     model's device until the epoch ends: the worst examples by a running top-k, the confusion matrix as a metric.
@@ -113,6 +220,8 @@ class TensorBoardReports(L.Callback):
         """More columns of the run's HParams row, set before fit starts (a sweep trial's sampled options)."""
         self.extra_metrics: tuple[str, ...] = ()
         """More metric columns of the HParams tab, logged by someone else (a sweep's objective)."""
+        self.leading: tuple[str, ...] = ()
+        """Of the HParams row's names, those to show first (a sweep trial's sampled options and its number)."""
         self.confusion: Any = None
         self.first: tuple[Tensor, Tensor, Tensor] | None = None
         self.worst: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
@@ -128,9 +237,8 @@ class TensorBoardReports(L.Callback):
         names = (*pl_module.task.summary, "loss")
         metrics = {name: 0.0 for name in (*(f"val/{name}" for name in names), *self.extra_metrics)}  # names only
         params = flatten(pl_module.hparams) | self.extra_hparams
-        writer = logger.experiment.file_writer
-        for summary in hparams_summary(params, metrics):
-            writer.add_summary(summary)
+        ordered, differs = hparams_order(params, _default_hparams(pl_module.hparams, type(pl_module)), self.leading)
+        write_hparams(logger, ordered, metrics, differs)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         confusion = pl_module.task.confusion_matrix()
@@ -169,7 +277,7 @@ class TensorBoardReports(L.Callback):
         pictures = {}
         if confusion is not None:
             confusion_names = names if len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
-            pictures["val/confusion_matrix"] = confusion_picture(confusion.cpu(), confusion_names)
+            pictures["val/confusion_matrix"] = confusion_picture(confusion.cpu(), confusion_names, "validation")
         images, targets, decided = (tensor.cpu() for tensor in self.first)
         pairs = zip(targets, decided, strict=True)
         titles = [f"true {task.describe(t, names)}\npred {task.describe(d, names)}" for t, d in pairs]

@@ -82,6 +82,10 @@ class TrialCallback(L.Callback):
         params.update({f"sweep/{option}": value for option, value in self.sampled.items()})
         params["sweep/trial"] = self.folder_number
         reports.extra_hparams = {key: (value if value is not None else "None") for key, value in params.items()}
+        reports.leading = (
+            *(f"sweep/{option}" for option in self.sampled),
+            "sweep/trial",
+        )  # what differs between trials
         reports.extra_metrics = tuple(dict.fromkeys((self.objective.metric, _OBJECTIVE_TAG)))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
