@@ -229,13 +229,18 @@ def _export(options: Namespace) -> None:
     from project.inference.export import default_folder, export_checkpoint
 
     out = options.out or default_folder(options.checkpoint)
-    about = export_checkpoint(options.checkpoint, out, tuple(options.formats))
+    about = export_checkpoint(options.checkpoint, out, tuple(options.formats), progress=_saying("export"))
     differences = ", ".join(
         f"{name} {value:.1e}" for name, value in about["largest_difference_from_the_checkpoint"].items()
     )
     print(f"wrote {', '.join(about['files'])} and model.json to {out}")
     if differences:
         print(f"largest difference from the checkpoint's network (relative to the outputs' scale): {differences}")
+
+
+def _saying(name: str) -> Callable[[str], None]:
+    """Print each step of subcommand ``name`` as it is done (``export: wrote model.onnx (2.1 s)``)."""
+    return lambda step: print(f"{name}: {step}", flush=True)
 
 
 def _predict(options: Namespace) -> None:
@@ -258,6 +263,7 @@ def run(name: str, args: list[str], prog: str) -> None:
         sweep_arguments(args, prog)
         return
     options = _parse_command(name, args, prog)
+    print(f"{name}: loading torch and the model ...", flush=True)  # (the imports below take seconds)
     trust(*options.trust)
     _RUNNERS[name](options)
 
@@ -278,4 +284,6 @@ def main(args: list[str], prog: str = "python -m project") -> None:
     name, rest = (args[0], args[1:]) if args else ("", [])
     if name in ("-h", "--help"):
         _print_help(prog)
-    exit_on_refusal(lambda: run(name, rest, f"{prog} {name}"), f"{name}: stopped by SIGTERM (exit status 143)")
+    exit_on_refusal(
+        lambda: run(name, rest, f"{prog} {name}"), f"{name}: stopped by {{signal}} (exit status {{status}})"
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from project.files.atomic import written_folder
 from project.reports.figures import confusion_figure
 from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
+from project.training.progress import Counting
 from project.training.task_module import TaskModule
 
 SPLITS = {"train": "fit", "val": "validate", "test": "test"}
@@ -38,13 +39,21 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: Iterable[tuple[Tensor, Tensor]], task: Task) -> Predictions:
-    """Run ``model`` (in eval mode) over ``loader``'s normalised batches; scores as the task's metrics take them."""
+def predict(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    task: Task,
+    progress: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Run ``model`` (in eval mode) over ``loader``'s normalised batches; scores as the task's metrics take them.
+    ``progress(n)`` is told of each batch of ``n`` images done."""
     model.eval()
     scores, targets = [], []
     for images, batch_targets in loader:
         scores.append(task.scores(model(images)))
         targets.append(batch_targets)
+        if progress is not None:
+            progress(len(images))
     return Predictions(torch.cat(scores), torch.cat(targets))
 
 
@@ -116,7 +125,11 @@ def evaluate_checkpoint(
         ) from None
     data.setup(SPLITS[split])
     batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
-    report = compute_report(predict(model, batches, model.task), model.task, data.class_names)
+    dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
+    counting = Counting("evaluate", f"{split} images", len(dataset))  # every few seconds
+    predictions = predict(model, batches, model.task, counting)
+    counting.end()
+    report = compute_report(predictions, model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
     title = f"{checkpoint_path.name} on the {split} split of {type(data).__name__}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +121,43 @@ def _checked_differences(
     return differences
 
 
+def _write_formats(network: nn.Module, images: Tensor, folder: Path, formats: tuple[str, ...], said: _Steps) -> None:
+    """Write ``model.<format>`` of each of ``formats`` into ``folder``, saying each."""
+    writers = {
+        "onnx": lambda: _export_onnx(network, images, folder / "model.onnx"),
+        "pt2": lambda: _export_program(network, images, folder / "model.pt2"),
+        "safetensors": lambda: _export_safetensors(network, folder / "model.safetensors"),
+    }
+    for name in formats:
+        writers[name]()
+        said(f"wrote model.{name}")
+
+
+class _Steps:
+    """Tells ``progress`` each step of an export done, with the seconds it took."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.since = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        if self.progress is not None:
+            self.progress(f"{step} ({now - self.since:.1f} s)")
+        self.since = now
+
+
 def export_checkpoint(
-    checkpoint_path: Path, out: Path, formats: tuple[str, ...] = FORMATS, tolerance: float = 1e-5
+    checkpoint_path: Path,
+    out: Path,
+    formats: tuple[str, ...] = FORMATS,
+    tolerance: float = 1e-5,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the exports of a checkpoint's network and ``model.json`` into ``out`` (a new folder), check them
-    against the eager network on images of two batch sizes, and return what ``model.json`` holds."""
+    against the eager network on images of two batch sizes, and return what ``model.json`` holds; ``progress`` is
+    told each step done (``wrote model.onnx (2.1 s)``)."""
+    said = _Steps(progress)
     from project.training.task_module import TaskModule
 
     unknown = sorted(set(formats) - set(FORMATS))
@@ -134,18 +168,14 @@ def export_checkpoint(
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
     network = model.network.eval()
+    said(f"read {checkpoint_path}")
     preprocessing = checkpoint_preprocessing(checkpoint, checkpoint_path)
     images = _example_images(preprocessing)
     merging = _merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
     with written_folder(out) as staging:  # the files appear together, or not at all
-        writers = {
-            "onnx": lambda: _export_onnx(network, images, staging / "model.onnx"),
-            "pt2": lambda: _export_program(network, images, staging / "model.pt2"),
-            "safetensors": lambda: _export_safetensors(network, staging / "model.safetensors"),
-        }
-        for name in formats:
-            writers[name]()
+        _write_formats(network, images, staging, formats, said)
         differences = {**merging, **_checked_differences(staging, network, preprocessing, tolerance)}
+        said(f"checked {', '.join(f'model.{name}' for name in formats)} against the checkpoint's network")
         about = {
             "checkpoint": str(checkpoint_path),
             "task": model.task.name,
