@@ -125,6 +125,11 @@ def test_a_long_loop_says_how_far_it_is_and_a_short_one_says_nothing():
         "predict: 2,000/2,000 images",
         "predict: 2,000/2,000 images",
     ]
+    said.clear()
+    batches = [(torch.zeros(3, 1), torch.zeros(3)), (torch.zeros(2, 1), torch.zeros(2))]
+    evaluating = Counting("evaluate", "test images", 5, every=0, out=said.append)
+    assert list(evaluating.through(batches)) == batches
+    assert [line.split(" (")[0] for line in said] == ["evaluate: 3/5 test images", "evaluate: 5/5 test images"]
 
 
 def test_export_says_each_file_as_it_is_written_and_checked(pretrained_checkpoint, tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,21 +39,13 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
-    task: Task,
-    progress: Callable[[int], None] | None = None,
-) -> Predictions:
-    """Run ``model`` (in eval mode) over ``loader``'s normalised batches; scores as the task's metrics take them.
-    ``progress(n)`` is told of each batch of ``n`` images done."""
+def predict(model: torch.nn.Module, loader: Iterable[tuple[Tensor, Tensor]], task: Task) -> Predictions:
+    """Run ``model`` (in eval mode) over ``loader``'s normalised batches; scores as the task's metrics take them."""
     model.eval()
     scores, targets = [], []
     for images, batch_targets in loader:
         scores.append(task.scores(model(images)))
         targets.append(batch_targets)
-        if progress is not None:
-            progress(len(images))
     return Predictions(torch.cat(scores), torch.cat(targets))
 
 
@@ -127,7 +119,7 @@ def evaluate_checkpoint(
     batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
     dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
     counting = Counting("evaluate", f"{split} images", len(dataset))  # every few seconds
-    predictions = predict(model, batches, model.task, counting)
+    predictions = predict(model, counting.through(batches), model.task)
     counting.end()
     report = compute_report(predictions, model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split

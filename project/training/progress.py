@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -119,6 +119,12 @@ class Counting:
         if now - self.last >= self.every:
             self.last, self.said = now, True
             self.out(self.line())
+
+    def through(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``batches`` as they come, each counted by the length of its first item (the images)."""
+        for batch in batches:
+            yield batch
+            self(len(batch[0]))
 
     def line(self) -> str:
         of = f"/{self.total:,}" if self.total is not None else ""
