@@ -41,11 +41,10 @@ def fit_with_bar(quick_args: list[str], *extra: str) -> list[str]:
 
 
 def test_the_bar_counts_epochs_from_one_as_the_lines_do_and_shows_no_v_num(quick_args, run_dir, capfd):
-    assert fit_with_bar(quick_args, "--trainer.callbacks+=ProgressLog", "--trainer.callbacks.always=true") == [
-        "Epoch 1/2",
-        "Epoch 2/2",
-    ]
+    lines = ["--trainer.callbacks+=ProgressLog", "--trainer.callbacks.always=true"]
+    assert fit_with_bar(quick_args, *lines, "--config=early_stopping") == ["Epoch 1/2", "Epoch 2/2"]
     out = capfd.readouterr().out
+    assert "Early stopping" not in out  # (patience 3 of 2 epochs: early stopping that does not stop says nothing)
     assert "epoch 1/2 · step 10/20" in out and "epoch 2/2 · step 20/20" in out  # the lines count as the bar does
     assert "Epoch 2/2" in out and "train/loss" in out and "val/acc" in out
     assert "v_num" not in out and "Epoch 1/1" not in out and "val/precision" not in out
@@ -120,11 +119,7 @@ def test_a_long_loop_says_how_far_it_is_and_a_short_one_says_nothing():
     slow(512)
     slow(1488)
     slow.end()
-    assert [line.split(" (")[0] for line in said] == [
-        "predict: 512/2,000 images",
-        "predict: 2,000/2,000 images",
-        "predict: 2,000/2,000 images",
-    ]
+    assert [line.split(" (")[0] for line in said] == ["predict: 512/2,000 images", "predict: 2,000/2,000 images"]
     said.clear()
     batches = [(torch.zeros(3, 1), torch.zeros(3)), (torch.zeros(2, 1), torch.zeros(2))]
     evaluating = Counting("evaluate", "test images", 5, every=0, out=said.append)
@@ -179,11 +174,6 @@ def test_early_stopping_says_when_it_ends_a_run(quick_args, run_dir, capsys):
         r"\(patience 1\); best [0-9.]+ at epoch 1"
     )
     assert re.fullmatch(expected, lines[0]), lines[0]
-
-
-def test_early_stopping_that_does_not_stop_says_nothing(quick_args, run_dir, capsys):
-    run_cli(["fit", *quick_args, "--config=early_stopping", "--test_after_fit=false"])  # 2 epochs, patience 3
-    assert "Early stopping" not in capsys.readouterr().out
 
 
 def test_swa_with_fewer_than_two_points_says_the_weights_are_the_trained_ones(quick_args, run_dir, capsys):

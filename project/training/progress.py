@@ -110,14 +110,15 @@ class Counting:
         self.what, self.unit, self.total, self.every, self.out = what, unit, total, every, out
         self.started = self.last = time.perf_counter()
         self.done = 0
-        self.said = False
+        self.said: int | None = None
+        """The count last said, if any."""
 
     def __call__(self, count: int) -> None:
         """``count`` more are done."""
         self.done += count
         now = time.perf_counter()
         if now - self.last >= self.every:
-            self.last, self.said = now, True
+            self.last, self.said = now, self.done
             self.out(self.line())
 
     def through(self, batches: Iterable[Any]) -> Iterator[Any]:
@@ -132,8 +133,8 @@ class Counting:
         return f"{self.what}: {self.done:,}{of} {self.unit} ({rate:,.0f}/s)"
 
     def end(self) -> None:
-        """Say the count once more at the end, if the loop was long enough to be said at all."""
-        if self.said:
+        """Say the final count, if the loop was long enough to be said at all and it was not the last said."""
+        if self.said is not None and self.said != self.done:
             self.out(self.line())
 
 
@@ -236,6 +237,7 @@ class RunProgressBar(RichProgressBar):
         style = self.theme.description
         self.progress.update(bar, description=f"[{style}]{text}" if style else text)
         self.described = (bar, trainer.current_epoch)
+        self.refresh()  # at once: Rich drew Lightning's own description ("Epoch 0/1") a moment ago
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """The losses and the monitored metric, as the per-validation lines show them (no ``v_num``)."""
