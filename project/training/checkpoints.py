@@ -234,7 +234,6 @@ class LastCheckpoint(Checkpoint):
         # SLURM warns a job with SIGUSR1 before its time limit (#SBATCH --signal=SIGUSR1@90). Unless Lightning's
         # SLURM auto-requeue already handles it, pass it on as SIGTERM: save at the next step boundary and stop.
         self.previous_sigusr1 = None
-        self.previous_sigusr1 = None
         if (
             signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)
             and threading.current_thread() is threading.main_thread()
