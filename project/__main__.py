@@ -11,6 +11,7 @@ handed to its home.
 subcommand imports what it runs only when it runs.
 """
 
+import os
 import sys
 
 from project.cli.refusals import SUBCOMMANDS as TRAINING
@@ -23,6 +24,7 @@ def main(args: list[str] | None = None, prog: str = "python -m project") -> None
     args = sys.argv[1:] if args is None else list(args)
     name = args[0] if args else ""
     if name in TRAINING or (name.startswith("-") and name not in _HELP):  # (LightningCLI's -c CONFIG before fit)
+        starting(name if name in TRAINING else "fit", args, "loading Lightning and building the run")
         from project.cli import main as lightning_cli
 
         lightning_cli(args, prog)
@@ -30,6 +32,7 @@ def main(args: list[str] | None = None, prog: str = "python -m project") -> None
         from project.cli.commands import main as command
 
         command(args, prog)  # its own options checked (and --help) before the sweep's imports, which take seconds
+        starting("sweep", args, "loading Optuna and Lightning")
         from project.sweeps import main as sweep
 
         sweep(args[1:])
@@ -44,6 +47,17 @@ def main(args: list[str] | None = None, prog: str = "python -m project") -> None
         from project.cli.commands import main as command
 
         command(args, prog)
+
+
+def starting(name: str, args: list[str], doing: str) -> None:
+    """Say at once what the command is doing while it imports for seconds (``fit: loading Lightning and building the
+    run ...``): not for ``--help`` or ``--print_config`` (which print only what was asked), nor in the other processes
+    of a multi-process run."""
+    if any(arg.partition("=")[0] in (*_HELP, "--print_config") for arg in args):
+        return
+    if any(os.environ.get(rank, "0") != "0" for rank in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
+        return
+    print(f"{name}: {doing} ...", flush=True)
 
 
 def script(subcommand: str) -> None:

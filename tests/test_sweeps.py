@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
@@ -125,7 +126,10 @@ def assert_two_workers_ran_one_study(name: str, storage: str | None = None) -> N
 def test_two_workers_share_one_study_each_trial_in_its_own_run_folder(fake_data_dir, run_dir, capsys):
     spec = write_spec(run_dir, fake_data_dir)
     main([str(spec), "--workers", "2", "--name", "pair"])
-    assert "trials/trial_0000/version_0" in capsys.readouterr().out  # the table at the end
+    out = capsys.readouterr().out
+    assert "trials/trial_0000/version_0" in out  # the table at the end
+    lines = [line for line in out.splitlines() if "epoch 1/" in line]  # the workers' lines, through this process
+    assert lines and all(re.match(r"\[trial \d\] epoch 1/", line) for line in lines), lines
     assert_two_workers_ran_one_study("pair")
 
 

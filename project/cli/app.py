@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import warnings
@@ -31,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.cli.arguments import WholeOptionsParser, add_project_options, prepared_arguments, preset_defaults
 from project.cli.preflight import (
@@ -54,8 +54,8 @@ from project.files.atomic import written_whole
 from project.networks.base import check_image_shape
 from project.reports import trackers
 from project.reports.tensorboard import RunLogger, TensorBoardReports
-from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
-from project.training.progress import NO_TIPS, ProgressLog, RunProgressBar, say
+from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries, stopped_by_ctrl_c
+from project.training.progress import ProgressLog, console_callbacks, quiet_lightning_lines, say
 from project.training.resume import ExactResume, check_resume_settings, check_saved_states
 from project.training.run_lock import RunLock, first_process
 from project.training.runs import Chosen, choose_checkpoint, claim_new_run, next_free_name
@@ -106,6 +106,10 @@ class ProjectCLI(LightningCLI):
         """Those loggers, built; their runs are ended when the command ends."""
         try:
             super().__init__(*args, **kwargs)
+        except SIGTERMException:  # Ctrl-C saved as SIGTERM does; the command then exits as after Ctrl-C (130)
+            if stopped_by_ctrl_c(self.trainer.callbacks):
+                raise KeyboardInterrupt from None
+            raise
         finally:
             trackers.close(self.trackers)
             if self.run_lock is not None:
@@ -227,8 +231,7 @@ class ProjectCLI(LightningCLI):
         if self.subcommand in _EVALUATION:  # the preset's callbacks act in fit only (checkpoints, resume, reports)
             callbacks = [c for c in callbacks if not isinstance(c, _FIT_ONLY_CALLBACKS)]
         callbacks.extend(self.extra_callbacks)
-        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(RunProgressBar())  # Rich's, its epoch ending where max_steps ends the run
+        callbacks += console_callbacks(callbacks, trainer)  # the progress bar and the model's summary line
         return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
 
     # -- checks before any work -----------------------------------------------------------------------------------
@@ -352,8 +355,7 @@ def run_cli(
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # TensorBoard's graph is traced with torch.jit.trace, which torch 2.14 deprecates; nothing for users to act on.
     warnings.filterwarnings("ignore", message=r"`torch.jit.trace(_method)?` is deprecated", category=FutureWarning)
-    # Lightning's tips for its cloud services, on every run: not this project's advice.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NO_TIPS)  # the logger rank_zero_info uses
+    quiet_lightning_lines()  # Lightning's tips for its cloud services, lines about accelerators that are not there
     # Errors come back to be said in one line; options are never abbreviated (--data.split.val is not val_size).
     common: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
     parser_kwargs: dict[str, Any] = {**common, "prog": prog, "description": _DESCRIPTION}
@@ -376,10 +378,10 @@ def run_cli(
 def main(args: list[str] | None = None, prog: str = "python -m project", fit_only: bool = False) -> None:
     """Run the command line; bad input ends with one ``error:`` line and exit status 2, not a traceback.
 
-    A run stopped by SIGTERM (a preempted job) writes ``last.ckpt`` at the step boundary (and says so:
-    :class:`~project.training.checkpoints.LastCheckpoint`) and exits with 143.
+    A run stopped by SIGTERM (a preempted job) or Ctrl-C writes ``last.ckpt`` at the step boundary (and says so:
+    :class:`~project.training.checkpoints.LastCheckpoint`) and exits with 143 (SIGTERM) or 130 (Ctrl-C).
     """
-    exit_on_refusal(lambda: run_cli(args, prog, fit_only), "stopped by SIGTERM (exit status 143)")
+    exit_on_refusal(lambda: run_cli(args, prog, fit_only), "stopped by {signal} (exit status {status})")
 
 
 def train_main() -> None:

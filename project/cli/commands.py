@@ -331,7 +331,7 @@ def _export(options: Namespace) -> None:
 
         check_hub_installed()  # before the export's work
     out = options.out or default_folder(options.checkpoint)
-    about = export_checkpoint(options.checkpoint, out, tuple(options.formats))
+    about = export_checkpoint(options.checkpoint, out, tuple(options.formats), progress=_saying("export"))
     differences = ", ".join(
         f"{name} {value:.1e}" for name, value in about["largest_difference_from_the_checkpoint"].items()
     )
@@ -342,6 +342,11 @@ def _export(options: Namespace) -> None:
         from project.inference.model_folder import push_folder
 
         print(f"pushed {out} to {push_folder(out, repo)}")
+
+
+def _saying(name: str) -> Callable[[str], None]:
+    """Print each step of subcommand ``name`` as it is done (``export: wrote model.onnx (2.1 s)``)."""
+    return lambda step: print(f"{name}: {step}", flush=True)
 
 
 def _predict(options: Namespace) -> None:
@@ -381,6 +386,7 @@ def run(name: str, args: list[str], prog: str) -> None:
         crossval_arguments(args, prog)
         return
     options = _parse_command(name, args, prog)
+    print(f"{name}: loading torch and the model ...", flush=True)  # (the imports below take seconds)
     trust(*options.trust)
     _RUNNERS[name](options)
 
@@ -401,4 +407,6 @@ def main(args: list[str], prog: str = "python -m project") -> None:
     name, rest = (args[0], args[1:]) if args else ("", [])
     if name in ("-h", "--help"):
         _print_help(prog)
-    exit_on_refusal(lambda: run(name, rest, f"{prog} {name}"), f"{name}: stopped by SIGTERM (exit status 143)")
+    exit_on_refusal(
+        lambda: run(name, rest, f"{prog} {name}"), f"{name}: stopped by {{signal}} (exit status {{status}})"
+    )

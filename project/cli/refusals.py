@@ -314,14 +314,19 @@ def explain(error: Exception) -> tuple[str, int] | None:
 def exit_on_refusal(command: Callable[[], Any], stopped: str) -> None:
     """Run ``command`` as a program: bad input ends with one ``error:`` line and its exit status (2), not a
     traceback; SIGTERM (a preempted job), which Lightning raises as a ``SystemExit`` of status 0, says ``stopped`` and
-    exits with 143, so that a scheduler does not take it for a finished job."""
+    exits with 143, so that a scheduler does not take it for a finished job; Ctrl-C (``KeyboardInterrupt``) says it
+    too, without a traceback, and exits with 130. ``stopped`` names the signal and status as ``{signal}`` and
+    ``{status}`` (``"fit: stopped by {signal} (exit status {status})"``)."""
     try:
         command()
     except SystemExit as stop:
         if not isinstance(stop, _lightning_class("lightning.pytorch.utilities.exceptions", "SIGTERMException")):
             raise
-        print(stopped)
+        print(stopped.format(signal="SIGTERM", status=128 + signal.SIGTERM), flush=True)
         raise SystemExit(128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        print(stopped.format(signal="Ctrl-C", status=128 + signal.SIGINT), flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     except Exception as error:
         explained = explain(error)
         if explained is None:

@@ -23,6 +23,7 @@ from project.files.atomic import written_folder
 from project.reports.figures import confusion_figure
 from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
+from project.training.progress import Counting
 from project.training.task_module import TaskModule
 
 SPLITS = {"train": "fit", "val": "validate", "test": "test"}
@@ -116,7 +117,11 @@ def evaluate_checkpoint(
         ) from None
     data.setup(SPLITS[split])
     batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
-    report = compute_report(predict(model, batches, model.task), model.task, data.class_names)
+    dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
+    counting = Counting("evaluate", f"{split} images", len(dataset))  # every few seconds
+    predictions = predict(model, counting.through(batches), model.task)
+    counting.end()
+    report = compute_report(predictions, model.task, data.class_names)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
     title = f"{data.dataset_name}: {checkpoint_path.name} on the {split} split"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +169,44 @@ def _config(
     }
 
 
+def _write_formats(network: nn.Module, images: Tensor, folder: Path, formats: tuple[str, ...], said: _Steps) -> None:
+    """Write ``model.<format>`` of each of ``formats`` into ``folder``, saying each."""
+    writers = {
+        "onnx": lambda: _export_onnx(network, images, folder / "model.onnx"),
+        "pt2": lambda: _export_program(network, images, folder / "model.pt2"),
+        "safetensors": lambda: _export_safetensors(network, folder / "model.safetensors"),
+    }
+    for name in formats:
+        writers[name]()
+        said(f"wrote model.{name}")
+
+
+class _Steps:
+    """Tells ``progress`` each step of an export done, with the seconds it took."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.since = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        if self.progress is not None:
+            self.progress(f"{step} ({now - self.since:.1f} s)")
+        self.since = now
+
+
 def export_checkpoint(
-    checkpoint_path: Path, out: Path, formats: tuple[str, ...] = DEFAULT_FORMATS, tolerance: float = 1e-5
+    checkpoint_path: Path,
+    out: Path,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    tolerance: float = 1e-5,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write a checkpoint's model folder into ``out`` (a new folder; whole or not at all): the exports in
     ``formats``, ``config.json`` and the ``README.md`` model card; check the exports against the eager network on
-    images of two batch sizes, and return what ``config.json`` holds."""
+    images of two batch sizes, and return what ``config.json`` holds; ``progress`` is told each step done
+    (``wrote model.onnx (2.1 s)``)."""
+    said = _Steps(progress)
     from project.training.task_module import TaskModule
 
     unknown = sorted(set(formats) - set(FORMATS))
@@ -183,19 +217,15 @@ def export_checkpoint(
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path).eval()
     network = model.network.eval()
+    said(f"read {checkpoint_path}")
     preprocessing = checkpoint_preprocessing(checkpoint, checkpoint_path)
     images = _example_images(preprocessing)
     merging = _merged_adapters_difference(network, images)  # LoRA: the exports are of the merged, plain network
     config = _config(checkpoint_path, checkpoint, model, preprocessing)
     with written_folder(out) as staging:  # the files appear together, or not at all
-        writers = {
-            "onnx": lambda: _export_onnx(network, images, staging / "model.onnx"),
-            "pt2": lambda: _export_program(network, images, staging / "model.pt2"),
-            "safetensors": lambda: _export_safetensors(network, staging / "model.safetensors"),
-        }
-        for name in formats:
-            writers[name]()
+        _write_formats(network, images, staging, formats, said)
         differences = {**merging, **_checked_differences(staging, network, preprocessing, tolerance)}
+        said(f"checked {', '.join(f'model.{name}' for name in formats)} against the checkpoint's network")
         config["files"] = [f"model.{name}" for name in formats]
         config["largest_difference_from_the_checkpoint"] = differences
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

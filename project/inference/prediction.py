@@ -32,6 +32,7 @@ from project.files.atomic import written_whole
 from project.files.tables import spreadsheet_safe
 from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
+from project.training.progress import Counting
 from project.training.specs import metric_class
 
 _MAX_IMAGE_SIZE = 4096
@@ -168,8 +169,11 @@ class Predictor:
         pixels = self.conversion.decode(path)
         return normalised(pixels, self.mean, self.std)
 
-    def predict(self, paths: list[Path], batch_size: int = 256) -> tuple[list[dict[str, Any]], list[str]]:
-        """One row per readable file (``path`` and the task's columns), and a line for each file skipped."""
+    def predict(
+        self, paths: list[Path], batch_size: int = 256, progress: Callable[[int], None] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """One row per readable file (``path`` and the task's columns), and a line for each file skipped;
+        ``progress(n)`` is told of each batch of ``n`` files done."""
         rows, skipped = [], []
         names = self.preprocessing["class_names"]
         for start in range(0, len(paths), batch_size):
@@ -184,6 +188,8 @@ class Predictor:
                 outputs = self.run(torch.stack(images))
                 columns = self.task.prediction_rows(outputs, names)
                 rows += [{"path": str(path), **row} for path, row in zip(kept, columns, strict=True)]
+            if progress is not None:
+                progress(len(paths[start : start + batch_size]))
         return rows, skipped
 
 
@@ -256,7 +262,9 @@ def predict_files(
     if out.exists() or out.is_symlink():  # a result is never overwritten
         raise UserInputError(f"--out {out} exists already: name another file (or remove it)")
     paths = image_paths(inputs)
-    rows, skipped = Predictor.load(model_path, mnist_style).predict(paths, batch_size)
+    counting = Counting("predict", "images", len(paths))  # predict: 512/2000 images, every few seconds
+    rows, skipped = Predictor.load(model_path, mnist_style).predict(paths, batch_size, counting)
+    counting.end()
     for line in skipped:
         skipping(line)
     if not rows:

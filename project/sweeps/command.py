@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +196,22 @@ def run_sweep(args: list[str]) -> Sweep:
 
 def run_workers(args: list[str], workers: int, command: str = "sweep") -> None:
     """Start ``workers`` processes of this same ``command`` (``sweep``, ``crossval``), each a worker of the study, and
-    wait for them all."""
+    wait for them all; their output comes through this one, each line labelled with the trial its worker runs
+    (:func:`relay_output`)."""
     children = [
         subprocess.Popen(
             [sys.executable, *SAFE_PATH, "-m", "project", command, *args],
-            env={**os.environ, WORKER_ENV: f"{i}/{workers}"},
+            env={**os.environ, WORKER_ENV: f"{i}/{workers}", "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
         )
         for i in range(workers)
     ]
+    relays = [threading.Thread(target=relay_output, args=(child, i), daemon=True) for i, child in enumerate(children)]
+    for relay in relays:
+        relay.start()
 
     def stop_workers(signum: int, frame: Any) -> None:  # a preempted job or Ctrl-C: every worker marks its trial
         for child in children:
@@ -211,10 +221,37 @@ def run_workers(args: list[str], workers: int, command: str = "sweep") -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop_workers)
     codes = [child.wait() for child in children]
-    if 128 + signal.SIGTERM in codes:  # stopped, not failed: the same command continues the study
-        raise SystemExit(128 + signal.SIGTERM)
+    for relay in relays:
+        relay.join()
+    for stopped in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # not failed: the same command continues the study
+        if stopped in codes:
+            raise SystemExit(stopped)
     if any(codes):
         raise UserInputError(f"{command}: worker(s) stopped with exit status {codes} (their error above)")
+
+
+_TRIAL_LINE = re.compile(r"^sweep .*?: trial (\d+) \(")
+"""The line a worker says as it starts a trial (:func:`project.sweeps.study.run_trial`)."""
+
+
+def relay_output(child: subprocess.Popen[str], index: int) -> None:
+    """Print worker ``index``'s output (stdout and stderr, each to this process's) as it comes, each line led by
+    ``[trial N]``, the trial the worker runs (``[worker K]`` before its first), so that two workers' lines can be
+    told apart."""
+    label = [f"[worker {index}]"]
+
+    def relay(stream: Any, out: Any) -> None:
+        for line in stream:
+            started = _TRIAL_LINE.match(line)
+            if started:
+                label[0] = f"[trial {started.group(1)}]"
+            out.write(f"{label[0]} {line}")
+            out.flush()
+
+    errors = threading.Thread(target=relay, args=(child.stderr, sys.stderr), daemon=True)
+    errors.start()
+    relay(child.stdout, sys.stdout)
+    errors.join()
 
 
 def threads_for(workers: int) -> None:
@@ -231,5 +268,5 @@ def main(args: list[str] | None = None) -> None:
     quiet_optuna()
     exit_on_refusal(
         lambda: run_sweep(args),
-        "sweep: stopped by SIGTERM; its trial is marked interrupted (run the same command to continue the study)",
+        "sweep: stopped by {signal}; its trial is marked interrupted (run the same command to continue the study)",
     )

@@ -255,3 +255,29 @@ class SWAWeights(AveragedWeights):
 
     def due(self, step_idx: int | None, epoch_idx: int | None) -> bool:
         return step_idx is not None and self.epoch_ending
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        note = self.nothing_averaged(trainer.current_epoch)
+        if note and trainer.is_global_zero:
+            print(note, flush=True)
+
+    def nothing_averaged(self, epochs: int) -> str | None:
+        """A note when the run ended, after ``epochs`` epochs, with an average of fewer than two points: its weights
+        are then the trained ones (``None`` otherwise)."""
+        if self.updates >= 2:
+            return None
+        first = self.start_epoch + 1  # as the console counts epochs, from 1
+        how = (
+            f"lower --trainer.callbacks.start_epoch (now {self.start_epoch}: from epoch {first}) or raise "
+            f"--trainer.max_epochs"
+        )
+        if self.updates == 0:
+            return (
+                f"SWA: the run ended after epoch {epochs}, before epoch {first}, the first it averages: its weights "
+                f"are the trained ones, not an average; {how}"
+            )
+        return (
+            f"SWA averaged one point (the end of epoch {first}): the averaged weights equal the trained ones; to "
+            f"average several epochs, {how}"
+        )

@@ -7,8 +7,8 @@
 - :func:`read_checkpoint` loads with ``torch.load(weights_only=True)`` (nothing in the file is unpickled into code)
   and checks it is a Lightning checkpoint; :func:`allowed_class` lets a checkpoint name a class only from an
   allow-list, without importing anything.
-- :class:`LastCheckpoint` keeps ``last.ckpt`` fresh (every N steps, every epoch end, on SIGTERM) through the public
-  ``trainer.save_checkpoint``; :class:`BestCheckpoint` keeps the best one by the metric of the model's task.
+- :class:`LastCheckpoint` keeps ``last.ckpt`` fresh (every N steps, every epoch end, on SIGTERM and Ctrl-C) through
+  the public ``trainer.save_checkpoint``; :class:`BestCheckpoint` keeps the best one by the metric of the model's task.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from project.errors import TrainingDivergedError, UserInputError, first_line, some
 from project.files.atomic import TEMPORARY_SUFFIX, free_bytes, written_whole
+from project.training.run_lock import first_process
 from project.trusted import HOW_TO_TRUST, trust_declared
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -199,6 +201,9 @@ class LastCheckpoint(Checkpoint):
         self.folder: Path | None = None
         self.saved_step: int | None = None
         self.previous_sigusr1: Any = None
+        self.previous_sigint: Any = None
+        self.ctrl_c_at: float | None = None
+        """When Ctrl-C asked this run to stop (``time.monotonic``), if it did."""
 
     @property
     def path(self) -> Path | None:
@@ -236,9 +241,41 @@ class LastCheckpoint(Checkpoint):
         ):
             self.previous_sigusr1 = signal.signal(signal.SIGUSR1, _forward_as_sigterm)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Ctrl-C too, unless a handler of someone else's is there: Python's KeyboardInterrupt strikes mid-step, and
+        # Lightning then exits without a checkpoint. (Set once Lightning has recorded the handlers it gives back.)
+        self.previous_sigint = self.ctrl_c_at = None
+        if (
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            and threading.current_thread() is threading.main_thread()
+        ):
+            self.previous_sigint = signal.signal(signal.SIGINT, self.on_ctrl_c)
+
+    def on_ctrl_c(self, signum: int, frame: object) -> None:
+        """The first Ctrl-C stops the run as SIGTERM does: at the next step boundary, saving ``last.ckpt``. Another
+        one stops it at once, without saving (one within a second of the first is the same key press, which a sweep's
+        workers also get from their parent)."""
+        now = time.monotonic()
+        if self.ctrl_c_at is None:
+            self.ctrl_c_at = now
+            if first_process():
+                print("\nCtrl-C: stopping after this step to save last.ckpt (again: stop at once, unsaved)", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif now - self.ctrl_c_at > 1.0:
+            raise KeyboardInterrupt
+
+    def restore_signals(self) -> None:
+        """Give SIGUSR1 and SIGINT back the handlers they had before fit."""
+        for signum, previous in ((signal.SIGUSR1, self.previous_sigusr1), (signal.SIGINT, self.previous_sigint)):
+            if previous is not None:
+                signal.signal(signum, previous)
+        self.previous_sigusr1 = self.previous_sigint = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore_signals()
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.previous_sigusr1 is not None:
-            signal.signal(signal.SIGUSR1, self.previous_sigusr1)
+        self.restore_signals()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # Lightning turns SIGTERM into SIGTERMException at a step boundary: a consistent state worth saving.
@@ -246,13 +283,23 @@ class LastCheckpoint(Checkpoint):
         if isinstance(exception, SIGTERMException):
             self.save(trainer)
             if self.saved_step is not None and self.path is not None:
-                where = f"{self.path} holds the state of step {self.saved_step}; resume with --ckpt_path last"
+                where = (
+                    f"{self.path} holds the state of step {self.saved_step}; resume with the same command and "
+                    f"--ckpt_path last"
+                )
             else:
                 where = "no checkpoint of this run was written (the first comes after a training step); start it again"
             if trainer.is_global_zero:
-                print(f"Stopped by SIGTERM at step {trainer.global_step}: {where}", flush=True)
+                by = "Ctrl-C" if self.ctrl_c_at is not None else "SIGTERM"
+                print(f"Stopped by {by} at step {trainer.global_step}: {where}", flush=True)
+        self.restore_signals()
         if isinstance(exception, TrainingDivergedError) and exception.last_checkpoint is None:
             exception.last_checkpoint = str(self.path) if self.path is not None and self.path.is_file() else ""
+
+
+def stopped_by_ctrl_c(callbacks: list[L.Callback]) -> bool:
+    """Whether Ctrl-C stopped the fit that ran these callbacks (:meth:`LastCheckpoint.on_ctrl_c`)."""
+    return any(isinstance(c, LastCheckpoint) and c.ctrl_c_at is not None for c in callbacks)
 
 
 def _forward_as_sigterm(signum: int, frame: object) -> None:

@@ -5,8 +5,14 @@
   job's log, a SLURM output file, ``enable_progress_bar: false``, the ``debug`` preset. Without it such a run is
   silent from the model summary to the test table.
 - :class:`RunProgressBar` is Rich's progress bar (Lightning's default when ``rich`` is installed) whose epoch ends
-  where the run does: with ``max_steps``, Lightning counts the whole epoch's batches and shows the time left for them.
-- :func:`say` prints once per run, not once per process; :data:`NO_TIPS` drops Lightning's advertisements.
+  where the run does (with ``max_steps``, Lightning counts the whole epoch's batches and shows the time left for
+  them), numbered as the lines are (``Epoch 1/2`` is the first of two; ``Epoch 3`` with no ``max_epochs``), showing
+  the losses and the monitored metric (no ``v_num``).
+- :class:`CompactSummary` says the model in one line (``Model: ConvNet · 1.2 M parameters (1.2 M trainable) · 4.8
+  MB``), once per fit, instead of Lightning's table.
+- :class:`Counting` says how far a long loop outside a Trainer is (``predict: 512/2000 images``), every few seconds.
+- :func:`say` prints once per run, not once per process; :data:`_NO_TIPS` drops Lightning's advertisements and
+  :data:`_NO_ABSENT_DEVICES` its lines about accelerators that are not there (``GPU available: False ...``).
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
 from project.training.run_lock import first_process
@@ -38,7 +45,103 @@ class _NoTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
-NO_TIPS = _NoTips()
+_NO_TIPS = _NoTips()
+
+
+_SAID_ELSEWHERE = (
+    "Loading `train_dataloader` to estimate number of stepping batches",
+    "Trainer already configured with model summary callbacks",  # (CompactSummary's line says the model)
+)
+
+
+class _NoAbsentDevices(logging.Filter):
+    """Drops Lightning's lines about accelerators that are not there (``GPU available: False, used: False``, ``TPU
+    available: False, using: 0 TPU cores``), its note that it reads the training data to count the steps and that it
+    uses our model summary. A GPU
+    that is there is still said (``GPU available: True (cuda), used: ...``), and one left unused is warned about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        absent = text.endswith(("available: False, used: False", "available: False, using: 0 TPU cores"))
+        said_elsewhere = text.startswith(_SAID_ELSEWHERE)
+        return not (absent or said_elsewhere)
+
+
+_NO_ABSENT_DEVICES = _NoAbsentDevices()
+
+
+def quiet_lightning_lines() -> None:
+    """Drop Lightning's tips (:data:`_NO_TIPS`) and its lines about accelerators that are not there
+    (:data:`_NO_ABSENT_DEVICES`) from what it logs through ``rank_zero_info`` (whose logger is Lightning's or Lightning
+    Fabric's, whichever was imported last)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        for quiet in (_NO_TIPS, _NO_ABSENT_DEVICES):
+            logging.getLogger(name).addFilter(quiet)
+
+
+def console_callbacks(callbacks: list[L.Callback], trainer_options: Mapping[str, Any]) -> list[L.Callback]:
+    """What a run shows on the console beside ``callbacks`` (the configured ones): :class:`RunProgressBar` unless
+    ``enable_progress_bar`` is false or one is configured, :class:`CompactSummary` unless ``enable_model_summary`` is
+    false or a ``ModelSummary`` is configured (``trainer_options``: the Trainer's)."""
+    added: list[L.Callback] = []
+    wanted = {name: trainer_options.get(f"enable_{name}") is not False for name in ("progress_bar", "model_summary")}
+    if wanted["progress_bar"] and not any(isinstance(c, ProgressBar) for c in callbacks):
+        added.append(RunProgressBar())  # Rich's, its epoch ending where max_steps ends the run
+    if wanted["model_summary"] and not any(isinstance(c, ModelSummary) for c in callbacks):
+        added.append(CompactSummary())  # one line, not Lightning's table
+    return added
+
+
+class Counting:
+    """How far a loop outside a Trainer is (``evaluate``, ``predict``): ``predict: 512/2000 images``, at most every
+    ``every`` seconds, the first after ``every`` seconds (a loop done sooner says nothing), the last when it ends.
+
+    Args:
+        what: the line's start (``predict``).
+        unit: what is counted (``images``).
+        total: how many there are, if known.
+        every: seconds between lines.
+        out: where lines go.
+    """
+
+    def __init__(
+        self, what: str, unit: str, total: int | None = None, every: float = 2.0, out: Callable[[str], None] = say
+    ) -> None:
+        self.what, self.unit, self.total, self.every, self.out = what, unit, total, every, out
+        self.started = self.last = time.perf_counter()
+        self.done = 0
+        self.said: int | None = None
+        """The count last said, if any."""
+
+    def __call__(self, count: int) -> None:
+        """``count`` more are done."""
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last, self.said = now, self.done
+            self.out(self.line())
+
+    def through(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``batches`` as they come, each counted by the length of its first item (the images)."""
+        for batch in batches:
+            yield batch
+            self(len(batch[0]))
+
+    def line(self) -> str:
+        of = f"/{self.total:,}" if self.total is not None else ""
+        rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+        return f"{self.what}: {self.done:,}{of} {self.unit} ({rate:,.0f}/s)"
+
+    def end(self) -> None:
+        """Say the final count, if the loop was long enough to be said at all and it was not the last said."""
+        if self.said is not None and self.said != self.done:
+            self.out(self.line())
+
+
+def _epoch_label(trainer: L.Trainer) -> str:
+    """The epoch under way, counted from 1, out of ``max_epochs`` when there is one: ``1/2``, or ``3`` (no limit)."""
+    limit = trainer.max_epochs
+    return f"{trainer.current_epoch + 1}" + (f"/{limit}" if limit is not None and limit > 0 else "")
 
 
 class ProgressLog(L.Callback):
@@ -79,12 +182,10 @@ class ProgressLog(L.Callback):
         1,205 images/s · 0:00:52 left``."""
         now = time.perf_counter()
         total = trainer.estimated_stepping_batches
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        parts = [f"epoch {trainer.current_epoch + 1}{epochs}", f"step {trainer.global_step}/{total}"]
+        step = f"step {trainer.global_step}/{total}" if math.isfinite(total) else f"step {trainer.global_step}"
+        parts = [f"epoch {_epoch_label(trainer)}", step]
         metrics = trainer.callback_metrics
-        best = trainer.checkpoint_callback
-        monitor = best.monitor if isinstance(best, ModelCheckpoint) else None
-        for name in dict.fromkeys([monitor, "val/loss", "train/loss_step"]):
+        for name in dict.fromkeys([_monitored(trainer), "val/loss", "train/loss_step"]):
             if name in metrics:
                 parts.append(f"{name.removesuffix('_step')} {float(metrics[name]):.4g}")
         if trainer.optimizers:
@@ -99,16 +200,50 @@ class ProgressLog(L.Callback):
         return " · ".join(parts)
 
 
+def _monitored(trainer: L.Trainer) -> str | None:
+    best = trainer.checkpoint_callback
+    return best.monitor if isinstance(best, ModelCheckpoint) else None
+
+
 class RunProgressBar(RichProgressBar):
-    """Rich's progress bar, its epoch total capped at the batches left before ``max_steps`` ends the run."""
+    """Rich's progress bar, its epoch total capped at the batches left before ``max_steps`` ends the run, its epochs
+    counted as :class:`ProgressLog`'s lines count them (``Epoch 1/2``; Lightning's own says ``Epoch 0/1``, and ``Epoch
+    2/-2`` without ``max_epochs``), showing the training and validation losses and the monitored metric."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.steps_at_epoch_start: int | None = None
+        self.described: tuple[Any, int] | None = None
+        """The bar and epoch that the description was last written for."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.steps_at_epoch_start = trainer.global_step
         super().on_train_epoch_start(trainer, pl_module)
+        self.describe(trainer)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.describe(trainer)  # (a run resumed mid-epoch makes its bar here)
+
+    def describe(self, trainer: L.Trainer) -> None:
+        """Write ``Epoch 1/2`` on the training bar, once per bar and epoch."""
+        bar = self.train_progress_bar_id
+        if self.progress is None or bar is None or self.described == (bar, trainer.current_epoch):
+            return
+        text = f"Epoch {_epoch_label(trainer)}"
+        text = f"{text:{len(self.validation_description)}}"  # as wide as "Validation": no flicker between them
+        style = self.theme.description
+        self.progress.update(bar, description=f"[{style}]{text}" if style else text)
+        self.described = (bar, trainer.current_epoch)
+        self.refresh()  # at once: Rich drew Lightning's own description ("Epoch 0/1") a moment ago
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The losses and the monitored metric, as the per-validation lines show them (no ``v_num``)."""
+        metrics = super().get_metrics(trainer, pl_module)
+        wanted = dict.fromkeys(["train/loss_step", "train/loss", "val/loss", _monitored(trainer)])
+        return {name.removesuffix("_step"): metrics[name] for name in wanted if name in metrics}
 
     @property
     def total_train_batches(self) -> int | float:
@@ -118,3 +253,45 @@ class RunProgressBar(RichProgressBar):
             return total
         left = (trainer.max_steps - self.steps_at_epoch_start) * trainer.accumulate_grad_batches
         return min(total, max(left, 0))
+
+
+class CompactSummary(ModelSummary):
+    """Lightning's model summary in one line, once per fit: the network's class, its parameters (trainable ones
+    too), their size and, when Lightning counts them, the operations of one forward pass. ``ModelSummary`` (the
+    table) in ``trainer.callbacks`` instead prints the table; ``enable_model_summary: false`` prints neither."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        print(_summary_line(dict(summary_data), total_parameters, trainable_parameters, model_size, total_flops))
+
+
+def _summary_line(columns: dict[str, list[str]], total: int, trainable: int, megabytes: float, flops: int) -> str:
+    """``Model: ConvNet · 1.2 M parameters (1.2 M trainable) · 4.8 MB · 24 M FLOPs per example``: ``columns`` are
+    Lightning's summary table's (``Name``, ``Type``, ...); the network is the submodule named ``network``, or the
+    first one."""
+    names, types = columns.get("Name", []), columns.get("Type", [])
+    network = types[names.index("network")] if "network" in names else (types[0] if types else "?")
+    parts = [
+        f"Model: {network}",
+        f"{_count(total)} parameters ({_count(trainable)} trainable)",
+        f"{megabytes:.1f} MB",
+    ]
+    if flops:
+        parts.append(f"{_count(flops)} FLOPs per example")
+    return " · ".join(parts)
+
+
+def _count(number: float) -> str:
+    """``1.2 M``, ``24 k``, ``310``: a count to two or three significant figures."""
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= size:
+            return f"{number / size:.3g} {unit}"
+    return f"{number:.0f}"
