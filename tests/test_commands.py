@@ -16,7 +16,8 @@ import pytest
 from helpers import SCRIPTS, cli_error, run_script
 
 from project.__main__ import main
-from project.cli.commands import COMMANDS, ExportFormat, Split, sweep_arguments
+from project.cli.commands import COMMANDS, sweep_arguments
+from project.cli.options import ExportFormat, Split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OWN_SUBCOMMANDS = ("evaluate", "export", "predict", "sweep", "crossval", "serve")
