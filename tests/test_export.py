@@ -64,10 +64,10 @@ def test_the_safetensors_export_is_a_pretrained_backbone_to_fine_tune_from(expor
 
 
 def test_the_default_formats_are_onnx_and_safetensors():
-    from project.cli.commands import _export_parser
+    from project.cli.options import PARSERS
     from project.inference.export import DEFAULT_FORMATS
 
-    assert _export_parser("export").get_defaults().formats == list(DEFAULT_FORMATS) == ["onnx", "safetensors"]
+    assert PARSERS["export"]("export").get_defaults().formats == list(DEFAULT_FORMATS) == ["onnx", "safetensors"]
 
 
 def test_an_export_never_overwrites_an_existing_folder(pretrained_checkpoint, tmp_path):

@@ -116,7 +116,9 @@ def assert_same_rows(got: list[dict], expected: list[dict], tolerance: float = 1
 
 
 def test_the_server_says_where_it_listens_and_what_it_serves(server, exported_folder):
-    assert f"serving {exported_folder} (multiclass, 10 classes, 1x28x28 images) on {server.url}" in server.lines[0]
+    assert f"serving {exported_folder} (multiclass, 10 classes, 1x28x28 images) on {server.url}" in "".join(
+        server.lines
+    )
     health = httpx.get(f"{server.url}/health", timeout=60).json()
     assert health["status"] == "ok" and health["task"] == "multiclass"
     assert health["classes"] == [str(digit) for digit in range(10)]
