@@ -248,9 +248,19 @@ def project(name: str, presets: list[str]) -> Callable[[str, torch.device, int, 
     def trainer_run(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
         Probe.run, Probe.started = Run(name), time.perf_counter()
         with tempfile.TemporaryDirectory() as logs:
-            args = ["fit", *presets, f"--data.data_dir={data_dir}", "--data.download=false", "--test_after_fit=false",
-                    f"--trainer.max_epochs={epochs}", f"--trainer.accelerator={device.type}", "--trainer.devices=1",
-                    "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={logs}"]  # fmt: skip
+            args = [
+                "fit",
+                *presets,
+                f"--data.data_dir={data_dir}",
+                "--data.download=false",
+                "--test_after_fit=false",
+                f"--trainer.max_epochs={epochs}",
+                f"--trainer.accelerator={device.type}",
+                "--trainer.devices=1",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.logger.init_args.save_dir={logs}",
+                "--trainer.val_check_interval=1.0",
+            ]  # fmt: skip  (one validation an epoch, as the tutorials test)
             if quick:
                 args += [
                     "--trainer.limit_train_batches=50",

@@ -43,6 +43,25 @@ def trusted_modules_of_the_test():
     trusted.TRUSTED.update(before)
 
 
+_DRAWING_MODULES = ("test_tensorboard", "test_figures", "test_notebook")
+"""The tests of TensorBoard's pictures themselves: they draw them, as runs do."""
+
+
+@pytest.fixture(autouse=True)
+def pictures_left_undrawn(request, monkeypatch):
+    """TensorBoard's pictures (the confusion matrix, the image grids) are logged as blank 8x8 images in every test but
+    those of the pictures (:data:`_DRAWING_MODULES`): matplotlib takes 0.4 s a validation to draw them, a third of
+    the time of the suite's short runs, and the other tests check what is logged, not how it looks."""
+    if request.module.__name__ not in _DRAWING_MODULES:
+        from project.reports import tensorboard
+
+        def blank(*args, **kwargs):
+            return np.zeros((8, 8, 3), dtype=np.uint8)
+
+        monkeypatch.setattr(tensorboard, "confusion_picture", blank)
+        monkeypatch.setattr(tensorboard, "grid_picture", blank)
+
+
 @pytest.fixture(scope="session")
 def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory with small generated MNIST files (600 train, 200 test images) in torchvision's layout."""

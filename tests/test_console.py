@@ -44,7 +44,7 @@ def test_the_bar_counts_epochs_from_one_as_the_lines_do_and_shows_no_v_num(quick
     lines = ["--trainer.callbacks+=ProgressLog", "--trainer.callbacks.always=true"]
     assert fit_with_bar(quick_args, *lines, "--config=early_stopping") == ["Epoch 1/2", "Epoch 2/2"]
     out = capfd.readouterr().out
-    assert "Early stopping" not in out  # (patience 3 of 2 epochs: early stopping that does not stop says nothing)
+    assert "Early stopping" not in out  # (patience 8 over 2 validations: no stop, no word)
     assert "epoch 1/2 · step 10/20" in out and "epoch 2/2 · step 20/20" in out  # the lines count as the bar does
     assert "Epoch 2/2" in out and "train/loss" in out and "val/acc" in out
     assert "v_num" not in out and "Epoch 1/1" not in out and "val/precision" not in out

@@ -102,6 +102,10 @@ def edited_folder(exported_folder, tmp_path, **changes) -> object:
     for key, value in changes.items():
         if key == "network_class":
             config["network"]["class_path"] = value
+        elif key == "network_arguments":
+            config["network"]["init_args"].update(value)
+        elif key == "whole":
+            config = value
         else:
             config[key] = value
     (folder / "config.json").write_text(json.dumps(config))
@@ -114,6 +118,8 @@ def edited_folder(exported_folder, tmp_path, **changes) -> object:
         ({"network_class": "os.system"}, "config.json names the network os.system, which is not allowed here"),
         ({"network_class": "collections.OrderedDict"}, "names the network collections.OrderedDict, which is not"),
         ({"task_class": "subprocess.run"}, "config.json names the task subprocess.run, which is not allowed here"),
+        ({"network_arguments": {"bogus": 1}}, "its network arguments do not build project.networks.ConvNet"),
+        ({"whole": ["network", "preprocessing", "task_class", "task_options", "num_outputs"]}, "holds a list, not an"),
         ({}, None),  # negative control: the folder as written loads
     ],
 )

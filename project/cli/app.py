@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.cli.arguments import WholeOptionsParser, add_project_options, prepared_arguments, preset_defaults
 from project.cli.preflight import (
@@ -104,10 +104,12 @@ class ProjectCLI(LightningCLI):
         (:meth:`start_trackers`)."""
         self.trackers: list[Logger] = []
         """Those loggers, built; their runs are ended when the command ends."""
+        self.trainer: Trainer | None = None
+        """The Trainer, once LightningCLI has built it (``--help`` and a refusal end before)."""
         try:
             super().__init__(*args, **kwargs)
-        except SIGTERMException:  # Ctrl-C saved as SIGTERM does; the command then exits as after Ctrl-C (130)
-            if stopped_by_ctrl_c(self.trainer.callbacks):
+        except SystemExit:  # after Ctrl-C (saved as SIGTERM does, or Lightning's exit on a second one): status 130
+            if self.trainer is not None and stopped_by_ctrl_c(self.trainer.callbacks):
                 raise KeyboardInterrupt from None
             raise
         finally:

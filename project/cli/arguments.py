@@ -70,6 +70,9 @@ def preset_defaults(args: list[str]) -> tuple[list[str], list[str]]:
     parser as its default config files. With ``--print_config=skip_default`` they are given as ``--config`` files
     instead: jsonargparse counts default config files as defaults, and would print ``{}``."""
     defaults = [str(path) for path in default_configs(args)]
-    if not any(arg.startswith("--print_config=") and "skip_default" in arg for arg in args):
+    flags = [arg.partition("=")[2] for arg in args if arg.startswith("--print_config=")]  # its only spelling
+    subcommand = next((i for i, arg in enumerate(args) if arg in SUBCOMMANDS), None)
+    if subcommand is None or not any("skip_default" in flag for flag in flags):
         return args, defaults
-    return [*args[:1], *(item for path in defaults for item in ("--config", path)), *args[1:]], []
+    presets = [item for path in defaults for item in ("--config", path)]
+    return [*args[: subcommand + 1], *presets, *args[subcommand + 1 :]], []

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import Tensor
 
 _SPLITS = {"val": "validation", "test": "test", "train": "train"}
 """The run's split names, and the Hub's."""
@@ -95,7 +96,7 @@ def _logged_metrics(run_folder: Path, checkpoint_path: Path, checkpoint: dict[st
             found.append(_metric(tag, values[-1], split, where))
     if best is not None and is_best and not any(metric and metric["split"] == "validation" for metric in found):
         score = best.get("best_model_score")
-        value = score.item() if hasattr(score, "item") else score
+        value = score.item() if isinstance(score, Tensor) else score
         found.append(_metric(str(best["monitor"]), value, "val", "the checkpoint's record of its best score"))
     return [metric for metric in found if metric]
 

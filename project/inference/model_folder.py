@@ -39,6 +39,8 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise UserInputError(f"{folder}: no {CONFIG} in it (python -m project export writes a model folder)")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise TypeError(f"it holds a {type(config).__name__}, not an object")
         missing = [key for key in _REQUIRED if key not in config]
     except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserInputError(
@@ -64,7 +66,12 @@ def load_network(folder: Path, config: dict[str, Any] | None = None) -> nn.Modul
         raise UserInputError(f"{folder / CONFIG}: its network is {spec!r}, not a class_path and its init_args")
     allowed_class(spec.get("class_path"), Network, "network", holder=str(folder / CONFIG))  # said as config.json's
     weights = read_weights(weights_path, option="the model folder's weights")  # before building: fail fast
-    network = from_spec(spec, Network, "network", folder / CONFIG)
+    try:
+        network = from_spec(spec, Network, "network", folder / CONFIG)
+    except (TypeError, ValueError) as error:  # an argument the class does not take, or a value it refuses
+        raise UserInputError(
+            f"{folder / CONFIG}: its network arguments do not build {spec['class_path']}: {first_line(error)}"
+        ) from None
     try:
         network.load_state_dict(weights, strict=True)
     except RuntimeError as error:
@@ -99,6 +106,6 @@ def push_folder(folder: Path, repo_id: str, private: bool = False) -> str:
     except Exception as error:  # no network, no token, no right to the repository: HTTP errors, ValueError, OSError
         raise UserInputError(
             f"--push_to_hub {repo_id}: the upload failed ({first_line(error)}); {folder} is written and kept: log in "
-            f"(hf auth login, or set HF_TOKEN) and export again to another --out, or upload the folder yourself"
+            f"(hf auth login, or set HF_TOKEN) and upload it with: hf upload {repo_id} {folder}"
         ) from None
     return str(url)

@@ -93,8 +93,7 @@ def _prepare(args: list[str]) -> tuple[Sweep, Any]:
         space=[Param(_FOLD, "categorical", choices=tuple(range(folds)))],
         trials=folds,
         sampler="random",
-        pruner="none",
-        enqueue=[{_FOLD: fold} for fold in range(folds)],
+        pruner="none",  # each fold is queued by _continue_study, once
     )
     try:
         resolved = check_fit_args(spec, fit_args)
@@ -117,9 +116,9 @@ def _prepare(args: list[str]) -> tuple[Sweep, Any]:
 
 
 def _fold_of(trial: Any) -> int | None:
-    """The fold a trial trains: its parameter, or the one it is queued with (Optuna's ``fixed_params``, as
-    ``Study.enqueue_trial(skip_if_exists=True)`` reads it)."""
-    fold = trial.params.get(_FOLD, (trial.system_attrs.get("fixed_params") or {}).get(_FOLD))
+    """The fold a trial trains: its parameter, or the one it is queued with (the ``fold`` user attribute it is
+    queued with)."""
+    fold = trial.params.get(_FOLD, trial.user_attrs.get("fold"))
     return fold if isinstance(fold, int) else None
 
 
@@ -144,7 +143,7 @@ def _continue_study(sweep: Sweep, study: Any) -> None:
         )
     optuna.storages.fail_stale_trials(study)
     for fold in sorted(set(range(sweep.trials)) - _covered(study)):
-        study.enqueue_trial({_FOLD: fold})
+        study.enqueue_trial({_FOLD: fold}, user_attrs={"fold": fold})
 
 
 def _after_fold(sweep: Sweep) -> Any:
@@ -299,5 +298,5 @@ def main(args: list[str] | None = None) -> None:
     quiet_optuna()
     exit_on_refusal(
         lambda: _run_crossval(args),
-        "crossval: stopped by SIGTERM; its fold is marked interrupted (run the same command to resume it)",
+        "crossval: stopped by {signal}; its fold is marked interrupted (run the same command to resume it)",
     )
