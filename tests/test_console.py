@@ -57,6 +57,7 @@ def test_without_max_epochs_the_bar_and_the_lines_say_the_epoch_alone(quick_args
     assert "epoch 1 · step 10/15" in out and "/-" not in out
 
 
+@pytest.mark.slow
 def test_lightnings_own_bar_counts_from_zero_the_negative_control(quick_args, run_dir):
     own = ["--trainer.callbacks+=RichProgressBar", "--trainer.max_epochs=1"]
     assert fit_with_bar(quick_args, *own) == ["Epoch 0/0"]

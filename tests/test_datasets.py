@@ -73,6 +73,7 @@ def write_config(folder: Path, **data: Any) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_dataset_example_trains_resumes_exports_and_evaluate_rebuilds_its_dataset(run_dir, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT))  # as python -m project runs from the clone
     monkeypatch.setattr(sys, "argv", ["make_arrays.py", str(run_dir / "arrays"), "--count", "300"])

@@ -159,6 +159,7 @@ def test_a_slurm_job_trains_its_own_run_so_a_new_job_never_resumes_another_exper
     assert "/" not in log_line, "SLURM cannot open a log in a folder a fresh clone lacks (logs/)"
 
 
+@pytest.mark.slow
 def test_ckpt_path_auto_resumes_lightnings_hpc_checkpoint_into_its_run(tmp_path, fake_data_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["fit", f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}", "--test_after_fit=false"]

@@ -55,6 +55,7 @@ def test_an_onnx_export_predicts_what_its_checkpoint_predicts(
         assert onnx_row["p_3"] == pytest.approx(checkpoint_row["p_3"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_script_writes_one_row_per_image_and_names_the_files_it_skips(
     pretrained_checkpoint, fake_data_dir, tmp_path
 ):

@@ -301,6 +301,7 @@ def test_resuming_a_run_that_reached_its_epochs_with_only_more_steps_names_max_e
     assert resumed.trainer.global_step == 30  # the negative control: raised, it trains on
 
 
+@pytest.mark.slow
 def test_a_run_by_max_steps_resumed_at_an_epoch_end_trains_what_an_uninterrupted_run_does(quick_args, run_dir):
     """With max_steps set, Lightning takes a checkpoint of a finished epoch for a restart inside it and runs that
     epoch again empty (Lightning #19617): one epoch fewer, and the next epoch's data order."""

@@ -184,6 +184,7 @@ def deep_text(driver) -> str:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_tensorboard_shows_the_runs_dashboards_in_a_real_browser(short_run):
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
