@@ -11,9 +11,9 @@ handed to its home.
 subcommand imports what it runs only when it runs.
 """
 
-import os
 import sys
 
+from project.cli import starting
 from project.cli.refusals import SUBCOMMANDS as TRAINING
 
 _HELP = ("-h", "--help")
@@ -47,17 +47,6 @@ def main(args: list[str] | None = None, prog: str = "python -m project") -> None
         from project.cli.commands import main as command
 
         command(args, prog)
-
-
-def starting(name: str, args: list[str], doing: str) -> None:
-    """Say at once what the command is doing while it imports for seconds (``fit: loading Lightning and building the
-    run ...``): not for ``--help`` or ``--print_config`` (which print only what was asked), nor in the other processes
-    of a multi-process run."""
-    if any(arg.partition("=")[0] in (*_HELP, "--print_config") for arg in args):
-        return
-    if any(os.environ.get(rank, "0") != "0" for rank in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
-        return
-    print(f"{name}: {doing} ...", flush=True)
 
 
 def script(subcommand: str) -> None:
