@@ -216,3 +216,25 @@ def test_a_rerun_skips_finished_folds_and_resumes_an_interrupted_one(fake_data_d
     assert "(data.split.fold=" not in third.stdout  # nothing trained
     other = subprocess.run([*command, "--seed_everything=1"], env=env, capture_output=True, text=True, timeout=600)
     assert other.returncode == 2 and "its folds are trained with other fit options" in other.stderr
+
+
+@pytest.mark.parametrize("queued_only", [True, False])  # False: the negative control, a sweep's worker
+def test_a_worker_with_no_fold_queued_trains_no_fold_of_its_own(queued_only, fake_data_dir, run_dir, monkeypatch):
+    from project.sweeps import study as worker_loop
+    from project.sweeps.crossval import _prepare
+    from project.sweeps.storage import storage_for
+
+    trained = []
+
+    def run_trial(sweep, study, trial):  # a fold "trained" at once
+        trained.append(trial.number)
+        study.tell(trial, 0.5)
+        return 1
+
+    monkeypatch.setattr(worker_loop, "run_trial", run_trial)
+    sweep, _ = _prepare(["--folds", "2", "--config=debug", f"--data.data_dir={fake_data_dir}"])
+    sweep.queued_only = queued_only
+    sweep.folder.mkdir(parents=True)
+    worker_loop.open_study(sweep, storage_for(sweep))  # a study with no fold queued: all done, or being done
+    worker_loop.run_worker(sweep)
+    assert len(trained) == (0 if queued_only else 2)  # a sweep's worker samples trials of its own

@@ -88,9 +88,9 @@ def _predict_parser(prog: str) -> ArgumentParser:
         prog,
         "MODEL IMAGES... [--out CSV] [--batch_size N] [--mnist_style] [--trust MODULE]",
         "Predict new images with a model folder (python -m project export's), a checkpoint or a model.onnx, each "
-        "through the preprocessing of training; write a "
-        "CSV row per image: path, predicted (the class, the labels present, or the value) and, for classification, "
-        "p_<name> per class or label. A file that cannot be decoded is named on stderr and skipped.",
+        "through the preprocessing of training; write a CSV row per image: path, predicted (the class, the labels "
+        "present, or the value) and, for classification, p_<name> per class or label. A file that cannot be decoded "
+        "is named on stderr and skipped.",
     )
     parser.add_argument(
         "model", type=Path | None, nargs="?", help="a model folder, a checkpoint (.ckpt) or an exported model.onnx"

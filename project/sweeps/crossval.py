@@ -111,6 +111,7 @@ def _prepare(args: list[str]) -> tuple[Sweep, Any]:
         trials=folds,
         fit_args=fit_args,
         test_after_fit=True,
+        queued_only=True,  # each fold once: queued by _continue_study, never drawn by a sampler
     )
     return sweep, options
 

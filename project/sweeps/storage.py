@@ -38,6 +38,9 @@ class Sweep:
     test_after_fit: bool = False
     """Whether each trial tests its best checkpoint after fit (a cross-validation's folds do; a sweep picks by
     validation alone)."""
+    queued_only: bool = False
+    """Whether the trials are only those queued (a cross-validation's folds): a worker never samples one of its own,
+    and stops when none is waiting and none is running."""
 
     @property
     def trials_dir(self) -> Path:

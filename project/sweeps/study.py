@@ -96,6 +96,10 @@ def run_worker(sweep: Sweep, after_trial: Any = None) -> int:
             if finished(found) >= sweep.trials:
                 return done
             asking = finished(found) + found.get("RUNNING", 0) < sweep.trials
+            if sweep.queued_only and not found.get("WAITING", 0):  # nothing queued: never a trial of its own
+                if not found.get("RUNNING", 0):
+                    return done
+                asking = False
             if asking:
                 study, trial, heartbeat = ask(sweep, storage, sum(found.values()))
         if not asking:  # the others' running trials may finish the study, or be interrupted and retried
