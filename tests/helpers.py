@@ -102,6 +102,21 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signal)
 
 
+class SignalInValidation(L.Callback):
+    """Send this process ``signal_name`` once, during the first batch of the validation that follows optimizer step
+    ``step`` (a mid-epoch validation, with ``val_check_interval`` below 1)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal = getattr(signal, signal_name)
+        self.sent = False
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if not trainer.sanity_checking and trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)
+
+
 class PoisonAtStep(L.Callback):
     """Make one weight NaN when step ``step`` starts: the loss of that step is then NaN."""
 

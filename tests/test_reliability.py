@@ -189,6 +189,27 @@ def test_sigterm_saves_at_the_step_boundary_exits_nonzero_and_resumes_exactly(
     assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), last)
 
 
+@pytest.mark.slow
+def test_sigterm_during_a_mid_epoch_validation_saves_and_the_resumed_run_ends_as_if_never_stopped(
+    killed_mid_epoch, tmp_path, fake_data_dir
+):
+    folder = tmp_path / "in_validation"
+    folder.mkdir()
+    args = [f"--config={EXACT_CONFIG}", f"--data.data_dir={fake_data_dir}"]  # a validation every 2 steps
+    signal_at = ["--trust=helpers", "--trainer.callbacks+=helpers.SignalInValidation", "--trainer.callbacks.step=12"]
+    result = fit_in_subprocess(folder, [*args, *signal_at])
+    assert result.returncode == 143, result.stderr[-3000:]
+    last = folder / EXACT_RUN / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 12  # saved in the validation after step 12
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        run_cli(["fit", "--test_after_fit=false", *args, "--ckpt_path=last"])
+    finally:
+        os.chdir(previous)
+    assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), last)
+
+
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_finite_weights(quick_args, run_dir, capsys):
     from project.cli import main
 
