@@ -58,6 +58,7 @@ def test_a_config_example_trains_resumes_evaluates_and_exports(name, fake_data_d
     assert about["task_options"].get("label_smoothing") == (0.1 if name == "label_smoothing" else 0.0)
 
 
+@pytest.mark.slow
 def test_a_loss_of_your_own_trains_resumes_evaluates_exports_predicts_and_sweeps(
     fake_data_dir, run_dir, capsys, monkeypatch
 ):

@@ -101,6 +101,7 @@ def test_a_library_that_is_not_installed_names_the_install_command(monkeypatch):
         LibraryNetwork("timm", "test_resnet", num_outputs=2)
 
 
+@pytest.mark.slow
 def test_a_hugging_face_model_from_a_local_folder_fine_tunes_on_digits_and_exports(quick_args, run_dir):
     transformers = pytest.importorskip("transformers")
     from project.inference.export import export_checkpoint

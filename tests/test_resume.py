@@ -192,6 +192,7 @@ def test_a_checkpoint_from_before_the_data_options_were_grouped_is_refused_in_on
         data_module_from_checkpoint(checkpoint)
 
 
+@pytest.mark.slow
 def test_training_longer_than_planned_gives_the_extra_epochs_a_new_cycle(quick_args, run_dir):
     run_cli(["fit", *quick_args, "--test_after_fit=false"])  # 2 epochs, 20 steps: the one-cycle schedule ends
     cli = run_cli(
@@ -203,6 +204,7 @@ def test_training_longer_than_planned_gives_the_extra_epochs_a_new_cycle(quick_a
     assert head[0] < 0.0005 and head[-1] < 0.0001  # ... from a low start, and anneals to about zero
 
 
+@pytest.mark.slow
 def test_training_longer_before_the_schedule_ended_stretches_what_is_left(interrupted_run, quick_args):
     from project.training.lr_factor import LRFactor
 
@@ -288,6 +290,7 @@ def test_the_fallback_from_a_truncated_last_checkpoint_rewinds_tensorboard_too(f
     assert_strictly_increasing_steps(folder)
 
 
+@pytest.mark.slow
 def test_resuming_a_run_that_reached_its_epochs_with_only_more_steps_names_max_epochs(quick_args, run_dir, capsys):
     """Lightning would train nothing, say ``max_epochs=2 reached``, test again and write config-resume1.yaml."""
     run_cli(["fit", *quick_args, "--trainer.max_steps=20", "--test_after_fit=false"])  # 2 epochs of 10 steps

@@ -243,6 +243,7 @@ def test_concurrent_requests_share_network_calls_and_a_lone_one_runs_at_once(ser
     assert_same_rows([answer.json()["predictions"][0] for answer in answers], alone * 4, tolerance=1e-6)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_is_served_too_and_sigterm_stops_the_server(server, pretrained_checkpoint, digits):
     from_checkpoint = start_server(pretrained_checkpoint)
     try:
