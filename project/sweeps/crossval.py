@@ -36,7 +36,7 @@ from project.sweeps.command import (
     threads_for,
     user_option_keys,
 )
-from project.sweeps.results import cell, duration
+from project.sweeps.results import aligned, duration, write_rows
 from project.sweeps.spec import Param, SweepSpec
 from project.sweeps.storage import Sweep, open_study, quiet_optuna, storage_for
 from project.sweeps.study import counts, finished, run_worker
@@ -246,28 +246,16 @@ def _number(value: float) -> str:
 
 def _write_summary(sweep: Sweep, study: Any) -> str:
     """Write ``folds.csv`` and ``summary.md`` whole; return the summary as a text table for the console."""
-    import csv
-    import io
-
     rows = _fold_rows(sweep, study)
     summary = _statistics(rows)
-    text = io.StringIO()
-    columns = ["fold", "state", *summary, "run_folder", "duration_s"]
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: cell(value) for key, value in row.items()})
-    with written_whole(sweep.folder / "folds.csv", "w", encoding="utf-8") as file:
-        file.write(text.getvalue())
+    write_rows(sweep.folder / "folds.csv", ["fold", "state", *summary, "run_folder", "duration_s"], rows)
     complete = sum(1 for row in rows if row["state"] == "COMPLETE")
     lines = [["metric", *_COLUMNS]]
     for name, stats in summary.items():
         lines.append([name, *(_number(stats[column]) for column in _COLUMNS[:-1]), str(stats["folds"])])
     with written_whole(sweep.folder / "summary.md", "w", encoding="utf-8") as file:
         file.write(_markdown(sweep, complete, lines))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    table = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    return "\n".join([f"crossval {sweep.name}: {complete} of {sweep.trials} folds complete", *table])
+    return "\n".join([f"crossval {sweep.name}: {complete} of {sweep.trials} folds complete", *aligned(lines)])
 
 
 def _markdown(sweep: Sweep, complete: int, lines: list[list[str]]) -> str:

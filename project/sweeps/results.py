@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -67,13 +68,24 @@ def rows(sweep: Sweep, trials: list[Any]) -> list[dict[str, Any]]:
 def _write_table(sweep: Sweep, trials: list[Any]) -> None:
     columns = ["number", "state", "objective", *(p.option for p in sweep.spec.space)]
     columns += ["run_folder", "duration_s", "worker", "retry_of", "error"]
+    write_rows(sweep.folder / "trials.csv", columns, rows(sweep, trials))
+
+
+def write_rows(path: Path, columns: list[str], table: list[dict[str, Any]]) -> None:
+    """``table`` as a CSV file of ``columns`` (each value a :func:`cell`), written whole or not at all."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for row in rows(sweep, trials):
+    for row in table:
         writer.writerow({key: cell(value) for key, value in row.items()})
-    with written_whole(sweep.folder / "trials.csv", "w", encoding="utf-8") as file:
+    with written_whole(path, "w", encoding="utf-8") as file:
         file.write(text.getvalue())
+
+
+def aligned(lines: list[list[str]]) -> list[str]:
+    """Rows of text cells as lines of a console table, each column as wide as its widest cell."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
 
 
 def cell(value: Any) -> Any:
@@ -174,8 +186,7 @@ def summary_table(sweep: Sweep, study: Any, limit: int = 30) -> str:
         objective = "" if row["objective"] is None else f"{row['objective']:.6g}"
         values = [_format_value(row[option]) for option in names]
         lines.append([str(row["number"]), row["state"], objective, *values, row["run_folder"]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    text = aligned(lines)
     if len(table) > limit:
         text.append(f"... and {len(table) - limit} more in {sweep.folder / 'trials.csv'}")
     return "\n".join(text)
