@@ -46,7 +46,7 @@ from project.cli.preflight import (
     check_sharding_has_gpus,
     set_up_data,
 )
-from project.cli.presets import DEFAULT_CONFIG, checked_run_name, run_name
+from project.cli.presets import DEFAULT_CONFIG, checked_folder_name, run_name
 from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_cli_error, refuse_replaced_callbacks
 from project.data import ImageDataModule
 from project.errors import UserInputError
@@ -142,7 +142,7 @@ class ProjectCLI(LightningCLI):
         except argparse.ArgumentError as error:
             raise UserInputError(explain_cli_error(error, parser, args)) from None
         subcommand = self.config.get("subcommand")
-        self.named_run = checked_run_name(self.config[subcommand].get("run")) if subcommand else None
+        self.named_run = checked_folder_name("run", self.config[subcommand].get("run")) if subcommand else None
         self.run_name = self.named_run or run_name(args)
         # --ckpt_path is the project's: LightningCLI would read the file before any check and let the hyperparameters
         # stored in it override the command line (Lightning #20310, #20801). It is taken out of the config here,

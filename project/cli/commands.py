@@ -28,6 +28,7 @@ from collections.abc import Callable
 from jsonargparse import ArgumentParser, Namespace
 
 from project.cli.options import CROSSVAL_OWN, PARSERS, POSITIONALS, SWEEP_OWN, new_parser
+from project.cli.presets import checked_folder_name
 from project.cli.refusals import exit_on_refusal, explain_parse_error, unknown_option
 from project.errors import UserInputError
 from project.trusted import trust
@@ -96,9 +97,7 @@ def _checked_counts_and_name(options: Namespace, counts: tuple[str, ...], least:
     for key in counts:
         if options[key] is not None and options[key] < least:
             raise UserInputError(f"{key}: expected {least} or more, got {options[key]}")
-    name = options.name
-    if name is not None and (not name or "/" in name or name in (".", "..")):
-        raise UserInputError(f"name: {name!r} is not a folder name (no '/')")
+    checked_folder_name("name", options.name)
 
 
 def sweep_arguments(args: list[str], prog: str = "python -m project sweep") -> tuple[Namespace, list[str]]:

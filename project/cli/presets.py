@@ -99,10 +99,11 @@ def run_name(args: list[str]) -> str:
     return data_classes[-1].rpartition(".")[2] if data_classes else DEFAULT_CONFIG.stem
 
 
-def checked_run_name(name: str | None) -> str | None:
-    """``--run NAME`` when it can name a folder of ``logs/`` (no ``/``, not ``.`` or ``..``, not empty)."""
+def checked_folder_name(option: str, name: str | None) -> str | None:
+    """``name`` (the value of ``option``: ``--run``, a sweep's ``--name``) when it can name one folder under
+    ``logs/``: not blank, no ``/`` or ``\\``, not ``.`` or ``..``."""
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
-        raise UserInputError(f"--run {name!r}: not a folder name; give a name without '/' (e.g. --run lr-3e-3)")
+        raise UserInputError(f"{option}: {name!r} is not a folder name (no '/', not '.' or '..'; e.g. lr-3e-3)")
     return name
 
 
