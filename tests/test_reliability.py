@@ -167,6 +167,18 @@ def test_no_optimizer_step_is_lost_or_repeated_inside_gradient_accumulation(tmp_
 # -- preemption and divergence -------------------------------------------------------------------------------------
 
 
+def assert_resumes_to_the_uninterrupted_state(folder: Path, args: list[str], last: Path, runs: Runs) -> None:
+    """Resume the stopped run in ``folder`` (``--ckpt_path last``) to its end: its ``last`` checkpoint is then the
+    run never stopped's, bit for bit."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        run_cli(["fit", "--test_after_fit=false", *args, "--ckpt_path=last"])
+    finally:
+        os.chdir(previous)
+    assert_same_training_state(runs.last_checkpoint(runs.straight_dir), last)
+
+
 def test_sigterm_saves_at_the_step_boundary_exits_nonzero_and_resumes_exactly(
     killed_mid_epoch, tmp_path, fake_data_dir
 ):
@@ -180,13 +192,7 @@ def test_sigterm_saves_at_the_step_boundary_exits_nonzero_and_resumes_exactly(
     assert "stopped by SIGTERM" in result.stdout
     last = folder / EXACT_RUN / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 13  # saved at the boundary, not at step 12
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        run_cli(["fit", "--test_after_fit=false", *args, "--ckpt_path=last"])
-    finally:
-        os.chdir(previous)
-    assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), last)
+    assert_resumes_to_the_uninterrupted_state(folder, args, last, killed_mid_epoch)
 
 
 @pytest.mark.slow
@@ -201,13 +207,7 @@ def test_sigterm_during_a_mid_epoch_validation_saves_and_the_resumed_run_ends_as
     assert result.returncode == 143, result.stderr[-3000:]
     last = folder / EXACT_RUN / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 12  # saved in the validation after step 12
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        run_cli(["fit", "--test_after_fit=false", *args, "--ckpt_path=last"])
-    finally:
-        os.chdir(previous)
-    assert_same_training_state(killed_mid_epoch.last_checkpoint(killed_mid_epoch.straight_dir), last)
+    assert_resumes_to_the_uninterrupted_state(folder, args, last, killed_mid_epoch)
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_finite_weights(quick_args, run_dir, capsys):
