@@ -284,7 +284,11 @@ def test_mixup_is_refused_for_a_task_that_is_not_multiclass_before_training(tmp_
 
 AUGMENTED = {
     "shift": 1,
-    "transforms": [{"class_path": "RandomResizedCrop", "init_args": {"size": 16, "scale": [0.5, 1.0]}}, "RandAugment"],
+    "transforms": [  # batch versions, and one that runs per image (a random blur)
+        {"class_path": "RandomResizedCrop", "init_args": {"size": 16, "scale": [0.5, 1.0]}},
+        "RandAugment",
+        {"class_path": "GaussianBlur", "init_args": {"kernel_size": 3, "sigma": [0.1, 2.0]}},
+    ],
     "mixup_alpha": 0.4,
     "cutmix_alpha": 1.0,
 }

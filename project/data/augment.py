@@ -25,9 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision.transforms import v2
 
+from project.data.batch_transforms import batch_version
 from project.errors import UserInputError, first_line
 from project.plain import PlainData
 from project.trusted import HOW_TO_TRUST, trust_declared
@@ -197,7 +199,9 @@ class BatchAugmentation:
     def __init__(self, options: Augmentation, seed: int) -> None:
         self.shift = options.shift
         self.transforms = options.built()
+        self.steps = _steps(self.transforms)
         self.per_image = v2.Compose(self.transforms) if self.transforms else None
+        self.told = False
         self.alphas = {"mixup_alpha": float(options.mixup_alpha), "cutmix_alpha": float(options.cutmix_alpha)}
         self.mix: v2.Transform | None = None
         self.generator = torch.Generator().manual_seed(seed)
@@ -251,6 +255,19 @@ class BatchAugmentation:
                         f"{tuple(image.shape)}: the network takes one size, so give a transform that sets a size the "
                         f"images' own ({shape[1]})"
                     )
+        with seeded(0, torch.device("cpu")):
+            self.transformed(sample)  # the batch versions too
+        self.tell_per_image()
+
+    def tell_per_image(self) -> None:
+        """Say once, on the console, which transforms run on each image on its own (no batch version), and so slower."""
+        slow = [type(step).__name__ for batched, step in self.steps if not batched for step in step.transforms]
+        if slow and not self.told:
+            self.told = True
+            rank_zero_info(
+                f"note: {_WHERE}: {', '.join(slow)} run on each image on its own (no batch version, or options it "
+                "does not take): slower than the others (docs/augmentation.md)"
+            )
 
     def __call__(self, units: Tensor, targets: Tensor, rank: int) -> tuple[Tensor, Tensor]:
         """A training batch augmented: ``units`` (N, C, H, W, float pixels on the 0..1 scale) shifted, then through
@@ -262,15 +279,38 @@ class BatchAugmentation:
             units, targets = self.seeded(units, targets, batch_seed(self.generator, rank))
         return units, targets
 
+    def transformed(self, units: Tensor) -> Tensor:
+        """``units`` through the transforms: each step with a batch version on the whole batch, the others on each
+        image on its own (:func:`_steps`); random draws from the global generators (seeded by the caller)."""
+        for batched, step in self.steps:
+            units = step(units) if batched else torch.stack([step(image) for image in units])
+        return units
+
     def seeded(self, units: Tensor, targets: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-        """``units`` through the transforms one by one, then the batch mixed (targets then become (N, classes)
-        probabilities); all random draws seeded with ``seed``, the global generators untouched."""
+        """``units`` through the transforms, then the batch mixed (targets then become (N, classes) probabilities);
+        all random draws seeded with ``seed``, the global generators untouched. A transform with a batch version
+        (:mod:`project.data.batch_transforms`) takes the whole batch at once, each image its own draw; the others
+        take the images one by one."""
         with seeded(seed, units.device):
-            if self.per_image is not None:
-                units = torch.stack([self.per_image(image) for image in units])
+            units = self.transformed(units)
             if self.mix is not None:
                 units, targets = self.mix(units, targets)
         return units, targets
+
+
+def _steps(transforms: list[v2.Transform]) -> list[tuple[bool, Any]]:
+    """The transforms as steps in order: ``(True, a batch version)``, or ``(False, a v2.Compose)`` of consecutive
+    transforms without one, which run on each image on its own."""
+    steps: list[tuple[bool, Any]] = []
+    for transform in transforms:
+        batched = batch_version(transform)
+        if batched is not None:
+            steps.append((True, batched))
+        elif steps and not steps[-1][0]:
+            steps[-1][1].transforms.append(transform)
+        else:
+            steps.append((False, v2.Compose([transform])))
+    return steps
 
 
 _TRIAL_IMAGES = 4
