@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from project.data.batch_colour import brightness, contrast, posterize, saturation, sharpness, solarize
 
-BatchTransform = Callable[[Tensor], Tensor]
+_BatchTransform = Callable[[Tensor], Tensor]
 """A batch version: images (N, C, H, W) in, images of the same shape out."""
 
 _MODES = {v2.InterpolationMode.NEAREST: "nearest", v2.InterpolationMode.BILINEAR: "bilinear"}
@@ -42,7 +42,7 @@ _TRIES = 10
 """How many random rectangles ``RandomResizedCrop`` and ``RandomErasing`` try before they give up, as v2's."""
 
 
-def batch_version(transform: v2.Transform) -> BatchTransform | None:
+def batch_version(transform: v2.Transform) -> _BatchTransform | None:
     """The batch version of ``transform`` (its options read from its public attributes), or ``None``."""
     maker = _MAKERS.get(type(transform))
     return None if maker is None else maker(transform)
@@ -68,7 +68,7 @@ def _fill(fill: object) -> tuple[bool, float | None]:
 
 
 # -- crops and flips -----------------------------------------------------------------------------------------------
-def _random_crop(transform: v2.RandomCrop) -> BatchTransform | None:
+def _random_crop(transform: v2.RandomCrop) -> _BatchTransform | None:
     takes, fill = _fill(transform.fill)
     if transform.pad_if_needed or transform.padding_mode not in _PAD_MODES or not takes:
         return None
@@ -94,8 +94,8 @@ def _random_crop(transform: v2.RandomCrop) -> BatchTransform | None:
     return crop
 
 
-def _flip(dim: int) -> Callable[[v2.Transform], BatchTransform]:
-    def make(transform: v2.RandomHorizontalFlip | v2.RandomVerticalFlip) -> BatchTransform:
+def _flip(dim: int) -> Callable[[v2.Transform], _BatchTransform]:
+    def make(transform: v2.RandomHorizontalFlip | v2.RandomVerticalFlip) -> _BatchTransform:
         def flip(images: Tensor) -> Tensor:
             where = (torch.rand(len(images)) < transform.p).nonzero()[:, 0].to(images.device)
             out = images.clone()
@@ -122,7 +122,7 @@ def _rectangles(n: int, area: float, scale: tuple[float, float], ratio: tuple[fl
     return torch.round(torch.sqrt(areas / ratios)), torch.round(torch.sqrt(areas * ratios))
 
 
-def _random_resized_crop(transform: v2.RandomResizedCrop) -> BatchTransform | None:
+def _random_resized_crop(transform: v2.RandomResizedCrop) -> _BatchTransform | None:
     mode = _mode(transform.interpolation)
     if mode is None:
         return None
@@ -163,7 +163,7 @@ def _sample_points(starts: Tensor, lengths: Tensor, size: int) -> Tensor:
 
 
 # -- erasing -------------------------------------------------------------------------------------------------------
-def _random_erasing(transform: v2.RandomErasing) -> BatchTransform:
+def _random_erasing(transform: v2.RandomErasing) -> _BatchTransform:
     def erase(images: Tensor) -> Tensor:
         n, channels, height, width = images.shape
         heights, widths = _rectangles(n, height * width, transform.scale, transform.ratio)
@@ -232,7 +232,7 @@ def _centre(center: list[float] | None, height: int, width: int) -> tuple[float,
     return (0.0, 0.0) if center is None else (center[0] - width * 0.5, center[1] - height * 0.5)
 
 
-def _random_affine(transform: v2.RandomAffine | v2.RandomRotation) -> BatchTransform | None:
+def _random_affine(transform: v2.RandomAffine | v2.RandomRotation) -> _BatchTransform | None:
     mode, (takes, fill) = _mode(transform.interpolation), _fill(transform.fill)
     if mode is None or not takes or getattr(transform, "expand", False):
         return None
@@ -262,7 +262,7 @@ def _random_affine(transform: v2.RandomAffine | v2.RandomRotation) -> BatchTrans
 
 
 # -- colour --------------------------------------------------------------------------------------------------------
-def _color_jitter(transform: v2.ColorJitter) -> BatchTransform | None:
+def _color_jitter(transform: v2.ColorJitter) -> _BatchTransform | None:
     if transform.hue is not None:
         return None
     steps = ((transform.brightness, brightness), (transform.contrast, contrast), (transform.saturation, saturation))
@@ -351,7 +351,7 @@ def _operated(images: Tensor, operations: Tensor, magnitudes: Tensor, mode: str,
     return out
 
 
-def _auto_augment(transform: v2.TrivialAugmentWide | v2.RandAugment) -> BatchTransform | None:
+def _auto_augment(transform: v2.TrivialAugmentWide | v2.RandAugment) -> _BatchTransform | None:
     mode, (takes, fill) = _mode(transform.interpolation), _fill(transform.fill)
     if mode is None or not takes:
         return None
@@ -373,7 +373,7 @@ def _auto_augment(transform: v2.TrivialAugmentWide | v2.RandAugment) -> BatchTra
     return augment
 
 
-_MAKERS: dict[type, Callable[..., BatchTransform | None]] = {
+_MAKERS: dict[type, Callable[..., _BatchTransform | None]] = {
     v2.RandomCrop: _random_crop,
     v2.RandomResizedCrop: _random_resized_crop,
     v2.RandomHorizontalFlip: _flip(-1),
