@@ -1,16 +1,19 @@
 """Augmentation of training batches, on the device they are on (``data.augment``: :class:`Augmentation`): random
 shifts (``shift``), then torchvision ``transforms.v2`` transforms named in the config (``transforms``), each image
-with its own random parameters, then MixUp or CutMix on the whole batch (``mixup_alpha``, ``cutmix_alpha``).
+with its own random parameters, then MixUp or CutMix on the whole batch (``mixup_alpha``, ``cutmix_alpha``). The
+common transforms run as their batch versions (:mod:`project.data.batch_transforms`: the whole batch at once, on its
+device, each image its own draw from v2's distributions); the others run on each image on its own, said once on the
+console when the data is set up.
 
 Every data path (in memory, from the cache, a DataLoader) hands the data module batches of pixels, and the module
 augments them in one place (:meth:`project.data.ImageDataModule.on_after_batch_transfer`), on the 0..1 scale that
 ``transforms.v2`` takes for colour operations, before it normalises them, once.
 
-Randomness: torchvision draws its parameters from torch's global generators, which the training loop owns (dropout,
-and :class:`project.training.resume.ExactResume` restores them on resume). So each batch is augmented under
-``torch.random.fork_rng`` with a seed of its own, drawn from the augmentation's generator (in the data module's
-``state_dict``, saved in the checkpoint) and mixed with the process's rank: the loop's generators are untouched, a
-resumed run draws the seeds the uninterrupted one drew, and two DDP processes do not augment alike.
+Randomness: torchvision (and the batch versions) draw their parameters from torch's global generators, which the
+training loop owns (dropout, and :class:`project.training.resume.ExactResume` restores them on resume). So each batch
+is augmented under ``torch.random.fork_rng`` with a seed of its own, drawn from the augmentation's generator (in the
+data module's ``state_dict``, saved in the checkpoint) and mixed with the process's rank: the loop's generators are
+untouched, a resumed run draws the seeds the uninterrupted one drew, and two DDP processes do not augment alike.
 
 Classes named in a config are code: only the public classes of ``torchvision.transforms.v2``, and subclasses of its
 ``Transform`` from modules the user trusted (:mod:`project.trusted`), already imported, are built.
@@ -74,7 +77,7 @@ _SEED_RANKS = 2**16
 """A batch's seed is ``draw * _SEED_RANKS + rank``: distinct for every draw and every rank below this."""
 
 
-def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+def _random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Shift each image by a whole number of pixels in [-max_shift, max_shift] along each axis (edges repeated)."""
     count, _, height, width = images.shape
     shifts = torch.randint(-max_shift, max_shift + 1, (count, 2), generator=generator).to(images)
@@ -155,9 +158,10 @@ class Augmentation:
 
     Args:
         transforms: torchvision ``transforms.v2`` transforms for training images, in order, each image its own random
-            draw: a class name or ``{class_path: ..., init_args: {...}}`` each, such as
-            ``[{class_path: RandomResizedCrop, init_args: {size: 28, scale: [0.8, 1.0]}}, RandomErasing]``. They see
-            float images on the 0..1 scale, before normalisation.
+            draw (whole batches at once where :mod:`project.data.batch_transforms` has a batch version): a class name
+            or ``{class_path: ..., init_args: {...}}`` each, such as ``[{class_path: RandomResizedCrop, init_args:
+            {size: 28, scale: [0.8, 1.0]}}, RandomErasing]``. They see float images on the 0..1 scale, before
+            normalisation.
         shift: random shifts of up to this many pixels along each axis, edges repeated (0: off), before
             ``transforms``.
         mixup_alpha: MixUp training batches, each with a share drawn from Beta(alpha, alpha) (0: off; 0.2 is usual);
@@ -237,7 +241,8 @@ class BatchAugmentation:
         """Try the transforms once, when the data is set up, on a few random images of ``shape`` ``(C, H, W)``: float
         pixels on the 0..1 scale, as :meth:`__call__` takes them, under a generator of their own. Refused in one line,
         naming the entry: a transform that fails on them, gives back something other than an image, or would be
-        meaningless on them (:func:`_unfit_for`); and a list that changes the images' size (the network takes one)."""
+        meaningless on them (:func:`_unfit_for`); and a list that changes the images' size (the network takes one).
+        Then the batch versions run once on them too, and the transforms without one are named on the console."""
         if self.per_image is None:
             return
         for index, transform in enumerate(self.transforms):
@@ -274,7 +279,7 @@ class BatchAugmentation:
         :meth:`seeded`, with draws from :attr:`generator` (mixed with the process's ``rank``): the shifts first, and
         with the same draws as before the transforms existed."""
         if self.shift:
-            units = random_shift(units, self.shift, self.generator)
+            units = _random_shift(units, self.shift, self.generator)
         if self.per_image is not None or self.mix is not None:
             units, targets = self.seeded(units, targets, batch_seed(self.generator, rank))
         return units, targets
