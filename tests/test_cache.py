@@ -347,6 +347,13 @@ def test_torchvisions_decoder_gives_pils_pixels(mode, suffix, channels, tmp_path
     assert torch.equal(direct, conversion.decode(path))
 
 
+AUGMENTED = (
+    "[RandomHorizontalFlip, {class_path: RandomRotation, init_args: {degrees: 10}},"
+    " {class_path: GaussianBlur, init_args: {kernel_size: 3, sigma: [0.1, 2.0]}}]"
+)
+"""Transforms with batch versions and one without (the random blur runs per image): both resume exactly."""
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -359,7 +366,8 @@ def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(path, tmp_path, mon
     images = write_image_folder(tmp_path / "images", {"a": 30, "b": 30, "c": 30})
     small = ["--model.network.init_args.width=8", "--model.network.init_args.hidden_size=16"]
     data = ["--data=ImageFolderDataModule", f"--data.data_dir={images}", *path, "--data.batch_size=12",
-            f"--data.decoded.cache_dir={tmp_path / 'cache'}", "--data.augment.shift=2"]  # fmt: skip
+            f"--data.decoded.cache_dir={tmp_path / 'cache'}", "--data.augment.shift=2",
+            f"--data.augment.transforms={AUGMENTED}"]  # fmt: skip
     recipe = tmp_path / "settings.yaml"
     recipe.write_text(__import__("yaml").safe_dump(EXACT_RESUME_SETTINGS))
     args = ["fit", f"--config={recipe}", *data, *small, "--test_after_fit=false"]  # 6 steps per epoch, 12 in all
