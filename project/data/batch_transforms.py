@@ -179,7 +179,9 @@ def _random_erasing(transform: v2.RandomErasing) -> _BatchTransform:
             value = torch.tensor(transform.value, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
             if value.shape[1] not in (1, channels):
                 raise ValueError(f"RandomErasing's value has {value.shape[1]} numbers for {channels} channels")
-            return torch.where(inside, value, images)
+            return (
+                images.masked_fill(inside, value.item()) if value.numel() == 1 else torch.where(inside, value, images)
+            )
         out, where = images.clone(), erased.nonzero()[:, 0].to(images.device)  # value="random": normal noise, as v2's
         noise = torch.randn((len(where), *images.shape[1:]), device=images.device, dtype=images.dtype)
         out[where] = torch.where(inside[where], noise, images[where])
@@ -208,24 +210,26 @@ def _inverse_affine(
 
 def _warp(images: Tensor, theta: Tensor, mode: str, fill: float | None) -> Tensor:
     """``images`` through the inverse affine matrices ``theta`` (N, 2, 3, pixels from the image's centre), as
-    torchvision's affine kernel (its grid, ``grid_sample`` with zeros outside, then ``fill`` there)."""
-    n, channels, height, width = images.shape
+    torchvision's affine kernel: its grid, ``grid_sample`` with zeros outside, then ``fill`` where its mask (the
+    share of in-image pixels a point samples) says, even a fill of 0 (bilinear: the edges then darken twice, as in
+    v2). The grid and the mask are made by broadcasting, the mask from the grid (v2 samples a channel of ones)."""
+    height, width = images.shape[-2:]
     options = {"dtype": images.dtype, "device": images.device}
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, **options)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, **options)
-    ones = torch.ones(height, width, **options)
-    base = torch.stack((xs.expand(height, width), ys[:, None].expand(height, width), ones), dim=-1)
-    rescaled = theta.transpose(1, 2) / torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float64)
-    grid = (base.view(1, -1, 3) @ rescaled.to(**options)).view(n, height, width, 2)
-    if fill is not None:  # v2's mask, even for a fill of 0 (bilinear: the edges darken twice, as v2's)
-        images = torch.cat((images, torch.ones_like(images[:, :1])), dim=1)
-    out = F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, **options)[None, None, :]
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, **options)[None, :, None]
+    scaled = (theta / torch.tensor([[0.5 * width], [0.5 * height]], dtype=torch.float64)).to(**options)
+    rows = [scaled[:, row, :, None, None] for row in (0, 1)]
+    grid_x, grid_y = (row[:, 0] * xs + row[:, 1] * ys + row[:, 2] for row in rows)
+    out = F.grid_sample(images, torch.stack((grid_x, grid_y), dim=-1), mode=mode, align_corners=False)
     if fill is None:
         return out
-    out, mask = out[:, :channels], out[:, channels:]
+    x, y = ((grid_x + 1) * width - 1) / 2, ((grid_y + 1) * height - 1) / 2  # in pixels
     if mode == "nearest":
-        return torch.where(mask < 0.5, fill, out)
-    return (out - fill) * mask + fill
+        x, y = x.round(), y.round()
+        inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+        return out.masked_fill_(~inside[:, None], fill)
+    share = torch.minimum(x + 1, width - x).clamp(0, 1) * torch.minimum(y + 1, height - y).clamp(0, 1)
+    return out.sub_(fill).mul_(share[:, None]).add_(fill)
 
 
 def _centre(center: list[float] | None, height: int, width: int) -> tuple[float, float]:
