@@ -6,6 +6,7 @@ said once."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -214,3 +215,13 @@ def test_batches_are_augmented_on_the_gpu_they_are_on():
     out, targets = augmentation.seeded(images, labels, seed=3)
     assert out.device.type == "cuda" and out.shape == images.shape and targets.shape == (8, 10)
     torch.testing.assert_close(augmentation.seeded(images, labels, seed=3)[0], out)
+
+
+def test_the_benchmark_measures_both_ways_on_a_preset():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_augment.py"
+    spec = importlib.util.spec_from_file_location("benchmark_augment", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.preset_options("augment_finetune", 28)["transforms"][0]["init_args"]["size"] == 28
+    per_image_rate, batch_rate = benchmark.measure("augment_finetune", (1, 28, 28), 8, 1, torch.device("cpu"))
+    assert per_image_rate > 0 and batch_rate > 0

@@ -265,14 +265,15 @@ class BatchAugmentation:
         self.tell_per_image()
 
     def tell_per_image(self) -> None:
-        """Say once, on the console, which transforms run on each image on its own (no batch version), and so slower."""
+        """Say once, on the console, which transforms run on each image on its own (no batch version), and so slower:
+        when the data is set up (:meth:`try_on`), or else at the first batch."""
         slow = [type(step).__name__ for batched, step in self.steps if not batched for step in step.transforms]
         if slow and not self.told:
-            self.told = True
             rank_zero_info(
                 f"note: {_WHERE}: {', '.join(slow)} run on each image on its own (no batch version, or options it "
                 "does not take): slower than the others (docs/augmentation.md)"
             )
+        self.told = True
 
     def __call__(self, units: Tensor, targets: Tensor, rank: int) -> tuple[Tensor, Tensor]:
         """A training batch augmented: ``units`` (N, C, H, W, float pixels on the 0..1 scale) shifted, then through
@@ -280,6 +281,8 @@ class BatchAugmentation:
         with the same draws as before the transforms existed."""
         if self.shift:
             units = _random_shift(units, self.shift, self.generator)
+        if not self.told:
+            self.tell_per_image()
         if self.per_image is not None or self.mix is not None:
             units, targets = self.seeded(units, targets, batch_seed(self.generator, rank))
         return units, targets

@@ -144,11 +144,10 @@ def _random_resized_crop(transform: v2.RandomResizedCrop) -> _BatchTransform | N
                            (height - heights) // 2)  # fmt: skip
         lefts = torch.where(found, torch.floor(torch.rand(n, dtype=torch.float64) * (width - widths + 1)),
                             (width - widths) // 2)  # fmt: skip
-        xs = _sample_points(lefts, widths, out_width) / width * 2 - 1
-        ys = _sample_points(tops, heights, out_height) / height * 2 - 1
+        xs = (_sample_points(lefts, widths, out_width) / width * 2 - 1).to(images.device, images.dtype)
+        ys = (_sample_points(tops, heights, out_height) / height * 2 - 1).to(images.device, images.dtype)
         grid = torch.stack((xs[:, None, :].expand(n, out_height, out_width),
                             ys[:, :, None].expand(n, out_height, out_width)), dim=-1)  # fmt: skip
-        grid = grid.to(images.device, images.dtype)
         return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
     return resized_crop
