@@ -8,6 +8,12 @@ training runs them (``BatchAugmentation.seeded``). Prints images per second and 
     python scripts/benchmark_augment.py                  # on the CPU, one thread
     python scripts/benchmark_augment.py --device cuda    # on a GPU, when there is one
     python scripts/benchmark_augment.py --quick          # one repeat each: a smoke test
+    python scripts/benchmark_augment.py --kornia         # and kornia.augmentation's versions of the presets
+
+``--kornia`` adds a column: the same presets in ``kornia.augmentation`` (``AugmentationSequential`` of its
+``RandomCrop``, ``RandomHorizontalFlip``, ``RandomAffine``, ``RandomResizedCrop``, ``auto.TrivialAugment``,
+``RandomErasing``; kornia installed apart: ``pip install kornia``), then the same MixUp / CutMix: the comparison the
+batch versions here were chosen on.
 """
 
 from __future__ import annotations
@@ -52,6 +58,24 @@ def per_image(augmentation: BatchAugmentation) -> Callable[[torch.Tensor, torch.
     return run
 
 
+def kornia_version(preset: str, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The preset's transforms in ``kornia.augmentation``, as near as kornia has them."""
+    import kornia.augmentation as K  # only for --kornia: not a dependency of the project
+
+    if preset == "augment":
+        steps = [
+            K.RandomCrop((size, size), padding=2),
+            K.RandomHorizontalFlip(),
+            K.RandomErasing(scale=(0.02, 0.2), p=0.5),
+        ]
+    elif preset == "augment_digits":
+        steps = [K.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1)), K.RandomErasing(scale=(0.02, 0.1), p=0.25)]
+    else:
+        steps = [K.RandomResizedCrop((size, size)), K.RandomHorizontalFlip(), K.auto.TrivialAugment()]
+        steps.append(K.RandomErasing(p=0.25))
+    return K.AugmentationSequential(*steps)
+
+
 def median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
     """Median seconds of ``repeats`` runs after one warm-up (CUDA synchronised around each)."""
     run()
@@ -67,8 +91,11 @@ def median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -
     return sorted(times)[len(times) // 2]
 
 
-def measure(preset: str, shape: tuple[int, int, int], batch: int, repeats: int, device: torch.device) -> tuple:
-    """Images per second of the preset per image and in batches, on ``batch`` random images of ``shape``."""
+def measure(
+    preset: str, shape: tuple[int, int, int], batch: int, repeats: int, device: torch.device, kornia: bool = False
+) -> tuple:
+    """Images per second of the preset per image and in batches (and through kornia), on ``batch`` random images of
+    ``shape``."""
     augmentation = BatchAugmentation(Augmentation(**preset_options(preset, shape[1])), seed=0)
     augmentation.mix_with("multiclass", 10)
     generator = torch.Generator().manual_seed(0)
@@ -76,7 +103,12 @@ def measure(preset: str, shape: tuple[int, int, int], batch: int, repeats: int, 
     labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
     slow = median_seconds(lambda: per_image(augmentation)(images, labels), repeats, device)
     fast = median_seconds(lambda: augmentation.seeded(images, labels, 1), repeats, device)
-    return batch / slow, batch / fast
+    if not kornia:
+        return batch / slow, batch / fast
+    other = kornia_version(preset, shape[1]).to(device)
+    mix = augmentation.mix or (lambda images, labels: images)
+    mixed = median_seconds(lambda: mix(other(images), labels), repeats, device)
+    return batch / slow, batch / fast, batch / mixed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each (median; default 7)")
     parser.add_argument("--quick", action="store_true", help="one timed run each: a smoke test")
+    parser.add_argument("--kornia", action="store_true", help="and kornia.augmentation's versions (kornia installed)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -92,13 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"# {when}, {name}, torch {torch.__version__}, {args.threads} thread(s), median of {repeats}")
-    print("| preset | images | per image (v2), images/s | batch, images/s | batch / per image |")
-    print("|---|---|---|---|---|")
+    extra = (" kornia, images/s |", "---|") if args.kornia else ("", "")
+    print(f"| preset | images | per image (v2), images/s | batch, images/s | batch / per image |{extra[0]}")
+    print(f"|---|---|---|---|---|{extra[1]}")
     for preset in PRESETS:
         for shape, batch in SIZES:
-            slow, fast = measure(preset, shape, batch, repeats, device)
+            slow, fast, *other = measure(preset, shape, batch, repeats, device, kornia=args.kornia)
             size = f"{batch} x {shape[0]}x{shape[1]}x{shape[2]}"
-            print(f"| `{preset}` | {size} | {slow:,.0f} | {fast:,.0f} | {fast / slow:.1f}x |", flush=True)
+            more = f" {other[0]:,.0f} |" if other else ""
+            print(f"| `{preset}` | {size} | {slow:,.0f} | {fast:,.0f} | {fast / slow:.1f}x |{more}", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ KINDS = {
     "vertical flip": v2.RandomVerticalFlip(p=0.3),
     "erasing": v2.RandomErasing(p=0.7, scale=(0.02, 0.3)),
     "erasing with noise": v2.RandomErasing(p=1.0, value="random"),
+    "erasing of lopsided rectangles": v2.RandomErasing(p=1.0, scale=(0.05, 0.2), ratio=(0.2, 0.4)),
     "affine": v2.RandomAffine(20, translate=(0.1, 0.2), scale=(0.8, 1.2), shear=(-10, 10, -5, 5)),
     "bilinear affine with a fill": v2.RandomAffine(15, interpolation=v2.InterpolationMode.BILINEAR, fill=0.5),
     "rotation": v2.RandomRotation(30),

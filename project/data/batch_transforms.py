@@ -165,7 +165,7 @@ def _sample_points(starts: Tensor, lengths: Tensor, size: int) -> Tensor:
 def _random_erasing(transform: v2.RandomErasing) -> _BatchTransform:
     def erase(images: Tensor) -> Tensor:
         n, channels, height, width = images.shape
-        heights, widths = _rectangles(n, height * width, transform.scale, transform.ratio)
+        widths, heights = _rectangles(n, height * width, transform.scale, transform.ratio)  # v2 erases h = sqrt(a * r)
         heights, widths, found = _first_fitting((heights, widths), (heights < height) & (widths < width))
         erased = (torch.rand(n) < transform.p) & found
         tops = torch.floor(torch.rand(n, dtype=torch.float64) * (height - heights + 1))
