@@ -147,3 +147,36 @@ def test_a_model_it_does_not_take_goes_through_torch_and_is_refused_there(
     predict_files(exported_folder, images, tmp_path / "plain.csv")
     predict_files(exported_folder, images, tmp_path / "style.csv", mnist_style=True)
     assert loaded == [(exported_folder, True)]
+
+
+def test_without_onnxruntime_a_folder_predicts_through_its_safetensors_network(
+    exported_folder, fake_data_dir, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    images = [str(path) for path in write_test_images(fake_data_dir, tmp_path / "digits", 3)]
+    predict_files(exported_folder, images, tmp_path / "onnx.csv")
+    real_find_spec, real_load, runs = importlib.util.find_spec, Predictor.load, []
+
+    def find_spec(name, *args):
+        return None if name == "onnxruntime" else real_find_spec(name, *args)
+
+    def load(*args):
+        predictor = real_load(*args)
+        runs.append(predictor.runs)
+        return predictor
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(Predictor, "load", load)
+    predict_files(exported_folder, images, tmp_path / "weights.csv")
+    assert runs == ["model.safetensors"]
+    onnx, weights = (read_rows(tmp_path / name) for name in ("onnx.csv", "weights.csv"))
+    assert [row["predicted"] for row in weights] == [row["predicted"] for row in onnx]
+    assert [float(row["p_3"]) for row in weights] == pytest.approx([float(row["p_3"]) for row in onnx], abs=1e-5)
+
+
+def read_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
