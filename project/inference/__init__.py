@@ -1,7 +1,7 @@
 """Using a trained model: whole-split evaluation reports (:mod:`project.inference.evaluation`), prediction of new
-images (:mod:`project.inference.prediction`; the ``predict`` command and its CSV: :mod:`project.inference.
-prediction_files`; an ONNX file run without torch: :mod:`project.inference.numpy_predictor`) and exports
-(:mod:`project.inference.export`).
+images (:mod:`project.inference.prediction`; the ``predict`` command and its CSV:
+:mod:`project.inference.prediction_files`; an ONNX file run without torch: :mod:`project.inference.numpy_predictor`)
+and exports (:mod:`project.inference.export`).
 
 Each name below is imported from its module when first used, not with this package: ``predict`` from an ONNX file
 imports :mod:`project.inference.prediction_files` without torch, Lightning or the training code that the other
