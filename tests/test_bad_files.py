@@ -81,7 +81,8 @@ def test_export_into_a_dangling_link_is_refused_and_writes_nothing(
 
 
 def test_prediction_cells_that_a_spreadsheet_would_run_are_escaped(pretrained_checkpoint, tmp_path, monkeypatch):
-    from project.inference.prediction import Predictor, image_paths, write_csv
+    from project.inference.prediction import Predictor
+    from project.inference.prediction_files import image_paths, write_csv
 
     folder = write_image_folder(tmp_path / "images", {"a": 1}, mode="L", size=28) / "a"
     names = ("=HYPERLINK(1).png", "+1.png", "-1.png", "@SUM(1).png")

@@ -109,7 +109,7 @@ def test_the_command_says_what_it_does_at_once_but_not_for_help(capsys, monkeypa
 
 
 def test_a_long_loop_says_how_far_it_is_and_a_short_one_says_nothing():
-    from project.training.progress import Counting
+    from project.inference.counting import Counting
 
     said: list[str] = []
     quick = Counting("predict", "images", 2000, every=60, out=said.append)

@@ -35,7 +35,8 @@ def test_a_torchvision_backbone_with_local_weights_fine_tunes_resumes_exactly_an
     from helpers import Interrupted
 
     from project.inference.export import export_checkpoint
-    from project.inference.prediction import Predictor, image_paths
+    from project.inference.prediction import Predictor
+    from project.inference.prediction_files import image_paths
 
     args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
     args.append("--test_after_fit=false")
@@ -135,7 +136,8 @@ def test_a_library_or_channel_count_outside_what_is_allowed_is_refused_by_name()
 
 @pytest.mark.slow
 def test_lora_on_a_library_backbone_keeps_the_reference_to_its_base_weights(image_folder, run_dir, mobilenet_weights):
-    from project.inference.prediction import Predictor, image_paths
+    from project.inference.prediction import Predictor
+    from project.inference.prediction_files import image_paths
 
     args = ["fit", *library_args(image_folder, "torchvision", "mobilenet_v3_small", mobilenet_weights)]
     run_cli([*args, "--config=lora", "--model.lora.rank=4", "--test_after_fit=false"])

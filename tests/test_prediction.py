@@ -14,7 +14,8 @@ from helpers import bound_task, run_script
 
 from project.data import Loading, Split
 from project.errors import UserInputError
-from project.inference.prediction import Predictor, image_paths
+from project.inference.prediction import Predictor
+from project.inference.prediction_files import image_paths
 from project.training.task_module import TaskModule
 
 

@@ -30,3 +30,20 @@ def test_the_benchmark_runs_its_four_ways_and_writes_the_table_and_json(tmp_path
     assert [run["name"] for run in report["runs"]] == ["tutorial", "tuned", "project", "project-fast"]
     assert all(run["epochs"] and run["peak_rss_mb"] > 0 for run in report["runs"])
     assert not (tmp_path / "logs").exists()  # the Trainer runs log into a temporary folder
+
+
+@pytest.mark.slow
+def test_the_startup_benchmark_times_each_command_and_writes_the_table_and_json(
+    pretrained_checkpoint, fake_data_dir, tmp_path
+):
+    out = tmp_path / "startup.json"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_startup.py"), "--data-dir", str(fake_data_dir),
+               "--checkpoint", str(pretrained_checkpoint), "--quick", "--images", "3", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "| command | first line s (min / median) | whole process s (min / median) |" in result.stdout
+    report = json.loads(out.read_text())
+    names = [row["command"] for row in report["commands"]]
+    assert names[:2] == ["import project", "import torch (reference)"] and "predict, model folder (ONNX)" in names
+    assert all(0 < row["first_line_min"] <= row["end_min"] for row in report["commands"])
+    assert list(tmp_path.iterdir()) == [out]  # its work folder is removed

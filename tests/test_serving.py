@@ -29,7 +29,7 @@ from conftest import REPO_ROOT, write_test_images
 from helpers import cli_error
 from PIL import Image
 
-from project.inference.prediction import predict_files
+from project.inference.prediction_files import predict_files
 from project.inference.serving_inputs import MAX_PIXELS, png_bytes
 
 MAX_BYTES = 300_000

@@ -29,7 +29,8 @@ def test_checkpoints_predictions_reports_and_exports_are_readable_by_others_unde
     quick_args, run_dir, umask_022, tmp_path
 ):
     from project.inference.export import export_checkpoint
-    from project.inference.prediction import Predictor, image_paths, write_csv
+    from project.inference.prediction import Predictor
+    from project.inference.prediction_files import image_paths, write_csv
 
     run_cli(["fit", *quick_args, "--trainer.max_epochs=1"])
     run = run_dir / "logs" / "mnist" / "version_0"

@@ -158,8 +158,9 @@ def _saying(name: str) -> Callable[[str], None]:
 
 
 def _predict(options: Namespace) -> None:
-    """``predict``'s CSV (a file that cannot be decoded is named on stderr and skipped)."""
-    from project.inference.prediction import predict_files
+    """``predict``'s CSV (a file that cannot be decoded is named on stderr and skipped). An ONNX file runs without
+    torch (:mod:`project.inference.prediction_files`)."""
+    from project.inference.prediction_files import predict_files
 
     count, skipped = predict_files(options.model, options.images, options.out, options.batch_size, options.mnist_style)
     print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
@@ -174,6 +175,8 @@ def _serve(options: Namespace) -> None:
     serve(options.folder, ServeSettings(**settings))
 
 
+_LOADING = {"predict": "loading the model"}
+"""What a subcommand says it does first, while it imports (torch, for all but ``predict`` from an ONNX file)."""
 _RUNNERS: dict[str, Callable[[Namespace], None]] = {
     "evaluate": _evaluate,
     "export": _export,
@@ -194,7 +197,7 @@ def run(name: str, args: list[str], prog: str) -> None:
         crossval_arguments(args, prog)
         return
     options = _parse_command(name, args, prog)
-    print(f"{name}: loading torch and the model ...", flush=True)  # (the imports below take seconds)
+    print(f"{name}: {_LOADING.get(name, 'loading torch and the model')} ...", flush=True)  # (imports take seconds)
     trust(*options.trust)
     _RUNNERS[name](options)
 

@@ -20,10 +20,11 @@ from torch import Tensor
 from project.data import ImageDataModule
 from project.errors import DataNotFoundError, UserInputError, first_line
 from project.files.atomic import written_folder
+from project.inference.counting import Counting
+from project.inference.prediction_files import checked_preprocessing
 from project.reports.figures import confusion_figure
 from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
-from project.training.progress import Counting
 from project.training.task_module import TaskModule
 
 SPLITS = {"train": "fit", "val": "validate", "test": "test"}
@@ -168,8 +169,6 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
         raise UserInputError(f"the checkpoint's data module arguments do not fit {class_path}: {error}") from None
     stated = checkpoint.get("preprocessing")
     if data.awaiting_normalisation and stated:  # the backbone's, recorded when it trained
-        from project.inference.prediction import checked_preprocessing  # (it rebuilds data modules with this module)
-
         stated = checked_preprocessing(stated, "the checkpoint")
         data.adopt_normalisation(stated["mean"], stated["std"])
     return data

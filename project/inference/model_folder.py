@@ -6,26 +6,28 @@ measured, the largest differences of the exports from the checkpoint), ``model.o
 model card: :mod:`project.inference.model_card`). :func:`load_network` builds the network from ``config.json`` (its
 class from the allow-list: :func:`project.training.checkpoints.allowed_class`) and fills it with the weights of
 ``model.safetensors`` (strictly: every name and shape); :func:`push_folder` uploads a folder to the Hugging Face Hub.
+
+Importing this module imports no torch: :func:`read_config` is what ``predict`` from an ONNX file reads
+(:mod:`project.inference.numpy_predictor`); :func:`load_network` imports torch and the training code when called.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from project.errors import UserInputError, first_line, install_command
-from project.files.weights import read_weights
-from project.networks import Network
-from project.training.checkpoints import allowed_class
-from project.training.specs import from_spec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CONFIG = "config.json"
 """The folder's one metadata file: what the files expect and hold."""
 WEIGHTS = "model.safetensors"
 """The network's weights (its ``state_dict``), read by :func:`load_network`."""
+ONNX = "model.onnx"
+"""The network as an ONNX file (optional), run by onnxruntime."""
 CARD = "README.md"
 """The model card, as the Hugging Face Hub shows it."""
 _REQUIRED = ("network", "preprocessing", "task_class", "task_options", "num_outputs")
@@ -54,6 +56,11 @@ def read_config(folder: Path) -> dict[str, Any]:
 def load_network(folder: Path, config: dict[str, Any] | None = None) -> nn.Module:
     """The network of a model folder, in eval mode: its class (from the allow-list) built with the init arguments
     ``config.json`` records, its weights loaded strictly from ``model.safetensors`` (no pickle anywhere)."""
+    from project.files.weights import read_weights  # (torch and the training code: only for the network)
+    from project.networks import Network
+    from project.training.checkpoints import allowed_class
+    from project.training.specs import from_spec
+
     folder = Path(folder)
     config = read_config(folder) if config is None else config
     weights_path = folder / WEIGHTS

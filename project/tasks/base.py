@@ -169,7 +169,8 @@ class Task:
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
         """What a prediction file says of each image: the decision in words and, where there are any, the
-        probabilities (columns ``p_<class>``)."""
+        probabilities (columns ``p_<class>``), computed in float64 from the outputs, so that the CSV's six digits are
+        the same as those of the torch-free path (:mod:`project.inference.numpy_predictor`)."""
         raise NotImplementedError
 
     def decisions_with_probabilities(
@@ -179,7 +180,7 @@ class Task:
         words = [self.describe(decision, class_names) for decision in self.decisions(outputs)]
         return [
             {"predicted": word, **{f"p_{name}": p for name, p in zip(names, row, strict=True)}}
-            for word, row in zip(words, probabilities.float().tolist(), strict=True)
+            for word, row in zip(words, probabilities.double().tolist(), strict=True)
         ]
 
 

@@ -90,7 +90,7 @@ class Binary(OneOutputTask):
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
         positive = class_names[1:2]  # one column: the probability of the positive class
-        return self.decisions_with_probabilities(outputs, class_names, positive, outputs[:, :1].float().sigmoid())
+        return self.decisions_with_probabilities(outputs, class_names, positive, outputs[:, :1].double().sigmoid())
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         threshold = self.threshold

@@ -119,7 +119,7 @@ class Multiclass(Task):
         return class_names[int(value)]
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-        return self.decisions_with_probabilities(outputs, class_names, class_names, outputs.float().softmax(dim=1))
+        return self.decisions_with_probabilities(outputs, class_names, class_names, outputs.double().softmax(dim=1))
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         classes = self.num_outputs

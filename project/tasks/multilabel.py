@@ -102,7 +102,7 @@ class Multilabel(Task):
         return ",".join(present) or "none"
 
     def prediction_rows(self, outputs: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-        return self.decisions_with_probabilities(outputs, class_names, class_names, outputs.float().sigmoid())
+        return self.decisions_with_probabilities(outputs, class_names, class_names, outputs.double().sigmoid())
 
     def report(self, scores: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
         labels, targets, threshold = self.num_outputs, targets.long(), self.threshold
