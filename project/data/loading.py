@@ -180,6 +180,6 @@ class FloatBatches:
         tensor of their own: uint8 on a CPU written into reused memory where the batch is large."""
         if pixels.dtype != torch.uint8:  # floats: as they are, in a tensor of their own
             return pixels.to(torch.float32, copy=True)
-        if pixels.device.type != "cpu":
+        if pixels.device.type != "cpu" or pixels.numel() * 4 < REUSED_FROM:  # as unit_scaled makes them
             return pixels.to(torch.float32).div_(255)
         return self.empty(tuple(pixels.shape)).copy_(pixels).div_(255)
