@@ -115,11 +115,12 @@ def test_the_main_process_leaves_the_workers_their_cores_while_a_loader_runs(thr
 def test_threads_come_back_when_the_last_of_overlapping_loaders_ends(threads, monkeypatch):
     monkeypatch.setattr(loading_module, "available_cores", lambda: 8)
     torch.set_num_threads(8)
-    training, validation = cores_left_to_workers(2), cores_left_to_workers(6)
+    training, validation = cores_left_to_workers(2), cores_left_to_workers(3)
     training.__enter__()
+    assert torch.get_num_threads() == 6
     validation.__enter__()
-    assert torch.get_num_threads() == 2  # the fewer of the two
+    assert torch.get_num_threads() == 3  # what the workers of both leave
     training.__exit__(None, None, None)  # ends first: the other still runs
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 3
     validation.__exit__(None, None, None)
     assert torch.get_num_threads() == 8

@@ -65,8 +65,10 @@ class _Sharing:
 
 @contextmanager
 def cores_left_to_workers(workers: int) -> Iterator[None]:
-    """While the block runs, torch in this process uses only the cores that ``workers`` DataLoader workers leave (at
-    least one); afterwards, once no other such block runs, as many threads as before.
+    """While the block runs, torch in this process uses only the cores that ``workers`` DataLoader workers leave of
+    its own (the fewer of its threads and the cores it may use; at least one): a DDP process whose threads Lightning
+    set to its share of the machine leaves that share to its workers. Afterwards, once no other such block runs, it
+    has as many threads as before.
 
     Why: torch's OpenMP threads spin for a while after each operation, waiting for the next, and a main process that
     normalises batches on every core while the workers decode on every core takes the workers' time: an epoch of
@@ -81,7 +83,7 @@ def cores_left_to_workers(workers: int) -> Iterator[None]:
         if _Sharing.iterating == 0:
             _Sharing.threads_before = torch.get_num_threads()
         _Sharing.iterating += 1
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), available_cores() - workers)))
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), available_cores()) - workers))
     try:
         yield
     finally:
