@@ -73,9 +73,9 @@ def cores_left_to_workers(workers: int) -> Iterator[None]:
     Why: torch's OpenMP threads spin for a while after each operation, waiting for the next, and a main process that
     normalises batches on every core while the workers decode on every core takes the workers' time: an epoch of
     50,000 PNGs on 2 cores took 2.98 s with 2 threads in the main process against 1.80 s with 1. Setting
-    ``OMP_WAIT_POLICY=PASSIVE`` would cure it too, but only in the environment before torch is imported, and it slows
-    every small operation of a training step. Blocks may nest and overlap (training and validation loaders): the
-    threads go back when the last ends."""
+    ``OMP_WAIT_POLICY=PASSIVE`` would cure it too, but only in the environment before torch is imported, and for every
+    operation of the process, a training step's included (threads that spin take the next operation sooner). Blocks
+    may nest and overlap (training and validation loaders): the threads go back when the last ends."""
     if workers == 0:
         yield
         return
