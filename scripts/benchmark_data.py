@@ -10,8 +10,8 @@
     the cache;
 (d) the limits: ``decode`` is the pure decode rate of the same files on every core (a process pool, the project's
     decoder, nothing else: the ceiling of an uncached epoch); ``decode-float`` adds the conversion to normalised
-    float32, the network's input, which every path makes (on a GPU it is made there); ``read-cache`` reads the
-    cache file in shuffled batches of uint8 (the ceiling of a cached epoch).
+    float32, the network's input, which every path makes (into reused memory on a CPU; on a GPU it is made
+    there); ``read-cache`` reads the cache file in shuffled batches of uint8 (the ceiling of a cached epoch).
 
     python scripts/benchmark_data.py --out docs/benchmark_data.json --plot docs/benchmark_data.png
     python scripts/benchmark_data.py --quick        # 2,000 and 8,000 PNGs, 1,000 JPEGs: a smoke test
@@ -54,6 +54,8 @@ from project.data import DecodedImages, ImageFolderDataModule, Split
 from project.data.cache import HEADER_BYTES, SUFFIX, DecodedCache
 from project.data.cores import available_cores
 from project.data.decoding import MNIST_MEAN, MNIST_STD, ImageConversion
+from project.data.in_memory import normalised
+from project.data.loading import FloatBatches
 from project.files.atomic import written_whole
 
 BATCH = 256
@@ -233,10 +235,16 @@ def project_path(root: Path, kind: Kind, cache_dir: Path | None, result: Result,
     return loader.num_workers if isinstance(loader, DataLoader) else 0
 
 
+FLOATS = FloatBatches()  # each pool process's own: the batches converted into reused memory, as every path does
+
+
 def decode_only(job: tuple[ImageConversion, list[Path], bool]) -> int:
     conversion, paths, to_float = job
     decoded = [conversion.decode(path) for path in paths]
-    return conversion.normalise(torch.stack(decoded)).numel() if to_float else sum(map(torch.numel, decoded))
+    if not to_float:
+        return sum(map(torch.numel, decoded))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (conversion.mean, conversion.std))
+    return normalised(FLOATS.unit_scaled(torch.stack(decoded)), mean, std, copy=False).numel()
 
 
 def decode_limit(root: Path, kind: Kind, result: Result, to_float: bool) -> None:

@@ -19,7 +19,7 @@ from project.data.augment import Augmentation, BatchAugmentation
 from project.data.cores import available_cores
 from project.data.in_memory import DeviceBatches, SplitTensors, TensorImages, memory_splits, normalised, unit_scaled
 from project.data.labels import Labels, RelabelledTargets
-from project.data.loading import Loading, data_loader
+from project.data.loading import FloatBatches, Loading, data_loader
 from project.data.recording import piece, record_arguments, record_piece
 from project.data.sampler import Position, ResumableSampler, recorded_position, resumed_position
 from project.data.splits import Split, few_shot_indices, fold_split, seeded_split
@@ -96,6 +96,7 @@ class ImageDataModule(L.LightningDataModule):
         self.split = piece(Split, split, "data.split")
         self.labels = piece(Labels, labels, "data.labels")
         self.loading = piece(Loading, loading, "data.loading")
+        self.float_batches = FloatBatches()  # what CPU batches are converted into (network_batch)
         augment = piece(Augmentation, augment, "data.augment")
         resolved = {"split": self.split, "labels": self.labels, "augment": augment, "loading": self.loading}
         for name, value in resolved.items():
@@ -363,7 +364,10 @@ class ImageDataModule(L.LightningDataModule):
         if self.arrives_normalised and not augment:
             return images, targets
         mean, std = self.normalisation_on(images.device)
-        units = images * std + mean if self.arrives_normalised else images
+        if self.arrives_normalised:
+            units = images * std + mean
+        else:  # uint8 of a CPU batch: into reused memory where it is large (fresh memory costs more than converting)
+            units = self.float_batches.unit_scaled(images) if images.dtype == torch.uint8 else images
         if augment:
             units, targets = self.augmentation(unit_scaled(units, copy=False), targets, self.trainer.global_rank)
         return normalised(units, mean, std, copy=False), targets

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from project.data.labels import RelabelledTargets
+from project.data.loading import FloatBatches
 from project.data.sampler import ResumableSampler, check_same_shuffle_seed
 
 
@@ -112,6 +113,7 @@ class DeviceBatches:
         self.device = device
         self.batch_size = batch_size
         self.order = sampler  # not "sampler": Lightning would take this for a DataLoader
+        self.floats = FloatBatches()
 
     def __len__(self) -> int:
         count = len(self.order) if self.order is not None else len(self.split.targets)
@@ -147,13 +149,14 @@ class DeviceBatches:
     def gather(self, index: Tensor, buffers: list[Tensor | None], slot: int) -> tuple[Tensor, Tensor]:
         """One batch's pixels (gathered into the first rows of ``buffers[slot]``, made on first use) and targets, on
         the device, in a tensor of their own: on a GPU the copy to it, on the CPU the pixels on the 0..1 scale
-        (:func:`unit_scaled`, the conversion the batch goes through next anyway)."""
+        (:func:`unit_scaled`'s values, the conversion the batch goes through next anyway, written into reused memory:
+        :class:`~project.data.loading.FloatBatches`)."""
         if buffers[slot] is None:
             buffers[slot] = torch.empty((self.batch_size, *self.split.pixels.shape[1:]), dtype=self.split.pixels.dtype)
         pixels = torch.index_select(self.split.pixels, 0, self.split.rows[index], out=buffers[slot][: len(index)])
         targets = self.split.targets[index].to(self.device)
         if self.device.type != "cuda":
-            return unit_scaled(pixels), targets
+            return self.floats.unit_scaled(pixels), targets
         return pixels.pin_memory().to(self.device, non_blocking=True), targets  # pin_memory copies: the buffer is free
 
     def state_dict(self) -> dict[str, Any]:
