@@ -142,6 +142,9 @@ def test_bad_stream_options_are_refused_in_one_line(tmp_path, monkeypatch):
     (tmp_path / "stopped" / "manifest" / "index.json").unlink()
     with pytest.raises(UserInputError, match=r"already holds chunks but the folder has no manifest .*delete it"):
         ImageFolderDataModule(data_dir=str(images), **partial_chunks).prepare_data()
+    read_only = options(tmp_path, f"local:{tmp_path / 'new'}")
+    with pytest.raises(UserInputError, match=r"holds no chunks, and litdata writes chunks only to a folder, s3://"):
+        ImageFolderDataModule(data_dir=str(images), **read_only).prepare_data()
     monkeypatch.setitem(sys.modules, "litdata", None)  # not installed
     with pytest.raises(UserInputError, match=r"^data\.stream\.chunks needs litdata.*pip install 'project\[stream\]'"):
         ImageFolderDataModule(data_dir=str(images), **options(tmp_path, str(tmp_path / "chunks")))
@@ -169,8 +172,9 @@ def test_chunks_that_hold_pickles_are_refused_and_never_unpickled(tmp_path):
     optimize(fn=partial(_pickled_item, str(marker)), inputs=[0, 1], output_dir=str(url), num_workers=1,
              chunk_bytes="1MB", verbose=False, start_method="fork")  # fmt: skip
     assert "pickle" in json.loads((url / "index.json").read_text())["config"]["data_format"]
-    stream = Streamed(chunks=str(tmp_path / "chunks"), cache_dir=str(tmp_path / "downloads"))
-    images = StreamedImages(stream, "train", (1, 2, 2), torch.tensor([0, 1]))
-    with pytest.raises(UserInputError, match=r"serialized as 'pickle': .*never unpickles"):
-        images.pixels_of([1])
+    for chunks in (str(tmp_path / "chunks"), f"local:{tmp_path / 'chunks'}"):  # its index read here, or by litdata
+        stream = Streamed(chunks=chunks, cache_dir=str(tmp_path / "downloads"))
+        images = StreamedImages(stream, "train", (1, 2, 2), torch.tensor([0, 1]))
+        with pytest.raises(UserInputError, match=r"serialized as .*pickle.*: this project reads only int and bytes"):
+            images.pixels_of([1])
     assert not marker.exists()

@@ -42,7 +42,7 @@ from project.data.file_images import DecodedImages, FileImages
 from project.data.labels import RelabelledTargets
 from project.data.recording import piece, record_piece
 from project.data.splits import subset_labels
-from project.data.streaming import Streamed, check_data_dir, opened, read_manifest
+from project.data.streaming import Streamed, check_chunks_or_files, check_data_dir, opened, read_manifest
 from project.errors import DataNotFoundError, UserInputError
 
 _LARGEST_TARGET = 1e18
@@ -85,6 +85,7 @@ class FileDataModule(ImageDataModule):
         check_data_dir(data_dir, self.stream)
         self.manifest = read_manifest(self.stream) if self.stream.chunks is not None else None  # None: none written
         self.streamed_sets: dict[str, Dataset] | None = None
+        self.prepare_data_per_node = self.stream.chunks is None  # chunks: written by one process of the whole run
         if mnist_style:
             check_mnist_style(channels)
         self.awaiting_normalisation = mean is None or std is None
@@ -97,11 +98,7 @@ class FileDataModule(ImageDataModule):
         if self.decoded.cache_shared and not self.decoded.cache:
             rank_zero_info("note: data.decoded.cache_shared has no effect: data.decoded.cache is false (no cache)")
         self.read_sources: dict[Path, FileImages] = {}
-        if self.stream.chunks is not None and self.manifest is None and not self.sources()[0].exists():
-            raise DataNotFoundError(
-                f"{type(self).__name__}: no chunks at data.stream.chunks {self.stream.chunks} yet, and no images to "
-                f"write them from at {self.sources()[0].resolve()} (data.data_dir)"
-            )
+        check_chunks_or_files(self)
 
     stored_names: list[str] | None = None
     """The class or label names the files give (class folders, label columns), kept with the chunks."""

@@ -33,13 +33,15 @@ from torch.utils.data import Dataset
 
 from project.data.batches import ExampleBatch
 from project.data.cache import resolve_cache_dir
-from project.errors import UserInputError
+from project.errors import DataNotFoundError, UserInputError
 
 if TYPE_CHECKING:
     from project.data.files import FileDataModule
 
 _REMOTES = ("s3://", "gs://", "azure://", "r2://", "local:")
 """The object-storage prefixes ``data.stream.chunks`` takes (``local:`` reads a folder as litdata reads a remote)."""
+_READ_ONLY = ("local:", "azure://")
+"""Where litdata reads chunks but does not write them (0.2.76)."""
 _FORMAT = 1
 """The manifest's layout; chunks of another are written again."""
 _CHUNK_BYTES = "64MB"
@@ -151,8 +153,25 @@ def _serializers() -> dict[str, Any]:
     return {name: _Refused(name) for name in _REFUSED}
 
 
+def _check_formats(url: str) -> None:
+    """Refuse a local folder of chunks whose ``index.json`` names a serializer other than ``int`` and ``bytes``, before
+    litdata opens it (chunks in object storage are guarded by :class:`_Refused` alone: litdata fetches their index)."""
+    index = Path(url, "index.json")
+    if index.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise UserInputError(f"{index} is not the index of chunks this project wrote (too large)")
+    config = json.loads(index.read_bytes()).get("config") or {}
+    formats = config.get("data_format") if isinstance(config, dict) else None
+    if not isinstance(formats, list) or not set(formats) <= set(_KEPT):
+        raise UserInputError(
+            f"{index} names items serialized as {formats}: this project reads only int and bytes items from chunks "
+            f"(it never unpickles): they were not written by it"
+        )
+
+
 def _streaming_dataset(url: str, stream: Streamed) -> Any:
     """litdata's dataset of the chunks at ``url``, its downloads kept in the cache folder, read as data."""
+    if not stream.remote:
+        _check_formats(url)
     cache = Path(stream.cache_dir).expanduser() if stream.cache_dir else resolve_cache_dir(None) / "streamed"
     cache.mkdir(parents=True, exist_ok=True)
     size = f"{stream.max_cache_gb}GB" if stream.max_cache_gb is not None else None
@@ -321,10 +340,22 @@ def _streamed_splits(stream: Streamed, manifest: dict[str, Any], shape: tuple[in
     return splits
 
 
+def check_chunks_or_files(module: FileDataModule) -> None:
+    """Refuse a module given chunks to read where there are none yet and no files to write them from."""
+    source = module.sources()[0]
+    if module.stream.chunks is not None and module.manifest is None and not source.exists():
+        raise DataNotFoundError(
+            f"{type(module).__name__}: no chunks at data.stream.chunks {module.stream.chunks} yet, and no images to "
+            f"write them from at {source.resolve()} (data.data_dir)"
+        )
+
+
 def opened(module: FileDataModule) -> dict[str, Any]:
     """``module``'s splits read from its chunks, written first where there are none yet (``module.manifest`` is then
     read again), and checked: the chunks must have been written by the same kind of module with the same conversion
     and, where the files are here too, from them as they are now."""
+    if module.manifest is None:
+        module.manifest = read_manifest(module.stream)  # written since the module was built (by another process)
     if module.manifest is None:
         _write_module(module)
     expected = {"module": type(module).__name__, "conversion": module.conversion.description}
@@ -348,6 +379,11 @@ def _module_key(module: FileDataModule) -> str:
 
 def _write_module(module: FileDataModule) -> None:
     """Write ``module``'s files, decoded (its ``data.decoded`` cache built or opened), as chunks."""
+    if module.stream.chunks.startswith(_READ_ONLY):
+        raise UserInputError(
+            f"data.stream.chunks {module.stream.chunks} holds no chunks, and litdata writes chunks only to a folder, "
+            f"s3://, gs:// or r2://: write them there first (a folder: without local:)"
+        )
     train_source, test_source = module.sources()
     splits = {"train": module.read(train_source)}
     if test_source is not None:
