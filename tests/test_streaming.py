@@ -144,7 +144,7 @@ def test_bad_stream_options_are_refused_in_one_line(tmp_path, monkeypatch):
         ImageFolderDataModule(data_dir=str(images), **partial_chunks).prepare_data()
     read_only = options(tmp_path, f"local:{tmp_path / 'new'}")
     with pytest.raises(UserInputError, match=r"holds no chunks, and litdata writes chunks only to a folder, s3://"):
-        ImageFolderDataModule(data_dir=str(images), **read_only).prepare_data()
+        ImageFolderDataModule(data_dir=str(images), **read_only)
     monkeypatch.setitem(sys.modules, "litdata", None)  # not installed
     with pytest.raises(UserInputError, match=r"^data\.stream\.chunks needs litdata.*pip install 'project\[stream\]'"):
         ImageFolderDataModule(data_dir=str(images), **options(tmp_path, str(tmp_path / "chunks")))
@@ -178,3 +178,17 @@ def test_chunks_that_hold_pickles_are_refused_and_never_unpickled(tmp_path):
         with pytest.raises(UserInputError, match=r"serialized as .*pickle.*: this project reads only int and bytes"):
             images.pixels_of([1])
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_stream_benchmark_reads_every_training_image_each_way(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_stream.py"
+    out = tmp_path / "stream.json"
+    command = [sys.executable, str(script), "--quick", "--work-dir", str(tmp_path), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["path"] for row in rows] == ["write chunks", "in-memory", "cache", "chunks", "chunks-remote"]
+    assert {row["images"] for row in rows[1:]} == {1799}  # 90% of 2,000, less the one validation image

@@ -342,11 +342,17 @@ def _streamed_splits(stream: Streamed, manifest: dict[str, Any], shape: tuple[in
 
 
 def check_chunks_or_files(module: FileDataModule) -> None:
-    """Refuse a module given chunks to read where there are none yet and no files to write them from."""
-    source = module.sources()[0]
-    if module.stream.chunks is not None and module.manifest is None and not source.exists():
+    """Refuse a module given chunks to read where there are none yet and no files to write them from, or a place
+    litdata does not write to."""
+    source, chunks = module.sources()[0], module.stream.chunks
+    if chunks is not None and module.manifest is None and chunks.startswith(_READ_ONLY):
+        raise UserInputError(
+            f"data.stream.chunks {chunks} holds no chunks, and litdata writes chunks only to a folder, s3://, gs:// "
+            f"or r2://: write them there first (a folder: without local:)"
+        )
+    if chunks is not None and module.manifest is None and not source.exists():
         raise DataNotFoundError(
-            f"{type(module).__name__}: no chunks at data.stream.chunks {module.stream.chunks} yet, and no images to "
+            f"{type(module).__name__}: no chunks at data.stream.chunks {chunks} yet, and no images to "
             f"write them from at {source.resolve()} (data.data_dir)"
         )
 
@@ -380,11 +386,6 @@ def _module_key(module: FileDataModule) -> str:
 
 def _write_module(module: FileDataModule) -> None:
     """Write ``module``'s files, decoded (its ``data.decoded`` cache built or opened), as chunks."""
-    if module.stream.chunks.startswith(_READ_ONLY):
-        raise UserInputError(
-            f"data.stream.chunks {module.stream.chunks} holds no chunks, and litdata writes chunks only to a folder, "
-            f"s3://, gs:// or r2://: write them there first (a folder: without local:)"
-        )
     train_source, test_source = module.sources()
     splits = {"train": module.read(train_source)}
     if test_source is not None:
