@@ -157,6 +157,8 @@ def _check_formats(url: str) -> None:
     """Refuse a local folder of chunks whose ``index.json`` names a serializer other than ``int`` and ``bytes``, before
     litdata opens it (chunks in object storage are guarded by :class:`_Refused` alone: litdata fetches their index)."""
     index = Path(url, "index.json")
+    if not index.is_file():
+        raise UserInputError(f"{url} holds no chunks (no index.json): those chunks are incomplete; write them again")
     if index.stat().st_size > _MAX_MANIFEST_BYTES:
         raise UserInputError(f"{index} is not the index of chunks this project wrote (too large)")
     config = json.loads(index.read_bytes()).get("config") or {}
