@@ -8,10 +8,15 @@ side by side in one process, on a generated folder of 28x28 greyscale PNGs (10 c
   the memory-mapped cache file);
 - ``chunks``: the chunks in a local folder, read in place through DataLoader workers (one per core);
 - ``chunks-remote``: the same chunks behind litdata's ``local:`` prefix, as object storage is read: chunks are
-  downloaded whole into ``data.stream.cache_dir`` as batches need them (epoch 1), then read from there.
+  downloaded whole into ``data.stream.cache_dir`` as batches need them (epoch 1), then read from there;
+- ``chunks, no workers``: the chunks in a folder read by the main process (``--data.loading.num_workers 0``).
 
-Writing the chunks (decoding every file, once) is timed apart. Each path iterates the training split (90%) in batches
-of 256 and normalises them as the Trainer would (``on_after_batch_transfer``, on the CPU); nothing is trained.
+On the chunk paths the training order follows the chunks (:mod:`project.data.stream_order`): each is read whole once
+an epoch by each process that reads it, its items served from memory.
+
+Decoding the files into the cache (once, what the cache path's first epoch costs) and writing the chunks from it are
+timed apart. Each path iterates the training split (90%) in batches of 256 and normalises them as the Trainer would
+(``on_after_batch_transfer``, on the CPU); nothing is trained.
 
     python scripts/benchmark_stream.py --out docs/benchmark_stream.json
     python scripts/benchmark_stream.py --quick      # 2,000 images: a smoke test
@@ -53,18 +58,17 @@ def write_folder(root: Path, count: int) -> Path:
 
 def module(folder: Path, work: Path, **options) -> ImageFolderDataModule:
     split = Split(val_size=1, test_size=0.1)
-    return ImageFolderDataModule(
-        data_dir=str(folder), batch_size=BATCH, split=split, decoded=options.pop("decoded", {"cache_dir": str(work)}),
-        **options,
-    )  # fmt: skip
+    decoded = options.pop("decoded", {"cache_dir": str(work / "cache")})
+    return ImageFolderDataModule(data_dir=str(folder), batch_size=BATCH, split=split, decoded=decoded, **options)
 
 
 def epochs(data: ImageFolderDataModule, count: int = 2) -> list[tuple[float, int]]:
-    """Seconds and images of ``count`` passes over the training split."""
-    out = []
+    """Seconds and images of ``count`` passes over the training split, through one loader, as the Trainer keeps it
+    (DataLoader workers started in the first, kept for the next)."""
+    out, loader = [], data.train_dataloader()
     for _ in range(count):
         start, seen = time.perf_counter(), 0
-        for batch in data.train_dataloader():
+        for batch in loader:
             images, _ = data.on_after_batch_transfer(batch, 0)
             seen += len(images)
         out.append((time.perf_counter() - start, seen))
@@ -75,15 +79,22 @@ def measure(folder: Path, work: Path) -> list[dict]:
     chunks, downloads = work / "chunks", work / "downloads"
     shutil.rmtree(chunks, ignore_errors=True)
     shutil.rmtree(downloads, ignore_errors=True)
-    module(folder, work).setup("fit")  # the decoded cache, built once: every path starts from it
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    start = time.perf_counter()
+    module(folder, work).setup("fit")  # the decoded cache, built once (every file decoded): every path starts from it
+    rows = [{"path": "decode into the cache", "setup_s": time.perf_counter() - start}]
     start = time.perf_counter()
     module(folder, work, stream={"chunks": str(chunks), "cache_dir": str(downloads)}).prepare_data()
-    rows = [{"path": "write chunks", "setup_s": time.perf_counter() - start}]
+    rows.append({"path": "write chunks", "setup_s": time.perf_counter() - start})
     paths = {
         "in-memory": {},
-        "cache": {"decoded": DecodedImages(cache_dir=str(work), max_memory_mb=0)},
+        "cache": {"decoded": DecodedImages(cache_dir=str(work / "cache"), max_memory_mb=0)},
         "chunks": {"stream": {"chunks": str(chunks), "cache_dir": str(downloads)}},
         "chunks-remote": {"stream": {"chunks": f"local:{chunks}", "cache_dir": str(downloads)}},
+        "chunks, no workers": {
+            "stream": {"chunks": str(chunks), "cache_dir": str(downloads)},
+            "loading": {"num_workers": 0},
+        },
     }
     for name, options in paths.items():
         start = time.perf_counter()

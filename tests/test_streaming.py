@@ -1,7 +1,7 @@
 """Image folders and CSVs as litdata chunks (``data.stream``): written once from the files, read back from a folder or
-a "remote" (a local folder behind litdata's ``local:`` prefix) with the files' pixels, targets, splits, few-shot
-subsets and order; a run killed mid-epoch and resumed from the chunks ends as the uninterrupted one; one line for bad
-input; nothing in the chunks is unpickled."""
+a "remote" (a local folder behind litdata's ``local:`` prefix) with the files' pixels, targets, splits and few-shot
+subsets, trained in an order that reads each chunk once an epoch; a run killed mid-epoch and resumed from the chunks
+ends as the uninterrupted one; one line for bad input; nothing in the chunks is unpickled."""
 
 from __future__ import annotations
 
@@ -21,7 +21,15 @@ from test_cache import batches, write_csv
 from test_reliability import assert_same_training_state
 
 from project.cli import run_cli
-from project.data import CSVMultilabelDataModule, CSVRegressionDataModule, DecodedImages, ImageFolderDataModule
+from project.data import (
+    CSVMultilabelDataModule,
+    CSVRegressionDataModule,
+    DecodedImages,
+    ImageFolderDataModule,
+    streaming,
+)
+from project.data.sampler import ResumableSampler
+from project.data.stream_order import CHUNK_WINDOW, ChunkSampler, chunk_layout, chunk_order
 from project.data.streaming import Streamed, StreamedImages
 from project.errors import DataNotFoundError, UserInputError
 
@@ -43,18 +51,29 @@ def options(tmp_path: Path, chunks: str, **extra) -> dict:
     return {"decoded": decoded, "stream": stream, "loading": {"in_memory": False, "num_workers": 0}, **extra}
 
 
+def examples(batched) -> list[tuple[bytes, bytes]]:
+    """The (image, target) pairs of some batches, in a canonical order: what an epoch holds, whatever its order."""
+    pairs = [(image, target) for images, targets in batched for image, target in zip(images, targets, strict=True)]
+    return sorted((image.numpy().tobytes(), target.numpy().tobytes()) for image, target in pairs)
+
+
 def same_batches(files, streamed) -> None:
+    """The same validation and test batches as from the files, and the same training examples each epoch (in the
+    chunks' own order)."""
     for data in (files, streamed):
         data.prepare_data()
         data.setup("fit")
     for split in SPLITS:
         expected, actual = batches(files, split), batches(streamed, split)
         assert len(expected) == len(actual) > 0
+        if split == "train_dataloader":
+            assert examples(expected) == examples(actual)
+            continue
         for (images, targets), (streamed_images, streamed_targets) in zip(expected, actual, strict=True):
             assert torch.equal(images, streamed_images) and torch.equal(targets, streamed_targets), split
 
 
-def test_chunks_give_the_files_batches_from_a_folder_and_from_a_remote(tmp_path, console):
+def test_chunks_give_the_files_examples_from_a_folder_and_from_a_remote(tmp_path, console):
     images = write_image_folder(tmp_path / "images" / "train", {"a": 20, "b": 20, "c": 20})
     write_image_folder(tmp_path / "images" / "test", {"a": 5, "b": 5, "c": 5})
     few = {"split": {"val_size": 12, "samples_per_class": 8}, "labels": {"only_classes": [2, 0]}, "batch_size": 5}
@@ -86,10 +105,62 @@ def test_csv_targets_come_back_from_the_chunks(module, tmp_path):
     assert remote.class_names == streamed.class_names and remote.task == files.task
 
 
+def leaf_of(dataset):
+    while not isinstance(dataset, StreamedImages):
+        dataset = dataset.dataset
+    return dataset
+
+
+def test_training_reads_each_chunk_once_an_epoch_in_a_seeded_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 8000)  # about 10 images a chunk
+    images = write_image_folder(tmp_path / "images", {"a": 40, "b": 40, "c": 40})
+    few = {"split": {"val_size": 10, "samples_per_class": 20}, "labels": {"only_classes": [0, 2]}, "batch_size": 7}
+    ImageFolderDataModule(data_dir=str(images), **options(tmp_path, str(tmp_path / "chunks"))).prepare_data()
+    data = ImageFolderDataModule(data_dir=str(images), **options(tmp_path, f"local:{tmp_path / 'chunks'}", **few))
+    data.prepare_data()
+    data.setup("fit")
+    chunk_of = chunk_layout(data.train_set)
+    assert len(chunk_of) == 40 and len(chunk_of.unique()) > 2 * CHUNK_WINDOW  # a subset over several windows
+    held = leaf_of(data.train_set).chunks()
+    reads, read = [], held.read
+    held.read = lambda start, end: reads.append(start) or read(start, end)
+
+    def epoch(sampler) -> list[int]:
+        """An epoch through ``sampler`` (the chunks read recorded), and its order."""
+        held.held.clear()
+        reads.clear()
+        assert sum(len(targets) for _, targets in data.loader(data.train_set, 7, sampler)) == 40
+        return [*sampler]
+
+    order = epoch(data.training_sampler())
+    assert sorted(order) == list(range(40)) and len(reads) == len(set(reads)) == len(chunk_of.unique())
+    assert order == [*data.training_sampler()]  # seeded
+    plain = ResumableSampler(data.train_set, seed=data.shuffle_seed)  # negative control: the files' order
+    assert sorted(epoch(plain)) == list(range(40)) and len(reads) > 2 * len(chunk_of.unique())
+    later = ChunkSampler(data.train_set, chunk_of, data.shuffle_seed)
+    later.set_epoch(1)
+    assert [*later] != order and sorted(later) == list(range(40))
+    shares = [ChunkSampler(data.train_set, chunk_of, 0, num_replicas=2, rank=rank) for rank in (0, 1)]
+    first, second = ([*share] for share in shares)
+    assert len(first) == len(second) == 20 and sorted(first + second) == list(range(40))
+    mine, theirs = set(chunk_of[first].tolist()), set(chunk_of[second].tolist())
+    assert len(mine & theirs) <= CHUNK_WINDOW  # each its own chunks, but for the window the two share
+
+
+def test_the_chunk_order_shuffles_windows_of_chunks():
+    chunk_of = torch.arange(12).repeat_interleave(5)  # 12 chunks of 5
+    order = chunk_order(chunk_of, seed=3)
+    windows = [set(chunk_of[order[start : start + 20]].tolist()) for start in range(0, 60, 20)]
+    assert sorted(order.tolist()) == list(range(60)) and all(len(window) == CHUNK_WINDOW for window in windows)
+    assert torch.equal(order, chunk_order(chunk_of, seed=3)) and not torch.equal(order, chunk_order(chunk_of, 4))
+    assert not torch.equal(order, torch.arange(60))
+
+
 @pytest.mark.parametrize(
     "workers", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["in the main process", "through DataLoader workers"]
 )
 def test_a_run_resumed_mid_epoch_from_chunks_equals_an_uninterrupted_one(workers, tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 8000)  # 10 images a chunk: the order crosses chunks and windows
     images = write_image_folder(tmp_path / "images", {"a": 30, "b": 30, "c": 30})
     chunks, downloads = tmp_path / "chunks", tmp_path / "downloads"
     ImageFolderDataModule(data_dir=str(images), **options(tmp_path, str(chunks))).prepare_data()  # written once
@@ -190,5 +261,13 @@ def test_the_stream_benchmark_reads_every_training_image_each_way(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [row["path"] for row in rows] == ["write chunks", "in-memory", "cache", "chunks", "chunks-remote"]
-    assert {row["images"] for row in rows[1:]} == {1799}  # 90% of 2,000, less the one validation image
+    assert [row["path"] for row in rows] == [
+        "decode into the cache",
+        "write chunks",
+        "in-memory",
+        "cache",
+        "chunks",
+        "chunks-remote",
+        "chunks, no workers",
+    ]
+    assert {row["images"] for row in rows[2:]} == {1799}  # 90% of 2,000, less the one validation image

@@ -42,6 +42,7 @@ from project.data.file_images import DecodedImages, FileImages
 from project.data.labels import RelabelledTargets
 from project.data.recording import piece, record_piece
 from project.data.splits import subset_labels
+from project.data.stream_order import ResumableSampler, held_order
 from project.data.streaming import Streamed, check_chunks_or_files, check_data_dir, opened, read_manifest
 from project.errors import DataNotFoundError, UserInputError
 
@@ -168,6 +169,9 @@ class FileDataModule(ImageDataModule):
             self.streamed()  # written once (Lightning calls this on one process per machine), before setup
         elif not train_source.exists():
             raise DataNotFoundError(f"{type(self).__name__}: {train_source.resolve()} does not exist (data.data_dir)")
+
+    def training_sampler(self) -> ResumableSampler:
+        return held_order(self, super().training_sampler())  # from chunks: their order (data.stream)
 
     def load_split(self, train: bool) -> Dataset:
         train_source, test_source = self.sources()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 
 from project.data.batches import ExampleBatch
 from project.data.cache import resolve_cache_dir
+from project.data.stream_order import HeldChunks
 from project.errors import DataNotFoundError, UserInputError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ _READ_ONLY = ("local:", "azure://")
 """Where litdata reads chunks but does not write them (0.2.76)."""
 _FORMAT = 1
 """The manifest's layout; chunks of another are written again."""
-_CHUNK_BYTES = "64MB"
+CHUNK_BYTES = "64MB"
 _MAX_MANIFEST_BYTES = 2**30
 _KEPT = ("int", "bytes")
 _REFUSED = (
@@ -170,6 +170,16 @@ def _check_formats(url: str) -> None:
         )
 
 
+def _chunk_sizes(index: Path) -> list[int]:
+    """The count of items of each chunk an ``index.json`` lists, in order, its serializers checked."""
+    _check_formats(str(index.parent))
+    chunks = json.loads(index.read_bytes()).get("chunks")
+    sizes = [chunk.get("chunk_size") for chunk in chunks] if isinstance(chunks, list) else None
+    if not sizes or not all(isinstance(size, int) and size > 0 for size in sizes):
+        raise UserInputError(f"{index} does not list the chunks as this project writes them")
+    return sizes
+
+
 def _streaming_dataset(url: str, stream: Streamed) -> Any:
     """litdata's dataset of the chunks at ``url``, its downloads kept in the cache folder, read as data."""
     if not stream.remote:
@@ -179,16 +189,6 @@ def _streaming_dataset(url: str, stream: Streamed) -> Any:
     size = f"{stream.max_cache_gb}GB" if stream.max_cache_gb is not None else None
     streaming = _litdata().StreamingDataset
     return streaming(url, cache_dir=str(cache.resolve()), serializers=_serializers(), max_cache_size=size)
-
-
-def _items(dataset: Any, index: int, remote: bool) -> dict[str, Any]:
-    # From object storage, a slice: it downloads whole chunks into the cache, where a plain index reads a byte range,
-    # which litdata 0.2.76 cannot do for ``local:`` (its reader gets no bytes: "unpack_from requires a buffer of at
-    # least 8 bytes"). From a folder, a plain index: 200 us an item here, against 600 us a slice.
-    (item,) = dataset[index : index + 1] if remote else [dataset[index]]
-    if not isinstance(item, dict) or set(item) != {"index", "pixels"}:
-        raise UserInputError("the chunks hold items other than {index, pixels}: they were not written by this project")
-    return item
 
 
 def read_manifest(stream: Streamed) -> dict[str, Any] | None:
@@ -244,7 +244,7 @@ def _optimized(function: Any, count: int, url: str) -> None:
     # again, about 9 s here) and is handed the decoded images without pickling them.
     start = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     try:
-        _litdata().optimize(fn=function, inputs=list(range(count)), output_dir=url, chunk_bytes=_CHUNK_BYTES,
+        _litdata().optimize(fn=function, inputs=list(range(count)), output_dir=url, chunk_bytes=CHUNK_BYTES,
                             num_workers=1, verbose=False, reorder_files=False, start_method=start)  # fmt: skip
     except RuntimeError as error:
         if "already contains" not in str(error):
@@ -268,7 +268,8 @@ def _write_chunks(stream: Streamed, splits: dict[str, Any], manifest: dict[str, 
 
 
 class StreamedImages(Dataset):
-    """A split's images read from its chunks by index, with the targets of the manifest: an example is the image's
+    """A split's images read from its chunks, each chunk whole (training follows the chunks:
+    :mod:`project.data.stream_order`), with the targets of the manifest: an example is the image's
     uint8 pixels and its target, as :class:`~project.data.file_images.FileImages` gives it, so every other part of
     the data module (splits, sampler, augmentation, normalisation) is the files' own. Each process (a DataLoader
     worker) opens the chunks itself.
@@ -292,28 +293,28 @@ class StreamedImages(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "opened": None}  # a worker opens the chunks itself
 
-    def chunks(self) -> Any:
-        """litdata's dataset of this split's chunks, opened once per process."""
+    def chunks(self) -> HeldChunks:
+        """This split's chunks, opened once per process (litdata's dataset of them, its index checked), each read
+        whole when first asked for (:class:`~project.data.stream_order.HeldChunks`)."""
         if self.opened is None or self.opened[0] != os.getpid():
-            dataset = _streaming_dataset(self.stream.url(self.split), self.stream)
-            if len(dataset) != len(self.targets):
-                raise UserInputError(
-                    f"{self.stream.url(self.split)} holds {len(dataset):,} images, its manifest {len(self.targets):,}"
-                )
-            self.opened = (os.getpid(), dataset)
+            where = self.stream.url(self.split)
+            dataset = _streaming_dataset(where, self.stream)
+            sizes = _chunk_sizes(Path(dataset.input_dir.path, "index.json"))
+            if sum(sizes) != len(self.targets) or len(dataset) != len(self.targets):
+                raise UserInputError(f"{where} holds {len(dataset):,} images, its manifest {len(self.targets):,}")
+            starts = torch.tensor([0, *np.cumsum(sizes).tolist()], dtype=torch.int64)
+            # A slice of a whole chunk: litdata downloads it whole (into data.stream.cache_dir), then reads it in
+            # sequence (a plain index from a local: remote reads no bytes in litdata 0.2.76).
+            self.opened = (os.getpid(), HeldChunks(lambda start, end: dataset[start:end], starts, self.shape, where))
         return self.opened[1]
+
+    def chunk_starts(self) -> Tensor:
+        """Where each chunk starts, and the count of images last: the layout the training order follows."""
+        return self.chunks().starts
 
     def pixels_of(self, indices: list[int]) -> Tensor:
         """Some images' uint8 pixels, ``(n, C, H, W)``, read from the chunks (each checked: its index and size)."""
-        dataset, size = self.chunks(), math.prod(self.shape)
-        out = torch.empty((len(indices), *self.shape), dtype=torch.uint8)
-        for row, index in enumerate(indices):
-            item = _items(dataset, index, self.stream.remote)
-            pixels = item["pixels"]
-            if item["index"] != index or not isinstance(pixels, bytes) or len(pixels) != size:
-                raise UserInputError(f"{self.stream.url(self.split)}: item {index} is not the image written there")
-            out[row] = torch.from_numpy(np.frombuffer(pixels, dtype=np.uint8).copy()).view(self.shape)
-        return out
+        return self.chunks().pixels_of(indices)
 
     def __getitems__(self, indices: list[int]) -> ExampleBatch:
         """Many examples at once, as :meth:`FileImages.__getitems__ <project.data.file_images.FileImages>` gives
