@@ -45,6 +45,7 @@ _READ_ONLY = ("local:", "azure://")
 _FORMAT = 1
 """The manifest's layout; chunks of another are written again."""
 CHUNK_BYTES = "64MB"
+"""The size of a chunk litdata writes (a split of 28x28 images of up to about 80,000 is one chunk)."""
 _MAX_MANIFEST_BYTES = 2**30
 _KEPT = ("int", "bytes")
 _REFUSED = (
