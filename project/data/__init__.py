@@ -14,7 +14,8 @@ that torchvision downloaded into works as it is.
 - :mod:`project.data.rotation`: :class:`RotationDataModule`, a regression task on real images;
 - :mod:`project.data.files`: a user's own images: :class:`ImageFolderDataModule`, :class:`CSVRegressionDataModule`,
   :class:`CSVMultilabelDataModule`, decoded once by :mod:`project.data.decoding` and kept as :class:`DecodedImages`
-  says;
+  says, or read from litdata chunks of them in a folder or object storage (:class:`Streamed`,
+  :mod:`project.data.streaming`);
 - :mod:`project.data.arrays`: a user's own arrays: :class:`ArrayDataModule` (``.npy`` / ``.npz`` files),
   :class:`TensorDataModule` (numpy arrays or tensors built in Python);
 - :mod:`project.data.datasets`: :class:`DatasetDataModule`, any ``torch.utils.data.Dataset`` of a user's own.
@@ -30,6 +31,7 @@ from project.data.labels import Labels
 from project.data.loading import Loading
 from project.data.rotation import RotationDataModule
 from project.data.splits import Split, few_shot_indices
+from project.data.streaming import Streamed
 from project.data.torchvision_family import TORCHVISION_DATASETS, MNISTDataModule
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "MNISTDataModule",
     "RotationDataModule",
     "Split",
+    "Streamed",
     "TensorDataModule",
     "few_shot_indices",
     "resolve_data_dir",

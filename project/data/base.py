@@ -323,16 +323,15 @@ class ImageDataModule(L.LightningDataModule):
             return self.resumed_at
         return Position(self.trainer.current_epoch if self.trainer else 0)
 
-    def train_dataloader(self) -> DataLoader | DeviceBatches:
+    def training_sampler(self) -> ResumableSampler:
+        """The training order: seeded, resumable, this process's share of it (a subclass whose data is read in pieces
+        may give one that follows them)."""
         trainer = self.trainer
-        sampler = ResumableSampler(
-            self.train_set,
-            seed=self.shuffle_seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-            position=self.training_position,
-        )
-        return self.batches("train", self.train_set, self.batch_size, sampler)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return ResumableSampler(self.train_set, self.shuffle_seed, world, rank, position=self.training_position)
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        return self.batches("train", self.train_set, self.batch_size, self.training_sampler())
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self.batches("val", self.val_set, self.loading.eval_batch_size)

@@ -42,6 +42,8 @@ from project.data.file_images import DecodedImages, FileImages
 from project.data.labels import RelabelledTargets
 from project.data.recording import piece, record_piece
 from project.data.splits import subset_labels
+from project.data.stream_order import ResumableSampler, held_order
+from project.data.streaming import Streamed, check_chunks_or_files, check_data_dir, opened, read_manifest
 from project.errors import DataNotFoundError, UserInputError
 
 _LARGEST_TARGET = 1e18
@@ -61,6 +63,8 @@ class FileDataModule(ImageDataModule):
             black, fitted in 20x20, centred by mass in 28x28), for photos or scans of digits and an MNIST backbone.
         decoded: where the decoded images are kept (:class:`~project.data.file_images.DecodedImages`:
             ``max_memory_mb``, ``cache``, ``cache_dir``, ``cache_shared``).
+        stream: train from litdata chunks of the images, written once, in a folder or object storage
+            (:class:`~project.data.streaming.Streamed`: ``chunks``, ``cache_dir``, ``max_cache_gb``).
         **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, labels, augment, loading).
     """
 
@@ -73,9 +77,16 @@ class FileDataModule(ImageDataModule):
         std: float | list[float] | None = MNIST_STD,
         mnist_style: bool = False,
         decoded: DecodedImages = DecodedImages(),
+        stream: Streamed = Streamed(),
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
+        self.stream = piece(Streamed, stream, "data.stream")
+        record_piece(self, "stream", self.stream)
+        check_data_dir(data_dir, self.stream)
+        self.manifest = read_manifest(self.stream) if self.stream.chunks is not None else None  # None: none written
+        self.streamed_sets: dict[str, Dataset] | None = None
+        self.prepare_data_per_node = self.stream.chunks is None  # chunks: written by one process of the whole run
         if mnist_style:
             check_mnist_style(channels)
         self.awaiting_normalisation = mean is None or std is None
@@ -88,6 +99,17 @@ class FileDataModule(ImageDataModule):
         if self.decoded.cache_shared and not self.decoded.cache:
             rank_zero_info("note: data.decoded.cache_shared has no effect: data.decoded.cache is false (no cache)")
         self.read_sources: dict[Path, FileImages] = {}
+        check_chunks_or_files(self)
+
+    stored_names: list[str] | None = None
+    """The class or label names the files give (class folders, label columns), kept with the chunks."""
+
+    def streamed(self) -> dict[str, Dataset]:
+        """The splits stored as chunks (``train``, and ``test`` where the source has its own), written first where
+        there are none yet, and checked against the options and the files (:func:`~project.data.streaming.opened`)."""
+        if self.streamed_sets is None:
+            self.streamed_sets = opened(self)
+        return self.streamed_sets
 
     def read(self, source: Path) -> FileImages:
         """The dataset stored at ``source`` (a folder or a file), decoded (or its cache opened) once per module."""
@@ -143,14 +165,25 @@ class FileDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         train_source, _ = self.sources()
-        if not train_source.exists():
+        if self.stream.chunks is not None:
+            self.streamed()  # written once (Lightning calls this on one process per machine), before setup
+        elif not train_source.exists():
             raise DataNotFoundError(f"{type(self).__name__}: {train_source.resolve()} does not exist (data.data_dir)")
+
+    def training_sampler(self) -> ResumableSampler:
+        return held_order(self, super().training_sampler())  # from chunks: their order (data.stream)
 
     def load_split(self, train: bool) -> Dataset:
         train_source, test_source = self.sources()
-        if test_source is not None:
+        if self.stream.chunks is not None:
+            stored = self.streamed()
+            if "test" in stored:
+                return stored["train" if train else "test"]
+            full = stored["train"]
+        elif test_source is not None:
             return self.read(train_source if train else test_source)
-        full = self.read(train_source)
+        else:
+            full = self.read(train_source)
         kept, held = self.split.test_split(len(full))
         return Subset(full, (kept if train else held).tolist())
 
@@ -172,7 +205,9 @@ class ImageFolderDataModule(FileDataModule):
     def __init__(self, data_dir: str, **kwargs: Any) -> None:
         super().__init__(data_dir, **kwargs)
         train_source, _ = self.sources()
-        self.classes = class_folders(train_source, skip=self.cache_dir)
+        chunked = self.manifest is not None  # written already: the classes are the chunks'
+        self.classes = self.manifest["names"] if chunked else class_folders(train_source, skip=self.cache_dir)
+        self.stored_names = self.classes
         if not self.classes:
             raise DataNotFoundError(
                 f"ImageFolderDataModule: no class sub-folders in {train_source.resolve()}; expected "
@@ -328,6 +363,10 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
     def __init__(self, data_dir: str, **kwargs: Any) -> None:
         super().__init__(data_dir, **kwargs)
         train_csv, _ = self.sources()
+        if self.manifest is not None:
+            self.label_columns = self.stored_names = self.manifest["names"]
+            self.num_classes = len(self.label_columns)
+            return
         if not train_csv.is_file():
             raise DataNotFoundError(f"CSVMultilabelDataModule: {train_csv.resolve()} does not exist (data.data_dir)")
         try:
@@ -335,7 +374,7 @@ class CSVMultilabelDataModule(CSVRegressionDataModule):
                 header = _text_cells(next(csv.reader(file), []), f"{train_csv} line 1")
         except csv.Error as error:  # a field beyond csv.field_size_limit(), ...: as read_csv says it
             raise UserInputError(f"{train_csv} line 1: not a CSV file this can read ({error})") from None
-        self.label_columns = [name.strip() for name in header if name.strip() != "image"]
+        self.label_columns = self.stored_names = [name.strip() for name in header if name.strip() != "image"]
         if not self.label_columns:
             raise UserInputError(f"{train_csv}: the first line must name the columns image,<label>,... (0/1 each)")
         self.num_classes = len(self.label_columns)
