@@ -42,8 +42,8 @@ def print_config(*args: str) -> dict:
 def test_the_one_epoch_recipe_stacks_on_the_default_data_with_its_schedule_dropout_and_label_smoothing():
     config = print_config("--config", "one_epoch")
     model = config["model"]
-    assert config["trainer"]["max_epochs"] == 1 and model["optimizer"]["init_args"]["lr"] == 0.005
-    assert (model["network"]["init_args"]["conv_dropout"], model["network"]["init_args"]["fc_dropout"]) == (0.0, 0.1)
+    assert config["trainer"]["max_epochs"] == 1 and model["optimizer"]["init_args"]["lr"] == 0.008
+    assert (model["network"]["init_args"]["conv_dropout"], model["network"]["init_args"]["fc_dropout"]) == (0.0, 0.0)
     assert model["task"] == {"class_path": "project.tasks.Multiclass", "init_args": model["task"]["init_args"]}
     assert model["task"]["init_args"]["label_smoothing"] == 0.1
     assert model["lr_scheduler"]["class_path"] == "project.training.schedules.OneCycle"  # over its one epoch

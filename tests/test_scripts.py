@@ -25,7 +25,7 @@ def test_the_benchmark_runs_its_five_ways_and_writes_the_table_and_json(tmp_path
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| run | epoch | training s | training + evaluation s | images/s | test accuracy |" in result.stdout
+    assert "| run | seed | epoch | training s | training + evaluation s | images/s | test accuracy |" in result.stdout
     assert "project/tutorial epoch time:" in result.stdout and "project-fast/tuned epoch time:" in result.stdout
     seeds = "| seed | tutorial epoch s | tuned epoch s | project epoch s | one-epoch epoch s | project-fast epoch s |"
     assert seeds in result.stdout
