@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed, memory and accuracy of four ways to train the classic MNIST CNN, side by side in one process, on one
+"""Speed, memory and accuracy of five ways to train the classic MNIST CNN, side by side in one process, on one
 device and the same real data:
 
 1. ``tutorial``: the classic tutorial loop (torchvision MNIST through PIL and ToTensor, DataLoader, batch 64, SGD
@@ -7,18 +7,24 @@ device and the same real data:
 2. ``tuned``: a tuned raw PyTorch loop (uint8 data kept on the device, batch 512, Nesterov SGD with a one-cycle
    schedule; bf16 autocast and channels-last on a GPU);
 3. ``project``: this project's Trainer path with the default preset, as users run it (its logs and checkpoints too);
-4. ``project-fast``: the same with the ``gpu`` preset (batch 512, scaled learning rate; on a CPU without bf16,
+4. ``one-epoch``: the same with the ``one_epoch`` recipe (99.0% in one epoch: lr 0.008, no dropout, label
+   smoothing);
+5. ``project-fast``: the same with the ``gpu`` preset (batch 512, scaled learning rate; on a CPU without bf16,
    channels-last and compilation, which only pay on a GPU).
 
-    python scripts/benchmark.py --data-dir ../shared/data                 # 2 epochs each, the CPU or the GPU
+    python scripts/benchmark.py --data-dir ../shared/data --seeds 0 1 2 --runs tutorial tuned one-epoch
+    python scripts/benchmark.py --data-dir ../shared/data                 # all five, 1 epoch each, seed 0
     python scripts/benchmark.py --data-dir ../shared/data --device cuda --epochs 6
     python scripts/benchmark.py --data-dir ../shared/data --quick         # 50 steps an epoch: a smoke test
 
-Per epoch: training seconds, training + evaluation seconds (the tutorials' test pass; the Trainer's validation,
-logging and checkpoints), images per training second, test accuracy (measured outside the timings). Per run:
-start-up (from the call to the first step), time to 99.0% test accuracy (training seconds until the end of the first
-epoch that reaches it), peak memory (resident set; the GPU's max allocated). Prints the tables and the ratios
-project / tutorial and project-fast / tuned, and writes them as JSON (``--out``).
+Each seed (``--seeds``, default 0) runs every way in turn, in the same process, seeded alike (the tutorial's and the
+tuned loop's initial weights and shuffling; the project's ``--seed_everything``). Per epoch: training seconds,
+training + evaluation seconds (the tutorials' test pass; the Trainer's validations, logging and checkpoints), images
+per training second, test accuracy (measured outside the timings). Per run: start-up (from the call to the first
+step), time to 99.0% test accuracy (training seconds until the end of the first epoch that reaches it), peak memory
+(resident set; the GPU's max allocated). Per seed: each way's epoch time and final test accuracy, and its ratio to
+the tutorial's epoch. Prints the tables and the ratios project / tutorial, one-epoch / tutorial and project-fast /
+tuned (over all seeds), and writes them as JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -56,11 +62,17 @@ class Epoch:
 @dataclass
 class Run:
     name: str
+    seed: int = 0
     startup_seconds: float = 0.0
     first_step_seconds: float = 0.0
     epochs: list[Epoch] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     peak_gpu_mb: float = 0.0
+
+    @property
+    def mean_epoch_seconds(self) -> float:
+        """Training + evaluation, an epoch on average."""
+        return sum(epoch.total_seconds for epoch in self.epochs) / len(self.epochs)
 
     @property
     def seconds_to_99(self) -> float | None:
@@ -107,9 +119,10 @@ def accuracy(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     return right / sum(len(targets) for _, targets in batches)
 
 
-def tutorial(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
+def tutorial(data_dir: str, device: torch.device, epochs: int, quick: bool, seed: int) -> Run:
     """pytorch/examples' MNIST loop as tutorials write it: PIL images, ToTensor, DataLoader, SGD lr 0.01."""
-    run, start = Run("tutorial"), time.perf_counter()
+    run, start = Run("tutorial", seed), time.perf_counter()
+    torch.manual_seed(seed)  # the initial weights and the DataLoader's shuffling
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
     train = datasets.MNIST(data_dir, train=True, transform=transform)
     test = datasets.MNIST(data_dir, train=False, transform=transform)
@@ -148,9 +161,10 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() / 255 - MNIST_MEAN) / MNIST_STD
 
 
-def tuned(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
+def tuned(data_dir: str, device: torch.device, epochs: int, quick: bool, seed: int) -> Run:
     """A tuned raw loop: uint8 data on the device, batch 512, Nesterov SGD + one-cycle (bf16, channels-last on GPU)."""
-    run, start = Run("tuned"), time.perf_counter()
+    run, start = Run("tuned", seed), time.perf_counter()
+    torch.manual_seed(seed)  # the initial weights and the order of the batches
     pixels, targets = device_split(data_dir, True, device, 50 * 512 if quick else None)
     test_pixels, test_targets = device_split(data_dir, False, device, 2000 if quick else None)
     on_gpu = device.type == "cuda"
@@ -244,13 +258,14 @@ class Probe(L.Callback):
         self.epoch_start = 0.0
 
 
-def project(name: str, presets: list[str]) -> Callable[[str, torch.device, int, bool], Run]:
-    def trainer_run(data_dir: str, device: torch.device, epochs: int, quick: bool) -> Run:
-        Probe.run, Probe.started = Run(name), time.perf_counter()
+def project(name: str, presets: list[str]) -> Callable[[str, torch.device, int, bool, int], Run]:
+    def trainer_run(data_dir: str, device: torch.device, epochs: int, quick: bool, seed: int) -> Run:
+        Probe.run, Probe.started = Run(name, seed), time.perf_counter()
         with tempfile.TemporaryDirectory() as logs:
             args = [
                 "fit",
                 *presets,
+                f"--seed_everything={seed}",
                 f"--data.data_dir={data_dir}",
                 "--data.download=false",
                 "--test_after_fit=false",
@@ -285,37 +300,80 @@ def fast_presets(device: torch.device) -> list[str]:
 
 
 def tables(runs: list[Run]) -> str:
+    """The per-epoch table, the per-run table and, for each seed, the ways side by side."""
     lines = [
-        "| run | epoch | training s | training + evaluation s | images/s | test accuracy |",
-        "|---|---|---|---|---|---|",
+        "| run | seed | epoch | training s | training + evaluation s | images/s | test accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for k, epoch in enumerate(run.epochs, 1):
-            lines.append(f"| {run.name} | {k} | {epoch.train_seconds:.1f} | {epoch.total_seconds:.1f} | "
+            lines.append(f"| {run.name} | {run.seed} | {k} | {epoch.train_seconds:.1f} | {epoch.total_seconds:.1f} | "
                          f"{epoch.images_per_second:,.0f} | {epoch.test_accuracy:.2%} |")  # fmt: skip
     lines += [
         "",
-        "| run | start-up s | first step s | time to 99.0% | peak RSS MB | peak GPU MB |",
-        "|---|---|---|---|---|---|",
+        "| run | seed | start-up s | first step s | time to 99.0% | peak RSS MB | peak GPU MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         to_99 = f"{run.seconds_to_99:.1f} s" if run.seconds_to_99 is not None else "not reached"
         gpu = f"{run.peak_gpu_mb:,.0f}" if run.peak_gpu_mb else "-"
-        lines.append(f"| {run.name} | {run.startup_seconds:.1f} | {run.first_step_seconds:.2f} | {to_99} | "
-                     f"{run.peak_rss_mb:,.0f} | {gpu} |")  # fmt: skip
+        lines.append(f"| {run.name} | {run.seed} | {run.startup_seconds:.1f} | {run.first_step_seconds:.2f} | "
+                     f"{to_99} | {run.peak_rss_mb:,.0f} | {gpu} |")  # fmt: skip
+    return "\n".join([*lines, "", seed_table(runs)])
+
+
+def seed_table(runs: list[Run]) -> str:
+    """One row a seed: each way's epoch (training + evaluation, averaged over the epochs), its test accuracy after
+    the last epoch, and each way's epoch / the tutorial's; then the mean time and the lowest accuracy over the seeds."""
+    names = list(dict.fromkeys(run.name for run in runs))
+    by_seed: dict[int, dict[str, Run]] = {}
+    for run in runs:
+        by_seed.setdefault(run.seed, {})[run.name] = run
+    header = ["seed", *(f"{name} epoch s" for name in names), *(f"{name} accuracy" for name in names)]
+    against = [name for name in names if name != "tutorial"] if "tutorial" in names else []
+    header += [f"{name} / tutorial" for name in against]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def row(label: str, seconds: list[float | None], accuracies: list[float | None]) -> str:
+        cells = [label, *(f"{s:.1f}" if s is not None else "-" for s in seconds)]
+        cells += [f"{a:.2%}" if a is not None else "-" for a in accuracies]
+        tutorial_s = seconds[names.index("tutorial")] if against else None
+        for name in against:
+            way_s = seconds[names.index(name)]
+            cells.append(f"{way_s / tutorial_s:.2f}x" if way_s and tutorial_s else "-")
+        return "| " + " | ".join(cells) + " |"
+
+    for seed, ways in by_seed.items():
+        seconds = [ways[name].mean_epoch_seconds if name in ways else None for name in names]
+        lines.append(row(str(seed), seconds, [ways[name].epochs[-1].test_accuracy if name in ways else None
+                                              for name in names]))  # fmt: skip
+    if len(by_seed) > 1:
+        mean = [_mean([run.mean_epoch_seconds for run in runs if run.name == name]) for name in names]
+        lowest = [min(run.epochs[-1].test_accuracy for run in runs if run.name == name) for name in names]
+        lines.append(row("mean time, lowest accuracy", mean, lowest))
     return "\n".join(lines)
 
 
-def ratios(runs: dict[str, Run]) -> dict[str, float]:
-    def mean_total(run: Run) -> float:
-        return sum(epoch.total_seconds for epoch in run.epochs) / len(run.epochs)
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
+
+def ratios(runs: list[Run]) -> dict[str, float]:
+    """project / tutorial, one-epoch / tutorial and project-fast / tuned: epoch time (each run's mean epoch,
+    averaged over the seeds) and peak memory (the highest over the seeds)."""
     found = {}
     for name, (numerator, denominator) in {"project/tutorial": ("project", "tutorial"),
+                                           "one-epoch/tutorial": ("one-epoch", "tutorial"),
                                            "project-fast/tuned": ("project-fast", "tuned")}.items():  # fmt: skip
-        if numerator in runs and denominator in runs:
-            found[f"{name} epoch time"] = mean_total(runs[numerator]) / mean_total(runs[denominator])
-            found[f"{name} peak memory"] = runs[numerator].peak_rss_mb / runs[denominator].peak_rss_mb
+        top = [run for run in runs if run.name == numerator]
+        bottom = [run for run in runs if run.name == denominator]
+        if top and bottom:
+            found[f"{name} epoch time"] = _mean([run.mean_epoch_seconds for run in top]) / _mean(
+                [run.mean_epoch_seconds for run in bottom]
+            )
+            top_mb, bottom_mb = max(run.peak_rss_mb for run in top), max(run.peak_rss_mb for run in bottom)
+            if bottom_mb:
+                found[f"{name} peak memory"] = top_mb / bottom_mb
     return found
 
 
@@ -323,41 +381,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="folder holding MNIST/raw")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="each seed runs every way (default: 0)")
     parser.add_argument("--quick", action="store_true", help="50 training steps an epoch and 2,000 test images")
-    parser.add_argument("--runs", nargs="+", default=["tutorial", "tuned", "project", "project-fast"])
+    parser.add_argument("--runs", nargs="+", default=["tutorial", "tuned", "project", "one-epoch", "project-fast"],
+                        choices=["tutorial", "tuned", "project", "one-epoch", "project-fast"])  # fmt: skip
     parser.add_argument("--out", default="benchmark.json", help="where the JSON goes")
     args = parser.parse_args()
     device = torch.device(
         "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     )
     makers = {"tutorial": tutorial, "tuned": tuned, "project": project("project", []),
+              "one-epoch": project("one-epoch", ["--config=one_epoch"]),
               "project-fast": project("project-fast", fast_presets(device))}  # fmt: skip
-    results: dict[str, Run] = {}
-    for name in args.runs:
-        with PeakMemory(device) as memory:
-            run = makers[name](args.data_dir, device, args.epochs, args.quick)
-            memory.read(run)
-        results[name] = run
-        print(f"{name}: {[round(epoch.total_seconds, 1) for epoch in run.epochs]} s per epoch, "
-              f"test accuracy {[round(epoch.test_accuracy, 4) for epoch in run.epochs]}", flush=True)  # fmt: skip
+    results: list[Run] = []
+    for seed in args.seeds:
+        for name in args.runs:
+            with PeakMemory(device) as memory:
+                run = makers[name](args.data_dir, device, args.epochs, args.quick, seed)
+                memory.read(run)
+            results.append(run)
+            print(f"{name}, seed {seed}: {[round(epoch.total_seconds, 1) for epoch in run.epochs]} s per epoch, "
+                  f"test accuracy {[round(epoch.test_accuracy, 4) for epoch in run.epochs]}", flush=True)  # fmt: skip
     machine = (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     if device.type == "cuda":
         machine += f", {torch.cuda.get_device_name(device)}"
-    print(f"\n{device.type}: {machine}; {args.epochs} epochs{' (quick)' if args.quick else ''}\n")
-    print(tables(list(results.values())))
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"\n{device.type}: {machine}; {args.epochs} epochs, seeds {seeds}{' (quick)' if args.quick else ''}\n")
+    print(tables(results))
     found = ratios(results)
     for name, value in found.items():
         print(f"{name}: {value:.2f}x")
-    for run in results.values():
+    for run in results:
         if run.first_step_seconds > 1:
             print(
                 f"{run.name}: the first step took {run.first_step_seconds:.1f} s (compilation warm-up, in its epoch 1)"
             )
-    payload = {"device": device.type, "machine": machine, "epochs": args.epochs, "quick": args.quick, "ratios": found,
-               "runs": [{**asdict(run), "seconds_to_99": run.seconds_to_99} for run in results.values()]}  # fmt: skip
+    payload = {"device": device.type, "machine": machine, "epochs": args.epochs, "seeds": args.seeds,
+               "quick": args.quick, "ratios": found,
+               "runs": [{**asdict(run), "seconds_to_99": run.seconds_to_99} for run in results]}  # fmt: skip
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -241,9 +241,11 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def script_function(script: str, name: str = "main"):
     """A function of one of the scripts in ``scripts/`` (they are files, not a package)."""
     import importlib.util
+    import sys
 
     spec = importlib.util.spec_from_file_location(f"script_{script.removesuffix('.py')}", SCRIPTS / script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return getattr(module, name)
 
