@@ -7,8 +7,8 @@ device and the same real data:
 2. ``tuned``: a tuned raw PyTorch loop (uint8 data kept on the device, batch 512, Nesterov SGD with a one-cycle
    schedule; bf16 autocast and channels-last on a GPU);
 3. ``project``: this project's Trainer path with the default preset, as users run it (its logs and checkpoints too);
-4. ``one-epoch``: the same with the ``one_epoch`` recipe (99.0% in one epoch: lr 0.008, no dropout, label
-   smoothing);
+4. ``one-epoch``: the same with the ``one_epoch`` recipe (99.0% in one epoch: lr 0.008, no dropout, a hidden layer
+   of 256, label smoothing);
 5. ``project-fast``: the same with the ``gpu`` preset (batch 512, scaled learning rate; on a CPU without bf16,
    channels-last and compilation, which only pay on a GPU).
 

@@ -4,7 +4,8 @@
 (a) ``torchvision``: torchvision's ``ImageFolder`` with the usual transforms (decode and convert through PIL,
     ``Resize``, ``ToTensor``, ``Normalize``) and a shuffling DataLoader on the same number of workers as (b);
 (b) ``project-loader``: this project's DataLoader path (``--data.decoded.cache false``, images too large to hold: each
-    image decoded again every epoch; workers chosen by the project, one per core);
+    image decoded again every epoch; workers chosen by the project, one per core;
+    ``--data.loading.leave_cores_to_workers true``, as work bound by decoding wants it);
 (c) ``project-cache``: this project's cache path (the default for data too large to hold: decoded once into a
     cache file on disk, then batches gathered from the memory-mapped file by index); epoch 1 includes building
     the cache;
@@ -50,7 +51,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from project.data import DecodedImages, ImageFolderDataModule, Split
+from project.data import DecodedImages, ImageFolderDataModule, Loading, Split
 from project.data.cache import HEADER_BYTES, SUFFIX, DecodedCache
 from project.data.cores import available_cores
 from project.data.decoding import MNIST_MEAN, MNIST_STD, ImageConversion
@@ -216,8 +217,10 @@ def project_module(root: Path, kind: Kind, cache_dir: Path | None) -> ImageFolde
     mean, std = kind.mean_std
     cached = {"cache": False} if cache_dir is None else {"cache_dir": str(cache_dir)}
     decoded = DecodedImages(max_memory_mb=0, **cached)
+    loading = Loading(leave_cores_to_workers=True)  # the DataLoader path bound by decoding: the workers get the cores
     return ImageFolderDataModule(data_dir=str(root), channels=kind.channels, image_size=kind.size, mean=mean, std=std,
-                                 batch_size=BATCH, split=Split(test_size=1, val_size=1), decoded=decoded)  # fmt: skip
+                                 batch_size=BATCH, split=Split(test_size=1, val_size=1), decoded=decoded,
+                                 loading=loading)  # fmt: skip
 
 
 def project_path(root: Path, kind: Kind, cache_dir: Path | None, result: Result, epochs: int) -> int:

@@ -39,11 +39,12 @@ def print_config(*args: str) -> dict:
     return yaml.safe_load(printed.getvalue())
 
 
-def test_the_one_epoch_recipe_stacks_on_the_default_data_with_its_schedule_dropout_and_label_smoothing():
+def test_the_one_epoch_recipe_stacks_on_the_default_data_with_its_schedule_width_dropout_and_label_smoothing():
     config = print_config("--config", "one_epoch")
     model = config["model"]
     assert config["trainer"]["max_epochs"] == 1 and model["optimizer"]["init_args"]["lr"] == 0.008
     assert (model["network"]["init_args"]["conv_dropout"], model["network"]["init_args"]["fc_dropout"]) == (0.0, 0.0)
+    assert model["network"]["init_args"]["hidden_size"] == 256 and config["trainer"]["val_check_interval"] == 1.0
     assert model["task"] == {"class_path": "project.tasks.Multiclass", "init_args": model["task"]["init_args"]}
     assert model["task"]["init_args"]["label_smoothing"] == 0.1
     assert model["lr_scheduler"]["class_path"] == "project.training.schedules.OneCycle"  # over its one epoch
@@ -51,6 +52,7 @@ def test_the_one_epoch_recipe_stacks_on_the_default_data_with_its_schedule_dropo
     assert run_name(["fit", "--config", "one_epoch"]) == "one_epoch"
     default = print_config()  # negative control: the default recipe keeps its 2 epochs and no named task
     assert default["trainer"]["max_epochs"] == 2 and default["model"]["task"] is None
+    assert default["model"]["network"]["init_args"]["hidden_size"] == 128
 
 
 def test_classic_preset_stacks_on_the_defaults_and_reproduces_the_tutorial():

@@ -99,16 +99,18 @@ class _Numbers(Dataset):
         return index
 
 
-def test_the_main_process_leaves_the_workers_their_cores_while_a_loader_runs(threads, monkeypatch):
+def test_the_main_process_leaves_the_workers_their_cores_while_a_loader_runs_when_asked(threads, monkeypatch):
     monkeypatch.setattr(loading_module, "available_cores", lambda: 8)
     torch.set_num_threads(8)
-    loader = data_loader(_Numbers(), 4, ResumableSampler(_Numbers(), seed=0), 2, None, False)
+    default = data_loader(_Numbers(), 4, ResumableSampler(_Numbers(), seed=0), 2, None, False)
+    assert [torch.get_num_threads() for _ in default] == [8, 8, 8]  # off unless asked (data.loading)
+    loader = data_loader(_Numbers(), 4, ResumableSampler(_Numbers(), seed=0), 2, None, False, leave_cores=True)
     during = [torch.get_num_threads() for _ in loader]
     assert during == [6, 6, 6] and torch.get_num_threads() == 8  # the 6 cores 2 workers leave; then all 8
     for _ in loader:
         break  # an epoch left part-way: the threads come back when its iterator goes
     assert torch.get_num_threads() == 8
-    without = data_loader(_Numbers(), 4, None, 0, None, False)  # negative control: no workers, nothing changes
+    without = data_loader(_Numbers(), 4, None, 0, None, False, leave_cores=True)  # negative control: no workers
     assert [torch.get_num_threads() for _ in without] == [8, 8, 8]
 
 

@@ -276,7 +276,9 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
         pinned = self.device().type == "cuda"
-        return data_loader(dataset, batch_size, sampler, self.loader_workers(dataset), self.collation(dataset), pinned)
+        leave_cores = self.loading.leave_cores_to_workers
+        workers = self.loader_workers(dataset)
+        return data_loader(dataset, batch_size, sampler, workers, self.collation(dataset), pinned, leave_cores)
 
     def loader_workers(self, dataset: Dataset) -> int:
         """DataLoader workers for ``dataset``: ``data.loading.num_workers`` when given; otherwise, when
