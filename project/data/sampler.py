@@ -42,12 +42,17 @@ class ResumableSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.position = position
 
+    def resumed(self) -> int:
+        """Where this epoch's order starts: the epoch set from :attr:`position`, and how many of its samples were
+        drawn before (0 without a position)."""
+        if self.position is None:
+            return 0
+        now = self.position()
+        self.set_epoch(now.epoch)
+        return now.samples
+
     def __iter__(self) -> Iterator[int]:
-        skip = 0
-        if self.position is not None:
-            now = self.position()
-            self.set_epoch(now.epoch)
-            skip = now.samples
+        skip = self.resumed()
         indices = list(super().__iter__())
         return iter(indices[skip:])
 

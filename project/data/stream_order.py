@@ -61,11 +61,7 @@ class ChunkSampler(ResumableSampler):
         self.chunk_of = chunk_of
 
     def __iter__(self) -> Iterator[int]:
-        skip = 0
-        if self.position is not None:
-            now = self.position()
-            self.set_epoch(now.epoch)
-            skip = now.samples
+        skip = self.resumed()
         order = chunk_order(self.chunk_of, self.seed + self.epoch).tolist()
         if order and len(order) < self.total_size:
             order = (order * -(-self.total_size // len(order)))[: self.total_size]
