@@ -237,9 +237,9 @@ def _centre(center: list[float] | None, height: int, width: int) -> tuple[float,
 
 def _random_affine(transform: v2.RandomAffine | v2.RandomRotation) -> _BatchTransform | None:
     mode, (takes, fill) = _mode(transform.interpolation), _fill(transform.fill)
-    if mode is None or not takes or getattr(transform, "expand", False):
-        return None
     rotation = isinstance(transform, v2.RandomRotation)
+    if mode is None or not takes or (rotation and transform.expand):
+        return None
 
     def affine(images: Tensor) -> Tensor:
         n, _, height, width = images.shape

@@ -73,11 +73,14 @@ def chunk_layout(dataset: Dataset) -> Tensor | None:
     """The chunk each example of ``dataset`` is read from: ``dataset`` is a split as the data module makes it
     (subsets and relabelling over images read from chunks, which say where their chunks start: ``chunk_starts``);
     ``None`` where it is not read from chunks."""
+    from project.data.labels import RelabelledTargets
+    from project.data.streaming import StreamedImages  # here: streaming imports this module
+
     positions = torch.arange(len(dataset))
-    while not callable(getattr(dataset, "chunk_starts", None)):
+    while not isinstance(dataset, StreamedImages):
         if isinstance(dataset, Subset):
             positions = torch.as_tensor(dataset.indices, dtype=torch.int64)[positions]
-        elif not isinstance(getattr(dataset, "dataset", None), Dataset):
+        elif not isinstance(dataset, RelabelledTargets):
             return None
         dataset = dataset.dataset
     return torch.searchsorted(dataset.chunk_starts(), positions, right=True) - 1
