@@ -73,9 +73,8 @@ class ImageDataModule(L.LightningDataModule):
         loading: how batches are loaded (:class:`~project.data.loading.Loading`: ``in_memory``, ``num_workers``,
             ``eval_batch_size``).
 
-    Each piece may be given as the mapping of its fields too (``split={"val_size": 100}``), as a checkpoint records it.
-    The module keeps them as :attr:`split`, :attr:`labels` and :attr:`loading`, and the augmentation at work as
-    :attr:`augmentation` (names a subclass leaves to the base).
+    Each piece may be given as the mapping of its fields too (``split={"val_size": 100}``), as a checkpoint records it;
+    the module keeps them as :attr:`split`, :attr:`labels`, :attr:`loading` and :attr:`augmentation` (at work).
     """
 
     default_task = "multiclass"
@@ -129,6 +128,8 @@ class ImageDataModule(L.LightningDataModule):
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""
+    vocab_size: int = 0
+    """How many token ids the data's tokenizer makes (batches of token ids: text); 0: images."""
     awaiting_normalisation: bool = False
     """Whether the normalisation is still to come from the backbone (``data.mean`` / ``std`` null): the command line
     then calls :meth:`adopt_normalisation` with the mean and std the network states, before setting up the data."""
