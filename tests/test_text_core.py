@@ -150,3 +150,12 @@ def test_masked_tokens_count_only_the_masked_positions():
     metrics.update(task.scores(outputs), targets)
     assert metrics.compute()["acc"] == 0.5
     assert task.loss(outputs, torch.full((2, 3), -100)).item() == 0.0  # no masked token: 0, not NaN
+
+
+def test_an_image_layout_for_a_text_network_is_refused():
+    from project.training import TaskModule
+    from project.training.speed import Speed
+
+    with pytest.raises(UserInputError, match="channels_last lays out images"):
+        TaskModule(small_encoder(), speed=Speed(channels_last=True))
+    TaskModule(small_encoder(), speed=Speed(channels_last=False))  # the control

@@ -46,8 +46,9 @@ _Batch = tuple[Tensor, Tensor]
 _STAGES = ("train", "val", "test")
 
 
-def _check_arguments(network: Network, lr_batch_size: int | None) -> None:
-    """Refuse a network outside the contract and a learning-rate batch size that cannot work, naming what is allowed."""
+def _check_arguments(network: Network, lr_batch_size: int | None, speed: Speed | None) -> None:
+    """Refuse a network outside the contract, a learning-rate batch size that cannot work and an image layout for
+    token ids, naming what is allowed."""
     if not isinstance(network, Network):
         raise UserInputError(
             f"model.network must be a project.networks.Network, got a {type(network).__name__}: wrap a module "
@@ -63,6 +64,10 @@ def _check_arguments(network: Network, lr_batch_size: int | None) -> None:
         )
     if lr_batch_size is not None and lr_batch_size < 1:
         raise UserInputError(f"model.lr_batch_size must be a positive integer, got {lr_batch_size}")
+    if network.vocab_size and speed is not None and speed.channels_last:
+        raise UserInputError(
+            "model.speed.channels_last lays out images, and a text network takes token ids: leave it false"
+        )
 
 
 class TaskModule(MonitoredModule):
@@ -97,7 +102,7 @@ class TaskModule(MonitoredModule):
         speed: Speed | None = None,
     ) -> None:
         super().__init__()
-        _check_arguments(network, lr_batch_size)
+        _check_arguments(network, lr_batch_size, speed)
         self.network = network
         self.task = task
         self.make_optimizer = optimizer or torch.optim.AdamW
