@@ -73,8 +73,8 @@ class ImageDataModule(L.LightningDataModule):
         loading: how batches are loaded (:class:`~project.data.loading.Loading`: ``in_memory``, ``num_workers``,
             ``eval_batch_size``).
 
-    Each piece may be given as the mapping of its fields too (``split={"val_size": 100}``), as a checkpoint records it;
-    the module keeps them as :attr:`split`, :attr:`labels`, :attr:`loading` and :attr:`augmentation` (at work).
+    Each piece may be given as the mapping of its fields (``split={"val_size": 100}``), as a checkpoint records it; the
+    module keeps them as :attr:`split`, :attr:`labels`, :attr:`loading` and :attr:`augmentation` (the one at work).
     """
 
     default_task = "multiclass"
@@ -125,11 +125,11 @@ class ImageDataModule(L.LightningDataModule):
         of a folder by the folder's name; by default the class's name less ``DataModule`` (``"Tensor"``)."""
         return type(self).__name__.removesuffix("DataModule") or type(self).__name__
 
+    vocab_size: int = 0
+    """How many token ids the data's tokenizer makes (text data: batches of ids, padded with 0); 0: images."""
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""
-    vocab_size: int = 0
-    """How many token ids the data's tokenizer makes (batches of token ids: text); 0: images."""
     awaiting_normalisation: bool = False
     """Whether the normalisation is still to come from the backbone (``data.mean`` / ``std`` null): the command line
     then calls :meth:`adopt_normalisation` with the mean and std the network states, before setting up the data."""
