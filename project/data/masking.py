@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-IGNORED = -100
-"""The target of a position the loss ignores (``torch.nn.functional.cross_entropy``'s ``ignore_index``)."""
+from project.tasks.masked_tokens import IGNORED
+
 
 
 class TokenMasking:

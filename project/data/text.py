@@ -25,6 +25,7 @@ from project.data.splits import subset_labels
 from project.data.text_sources import class_indices, located, read_labelled, text_tokenizer
 from project.data.tokenizer import PAD_ID
 from project.errors import UserInputError
+from project.tasks.masked_tokens import IGNORED
 
 
 def padded_batch(examples: list[tuple[Tensor, Any]]) -> tuple[Tensor, Any]:
@@ -34,7 +35,7 @@ def padded_batch(examples: list[tuple[Tensor, Any]]) -> tuple[Tensor, Any]:
     ids = pad_sequence([example[0] for example in examples], batch_first=True, padding_value=PAD_ID)
     targets = [example[1] for example in examples]
     if isinstance(targets[0], Tensor) and targets[0].ndim == 1 and targets[0].dtype == torch.long:
-        return ids, pad_sequence(targets, batch_first=True, padding_value=-100)
+        return ids, pad_sequence(targets, batch_first=True, padding_value=IGNORED)
     return ids, default_collate(targets)
 
 

@@ -99,7 +99,7 @@ class TextCorpusDataModule(ImageDataModule):
 
     def __init__(
         self,
-        files: list[str],
+        files: str | list[str],
         tokenizer: str | None = None,
         vocab_size: int = 8192,
         max_length: int = 128,

@@ -162,7 +162,7 @@ def class_indices(train: list[Any], test: list[Any] | None, where: str) -> tuple
     return names, [index[str(label)] for label in train], None if test is None else [index[str(l)] for l in test]
 
 
-def corpus_files(entries: list[str], folder: Path) -> list[Path]:
+def corpus_files(entries: str | list[str], folder: Path) -> list[Path]:
     """The text files of ``data.files``: each entry a file, or a folder whose ``.txt`` files (at any depth, sorted)
     are taken; refused when an entry is missing or nothing is found."""
     if isinstance(entries, str):
