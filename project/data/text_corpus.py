@@ -29,7 +29,7 @@ from project.data.token_cache import TokenCache
 from project.errors import UserInputError
 
 
-class TokenBlocks(Dataset):
+class _TokenBlocks(Dataset):
     """The corpus's ids in consecutive blocks of ``block`` tokens (the last one shorter), each ``[CLS] block [SEP]``,
     read from the memory-mapped cache (opened in each process that reads it: a DataLoader worker maps it again rather
     than receiving a copy)."""
@@ -56,7 +56,7 @@ class TokenBlocks(Dataset):
         return {**self.__dict__, "tokens": None}
 
 
-class MaskedBlocks(Dataset):
+class _MaskedBlocks(Dataset):
     """Blocks masked the same way every time they are read: block ``i`` with a generator seeded by ``seed`` and
     ``i`` (validation and test: their metrics compare across epochs and runs)."""
 
@@ -144,18 +144,18 @@ class TextCorpusDataModule(ImageDataModule):
 
     def load_split(self, train: bool) -> Dataset:
         self.prepare_data()  # (nothing to do when it was built)
-        blocks = TokenBlocks(self.corpus, self.max_length - 2)
+        blocks = _TokenBlocks(self.corpus, self.max_length - 2)
         kept, held = self.split.test_split(len(blocks))
         if train:
             return torch.utils.data.Subset(blocks, kept.tolist())
-        return MaskedBlocks(torch.utils.data.Subset(blocks, held.tolist()), self.masking, self.split.split_seed + 1)
+        return _MaskedBlocks(torch.utils.data.Subset(blocks, held.tolist()), self.masking, self.split.split_seed + 1)
 
     def split_labels(self, dataset: Dataset) -> None:
         return None
 
     def split_train(self, full_train: Dataset) -> tuple[Dataset, Dataset]:
         train, val = super().split_train(full_train)
-        return train, MaskedBlocks(val, self.masking, self.split.split_seed)
+        return train, _MaskedBlocks(val, self.masking, self.split.split_seed)
 
     def collation(self, dataset: Dataset) -> Any:
         return padded_batch
