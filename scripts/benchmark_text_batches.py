@@ -6,11 +6,11 @@ the text recipe's network (``project/configs/text.yaml``: TextTransformer width 
 The texts are real and need no network: the docstrings of the installed packages (torch, numpy, Lightning, the
 standard library...), up to ``--texts`` of them, tokenised by a WordPiece trained on them (8192 tokens) and cut to 128
 tokens, as :class:`~project.data.TextDataModule` does. Each way trains the same network from the same weights on the
-same texts for ``--steps`` steps (AdamW, classes drawn at random: the speed, not the accuracy) and reports the share
-of real tokens in its batches (over a whole epoch) and real tokens per second.
+same texts for one epoch (AdamW; the speed, not the accuracy), the ways' steps interleaved so that a machine whose
+load changes slows them alike, and reports the share of real tokens in its batches and real tokens per second.
 
-    python scripts/benchmark_text_batches.py                 # 30 timed steps per way
-    python scripts/benchmark_text_batches.py --quick         # a small network, 3 steps: a smoke test
+    python scripts/benchmark_text_batches.py                 # 1,500 docstrings: ~40 steps per way
+    python scripts/benchmark_text_batches.py --quick         # 300 docstrings, a small network: a smoke test
 """
 
 from __future__ import annotations
@@ -46,33 +46,39 @@ def _docstrings(limit: int) -> list[str]:
     return found[:limit]
 
 
-def _measure(data: TextDataModule, network: TextTransformer, steps: int) -> dict[str, float]:
-    """Real-token share over an epoch of ``data``'s training batches, and real tokens per second over ``steps``."""
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    batches = [data.network_batch(batch, augment=True) for batch in data.train_dataloader()]
-    share = sum(int((ids != 0).sum()) for ids, _ in batches) / sum(ids.numel() for ids, _ in batches)
-    real, start = 0, 0.0
-    for step, (ids, targets) in enumerate(batches[: steps + 1]):  # the first step warms up, untimed
-        if step == 1:
-            real, start = 0, time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(network(ids), targets % network.num_outputs)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        real += int((ids != 0).sum())
-    seconds = time.perf_counter() - start
-    return {"real_share": share, "tokens_per_s": real / seconds, "seconds": seconds}
+def _timed_epochs(ways: dict[str, TextDataModule], networks: dict[str, TextTransformer]) -> dict[str, dict]:
+    """One epoch of each way's training batches, the ways' steps interleaved (a machine whose load changes slows them
+    alike): the share of real tokens in the batches, seconds, and real tokens per second. A first step of each way
+    warms up, untimed."""
+    batches = {way: [data.network_batch(b, True) for b in data.train_dataloader()] for way, data in ways.items()}
+    optimizers = {way: torch.optim.AdamW(network.parameters(), lr=1e-3) for way, network in networks.items()}
+    seconds = dict.fromkeys(ways, 0.0)
+    for step in range(max(len(steps) for steps in batches.values()) + 1):
+        for way, steps in batches.items():
+            ids, targets = steps[max(step - 1, 0)] if step <= len(steps) else (None, None)
+            if ids is None:
+                continue
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(networks[way](ids), targets % networks[way].num_outputs)
+            optimizers[way].zero_grad()
+            loss.backward()
+            optimizers[way].step()
+            seconds[way] += (time.perf_counter() - start) if step else 0.0
+    results = {}
+    for way, steps in batches.items():
+        real, padded = sum(int((ids != 0).sum()) for ids, _ in steps), sum(ids.numel() for ids, _ in steps)
+        results[way] = {"real_share": real / padded, "seconds": seconds[way], "tokens_per_s": real / seconds[way]}
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--texts", type=int, default=3000)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--texts", type=int, default=1500)
     parser.add_argument("--windows", type=int, nargs="+", default=[0, 5, 20])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.texts, args.steps = 300, 3
+        args.texts = 300
     texts = _docstrings(args.texts)
     from tempfile import TemporaryDirectory
 
@@ -85,16 +91,17 @@ def main() -> None:
         torch.manual_seed(0)
         start = TextTransformer(num_outputs=4, max_length=128, **size).state_dict()
         threads = torch.get_num_threads()
-        print(f"{len(texts)} docstrings; {args.steps} training steps of batch 32 per way; {threads} threads")
+        print(f"{len(texts)} docstrings; an epoch of batch 32 per way, their steps interleaved; {threads} threads")
         print("| batches | real tokens in the batches | real tokens/s | seconds |\n|---|---|---|---|")
+        ways, networks = {}, {}
         for window in args.windows:
-            data = TextDataModule(train=f"{folder}/docs.csv", cache_dir=folder, batch_size=32, bucket_window=window,
-                                  split={"shuffle_seed": 0})  # fmt: skip
-            data.setup("fit")
-            network = TextTransformer(num_outputs=4, max_length=128, **size)
-            network.load_state_dict(start)
-            result = _measure(data, network, args.steps)
             way = f"bucketed, window {window}" if window else "random (dynamic padding)"
+            ways[way] = TextDataModule(train=f"{folder}/docs.csv", cache_dir=folder, batch_size=32,
+                                       bucket_window=window, split={"shuffle_seed": 0})  # fmt: skip
+            ways[way].setup("fit")
+            networks[way] = TextTransformer(num_outputs=4, max_length=128, **size)
+            networks[way].load_state_dict(start)
+        for way, result in _timed_epochs(ways, networks).items():
             print(f"| {way} | {result['real_share']:.0%} | {result['tokens_per_s']:,.0f} | {result['seconds']:.1f} |")
 
 

@@ -404,3 +404,28 @@ def test_the_readme_commands_pretrain_then_fine_tune_with_the_pretrained_tokeniz
     assert refused.returncode == 2
     assert "was trained with another tokenizer" in refused.stderr and "--data.tokenizer" in refused.stderr
     assert not (tmp_path / "logs" / "text" / "version_1").exists()
+
+
+def test_a_fine_tune_with_another_tokenizer_than_the_pretrained_checkpoints_is_refused(tmp_path):
+    from project.training.finetuning import check_pretrained_tokenizer
+
+    words = [text for text, _ in labelled_rows(50)]
+    ours, theirs = (TextTokenizer.train(words, size).to_json() for size in (300, 200))
+    torch.save({"state_dict": {}, "preprocessing": {"tokenizer": theirs}}, tmp_path / "pretrained.ckpt")
+    with pytest.raises(UserInputError, match=r"pretrained.ckpt was trained with another tokenizer .*--data.tokenizer"):
+        check_pretrained_tokenizer(tmp_path / "pretrained.ckpt", ours)
+    check_pretrained_tokenizer(tmp_path / "pretrained.ckpt", theirs)  # its own: taken
+    torch.save({"backbone.weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    check_pretrained_tokenizer(tmp_path / "weights.pt", ours)  # weights alone record no tokenizer
+
+
+def test_the_text_recipe_trains_a_classifier_from_scratch(tmp_path, run_dir):
+    from project.cli import run_cli
+
+    write_csv(tmp_path / "texts.csv", labelled_rows(120))
+    short = [*TINY_NETWORK, *QUIET, "--trainer.max_steps=4", "--trainer.logger.init_args.log_graph=false"]
+    cli = run_cli(["fit", "--config", "text", "--data.train", str(tmp_path / "texts.csv"), *short])
+    assert cli.trainer.global_step == 4 and "test/acc" in cli.trainer.callback_metrics
+    checkpoint = torch.load(run_dir / "logs" / "text" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["preprocessing"]["class_names"] == ["food", "music", "sport"]
+    assert checkpoint["hyper_parameters"]["network"]["init_args"]["num_outputs"] == 3

@@ -117,12 +117,12 @@ def _table_rows(path: Path, text_column: str, label_column: str, delimiter: str)
     return texts, labels
 
 
-def _check_columns(path: Path, columns: list[str], text_column: str, label_column: str) -> None:
+def _check_columns(where: str | Path, columns: list[str], text_column: str, label_column: str) -> None:
     missing = [f"{name} (data.{option})" for name, option in ((text_column, "text_column"),
                (label_column, "label_column")) if name not in columns]  # fmt: skip
     if missing:
         has = ", ".join(columns) if columns else "none"
-        raise UserInputError(f"{path} has no column {' and '.join(missing)}: its columns are {has}")
+        raise UserInputError(f"{where} has no column {' and '.join(missing)}: its columns are {has}")
 
 
 def _json_lines(path: Path, text_column: str, label_column: str, delimiter: str) -> tuple[list[str], list[Any]]:
@@ -139,7 +139,7 @@ def _json_lines(path: Path, text_column: str, label_column: str, delimiter: str)
                     raise UserInputError(f"{where}: not JSON ({first_line(error)})") from None
                 if not isinstance(row, dict):
                     raise UserInputError(f"{where}: each line must be a JSON object with {text_column}, {label_column}")
-                _check_columns(path, list(row), text_column, label_column)
+                _check_columns(where, list(row), text_column, label_column)
                 texts.append(_checked_text(row[text_column], where))
                 labels.append(_checked_label(row[label_column], where, label_column))
         except UnicodeDecodeError as error:
