@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -380,6 +381,13 @@ def test_a_text_run_killed_mid_epoch_resumes_bit_exact(tmp_path, kind):
     assert fit_subprocess(tmp_path / "killed", [*args, *kill]).returncode == -9
     stopped = torch.load(tmp_path / "killed" / run, weights_only=True)
     assert (stopped["epoch"], stopped["global_step"]) == (1, 16)
+    if kind == "corpus":  # negative control: the masking generator's state forgotten, the run masks otherwise
+        shutil.copytree(tmp_path / "killed", tmp_path / "forgotten")
+        stopped["TextCorpusDataModule"]["mask_generator"] = torch.Generator().manual_seed(1).get_state()
+        torch.save(stopped, tmp_path / "forgotten" / run)
+        assert fit_subprocess(tmp_path / "forgotten", [*args, "--ckpt_path=last"]).returncode == 0
+        with pytest.raises(AssertionError, match="weights differ"):
+            assert_same_training_state(tmp_path / "straight" / run, tmp_path / "forgotten" / run)
     result = fit_subprocess(tmp_path / "killed", [*args, "--ckpt_path=last"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training_state(tmp_path / "straight" / run, tmp_path / "killed" / run)
