@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import random
 import time
 
@@ -83,6 +84,7 @@ def main() -> None:
     from tempfile import TemporaryDirectory
 
     with TemporaryDirectory() as folder:
+        os.environ["PROJECT_CACHE_DIR"] = folder  # the tokenizer trained on the docstrings: kept there, not in ./cache
         import csv
 
         with open(f"{folder}/docs.csv", "w", newline="") as file:
@@ -96,7 +98,7 @@ def main() -> None:
         ways, networks = {}, {}
         for window in args.windows:
             way = f"bucketed, window {window}" if window else "random (dynamic padding)"
-            ways[way] = TextDataModule(train=f"{folder}/docs.csv", cache_dir=folder, batch_size=32,
+            ways[way] = TextDataModule(train=f"{folder}/docs.csv", batch_size=32,
                                        bucket_window=window, split={"shuffle_seed": 0})  # fmt: skip
             ways[way].setup("fit")
             networks[way] = TextTransformer(num_outputs=4, max_length=128, **size)

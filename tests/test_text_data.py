@@ -254,11 +254,10 @@ def test_the_cache_is_reused_rebuilt_when_a_file_changes_and_a_half_written_one_
 def test_a_corpus_larger_than_a_piece_streams_in_pieces_to_the_same_ids(corpus, monkeypatch, tmp_path):
     from project.data import token_cache
 
-    whole = pretraining(corpus, cache_dir=str(tmp_path / "whole"))
+    whole = pretraining(corpus)
     whole.prepare_data()
     monkeypatch.setattr(token_cache, "_CHUNK_CHARACTERS", 500)
-    pieces = pretraining(corpus, cache_dir=str(tmp_path / "pieces"), tokenizer=None)
-    pieces.tokenizer = whole.tokenizer
+    pieces = pretraining(corpus)
     pieces.corpus = token_cache.TokenCache(tmp_path / "pieces", pieces.paths, "stamp", whole.tokenizer)
     pieces.prepare_data()
     assert (pieces.corpus.tokens() == whole.corpus.tokens()).all()

@@ -122,10 +122,10 @@ class TextDataModule(ImageDataModule):
         tokenizer: a ``tokenizer.json``, a Hugging Face model folder (its ``tokenizer.json`` or ``vocab.txt``), or a
             checkpoint of a text run (the tokenizer it was trained with: what a fine-tune of a pretrained encoder
             needs); default: a WordPiece of ``vocab_size`` tokens trained on the training texts (the held-out test
-            texts left out), kept in ``cache_dir`` for later runs and recorded in every checkpoint.
+            texts left out), kept in the cache folder (``$PROJECT_CACHE_DIR``, else ``./cache``) for later runs and
+            recorded in every checkpoint.
         vocab_size: the size of a tokenizer trained here (at most; fewer when the texts hold fewer).
         max_length: the most tokens of a text, ``[CLS]`` and ``[SEP]`` included (the rest is cut).
-        cache_dir: where a tokenizer trained here is kept; default ``$PROJECT_CACHE_DIR``, else ``./cache``.
         bucket_window: batch texts of similar length together within each run of this many batches of the training
             order (:class:`_BucketedSampler`: less padding; 1.2x the tokens a second on docstrings, docs/text.md);
             0: off, each batch a random draw.
@@ -141,7 +141,6 @@ class TextDataModule(ImageDataModule):
         tokenizer: str | None = None,
         vocab_size: int = 8192,
         max_length: int = 128,
-        cache_dir: str | None = None,
         bucket_window: int = 0,
         data_dir: str | None = None,
         **kwargs: Any,
@@ -170,7 +169,7 @@ class TextDataModule(ImageDataModule):
         self.held_out = None if test_texts is not None else self.split.test_split(len(texts))
         tokenised = texts if self.held_out is None else [texts[i] for i in self.held_out[0].tolist()]
         key = digest(*tokenised)
-        self.tokenizer = text_tokenizer(tokenizer, vocab_size, lambda: tokenised, key, resolve_cache_dir(cache_dir))
+        self.tokenizer = text_tokenizer(tokenizer, vocab_size, lambda: tokenised, key, resolve_cache_dir(None))
         self.vocab_size = self.tokenizer.vocab_size
         self.max_length = max_length
         self.encoded: dict[str, _TokenisedTexts] = {}

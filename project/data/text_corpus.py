@@ -75,23 +75,22 @@ class _MaskedBlocks(Dataset):
 
 class TextCorpusDataModule(ImageDataModule):
     """Pretrain on raw text: ``files`` lists text files and folders (their ``.txt`` files, at any depth), UTF-8, of any
-    size (read as a stream). They are tokenised once into a cache on disk, reused by later runs while the files and the
-    tokenizer stay the same; the examples are consecutive blocks of ``max_length - 2`` tokens (``[CLS] block [SEP]``),
-    the lines and files joined. ``data.split.val_size`` blocks are held out (seeded) for validation and
-    ``data.split.test_size`` for testing. The task is masked tokens (BERT's masking, :mod:`project.data.masking`);
-    the network has an output per token id of the tokenizer (:attr:`num_classes`).
+    size (read as a stream). They are tokenised once into a cache on disk (in ``$PROJECT_CACHE_DIR``, else
+    ``./cache``), reused by later runs while the files and the tokenizer stay the same; the examples are consecutive
+    blocks of ``max_length - 2`` tokens (``[CLS] block [SEP]``), the lines and files joined. ``data.split.val_size``
+    blocks are held out (seeded) for validation and ``data.split.test_size`` for testing. The task is masked tokens
+    (BERT's masking, :mod:`project.data.masking`); the network has an output per token id of the tokenizer
+    (:attr:`num_classes`).
 
     Args:
         files: text files and folders of ``.txt`` files (relative names are read from ``data_dir`` when it is given,
             else the current folder).
         tokenizer: a ``tokenizer.json``, a Hugging Face model folder, or a checkpoint of a text run; default: a
-            WordPiece of ``vocab_size`` tokens trained on the corpus, kept in ``cache_dir`` and recorded in every
+            WordPiece of ``vocab_size`` tokens trained on the corpus, kept in the cache folder and recorded in every
             checkpoint (a fine-tune gives this run's checkpoint as its ``data.tokenizer``).
         vocab_size: the size of a tokenizer trained here (at most).
         max_length: the tokens of an example, ``[CLS]`` and ``[SEP]`` included.
         mask_rate: the share of (non-special) tokens chosen for prediction (BERT: 0.15).
-        cache_dir: where the tokenised corpus and a tokenizer trained here are kept; default ``$PROJECT_CACHE_DIR``,
-            else ``./cache``.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, loading; no labels, no augment).
     """
 
@@ -104,7 +103,6 @@ class TextCorpusDataModule(ImageDataModule):
         vocab_size: int = 8192,
         max_length: int = 128,
         mask_rate: float = 0.15,
-        cache_dir: str | None = None,
         data_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -117,7 +115,7 @@ class TextCorpusDataModule(ImageDataModule):
         self.data_dir = Path(data_dir).expanduser() if data_dir else Path()  # where relative names are read from
         self.paths = corpus_files(files, self.data_dir)
         stamp = files_stamp(self.paths)
-        folder = resolve_cache_dir(cache_dir)
+        folder = resolve_cache_dir(None)  # $PROJECT_CACHE_DIR, else ./cache: the decoded images' folder too
         self.tokenizer = text_tokenizer(tokenizer, vocab_size, lambda: corpus_lines(self.paths), stamp, folder)
         self.num_classes = self.vocab_size = self.tokenizer.vocab_size
         self.max_length = max_length
