@@ -436,3 +436,13 @@ def test_the_text_recipe_trains_a_classifier_from_scratch(tmp_path, run_dir):
     checkpoint = torch.load(run_dir / "logs" / "text" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["preprocessing"]["class_names"] == ["food", "music", "sport"]
     assert checkpoint["hyper_parameters"]["network"]["init_args"]["num_outputs"] == 3
+
+
+@pytest.mark.slow
+def test_the_text_batches_benchmark_prints_a_row_per_way():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_text_batches.py"
+    command = [sys.executable, str(script), "--quick", "--windows", "0", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| random") or line.startswith("| bucketed")]
+    assert len(rows) == 2 and all(row.count("|") == 5 for row in rows)
