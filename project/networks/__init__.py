@@ -4,12 +4,14 @@
 - :mod:`project.networks.convnet`: :class:`ConvNet`, the classic MNIST CNN;
 - :mod:`project.networks.adapted`: :class:`AdaptedNetwork`, any ``nn.Module`` whose last layer is linear;
 - :mod:`project.networks.library`: :class:`LibraryNetwork`, a torchvision, timm or Hugging Face backbone;
+- :mod:`project.networks.hf_text`: :class:`HuggingFaceText`, a BERT-family text model from Hugging Face;
 - :mod:`project.networks.lora`: LoRA adapters on a frozen backbone (peft).
 """
 
 from project.networks.adapted import AdaptedNetwork
 from project.networks.base import Network, check_image_shape
 from project.networks.convnet import ConvNet
+from project.networks.hf_text import HuggingFaceText
 from project.networks.library import LibraryNetwork
 
-__all__ = ["AdaptedNetwork", "ConvNet", "LibraryNetwork", "Network", "check_image_shape"]
+__all__ = ["AdaptedNetwork", "ConvNet", "HuggingFaceText", "LibraryNetwork", "Network", "check_image_shape"]

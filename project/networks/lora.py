@@ -54,11 +54,17 @@ class LoRA:
 
 
 def _adaptable_layers(backbone: nn.Module) -> list[str]:
-    """The dotted paths of the layers LoRA can adapt (grouped convolutions, such as depthwise ones, it cannot)."""
+    """The dotted paths of the layers LoRA can adapt: not grouped convolutions (depthwise ones), and not the
+    ``out_proj`` of an ``nn.MultiheadAttention``, which the attention never calls (it reads the weight itself, as it
+    does its fused ``in_proj_weight``): an adapter there would train nothing. Such attention (torch's
+    ``nn.TransformerEncoderLayer``, torchvision's ViT) keeps its weights; its feed-forward layers are adapted."""
+    attention = {path for path, layer in backbone.named_modules() if isinstance(layer, nn.MultiheadAttention)}
     return [
         path
         for path, layer in backbone.named_modules()
-        if isinstance(layer, _ADAPTED_LAYERS) and getattr(layer, "groups", 1) == 1
+        if isinstance(layer, _ADAPTED_LAYERS)
+        and getattr(layer, "groups", 1) == 1
+        and path.rpartition(".")[0] not in attention
     ]
 
 
