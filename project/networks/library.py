@@ -98,8 +98,9 @@ def hugging_face_model(name: str, pretrained: bool, option: str, pooler: bool = 
     a folder or repository with code of its own is refused, never asked about; Transformers asks on the terminal when
     it is left unset, and runs the code on "y"), weights only from safetensors files (a folder with pickle weights
     alone, ``pytorch_model.bin``, is refused), and any ``torch.load`` made meanwhile reads plain data
-    (:func:`weights_only_loads`). ``pooler=False`` leaves out the pooling layer of a model that has one (BERT's
-    dense + tanh on the first token, trained for next-sentence prediction). ``option`` names the option in errors.
+    (:func:`weights_only_loads`). The model is in training mode, as a new module is. ``pooler=False`` leaves out the
+    pooling layer of a model that has one (BERT's dense + tanh on the first token, trained for next-sentence
+    prediction). ``option`` names the option in errors.
     """
     transformers = _import_library("huggingface")
     folder = Path(name)
@@ -115,9 +116,12 @@ def hugging_face_model(name: str, pretrained: bool, option: str, pooler: bool = 
             options = {} if pooler or not _has_pooler(transformers, config) else {"add_pooling_layer": False}
             if not pretrained:
                 return transformers.AutoModel.from_config(config, trust_remote_code=False, **options)
-            return transformers.AutoModel.from_pretrained(
+            model = transformers.AutoModel.from_pretrained(
                 name, config=config, trust_remote_code=False, use_safetensors=True, **options
             )
+            # from_pretrained returns the model in evaluation mode, and Lightning keeps the mode it finds: without
+            # this, dropout would stay off in training.
+            return model.train()
     except (OSError, ValueError) as error:
         if "trust_remote_code" in str(error):
             raise UserInputError(
@@ -185,7 +189,9 @@ def _split_off_classifier(library: str, model: nn.Module) -> int:
         config = model.model.config
         size = getattr(config, "image_size", 224)
         with torch.no_grad():
-            return model.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size)).shape[1]
+            features = model.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size)).shape[1]
+        model.train()  # as a new module is: Lightning keeps the mode it finds (dropout would stay off in training)
+        return features
     linear = [(path, layer) for path, layer in model.named_modules() if isinstance(layer, nn.Linear)]
     if not linear:
         raise UserInputError(f"{type(model).__name__} has no nn.Linear classifier to replace")
