@@ -211,6 +211,24 @@ def test_a_fine_tuned_bert_checkpoint_reloads_offline_from_its_own_weights(bert_
     assert torch.allclose(outputs(loaded, ids), outputs(module, ids), atol=1e-6)
 
 
+def test_a_bert_pretrained_here_by_masked_tokens_carries_its_backbone_into_a_classifier(bert_folder, tmp_path):
+    ids, _ = texts()
+    targets = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.15, ids, -100)
+    masked = torch.where(targets >= 0, 4, ids)  # [MASK] where a target is
+    data = L.LightningDataModule.from_datasets(TensorDataset(masked, targets), batch_size=8)
+    network = HuggingFaceText(str(bert_folder), num_outputs=VOCAB, weights=None, per_token=True)
+    module = module_with_task(network, "masked_tokens", optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    quiet_trainer(max_epochs=1).fit(module, data)
+    path = tmp_path / "pretrained.ckpt"
+    module.trainer.save_checkpoint(path)
+    classifier = HuggingFaceText(str(bert_folder), num_outputs=2, weights=None)
+    assert not torch.equal(classifier.backbone.embeddings.word_embeddings.weight,
+                           network.backbone.embeddings.word_embeddings.weight)  # fmt: skip
+    TaskModule(classifier, finetuning=FineTuning(str(path))).load_pretrained()
+    learned = network.backbone.state_dict()
+    assert all(torch.equal(weight, learned[name]) for name, weight in classifier.backbone.state_dict().items())
+
+
 def test_lora_on_bert_trains_only_its_attention_and_feed_forward_adapters_and_the_head(bert_folder, tmp_path):
     module = module_with_task(HuggingFaceText(str(bert_folder), num_outputs=2), "multiclass", lora=LoRA(rank=2))
     parameters = dict(module.network.named_parameters())
@@ -228,9 +246,15 @@ def test_lora_on_bert_trains_only_its_attention_and_feed_forward_adapters_and_th
     assert torch.allclose(outputs(TaskModule.load_from_checkpoint(path), ids), outputs(module, ids), atol=1e-6)
 
 
-def test_a_frozen_bert_backbone_stays_put_then_trains_at_its_own_rate_with_a_warm_up_and_ema(bert_folder, tmp_path):
+def small_text_transformer(**options: object) -> TextTransformer:
+    sizes = {"vocab_size": VOCAB, "width": 32, "depth": 1, "heads": 2, "max_length": 16, **options}
+    return TextTransformer(**sizes)
+
+
+@pytest.mark.parametrize("kind", ["bert", "text_transformer"])
+def test_a_frozen_backbone_stays_put_then_trains_at_its_own_rate_with_a_warm_up_and_ema(kind, bert_folder, tmp_path):
     snapshots = BackboneSnapshots()
-    network = HuggingFaceText(str(bert_folder), num_outputs=2)
+    network = HuggingFaceText(str(bert_folder), num_outputs=2) if kind == "bert" else small_text_transformer()
     start = {name: weight.clone() for name, weight in network.backbone.state_dict().items()}
     module = module_with_task(
         network,
@@ -250,20 +274,27 @@ def test_a_frozen_bert_backbone_stays_put_then_trains_at_its_own_rate_with_a_war
     assert averaged_weights(torch.load(tmp_path / "ema.ckpt", weights_only=True))["method"] == "ema"
 
 
-def test_lora_on_the_text_transformer_changes_what_it_says_in_evaluation_too():
-    """torch's fused encoder layer reads its weights itself in evaluation, past any adapter on them: adapters must sit
-    on layers the network calls."""
+def test_lora_on_the_text_transformer_trains_adapters_that_act_in_evaluation_too(tmp_path):
+    """torch's fused encoder layer reads its weights itself in evaluation, past any adapter on them: the encoder's
+    layers are ones the network calls."""
     torch.manual_seed(0)
-    network = TextTransformer(vocab_size=VOCAB, num_outputs=2, width=32, depth=1, heads=2, max_length=16, dropout=0.0)
-    module = module_with_task(network, "multiclass", lora=LoRA(rank=2))
-    trained = {name for name, parameter in module.network.named_parameters() if parameter.requires_grad}
+    base = tmp_path / "base.pt"  # the pretrained encoder (a checkpoint rebuilds the base from it)
+    torch.save(small_text_transformer(dropout=0.0).state_dict(), base)
+    tuning = FineTuning(str(base))
+    module = module_with_task(small_text_transformer(dropout=0.0), "multiclass", lora=LoRA(rank=2), finetuning=tuning)
+    parameters = dict(module.network.named_parameters())
+    trained = {name for name, parameter in parameters.items() if parameter.requires_grad}
     assert trained and all("lora_" in name or name.startswith("head.") for name in trained)
-    for name, parameter in module.network.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter)  # adapters that have learned something
+    adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trained if "lora_" in name}
+    assert adapted == {"query", "key", "value", "output", "linear1", "linear2"}
+    fit(module)
+    assert any(parameters[name].abs().sum() > 0 for name in trained if "lora_B" in name)
     ids, _ = texts(4, length=12)
-    training = module.train()(ids)
-    assert torch.allclose(outputs(module, ids), training, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(outputs(module, ids), module.train()(ids), atol=1e-5)  # no dropout: the same
+    path = tmp_path / "lora.ckpt"
+    module.trainer.save_checkpoint(path)
+    assert torch.allclose(outputs(TaskModule.load_from_checkpoint(path), ids), outputs(module, ids), atol=1e-6)
 
 
 def test_lora_puts_no_adapter_inside_torchs_fused_transformer_layers():
