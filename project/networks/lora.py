@@ -57,7 +57,8 @@ class LoRA:
 _FUSED_LAYERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 """torch's layers that read the weights of their linear layers themselves: ``nn.MultiheadAttention`` never calls its
 ``out_proj`` (nor has a layer for ``in_proj_weight``), and the encoder and decoder layers' fast path in evaluation
-reads every weight directly. An adapter inside them would be trained and then ignored."""
+reads every weight directly. An adapter inside them would be trained and then ignored (huggingface/peft#761: the
+encoder layer in evaluation; speechbrain/speechbrain#2780: ``out_proj``)."""
 
 
 def _adaptable_layers(backbone: nn.Module) -> list[str]:

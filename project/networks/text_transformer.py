@@ -24,7 +24,8 @@ class _EncoderLayer(nn.Module):
     """One pre-norm encoder layer (``nn.TransformerEncoderLayer``'s with ``norm_first``, GELU and a feed-forward
     layer four times as wide), written with ``nn.Linear`` layers and ``scaled_dot_product_attention``: every weight is
     used through the layer that holds it, so LoRA's adapters on them act in training and in evaluation alike (torch's
-    layer reads its weights itself in evaluation, past any adapter, and its attention never calls ``out_proj``)."""
+    layer reads its weights itself in evaluation, past any adapter, and its attention never calls ``out_proj``:
+    huggingface/peft#761)."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
