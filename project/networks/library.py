@@ -137,7 +137,10 @@ def hugging_face_model(name: str, pretrained: bool, option: str, pooler: bool = 
 
 def _has_pooler(transformers: Any, config: Any) -> bool:
     """Whether the model class Transformers builds for ``config`` takes ``add_pooling_layer`` (BERT's family)."""
-    model_class = transformers.MODEL_MAPPING[type(config)]
+    try:
+        model_class = transformers.MODEL_MAPPING[type(config)]
+    except KeyError:  # no AutoModel for it: AutoModel says so next, in its own words
+        return False
     return "add_pooling_layer" in inspect.signature(model_class).parameters
 
 
