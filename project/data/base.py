@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
@@ -25,6 +25,9 @@ from project.data.sampler import Position, ResumableSampler, recorded_position, 
 from project.data.splits import Split, few_shot_indices, fold_split, seeded_split
 from project.errors import UserInputError
 from project.tasks import TASKS
+
+if TYPE_CHECKING:
+    from project.data.tokenizer import TextTokenizer
 
 DATA_DIR_ENV = "PROJECT_DATA_DIR"
 """Environment variable naming the data directory when ``--data.data_dir`` is not given."""
@@ -119,6 +122,9 @@ class ImageDataModule(L.LightningDataModule):
     named_classes: list[str] | None = None
     """The classes' own names in label order (a folder's class folders, torchvision's); ``None``: numbered (unless
     ``data.labels.class_names`` names them)."""
+    tokenizer: TextTokenizer | None = None
+    """A text data module's tokenizer, which made the token ids of its batches: the reports decode them with it
+    (TensorBoard's worst texts, ``evaluate``'s); ``None`` for images."""
 
     @property
     def dataset_name(self) -> str:
