@@ -288,8 +288,9 @@ def _onnx_text_lines(config: dict[str, Any]) -> list[str]:
         "",
         'tokenizer = Tokenizer.from_file("tokenizer.json")',
         'session = onnxruntime.InferenceSession("model.onnx")',
-        f'ids = np.array([tokenizer.encode("a new text").ids[:{length}]], np.int64)  # [CLS] ... [SEP]',
-        'outputs = session.run(None, {"ids": ids})[0]',
+        'ids = tokenizer.encode("a new text").ids  # [CLS] ... [SEP]',
+        f"ids = ids if len(ids) <= {length} else ids[: {length - 1}] + ids[-1:]  # at most max_length, [SEP] last",
+        'outputs = session.run(None, {"ids": np.array([ids], np.int64)})[0]',
         "```",
     ]
 

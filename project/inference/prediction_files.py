@@ -51,7 +51,7 @@ def checked_preprocessing(record: Any, source: object) -> dict[str, Any]:
     """``record`` (a checkpoint's or an export's preprocessing) when it holds what training writes; one line naming
     ``source`` otherwise. An image model's: ``channels`` 1 or 3, an ``image_size`` from 1 to :data:`_MAX_IMAGE_SIZE`,
     a finite ``mean`` and a positive finite ``std`` (one number or one per channel), ``class_names`` a list of names,
-    ``mnist_style`` true or false. A text model's (:func:`is_text`): ``tokenizer`` a string, ``max_length`` from 2 to
+    ``mnist_style`` true or false. A text model's (:func:`is_text`): ``tokenizer`` a string, ``max_length`` from 3 to
     :data:`_MAX_TEXT_LENGTH`, ``class_names`` a list of names."""
     problem = _text_problem(record) if is_text(record) else _preprocessing_problem(record)
     if problem:
@@ -79,8 +79,8 @@ def _text_problem(record: dict[str, Any]) -> str | None:
     length, names = record.get("max_length"), record.get("class_names")
     if not isinstance(record["tokenizer"], str):
         return f"has a tokenizer of type {type(record['tokenizer']).__name__}, not a string"
-    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= _MAX_TEXT_LENGTH:
-        return f"has max_length {length!r}, not a whole number from 2 to {_MAX_TEXT_LENGTH}"
+    if isinstance(length, bool) or not isinstance(length, int) or not 3 <= length <= _MAX_TEXT_LENGTH:
+        return f"has max_length {length!r}, not a whole number from 3 to {_MAX_TEXT_LENGTH}"
     if not isinstance(names, list) or not all(isinstance(name, str | int | float) for name in names):
         return f"has class_names {names!r}, not a list of names"
     return None

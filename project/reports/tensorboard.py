@@ -36,7 +36,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from project.data.base import ImageDataModule
 from project.reports.figures import confusion_picture, grid_picture
 from project.reports.images import takes_images, write_image
-from project.reports.texts import WorstExamples, markdown_table, text_rows
+from project.reports.texts import WorstExamples, markdown_table, masked_rows, text_rows
 
 
 class RunLogger(TensorBoardLogger):
@@ -302,12 +302,17 @@ class TensorBoardReports(L.Callback):
 
     def write_text_tables(self, trainer: L.Trainer, tokenizer: Any, task: Any, names: list[str], step: int) -> None:
         """``val/samples`` and ``val/worst`` as TensorBoard text summaries: Markdown tables of the first and the
-        worst texts, their true and predicted classes (and the worst's losses)."""
+        worst texts, their true and predicted classes (and the worst's losses); for masked-token pretraining, the
+        hidden tokens and the predicted ones."""
         logger = self.tensorboard(trainer)
         if logger is None:
             return
-        samples = text_rows(tokenizer, *(tensor.cpu() for tensor in self.first), task, names)
-        logger.experiment.add_text("val/samples", markdown_table(samples), step)
+        first = [tensor.cpu() for tensor in self.first]
         losses, ids, targets, decided = (tensor.cpu() for tensor in self.worst.kept)
-        worst = text_rows(tokenizer, ids, targets, decided, task, names, losses)
+        if task.name == "masked_tokens":  # pretraining: the tokens, [MASK] shown, and the hidden and predicted ones
+            samples, worst = masked_rows(tokenizer, *first), masked_rows(tokenizer, ids, targets, decided, losses)
+        else:
+            samples = text_rows(tokenizer, *first, task, names)
+            worst = text_rows(tokenizer, ids, targets, decided, task, names, losses)
+        logger.experiment.add_text("val/samples", markdown_table(samples), step)
         logger.experiment.add_text("val/worst", markdown_table(worst), step)

@@ -17,11 +17,11 @@ from project.tasks import Task
 if TYPE_CHECKING:
     from project.data.tokenizer import TextTokenizer
 
-TEXT_WIDTH = 200
+_TEXT_WIDTH = 200
 """The most characters of a text a table shows (the rest: ``…``)."""
 
 
-def padded_together(first: Tensor, second: Tensor) -> Tensor:
+def _padded_together(first: Tensor, second: Tensor) -> Tensor:
     """Two batches one after the other; token ids ``(batch, length)`` of two lengths are padded with 0 (the pad id) to
     the longer first, other inputs (images, targets) are concatenated as they are."""
     if first.dim() == second.dim() == 2 and not first.is_floating_point() and first.shape[1] != second.shape[1]:
@@ -43,7 +43,7 @@ class WorstExamples:
         """Take a batch's examples (their losses, inputs, targets and decisions) into the running top-k."""
         batch = (losses, inputs, targets, decided)
         if self.kept is not None:
-            batch = tuple(padded_together(kept, new) for kept, new in zip(self.kept, batch, strict=True))
+            batch = tuple(_padded_together(kept, new) for kept, new in zip(self.kept, batch, strict=True))
         keep = batch[0].topk(min(self.count, len(batch[0]))).indices
         self.kept = tuple(tensor[keep] for tensor in batch)
 
@@ -70,7 +70,26 @@ def text_rows(
     return rows
 
 
-def _cell(value: Any, width: int = TEXT_WIDTH) -> str:
+def masked_rows(
+    tokenizer: TextTokenizer, ids: Tensor, targets: Tensor, decided: Tensor, losses: Tensor | None = None
+) -> list[dict[str, Any]]:
+    """Masked-token examples (pretraining) as plain rows: ``text`` (its tokens, ``[MASK]`` shown), the ``true`` and
+    the ``predicted`` tokens at the masked positions (targets other than -100), and given ``losses``, ``loss``."""
+    rows = []
+    for index, row in enumerate(ids.cpu()):
+        real = row != 0
+        masked = real & (targets[index].cpu() >= 0)
+        true, predicted = targets[index].cpu()[masked].tolist(), decided[index].cpu()[masked].tolist()
+        rows.append({
+            "text": " ".join(tokenizer.tokenizer.id_to_token(token) or "?" for token in row[real].tolist()),
+            "true": " ".join(tokenizer.tokenizer.id_to_token(token) or "?" for token in true),
+            "predicted": " ".join(tokenizer.tokenizer.id_to_token(token) or "?" for token in predicted),
+            **({"loss": losses[index].item()} if losses is not None else {}),
+        })  # fmt: skip
+    return rows
+
+
+def _cell(value: Any, width: int = _TEXT_WIDTH) -> str:
     """``value`` as one Markdown table cell: on one line, its pipes escaped, at most ``width`` characters; a number
     with 4 digits."""
     if isinstance(value, float):
@@ -81,7 +100,7 @@ def _cell(value: Any, width: int = TEXT_WIDTH) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """``rows`` (of the same keys) as a Markdown table, one column per key; each text at most :data:`TEXT_WIDTH`
+    """``rows`` (of the same keys) as a Markdown table, one column per key; each text at most :data:`_TEXT_WIDTH`
     characters, on one line."""
     if not rows:
         return "(none)\n"
