@@ -278,3 +278,18 @@ def test_tensorboard_shows_the_worst_texts_as_a_table_and_draws_no_image_grid_of
     words = {*FILLER, *WORDS_OF_CLASSES}
     assert all(line.split(" | ")[0].removeprefix("| ").split()[0] in words for line in lines[2:])  # decoded texts
     assert all(line.split(" | ")[1] in ("cats", "dogs") for line in lines[2:])
+
+
+def test_serve_refuses_a_text_model_in_one_line(text_export):
+    pytest.importorskip("uvicorn")
+    from project.inference.serving import ServeSettings, serve
+
+    with pytest.raises(UserInputError, match="is a text model: serve predicts images; use python -m project predict"):
+        serve(text_export, ServeSettings(port=0))
+
+
+def test_a_text_table_keeps_each_text_on_one_line_within_its_cell():
+    from project.reports.texts import markdown_table
+
+    table = markdown_table([{"text": "a | b\nc " + "x" * 300, "true": "cats", "loss": 1.23456}])
+    assert table.splitlines()[2] == f"| a \\| b c {'x' * 191}… | cats | 1.2346 |"
