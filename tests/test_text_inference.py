@@ -293,3 +293,29 @@ def test_a_text_table_keeps_each_text_on_one_line_within_its_cell():
 
     table = markdown_table([{"text": "a | b\nc " + "x" * 300, "true": "cats", "loss": 1.23456}])
     assert table.splitlines()[2] == f"| a \\| b c {'x' * 191}… | cats | 1.2346 |"
+
+
+def test_a_text_onnx_file_predicts_without_torch_as_the_torch_path_does(text_export, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from project.inference.prediction_files import write_csv
+
+    texts = [*TEXTS, " ".join(["whiskers"] * 50), "ünïcödé Kätzchen purr"]  # one cut to max_length, accents
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    through_torch, _ = Predictor.from_folder(text_export, onnx=True).predict(texts, batch_size=2)
+    write_csv(through_torch, tmp_path / "torch.csv")
+    with monkeypatch.context() as patched:  # the torch path is not there: the rows are the torch-free path's
+        patched.setattr(Predictor, "load", lambda *args: pytest.fail("the torch path ran"))
+        for name, model in (("folder", text_export), ("onnx", text_export / "model.onnx")):
+            predict_files(model, [str(tmp_path / "texts.txt")], tmp_path / f"{name}.csv", batch_size=2)
+            assert (tmp_path / f"{name}.csv").read_text() == (tmp_path / "torch.csv").read_text()
+    code = (
+        "import sys\nfrom project.__main__ import main\n"
+        "main(['predict', sys.argv[1], sys.argv[2], '--out', sys.argv[3]])\n"
+        "print('loaded:', sorted(name for name in ('torch', 'lightning') if name in sys.modules))\n"
+    )
+    command = [sys.executable, "-c", code, str(text_export), str(tmp_path / "texts.txt"), str(tmp_path / "cli.csv")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert result.returncode == 0 and "loaded: []" in result.stdout, result.stderr[-2000:]
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "torch.csv").read_text()

@@ -26,7 +26,7 @@ from project.files.atomic import written_whole
 from project.files.tables import spreadsheet_safe
 from project.inference.counting import Counting
 from project.inference.model_folder import CONFIG, ONNX, TOKENIZER, read_config
-from project.inference.numpy_predictor import NumpyPredictor
+from project.inference.numpy_predictor import NumpyPredictor, NumpyTextPredictor
 
 if TYPE_CHECKING:
     from project.inference.prediction import Predictor
@@ -184,10 +184,9 @@ def predict_files(
     """Predict what ``inputs`` name with a model folder, a checkpoint or an ONNX export, and write the rows to the
     CSV file ``out``, which must not exist yet (:func:`write_csv`): for an image model the image files
     (:func:`image_paths`; ``skipping`` says each that cannot be decoded), for a text model the lines of the text
-    files (:func:`text_lines`; ``-`` is stdin; ``skipping`` says each empty line). An image model's ONNX file (a model
-    folder's, or one named) runs without torch where it can
-    (:class:`~project.inference.numpy_predictor.NumpyPredictor`), else through
-    :meth:`~project.inference.prediction.Predictor.load`: the same rows either way.
+    files (:func:`text_lines`; ``-`` is stdin; ``skipping`` says each empty line). An ONNX file (a model
+    folder's, or one named) runs without torch where it can (:class:`NumpyPredictor`, :class:`NumpyTextPredictor`),
+    else through :meth:`~project.inference.prediction.Predictor.load`: the same rows either way.
     Returns how many rows, and the inputs skipped."""
     if batch_size < 1:
         raise UserInputError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -202,9 +201,8 @@ def predict_files(
         raise UserInputError(f"--mnist_style prepares images of digits: {model_path} is a text model")
     items, skipped = text_lines(inputs) if text else (image_paths(inputs), [])
     counting = Counting("predict", "texts" if text else "images", len(items))  # predict: 512/2000 images
-    if predictor is None:  # an image model's ONNX file runs without torch where it can
-        numpy_predictor = None if text else _numpy_predictor(model_path, mnist_style)
-        predictor = numpy_predictor or _torch_predictor(model_path, mnist_style)
+    if predictor is None:  # an ONNX file runs without torch where it can
+        predictor = _numpy_predictor(model_path, mnist_style) or _torch_predictor(model_path, mnist_style)
     rows, unreadable = predictor.predict(items, batch_size, counting)
     counting.end()
     for line in skipped + unreadable:
@@ -232,10 +230,11 @@ def _check_named(inputs: list[str]) -> None:
             raise UserInputError(f"{item}: no such file, folder or pattern")
 
 
-def _numpy_predictor(model_path: Path, mnist_style: bool) -> NumpyPredictor | None:
+def _numpy_predictor(model_path: Path, mnist_style: bool) -> NumpyPredictor | NumpyTextPredictor | None:
     """The torch-free predictor of a model folder's ``model.onnx`` or of an ONNX file with ``config.json`` beside it,
-    where onnxruntime is installed and :meth:`NumpyPredictor.from_config` takes the model; ``None`` otherwise, and for
-    anything wrong with the files: the torch path then runs, or says what is wrong in its own words."""
+    where onnxruntime is installed and :meth:`NumpyPredictor.from_config` (a text model's:
+    :meth:`NumpyTextPredictor.from_config`) takes the model; ``None`` otherwise, and for anything wrong with the files:
+    the torch path then runs, or says what is wrong in its own words."""
     path = Path(model_path).expanduser()
     onnx = path / ONNX if path.is_dir() else path
     if mnist_style or onnx.suffix != ".onnx" or not onnx.is_file() or not (onnx.parent / CONFIG).is_file():
@@ -244,8 +243,9 @@ def _numpy_predictor(model_path: Path, mnist_style: bool) -> NumpyPredictor | No
         return None
     try:
         config = read_config(onnx.parent)
-        preprocessing = checked_preprocessing(config["preprocessing"], onnx.parent / CONFIG)
-        return NumpyPredictor.from_config(onnx, config, preprocessing)
+        preprocessing = folder_preprocessing(onnx.parent, config)
+        kind = NumpyTextPredictor if is_text(preprocessing) else NumpyPredictor
+        return kind.from_config(onnx, config, preprocessing)
     except UserInputError:
         return None
 
