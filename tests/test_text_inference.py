@@ -258,6 +258,9 @@ def test_evaluate_refuses_a_masked_token_checkpoint_in_one_line(text_run, tmp_pa
     with pytest.raises(UserInputError, match=r"is a masked-token \(pretraining\) checkpoint: evaluate") as error:
         evaluate_checkpoint(tmp_path / "pretrained.ckpt", "test", out=tmp_path / "report")
     assert "\n" not in str(error.value) and "val/perplexity" in str(error.value)
+    assert f"validate --config {tmp_path.parent / 'config.yaml'} --ckpt_path {tmp_path / 'pretrained.ckpt'}" in str(
+        error.value
+    )
     assert not (tmp_path / "report").exists()
 
 

@@ -124,11 +124,12 @@ def evaluate_checkpoint(
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path)
     if model.task.name == "masked_tokens":
+        run_config = Path(checkpoint_path).parent.parent / "config.yaml"
         raise UserInputError(
             f"{checkpoint_path} is a masked-token (pretraining) checkpoint: evaluate reports labelled tasks. Its "
             "perplexity and masked-token accuracy are its validation metrics (val/perplexity, val/acc in TensorBoard; "
-            f"again: python -m project validate --config pretrain_text --data.files ... --ckpt_path {checkpoint_path});"
-            " fine-tune it on labelled texts and evaluate that checkpoint"
+            f"again: python -m project validate --config {run_config} --ckpt_path {checkpoint_path}); fine-tune it on "
+            "labelled texts and evaluate that checkpoint"
         )
     data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
     try:
