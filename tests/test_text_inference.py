@@ -99,7 +99,7 @@ def text_run(tmp_path_factory) -> Path:
     L.seed_everything(0)
     data = TinyTexts(batch_size=16, split={"val_size": 32})
     network = TextTransformer(data.vocab_size, 2, width=32, depth=1, heads=2, max_length=MAX_LENGTH, dropout=0.0)
-    logger = RunLogger(save_dir=str(folder), name="text", version=0)
+    logger = RunLogger(save_dir=str(folder), name="text", version=0, log_graph=True)
     trainer = L.Trainer(
         max_steps=64,
         accelerator="cpu",
@@ -264,13 +264,14 @@ def test_evaluate_refuses_a_masked_token_checkpoint_in_one_line(text_run, tmp_pa
     assert not (tmp_path / "report").exists()
 
 
-def test_tensorboard_shows_the_worst_texts_as_a_table_and_draws_no_image_grid_of_them(text_run):
+def test_tensorboard_shows_the_worst_texts_as_a_table_no_image_grid_of_them_and_the_graph(text_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
 
     accumulator = EventAccumulator(str(text_run.parent.parent), size_guidance={"tensors": 0, "images": 0})
     accumulator.Reload()
     assert accumulator.Tags()["images"] == ["val/confusion_matrix"]  # no grids of token ids
+    assert accumulator.Tags()["graph"]  # traced without gradients: nn.TransformerEncoder's trace check passes
     tags = accumulator.Tags()["tensors"]
     assert {"val/worst/text_summary", "val/samples/text_summary"} <= set(tags)
     events = accumulator.Tensors("val/worst/text_summary")
