@@ -61,7 +61,8 @@ def _export_parser(prog: str) -> ArgumentParser:
         "--model.finetuning.pretrained take), ONNX (and, asked for, a torch.export program, .pt2), config.json (the "
         "network's class and arguments, the preprocessing, the class names, what the outputs mean, the metrics the "
         "run measured) and README.md, a model card. Each executable file takes a batch of any size of normalised "
-        "images, and is checked against the checkpoint's network. See docs/inference.md.",
+        "images (a text model's: token ids of any length, with its tokenizer.json beside it), and is checked against "
+        "the checkpoint's network. See docs/inference.md.",
     )
     parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
     parser.add_argument(
