@@ -1,7 +1,7 @@
 """Prediction on new image files (or texts) with torch, from a checkpoint, a model folder or an ONNX export, with
 exactly the preprocessing of training (:class:`Predictor`; a text model's: :class:`TextPredictor`; the ``predict``
-command and its CSV: :mod:`project.inference.prediction_files`, which runs an image model's ONNX file without torch
-where it can: :mod:`project.inference.numpy_predictor`).
+command and its CSV: :mod:`project.inference.prediction_files`, which runs an ONNX file without torch where it can:
+:mod:`project.inference.numpy_predictor`).
 
 The preprocessing (channels, size, mean and std per channel) and the names of the classes are read from the
 checkpoint, which every training run writes them into (``TaskModule.on_save_checkpoint``), or from the ``config.json``
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from project.data.decoding import ImageConversion, UndecodableImage, check_mnist_style
 from project.data.in_memory import normalised
+from project.data.tokenizer import TextTokenizer
 from project.errors import UserInputError, first_line
 from project.inference.model_folder import CONFIG, ONNX, WEIGHTS, load_network, read_config
 from project.inference.numpy_predictor import onnx_session
@@ -171,8 +172,6 @@ class TextPredictor(Predictor):
 
     def prepare(self, preprocessing: dict[str, Any]) -> None:
         """Set up the tokenizer (from its JSON) and the longest sequence."""
-        from project.data.tokenizer import TextTokenizer
-
         self.tokenizer = TextTokenizer.from_json(preprocessing["tokenizer"])
         self.max_length = preprocessing["max_length"]
 
