@@ -127,6 +127,8 @@ class ImageDataModule(L.LightningDataModule):
 
     vocab_size: int = 0
     """How many token ids the data's tokenizer makes (text data: batches of ids, padded with 0); 0: images."""
+    tokenizer: Any = None
+    """Text data's ``project.data.tokenizer.TextTokenizer``, which reports decode its batches with; ``None``: images."""
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""
@@ -283,8 +285,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def loader_workers(self, dataset: Dataset) -> int:
         """DataLoader workers for ``dataset``: ``data.loading.num_workers`` when given; otherwise, when
-        :meth:`reads_slowly`, the cores this process may use shared among this machine's training processes, else
-        none."""
+        :meth:`reads_slowly`, the cores this process may use shared among this machine's training processes; else 0."""
         if self.loading.num_workers is not None:
             return self.loading.num_workers
         if not self.reads_slowly(dataset):
@@ -304,8 +305,7 @@ class ImageDataModule(L.LightningDataModule):
     def batches(
         self, split: str, dataset: Dataset | None, batch_size: int, sampler: ResumableSampler | None = None
     ) -> DataLoader | DeviceBatches:
-        """The split's batches of pixels: drawn on the training device when it is held in memory, else a
-        DataLoader."""
+        """The split's batches: drawn on the training device when it is held in memory, else a DataLoader."""
         if split in self.memory:
             return DeviceBatches(self.memory[split], batch_size, self.device(), sampler)
         return self.loader(dataset, batch_size, sampler)
