@@ -131,7 +131,11 @@ def evaluate_checkpoint(
             f"again: python -m project validate --config {run_config} --ckpt_path {checkpoint_path}); fine-tune it on "
             "labelled texts and evaluate that checkpoint"
         )
-    data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
+    # A text run's tokenizer is the one the checkpoint records, never one found in (or trained again into) a cache.
+    recorded = "tokenizer" in (checkpoint.get("preprocessing") or {})
+    data = data_module_from_checkpoint(
+        checkpoint, data_dir=data_dir, tokenizer=str(checkpoint_path) if recorded else None
+    )
     try:
         data.prepare_data()  # never a download (data_module_from_checkpoint): the data_dir is the checkpoint's
     except DataNotFoundError as error:
