@@ -113,6 +113,7 @@ class TextTransformer(Network):
             "per_token": per_token,
         }
         self.vocab_size = vocab_size
+        self.max_length = max_length
         self.num_outputs = num_outputs
         self.per_token = per_token
         self.backbone = _TokenEncoder(vocab_size, width, depth, heads, max_length, dropout)
