@@ -131,11 +131,7 @@ def evaluate_checkpoint(
             f"again: python -m project validate --config {run_config} --ckpt_path {checkpoint_path}); fine-tune it on "
             "labelled texts and evaluate that checkpoint"
         )
-    # A text run's tokenizer is the one the checkpoint records, never one found in (or trained again into) a cache.
-    recorded = "tokenizer" in (checkpoint.get("preprocessing") or {})
-    data = data_module_from_checkpoint(
-        checkpoint, data_dir=data_dir, tokenizer=str(checkpoint_path) if recorded else None
-    )
+    data = data_module_from_checkpoint(checkpoint, data_dir=data_dir, read_from=checkpoint_path)
     try:
         data.prepare_data()  # never a download (data_module_from_checkpoint): the data_dir is the checkpoint's
     except DataNotFoundError as error:
@@ -160,10 +156,13 @@ def evaluate_checkpoint(
     return _markdown_report(report, title), _write_reports(report, folder, title)
 
 
-def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
+def data_module_from_checkpoint(
+    checkpoint: dict[str, Any], read_from: Path | None = None, **overrides: Any
+) -> ImageDataModule:
     """Rebuild the data module a checkpoint was trained with (its class and arguments are recorded in it:
     :mod:`project.data.recording`); ``overrides`` replace recorded arguments (``data_dir``) or give those a checkpoint
-    cannot hold (``train_dataset=`` a dataset built in Python).
+    cannot hold (``train_dataset=`` a dataset built in Python). A text module that takes a ``tokenizer`` is given the
+    one the checkpoint records (``read_from``: the checkpoint's file), never one found in a cache or trained again.
 
     The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
     a checkpoint cannot make this call a function of its choosing. Its arguments are plain values, and a dataset
@@ -182,6 +181,9 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     arguments = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in _FROM_THE_USER}
     if _takes_argument(data_class, "download"):
         arguments["download"] = False
+    recorded = "tokenizer" in (checkpoint.get("preprocessing") or {})
+    if read_from is not None and recorded and _takes_argument(data_class, "tokenizer"):
+        arguments["tokenizer"] = str(read_from)
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     for name, base in data_class.class_arguments.items():
         if isinstance(arguments.get(name), dict):

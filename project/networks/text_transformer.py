@@ -68,7 +68,7 @@ class _TokenEncoder(nn.Module):
         self.max_length = max_length
 
     def forward(self, ids: Tensor) -> Tensor:
-        if ids.shape[1] > self.max_length:
+        if not torch.jit.is_tracing() and ids.shape[1] > self.max_length:  # a trace (TensorBoard graph) has 8 ids
             raise ValueError(
                 f"sequences of {ids.shape[1]} tokens, longer than the network's max_length {self.max_length}"
             )
