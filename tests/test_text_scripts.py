@@ -117,3 +117,25 @@ def test_the_docstring_corpus_refuses_a_folder_with_files_and_leaves_nothing_whe
     with pytest.raises(SystemExit, match="alpha gives 6 test and 18 training docstrings"):
         _corpus(fake_site, tmp_path / "small", "--min-train", "1000")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site-packages", "taken"]  # no half-written corpus
+
+
+def test_the_text_study_writes_its_table_json_and_plot_and_shows_a_loss_as_a_loss(tmp_path):
+    write_results = script_function("text_study.py", "write_results")
+    settings = write_results.__globals__["Settings"]()
+    scratch, pretrained = write_results.__globals__["SCRATCH"], write_results.__globals__["PRETRAINED"]
+    accuracies = {(10, scratch): (0.5, 0.6), (10, pretrained): (0.7, 0.8), (50, scratch): (0.9, 0.9),
+                  (50, pretrained): (0.85, 0.85)}  # fmt: skip
+    rows = [{"labels_per_class": size, "seed": seed, "method": method, "test_accuracy": accuracy}
+            for (size, method), values in accuracies.items() for seed, accuracy in enumerate(values)]  # fmt: skip
+    write_results(tmp_path, rows, settings, {"corpus": {"classes": 8}})
+    lines = (tmp_path / "text_study.md").read_text().splitlines()
+    assert lines[0] == "Test accuracy (chance 12.5%), mean ± sd over 2 seeds (each seed's in brackets):"
+    assert lines[2] == "| labels per class | from scratch | pretrained | pretrained minus scratch |"
+    assert lines[4] == "| 10 | 55.0% ± 7.1% (50.0%, 60.0%) | 75.0% ± 7.1% (70.0%, 80.0%) | +20.0 points |"
+    assert lines[5] == "| 50 | 90.0% ± 0.0% (90.0%, 90.0%) | 85.0% ± 0.0% (85.0%, 85.0%) | -5.0 points |"  # a loss
+    report = json.loads((tmp_path / "text_study.json").read_text())
+    assert report["summary"]["10"]["pretrained"]["seeds"] == {"0": 0.7, "1": 0.8} and len(report["runs"]) == 8
+    assert report["settings"]["steps"] == settings.steps and report["corpus"] == {"classes": 8}
+    assert (tmp_path / "text_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    write_results(tmp_path, rows[:2], settings, {})  # negative control: one method alone gives no gain
+    assert (tmp_path / "text_study.md").read_text().splitlines()[4].endswith("| — | — |")
