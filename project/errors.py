@@ -86,6 +86,7 @@ EXTRAS = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "starlette": "serve",
+    "tokenizers": "text",
 }
 """Packages that an extra in ``pyproject.toml`` installs (``pip install -e ".[wandb]"``), by their import or
 distribution name."""

@@ -24,7 +24,7 @@ LABEL_SETS = {"even": [0, 2, 4, 6, 8], "at_least_5": [5, 6, 7, 8, 9]}
 
 
 def test_the_project_has_a_task_for_each_kind_of_targets_named_as_the_data_names_them():
-    assert sorted(TASKS) == ["binary", "multiclass", "multilabel", "regression"]
+    assert sorted(TASKS) == ["binary", "masked_tokens", "multiclass", "multilabel", "regression"]
     assert all(issubclass(task, Task) and task.name == name for name, task in TASKS.items())
 
 

@@ -51,7 +51,7 @@ from project.cli.refusals import SUBCOMMANDS, exit_on_refusal, explain_cli_error
 from project.data import ImageDataModule
 from project.errors import UserInputError
 from project.files.atomic import written_whole
-from project.networks.base import check_image_shape
+from project.networks.base import check_input
 from project.reports import trackers
 from project.reports.tensorboard import RunLogger, TensorBoardReports
 from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries, stopped_by_ctrl_c
@@ -250,7 +250,7 @@ class ProjectCLI(LightningCLI):
         """Everything that can fail before the Trainer writes its first file, in the order of cost."""
         model, data, trainer = self.model, self.datamodule, self.trainer
         model.use_data(data)  # the task: the config's, or the project's for the data's targets
-        check_image_shape(model.network, data.image_shape)
+        check_input(model.network, data.vocab_size, data.image_shape)
         if stage == "fit":
             check_monitors(trainer.callbacks, model)
             check_averaging(trainer.callbacks, self.checkpoint, str(self.chosen.path) if self.chosen else "")

@@ -73,9 +73,8 @@ class ImageDataModule(L.LightningDataModule):
         loading: how batches are loaded (:class:`~project.data.loading.Loading`: ``in_memory``, ``num_workers``,
             ``eval_batch_size``).
 
-    Each piece may be given as the mapping of its fields too (``split={"val_size": 100}``), as a checkpoint records it.
-    The module keeps them as :attr:`split`, :attr:`labels` and :attr:`loading`, and the augmentation at work as
-    :attr:`augmentation` (names a subclass leaves to the base).
+    Each piece may be given as the mapping of its fields (``split={"val_size": 100}``), as a checkpoint records it; the
+    module keeps them as :attr:`split`, :attr:`labels`, :attr:`loading` and :attr:`augmentation` (the one at work).
     """
 
     default_task = "multiclass"
@@ -126,6 +125,8 @@ class ImageDataModule(L.LightningDataModule):
         of a folder by the folder's name; by default the class's name less ``DataModule`` (``"Tensor"``)."""
         return type(self).__name__.removesuffix("DataModule") or type(self).__name__
 
+    vocab_size: int = 0
+    """How many token ids the data's tokenizer makes (text data: batches of ids, padded with 0); 0: images."""
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""

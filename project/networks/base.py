@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from project.errors import UserInputError
@@ -36,6 +37,9 @@ class Network(nn.Module):
     """Channels of the images the network takes, checked against the data before training."""
     image_size: int = 28
     """Side length of the (square) images the network takes, checked against the data before training."""
+    vocab_size: int = 0
+    """How many token ids the network embeds: a text network takes batches of ids (batch, length), padded with id 0,
+    which it masks; 0: the network takes images."""
     config: dict[str, Any]
     """The constructor's arguments as plain values (numbers, strings, lists): a checkpoint rebuilds the network from
     them with ``type(network)(**config)``."""
@@ -50,10 +54,31 @@ class Network(nn.Module):
         """Raw outputs for a batch of images (logits, or values for regression): the task applies softmax or sigmoid."""
         return self.head(self.backbone(images))
 
+    def example_input(self) -> Tensor:
+        """One input as the network takes it, of zeros (what the model summary and TensorBoard's graph run): an
+        image of ``in_channels`` x ``image_size`` x ``image_size``; a text network gives a short sequence of ids."""
+        return torch.zeros(1, self.in_channels, self.image_size, self.image_size)
 
-def check_image_shape(network: Network, data_shape: tuple[int, int, int] | None) -> None:
-    """Refuse data whose images (``data_shape``: channels, height, width; ``None``: not known before setup) the network
-    cannot take, naming both shapes and the options that set them."""
+
+def check_input(network: Network, data_vocab_size: int, data_shape: tuple[int, int, int] | None) -> None:
+    """Refuse data the network cannot take, naming both sides and the options that set them: text (the data's
+    tokenizer makes ``data_vocab_size`` ids) for a network that embeds fewer ids or takes images, and images
+    (``data_shape``: channels, height, width; ``None``: not known before setup) of another shape."""
+    if data_vocab_size or network.vocab_size:
+        if not data_vocab_size:
+            raise UserInputError(
+                f"{type(network).__name__} takes token ids, and the data gives images: choose a text data module"
+            )
+        if not network.vocab_size:
+            raise UserInputError(
+                f"the data gives token ids, and {type(network).__name__} takes images: choose a text network"
+            )
+        if data_vocab_size > network.vocab_size:
+            raise UserInputError(
+                f"the data's tokenizer makes {data_vocab_size} token ids and the network embeds {network.vocab_size}: "
+                f"set model.network.init_args.vocab_size to {data_vocab_size} or more (or data.vocab_size lower)"
+            )
+        return
     if data_shape is None:
         return
     channels, size, _ = data_shape

@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from project.data import ImageDataModule
 from project.errors import UserInputError
-from project.networks import Network, check_image_shape  # the package imports every network: the allow-list
+from project.networks import Network, check_input  # the package imports every network: the allow-list
 from project.networks.lora import LoRA, add_adapters, leave_out_base, restore_base
 from project.tasks import TASKS, Task
 from project.training.checkpoints import MonitoredModule, read_checkpoint
@@ -46,8 +46,9 @@ _Batch = tuple[Tensor, Tensor]
 _STAGES = ("train", "val", "test")
 
 
-def _check_arguments(network: Network, lr_batch_size: int | None) -> None:
-    """Refuse a network outside the contract and a learning-rate batch size that cannot work, naming what is allowed."""
+def _check_arguments(network: Network, lr_batch_size: int | None, speed: Speed | None) -> None:
+    """Refuse a network outside the contract, a learning-rate batch size that cannot work and an image layout for
+    token ids, naming what is allowed."""
     if not isinstance(network, Network):
         raise UserInputError(
             f"model.network must be a project.networks.Network, got a {type(network).__name__}: wrap a module "
@@ -63,6 +64,10 @@ def _check_arguments(network: Network, lr_batch_size: int | None) -> None:
         )
     if lr_batch_size is not None and lr_batch_size < 1:
         raise UserInputError(f"model.lr_batch_size must be a positive integer, got {lr_batch_size}")
+    if network.vocab_size and speed is not None and speed.channels_last:
+        raise UserInputError(
+            "model.speed.channels_last lays out images, and a text network takes token ids: leave it false"
+        )
 
 
 class TaskModule(MonitoredModule):
@@ -97,7 +102,7 @@ class TaskModule(MonitoredModule):
         speed: Speed | None = None,
     ) -> None:
         super().__init__()
-        _check_arguments(network, lr_batch_size)
+        _check_arguments(network, lr_batch_size, speed)
         self.network = network
         self.task = task
         self.make_optimizer = optimizer or torch.optim.AdamW
@@ -111,7 +116,7 @@ class TaskModule(MonitoredModule):
             self.load_pretrained()
             add_adapters(network, lora)
         if not self.speed.compile:  # what TensorBoard's graph is traced with (torch.jit cannot trace a compiled one)
-            self.example_input_array = torch.zeros(1, network.in_channels, network.image_size, network.image_size)
+            self.example_input_array = network.example_input()
         self.train_loss = MeanMetric()  # the epoch's mean training loss, its state in checkpoints with the metrics'
         self.divergence = DivergenceWatch()
         self.planned = PlannedRun()  # what a resumed run re-plans its learning rate to
@@ -248,7 +253,8 @@ class TaskModule(MonitoredModule):
             )
         elif not self.task.num_outputs:
             self.use_task(self.task)
-        check_image_shape(self.network, data.image_shape if isinstance(data, ImageDataModule) else None)
+        if isinstance(data, ImageDataModule):
+            check_input(self.network, data.vocab_size, data.image_shape)
         # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
         if stage == "fit" and not self.trainer.ckpt_path and self.tuning.pretrained and self.pretrained_summary is None:
             rank_zero_info(self.load_pretrained())
