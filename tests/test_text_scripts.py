@@ -139,3 +139,47 @@ def test_the_text_study_writes_its_table_json_and_plot_and_shows_a_loss_as_a_los
     assert (tmp_path / "text_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     write_results(tmp_path, rows[:2], settings, {})  # negative control: one method alone gives no gain
     assert (tmp_path / "text_study.md").read_text().splitlines()[4].endswith("| — | — |")
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    """A corpus of three generated packages, large enough for a tokenizer and a few batches of every size."""
+    site = tmp_path / "site-packages"
+    for name, topic in (("alpha", "graphs"), ("beta", "tables"), ("gamma", "images")):
+        _write_package(site, name, "1.0", files=30, topic=topic)
+    return _corpus(site, tmp_path / "corpus", "--test-per-class", "10", "--packages", "alpha", "beta", "gamma")
+
+
+def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "scripts" / name), *args]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=900)
+
+
+@pytest.mark.slow
+def test_the_text_study_pretrains_once_and_fine_tunes_each_size_seed_and_method_quickly(small_corpus, tmp_path):
+    out = tmp_path / "study"
+    result = _script("text_study.py", "--corpus", str(small_corpus), "--out", str(out), "--quick", "--sizes", "2",
+                     "5", "--seeds", "0", "1", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "text_study.json").read_text())
+    assert len(report["runs"]) == 2 * 2 * 2 and report["settings"]["steps"] == 10
+    assert all(0 <= run["test_accuracy"] <= 1 and run["optimizer_steps"] == 10 for run in report["runs"])
+    assert Path(report["pretraining"]["checkpoint"]).is_file() and report["corpus"]["classes"] == 3
+    assert "| 5 |" in (out / "text_study.md").read_text() and (out / "text_study.png").is_file()
+    assert not (tmp_path / "logs").exists()  # the pretraining run's folder is under the study's
+
+
+@pytest.mark.slow
+def test_the_text_benchmark_times_pretraining_fine_tuning_and_padding_quickly(small_corpus, tmp_path):
+    out = tmp_path / "benchmark_text.json"
+    result = _script("benchmark_text.py", "--corpus", str(small_corpus), "--quick", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| run | tokens/s (real) | tokens/s (with padding) |" in result.stdout
+    report = json.loads(out.read_text())
+    assert [run["run"] for run in report["runs"]] == ["pretraining", "fine-tuning"]
+    assert all(run["real_tokens_per_s"] > 0 and run["peak_rss_mb"] > 0 for run in report["runs"])
+    ways = {row["batches"]: row for row in report["padding"]}
+    assert ways["padded to max_length"]["vs_max_length"] == 1.0
+    assert ways["bucketed by length"]["real_tokens_share"] >= ways["dynamic padding"]["real_tokens_share"]
+    assert not (tmp_path / "logs").exists()
