@@ -54,6 +54,7 @@ from project.files.atomic import written_whole
 from project.networks.base import check_input
 from project.reports import trackers
 from project.reports.tensorboard import RunLogger, TensorBoardReports
+from project.training.finetuning import check_pretrained_tokenizer, check_same_tokenizer
 from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries, stopped_by_ctrl_c
 from project.training.progress import ProgressLog, console_callbacks, quiet_lightning_lines, say
 from project.training.resume import ExactResume, check_resume_settings, check_saved_states
@@ -256,6 +257,9 @@ class ProjectCLI(LightningCLI):
             check_averaging(trainer.callbacks, self.checkpoint, str(self.chosen.path) if self.chosen else "")
         if self.checkpoint is not None:
             check_recorded(self.checkpoint, str(self.chosen.path))
+            if data.vocab_size:  # a tokenizer trained again is another: the run's ids would change meaning
+                recorded, fix = self.checkpoint.get("preprocessing"), "give it: --data.tokenizer <that checkpoint>"
+                check_same_tokenizer(recorded, data.preprocessing()["tokenizer"], str(self.chosen.path), fix)
             if stage == "fit":
                 check_resume_settings(
                     self.checkpoint,
@@ -273,6 +277,8 @@ class ProjectCLI(LightningCLI):
             check_fits_network(self.checkpoint, model, str(self.chosen.path))
             self.checkpoint = None  # checked: Lightning reads the file again itself
         elif stage == "fit" and model.tuning.pretrained:
+            if data.vocab_size:  # text: the token ids must mean what they meant in pretraining
+                check_pretrained_tokenizer(model.tuning.pretrained, data.preprocessing()["tokenizer"])
             rank_zero_info(model.load_pretrained())
         adopt_backbone_normalisation(model.network, data)
         set_up_data(data, trainer, stage, model)  # every split checked, and what depends on the run's length

@@ -18,7 +18,11 @@ that torchvision downloaded into works as it is.
   :mod:`project.data.streaming`);
 - :mod:`project.data.arrays`: a user's own arrays: :class:`ArrayDataModule` (``.npy`` / ``.npz`` files),
   :class:`TensorDataModule` (numpy arrays or tensors built in Python);
-- :mod:`project.data.datasets`: :class:`DatasetDataModule`, any ``torch.utils.data.Dataset`` of a user's own.
+- :mod:`project.data.datasets`: :class:`DatasetDataModule`, any ``torch.utils.data.Dataset`` of a user's own;
+- :mod:`project.data.text`: :class:`TextDataModule`, labelled texts (CSV, JSON Lines, a folder per class), and
+  :mod:`project.data.text_corpus`: :class:`TextCorpusDataModule`, raw text for pretraining, tokenised once into a
+  cache on disk (:mod:`project.data.token_cache`) and masked BERT's way (:mod:`project.data.masking`); where their
+  texts and tokenizer come from: :mod:`project.data.text_sources`.
 """
 
 from project.data.arrays import ArrayDataModule, TensorDataModule
@@ -32,6 +36,8 @@ from project.data.loading import Loading
 from project.data.rotation import RotationDataModule
 from project.data.splits import Split, few_shot_indices
 from project.data.streaming import Streamed
+from project.data.text import TextDataModule
+from project.data.text_corpus import TextCorpusDataModule
 from project.data.torchvision_family import TORCHVISION_DATASETS, MNISTDataModule
 
 __all__ = [
@@ -52,6 +58,8 @@ __all__ = [
     "Split",
     "Streamed",
     "TensorDataModule",
+    "TextCorpusDataModule",
+    "TextDataModule",
     "few_shot_indices",
     "resolve_data_dir",
 ]

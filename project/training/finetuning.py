@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from project.data.tokenizer import TextTokenizer
 from project.errors import UserInputError, first_line
 from project.files.weights import read_weights, state_dict_differences
 from project.training.schedules import PlannedSchedule, RunSteps
@@ -145,3 +146,34 @@ def load_pretrained_backbone(network: nn.Module, path: str | Path) -> str:
         f"Loaded {len(source)} backbone tensors from {path}; not loaded: {', '.join(skipped) or 'nothing'}. "
         f"The head is new: {head.in_features} -> {head.out_features}."
     )
+
+
+def check_same_tokenizer(recorded: Any, tokenizer_json: str, source: str, fix: str) -> None:
+    """Refuse text whose tokenizer (``tokenizer_json``, the data's) is not the one a checkpoint records (``recorded``:
+    its ``preprocessing``, ``source`` its file): the same id would stand for another token, and what the network
+    learned would not carry over. ``fix`` says what to give instead. A checkpoint that records no tokenizer (of weights
+    alone) has nothing to compare."""
+    stated = recorded.get("tokenizer") if isinstance(recorded, dict) else None
+    if not isinstance(stated, str):
+        return
+    theirs, ours = (TextTokenizer.from_json(text).fingerprint for text in (stated, tokenizer_json))
+    if theirs != ours:
+        raise UserInputError(
+            f"{source} was trained with another tokenizer (fingerprint {theirs}) than the data's ({ours}): its token "
+            f"ids stand for other tokens; {fix}"
+        )
+
+
+def check_pretrained_tokenizer(path: str | Path, tokenizer_json: str) -> None:
+    """Refuse a fine-tune on text whose data's tokenizer is not the one the pretrained checkpoint ``path`` was trained
+    with (:func:`check_same_tokenizer`); a file of weights alone (a state dict, safetensors) records none."""
+    path = Path(path).expanduser()
+    if path.suffix == ".safetensors" or not path.is_file():
+        return  # (a missing file is refused where the weights are read)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint: refused, saying why, where the weights are read
+        return
+    recorded = content.get("preprocessing") if isinstance(content, dict) else None
+    fix = f"give its tokenizer: --data.tokenizer {path}"
+    check_same_tokenizer(recorded, tokenizer_json, f"model.finetuning.pretrained {path}", fix)
