@@ -11,7 +11,8 @@
 (b) ``padding``: the classifier's training steps on the same texts batched three ways, in one process, interleaved
     over ``--repeats`` rounds (median): padded to ``max_length``; padded to each batch's longest (dynamic padding,
     what the data module does, batches drawn at random); and bucketed (the texts of a window of 50 random batches
-    sorted by length before batching: each batch holds texts of nearly one length). Real tokens per second and the
+    sorted by length before batching: each batch holds texts of nearly one length), ``padding_steps`` timed steps
+    each after 3 of warm-up, the network and optimizer those of (a)'s fine-tuning. Real tokens per second and the
     ratio to padding to ``max_length``: does dynamic padding pay, and would bucketing pay more?
 
     python scripts/benchmark_text.py --corpus corpus/docstrings --out docs/benchmark_text.json
@@ -32,6 +33,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ import torch
 from torch.nn import functional
 
 WARM_UP = 10
+_PADDING_WARM_UP = 3
 RESULT = "benchmark_text result: "
 
 
@@ -53,19 +56,21 @@ class Settings:
     max_length: int = 128
     vocab_size: int = 8192
     batch_size: int = 32
-    steps: int = 40  # timed steps, after the warm-up
+    steps: int = 40  # timed steps of each run of (a), after the warm-up
+    padding_steps: int = 20  # timed steps of each way of (b) in each round, after 3 of warm-up
     repeats: int = 3  # rounds of the padding comparison
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(width=32, depth=1, heads=2, max_length=32, vocab_size=300, batch_size=8, steps=5, repeats=2)
+        return cls(width=32, depth=1, heads=2, max_length=32, vocab_size=300, batch_size=8, steps=5, padding_steps=5,
+                   repeats=2)  # fmt: skip
 
 
 class StepTimer(L.Callback):
     """Times every training step and counts its tokens (real and padded); the memory at the end of training."""
 
     seconds: ClassVar[list[float]] = []
-    tokens: ClassVar[list[tuple[int, int]]] = []
+    tokens: ClassVar[list[tuple[int, int, int]]] = []  # (real tokens, with padding, texts) of each step
     memory: ClassVar[dict[str, float]] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -77,7 +82,7 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         ids = batch[0]
-        StepTimer.tokens.append((int((ids != 0).sum()), ids.numel()))
+        StepTimer.tokens.append((int((ids != 0).sum()), ids.numel(), ids.shape[0]))
         _synchronise(pl_module.device)
         self.start = time.perf_counter()
 
@@ -117,26 +122,29 @@ def network_args(settings: Settings) -> list[str]:
     ]
 
 
-def run_args(kind: str, corpus: Path, settings: Settings, device: str) -> list[str]:
-    """The command line of one timed run: ``pretraining`` or ``fine-tuning`` on the corpus."""
+def run_args(kind: str, corpus: Path, settings: Settings, device: str, cache: Path) -> list[str]:
+    """The command line of one timed run: ``pretraining`` or ``fine-tuning`` on the corpus (its tokenizer and token
+    cache in ``cache``)."""
     data = (
         ["--config=pretrain_text", f"--data.files={corpus / 'unlabelled'}"]
         if kind == "pretraining"
         else ["--config=text", f"--data.train={corpus / 'train.csv'}"]
     )
     return [
-        "fit", *data, "--config=study", *network_args(settings), f"--trainer.max_steps={WARM_UP + settings.steps}",
-        "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0", "--test_after_fit=false", "--seed_everything=0",
+        "fit", *data, "--config=study", *network_args(settings), f"--data.cache_dir={cache}",
+        f"--trainer.max_steps={WARM_UP + settings.steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
+        "--test_after_fit=false", "--seed_everything=0",
         f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.devices=1",
     ]  # fmt: skip
 
 
 def measure(kind: str, corpus: Path, settings: Settings, device: str) -> dict:
-    """One timed run in this process: its row."""
+    """One timed run in this process (its tokenizer and token cache in a temporary folder): its row."""
     from project.cli import run_cli
 
     StepTimer.seconds, StepTimer.tokens = [], []
-    run_cli(run_args(kind, corpus, settings, device), callbacks=[StepTimer()])
+    with tempfile.TemporaryDirectory(prefix="benchmark_text-") as cache:
+        run_cli(run_args(kind, corpus, settings, device, Path(cache)), callbacks=[StepTimer()])
     seconds, tokens = StepTimer.seconds[WARM_UP:], StepTimer.tokens[WARM_UP:]
     real, padded = sum(t[0] for t in tokens), sum(t[1] for t in tokens)
     return {
@@ -145,7 +153,7 @@ def measure(kind: str, corpus: Path, settings: Settings, device: str) -> dict:
         "median_step_ms": 1000 * statistics.median(seconds),
         "real_tokens_per_s": real / sum(seconds),
         "tokens_per_s_with_padding": padded / sum(seconds),
-        "mean_length": padded / settings.batch_size / len(tokens),
+        "mean_length": padded / sum(t[2] for t in tokens),
         **StepTimer.memory,
     }
 
@@ -178,7 +186,9 @@ def _bucketed(sequences: list[list[int]], batch_size: int, rng: random.Random) -
 def _random(sequences: list[list[int]], batch_size: int, rng: random.Random) -> list[list[list[int]]]:
     order = list(range(len(sequences)))
     rng.shuffle(order)
-    return [[sequences[i] for i in order[s : s + batch_size]] for s in range(0, len(order) - batch_size + 1, batch_size)]
+    return [
+        [sequences[i] for i in order[s : s + batch_size]] for s in range(0, len(order) - batch_size + 1, batch_size)
+    ]
 
 
 def padding(corpus: Path, settings: Settings, device: str, seed: int = 0) -> list[dict]:
@@ -191,10 +201,16 @@ def padding(corpus: Path, settings: Settings, device: str, seed: int = 0) -> lis
     classes = sorted({row["label"] for row in rows})
     texts, labels = [row["text"] for row in rows], [classes.index(row["label"]) for row in rows]
     tokenizer = TextTokenizer.train(texts, vocab_size=settings.vocab_size)
-    sequences = [ids + [label] for ids, label in zip(tokenizer.encode(texts, settings.max_length), labels, strict=True)]
+    encoded = tokenizer.encode(texts, settings.max_length)
+    sequences = [[*ids, label] for ids, label in zip(encoded, labels, strict=True)]  # the label last
     torch.manual_seed(seed)
-    network = TextTransformer(vocab_size=tokenizer.vocab_size, num_outputs=len(classes), width=settings.width,
-                              depth=settings.depth, heads=settings.heads, max_length=settings.max_length).to(device)  # fmt: skip
+    shape = {
+        "width": settings.width,
+        "depth": settings.depth,
+        "heads": settings.heads,
+        "max_length": settings.max_length,
+    }
+    network = TextTransformer(vocab_size=tokenizer.vocab_size, num_outputs=len(classes), **shape).to(device)
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=0.01, foreach=True)
     rng = random.Random(seed)
@@ -202,7 +218,7 @@ def padding(corpus: Path, settings: Settings, device: str, seed: int = 0) -> lis
     found: dict[str, list[tuple[float, int, int]]] = {way: [] for way in ways}
     for _ in range(settings.repeats):  # interleaved: a drift of the machine's speed hits each way alike
         for way, batching in ways.items():
-            batches = batching(sequences, settings.batch_size, rng)[: WARM_UP + settings.steps]
+            batches = batching(sequences, settings.batch_size, rng)[: _PADDING_WARM_UP + settings.padding_steps]
             seconds, real, padded = 0.0, 0, 0
             for step, batch in enumerate(batches):
                 ids = tokenizer.pad([sequence[:-1] for sequence in batch])
@@ -217,7 +233,7 @@ def padding(corpus: Path, settings: Settings, device: str, seed: int = 0) -> lis
                 loss.backward()
                 optimizer.step()
                 _synchronise(ids.device)
-                if step >= WARM_UP:
+                if step >= _PADDING_WARM_UP:
                     seconds += time.perf_counter() - start
                     real, padded = real + int((ids != 0).sum()), padded + ids.numel()
             found[way].append((real / seconds, real, padded))
@@ -242,13 +258,19 @@ def tables(runs: list[dict], padded: list[dict], device: str) -> str:
     ]
     for r in runs:
         mem = (
-            f"{r['peak_cuda_mb']:,.0f}" if device == "cuda" else f"{r['peak_rss_mb']:,.0f} | {r['training_rise_mb']:,.0f}"
+            f"{r['peak_cuda_mb']:,.0f}"
+            if device == "cuda"
+            else f"{r['peak_rss_mb']:,.0f} | {r['training_rise_mb']:,.0f}"
         )
         lines.append(
             f"| {r['run']} | {r['real_tokens_per_s']:,.0f} | {r['tokens_per_s_with_padding']:,.0f} | "
             f"{r['mean_length']:.1f} | {r['median_step_ms']:.1f} | {mem} |"
         )
-    lines += ["", "| fine-tuning batches | real tokens share | real tokens/s | vs padded to max_length |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| fine-tuning batches | real tokens share | real tokens/s | vs padded to max_length |",
+        "|---|---|---|---|",
+    ]
     lines += [
         f"| {p['batches']} | {p['real_tokens_share']:.0%} | {p['real_tokens_per_s']:,.0f} | {p['vs_max_length']:.2f}x |"
         for p in padded
@@ -278,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     padded = padding(corpus, settings, args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     machine = f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"\n{machine}; batch {settings.batch_size}, max_length {settings.max_length}, width {settings.width}, "
-          f"depth {settings.depth}, vocabulary {settings.vocab_size}; {settings.steps} steps after {WARM_UP}\n")  # fmt: skip
+    network = f"width {settings.width}, depth {settings.depth}, vocabulary {settings.vocab_size}"
+    print(f"\n{machine}; batch {settings.batch_size}, max_length {settings.max_length}, {network}; "
+          f"{settings.steps} steps after {WARM_UP}\n")  # fmt: skip
     print(tables(runs, padded, args.device))
     if args.out:
         from project.files.atomic import written_whole

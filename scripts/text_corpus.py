@@ -37,7 +37,6 @@ import argparse
 import ast
 import csv
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -309,8 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    print(json.dumps({name: {k: v for k, v in r.items() if k in ("version", "train", "test", "share_naming_own_package")}
-                      for name, r in report["packages"].items()}, indent=1))  # fmt: skip
+    shown = ("version", "train", "test", "share_naming_own_package")
+    print(json.dumps({name: {k: r[k] for k in shown} for name, r in report["packages"].items()}, indent=1))
     print(f"wrote {out}: {report['train']} training and {report['test']} test texts of {report['classes']} packages")
 
 

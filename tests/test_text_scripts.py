@@ -159,15 +159,17 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_the_text_study_pretrains_once_and_fine_tunes_each_size_seed_and_method_quickly(small_corpus, tmp_path):
     out = tmp_path / "study"
-    result = _script("text_study.py", "--corpus", str(small_corpus), "--out", str(out), "--quick", "--sizes", "2",
-                     "5", "--seeds", "0", "1", cwd=tmp_path)  # fmt: skip
+    work = tmp_path / "work"
+    result = _script("text_study.py", "--corpus", str(small_corpus), "--out", str(out), "--work", str(work), "--quick",
+                     "--sizes", "2", "5", "--seeds", "0", "1", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "text_study.json").read_text())
     assert len(report["runs"]) == 2 * 2 * 2 and report["settings"]["steps"] == 10
     assert all(0 <= run["test_accuracy"] <= 1 and run["optimizer_steps"] == 10 for run in report["runs"])
     assert Path(report["pretraining"]["checkpoint"]).is_file() and report["corpus"]["classes"] == 3
     assert "| 5 |" in (out / "text_study.md").read_text() and (out / "text_study.png").is_file()
-    assert not (tmp_path / "logs").exists()  # the pretraining run's folder is under the study's
+    assert report["pretraining"]["checkpoint"] == str(tmp_path / "work" / "pretrained.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "site-packages", "study", "work"]  # no logs
 
 
 @pytest.mark.slow
