@@ -144,7 +144,7 @@ def finetune(corpus: Path, checkpoint: Path, settings: Settings, size: int, seed
 
 
 def summarise(rows: list[dict]) -> dict[int, dict[str, dict]]:
-    """size -> method -> mean, sd (0 for one seed) and each seed's test accuracy."""
+    """size -> method -> mean, std (the sample standard deviation, 0 for one seed) and each seed's test accuracy."""
     summary: dict[int, dict[str, dict]] = {}
     for row in sorted(rows, key=lambda r: (r["labels_per_class"], r["method"], r["seed"])):
         cell = summary.setdefault(row["labels_per_class"], {}).setdefault(row["method"], {"seeds": {}})
@@ -153,7 +153,7 @@ def summarise(rows: list[dict]) -> dict[int, dict[str, dict]]:
         for cell in methods.values():
             values = list(cell["seeds"].values())
             cell["mean"] = statistics.mean(values)
-            cell["sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            cell["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return summary
 
 
@@ -175,7 +175,7 @@ def markdown_table(summary: dict[int, dict[str, dict]], seeds: int, classes: int
                 cells.append("—")
                 continue
             each = ", ".join(f"{v:.1%}" for v in cell["seeds"].values())
-            cells.append(f"{cell['mean']:.1%} ± {cell['sd']:.1%} ({each})")
+            cells.append(f"{cell['mean']:.1%} ± {cell['std']:.1%} ({each})")
         gain = "—"
         if all(m in methods for m in METHODS):
             gain = f"{(methods[PRETRAINED]['mean'] - methods[SCRATCH]['mean']) * 100:+.1f} points"
@@ -190,7 +190,7 @@ def plot(summary: dict[int, dict[str, dict]], title: str) -> bytes:
     for method, marker in zip(METHODS, "os", strict=True):
         sizes = [size for size in sorted(summary) if method in summary[size]]
         means = [summary[size][method]["mean"] * 100 for size in sizes]
-        spreads = [summary[size][method]["sd"] * 100 for size in sizes]
+        spreads = [summary[size][method]["std"] * 100 for size in sizes]
         axes.errorbar(sizes, means, yerr=spreads, marker=marker, capsize=3, label=method)
     axes.set_xscale("log")
     axes.set_xticks(sorted(summary), [str(size) for size in sorted(summary)])
