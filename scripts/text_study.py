@@ -17,7 +17,8 @@ project's presets, in this process:
   one instead);
 - each fine-tune: ``fit --config text --config study --data.train CORPUS/train.csv --data.test CORPUS/test.csv
   --data.tokenizer CKPT --data.split.samples_per_class N`` for ``--steps`` optimizer steps (the same for every size
-  and method), ``fine-tuned`` adding ``--model.finetuning.pretrained CKPT`` (the backbone at a third of the head's
+  and method, the same learning rate for every weight: only the starting weights differ), ``pretrained`` adding
+  ``--model.finetuning.pretrained CKPT`` (``--backbone-lr-factor 0.33``: the backbone at a third of the head's
   learning rate, as ``scripts/few_shot.py``'s), ``from scratch`` not.
 
 Writes ``<out>/text_study.md`` (the table: mean ± sd over seeds and the gain of pretraining), ``<out>/text_study.json``
@@ -55,7 +56,8 @@ class Settings:
     pretrain_batch_size: int = 32
     steps: int = 80  # optimizer steps of every fine-tune
     batch_size: int = 32
-    lr: float = 1e-3  # the head's (and from scratch, every weight's); the pretrained backbone gets a third
+    lr: float = 1e-3  # the peak learning rate of every fine-tune
+    backbone_lr_factor: float = 1.0  # the pretrained backbone's learning rate, as a share of ``lr``
 
     @classmethod
     def quick(cls) -> Settings:
@@ -104,7 +106,7 @@ def finetune_args(corpus: Path, checkpoint: Path, settings: Settings, size: int,
         return [
             *args,
             f"--model.finetuning.pretrained={checkpoint}",
-            f"--model.finetuning.backbone_lr={settings.lr / 3}",
+            f"--model.finetuning.backbone_lr={settings.lr * settings.backbone_lr_factor}",
         ]
     return [*args, "--model.finetuning.backbone_lr=null"]
 
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrain-steps", type=int, help=f"default {Settings.pretrain_steps}")
     parser.add_argument("--steps", type=int, help=f"optimizer steps of every fine-tune (default {Settings.steps})")
     parser.add_argument("--lr", type=float, help=f"peak learning rate of the fine-tunes (default {Settings.lr})")
+    parser.add_argument("--backbone-lr-factor", type=float, help="the pretrained backbone's learning rate over --lr "
+                        f"(default {Settings.backbone_lr_factor}; scripts/few_shot.py's: 0.33)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a tiny network and a few steps: a smoke test")
     args = parser.parse_args(argv)
     corpus = Path(args.corpus)
@@ -249,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     if any(size < 1 for size in args.sizes) or len(set(args.sizes)) != len(args.sizes):
         parser.error(f"--sizes must be different positive integers, got {args.sizes}")
     settings = Settings.quick() if args.quick else Settings()
-    changes = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "lr": args.lr}
+    changes = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "lr": args.lr,
+               "backbone_lr_factor": args.backbone_lr_factor}  # fmt: skip
     for name, value in changes.items():
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
