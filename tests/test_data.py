@@ -159,7 +159,7 @@ def test_every_data_module_takes_few_arguments_of_its_own_beside_the_shared_piec
 
     modules = [value for value in vars(data).values() if isinstance(value, type) and value.__name__.endswith("Module")]
     counts = {cls.__name__: len(own_arguments(cls)) for cls in modules if cls is not data.ImageDataModule}
-    assert len(counts) == 8 and max(counts.values()) <= 8, counts
+    assert len(counts) == 10 and max(counts.values()) <= 8, counts
     assert own_arguments(data.ArrayDataModule) == {"train_images", "train_labels", "test_images", "test_labels",
                                                    "npz", "num_classes", "mean", "std"}  # fmt: skip
     assert set(list(inspect.signature(data.ImageDataModule.__init__).parameters)[1:]) == SHARED

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,9 @@ TOPICS = {
     "sport": ["ball", "goal", "team", "match", "score", "coach", "runner", "stadium", "referee"],
 }
 COMMON = ["the", "a", "and", "with", "very", "today", "we", "they", "played", "made", "quickly", "slowly"]
-TINY_NETWORK = ["--model.network.init_args.width=32", "--model.network.init_args.heads=2",
-                "--model.network.init_args.depth=1", "--model.network.init_args.max_length=32",
-                "--model.network.init_args.vocab_size=400", "--data.max_length=32", "--data.vocab_size=300"]  # fmt: skip
+NETWORK = "--model.network.init_args"
+TINY_NETWORK = [f"{NETWORK}.width=32", f"{NETWORK}.heads=2", f"{NETWORK}.depth=1", f"{NETWORK}.max_length=32",
+                f"{NETWORK}.vocab_size=400", "--data.max_length=32", "--data.vocab_size=300"]  # fmt: skip
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -126,6 +127,31 @@ def test_csv_json_lines_and_a_folder_per_class_give_the_same_examples(tmp_path):
     assert examples["texts.csv"] == examples["texts.jsonl"] == examples["folder"]
 
 
+def padding_of(data: TextDataModule) -> tuple[int, list[int]]:
+    """The padding tokens of an epoch of ``data``'s training batches, and the texts in the order they came."""
+    padding, order = 0, []
+    for batch in data.train_dataloader():
+        ids, _ = data.network_batch(batch, augment=True)
+        padding += int((ids == 0).sum())
+        order += [tuple(row[row != 0].tolist()) for row in ids]
+    return padding, order
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_bucketed_batches_hold_less_padding_cover_every_text_once_and_resume_where_they_stopped(texts_csv, in_memory):
+    plain = labelled(texts_csv, loading={"in_memory": in_memory})
+    bucketed = labelled(texts_csv, loading={"in_memory": in_memory}, bucket_window=4)
+    for data in (plain, bucketed):
+        data.setup("fit")
+    (plain_padding, plain_order), (padding, order) = padding_of(plain), padding_of(bucketed)
+    assert sorted(order) == sorted(plain_order) and padding < plain_padding / 2
+    assert padding_of(bucketed)[1] == order  # the same epoch, the same order
+    from project.data.sampler import Position
+
+    bucketed.resumed_at = Position(0, 3 * bucketed.batch_size)  # as a checkpoint after 3 batches leaves it
+    assert padding_of(bucketed)[1] == order[3 * bucketed.batch_size :]
+
+
 def test_integer_labels_are_the_class_indices_and_names_are_sorted(tmp_path):
     rows = [(text, str(sorted(TOPICS).index(label) * 5)) for text, label in labelled_rows(60)]  # 0, 5, 10
     data = labelled(write_csv(tmp_path / "numbers.csv", rows))
@@ -156,12 +182,14 @@ def test_a_tokenizer_trained_on_the_texts_is_kept_and_found_again(texts_csv):
     assert labelled(texts_csv, vocab_size=200).tokenizer.fingerprint != first.tokenizer.fingerprint
 
 
+NO_COLUMNS = r"has no column text \(data.text_column\) and label \(data.label_column\): its columns are words, kind"
+
+
 @pytest.mark.parametrize(
     ("content", "options", "message"),
     [
         (None, {}, r"data.train: .*missing.csv does not exist"),
-        ("words,kind\nhello,a\n", {}, r"has no column text \(data.text_column\) and label \(data.label_column\): "
-                                      r"its columns are words, kind"),  # fmt: skip
+        ("words,kind\nhello,a\n", {}, NO_COLUMNS),
         ("text,label\nhello,a\n  ,b\n", {}, r"line 3: the text is empty"),
         ("text,label\nhello,a\n", {}, r"holds one class"),
         ("text,label\nhello,a\nbye,b\n", {"augment": {"shift": 2}}, r"^data.augment: .*token ids"),
@@ -187,8 +215,8 @@ def test_the_corpus_is_tokenised_once_and_the_blocks_are_consecutive_cls_block_s
     data = pretraining(corpus)
     data.prepare_data()
     tokens = torch.from_numpy(data.corpus.tokens().astype("int64"))
-    expected = torch.cat([torch.tensor(ids) for ids in data.tokenizer.encode_plain(
-        [line for path in sorted(corpus.glob("*.txt")) for line in path.read_text().splitlines(keepends=True)])])  # fmt: skip
+    lines = [line for path in sorted(corpus.glob("*.txt")) for line in path.read_text().splitlines(keepends=True)]
+    expected = torch.cat([torch.tensor(ids) for ids in data.tokenizer.encode_plain(lines)])
     assert torch.equal(tokens, expected)
     data.setup("fit")
     blocks = data.train_set.dataset.dataset  # the training part of the part not held out for testing
@@ -226,11 +254,10 @@ def test_the_cache_is_reused_rebuilt_when_a_file_changes_and_a_half_written_one_
 def test_a_corpus_larger_than_a_piece_streams_in_pieces_to_the_same_ids(corpus, monkeypatch, tmp_path):
     from project.data import token_cache
 
-    whole = pretraining(corpus, cache_dir=str(tmp_path / "whole"))
+    whole = pretraining(corpus)
     whole.prepare_data()
     monkeypatch.setattr(token_cache, "_CHUNK_CHARACTERS", 500)
-    pieces = pretraining(corpus, cache_dir=str(tmp_path / "pieces"), tokenizer=None)
-    pieces.tokenizer = whole.tokenizer
+    pieces = pretraining(corpus)
     pieces.corpus = token_cache.TokenCache(tmp_path / "pieces", pieces.paths, "stamp", whole.tokenizer)
     pieces.prepare_data()
     assert (pieces.corpus.tokens() == whole.corpus.tokens()).all()
@@ -333,16 +360,18 @@ def fit_subprocess(folder: Path, args: list[str]) -> subprocess.CompletedProcess
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["corpus", "labelled"])
 def test_a_text_run_killed_mid_epoch_resumes_bit_exact(tmp_path, kind):
-    """3 epochs of 10 steps; killed at step 17 (last.ckpt at step 16, in epoch 2), resumed to the end: the same
-    weights, optimizer and schedule as a run never stopped (masking and dropout drawn as they were)."""
+    """3 epochs of 11 to 15 steps; killed at step 17 (last.ckpt at step 16, in epoch 2), resumed to the end: the same
+    weights, optimizer and schedule as a run never stopped (masking, dropout and bucketed batches drawn as they
+    were)."""
     if kind == "corpus":
-        data, source = "project.data.TextCorpusDataModule", f"--data.files={write_corpus(tmp_path / 'corpus')}"
+        data, source = "project.data.TextCorpusDataModule", [f"--data.files={write_corpus(tmp_path / 'corpus')}"]
         config = EXACT_TEXT.replace("PER_TOKEN", "true").replace("BATCH", "16")
     else:
-        data, source = "project.data.TextDataModule", f"--data.train={write_csv(tmp_path / 't.csv', labelled_rows(250))}"
+        texts = write_csv(tmp_path / "t.csv", labelled_rows(250))  # batches of similar length, as they were drawn
+        data, source = "project.data.TextDataModule", [f"--data.train={texts}", "--data.bucket_window=3"]
         config = EXACT_TEXT.replace("PER_TOKEN", "false").replace("BATCH", "20")
     (tmp_path / "exact_text.yaml").write_text(config.replace("DATA", data))
-    args = [f"--config={tmp_path / 'exact_text.yaml'}", source]
+    args = [f"--config={tmp_path / 'exact_text.yaml'}", *source]
     run = Path("logs") / "exact_text" / "version_0" / "checkpoints" / "last.ckpt"
     for name in ("straight", "killed"):
         (tmp_path / name).mkdir()
@@ -351,6 +380,13 @@ def test_a_text_run_killed_mid_epoch_resumes_bit_exact(tmp_path, kind):
     assert fit_subprocess(tmp_path / "killed", [*args, *kill]).returncode == -9
     stopped = torch.load(tmp_path / "killed" / run, weights_only=True)
     assert (stopped["epoch"], stopped["global_step"]) == (1, 16)
+    if kind == "corpus":  # negative control: the masking generator's state forgotten, the run masks otherwise
+        shutil.copytree(tmp_path / "killed", tmp_path / "forgotten")
+        stopped["TextCorpusDataModule"]["mask_generator"] = torch.Generator().manual_seed(1).get_state()
+        torch.save(stopped, tmp_path / "forgotten" / run)
+        assert fit_subprocess(tmp_path / "forgotten", [*args, "--ckpt_path=last"]).returncode == 0
+        with pytest.raises(AssertionError, match="weights differ"):
+            assert_same_training_state(tmp_path / "straight" / run, tmp_path / "forgotten" / run)
     result = fit_subprocess(tmp_path / "killed", [*args, "--ckpt_path=last"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training_state(tmp_path / "straight" / run, tmp_path / "killed" / run)
@@ -375,3 +411,38 @@ def test_the_readme_commands_pretrain_then_fine_tune_with_the_pretrained_tokeniz
     assert refused.returncode == 2
     assert "was trained with another tokenizer" in refused.stderr and "--data.tokenizer" in refused.stderr
     assert not (tmp_path / "logs" / "text" / "version_1").exists()
+
+
+def test_a_fine_tune_with_another_tokenizer_than_the_pretrained_checkpoints_is_refused(tmp_path):
+    from project.training.finetuning import check_pretrained_tokenizer
+
+    words = [text for text, _ in labelled_rows(50)]
+    ours, theirs = (TextTokenizer.train(words, size).to_json() for size in (300, 200))
+    torch.save({"state_dict": {}, "preprocessing": {"tokenizer": theirs}}, tmp_path / "pretrained.ckpt")
+    with pytest.raises(UserInputError, match=r"pretrained.ckpt was trained with another tokenizer .*--data.tokenizer"):
+        check_pretrained_tokenizer(tmp_path / "pretrained.ckpt", ours)
+    check_pretrained_tokenizer(tmp_path / "pretrained.ckpt", theirs)  # its own: taken
+    torch.save({"backbone.weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    check_pretrained_tokenizer(tmp_path / "weights.pt", ours)  # weights alone record no tokenizer
+
+
+def test_the_text_recipe_trains_a_classifier_from_scratch(tmp_path, run_dir):
+    from project.cli import run_cli
+
+    write_csv(tmp_path / "texts.csv", labelled_rows(120))
+    short = [*TINY_NETWORK, *QUIET, "--trainer.max_steps=4", "--trainer.logger.init_args.log_graph=false"]
+    cli = run_cli(["fit", "--config", "text", "--data.train", str(tmp_path / "texts.csv"), *short])
+    assert cli.trainer.global_step == 4 and "test/acc" in cli.trainer.callback_metrics
+    checkpoint = torch.load(run_dir / "logs" / "text" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["preprocessing"]["class_names"] == ["food", "music", "sport"]
+    assert checkpoint["hyper_parameters"]["network"]["init_args"]["num_outputs"] == 3
+
+
+@pytest.mark.slow
+def test_the_text_batches_benchmark_prints_a_row_per_way():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_text_batches.py"
+    command = [sys.executable, str(script), "--quick", "--windows", "0", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| random") or line.startswith("| bucketed")]
+    assert len(rows) == 2 and all(row.count("|") == 5 for row in rows)

@@ -54,8 +54,8 @@ from project.files.atomic import written_whole
 from project.networks.base import check_input
 from project.reports import trackers
 from project.reports.tensorboard import RunLogger, TensorBoardReports
-from project.training.finetuning import check_pretrained_tokenizer, check_same_tokenizer
 from project.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries, stopped_by_ctrl_c
+from project.training.finetuning import check_pretrained_tokenizer, check_same_tokenizer
 from project.training.progress import ProgressLog, console_callbacks, quiet_lightning_lines, say
 from project.training.resume import ExactResume, check_resume_settings, check_saved_states
 from project.training.run_lock import RunLock, first_process

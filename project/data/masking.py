@@ -13,7 +13,6 @@ from torch import Tensor
 from project.tasks.masked_tokens import IGNORED
 
 
-
 class TokenMasking:
     """BERT's masking for a vocabulary of ``vocab_size`` ids, ``special_ids`` among them (never chosen, never drawn as
     random tokens), ``mask_id`` the ``[MASK]`` token; ``rate`` of the other tokens are chosen.

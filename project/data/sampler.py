@@ -51,9 +51,14 @@ class ResumableSampler(DistributedSampler):
         self.set_epoch(now.epoch)
         return now.samples
 
+    def ordered(self, indices: list[int]) -> list[int]:
+        """This process's share of the epoch's order, as it is trained on (a subclass may regroup it: it must do so
+        the same way every time for the same epoch, so that a resumed run skips what was trained)."""
+        return indices
+
     def __iter__(self) -> Iterator[int]:
         skip = self.resumed()
-        indices = list(super().__iter__())
+        indices = self.ordered(list(super().__iter__()))
         return iter(indices[skip:])
 
 

@@ -29,7 +29,7 @@ from project.data.token_cache import TokenCache
 from project.errors import UserInputError
 
 
-class TokenBlocks(Dataset):
+class _TokenBlocks(Dataset):
     """The corpus's ids in consecutive blocks of ``block`` tokens (the last one shorter), each ``[CLS] block [SEP]``,
     read from the memory-mapped cache (opened in each process that reads it: a DataLoader worker maps it again rather
     than receiving a copy)."""
@@ -56,7 +56,7 @@ class TokenBlocks(Dataset):
         return {**self.__dict__, "tokens": None}
 
 
-class MaskedBlocks(Dataset):
+class _MaskedBlocks(Dataset):
     """Blocks masked the same way every time they are read: block ``i`` with a generator seeded by ``seed`` and
     ``i`` (validation and test: their metrics compare across epochs and runs)."""
 
@@ -75,23 +75,22 @@ class MaskedBlocks(Dataset):
 
 class TextCorpusDataModule(ImageDataModule):
     """Pretrain on raw text: ``files`` lists text files and folders (their ``.txt`` files, at any depth), UTF-8, of any
-    size (read as a stream). They are tokenised once into a cache on disk, reused by later runs while the files and the
-    tokenizer stay the same; the examples are consecutive blocks of ``max_length - 2`` tokens (``[CLS] block [SEP]``),
-    the lines and files joined. ``data.split.val_size`` blocks are held out (seeded) for validation and
-    ``data.split.test_size`` for testing. The task is masked tokens (BERT's masking, :mod:`project.data.masking`);
-    the network has an output per token id of the tokenizer (:attr:`num_classes`).
+    size (read as a stream). They are tokenised once into a cache on disk (in ``$PROJECT_CACHE_DIR``, else
+    ``./cache``), reused by later runs while the files and the tokenizer stay the same; the examples are consecutive
+    blocks of ``max_length - 2`` tokens (``[CLS] block [SEP]``), the lines and files joined. ``data.split.val_size``
+    blocks are held out (seeded) for validation and ``data.split.test_size`` for testing. The task is masked tokens
+    (BERT's masking, :mod:`project.data.masking`); the network has an output per token id of the tokenizer
+    (:attr:`num_classes`).
 
     Args:
         files: text files and folders of ``.txt`` files (relative names are read from ``data_dir`` when it is given,
             else the current folder).
         tokenizer: a ``tokenizer.json``, a Hugging Face model folder, or a checkpoint of a text run; default: a
-            WordPiece of ``vocab_size`` tokens trained on the corpus, kept in ``cache_dir`` and recorded in every
+            WordPiece of ``vocab_size`` tokens trained on the corpus, kept in the cache folder and recorded in every
             checkpoint (a fine-tune gives this run's checkpoint as its ``data.tokenizer``).
         vocab_size: the size of a tokenizer trained here (at most).
         max_length: the tokens of an example, ``[CLS]`` and ``[SEP]`` included.
         mask_rate: the share of (non-special) tokens chosen for prediction (BERT: 0.15).
-        cache_dir: where the tokenised corpus and a tokenizer trained here are kept; default ``$PROJECT_CACHE_DIR``,
-            else ``./cache``.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, loading; no labels, no augment).
     """
 
@@ -104,7 +103,6 @@ class TextCorpusDataModule(ImageDataModule):
         vocab_size: int = 8192,
         max_length: int = 128,
         mask_rate: float = 0.15,
-        cache_dir: str | None = None,
         data_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -117,7 +115,7 @@ class TextCorpusDataModule(ImageDataModule):
         self.data_dir = Path(data_dir).expanduser() if data_dir else Path()  # where relative names are read from
         self.paths = corpus_files(files, self.data_dir)
         stamp = files_stamp(self.paths)
-        folder = resolve_cache_dir(cache_dir)
+        folder = resolve_cache_dir(None)  # $PROJECT_CACHE_DIR, else ./cache: the decoded images' folder too
         self.tokenizer = text_tokenizer(tokenizer, vocab_size, lambda: corpus_lines(self.paths), stamp, folder)
         self.num_classes = self.vocab_size = self.tokenizer.vocab_size
         self.max_length = max_length
@@ -144,18 +142,18 @@ class TextCorpusDataModule(ImageDataModule):
 
     def load_split(self, train: bool) -> Dataset:
         self.prepare_data()  # (nothing to do when it was built)
-        blocks = TokenBlocks(self.corpus, self.max_length - 2)
+        blocks = _TokenBlocks(self.corpus, self.max_length - 2)
         kept, held = self.split.test_split(len(blocks))
         if train:
             return torch.utils.data.Subset(blocks, kept.tolist())
-        return MaskedBlocks(torch.utils.data.Subset(blocks, held.tolist()), self.masking, self.split.split_seed + 1)
+        return _MaskedBlocks(torch.utils.data.Subset(blocks, held.tolist()), self.masking, self.split.split_seed + 1)
 
     def split_labels(self, dataset: Dataset) -> None:
         return None
 
     def split_train(self, full_train: Dataset) -> tuple[Dataset, Dataset]:
         train, val = super().split_train(full_train)
-        return train, MaskedBlocks(val, self.masking, self.split.split_seed)
+        return train, _MaskedBlocks(val, self.masking, self.split.split_seed)
 
     def collation(self, dataset: Dataset) -> Any:
         return padded_batch

@@ -25,7 +25,7 @@ from project.data.tokenizer import TextTokenizer
 from project.errors import DataNotFoundError, UserInputError, first_line
 from project.files.atomic import written_whole
 
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 """The labelled-text files by suffix: CSV (or tab-separated) with a header line, or JSON Lines (one object a line)."""
 _LONGEST_LINE = 1 << 20
 """A corpus is read at most this many characters at a time: a file without line breaks streams too."""
@@ -48,11 +48,11 @@ def read_labelled(path: Path, text_column: str, label_column: str, option: str) 
     if path.is_dir():
         texts, labels = _class_folders(path, option)
     else:
-        kind = TABLE_SUFFIXES.get(path.suffix.lower())
+        kind = _TABLE_SUFFIXES.get(path.suffix.lower())
         if kind is None:
             raise UserInputError(
                 f"data.{option}: {path} is not a folder of class sub-folders, nor a labelled-text file ("
-                f"{', '.join(TABLE_SUFFIXES)})"
+                f"{', '.join(_TABLE_SUFFIXES)})"
             )
         reader = _json_lines if kind == "jsonl" else _table_rows
         texts, labels = reader(path, text_column, label_column, "\t" if kind == "tsv" else ",")
@@ -66,7 +66,7 @@ def _class_folders(folder: Path, option: str) -> tuple[list[str], list[str]]:
     if not classes:
         raise UserInputError(
             f"data.{option}: {folder} has no class sub-folders; expected {folder}/<class name>/<text>.txt, or a "
-            f"labelled-text file ({', '.join(TABLE_SUFFIXES)})"
+            f"labelled-text file ({', '.join(_TABLE_SUFFIXES)})"
         )
     texts, labels = [], []
     for name in classes:
@@ -117,12 +117,12 @@ def _table_rows(path: Path, text_column: str, label_column: str, delimiter: str)
     return texts, labels
 
 
-def _check_columns(path: Path, columns: list[str], text_column: str, label_column: str) -> None:
+def _check_columns(where: str | Path, columns: list[str], text_column: str, label_column: str) -> None:
     missing = [f"{name} (data.{option})" for name, option in ((text_column, "text_column"),
                (label_column, "label_column")) if name not in columns]  # fmt: skip
     if missing:
         has = ", ".join(columns) if columns else "none"
-        raise UserInputError(f"{path} has no column {' and '.join(missing)}: its columns are {has}")
+        raise UserInputError(f"{where} has no column {' and '.join(missing)}: its columns are {has}")
 
 
 def _json_lines(path: Path, text_column: str, label_column: str, delimiter: str) -> tuple[list[str], list[Any]]:
@@ -139,7 +139,7 @@ def _json_lines(path: Path, text_column: str, label_column: str, delimiter: str)
                     raise UserInputError(f"{where}: not JSON ({first_line(error)})") from None
                 if not isinstance(row, dict):
                     raise UserInputError(f"{where}: each line must be a JSON object with {text_column}, {label_column}")
-                _check_columns(path, list(row), text_column, label_column)
+                _check_columns(where, list(row), text_column, label_column)
                 texts.append(_checked_text(row[text_column], where))
                 labels.append(_checked_label(row[label_column], where, label_column))
         except UnicodeDecodeError as error:
@@ -158,8 +158,11 @@ def class_indices(train: list[Any], test: list[Any] | None, where: str) -> tuple
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({str(label) for label in test or []} - set(index))
     if unknown:
-        raise UserInputError(f"{where}: the test labels {unknown[:10]} are no class of the training texts ({names[:10]})")
-    return names, [index[str(label)] for label in train], None if test is None else [index[str(l)] for l in test]
+        raise UserInputError(
+            f"{where}: the test labels {unknown[:10]} are no class of the training texts ({names[:10]})"
+        )
+    test_indices = None if test is None else [index[str(label)] for label in test]
+    return names, [index[str(label)] for label in train], test_indices
 
 
 def corpus_files(entries: str | list[str], folder: Path) -> list[Path]:
@@ -214,8 +217,7 @@ def locked(path: Path) -> Iterator[None]:
 
 
 _ALLOWED = (
-    "a tokenizer.json, a Hugging Face model folder (tokenizer.json or vocab.txt), or a checkpoint (.ckpt) of a text "
-    "run"
+    "a tokenizer.json, a Hugging Face model folder (tokenizer.json or vocab.txt), or a checkpoint (.ckpt) of a text run"
 )
 
 

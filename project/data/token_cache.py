@@ -12,8 +12,8 @@ it); the others wait, then open it.
 from __future__ import annotations
 
 import json
-from itertools import chain
 from collections.abc import Callable, Iterable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,9 @@ class TokenCache:
         self.key = digest(f"format {_FORMAT}", stamp, tokenizer.fingerprint)
         self.dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32)
         self.tokenizer = tokenizer
-        self.source = ", ".join(str(path) for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        self.source = ", ".join(str(path) for path in paths[:3]) + (
+            f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        )
 
     def manifest(self) -> dict[str, Any] | None:
         """The manifest, when it matches the files, the tokenizer and the ids on disk; else ``None`` (to rebuild)."""

@@ -232,7 +232,6 @@ _CHANGEABLE_ON_RESUME = (
     "data.stream",
     "data.split.shuffle_seed",
     "data.tokenizer",
-    "data.cache_dir",
 )
 """Options a resumed run may give new values: the learning rates (the learning-rate plan is rescaled from the
 resumed step on), where and how the data is read, and ``pretrained`` and a library network's ``weights`` (ignored: the
@@ -240,7 +239,7 @@ weights come from the checkpoint).
 Where the decoded images are kept (``data.decoded``: the cache, its folder, ``max_memory_mb``) and whether they are
 read from chunks of them (``data.stream``: the chunks hold the same pixels, checked against the files) change nothing
 of the batches; nor does where a text's tokenizer is read from (``data.tokenizer``: the command line checks that it is
-the run's, by its fingerprint) or kept (``data.cache_dir``). The shuffle seed is compared as it takes effect
+the run's, by its fingerprint). The shuffle seed is compared as it takes effect
 (``data.split.shuffle_seed``, else ``seed_everything``).
 Trainer options such as ``max_epochs`` and ``gradient_clip_val`` are not stored in the checkpoint and may change
 too; a longer or shorter run re-plans its schedule. Every other model and data option is fixed."""
