@@ -4,16 +4,18 @@
 
 (a) ``pretraining`` and ``fine-tuning``: training steps (forward, backward, optimizer) of the project's own runs,
     ``fit --config pretrain_text`` (masked tokens, blocks of ``max_length`` tokens) and ``fit --config text``
-    (classification, batches padded to their longest text), with the ``study`` modifier (no logs, no checkpoints),
-    each in a process of its own. Per run: tokens per second (real tokens, and with padding), the median step time
-    after 10 warm-up steps, and the peak memory (CPU: the process's peak resident memory, Linux's high-water mark
-    reset when training starts, and its rise during training; CUDA: ``torch.cuda.max_memory_allocated``).
+    (classification, batches padded to their longest text; ``fine-tuning, bucketed``: with
+    ``--data.bucket_window 50``), with the ``study`` modifier (no logs, no checkpoints), each in a process of its
+    own. Per run: tokens per second (real tokens, and with padding), the median step time after 10 warm-up steps,
+    and the peak memory (CPU: the process's peak resident memory, Linux's high-water mark reset when training
+    starts, and its rise during training; CUDA: ``torch.cuda.max_memory_allocated``).
 (b) ``padding``: the classifier's training steps on the same texts batched three ways, in one process, interleaved
     over ``--repeats`` rounds (median): padded to ``max_length``; padded to each batch's longest (dynamic padding,
     what the data module does, batches drawn at random); and bucketed (the texts of a window of 50 random batches
     sorted by length before batching: each batch holds texts of nearly one length), ``padding_steps`` timed steps
     each after 3 of warm-up, the network and optimizer those of (a)'s fine-tuning. Real tokens per second and the
-    ratio to padding to ``max_length``: does dynamic padding pay, and would bucketing pay more?
+    ratio to padding to ``max_length``: does dynamic padding pay, and does bucketing pay more?
+    (``scripts/benchmark_text_batches.py`` compares random and bucketed batches over a whole epoch.)
 
     python scripts/benchmark_text.py --corpus corpus/docstrings --out docs/benchmark_text.json
     python scripts/benchmark_text.py --corpus corpus/docstrings --device cuda --out docs/benchmark_text_cuda.json
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import random
 import statistics
@@ -43,7 +46,12 @@ import lightning as L
 import torch
 from torch.nn import functional
 
+from project.data.cache import CACHE_DIR_ENV
+
 WARM_UP = 10
+BUCKET_WINDOW = 50
+RUNS = ("pretraining", "fine-tuning", "fine-tuning, bucketed")
+"""The timed runs of (a): ``fine-tuning, bucketed`` adds ``--data.bucket_window 50``."""
 _PADDING_WARM_UP = 3
 RESULT = "benchmark_text result: "
 
@@ -122,16 +130,16 @@ def network_args(settings: Settings) -> list[str]:
     ]
 
 
-def run_args(kind: str, corpus: Path, settings: Settings, device: str, cache: Path) -> list[str]:
-    """The command line of one timed run: ``pretraining`` or ``fine-tuning`` on the corpus (its tokenizer and token
-    cache in ``cache``)."""
-    data = (
-        ["--config=pretrain_text", f"--data.files={corpus / 'unlabelled'}"]
-        if kind == "pretraining"
-        else ["--config=text", f"--data.train={corpus / 'train.csv'}"]
-    )
+def run_args(kind: str, corpus: Path, settings: Settings, device: str) -> list[str]:
+    """The command line of one timed run (:data:`RUNS`) on the corpus."""
+    data = {
+        "pretraining": ["--config=pretrain_text", f"--data.files={corpus / 'unlabelled'}"],
+        "fine-tuning": ["--config=text", f"--data.train={corpus / 'train.csv'}"],
+        "fine-tuning, bucketed": ["--config=text", f"--data.train={corpus / 'train.csv'}",
+                                  f"--data.bucket_window={BUCKET_WINDOW}"],
+    }[kind]  # fmt: skip
     return [
-        "fit", *data, "--config=study", *network_args(settings), f"--data.cache_dir={cache}",
+        "fit", *data, "--config=study", *network_args(settings),
         f"--trainer.max_steps={WARM_UP + settings.steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
         "--test_after_fit=false", "--seed_everything=0",
         f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.devices=1",
@@ -144,7 +152,8 @@ def measure(kind: str, corpus: Path, settings: Settings, device: str) -> dict:
 
     StepTimer.seconds, StepTimer.tokens = [], []
     with tempfile.TemporaryDirectory(prefix="benchmark_text-") as cache:
-        run_cli(run_args(kind, corpus, settings, device, Path(cache)), callbacks=[StepTimer()])
+        os.environ[CACHE_DIR_ENV] = cache
+        run_cli(run_args(kind, corpus, settings, device), callbacks=[StepTimer()])
     seconds, tokens = StepTimer.seconds[WARM_UP:], StepTimer.tokens[WARM_UP:]
     real, padded = sum(t[0] for t in tokens), sum(t[1] for t in tokens)
     return {
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", help="a JSON file for the results")
     parser.add_argument("--quick", action="store_true", help="a tiny network and a few steps: a smoke test")
-    parser.add_argument("--one", choices=("pretraining", "fine-tuning"), help=argparse.SUPPRESS)  # a run's process
+    parser.add_argument("--one", choices=RUNS, help=argparse.SUPPRESS)  # a run's own process
     args = parser.parse_args(argv)
     corpus = Path(args.corpus)
     missing = [name for name in ("unlabelled", "train.csv") if not (corpus / name).exists()]
@@ -296,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(RESULT + json.dumps(measure(args.one, corpus, settings, args.device)))
         return
-    runs = [in_own_process(kind, args) for kind in ("pretraining", "fine-tuning")]
+    runs = [in_own_process(kind, args) for kind in RUNS]
     padded = padding(corpus, settings, args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     machine = f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -13,8 +13,8 @@ text in it), ``train.csv`` and ``test.csv`` (``text,label``). Every run goes thr
 project's presets, in this process:
 
 - pretraining: ``fit --config pretrain_text --data.files CORPUS/unlabelled`` for ``--pretrain-steps`` optimizer
-  steps (its checkpoint ``--work/pretrained.ckpt``, its token cache under ``--work``; ``--pretrained CKPT`` reuses
-  one instead);
+  steps (its checkpoint ``--work/pretrained.ckpt``; the runs' caches in ``--work/cache``; ``--pretrained CKPT``
+  reuses a checkpoint instead);
 - each fine-tune: ``fit --config text --config study --data.train CORPUS/train.csv --data.test CORPUS/test.csv
   --data.tokenizer CKPT --data.split.samples_per_class N`` for ``--steps`` optimizer steps (the same for every size
   and method, the same learning rate for every weight: only the starting weights differ), ``pretrained`` adding
@@ -31,12 +31,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from project.data.cache import CACHE_DIR_ENV
 
 SIZES = (10, 50, 200)
 SCRATCH, PRETRAINED = "from scratch", "pretrained"
@@ -79,11 +82,10 @@ def network_args(settings: Settings) -> list[str]:
 
 def pretrain_args(corpus: Path, work: Path, settings: Settings) -> list[str]:
     """The command line of the pretraining run: masked-language modelling on the corpus's unlabelled text (the
-    ``study`` modifier: no logs, no checkpoints; :func:`pretrain` saves the one checkpoint), its token cache and
-    tokenizer under ``work/cache``."""
+    ``study`` modifier: no logs, no checkpoints; :func:`pretrain` saves the one checkpoint)."""
     return [
         "fit", "--config=pretrain_text", "--config=study", f"--data.files={corpus / 'unlabelled'}",
-        f"--data.cache_dir={work / 'cache'}", f"--data.vocab_size={settings.vocab_size}",
+        f"--data.vocab_size={settings.vocab_size}",
         f"--data.batch_size={settings.pretrain_batch_size}", *network_args(settings),
         f"--trainer.max_steps={settings.pretrain_steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
         "--test_after_fit=false", "--seed_everything=0",
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--pretrained {args.pretrained}: no such file")
     out = Path(args.out)
     work = Path(args.work)
+    os.environ[CACHE_DIR_ENV] = str(work / "cache")  # the token cache and tokenizers of the runs, not ./cache
     if not args.pretrained and (work / "pretrained.ckpt").exists():
         parser.error(f"{work / 'pretrained.ckpt'} exists: reuse it (--pretrained) or choose another --work")
     about_corpus = corpus / "corpus.json"

@@ -179,7 +179,7 @@ def test_the_text_benchmark_times_pretraining_fine_tuning_and_padding_quickly(sm
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| run | tokens/s (real) | tokens/s (with padding) |" in result.stdout
     report = json.loads(out.read_text())
-    assert [run["run"] for run in report["runs"]] == ["pretraining", "fine-tuning"]
+    assert [run["run"] for run in report["runs"]] == ["pretraining", "fine-tuning", "fine-tuning, bucketed"]
     assert all(run["real_tokens_per_s"] > 0 and run["peak_rss_mb"] > 0 for run in report["runs"])
     ways = {row["batches"]: row for row in report["padding"]}
     assert ways["padded to max_length"]["vs_max_length"] == 1.0
