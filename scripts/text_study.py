@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, help=f"peak learning rate of the fine-tunes (default {Settings.lr})")
     parser.add_argument("--backbone-lr-factor", type=float, help="the pretrained backbone's learning rate over --lr "
                         f"(default {Settings.backbone_lr_factor}; scripts/few_shot.py's: 0.33)")  # fmt: skip
+    parser.add_argument("--width", type=int, help=f"the encoder's width (default {Settings.width})")
+    parser.add_argument("--depth", type=int, help=f"the encoder's layers (default {Settings.depth})")
+    parser.add_argument("--heads", type=int, help=f"attention heads (default {Settings.heads})")
     parser.add_argument("--quick", action="store_true", help="a tiny network and a few steps: a smoke test")
     args = parser.parse_args(argv)
     corpus = Path(args.corpus)
@@ -256,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--sizes must be different positive integers, got {args.sizes}")
     settings = Settings.quick() if args.quick else Settings()
     changes = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "lr": args.lr,
-               "backbone_lr_factor": args.backbone_lr_factor}  # fmt: skip
+               "backbone_lr_factor": args.backbone_lr_factor, "width": args.width, "depth": args.depth,
+               "heads": args.heads}  # fmt: skip
     for name, value in changes.items():
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
