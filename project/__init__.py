@@ -23,7 +23,9 @@ def load(folder: str | os.PathLike, onnx: bool = False):  # -> project.inference
     ``.network`` is the PyTorch network (built from ``config.json``'s class, checked against the allow-list, with the
     weights of ``model.safetensors`` loaded strictly; in eval mode) for a normalised float32 batch;
     ``.preprocessing`` says the channels, size, mean, std and class names. ``onnx=True`` runs ``model.onnx`` through
-    onnxruntime instead (then ``.network`` is ``None``)::
+    onnxruntime instead (then ``.network`` is ``None``). A text model's folder gives a
+    :class:`project.inference.prediction.TextPredictor`: ``.predict(["a text", ...])``, ``.ids(texts)`` (the padded
+    token ids the network takes), ``.tokenizer``::
 
         import project
         model = project.load("exported/mnist")

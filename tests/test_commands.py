@@ -78,7 +78,7 @@ def test_help_and_a_refused_option_answer_without_loading_lightning_or_torch():
         (["export", "last.ckpt", "--format", "onnx"], "format is not an option; did you mean formats?"),
         (["predict", "last.ckpt", "a.png", "--batch_size", "x"], "batch_size: expected an integer, got 'x'"),
         (["predict", "last.ckpt", "a.png", "--mnist-style"], "mnist-style is not an option; did you mean mnist_style?"),
-        (["predict", "last.ckpt"], "predict: give the images"),
+        (["predict", "last.ckpt"], "predict: give the inputs"),
         (["serve", "exported", "--port", "http"], "port: expected an integer, got 'http'"),
         (["serve", "exported", "--max-batch-size", "8"], "max-batch-size is not an option; did you mean max_batch_si"),
         (["sweep", "mnist", "--workers", "two"], "workers: expected an integer, got 'two'"),

@@ -119,14 +119,16 @@ def test_sizes_an_encoder_cannot_have_are_refused(options, message):
 
 def test_a_network_must_take_its_datas_input():
     text, image = small_encoder(), ConvNet()
-    check_input(text, 100, None)
-    check_input(image, 0, (1, 28, 28))
+    check_input(text, 100, 32, None)
+    check_input(image, 0, 0, (1, 28, 28))
     with pytest.raises(UserInputError, match="makes 500 token ids and the network embeds 120"):
-        check_input(text, 500, None)
+        check_input(text, 500, 32, None)
+    with pytest.raises(UserInputError, match=r"data\.max_length is 64 and the network takes 32 tokens at most"):
+        check_input(text, 100, 64, None)
     with pytest.raises(UserInputError, match="takes token ids, and the data gives images"):
-        check_input(text, 0, (1, 28, 28))
+        check_input(text, 0, 0, (1, 28, 28))
     with pytest.raises(UserInputError, match="takes images: choose a text network"):
-        check_input(image, 100, None)
+        check_input(image, 100, 32, None)
     assert text.example_input().dtype == torch.long and image.example_input().shape == (1, 1, 28, 28)
 
 

@@ -426,9 +426,12 @@ def test_a_fine_tune_with_another_tokenizer_than_the_pretrained_checkpoints_is_r
     check_pretrained_tokenizer(tmp_path / "weights.pt", ours)  # weights alone record no tokenizer
 
 
-def test_the_text_recipe_trains_a_classifier_from_scratch(tmp_path, run_dir):
+def test_the_text_recipe_trains_a_classifier_from_scratch_and_evaluates_it_with_its_tokenizer(
+    tmp_path, run_dir, monkeypatch
+):
     from project.cli import run_cli
 
+    monkeypatch.setenv("PROJECT_CACHE_DIR", str(tmp_path / "cache"))  # where fit keeps the tokenizer it trains
     write_csv(tmp_path / "texts.csv", labelled_rows(120))
     short = [*TINY_NETWORK, *QUIET, "--trainer.max_steps=4", "--trainer.logger.init_args.log_graph=false"]
     cli = run_cli(["fit", "--config", "text", "--data.train", str(tmp_path / "texts.csv"), *short])
@@ -436,6 +439,15 @@ def test_the_text_recipe_trains_a_classifier_from_scratch(tmp_path, run_dir):
     checkpoint = torch.load(run_dir / "logs" / "text" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["preprocessing"]["class_names"] == ["food", "music", "sport"]
     assert checkpoint["hyper_parameters"]["network"]["init_args"]["num_outputs"] == 3
+    # evaluate takes the tokenizer the checkpoint records: never one trained again (another vocabulary), even with the
+    # cache where fit kept the trained one gone.
+    from project.inference.evaluation import evaluate_checkpoint
+
+    shutil.rmtree(tmp_path / "cache")
+    monkeypatch.setattr(TextTokenizer, "train", lambda *args, **kwargs: pytest.fail("a tokenizer trained again"))
+    evaluate_checkpoint(run_dir / "logs" / "text" / "version_0" / "checkpoints" / "last.ckpt")
+    (report,) = (run_dir / "logs" / "text" / "version_0" / "evaluation").glob("*/metrics.json")
+    assert json.loads(report.read_text())["class_names"] == ["food", "music", "sport"]
 
 
 @pytest.mark.slow

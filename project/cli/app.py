@@ -251,7 +251,7 @@ class ProjectCLI(LightningCLI):
         """Everything that can fail before the Trainer writes its first file, in the order of cost."""
         model, data, trainer = self.model, self.datamodule, self.trainer
         model.use_data(data)  # the task: the config's, or the project's for the data's targets
-        check_input(model.network, data.vocab_size, data.image_shape)
+        check_input(model.network, data.vocab_size, data.max_length, data.image_shape)
         if stage == "fit":
             check_monitors(trainer.callbacks, model)
             check_averaging(trainer.callbacks, self.checkpoint, str(self.chosen.path) if self.chosen else "")

@@ -39,7 +39,7 @@ COMMANDS = {
     "test": "a checkpoint's metrics on the test split (--ckpt_path; data as for fit)",
     "evaluate": "a checkpoint's report on a split: metrics.json, report.md, confusion_matrix.png",
     "export": "a checkpoint's model folder: safetensors, ONNX, config.json and a model card (README.md)",
-    "predict": "new image files through a model folder, a checkpoint or a model.onnx: a CSV row per image",
+    "predict": "new images (or texts) through a model folder, a checkpoint or a model.onnx: a CSV row per input",
     "sweep": "search hyperparameters with Optuna; each trial is a fit run",
     "serve": "an HTTP server that predicts images with an exported model: POST /predict, GET /health",
     "crossval": "K-fold cross-validation: each fold a fit run, the mean and spread of every metric",
@@ -158,12 +158,13 @@ def _saying(name: str) -> Callable[[str], None]:
 
 
 def _predict(options: Namespace) -> None:
-    """``predict``'s CSV (a file that cannot be decoded is named on stderr and skipped). An ONNX file runs without
-    torch (:mod:`project.inference.prediction_files`)."""
-    from project.inference.prediction_files import predict_files
+    """``predict``'s CSV (a file that cannot be decoded, an empty line of a text file, is named on stderr and
+    skipped). An image model's ONNX file runs without torch (:mod:`project.inference.prediction_files`)."""
+    from project.inference.prediction_files import EMPTY_LINE, predict_files
 
-    count, skipped = predict_files(options.model, options.images, options.out, options.batch_size, options.mnist_style)
-    print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
+    count, skipped = predict_files(options.model, options.inputs, options.out, options.batch_size, options.mnist_style)
+    what = "empty lines" if all(line.endswith(EMPTY_LINE) for line in skipped) else "files"
+    print(f"wrote {count} predictions to {options.out}" + (f" ({len(skipped)} {what} skipped)" if skipped else ""))
 
 
 def _serve(options: Namespace) -> None:

@@ -61,7 +61,8 @@ def _export_parser(prog: str) -> ArgumentParser:
         "--model.finetuning.pretrained take), ONNX (and, asked for, a torch.export program, .pt2), config.json (the "
         "network's class and arguments, the preprocessing, the class names, what the outputs mean, the metrics the "
         "run measured) and README.md, a model card. Each executable file takes a batch of any size of normalised "
-        "images, and is checked against the checkpoint's network. See docs/inference.md.",
+        "images (a text model's: token ids of any length, with its tokenizer.json beside it), and is checked against "
+        "the checkpoint's network. See docs/inference.md.",
     )
     parser.add_argument("checkpoint", type=Path | None, nargs="?", help="the checkpoint (.ckpt)")
     parser.add_argument(
@@ -86,17 +87,24 @@ def _export_parser(prog: str) -> ArgumentParser:
 def _predict_parser(prog: str) -> ArgumentParser:
     parser = new_parser(
         prog,
-        "MODEL IMAGES... [--out CSV] [--batch_size N] [--mnist_style] [--trust MODULE]",
-        "Predict new images with a model folder (python -m project export's), a checkpoint or a model.onnx, each "
-        "through the preprocessing of training; write a CSV row per image: path, predicted (the class, the labels "
-        "present, or the value) and, for classification, p_<name> per class or label. A file that cannot be decoded "
-        "is named on stderr and skipped.",
+        "MODEL INPUTS... [--out CSV] [--batch_size N] [--mnist_style] [--trust MODULE]",
+        "Predict new images, or texts, with a model folder (python -m project export's), a checkpoint or a "
+        "model.onnx, each through the preprocessing of training; write a CSV row per image (path) or per text (text): "
+        "predicted (the class, the labels present, or the value) and, for classification, p_<name> per class or "
+        "label. An image model takes image files, folders and glob patterns (a file that cannot be decoded is named "
+        "on stderr and skipped); a text model takes text files, one text a line, and - for stdin (an empty line is "
+        "named on stderr and skipped).",
     )
     parser.add_argument(
         "model", type=Path | None, nargs="?", help="a model folder, a checkpoint (.ckpt) or an exported model.onnx"
     )
-    parser.add_argument("images", type=str, nargs="*", help="image files, folders or glob patterns (quoted)")
-    parser.add_argument("--batch_size", type=int, default=256, help="images per batch")
+    parser.add_argument(
+        "inputs",
+        type=str,
+        nargs="*",
+        help="images: image files, folders or glob patterns (quoted); texts: text files (one text a line) or - (stdin)",
+    )
+    parser.add_argument("--batch_size", type=int, default=256, help="images (or texts) per batch")
     parser.add_argument(
         "--mnist_style",
         type=bool,
@@ -194,7 +202,7 @@ PARSERS: dict[str, Callable[[str], ArgumentParser]] = {
 POSITIONALS = {
     "evaluate": ("checkpoint",),
     "export": ("checkpoint",),
-    "predict": ("model", "images"),
+    "predict": ("model", "inputs"),
     "sweep": ("spec",),
     "serve": ("folder",),
     "crossval": (),

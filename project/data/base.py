@@ -52,12 +52,10 @@ class ImageDataModule(L.LightningDataModule):
     batches) and normalises once, on the training device (:meth:`on_after_batch_transfer`). Where the training order
     stands is the module's own state (:meth:`state_dict`, which checkpoints hold), handed to its sampler on resume.
 
-    The constructor records its arguments, and those of every subclass constructor that calls
-    ``super().__init__(...)``, as the module's hyper-parameters (Lightning's ``save_hyperparameters``, here once for
-    all, :mod:`project.data.recording`): checkpoints keep them, a resumed run is checked against them and
-    ``python -m project evaluate`` rebuilds the module from them. A subclass need not call it, and may pass its parent
-    values of its own (they are not recorded, since its class sets them); arguments that are Python objects, not plain
-    values, are named in :attr:`unrecorded_arguments`, and those a config may give by class path in
+    The constructor records its arguments and those of every subclass constructor that calls it as hyper-parameters
+    (:mod:`project.data.recording`): checkpoints keep them, a resumed run is checked against them and ``evaluate``
+    rebuilds the module from them. Values a subclass passes its parent are not recorded (its class sets them);
+    Python objects are named in :attr:`unrecorded_arguments`, those a config gives by class path in
     :attr:`class_arguments`.
 
     Args:
@@ -127,6 +125,10 @@ class ImageDataModule(L.LightningDataModule):
 
     vocab_size: int = 0
     """How many token ids the data's tokenizer makes (text data: batches of ids, padded with 0); 0: images."""
+    max_length: int = 0
+    """The most token ids of one example of text data (``data.max_length``); 0: images."""
+    tokenizer: Any = None
+    """Text data's ``project.data.tokenizer.TextTokenizer``, which reports decode its batches with; ``None``: images."""
     image_shape: tuple[int, int, int] | None = None
     """``(channels, height, width)`` of the images, square; ``None``: not known before :meth:`setup` (the network's
     input is then checked when the data is set up)."""
@@ -283,8 +285,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def loader_workers(self, dataset: Dataset) -> int:
         """DataLoader workers for ``dataset``: ``data.loading.num_workers`` when given; otherwise, when
-        :meth:`reads_slowly`, the cores this process may use shared among this machine's training processes, else
-        none."""
+        :meth:`reads_slowly`, the cores this process may use shared among this machine's training processes; else 0."""
         if self.loading.num_workers is not None:
             return self.loading.num_workers
         if not self.reads_slowly(dataset):
@@ -304,8 +305,7 @@ class ImageDataModule(L.LightningDataModule):
     def batches(
         self, split: str, dataset: Dataset | None, batch_size: int, sampler: ResumableSampler | None = None
     ) -> DataLoader | DeviceBatches:
-        """The split's batches of pixels: drawn on the training device when it is held in memory, else a
-        DataLoader."""
+        """The split's batches: drawn on the training device when it is held in memory, else a DataLoader."""
         if split in self.memory:
             return DeviceBatches(self.memory[split], batch_size, self.device(), sampler)
         return self.loader(dataset, batch_size, sampler)

@@ -2,7 +2,8 @@
 (``python -m project evaluate``: :func:`evaluate_checkpoint`).
 
 The numbers come from the model's task (:meth:`project.tasks.Task.report`, torchmetrics), computed once over all
-the predictions of the split (not averaged over batches).
+the predictions of the split (not averaged over batches). A text model's report (its data module has a tokenizer)
+adds the worst-classified texts of the split: their text, true and predicted class, and loss.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from project.files.atomic import written_folder
 from project.inference.counting import Counting
 from project.inference.prediction_files import checked_preprocessing
 from project.reports.figures import confusion_figure
+from project.reports.texts import WorstExamples, markdown_table, text_rows
 from project.tasks import Task
 from project.training.checkpoints import allowed_class, read_checkpoint
 from project.training.task_module import TaskModule
@@ -31,23 +33,34 @@ SPLITS = {"train": "fit", "val": "validate", "test": "test"}
 """The splits a report can be of, and the stage that sets each up (``python -m project evaluate --split``)."""
 
 
+WORST_TEXTS = 20
+"""How many of the worst-classified texts a text model's report lists."""
+
+
 @dataclass
 class Predictions:
-    """The task's scores on a split (logits, probabilities or values) and the targets."""
+    """The task's scores on a split (logits, probabilities or values) and the targets; asked for, the examples of
+    highest loss (their losses, inputs, targets and decisions)."""
 
     scores: Tensor
     targets: Tensor
+    worst: WorstExamples | None = None
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: Iterable[tuple[Tensor, Tensor]], task: Task) -> Predictions:
-    """Run ``model`` (in eval mode) over ``loader``'s normalised batches; scores as the task's metrics take them."""
+def predict(model: torch.nn.Module, loader: Iterable[tuple[Tensor, Tensor]], task: Task, worst: int = 0) -> Predictions:
+    """Run ``model`` (in eval mode) over ``loader``'s normalised batches (or token ids); scores as the task's metrics
+    take them, and the ``worst`` examples of highest loss."""
     model.eval()
     scores, targets = [], []
-    for images, batch_targets in loader:
-        scores.append(task.scores(model(images)))
+    kept = WorstExamples(worst) if worst else None
+    for inputs, batch_targets in loader:
+        outputs = model(inputs)
+        scores.append(task.scores(outputs))
         targets.append(batch_targets)
-    return Predictions(torch.cat(scores), torch.cat(targets))
+        if kept is not None:
+            kept.update(task.example_losses(outputs, batch_targets), inputs, batch_targets, task.decisions(outputs))
+    return Predictions(torch.cat(scores), torch.cat(targets), kept)
 
 
 def compute_report(predictions: Predictions, task: Task, class_names: list[str]) -> dict[str, Any]:
@@ -78,6 +91,8 @@ def _markdown_report(report: dict[str, Any], title: str) -> str:
             f"| {name} | " + " | ".join(str(n) for n in row) + " |"
             for name, row in zip(names, report["confusion_matrix"], strict=True)
         ]
+    if "worst_texts" in report:
+        lines += ["", "The worst-classified texts (highest loss first)", "", markdown_table(report["worst_texts"])]
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +123,15 @@ def evaluate_checkpoint(
         raise UserInputError(f"--split: {split!r}; choose from {', '.join(SPLITS)}")
     checkpoint = read_checkpoint(checkpoint_path)
     model = TaskModule.from_checkpoint(checkpoint, checkpoint_path)
-    data = data_module_from_checkpoint(checkpoint, data_dir=data_dir)
+    if model.task.name == "masked_tokens":
+        run_config = Path(checkpoint_path).parent.parent / "config.yaml"
+        raise UserInputError(
+            f"{checkpoint_path} is a masked-token (pretraining) checkpoint: evaluate reports labelled tasks. Its "
+            "perplexity and masked-token accuracy are its validation metrics (val/perplexity, val/acc in TensorBoard; "
+            f"again: python -m project validate --config {run_config} --ckpt_path {checkpoint_path}); fine-tune it on "
+            "labelled texts and evaluate that checkpoint"
+        )
+    data = data_module_from_checkpoint(checkpoint, data_dir=data_dir, read_from=checkpoint_path)
     try:
         data.prepare_data()  # never a download (data_module_from_checkpoint): the data_dir is the checkpoint's
     except DataNotFoundError as error:
@@ -119,20 +142,27 @@ def evaluate_checkpoint(
     data.setup(SPLITS[split])
     batches = data.normalised_batches(split)  # in order, unaugmented: in memory, from the cache or a DataLoader
     dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[split]
-    counting = Counting("evaluate", f"{split} images", len(dataset))  # every few seconds
-    predictions = predict(model, counting.through(batches), model.task)
+    text = data.tokenizer is not None
+    counting = Counting("evaluate", f"{split} {'texts' if text else 'images'}", len(dataset))  # every few seconds
+    predictions = predict(model, counting.through(batches), model.task, WORST_TEXTS if text else 0)
     counting.end()
     report = compute_report(predictions, model.task, data.class_names)
+    if predictions.worst is not None and predictions.worst.kept is not None:
+        losses, ids, targets, decided = predictions.worst.kept
+        report["worst_texts"] = text_rows(data.tokenizer, ids, targets, decided, model.task, data.class_names, losses)
     report["checkpoint"], report["split"] = str(checkpoint_path), split
     folder = out or checkpoint_path.resolve().parent.parent / "evaluation" / f"{split}-{checkpoint_path.stem}"
     title = f"{data.dataset_name}: {checkpoint_path.name} on the {split} split"
     return _markdown_report(report, title), _write_reports(report, folder, title)
 
 
-def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
+def data_module_from_checkpoint(
+    checkpoint: dict[str, Any], read_from: Path | None = None, **overrides: Any
+) -> ImageDataModule:
     """Rebuild the data module a checkpoint was trained with (its class and arguments are recorded in it:
     :mod:`project.data.recording`); ``overrides`` replace recorded arguments (``data_dir``) or give those a checkpoint
-    cannot hold (``train_dataset=`` a dataset built in Python).
+    cannot hold (``train_dataset=`` a dataset built in Python). A text module that takes a ``tokenizer`` is given the
+    one the checkpoint records (``read_from``: the checkpoint's file), never one found in a cache or trained again.
 
     The class must be one of the project's data modules (an :class:`ImageDataModule` subclass already imported):
     a checkpoint cannot make this call a function of its choosing. Its arguments are plain values, and a dataset
@@ -151,6 +181,9 @@ def data_module_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) ->
     arguments = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in _FROM_THE_USER}
     if _takes_argument(data_class, "download"):
         arguments["download"] = False
+    recorded = "tokenizer" in (checkpoint.get("preprocessing") or {})
+    if read_from is not None and recorded and _takes_argument(data_class, "tokenizer"):
+        arguments["tokenizer"] = str(read_from)
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     for name, base in data_class.class_arguments.items():
         if isinstance(arguments.get(name), dict):

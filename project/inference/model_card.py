@@ -171,11 +171,24 @@ def _training_lines(config: dict[str, Any], checkpoint: dict[str, Any], run: dic
     return lines
 
 
+_PIPELINES = ("image-classification", "text-classification", "fill-mask")
+"""The card's task types that are also Hugging Face pipeline tags."""
+
+
+def _task_type(config: dict[str, Any]) -> str:
+    """The Hub's task type of the model: image or text classification, regression, or a masked-token model's
+    ``fill-mask``."""
+    kind = "text" if "tokenizer" in config["preprocessing"] else "image"
+    if config["task"] == "masked_tokens":
+        return "fill-mask"
+    return f"{kind}-classification" if config["task"] != "regression" else f"{kind}-regression"
+
+
 def _front_matter(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The card's YAML metadata: library, tags, datasets, metrics, and ``model-index`` with one result per split."""
     metrics = config.get("metrics") or []
     dataset = config.get("dataset") or {}
-    task_type = "image-classification" if config["task"] != "regression" else "image-regression"
+    task_type = _task_type(config)
     results = []
     for split in dict.fromkeys(metric["split"] for metric in metrics):
         results.append({
@@ -188,7 +201,7 @@ def _front_matter(config: dict[str, Any], name: str) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "library_name": "pytorch",
         "tags": ["pytorch", "pytorch-lightning", "safetensors", task_type, config["task"]],
-        "pipeline_tag": "image-classification" if task_type == "image-classification" else None,
+        "pipeline_tag": task_type if task_type in _PIPELINES else None,
         "datasets": [dataset["name"]] if dataset.get("name") else None,
         "metrics": sorted({metric["type"] for metric in metrics}) or None,
     }
@@ -223,35 +236,101 @@ def _evaluation_lines(metrics: list[dict[str, Any]], run: dict[str, Any]) -> lis
 
 def _usage_lines(config: dict[str, Any]) -> list[str]:
     """How to load the folder: project.load, predict, serve, onnxruntime."""
-    size, channels = config["preprocessing"]["image_size"], config["preprocessing"]["channels"]
+    text = "tokenizer" in config["preprocessing"]
     lines = [
         "```python",
         "import project",
         "",
         'model = project.load("path/to/this/folder")  # config.json + model.safetensors; no pickle',
-        'rows, skipped = model.predict(["digit.png"])   # the preprocessing of training, applied for you',
-        "logits = model.network(images)                  # or a normalised float32 batch, straight to the network",
+        'rows, skipped = model.predict(["a new text"])   # tokenised as in training, for you'
+        if text
+        else 'rows, skipped = model.predict(["digit.png"])   # the preprocessing of training, applied for you',
+        "logits = model.network(model.ids(texts))       # or token ids padded with 0, straight to the network"
+        if text
+        else "logits = model.network(images)                  # or a normalised float32 batch, straight to the network",
         "```",
         "",
         "```bash",
-        "python -m project predict path/to/this/folder my_images/ --out predictions.csv",
-        "python -m project serve path/to/this/folder",
+        "python -m project predict path/to/this/folder texts.txt --out predictions.csv  # one text a line; - : stdin"
+        if text
+        else "python -m project predict path/to/this/folder my_images/ --out predictions.csv",
+        *([] if text else ["python -m project serve path/to/this/folder"]),
         "```",
     ]
     if "model.onnx" in config.get("files", []):
-        lines += [
-            "",
-            "Without this project, with onnxruntime (normalise the pixels as `config.json`'s `preprocessing` says):",
-            "",
-            "```python",
-            "import numpy as np, onnxruntime",
-            "",
-            'session = onnxruntime.InferenceSession("model.onnx")',
-            f"images = np.zeros((1, {channels}, {size}, {size}), np.float32)  # (pixels / 255 - mean) / std",
-            'outputs = session.run(None, {"images": images})[0]',
-            "```",
-        ]
+        lines += ["", *(_onnx_text_lines(config) if text else _onnx_image_lines(config))]
     return lines
+
+
+def _onnx_image_lines(config: dict[str, Any]) -> list[str]:
+    size, channels = config["preprocessing"]["image_size"], config["preprocessing"]["channels"]
+    return [
+        "Without this project, with onnxruntime (normalise the pixels as `config.json`'s `preprocessing` says):",
+        "",
+        "```python",
+        "import numpy as np, onnxruntime",
+        "",
+        'session = onnxruntime.InferenceSession("model.onnx")',
+        f"images = np.zeros((1, {channels}, {size}, {size}), np.float32)  # (pixels / 255 - mean) / std",
+        'outputs = session.run(None, {"images": images})[0]',
+        "```",
+    ]
+
+
+def _onnx_text_lines(config: dict[str, Any]) -> list[str]:
+    length = config["preprocessing"]["max_length"]
+    return [
+        "Without this project, with onnxruntime and tokenizers (pad a batch with 0 to its longest text):",
+        "",
+        "```python",
+        "import numpy as np, onnxruntime",
+        "from tokenizers import Tokenizer",
+        "",
+        'tokenizer = Tokenizer.from_file("tokenizer.json")',
+        'session = onnxruntime.InferenceSession("model.onnx")',
+        'ids = tokenizer.encode("a new text").ids  # [CLS] ... [SEP]',
+        f"ids = ids if len(ids) <= {length} else ids[: {length - 1}] + ids[-1:]  # at most max_length, [SEP] last",
+        'outputs = session.run(None, {"ids": np.array([ids], np.int64)})[0]',
+        "```",
+    ]
+
+
+def _input_text(config: dict[str, Any]) -> str:
+    """What the network takes, in the card's words."""
+    preprocessing = config["preprocessing"]
+    if "tokenizer" in preprocessing:
+        return f"{config['input']}; tokenizer {preprocessing['tokenizer']}, at most {preprocessing['max_length']} ids"
+    return (
+        f"{config['input']}; {preprocessing['channels']} channel(s), {preprocessing['image_size']} pixels "
+        f"square, mean {preprocessing['mean']}, std {preprocessing['std']}"
+    )
+
+
+def _use_and_limits(config: dict[str, Any], data_name: str) -> tuple[str, str]:
+    """The card's intended use and its limits, for a model of images or of texts."""
+    preprocessing = config["preprocessing"]
+    if "tokenizer" in preprocessing:
+        use = (
+            f"Predicting the {config['task']} outputs above for texts like those of {data_name}: tokenised with its "
+            f"tokenizer (tokenizer.json), at most {preprocessing['max_length']} tokens (longer texts are cut)."
+        )
+        kind, one, others = "texts", "a text", "Texts of another kind (other sources, topics, languages or styles)"
+    else:
+        use = (
+            f"Predicting the {config['task']} outputs above for images like those of {data_name}: "
+            f"{preprocessing['channels']}-channel images, resized to {preprocessing['image_size']} pixels and "
+            "normalised as in training."
+        )
+        kind, one = "images", "an image"
+        others = "Images of another kind (other sources, scans, photos, other backgrounds or contrast)"
+    limits = (
+        f"The network saw only {data_name}'s training {kind}. {others} are still given one of the classes, often "
+        f"with a high probability: the outputs say nothing about whether {one} belongs to these classes at all. "
+        f"The metrics below hold for held-out {kind} of the same data, not for the {kind} you may use it on; measure "
+        "on your own before relying on it. Biases of the training data (how classes, writers or sources are "
+        "represented) are passed on."
+    )
+    return use + " It is a template's model: a baseline and a starting point for fine-tuning, not a product.", limits
 
 
 def card_text(config: dict[str, Any], checkpoint: dict[str, Any], checkpoint_path: Path, name: str) -> str:
@@ -262,6 +341,7 @@ def card_text(config: dict[str, Any], checkpoint: dict[str, Any], checkpoint_pat
     names = preprocessing["class_names"]
     data_name = dataset.get("name") or "the run's data"
     meta = yaml.safe_dump(_front_matter(config, name), sort_keys=False, allow_unicode=True)
+    use, limits = _use_and_limits(config, data_name)
     sections = [
         f"---\n{meta}---",
         f"# {name}",
@@ -270,21 +350,14 @@ def card_text(config: dict[str, Any], checkpoint: dict[str, Any], checkpoint_pat
         "## Model details",
         f"- network: {_spec_text(config['network'])}\n- outputs: {config['num_outputs']} ({config['outputs']})\n"
         f"- task: `{config['task_class']}` with options {config['task_options']}\n"
-        f"- input: {config['input']}; {preprocessing['channels']} channel(s), {preprocessing['image_size']} pixels "
-        f"square, mean {preprocessing['mean']}, std {preprocessing['std']}\n"
+        f"- input: {_input_text(config)}\n"
         f"- classes: {', '.join(str(n) for n in names) if names else 'none (values)'}\n"
         f"- files: {', '.join(config['files'])}, config.json, README.md\n"
         f"- largest difference of the exports from the checkpoint: {config['largest_difference_from_the_checkpoint']}",
         "## Intended use",
-        f"Predicting the {config['task']} outputs above for images like those of {data_name}: "
-        f"{preprocessing['channels']}-channel images, resized to {preprocessing['image_size']} pixels and normalised "
-        "as in training. It is a template's model: a baseline and a starting point for fine-tuning, not a product.",
+        use,
         "## Bias, risks and limitations",
-        f"The network saw only {data_name}'s training images. Images of another kind (other sources, scans, "
-        "photos, other backgrounds or contrast) are still given one of the classes, often with a high probability: "
-        "the outputs say nothing about whether an image belongs to these classes at all. The metrics below hold for "
-        "held-out images of the same data, not for the images you may use it on; measure on your own before relying "
-        "on it. Biases of the training data (how classes, writers or sources are represented) are passed on.",
+        limits,
         "## How to load",
         "\n".join(_usage_lines(config)),
         "## Training data",

@@ -1,11 +1,12 @@
 """A model folder (what ``python -m project export`` writes), read back without unpickling anything.
 
-The folder holds ``model.safetensors`` (the network's weights), ``config.json`` (the network's class path and init
-arguments, the preprocessing and class names, the task and its options, what the outputs mean, the metrics the run
-measured, the largest differences of the exports from the checkpoint), ``model.onnx`` (optional) and ``README.md`` (a
-model card: :mod:`project.inference.model_card`). :func:`load_network` builds the network from ``config.json`` (its
-class from the allow-list: :func:`project.training.checkpoints.allowed_class`) and fills it with the weights of
-``model.safetensors`` (strictly: every name and shape); :func:`push_folder` uploads a folder to the Hugging Face Hub.
+The folder holds ``model.safetensors`` (the network's weights), ``tokenizer.json`` (a text model's tokenizer),
+``config.json`` (the network's class path and init arguments, the preprocessing and class names, the task and its
+options, what the outputs mean, the metrics the run measured, the largest differences of the exports from the
+checkpoint), ``model.onnx`` (optional) and ``README.md`` (a model card: :mod:`project.inference.model_card`).
+:func:`load_network` builds the network from ``config.json`` (its class from the allow-list:
+:func:`project.training.checkpoints.allowed_class`) and fills it with the weights of ``model.safetensors`` (strictly:
+every name and shape); :func:`push_folder` uploads a folder to the Hugging Face Hub.
 
 Importing this module imports no torch: :func:`read_config` is what ``predict`` from an ONNX file reads
 (:mod:`project.inference.numpy_predictor`); :func:`load_network` imports torch and the training code when called.
@@ -30,6 +31,8 @@ ONNX = "model.onnx"
 """The network as an ONNX file (optional), run by onnxruntime."""
 CARD = "README.md"
 """The model card, as the Hugging Face Hub shows it."""
+TOKENIZER = "tokenizer.json"
+"""A text model's tokenizer (a ``tokenizers`` JSON file, which ``config.json``'s preprocessing names)."""
 _REQUIRED = ("network", "preprocessing", "task_class", "task_options", "num_outputs")
 """What every ``config.json`` holds (its other entries are information for people: the card says them)."""
 

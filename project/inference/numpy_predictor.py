@@ -8,7 +8,10 @@ PIL image does), the same float32 normalisation (/255, minus mean, over std), th
 task's decisions and probabilities (computed in float64 on both paths, so that the CSV's six digits agree:
 ``tests/test_numpy_predictor.py``). It takes the project's own four tasks and images without MNIST-style
 preprocessing; anything else (a task of your own, ``--mnist_style``) goes through the torch path
-(:func:`project.inference.prediction_files.predict_files` chooses).
+(:func:`project.inference.prediction_files.predict_files` chooses). A text model's ONNX file runs likewise
+(:class:`NumpyTextPredictor`): its ``tokenizer.json`` through the ``tokenizers`` library, cut and padded as
+:meth:`project.data.tokenizer.TextTokenizer.encode` and ``pad`` do (``tests/test_text_inference.py`` keeps the two
+the same).
 """
 
 from __future__ import annotations
@@ -154,3 +157,60 @@ class NumpyPredictor:
             if progress is not None:
                 progress(len(paths[start : start + batch_size]))
         return rows, skipped
+
+
+class NumpyTextPredictor:
+    """Texts in, rows out, through a text model's ONNX file in onnxruntime, with the ``tokenizers`` library and
+    numpy: what :class:`project.inference.prediction.TextPredictor` gives, without torch. Each text is encoded
+    ``[CLS] ... [SEP]``, cut to ``max_length`` ids with ``[SEP]`` kept last, and a batch padded with 0 to its longest
+    (:meth:`ids`)."""
+
+    def __init__(self, session: Any, rows: TaskRows, preprocessing: dict[str, Any], tokenizer: Any, runs: str = ""):
+        self.session, self.rows, self.preprocessing, self.runs = session, rows, preprocessing, runs
+        self.tokenizer, self.max_length = tokenizer, preprocessing["max_length"]
+        self.sep_id = tokenizer.token_to_id("[SEP]")
+
+    @classmethod
+    def from_config(
+        cls, path: Path, config: dict[str, Any], preprocessing: dict[str, Any]
+    ) -> NumpyTextPredictor | None:
+        """The predictor of the ONNX file ``path`` with its folder's ``config.json`` and the tokenizer's JSON in
+        ``preprocessing`` (:func:`project.inference.prediction_files.folder_preprocessing`); ``None`` where it takes
+        neither the task (:func:`_task_rows`) nor the tokenizer (not readable, no ``[PAD]`` = 0 or ``[SEP]``), or
+        ``tokenizers`` is not installed: the torch path then says what is wrong."""
+        rows = _task_rows(config)
+        try:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(preprocessing["tokenizer"])
+        except Exception:  # ImportError, or whatever the library raises of a document it cannot read
+            return None
+        if rows is None or tokenizer.token_to_id("[PAD]") != 0 or tokenizer.token_to_id("[SEP]") is None:
+            return None
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return cls(onnx_session(path), rows, preprocessing, tokenizer, f"{path.name} (onnxruntime)")
+
+    def ids(self, texts: list[str]) -> np.ndarray:
+        """The texts as the network takes them: int64 token ids ``(len(texts), longest)``, padded with 0."""
+        cut = self.max_length
+        encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        encoded = [ids if len(ids) <= cut else [*ids[: cut - 1], self.sep_id] for ids in encoded]
+        batch = np.zeros((len(encoded), max(len(ids) for ids in encoded)), dtype=np.int64)
+        for row, ids in enumerate(encoded):
+            batch[row, : len(ids)] = ids
+        return batch
+
+    def predict(
+        self, texts: list[str], batch_size: int = 256, progress: Callable[[int], None] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """One row per text (``text`` and the task's columns), and no line skipped; ``progress(n)`` is told of each
+        batch of ``n`` texts done."""
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            outputs = self.session.run(None, {self.session.get_inputs()[0].name: self.ids(batch)})[0]
+            rows += [{"text": text, **row} for text, row in zip(batch, self.rows(outputs), strict=True)]
+            if progress is not None:
+                progress(len(batch))
+        return rows, []

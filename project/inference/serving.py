@@ -38,7 +38,7 @@ from torch import Tensor
 
 from project.data.in_memory import normalised
 from project.errors import ReportedError, UserInputError, first_line
-from project.inference.prediction import Predictor
+from project.inference.prediction import Predictor, TextPredictor
 from project.inference.serving_inputs import BadRequest, media_type, request_images
 
 _STOPPING = (signal.SIGINT, signal.SIGTERM)
@@ -258,6 +258,8 @@ def serve(model: Path, settings: ServeSettings) -> None:
     listening = _listening_socket(settings.host, settings.port)
     try:
         predictor = Predictor.load(model)  # a model folder's model.onnx when it has one, else its network
+        if isinstance(predictor, TextPredictor):
+            raise UserInputError(f"{model} is a text model: serve predicts images; use python -m project predict")
         host, port = listening.getsockname()[:2]
         address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         about, size = _model_description(predictor), predictor.preprocessing["image_size"]

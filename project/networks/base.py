@@ -40,6 +40,8 @@ class Network(nn.Module):
     vocab_size: int = 0
     """How many token ids the network embeds: a text network takes batches of ids (batch, length), padded with id 0,
     which it masks; 0: the network takes images."""
+    max_length: int = 0
+    """The most token ids of one sequence a text network takes (its position embeddings); 0: any, or images."""
     config: dict[str, Any]
     """The constructor's arguments as plain values (numbers, strings, lists): a checkpoint rebuilds the network from
     them with ``type(network)(**config)``."""
@@ -60,10 +62,13 @@ class Network(nn.Module):
         return torch.zeros(1, self.in_channels, self.image_size, self.image_size)
 
 
-def check_input(network: Network, data_vocab_size: int, data_shape: tuple[int, int, int] | None) -> None:
+def check_input(
+    network: Network, data_vocab_size: int, data_max_length: int, data_shape: tuple[int, int, int] | None
+) -> None:
     """Refuse data the network cannot take, naming both sides and the options that set them: text (the data's
-    tokenizer makes ``data_vocab_size`` ids) for a network that embeds fewer ids or takes images, and images
-    (``data_shape``: channels, height, width; ``None``: not known before setup) of another shape."""
+    tokenizer makes ``data_vocab_size`` ids, ``data_max_length`` of them at most in an example) for a network that
+    embeds fewer ids or positions, or takes images; images (``data_shape``: channels, height, width; ``None``: not
+    known before setup) of another shape."""
     if data_vocab_size or network.vocab_size:
         if not data_vocab_size:
             raise UserInputError(
@@ -77,6 +82,11 @@ def check_input(network: Network, data_vocab_size: int, data_shape: tuple[int, i
             raise UserInputError(
                 f"the data's tokenizer makes {data_vocab_size} token ids and the network embeds {network.vocab_size}: "
                 f"set model.network.init_args.vocab_size to {data_vocab_size} or more (or data.vocab_size lower)"
+            )
+        if network.max_length and data_max_length > network.max_length:
+            raise UserInputError(
+                f"data.max_length is {data_max_length} and the network takes {network.max_length} tokens at most: set "
+                f"data.max_length to {network.max_length} or less (or the network's max_length higher)"
             )
         return
     if data_shape is None:

@@ -11,6 +11,7 @@ code.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,7 +77,7 @@ def _build_library_model(library: str, name: str, download: bool) -> nn.Module:
         with weights_only_loads():
             return module.models.get_model(name, weights=weights)
     if library == "huggingface":
-        return _HuggingFaceFeatures(module, name, download)
+        return _HuggingFaceFeatures(name, download)
     if not module.is_model(name):
         raise UserInputError(f"timm has no model {name!r} (timm.list_models() lists them)")
     try:
@@ -89,33 +90,67 @@ def _build_library_model(library: str, name: str, download: bool) -> nn.Module:
         ) from None
 
 
-class _HuggingFaceFeatures(nn.Module):
-    """A Hugging Face vision model without a head (``AutoModel``), from a hub id or a local folder made with
-    ``save_pretrained``: images in, one feature vector per image out (the pooled output, else the first token's).
-    Only model types that Transformers itself defines are built (no ``trust_remote_code``)."""
+def hugging_face_model(name: str, pretrained: bool, option: str, pooler: bool = True) -> nn.Module:
+    """A Hugging Face model without a head (``AutoModel``), from a local folder written by ``save_pretrained`` or a hub
+    id: with its pretrained weights (``pretrained``), or built from its config alone with random weights.
 
-    def __init__(self, transformers: Any, name: str, download: bool) -> None:
-        super().__init__()
-        try:
-            # trust_remote_code=False: a folder or hub repository with code of its own is refused, never asked about
-            # (Transformers asks on the terminal when it is left unset, and runs the code on "y").
-            with weights_only_loads():
-                if download:
-                    self.model = transformers.AutoModel.from_pretrained(name, trust_remote_code=False)
-                else:
-                    config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=False)
-                    self.model = transformers.AutoModel.from_config(config, trust_remote_code=False)
-        except (OSError, ValueError) as error:
-            if "trust_remote_code" in str(error):
-                raise UserInputError(
-                    f"Hugging Face model {name!r} needs code of its own (custom modelling files), which this project "
-                    f"never runs: use a model type that Transformers itself defines"
-                ) from None
+    What it reads is data: only model types that Transformers itself defines are built (``trust_remote_code=False``:
+    a folder or repository with code of its own is refused, never asked about; Transformers asks on the terminal when
+    it is left unset, and runs the code on "y"), weights only from safetensors files (a folder with pickle weights
+    alone, ``pytorch_model.bin``, is refused), and any ``torch.load`` made meanwhile reads plain data
+    (:func:`weights_only_loads`). The model is in training mode, as a new module is. ``pooler=False`` leaves out the
+    pooling layer of a model that has one (BERT's dense + tanh on the first token, trained for next-sentence
+    prediction). ``option`` names the option in errors.
+    """
+    transformers = _import_library("huggingface")
+    folder = Path(name)
+    if folder.is_dir() and pretrained and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise UserInputError(
+            f"{option} {name}: the folder holds pickle weights only ({', '.join(p.name for p in folder.glob('*.bin'))}"
+            f"), which this project never reads: save the model with save_pretrained (safetensors), or give "
+            f"weights null for a random initialisation"
+        )
+    try:
+        with weights_only_loads():
+            config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=False)
+            options = {} if pooler or not _has_pooler(transformers, config) else {"add_pooling_layer": False}
+            if not pretrained:
+                return transformers.AutoModel.from_config(config, trust_remote_code=False, **options)
+            model = transformers.AutoModel.from_pretrained(
+                name, config=config, trust_remote_code=False, use_safetensors=True, **options
+            )
+            # from_pretrained returns the model in evaluation mode, and Lightning keeps the mode it finds: without
+            # this, dropout would stay off in training.
+            return model.train()
+    except (OSError, ValueError) as error:
+        if "trust_remote_code" in str(error):
             raise UserInputError(
-                f"Hugging Face model {name!r}: {first_line(error)} (a hub id needs the network, and a network "
-                f"rebuilt from a checkpoint reads only the local cache; a local folder needs config.json, and model "
-                f"weights for weights: library)"
+                f"Hugging Face model {name!r} needs code of its own (custom modelling files), which this project "
+                f"never runs: use a model type that Transformers itself defines"
             ) from None
+        raise UserInputError(
+            f"Hugging Face model {name!r} ({option}): {first_line(error)} (a hub id needs the network, and a network "
+            f"rebuilt from a checkpoint reads only the local cache; a local folder needs config.json, and "
+            f"model.safetensors for pretrained weights)"
+        ) from None
+
+
+def _has_pooler(transformers: Any, config: Any) -> bool:
+    """Whether the model class Transformers builds for ``config`` takes ``add_pooling_layer`` (BERT's family)."""
+    try:
+        model_class = transformers.MODEL_MAPPING[type(config)]
+    except KeyError:  # no AutoModel for it: AutoModel says so next, in its own words
+        return False
+    return "add_pooling_layer" in inspect.signature(model_class).parameters
+
+
+class _HuggingFaceFeatures(nn.Module):
+    """A Hugging Face vision model without a head (:func:`hugging_face_model`): images in, one feature vector per
+    image out (the pooled output, else the first token's)."""
+
+    def __init__(self, name: str, download: bool) -> None:
+        super().__init__()
+        self.model = hugging_face_model(name, download, "model.network.init_args.name")
 
     def forward(self, images: Tensor) -> Tensor:
         output = self.model(pixel_values=images)
@@ -157,7 +192,9 @@ def _split_off_classifier(library: str, model: nn.Module) -> int:
         config = model.model.config
         size = getattr(config, "image_size", 224)
         with torch.no_grad():
-            return model.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size)).shape[1]
+            features = model.eval()(torch.zeros(1, getattr(config, "num_channels", 3), size, size)).shape[1]
+        model.train()  # as a new module is: Lightning keeps the mode it finds (dropout would stay off in training)
+        return features
     linear = [(path, layer) for path, layer in model.named_modules() if isinstance(layer, nn.Linear)]
     if not linear:
         raise UserInputError(f"{type(model).__name__} has no nn.Linear classifier to replace")

@@ -1,7 +1,8 @@
 """LoRA: fine-tune a pretrained backbone through small low-rank adapters (Hugging Face ``peft``), its weights frozen.
 
 ``--model.lora.rank 8`` (or ``--config lora.yaml``) wraps the network's backbone in peft's ``LoraModel``: each
-targeted ``nn.Linear`` and ``nn.Conv2d`` keeps its pretrained weight ``W`` frozen and gains a trainable update
+targeted ``nn.Linear`` and ``nn.Conv2d`` (not those inside torch's fused attention and transformer layers, which read
+their weights themselves: :data:`_FUSED_LAYERS`) keeps its pretrained weight ``W`` frozen and gains a trainable update
 ``(alpha / rank) * B @ A`` of rank ``rank`` (``B`` starts at zero, so training starts from the pretrained network).
 The head stays whole and trains, the backbone's other parameters are frozen.
 
@@ -53,12 +54,23 @@ class LoRA:
             raise UserInputError(f"model.lora.dropout must lie in [0, 1), got {self.dropout}")
 
 
+_FUSED_LAYERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+"""torch's layers that read the weights of their linear layers themselves: ``nn.MultiheadAttention`` never calls its
+``out_proj`` (nor has a layer for ``in_proj_weight``), and the encoder and decoder layers' fast path in evaluation
+reads every weight directly. An adapter inside them would be trained and then ignored (huggingface/peft#761: the
+encoder layer in evaluation; speechbrain/speechbrain#2780: ``out_proj``)."""
+
+
 def _adaptable_layers(backbone: nn.Module) -> list[str]:
-    """The dotted paths of the layers LoRA can adapt (grouped convolutions, such as depthwise ones, it cannot)."""
+    """The dotted paths of the layers LoRA can adapt: not grouped convolutions (depthwise ones), and nothing inside
+    torch's fused layers (:data:`_FUSED_LAYERS`: torchvision's ViT attention keeps its weights; its MLP is adapted)."""
+    fused = [path for path, layer in backbone.named_modules() if isinstance(layer, _FUSED_LAYERS)]
     return [
         path
         for path, layer in backbone.named_modules()
-        if isinstance(layer, _ADAPTED_LAYERS) and getattr(layer, "groups", 1) == 1
+        if isinstance(layer, _ADAPTED_LAYERS)
+        and getattr(layer, "groups", 1) == 1
+        and not any(path.startswith(f"{outer}.") or not outer for outer in fused)
     ]
 
 
@@ -66,7 +78,10 @@ def _chosen_targets(backbone: nn.Module, targets: list[str] | None) -> list[str]
     """The targeted layers' paths; a name that matches no adaptable layer is refused, naming some that exist."""
     adaptable = _adaptable_layers(backbone)
     if not adaptable:
-        raise UserInputError(f"LoRA: {type(backbone).__name__} has no nn.Linear or nn.Conv2d layer to adapt")
+        raise UserInputError(
+            f"LoRA: {type(backbone).__name__} has no nn.Linear or nn.Conv2d layer to adapt (those inside torch's "
+            f"nn.MultiheadAttention and nn.Transformer*Layer read their weights themselves, past any adapter)"
+        )
     if targets is None:
         return adaptable
     unknown = [name for name in targets if not any(path == name or path.endswith(f".{name}") for path in adaptable)]

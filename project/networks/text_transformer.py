@@ -1,21 +1,58 @@
 """A small transformer encoder for text, in plain torch: BERT's shape at a size a CPU trains.
 
 Token ids (batch, length), padded with id 0, go through token and position embeddings and a stack of pre-norm
-encoder layers (``nn.TransformerEncoder``); padding is masked out of attention. A classifier averages the vectors of
-the real tokens into one per text and puts its ``head`` on it; a masked-language model (``per_token=True``,
-pretraining) puts its ``head`` on every token. Both have the same ``backbone``, so the encoder a pretraining run
-learned loads into a classifier with ``--model.finetuning.pretrained`` (its head is the part left behind).
+encoder layers (``nn.Linear`` layers and ``scaled_dot_product_attention``, which LoRA can adapt); padding is masked
+out of attention. A classifier averages the vectors of the real tokens into one per text and puts its ``head`` on it;
+a masked-language model (``per_token=True``, pretraining) puts its ``head`` on every token. Both have the same
+``backbone``, so the encoder a pretraining run learned loads into a classifier with ``--model.finetuning.pretrained``
+(its head is the part left behind).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from project.errors import UserInputError
 from project.networks.base import Network
 
 _PAD_ID = 0  # the padding id of every batch (project.data.tokenizer.PAD_ID; networks do not import data)
+
+
+class _EncoderLayer(nn.Module):
+    """One pre-norm encoder layer (``nn.TransformerEncoderLayer``'s with ``norm_first``, GELU and a feed-forward
+    layer four times as wide), written with ``nn.Linear`` layers and ``scaled_dot_product_attention``: every weight is
+    used through the layer that holds it, so LoRA's adapters on them act in training and in evaluation alike (torch's
+    layer reads its weights itself in evaluation, past any adapter, and its attention never calls ``out_proj``:
+    huggingface/peft#761)."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attention_dropout = dropout
+        self.norm1 = nn.LayerNorm(width)
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.output = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.linear1 = nn.Linear(width, 4 * width)
+        self.linear2 = nn.Linear(4 * width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: Tensor, attend: Tensor) -> Tensor:
+        """``hidden`` (batch, length, width); ``attend`` (batch, 1, 1, length): True at the keys to attend to."""
+        batch, length, width = hidden.shape
+        normed = self.norm1(hidden)
+        q, k, v = (
+            projection(normed).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+            for projection in (self.query, self.key, self.value)
+        )
+        dropout = self.attention_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout)
+        hidden = hidden + self.dropout(self.output(attended.transpose(1, 2).reshape(batch, length, width)))
+        return hidden + self.dropout(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(hidden))))))
 
 
 class _TokenEncoder(nn.Module):
@@ -26,28 +63,21 @@ class _TokenEncoder(nn.Module):
         self.tokens = nn.Embedding(vocab_size, width, padding_idx=_PAD_ID)
         self.positions = nn.Embedding(max_length, width)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(
-            width,
-            heads,
-            dim_feedforward=4 * width,
-            dropout=dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        # enable_nested_tensor: off, since its fast path changes padded positions' outputs between train and eval.
-        self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(_EncoderLayer(width, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.max_length = max_length
 
     def forward(self, ids: Tensor) -> Tensor:
-        if ids.shape[1] > self.max_length:
+        if not torch.jit.is_tracing() and ids.shape[1] > self.max_length:  # a trace (TensorBoard graph) has 8 ids
             raise ValueError(
                 f"sequences of {ids.shape[1]} tokens, longer than the network's max_length {self.max_length}"
             )
         positions = torch.arange(ids.shape[1], device=ids.device)
         hidden = self.dropout(self.tokens(ids) + self.positions(positions))
-        return self.norm(self.layers(hidden, src_key_padding_mask=ids == _PAD_ID))
+        attend = (ids != _PAD_ID)[:, None, None, :]  # every query attends to the real tokens only
+        for layer in self.layers:
+            hidden = layer(hidden, attend)
+        return self.norm(hidden)
 
 
 class TextTransformer(Network):
@@ -88,6 +118,7 @@ class TextTransformer(Network):
             "per_token": per_token,
         }
         self.vocab_size = vocab_size
+        self.max_length = max_length
         self.num_outputs = num_outputs
         self.per_token = per_token
         self.backbone = _TokenEncoder(vocab_size, width, depth, heads, max_length, dropout)

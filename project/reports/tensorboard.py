@@ -11,7 +11,10 @@ matrix cannot go through ``self.log`` (#3697). :class:`TensorBoardReports` write
   HParams tab's columns, led by what differs between runs (:func:`hparams_order`);
 - at each validation, to every logger that takes images (TensorBoard, and the MLflow and wandb trackers beside
   it: :mod:`project.reports.images`): ``val/confusion_matrix`` (classification), ``val/samples`` (the first images
-  with their true and predicted labels) and ``val/worst`` (the images with the highest loss).
+  with their true and predicted labels) and ``val/worst`` (the images with the highest loss). For text data (a data
+  module with a ``tokenizer``), ``val/samples`` and ``val/worst`` are text summaries of TensorBoard's instead: a
+  Markdown table of the texts (decoded from their token ids), their true and predicted classes and losses
+  (:mod:`project.reports.texts`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from project.data.base import ImageDataModule
 from project.reports.figures import confusion_picture, grid_picture
 from project.reports.images import takes_images, write_image
+from project.reports.texts import WorstExamples, markdown_table, masked_rows, text_rows
 
 
 class RunLogger(TensorBoardLogger):
@@ -79,8 +83,12 @@ class RunLogger(TensorBoardLogger):
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         # Lightning asks at the start of fit and again for the test after fit: once is enough. A model without an
         # example input (a compiled network, which torch.jit cannot trace) has no graph drawn.
+        # Traced without gradients: torch.jit.trace checks its trace by tracing again under no_grad, and
+        # nn.TransformerEncoder (a text network's) takes another path with gradients than without, so a trace with
+        # them fails that check ("Graphs differed across invocations"); the graph is the same either way otherwise.
         if not self.graph_drawn and (input_array is not None or model.example_input_array is not None):
-            super().log_graph(model, input_array)
+            with torch.no_grad():
+                super().log_graph(model, input_array)
         self.graph_drawn = True
 
 
@@ -224,7 +232,7 @@ class TensorBoardReports(L.Callback):
         """Of the HParams row's names, those to show first (a sweep trial's sampled options and its number)."""
         self.confusion: Any = None
         self.first: tuple[Tensor, Tensor, Tensor] | None = None
-        self.worst: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self.worst = WorstExamples(samples)
 
     @staticmethod
     def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -243,7 +251,7 @@ class TensorBoardReports(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         confusion = pl_module.task.confusion_matrix()
         self.confusion = confusion.to(pl_module.device) if confusion is not None else None
-        self.first, self.worst = None, None
+        self.first, self.worst = None, WorstExamples(self.samples)
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
@@ -257,12 +265,7 @@ class TensorBoardReports(L.Callback):
             self.confusion.update(decided, targets)
         if self.first is None:
             self.first = (images[: self.samples], targets[: self.samples], decided[: self.samples])
-        batch_worst = (task.example_losses(raw, targets), images, targets, decided)
-        if self.worst is not None:
-            batch_worst = tuple(torch.cat(pair) for pair in zip(self.worst, batch_worst, strict=True))
-        candidates = batch_worst
-        keep = candidates[0].topk(min(self.samples, len(candidates[0]))).indices
-        self.worst = tuple(tensor[keep] for tensor in candidates)
+        self.worst.update(task.example_losses(raw, targets), images, targets, decided)  # texts: padded together
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.first is None:
@@ -278,16 +281,43 @@ class TensorBoardReports(L.Callback):
         if confusion is not None:
             confusion_names = names if len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
             pictures["val/confusion_matrix"] = confusion_picture(confusion.cpu(), confusion_names, "validation")
+        tokenizer = data.tokenizer if isinstance(data, ImageDataModule) else None
+        if tokenizer is None:
+            pictures |= self.example_pictures(task, names)
+        else:  # text: tables of texts, to TensorBoard (image grids of token ids would say nothing)
+            self.write_text_tables(trainer, tokenizer, task, names, step)
+        for logger in loggers:  # TensorBoard, and each tracker beside it that takes images (MLflow, wandb)
+            for tag, picture in pictures.items():
+                write_image(logger, tag, picture, step)
+
+    def example_pictures(self, task: Any, names: list[str]) -> dict[str, Any]:
+        """``val/samples`` and ``val/worst``: grids of the first and the worst images, titled with their true and
+        predicted classes (and the worst's losses)."""
         images, targets, decided = (tensor.cpu() for tensor in self.first)
         pairs = zip(targets, decided, strict=True)
         titles = [f"true {task.describe(t, names)}\npred {task.describe(d, names)}" for t, d in pairs]
-        pictures["val/samples"] = grid_picture(images, titles)
-        losses, images, targets, decided = (tensor.cpu() for tensor in self.worst)
+        pictures = {"val/samples": grid_picture(images, titles)}
+        losses, images, targets, decided = (tensor.cpu() for tensor in self.worst.kept)
         titles = [
             f"true {task.describe(t, names)}\npred {task.describe(d, names)}\nloss {loss:.2f}"
             for loss, t, d in zip(losses.tolist(), targets, decided, strict=True)
         ]
         pictures["val/worst"] = grid_picture(images, titles)
-        for logger in loggers:  # TensorBoard, and each tracker beside it that takes images (MLflow, wandb)
-            for tag, picture in pictures.items():
-                write_image(logger, tag, picture, step)
+        return pictures
+
+    def write_text_tables(self, trainer: L.Trainer, tokenizer: Any, task: Any, names: list[str], step: int) -> None:
+        """``val/samples`` and ``val/worst`` as TensorBoard text summaries: Markdown tables of the first and the
+        worst texts, their true and predicted classes (and the worst's losses); for masked-token pretraining, the
+        hidden tokens and the predicted ones."""
+        logger = self.tensorboard(trainer)
+        if logger is None:
+            return
+        first = [tensor.cpu() for tensor in self.first]
+        losses, ids, targets, decided = (tensor.cpu() for tensor in self.worst.kept)
+        if task.name == "masked_tokens":  # pretraining: the tokens, [MASK] shown, and the hidden and predicted ones
+            samples, worst = masked_rows(tokenizer, *first), masked_rows(tokenizer, ids, targets, decided, losses)
+        else:
+            samples = text_rows(tokenizer, *first, task, names)
+            worst = text_rows(tokenizer, ids, targets, decided, task, names, losses)
+        logger.experiment.add_text("val/samples", markdown_table(samples), step)
+        logger.experiment.add_text("val/worst", markdown_table(worst), step)

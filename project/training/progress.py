@@ -28,6 +28,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
+from project.data import ImageDataModule
 from project.training.run_lock import first_process
 
 
@@ -132,7 +133,7 @@ class ProgressLog(L.Callback):
 
     def line(self, trainer: L.Trainer) -> str:
         """``epoch 1/2 · step 860/1720 · val/acc 0.9871 · val/loss 0.0412 · train/loss 0.0534 · lr 2.7e-03 ·
-        1,205 images/s · 0:00:52 left``."""
+        1,205 images/s · 0:00:52 left`` (texts/s for text data)."""
         now = time.perf_counter()
         total = trainer.estimated_stepping_batches
         step = f"step {trainer.global_step}/{total}" if math.isfinite(total) else f"step {trainer.global_step}"
@@ -144,7 +145,9 @@ class ProgressLog(L.Callback):
         if trainer.optimizers:
             rates = dict.fromkeys(f"{group['lr']:.2g}" for group in trainer.optimizers[0].param_groups)
             parts.append(f"lr {'/'.join(rates)}")
-        parts.append(f"{self.images / max(now - self.since, 1e-9):,.0f} images/s")
+        data = trainer.datamodule
+        unit = "texts" if isinstance(data, ImageDataModule) and data.vocab_size else "images"
+        parts.append(f"{self.images / max(now - self.since, 1e-9):,.0f} {unit}/s")
         steps = trainer.global_step - self.steps_at_start
         if steps > 0 and math.isfinite(total):
             left = (now - self.started) / steps * max(total - trainer.global_step, 0)

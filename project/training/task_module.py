@@ -254,7 +254,7 @@ class TaskModule(MonitoredModule):
         elif not self.task.num_outputs:
             self.use_task(self.task)
         if isinstance(data, ImageDataModule):
-            check_input(self.network, data.vocab_size, data.image_shape)
+            check_input(self.network, data.vocab_size, data.max_length, data.image_shape)
         # Before Lightning restores a checkpoint: a resumed run overwrites these weights with its own.
         if stage == "fit" and not self.trainer.ckpt_path and self.tuning.pretrained and self.pretrained_summary is None:
             rank_zero_info(self.load_pretrained())
