@@ -15,7 +15,6 @@
     sorted by length before batching: each batch holds texts of nearly one length), ``padding_steps`` timed steps
     each after 3 of warm-up, the network and optimizer those of (a)'s fine-tuning. Real tokens per second and the
     ratio to padding to ``max_length``: does dynamic padding pay, and does bucketing pay more?
-    (``scripts/benchmark_text_batches.py`` compares random and bucketed batches over a whole epoch.)
 
     python scripts/benchmark_text.py --corpus corpus/docstrings --out docs/benchmark_text.json
     python scripts/benchmark_text.py --corpus corpus/docstrings --device cuda --out docs/benchmark_text_cuda.json

@@ -448,13 +448,3 @@ def test_the_text_recipe_trains_a_classifier_from_scratch_and_evaluates_it_with_
     evaluate_checkpoint(run_dir / "logs" / "text" / "version_0" / "checkpoints" / "last.ckpt")
     (report,) = (run_dir / "logs" / "text" / "version_0" / "evaluation").glob("*/metrics.json")
     assert json.loads(report.read_text())["class_names"] == ["food", "music", "sport"]
-
-
-@pytest.mark.slow
-def test_the_text_batches_benchmark_prints_a_row_per_way():
-    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_text_batches.py"
-    command = [sys.executable, str(script), "--quick", "--windows", "0", "5"]
-    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| random") or line.startswith("| bucketed")]
-    assert len(rows) == 2 and all(row.count("|") == 5 for row in rows)

@@ -127,7 +127,7 @@ class TextDataModule(ImageDataModule):
         vocab_size: the size of a tokenizer trained here (at most; fewer when the texts hold fewer).
         max_length: the most tokens of a text, ``[CLS]`` and ``[SEP]`` included (the rest is cut).
         bucket_window: batch texts of similar length together within each run of this many batches of the training
-            order (:class:`_BucketedSampler`: less padding; 1.2x the tokens a second on docstrings, docs/text.md);
+            order (:class:`_BucketedSampler`: less padding; measured in docs/text.md);
             0: off, each batch a random draw.
         **kwargs: see :class:`~project.data.ImageDataModule` (batch_size, split, labels, loading; no augment).
     """
