@@ -102,7 +102,7 @@ def finetune_args(corpus: Path, checkpoint: Path, settings: Settings, size: int,
         f"--data.split.samples_per_class={size}", f"--data.split.split_seed={seed}", f"--seed_everything={seed}",
         *network_args(settings), f"--trainer.max_steps={settings.steps}", "--trainer.max_epochs=-1",
         "--trainer.limit_val_batches=0", f"--model.optimizer.init_args.lr={settings.lr}",
-        "--model.finetuning.freeze_backbone_epochs=0",
+        "--model.finetuning.freeze_backbone_epochs=0", "--data.bucket_window=0",  # random batches, as measured
     ]  # fmt: skip
     if method == PRETRAINED:
         return [
