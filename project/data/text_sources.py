@@ -240,16 +240,21 @@ def text_tokenizer(
         raise UserInputError(f"data.tokenizer: {path} is none of {_ALLOWED} ({first_line(error)})") from None
 
 
-def _recorded_tokenizer(path: Path) -> str:
-    """The tokenizer JSON a checkpoint of a text run records (``preprocessing["tokenizer"]``), read as data."""
+def recorded_preprocessing(path: Path, option: str) -> Any:
+    """What a checkpoint records of its data's preprocessing (``preprocessing``: a text run's holds its tokenizer),
+    read as data (``weights_only``, memory-mapped); refused, naming ``option``, when ``path`` is not such a file."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # UnpicklingError for pickled objects, RuntimeError for other files
         raise UserInputError(
-            f"data.tokenizer: {path} is not a checkpoint that loads with torch.load(weights_only=True) "
-            f"({first_line(error)})"
+            f"{option}: {path} is not a checkpoint that loads with torch.load(weights_only=True) ({first_line(error)})"
         ) from None
-    preprocessing = checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
+    return checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
+
+
+def _recorded_tokenizer(path: Path) -> str:
+    """The tokenizer JSON a checkpoint of a text run records (``preprocessing["tokenizer"]``)."""
+    preprocessing = recorded_preprocessing(path, "data.tokenizer")
     recorded = preprocessing.get("tokenizer") if isinstance(preprocessing, dict) else None
     if not isinstance(recorded, str):
         raise UserInputError(f"data.tokenizer: {path} is a checkpoint that records no tokenizer (not a text run's)")

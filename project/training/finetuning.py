@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from project.data.text_sources import recorded_preprocessing
 from project.data.tokenizer import TextTokenizer
 from project.errors import UserInputError, first_line
 from project.files.weights import read_weights, state_dict_differences
@@ -171,9 +172,8 @@ def check_pretrained_tokenizer(path: str | Path, tokenizer_json: str) -> None:
     if path.suffix == ".safetensors" or not path.is_file():
         return  # (a missing file is refused where the weights are read)
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a checkpoint: refused, saying why, where the weights are read
+        recorded = recorded_preprocessing(path, "model.finetuning.pretrained")
+    except UserInputError:  # not a checkpoint: refused, saying why, where the weights are read
         return
-    recorded = content.get("preprocessing") if isinstance(content, dict) else None
     fix = f"give its tokenizer: --data.tokenizer {path}"
     check_same_tokenizer(recorded, tokenizer_json, f"model.finetuning.pretrained {path}", fix)
