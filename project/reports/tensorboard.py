@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -83,12 +82,8 @@ class RunLogger(TensorBoardLogger):
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         # Lightning asks at the start of fit and again for the test after fit: once is enough. A model without an
         # example input (a compiled network, which torch.jit cannot trace) has no graph drawn.
-        # Traced without gradients: torch.jit.trace checks its trace by tracing again under no_grad, and
-        # nn.TransformerEncoder (a text network's) takes another path with gradients than without, so a trace with
-        # them fails that check ("Graphs differed across invocations"); the graph is the same either way otherwise.
         if not self.graph_drawn and (input_array is not None or model.example_input_array is not None):
-            with torch.no_grad():
-                super().log_graph(model, input_array)
+            super().log_graph(model, input_array)
         self.graph_drawn = True
 
 
