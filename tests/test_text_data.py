@@ -208,6 +208,38 @@ def test_bad_labelled_texts_are_refused_in_one_line(tmp_path, content, options, 
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bucket_window": -1}, r"^data\.bucket_window must be 0 \(off\) or a number of batches, got -1$"),
+        ({"max_length": 2}, r"^data\.max_length must be at least 3 \(\[CLS\], a token, \[SEP\]\), got 2$"),
+        ({"vocab_size": 3}, r"^data\.vocab_size must be at least 6, got 3$"),
+        ({"tokenizer": "weights.ckpt"}, r"^data\.tokenizer: .*weights\.ckpt is a checkpoint that records no tokenizer"),
+        ({"tokenizer": "junk.ckpt"}, r"^data\.tokenizer: .*junk\.ckpt is not a checkpoint that loads with torch\.load"),
+        ({"train": "texts.jsonl"}, r"texts\.jsonl.* not JSON"),
+        ({"train": "floats.jsonl"}, r"the label \(label\) must be a class name or an integer, got 1\.5$"),
+    ],
+)
+def test_options_a_text_module_cannot_take_are_refused_in_one_line_naming_them(tmp_path, options, message):
+    write_csv(tmp_path / "texts.csv", labelled_rows(20))
+    (tmp_path / "floats.jsonl").write_text('{"text": "some text", "label": 1.5}\n{"text": "more", "label": 2}\n')
+    (tmp_path / "texts.jsonl").write_text('{"text": "hello", "label": "a"}\nnot json\n')
+    torch.save({"backbone.weight": torch.zeros(1)}, tmp_path / "weights.ckpt")
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    if "tokenizer" in options:
+        options["tokenizer"] = str(tmp_path / options["tokenizer"])
+    arguments = {"train": "texts.csv", "data_dir": str(tmp_path), "vocab_size": 300, **options}
+    with pytest.raises(UserInputError, match=message) as caught:
+        TextDataModule(**arguments)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_mask_rate_outside_0_to_1_is_refused(corpus):
+    with pytest.raises(UserInputError, match=r"^data\.mask_rate must lie in \(0, 1\), got 1\.5$"):
+        pretraining(corpus, mask_rate=1.5)
+    pretraining(corpus, mask_rate=0.3)  # the control
+
+
 # -- the corpus ----------------------------------------------------------------------------------------------------
 
 
